@@ -1,0 +1,393 @@
+//! Full mode: make a Messages request acceptable to Anthropic as Claude Code.
+//!
+//! The body is never fully re-parsed: the top-level object is split into raw
+//! values, only `system` is rebuilt, and everything else (unknown fields,
+//! `metadata`, `thinking`, mid-conversation `role:"system"` messages, …) is
+//! copied byte for byte.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use memchr::memmem;
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The identity text the service requires as the first system block for OAuth tokens.
+pub const IDENTITY: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
+
+/// The identity block, byte-identical on every request (prompt caching depends on it).
+const IDENTITY_BLOCK_CACHED: &str = r#"{"type":"text","text":"You are Claude Code, Anthropic's official CLI for Claude.","cache_control":{"type":"ephemeral"}}"#;
+const IDENTITY_BLOCK_PLAIN: &str =
+    r#"{"type":"text","text":"You are Claude Code, Anthropic's official CLI for Claude."}"#;
+
+/// Beta tag Claude Code always sends.
+pub const BETA_CLAUDE_CODE: &str = "claude-code-20250219";
+/// Beta tag required with OAuth tokens.
+pub const BETA_OAUTH: &str = "oauth-2025-04-20";
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+/// At most this many blocks may carry `cache_control` in one request.
+pub const MAX_CACHE_CONTROL_BLOCKS: usize = 4;
+
+/// A JSON object key, borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A JSON object split into its keys and raw (unparsed) values, in order.
+pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjVisitor;
+        impl<'de> Visitor<'de> for ObjVisitor {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    entries.push((k.0, v));
+                }
+                Ok(RawObject(entries))
+            }
+        }
+        d.deserialize_map(ObjVisitor)
+    }
+}
+
+impl<'a> RawObject<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+/// Why a body could not be shaped (each is the client's fault: 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ShapeError {
+    #[error("invalid JSON body: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("system: must be a string or an array of content blocks")]
+    SystemType,
+}
+
+#[derive(Deserialize)]
+struct TextBlock<'a> {
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// What shaping did, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shaped {
+    pub identity_added: bool,
+    pub identity_cached: bool,
+}
+
+/// Prepends the Claude Code identity block to `system` unless it is already first.
+/// A string `system` becomes a text block after it. The identity block carries
+/// `cache_control` only while the request stays within 4 cache_control blocks.
+pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
+    let obj = RawObject::parse(body)?;
+    let system = obj.get("system").filter(|v| v.get() != "null");
+
+    let new_system: Option<String> = match system {
+        None => None,
+        Some(raw) => {
+            let text = raw.get();
+            match text.as_bytes().first() {
+                Some(b'"') => {
+                    let s: Cow<str> = serde_json::from_str(text)?;
+                    if s == IDENTITY {
+                        return Ok((body.to_vec(), not_added()));
+                    }
+                    Some(if s.is_empty() {
+                        String::new()
+                    } else {
+                        format!(r#"{{"type":"text","text":{text}}}"#)
+                    })
+                }
+                Some(b'[') => {
+                    let blocks: Vec<&RawValue> = serde_json::from_str(text)?;
+                    if let Some(first) = blocks.first() {
+                        if let Ok(tb) = serde_json::from_str::<TextBlock>(first.get()) {
+                            if tb.kind == Some("text") && tb.text.as_deref() == Some(IDENTITY) {
+                                return Ok((body.to_vec(), not_added()));
+                            }
+                        }
+                    }
+                    // The raw array without its brackets.
+                    let inner = text[1..text.len() - 1].trim();
+                    Some(inner.to_owned())
+                }
+                _ => return Err(ShapeError::SystemType),
+            }
+        }
+    };
+
+    let cached = cache_control_count(body, &obj)? < MAX_CACHE_CONTROL_BLOCKS;
+    let identity = if cached {
+        IDENTITY_BLOCK_CACHED
+    } else {
+        IDENTITY_BLOCK_PLAIN
+    };
+    let mut system_json = String::with_capacity(identity.len() + 2);
+    system_json.push('[');
+    system_json.push_str(identity);
+    if let Some(rest) = new_system.as_deref().filter(|r| !r.is_empty()) {
+        system_json.push(',');
+        system_json.push_str(rest);
+    }
+    system_json.push(']');
+
+    let mut out = Vec::with_capacity(body.len() + system_json.len() + 16);
+    out.push(b'{');
+    let mut wrote_system = false;
+    let mut first = true;
+    for (k, v) in &obj.0 {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_key(&mut out, k);
+        if k == "system" {
+            out.extend_from_slice(system_json.as_bytes());
+            wrote_system = true;
+        } else {
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    if !wrote_system {
+        if !first {
+            out.push(b',');
+        }
+        write_key(&mut out, "system");
+        out.extend_from_slice(system_json.as_bytes());
+    }
+    out.push(b'}');
+    Ok((
+        out,
+        Shaped {
+            identity_added: true,
+            identity_cached: cached,
+        },
+    ))
+}
+
+fn not_added() -> Shaped {
+    Shaped {
+        identity_added: false,
+        identity_cached: false,
+    }
+}
+
+fn write_key(out: &mut Vec<u8>, k: &str) {
+    // Keys are short; serde_json escapes exactly as needed.
+    let _ = serde_json::to_writer(&mut *out, k);
+    out.push(b':');
+}
+
+/// Counts the blocks with a (non-null) `cache_control` in system, messages and tools.
+///
+/// Fast path: a key `"cache_control"` can only appear unescaped as an object key,
+/// so fewer than 4 occurrences in the whole body proves there are fewer than 4
+/// blocks. Only bodies with 4 or more occurrences are parsed to count exactly.
+pub fn cache_control_count(body: &[u8], obj: &RawObject<'_>) -> Result<usize, ShapeError> {
+    let quick = memmem::find_iter(body, b"\"cache_control\"").count();
+    if quick < MAX_CACHE_CONTROL_BLOCKS {
+        return Ok(quick);
+    }
+    let mut n = 0;
+    for key in ["system", "messages", "tools"] {
+        if let Some(raw) = obj.get(key) {
+            let v: serde_json::Value = serde_json::from_str(raw.get())?;
+            n += count_in(&v);
+        }
+    }
+    Ok(n)
+}
+
+fn count_in(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(items) => items.iter().map(count_in).sum(),
+        serde_json::Value::Object(map) => {
+            let own = usize::from(map.get("cache_control").is_some_and(|c| !c.is_null()));
+            own + map
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "cache_control" | "input_schema" | "input"))
+                .map(|(_, v)| count_in(v))
+                .sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// The `anthropic-beta` value for full mode: the client's tags in order, then the
+/// ones full mode requires, without duplicates and nothing else added.
+pub fn merge_beta(client: Option<&str>, oauth: bool) -> String {
+    let mut tags: Vec<&str> = Vec::with_capacity(8);
+    let required: &[&str] = if oauth {
+        &[BETA_CLAUDE_CODE, BETA_OAUTH]
+    } else {
+        &[BETA_CLAUDE_CODE]
+    };
+    for t in client
+        .into_iter()
+        .flat_map(|c| c.split(','))
+        .map(str::trim)
+        .chain(required.iter().copied())
+    {
+        if !t.is_empty() && !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    tags.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn shape(v: Value) -> (Value, Shaped) {
+        let (out, s) = shape_request(&serde_json::to_vec(&v).unwrap()).unwrap();
+        (serde_json::from_slice(&out).unwrap(), s)
+    }
+
+    #[test]
+    fn adds_identity_when_no_system() {
+        let (v, s) = shape(json!({"model":"m","messages":[]}));
+        assert!(s.identity_added && s.identity_cached);
+        assert_eq!(v["system"][0]["text"], IDENTITY);
+        assert_eq!(v["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(v["system"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn string_system_becomes_block_after_identity() {
+        let (v, _) = shape(json!({"system":"Be brief.","model":"m"}));
+        assert_eq!(v["system"][0]["text"], IDENTITY);
+        assert_eq!(v["system"][1], json!({"type":"text","text":"Be brief."}));
+    }
+
+    #[test]
+    fn existing_identity_left_alone() {
+        let body = json!({"system":[{"type":"text","text":IDENTITY}],"x":1});
+        let raw = serde_json::to_vec(&body).unwrap();
+        let (out, s) = shape_request(&raw).unwrap();
+        assert!(!s.identity_added);
+        assert_eq!(out, raw);
+    }
+
+    #[test]
+    fn blocks_keep_order_and_unknown_fields_stay() {
+        let (v, _) = shape(json!({
+            "model":"m","future_field":{"a":[1,2]},
+            "system":[{"type":"text","text":"A"},{"type":"text","text":"B","cache_control":{"type":"ephemeral"}}],
+            "messages":[{"role":"user","content":"hi"},{"role":"system","content":"mid"}]
+        }));
+        assert_eq!(v["future_field"], json!({"a":[1,2]}));
+        let sys = v["system"].as_array().unwrap();
+        assert_eq!(sys.len(), 3);
+        assert_eq!(sys[1]["text"], "A");
+        assert_eq!(sys[2]["text"], "B");
+        assert_eq!(v["messages"][1]["role"], "system");
+    }
+
+    #[test]
+    fn no_cache_control_when_four_already() {
+        let cc = json!({"type":"ephemeral"});
+        let (v, s) = shape(json!({
+            "system":[{"type":"text","text":"A","cache_control":cc}],
+            "tools":[{"name":"t","input_schema":{},"cache_control":cc}],
+            "messages":[{"role":"user","content":[
+                {"type":"text","text":"x","cache_control":cc},
+                {"type":"text","text":"y","cache_control":cc}]}]
+        }));
+        assert!(s.identity_added && !s.identity_cached);
+        assert!(v["system"][0].get("cache_control").is_none());
+    }
+
+    #[test]
+    fn exact_count_when_quick_count_overestimates() {
+        // Four occurrences, but one is null and one is a schema property name.
+        let (_, s) = shape(json!({
+            "system":[{"type":"text","text":"A","cache_control":null}],
+            "tools":[{"name":"t","input_schema":{"properties":{"cache_control":{"type":"string"}}}}],
+            "messages":[{"role":"user","content":[
+                {"type":"text","text":"x","cache_control":{"type":"ephemeral"}},
+                {"type":"text","text":"y","cache_control":{"type":"ephemeral"}}]}]
+        }));
+        assert!(s.identity_cached);
+    }
+
+    #[test]
+    fn identity_block_is_byte_stable() {
+        let a = shape_request(br#"{"system":"one"}"#).unwrap().0;
+        let b = shape_request(br#"{"system":"two"}"#).unwrap().0;
+        let prefix = br#"{"system":[{"type":"text","text":"You are Claude Code"#;
+        assert!(a.starts_with(prefix) && b.starts_with(prefix));
+        assert_eq!(a[..IDENTITY_BLOCK_CACHED.len() + 11], b[..IDENTITY_BLOCK_CACHED.len() + 11]);
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        for body in [&b"not json"[..], b"[1,2]", b"{\"system\":5}", b"{\"system\":[1", b""] {
+            assert!(shape_request(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn claude_code_fixture_passes_through_intact() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/clients/claude_code_oauth.request.json"
+        );
+        let Ok(raw) = std::fs::read(path) else { return };
+        let orig: Value = serde_json::from_slice(&raw).unwrap();
+        let (out, s) = shape_request(&raw).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert!(s.identity_added && s.identity_cached);
+        let mut expected = orig.clone();
+        let sys = expected["system"].as_array_mut().unwrap();
+        sys.insert(
+            0,
+            json!({"type":"text","text":IDENTITY,"cache_control":{"type":"ephemeral"}}),
+        );
+        assert_eq!(v, expected);
+    }
+
+    #[test]
+    fn beta_merge() {
+        assert_eq!(merge_beta(None, false), "claude-code-20250219");
+        assert_eq!(
+            merge_beta(Some("a, claude-code-20250219 ,b"), true),
+            "a,claude-code-20250219,b,oauth-2025-04-20"
+        );
+        assert_eq!(merge_beta(Some(""), true), "claude-code-20250219,oauth-2025-04-20");
+    }
+}

@@ -1,0 +1,134 @@
+//! Command-line argument definitions only (no logic).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ccproxy",
+    version,
+    about = "Use Claude from any Anthropic or OpenAI API client, through a Claude subscription or an API key"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Server options, also accepted without the `serve` subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy server (the default command).
+    Serve(ServeArgs),
+    /// Run the simulated Anthropic upstream on its own.
+    Sim(SimArgs),
+    /// Write or show the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Claude subscription (OAuth) credentials.
+    Auth(AuthArgs),
+}
+
+/// Settings shared by every command that reads the configuration.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CommonArgs {
+    /// Configuration file (TOML). Default: $XDG_CONFIG_HOME/ccproxy/config.toml
+    #[arg(long, env = "CCPROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Claude Code credentials file to use first.
+    #[arg(long, env = "CCPROXY_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
+
+    /// OAuth token endpoint used to refresh subscription credentials.
+    #[arg(long, env = "CCPROXY_OAUTH_TOKEN_URL")]
+    pub oauth_token_url: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Address to listen on.
+    #[arg(long, env = "CCPROXY_HOST")]
+    pub host: Option<String>,
+
+    /// Port to listen on.
+    #[arg(long, env = "CCPROXY_PORT")]
+    pub port: Option<u16>,
+
+    /// Upstream base URL; `sim` runs the built-in simulated upstream.
+    #[arg(long, env = "CCPROXY_UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+
+    /// Token that clients must present (x-api-key or Authorization: Bearer).
+    /// Also read from AUTH_TOKEN.
+    #[arg(long, env = "CCPROXY_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "CCPROXY_LOG_FORMAT", value_parser = ["pretty", "json"])]
+    pub log_format: Option<String>,
+
+    /// Log level or filter (RUST_LOG syntax).
+    #[arg(long, env = "CCPROXY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, default_value_t = 8001)]
+    pub port: u16,
+    /// Keep the last requests received, for inspection at GET /_sim/requests.
+    #[arg(long)]
+    pub record: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write a commented configuration file.
+    Init {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the effective settings (secrets masked).
+    Show {
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    #[command(subcommand)]
+    pub action: AuthCommand,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Subcommand, Clone, Copy)]
+pub enum AuthCommand {
+    /// Log in with your Claude subscription (PKCE); saves credentials for ccproxy.
+    Login {
+        /// Do not try to open a browser; just print the URL.
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Show which credentials are in use and when they expire.
+    Status,
+    /// Refresh the access token now.
+    Refresh,
+    /// Remove ccproxy's own stored credentials (never Claude Code's).
+    Logout,
+}

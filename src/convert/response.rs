@@ -1,0 +1,358 @@
+//! Anthropic Messages response → OpenAI `chat.completion`, and upstream errors → OpenAI's envelope.
+//!
+//! # Thinking and its signatures
+//! Thinking text is exposed as `message.reasoning_content` (all thinking blocks concatenated).
+//! Because a later turn must send the blocks back verbatim (text and signature) for Anthropic to
+//! accept them, the message also carries `thinking_blocks`: the Anthropic blocks as they came,
+//! `[{"type":"thinking","thinking":"…","signature":"…"}, {"type":"redacted_thinking","data":"…"}]`
+//! (the field name and shape LiteLLM uses, so clients written for it work). An assistant message
+//! handed back with `thinking_blocks` is turned into those blocks again, first in the turn
+//! ([`super::request`]). In a stream, each complete block is sent once, as a
+//! `delta.thinking_blocks` entry when the block ends (see [`super::stream`]).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Usage, finish_reason, minify_json_into, write_json_str};
+use crate::api::openai::Str;
+
+// ---------------------------------------------------------------------------------------------
+// Upstream (Anthropic) types, shared with the stream converter. Flat structs: `RawValue` does not
+// work inside internally tagged enums, and flat structs tolerate unknown block types.
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AnthropicMessage<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub content: Vec<AnthropicBlock<'a>>,
+    #[serde(borrow, default)]
+    pub stop_reason: Option<Str<'a>>,
+    #[serde(default)]
+    pub usage: Option<AnthropicUsage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AnthropicBlock<'a> {
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub text: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub name: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub thinking: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub signature: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub data: Option<Str<'a>>,
+}
+
+/// Usage fields; absent ones stay `None` (message_delta usage is cumulative and partial).
+#[derive(Debug, Default, Deserialize, Clone, Copy)]
+pub(crate) struct AnthropicUsage {
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Merges reported values into `u` (counts only grow; output is the latest report).
+    pub(crate) fn merge_into(&self, u: &mut Usage) {
+        if let Some(v) = self.input_tokens {
+            u.input_tokens = u.input_tokens.max(v);
+        }
+        if let Some(v) = self.cache_read_input_tokens {
+            u.cache_read_input_tokens = u.cache_read_input_tokens.max(v);
+        }
+        if let Some(v) = self.cache_creation_input_tokens {
+            u.cache_creation_input_tokens = u.cache_creation_input_tokens.max(v);
+        }
+        if let Some(v) = self.output_tokens {
+            u.output_tokens = v;
+        }
+    }
+}
+
+/// `{"type":"error","error":{"type":"…","message":"…"}}`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AnthropicErrorBody<'a> {
+    #[serde(borrow, default)]
+    pub error: Option<AnthropicError<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AnthropicError<'a> {
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub message: Option<Str<'a>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A new `chatcmpl-…` id.
+pub(crate) fn new_completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Converts a non-stream Anthropic Messages 200 body into an OpenAI `chat.completion` body.
+///
+/// `model` in the answer is `client_model` (what the client asked for). The id is `chatcmpl-`
+/// followed by the Anthropic message id (without `msg_`), so logs on both sides correlate.
+/// Text blocks are concatenated into `content` (null when there is none); `tool_use` blocks become
+/// `tool_calls` with `arguments` = the `input` JSON, compact; thinking goes to `reasoning_content`
+/// and `thinking_blocks` (module docs). Server-tool blocks have no OpenAI form and are omitted.
+pub fn messages_to_chat(
+    body: &[u8],
+    client_model: &str,
+    created: u64,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let msg: AnthropicMessage = serde_json::from_slice(body)?;
+    let mut out = Vec::with_capacity(body.len() + 256);
+
+    out.extend_from_slice(br#"{"id":"#);
+    let id = match msg.id.as_deref() {
+        Some(id) if !id.is_empty() => {
+            format!("chatcmpl-{}", id.strip_prefix("msg_").unwrap_or(id))
+        }
+        _ => new_completion_id(),
+    };
+    write_json_str(&mut out, &id);
+    out.extend_from_slice(br#","object":"chat.completion","created":"#);
+    out.extend_from_slice(created.to_string().as_bytes());
+    out.extend_from_slice(br#","model":"#);
+    write_json_str(&mut out, client_model);
+    out.extend_from_slice(br#","choices":[{"index":0,"message":{"role":"assistant","content":"#);
+
+    // content
+    let mut texts = msg
+        .content
+        .iter()
+        .filter(|b| b.kind.as_deref() == Some("text"))
+        .filter_map(|b| b.text.as_deref());
+    let content: Option<Cow<str>> = match (texts.next(), texts.next()) {
+        (None, _) => None,
+        (Some(a), None) => Some(Cow::Borrowed(a)),
+        (Some(a), Some(b)) => {
+            let mut s = String::with_capacity(a.len() + b.len());
+            s.push_str(a);
+            s.push_str(b);
+            texts.for_each(|t| s.push_str(t));
+            Some(Cow::Owned(s))
+        }
+    };
+    match &content {
+        Some(c) => write_json_str(&mut out, c),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","refusal":null"#);
+
+    // reasoning
+    let mut reasoning: Option<String> = None;
+    let mut has_thinking_blocks = false;
+    for b in &msg.content {
+        match b.kind.as_deref() {
+            Some("thinking") => {
+                has_thinking_blocks = true;
+                if let Some(t) = b.thinking.as_deref() {
+                    reasoning.get_or_insert_with(String::new).push_str(t);
+                }
+            }
+            Some("redacted_thinking") => has_thinking_blocks = true,
+            _ => {}
+        }
+    }
+    if let Some(r) = &reasoning {
+        out.extend_from_slice(br#","reasoning_content":"#);
+        write_json_str(&mut out, r);
+    }
+    if has_thinking_blocks {
+        out.extend_from_slice(br#","thinking_blocks":["#);
+        let mut first = true;
+        for b in &msg.content {
+            let kind = b.kind.as_deref();
+            if !matches!(kind, Some("thinking" | "redacted_thinking")) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            if kind == Some("thinking") {
+                out.extend_from_slice(br#"{"type":"thinking","thinking":"#);
+                write_json_str(&mut out, b.thinking.as_deref().unwrap_or(""));
+                out.extend_from_slice(br#","signature":"#);
+                write_json_str(&mut out, b.signature.as_deref().unwrap_or(""));
+            } else {
+                out.extend_from_slice(br#"{"type":"redacted_thinking","data":"#);
+                write_json_str(&mut out, b.data.as_deref().unwrap_or(""));
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+
+    // tool calls
+    let mut first = true;
+    let mut args = String::new();
+    for b in msg
+        .content
+        .iter()
+        .filter(|b| b.kind.as_deref() == Some("tool_use"))
+    {
+        out.extend_from_slice(if first {
+            br#","tool_calls":[{"id":"#
+        } else {
+            br#",{"id":"#
+        });
+        first = false;
+        write_json_str(&mut out, b.id.as_deref().unwrap_or(""));
+        out.extend_from_slice(br#","type":"function","function":{"name":"#);
+        write_json_str(&mut out, b.name.as_deref().unwrap_or(""));
+        out.extend_from_slice(br#","arguments":"#);
+        args.clear();
+        match b.input {
+            Some(raw) => minify_json_into(raw.get(), &mut args),
+            None => args.push_str("{}"),
+        }
+        write_json_str(&mut out, &args);
+        out.extend_from_slice(b"}}");
+    }
+    if !first {
+        out.push(b']');
+    }
+
+    out.extend_from_slice(br#"},"logprobs":null,"finish_reason":"#);
+    write_json_str(
+        &mut out,
+        finish_reason(msg.stop_reason.as_deref().unwrap_or("end_turn")),
+    );
+    out.extend_from_slice(br#"}],"usage":"#);
+    let mut usage = Usage::default();
+    if let Some(u) = &msg.usage {
+        u.merge_into(&mut usage);
+    }
+    usage.write_openai(&mut out);
+    out.push(b'}');
+    Ok(out)
+}
+
+/// Anthropic error type → (OpenAI `type`, OpenAI `code`).
+pub(crate) fn openai_error_kind(anthropic_type: &str, status: u16) -> (&'static str, Option<&'static str>) {
+    match anthropic_type {
+        "invalid_request_error" => ("invalid_request_error", None),
+        "authentication_error" => ("authentication_error", Some("invalid_api_key")),
+        "permission_error" => ("permission_error", None),
+        "not_found_error" => ("invalid_request_error", Some("not_found")),
+        "request_too_large" => ("invalid_request_error", Some("request_too_large")),
+        "rate_limit_error" => ("rate_limit_error", Some("rate_limit_exceeded")),
+        "overloaded_error" => ("server_error", Some("overloaded")),
+        "api_error" => ("server_error", None),
+        "timeout_error" => ("server_error", Some("timeout")),
+        "billing_error" => ("insufficient_quota", Some("insufficient_quota")),
+        _ => match status {
+            401 => ("authentication_error", Some("invalid_api_key")),
+            403 => ("permission_error", None),
+            404 => ("invalid_request_error", Some("not_found")),
+            429 => ("rate_limit_error", Some("rate_limit_exceeded")),
+            400..=499 => ("invalid_request_error", None),
+            _ => ("server_error", None),
+        },
+    }
+}
+
+/// Converts an upstream (Anthropic) error response into OpenAI's error envelope
+/// `{"error":{"message","type","param","code"}}`, returning the status to answer with.
+///
+/// The status is kept (400, 401, 403, 404, 413, 429 with its `retry-after` forwarded by the caller,
+/// 500, …) except **529 `overloaded_error`, which becomes 503**: 529 is Anthropic-specific, and
+/// OpenAI clients, HTTP libraries and load balancers know 503 "Service Unavailable" as the
+/// retryable "overloaded, try again later" status, which is also what OpenAI itself answers when
+/// overloaded. The OpenAI SDKs retry both (they retry every 5xx), so nothing is lost, and generic
+/// clients that only special-case 503 now retry too. The original meaning survives in
+/// `code: "overloaded"`.
+///
+/// A body that is not Anthropic's error JSON (an HTML page from a proxy, say) becomes the message,
+/// trimmed to 500 bytes.
+pub fn error_to_openai(status: u16, anthropic_error_body: &[u8]) -> (u16, Vec<u8>) {
+    let out_status = if status == 529 { 503 } else { status };
+    let parsed: Option<AnthropicErrorBody> = serde_json::from_slice(anthropic_error_body).ok();
+    let (kind, message) = match parsed.as_ref().and_then(|p| p.error.as_ref()) {
+        Some(e) => (
+            e.kind.as_deref().unwrap_or(""),
+            e.message
+                .as_deref()
+                .map(Cow::Borrowed)
+                .unwrap_or(Cow::Borrowed("upstream error")),
+        ),
+        None => {
+            let text = String::from_utf8_lossy(anthropic_error_body);
+            let t = text.trim();
+            let mut end = t.len().min(500);
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            let msg = if t.is_empty() {
+                format!("upstream answered HTTP {status}")
+            } else {
+                t[..end].to_owned()
+            };
+            ("", Cow::Owned(msg))
+        }
+    };
+    let kind = if kind.is_empty() && status == 529 {
+        "overloaded_error"
+    } else {
+        kind
+    };
+    let (t, code) = openai_error_kind(kind, status);
+    (out_status, openai_error_body(&message, t, None, code))
+}
+
+/// `{"error":{"message":…,"type":…,"param":…,"code":…}}` (null for absent `param`/`code`).
+pub fn openai_error_body(
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 96);
+    write_openai_error(&mut out, message, kind, param, code);
+    out
+}
+
+pub(crate) fn write_openai_error(
+    out: &mut Vec<u8>,
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) {
+    out.extend_from_slice(br#"{"error":{"message":"#);
+    write_json_str(out, message);
+    out.extend_from_slice(br#","type":"#);
+    write_json_str(out, kind);
+    out.extend_from_slice(br#","param":"#);
+    match param {
+        Some(p) => write_json_str(out, p),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","code":"#);
+    match code {
+        Some(c) => write_json_str(out, c),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}}");
+}

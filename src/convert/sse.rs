@@ -1,0 +1,254 @@
+//! Incremental Server-Sent Events parser (no I/O), per the WHATWG event-stream rules that matter
+//! for API streams: `\n`, `\r\n` and `\r` line ends (also split across chunks), `event:` and `data:`
+//! fields with one optional space after the colon, multi-line data joined with `\n`, comment lines
+//! (`:...`) ignored, `id:`/`retry:` ignored, a leading UTF-8 BOM skipped, an event dispatched at a
+//! blank line only if it had a `data` field. An unterminated event at end of input is not dispatched.
+//!
+//! Memory: the parser holds at most one partial line and one event's data; callers that want a
+//! bound check [`SseParser::buffered_len`] after each push.
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Partial line carried over from the previous chunk.
+    line: Vec<u8>,
+    event: String,
+    data: Vec<u8>,
+    has_data: bool,
+    /// The previous chunk ended with `\r`: a `\n` starting the next chunk belongs to that line end.
+    pending_cr: bool,
+    /// Past the possible BOM at the very start of the stream.
+    started: bool,
+    /// Bytes of the BOM matched so far (held back until we know).
+    bom_matched: usize,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes; calls `f(event, data)` for each complete event (event is `""` when the event had
+    /// no `event:` field).
+    pub fn push(&mut self, mut chunk: &[u8], mut f: impl FnMut(&str, &[u8])) {
+        if !self.started {
+            let mut i = 0;
+            while i < chunk.len() && self.bom_matched < BOM.len() && chunk[i] == BOM[self.bom_matched] {
+                self.bom_matched += 1;
+                i += 1;
+            }
+            if self.bom_matched == BOM.len() {
+                self.started = true;
+                chunk = &chunk[i..];
+            } else if i == chunk.len() {
+                return; // still a possible BOM prefix: wait for more bytes
+            } else {
+                // Not a BOM: what was held back is ordinary data.
+                self.started = true;
+                let held = self.bom_matched;
+                self.feed(&BOM[..held], &mut f);
+                chunk = &chunk[i..];
+            }
+        }
+        self.feed(chunk, &mut f);
+    }
+
+    fn feed(&mut self, mut chunk: &[u8], f: &mut impl FnMut(&str, &[u8])) {
+        if self.pending_cr && !chunk.is_empty() {
+            self.pending_cr = false;
+            if chunk[0] == b'\n' {
+                chunk = &chunk[1..];
+            }
+        }
+        while !chunk.is_empty() {
+            match memchr::memchr2(b'\n', b'\r', chunk) {
+                None => {
+                    self.line.extend_from_slice(chunk);
+                    break;
+                }
+                Some(pos) => {
+                    if self.line.is_empty() {
+                        self.process_line(&chunk[..pos], f);
+                    } else {
+                        let mut line = std::mem::take(&mut self.line);
+                        line.extend_from_slice(&chunk[..pos]);
+                        self.process_line(&line, f);
+                        line.clear();
+                        self.line = line;
+                    }
+                    let mut next = pos + 1;
+                    if chunk[pos] == b'\r' {
+                        if next < chunk.len() {
+                            if chunk[next] == b'\n' {
+                                next += 1;
+                            }
+                        } else {
+                            self.pending_cr = true;
+                        }
+                    }
+                    chunk = &chunk[next..];
+                }
+            }
+        }
+    }
+
+    /// Bytes held for the partial line and the event being assembled.
+    pub fn buffered_len(&self) -> usize {
+        self.line.len() + self.data.len() + self.event.len()
+    }
+
+    fn process_line(&mut self, line: &[u8], f: &mut impl FnMut(&str, &[u8])) {
+        if line.is_empty() {
+            if self.has_data {
+                f(&self.event, &self.data);
+            }
+            self.event.clear();
+            self.data.clear();
+            self.has_data = false;
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let (name, value) = match memchr::memchr(b':', line) {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"data" => {
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            b"event" => {
+                self.event.clear();
+                self.event.push_str(&String::from_utf8_lossy(value));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_chunks(chunks: &[&[u8]]) -> Vec<(String, String)> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.push(c, |e, d| {
+                out.push((e.to_owned(), String::from_utf8_lossy(d).into_owned()))
+            });
+        }
+        out
+    }
+
+    fn ev(e: &str, d: &str) -> (String, String) {
+        (e.to_owned(), d.to_owned())
+    }
+
+    #[test]
+    fn basic_and_line_endings() {
+        let want = vec![ev("a", "1"), ev("", "2\n3")];
+        for sep in ["\n", "\r\n", "\r"] {
+            let s = format!("event: a{sep}data: 1{sep}{sep}data:2{sep}data: 3{sep}{sep}");
+            assert_eq!(parse_chunks(&[s.as_bytes()]), want, "{sep:?}");
+        }
+    }
+
+    #[test]
+    fn comments_ids_and_no_data() {
+        let s = b": keepalive\n\nid: 7\nretry: 10\nevent: x\n\nevent: y\ndata\n\ndata:  two spaces\n\n";
+        assert_eq!(
+            parse_chunks(&[s]),
+            vec![ev("y", ""), ev("", " two spaces")],
+            "an event without data is not dispatched and its name does not leak"
+        );
+    }
+
+    #[test]
+    fn incomplete_event_not_dispatched() {
+        assert_eq!(parse_chunks(&[b"data: 1\n"]), vec![]);
+        assert_eq!(parse_chunks(&[b"data: 1"]), vec![]);
+    }
+
+    #[test]
+    fn bom_is_skipped_even_when_split() {
+        let s = b"\xEF\xBB\xBFdata: x\n\n";
+        for i in 0..s.len() {
+            assert_eq!(parse_chunks(&[&s[..i], &s[i..]]), vec![ev("", "x")], "split {i}");
+        }
+        let s = b"\xEF\xBB\xBFdata: x\n\n";
+        let chunks: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(parse_chunks(&chunks), vec![ev("", "x")]);
+    }
+
+    #[test]
+    fn crlf_split_between_chunks() {
+        assert_eq!(
+            parse_chunks(&[b"data: a\r", b"\n\r", b"\n"]),
+            vec![ev("", "a")]
+        );
+        // A lone CR followed by an empty chunk then LF is still one line end.
+        assert_eq!(
+            parse_chunks(&[b"data: a\r", b"", b"\n\r\n"]),
+            vec![ev("", "a")]
+        );
+    }
+
+    #[test]
+    fn buffered_len_tracks_partial_data() {
+        let mut p = SseParser::new();
+        p.push(b"event: e\ndata: 12345", |_, _| {});
+        assert_eq!(p.buffered_len(), "12345".len() + "data: ".len() + 1);
+        p.push(b"\n\n", |_, _| {});
+        assert_eq!(p.buffered_len(), 0);
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../shared/fixtures/anthropic/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_same_events(cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+                                 crlf in any::<bool>()) {
+            let mut s = fixture("messages_tools_stream.sse");
+            if crlf {
+                let t = String::from_utf8(s).unwrap().replace('\n', "\r\n");
+                s = t.into_bytes();
+            }
+            let whole = parse_chunks(&[&s]);
+            prop_assert_eq!(whole.len(), 23);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(s.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks: Vec<&[u8]> = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(&s[last..p]);
+                last = p;
+            }
+            chunks.push(&s[last..]);
+            prop_assert_eq!(parse_chunks(&chunks), whole);
+        }
+
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), cut in 0usize..300) {
+            let cut = cut.min(data.len());
+            let _ = parse_chunks(&[&data[..cut], &data[cut..]]);
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The HTTP server: application state, the router, and serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::serve::ListenerExt;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any, get, post};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::config::{Settings, UpstreamTarget};
+use crate::convert::models::ModelAliases;
+use crate::credentials::{CredentialsConfig, OAuthManager};
+use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
+use crate::pipeline::{self, Mode, Route};
+use crate::sim::SimHandle;
+use crate::upstream::Upstream;
+
+/// Everything a request needs, shared by all requests.
+pub struct AppState {
+    pub settings: Settings,
+    pub upstream: Upstream,
+    pub oauth: Option<Arc<OAuthManager>>,
+    /// Why subscription credentials could not be loaded, if they could not.
+    pub oauth_error: Option<String>,
+    pub aliases: ModelAliases,
+    /// SHA-256 of the proxy token: compared in constant time, and never kept in clear here.
+    pub auth_token_digest: Option<[u8; 32]>,
+}
+
+/// The credentials configuration implied by the settings.
+pub fn credentials_config(settings: &Settings) -> CredentialsConfig {
+    let mut cfg = CredentialsConfig::new(
+        settings.config_dir.join("credentials.json"),
+        settings.home_dir.clone(),
+    );
+    cfg.credentials_file = settings.credentials_file.clone();
+    cfg.token_url = settings.oauth_token_url.clone();
+    cfg.client_id = settings.oauth_client_id.clone();
+    cfg.refresh_skew = settings.refresh_skew;
+    cfg
+}
+
+/// A server ready to accept connections, and the simulated upstream it may own.
+pub struct Server {
+    pub state: Arc<AppState>,
+    pub listener: TcpListener,
+    pub sim: Option<SimHandle>,
+}
+
+impl Server {
+    /// Binds the listener, starts the simulated upstream if asked, loads credentials.
+    pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
+        let (base, sim) = match &settings.upstream {
+            UpstreamTarget::Url(u) => (u.clone(), None),
+            UpstreamTarget::Sim => {
+                let sim = crate::sim::start(SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
+                (sim.url(), Some(sim))
+            }
+        };
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.host, settings.port)
+            })?;
+        let state = build_state(settings, base)?;
+        Ok(Server {
+            state: Arc::new(state),
+            listener,
+            sim,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if let Some(mgr) = &self.state.oauth {
+            mgr.spawn_background_refresh();
+        }
+        let app = router(self.state.clone());
+        let _sim = self.sim;
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<AppState> {
+    let upstream = Upstream::new(
+        upstream_base,
+        settings.connect_timeout,
+        settings.upstream_timeout,
+    )?;
+    let (oauth, oauth_error) = match OAuthManager::discover(
+        credentials_config(&settings),
+        upstream.client().clone(),
+    ) {
+        Ok(m) => (m, None),
+        Err(e) => {
+            tracing::warn!(error = %e, "Claude subscription credentials are not usable");
+            (None, Some(e.to_string()))
+        }
+    };
+    let aliases = ModelAliases::with_defaults().with_overrides(
+        settings
+            .model_aliases
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    let auth_token_digest = settings
+        .auth_token
+        .as_ref()
+        .map(|t| Sha256::digest(t.expose().as_bytes()).into());
+    Ok(AppState {
+        settings,
+        upstream,
+        oauth,
+        oauth_error,
+        aliases,
+        auth_token_digest,
+    })
+}
+
+/// The mode prefixes and the mode each selects.
+pub const PREFIXES: &[(&str, Mode)] = &[
+    ("", Mode::Full),
+    ("/full", Mode::Full),
+    ("/min", Mode::Minimal),
+    ("/pt", Mode::Passthrough),
+];
+
+fn route_is_get(route: Route) -> bool {
+    matches!(route, Route::Models | Route::OpenAiModels)
+}
+
+fn method_not_allowed(dialect: Dialect, req: Request) -> Response {
+    ProxyError::new(
+        ErrorKind::MethodNotAllowed,
+        ErrorSource::Downstream,
+        format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response(dialect)
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut r = Router::new().route("/health", get(health));
+    for &(prefix, mode) in PREFIXES {
+        let routes: [(&str, Route); 5] = [
+            ("/v1/messages", Route::Messages),
+            ("/v1/messages/count_tokens", Route::CountTokens),
+            ("/v1/models", Route::Models),
+            ("/openai/v1/chat/completions", Route::ChatCompletions),
+            ("/openai/v1/models", Route::OpenAiModels),
+        ];
+        for (path, route) in routes {
+            r = r.route(&format!("{prefix}{path}"), endpoint(mode, route));
+        }
+    }
+    r = r.route(
+        "/pt/v1/{*rest}",
+        any(|State(state): State<Arc<AppState>>, req: Request| {
+            pipeline::handle(state, Mode::Passthrough, Route::Relay, req)
+        }),
+    );
+    r.fallback(not_found).with_state(state)
+}
+
+/// One proxied endpoint: its method goes to the pipeline, any other gets 405.
+fn endpoint(mode: Mode, route: Route) -> MethodRouter<Arc<AppState>> {
+    let handler = move |State(state): State<Arc<AppState>>, req: Request| {
+        pipeline::handle(state, mode, route, req)
+    };
+    let dialect = route.dialect();
+    let mr = if route_is_get(route) {
+        get(handler)
+    } else {
+        post(handler)
+    };
+    mr.fallback(move |req: Request| async move { method_not_allowed(dialect, req) })
+}
+
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    let dialect = if path.contains("/openai/") {
+        Dialect::OpenAi
+    } else {
+        Dialect::Anthropic
+    };
+    ProxyError::not_found(format!(
+        "no route for {} {path}; see the README for the routes of each mode",
+        req.method()
+    ))
+    .into_response(dialect)
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let oauth = state.oauth.as_ref().map(|m| {
+        let s = m.status();
+        serde_json::json!({
+            "source": s.source.description,
+            "expires_at_ms": s.expires_at_ms,
+            "expired": s.expired,
+            "subscription_type": s.subscription_type,
+            "last_refresh_error": s.last_refresh_error,
+        })
+    });
+    let active = match (&oauth, &state.settings.api_key) {
+        (Some(o), _) if o["expired"] == false => "oauth",
+        (_, Some(_)) => "api_key",
+        (Some(_), None) => "oauth_expired",
+        (None, None) => "client",
+    };
+    let body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "upstream": state.settings.upstream_display(),
+        "upstream_base": state.upstream.base(),
+        "auth_required": state.auth_token_digest.is_some(),
+        "credentials": {
+            "active": active,
+            "oauth": oauth,
+            "oauth_error": state.oauth_error,
+            "server_api_key": state.settings.api_key.is_some(),
+        },
+    });
+    axum::Json(body).into_response()
+}

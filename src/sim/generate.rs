@@ -1,0 +1,458 @@
+//! What the simulated upstream answers: the message, and its SSE rendering in
+//! the real event order.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use axum::body::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+pub struct SimRequest<'a> {
+    #[serde(borrow)]
+    pub model: Option<Cow<'a, str>>,
+    pub max_tokens: Option<u64>,
+    #[serde(borrow)]
+    pub messages: Option<Vec<SimMessage<'a>>>,
+    #[serde(borrow)]
+    pub system: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub tools: Option<Vec<SimTool<'a>>>,
+    pub stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+pub struct SimMessage<'a> {
+    #[serde(borrow)]
+    pub role: Cow<'a, str>,
+    #[serde(borrow)]
+    pub content: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+pub struct SimTool<'a> {
+    #[serde(borrow)]
+    pub name: Option<Cow<'a, str>>,
+}
+
+/// Scenario switches read from the last user message.
+#[derive(Debug, Default, Clone)]
+pub struct Directives {
+    pub tools: bool,
+    pub thinking: bool,
+    pub status: Option<u16>,
+    pub error_midstream: bool,
+    pub delay_ms: u64,
+    pub gap_ms: u64,
+    pub deltas: Option<usize>,
+    pub cache: bool,
+    pub stop: Option<String>,
+    pub unknown_event: bool,
+    pub no_stop: bool,
+    /// Text of the last user turn (markers included).
+    pub user_text: String,
+    /// Text of the tool results in the last user turn, if any.
+    pub tool_result: Option<String>,
+}
+
+impl Directives {
+    pub fn from_request(req: &SimRequest<'_>) -> Self {
+        let last_user = req
+            .messages
+            .as_ref()
+            .and_then(|m| m.iter().rev().find(|m| m.role == "user"));
+        let mut d = Directives::default();
+        if let Some(msg) = last_user {
+            let (text, tool_result) = flatten_content(msg.content);
+            d.tool_result = tool_result;
+            d.parse_markers(&text);
+            d.user_text = text;
+        }
+        d
+    }
+
+    pub fn parse_markers(&mut self, text: &str) {
+        let mut rest = text;
+        while let Some(start) = rest.find("[sim:") {
+            let after = &rest[start + 5..];
+            let Some(end) = after.find(']') else { break };
+            let marker = &after[..end];
+            rest = &after[end..];
+            let (key, value) = marker.split_once('=').unwrap_or((marker, ""));
+            let num = || value.parse::<u64>().ok();
+            match key {
+                "tools" => self.tools = true,
+                "thinking" => self.thinking = true,
+                "status" => self.status = num().and_then(|n| u16::try_from(n).ok()),
+                "error-midstream" => self.error_midstream = true,
+                "delay" => self.delay_ms = num().unwrap_or(0).min(600_000),
+                "gap" => self.gap_ms = num().unwrap_or(0).min(60_000),
+                "deltas" => self.deltas = num().map(|n| n.clamp(1, 100_000) as usize),
+                "cache" => self.cache = true,
+                "stop" => self.stop = Some(value.to_owned()),
+                "unknown-event" => self.unknown_event = true,
+                "no-stop" => self.no_stop = true,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The text of a content value, and the text of any tool_result blocks in it.
+fn flatten_content(raw: &RawValue) -> (String, Option<String>) {
+    let Ok(v) = serde_json::from_str::<Value>(raw.get()) else {
+        return (String::new(), None);
+    };
+    match v {
+        Value::String(s) => (s, None),
+        Value::Array(blocks) => {
+            let mut text = String::new();
+            let mut results: Option<String> = None;
+            for b in &blocks {
+                match b["type"].as_str() {
+                    Some("text") => text.push_str(b["text"].as_str().unwrap_or("")),
+                    Some("tool_result") => {
+                        let r = results.get_or_insert_with(String::new);
+                        match &b["content"] {
+                            Value::String(s) => r.push_str(s),
+                            Value::Array(parts) => {
+                                for p in parts {
+                                    r.push_str(p["text"].as_str().unwrap_or(""));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (text, results)
+        }
+        _ => (String::new(), None),
+    }
+}
+
+pub fn estimate_tokens(body_len: usize) -> u64 {
+    (body_len as u64 / 4).max(1)
+}
+
+pub enum Block {
+    Text(String),
+    Thinking { thinking: String, signature: String },
+    ToolUse { id: String, name: String, input: String },
+}
+
+pub struct SimMessage2 {
+    pub id: String,
+    pub model: String,
+    pub blocks: Vec<Block>,
+    pub stop_reason: String,
+    pub input_tokens: u64,
+    pub cache_creation: u64,
+    pub cache_read: u64,
+    pub output_tokens: u64,
+    /// How many text deltas a streamed text block is cut into.
+    pub deltas: usize,
+}
+
+/// Builds the answer to a Messages request.
+pub fn respond(req: &SimRequest<'_>, dir: &Directives, body_len: usize, n: u64) -> SimMessage2 {
+    let mut blocks = Vec::new();
+    if dir.thinking {
+        blocks.push(Block::Thinking {
+            thinking: "The user wants a short answer. I will keep it brief.".to_owned(),
+            signature: format!("EqQBCkYIBxgCKkBzaW0tc2lnbmF0dXJlLXtufQ{n:08x}=="),
+        });
+    }
+    let deltas = dir.deltas.unwrap_or(4);
+    let text = if let Some(n) = dir.deltas {
+        let mut t = String::with_capacity(n * 6);
+        for i in 0..n {
+            let _ = write!(t, "tok{i} ");
+        }
+        t
+    } else if let Some(result) = &dir.tool_result {
+        format!("Thanks, the tool returned: {}", truncate(result, 200))
+    } else if dir.tools {
+        "I'll check both for you.".to_owned()
+    } else {
+        format!(
+            "Hello! This is the ccproxy simulated upstream. You said: {}",
+            truncate(&dir.user_text, 200)
+        )
+    };
+    blocks.push(Block::Text(text));
+    let mut stop_reason = dir.stop.clone().unwrap_or_else(|| "end_turn".to_owned());
+    if dir.tools && dir.tool_result.is_none() {
+        let names: Vec<String> = req
+            .tools
+            .as_ref()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t.name.as_deref().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = |i: usize, default: &str| names.get(i).cloned().unwrap_or_else(|| default.to_owned());
+        blocks.push(Block::ToolUse {
+            id: format!("toolu_sim{n:012x}a"),
+            name: name(0, "get_weather"),
+            input: r#"{"location":"New York, NY","unit":"celsius"}"#.to_owned(),
+        });
+        blocks.push(Block::ToolUse {
+            id: format!("toolu_sim{n:012x}b"),
+            name: name(1, "calculate_distance"),
+            input: r#"{"lat1":"40.7128","lon1":"-74.0060","lat2":"34.0522","lon2":"-118.2437","note":"ünïcode ✓"}"#
+                .to_owned(),
+        });
+        if dir.stop.is_none() {
+            stop_reason = "tool_use".to_owned();
+        }
+    }
+    let output_tokens = blocks
+        .iter()
+        .map(|b| match b {
+            Block::Text(t) => t.len() as u64 / 4 + 1,
+            Block::Thinking { thinking, .. } => thinking.len() as u64 / 4 + 1,
+            Block::ToolUse { input, .. } => input.len() as u64 / 4 + 8,
+        })
+        .sum();
+    let (cache_creation, cache_read) = if dir.cache { (2048, 8192) } else { (0, 0) };
+    SimMessage2 {
+        id: format!("msg_sim{n:016x}"),
+        model: req.model.as_deref().unwrap_or("claude-sonnet-4-5").to_owned(),
+        blocks,
+        stop_reason,
+        input_tokens: estimate_tokens(body_len),
+        cache_creation,
+        cache_read,
+        output_tokens,
+        deltas,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl SimMessage2 {
+    fn usage(&self, output_tokens: u64) -> Value {
+        json!({
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation,
+            "cache_read_input_tokens": self.cache_read,
+            "cache_creation": {"ephemeral_5m_input_tokens": self.cache_creation, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        })
+    }
+
+    fn block_json(b: &Block) -> Value {
+        match b {
+            Block::Text(t) => json!({"type":"text","text":t}),
+            Block::Thinking { thinking, signature } => {
+                json!({"type":"thinking","thinking":thinking,"signature":signature})
+            }
+            Block::ToolUse { id, name, input } => {
+                let input: Value = serde_json::from_str(input).unwrap_or(Value::Null);
+                json!({"type":"tool_use","id":id,"name":name,"input":input})
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": self.blocks.iter().map(Self::block_json).collect::<Vec<_>>(),
+            "stop_reason": self.stop_reason,
+            "stop_sequence": null,
+            "usage": self.usage(self.output_tokens),
+        })
+        .to_string()
+    }
+}
+
+fn event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// Splits `s` into about `n` pieces at char boundaries (at least one piece).
+fn split_into(s: &str, n: usize) -> Vec<&str> {
+    let n = n.max(1);
+    let size = s.len().div_ceil(n).max(1);
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < s.len() {
+        let mut end = (start + size).min(s.len());
+        while !s.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&s[start..end]);
+        start = end;
+    }
+    if out.is_empty() {
+        out.push("");
+    }
+    out
+}
+
+/// Splits `s` on every `tok ` boundary when the text is made of benchmark tokens,
+/// else into `n` pieces.
+fn text_pieces(s: &str, n: usize) -> Vec<&str> {
+    if s.starts_with("tok0 ") {
+        return s.split_inclusive(' ').collect();
+    }
+    split_into(s, n)
+}
+
+/// The SSE events for a message, in the real order.
+pub fn sse_events(m: &SimMessage2, dir: &Directives) -> Vec<Bytes> {
+    let mut ev = Vec::with_capacity(m.deltas + 16);
+    ev.push(event(
+        "message_start",
+        &json!({"type":"message_start","message":{
+            "id": m.id, "type":"message","role":"assistant","model": m.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": m.usage(1),
+        }}),
+    ));
+    for (i, b) in m.blocks.iter().enumerate() {
+        let start = match b {
+            Block::Text(_) => json!({"type":"text","text":""}),
+            Block::Thinking { .. } => json!({"type":"thinking","thinking":"","signature":""}),
+            Block::ToolUse { id, name, .. } => {
+                json!({"type":"tool_use","id":id,"name":name,"input":{}})
+            }
+        };
+        ev.push(event(
+            "content_block_start",
+            &json!({"type":"content_block_start","index":i,"content_block":start}),
+        ));
+        if i == 0 {
+            ev.push(Bytes::from_static(b"event: ping\ndata: {\"type\": \"ping\"}\n\n"));
+            if dir.unknown_event {
+                ev.push(event(
+                    "sim_future_event",
+                    &json!({"type":"sim_future_event","detail":"an event type clients must tolerate"}),
+                ));
+            }
+        }
+        let delta = |d: Value| {
+            event(
+                "content_block_delta",
+                &json!({"type":"content_block_delta","index":i,"delta":d}),
+            )
+        };
+        match b {
+            Block::Text(t) => {
+                for (k, piece) in text_pieces(t, m.deltas).into_iter().enumerate() {
+                    ev.push(delta(json!({"type":"text_delta","text":piece})));
+                    if dir.error_midstream && k == 0 {
+                        ev.push(event(
+                            "error",
+                            &json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
+                        ));
+                        return ev;
+                    }
+                }
+            }
+            Block::Thinking {
+                thinking,
+                signature,
+            } => {
+                for piece in split_into(thinking, 3) {
+                    ev.push(delta(json!({"type":"thinking_delta","thinking":piece})));
+                }
+                ev.push(delta(json!({"type":"signature_delta","signature":signature})));
+            }
+            Block::ToolUse { input, .. } => {
+                ev.push(delta(json!({"type":"input_json_delta","partial_json":""})));
+                // Seven-byte fragments: splits keys, numbers and multi-byte text mid-token.
+                for piece in split_into(input, input.len().div_ceil(7)) {
+                    ev.push(delta(json!({"type":"input_json_delta","partial_json":piece})));
+                }
+            }
+        }
+        ev.push(event(
+            "content_block_stop",
+            &json!({"type":"content_block_stop","index":i}),
+        ));
+    }
+    ev.push(event(
+        "message_delta",
+        &json!({"type":"message_delta","delta":{"stop_reason":m.stop_reason,"stop_sequence":null},
+                "usage": {"input_tokens": m.input_tokens, "cache_creation_input_tokens": m.cache_creation,
+                          "cache_read_input_tokens": m.cache_read, "output_tokens": m.output_tokens}}),
+    ));
+    if !dir.no_stop {
+        ev.push(event("message_stop", &json!({"type":"message_stop"})));
+    }
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(body: &str) -> (SimRequest<'_>, Directives) {
+        let r: SimRequest = serde_json::from_str(body).unwrap();
+        let d = Directives::from_request(&r);
+        (r, d)
+    }
+
+    #[test]
+    fn markers_are_read_from_last_user_turn() {
+        let body = r#"{"model":"m","max_tokens":5,"messages":[
+            {"role":"user","content":"[sim:thinking]"},
+            {"role":"assistant","content":"ok"},
+            {"role":"user","content":[{"type":"text","text":"go [sim:tools] [sim:gap=5] [sim:status=429]"}]}]}"#;
+        let (_, d) = req(body);
+        assert!(d.tools && !d.thinking);
+        assert_eq!(d.gap_ms, 5);
+        assert_eq!(d.status, Some(429));
+    }
+
+    #[test]
+    fn tool_json_fragments_concatenate_to_input() {
+        let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:tools]"}]}"#;
+        let (r, d) = req(body);
+        let m = respond(&r, &d, body.len(), 1);
+        let events = sse_events(&m, &d);
+        let mut args = String::new();
+        for e in &events {
+            let s = std::str::from_utf8(e).unwrap();
+            let data = s.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            let v: Value = serde_json::from_str(data).unwrap();
+            if v["index"] == 2 && v["delta"]["type"] == "input_json_delta" {
+                args.push_str(v["delta"]["partial_json"].as_str().unwrap());
+            }
+        }
+        let parsed: Value = serde_json::from_str(&args).unwrap();
+        assert_eq!(parsed["note"], "ünïcode ✓");
+        assert_eq!(m.stop_reason, "tool_use");
+    }
+
+    #[test]
+    fn benchmark_deltas_count() {
+        let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:deltas=64]"}]}"#;
+        let (r, d) = req(body);
+        let m = respond(&r, &d, body.len(), 1);
+        let n = sse_events(&m, &d)
+            .iter()
+            .filter(|e| e.starts_with(b"event: content_block_delta"))
+            .count();
+        assert_eq!(n, 64);
+    }
+}

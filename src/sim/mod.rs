@@ -1,0 +1,611 @@
+//! The simulated Anthropic upstream: an in-process imitation of the Messages API
+//! (JSON and SSE with the real event order and usage), count_tokens, models, and
+//! the OAuth token endpoint with rotating tokens.
+//!
+//! It enforces what the real service enforces and the tests rely on: a key or
+//! token is required; an OAuth token needs the `oauth-2025-04-20` beta and the
+//! Claude Code identity block; at most 4 `cache_control` blocks.
+//!
+//! Scenarios are chosen by markers in the last user message's text:
+//!
+//! | marker | effect |
+//! |---|---|
+//! | `[sim:tools]` | two parallel tool calls (JSON arguments split mid-token when streamed) |
+//! | `[sim:thinking]` | a thinking block with a signature before the text |
+//! | `[sim:status=NNN]` | an error response with that status and the real error type |
+//! | `[sim:error-midstream]` | HTTP 200 stream that breaks with an `overloaded_error` event |
+//! | `[sim:delay=MS]` | wait before sending response headers |
+//! | `[sim:gap=MS]` | wait between stream events |
+//! | `[sim:deltas=N]` | N text deltas |
+//! | `[sim:cache]` | cache read/write usage |
+//! | `[sim:stop=REASON]` | that stop_reason (e.g. max_tokens, refusal) |
+//! | `[sim:unknown-event]` | an event type the client has never seen, mid-stream |
+//! | `[sim:no-stop]` | the stream ends without `message_stop` |
+
+pub mod generate;
+mod openai;
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::claude_code::{BETA_OAUTH, IDENTITY};
+use generate::{Directives, SimRequest};
+
+/// Identity lines the real service accepts for OAuth requests.
+const ACCEPTED_IDENTITIES: &[&str] = &[
+    IDENTITY,
+    "You are a Claude agent, built on Anthropic's Claude Agent SDK.",
+    "You are Claude Code, Anthropic's official CLI for Claude, running within the Claude Agent SDK.",
+];
+
+/// One request as the simulated upstream received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
+    #[serde(serialize_with = "ser_body")]
+    pub body: Bytes,
+}
+
+fn ser_body<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Shared state of a simulated upstream, also the tests' handle on it.
+#[derive(Default)]
+pub struct SimState {
+    counter: AtomicU64,
+    record: bool,
+    recorded: Mutex<VecDeque<RecordedRequest>>,
+    /// Refresh tokens already used (rotation: each works once).
+    used_refresh: Mutex<HashSet<String>>,
+    /// Access tokens the service no longer accepts.
+    revoked: Mutex<HashSet<String>>,
+    /// Milliseconds the token endpoint waits before answering.
+    pub token_delay_ms: AtomicU64,
+    /// Token endpoint calls so far.
+    pub token_calls: AtomicU64,
+    /// Seconds of validity of issued access tokens.
+    pub token_expires_in: AtomicU64,
+    /// Streams whose client went away before the end.
+    pub streams_cancelled: AtomicU64,
+    pub streams_completed: AtomicU64,
+}
+
+const RECORD_LIMIT: usize = 256;
+
+impl SimState {
+    pub fn new(record: bool) -> Self {
+        SimState {
+            record,
+            token_expires_in: AtomicU64::new(28_800),
+            ..SimState::default()
+        }
+    }
+
+    /// Requests received so far (oldest first), when recording is on.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.recorded
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.recorded.lock().ok().and_then(|r| r.back().cloned())
+    }
+
+    pub fn clear_requests(&self) {
+        if let Ok(mut r) = self.recorded.lock() {
+            r.clear();
+        }
+    }
+
+    /// Makes the service reject this access token with 401 from now on.
+    pub fn revoke(&self, access_token: &str) {
+        if let Ok(mut r) = self.revoked.lock() {
+            r.insert(access_token.to_owned());
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn record(&self, req: RecordedRequest) {
+        if let Ok(mut r) = self.recorded.lock() {
+            if r.len() == RECORD_LIMIT {
+                r.pop_front();
+            }
+            r.push_back(req);
+        }
+    }
+}
+
+/// A running simulated upstream.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    pub state: Arc<SimState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a simulated upstream on `addr` (use port 0 for a free port).
+pub async fn start(addr: SocketAddr, record: bool) -> std::io::Result<SimHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    start_on(listener, record)
+}
+
+pub fn start_on(listener: TcpListener, record: bool) -> std::io::Result<SimHandle> {
+    let addr = listener.local_addr()?;
+    let state = Arc::new(SimState::new(record));
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(SimHandle { addr, state, task })
+}
+
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/models", get(models))
+        .route("/v1/oauth/token", post(oauth_token))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/_sim/requests", get(recorded))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+pub fn error_type_for(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// An Anthropic error response, as the real service shapes it.
+pub fn error_response(status: u16, message: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": {"type": error_type_for(status), "message": message},
+        "request_id": "req_sim_error",
+    });
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("request-id", HeaderValue::from_static("req_sim_error"));
+    if status == 429 {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        resp.headers_mut().insert(
+            "anthropic-ratelimit-requests-remaining",
+            HeaderValue::from_static("0"),
+        );
+    }
+    if status == 529 || status >= 500 {
+        resp.headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+async fn not_found(req: Request) -> Response {
+    error_response(404, &format!("Not found: {}", req.uri().path()))
+}
+
+async fn recorded(State(state): State<Arc<SimState>>) -> Response {
+    axum::Json(state.requests()).into_response()
+}
+
+/// The credential a request presented.
+enum Cred {
+    ApiKey,
+    OAuth,
+}
+
+fn check_auth(state: &SimState, headers: &HeaderMap) -> Result<Cred, Response> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return if key.starts_with("sk-ant-api") {
+            Ok(Cred::ApiKey)
+        } else {
+            Err(error_response(401, "invalid x-api-key"))
+        };
+    }
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let token = auth.strip_prefix("Bearer ").unwrap_or("");
+        let revoked = state
+            .revoked
+            .lock()
+            .map(|r| r.contains(token))
+            .unwrap_or(false);
+        if !token.starts_with("sk-ant-oat") || revoked || token.contains("revoked") {
+            return Err(error_response(401, "Invalid bearer token"));
+        }
+        let beta_ok = headers
+            .get_all("anthropic-beta")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim() == BETA_OAUTH);
+        if !beta_ok {
+            return Err(error_response(
+                401,
+                "OAuth authentication is currently not supported.",
+            ));
+        }
+        return Ok(Cred::OAuth);
+    }
+    Err(error_response(401, "x-api-key header is required"))
+}
+
+fn record_request(state: &SimState, method: &Method, uri: &axum::http::Uri, headers: &HeaderMap, body: &Bytes) {
+    if !state.record {
+        return;
+    }
+    state.record(RecordedRequest {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().map(str::to_owned),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.clone(),
+    });
+}
+
+/// The checks every Messages-shaped request goes through, in the service's order.
+fn admit<'a>(
+    state: &SimState,
+    headers: &HeaderMap,
+    body: &'a [u8],
+    require_max_tokens: bool,
+) -> Result<SimRequest<'a>, Response> {
+    let cred = check_auth(state, headers)?;
+    if headers.get("anthropic-version").is_none() {
+        return Err(error_response(400, "anthropic-version: header is required"));
+    }
+    let req: SimRequest = serde_json::from_slice(body)
+        .map_err(|e| error_response(400, &format!("There was an error parsing the body of your request: {e}")))?;
+    if req.model.is_none() {
+        return Err(error_response(400, "model: Field required"));
+    }
+    if require_max_tokens && req.max_tokens.is_none() {
+        return Err(error_response(400, "max_tokens: Field required"));
+    }
+    if req.messages.is_none() {
+        return Err(error_response(400, "messages: Field required"));
+    }
+    if matches!(cred, Cred::OAuth) && !has_identity(req.system) {
+        return Err(error_response(
+            400,
+            "This credential is only authorized for use with Claude Code and cannot be used for other API requests.",
+        ));
+    }
+    let n = memchr::memmem::find_iter(body, b"\"cache_control\"").count();
+    if n > 4 {
+        return Err(error_response(
+            400,
+            &format!("A maximum of 4 blocks with cache_control may be provided. Found {n}."),
+        ));
+    }
+    Ok(req)
+}
+
+fn has_identity(system: Option<&serde_json::value::RawValue>) -> bool {
+    let Some(raw) = system else { return false };
+    if let Ok(s) = serde_json::from_str::<String>(raw.get()) {
+        return ACCEPTED_IDENTITIES.iter().any(|id| s.starts_with(id));
+    }
+    #[derive(serde::Deserialize)]
+    struct B {
+        text: Option<String>,
+    }
+    let Ok(blocks) = serde_json::from_str::<Vec<B>>(raw.get()) else {
+        return false;
+    };
+    let texts: Vec<&str> = blocks.iter().filter_map(|b| b.text.as_deref()).collect();
+    let is_id = |t: &&str| ACCEPTED_IDENTITIES.contains(t);
+    match texts.as_slice() {
+        [first, ..] if is_id(first) => true,
+        [billing, second, ..] if billing.starts_with("x-anthropic-billing-header") => is_id(second),
+        _ => false,
+    }
+}
+
+async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
+        return error_response(413, "Request too large");
+    };
+    record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
+    let req = match admit(&state, &parts.headers, &body, true) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let dir = Directives::from_request(&req);
+    if dir.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(dir.delay_ms)).await;
+    }
+    if let Some(status) = dir.status {
+        return error_response(status, &format!("Simulated error {status}"));
+    }
+    let id = state.next_id();
+    let message = generate::respond(&req, &dir, body.len(), id);
+    if req.stream.unwrap_or(false) {
+        stream_response(state, generate::sse_events(&message, &dir), dir.gap_ms)
+    } else {
+        let mut resp = (
+            [(header::CONTENT_TYPE, "application/json")],
+            message.to_json(),
+        )
+            .into_response();
+        add_common_headers(resp.headers_mut(), id);
+        resp
+    }
+}
+
+fn add_common_headers(h: &mut HeaderMap, id: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("req_sim_{id:016x}")) {
+        h.insert("request-id", v);
+    }
+    h.insert(
+        "anthropic-ratelimit-unified-status",
+        HeaderValue::from_static("allowed"),
+    );
+    h.insert(
+        "anthropic-ratelimit-unified-5h-status",
+        HeaderValue::from_static("allowed"),
+    );
+}
+
+/// Counts a stream as cancelled unless it reached its end.
+struct StreamGuard {
+    state: Arc<SimState>,
+    done: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let counter = if self.done {
+            &self.state.streams_completed
+        } else {
+            &self.state.streams_cancelled
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn stream_response(state: Arc<SimState>, events: Vec<Bytes>, gap_ms: u64) -> Response {
+    let id = state.next_id();
+    let guard = StreamGuard { state, done: false };
+    let body = if gap_ms == 0 {
+        // Everything at once, in one write: the fastest path for benchmarks.
+        let total: usize = events.iter().map(Bytes::len).sum();
+        let mut all = Vec::with_capacity(total);
+        for e in &events {
+            all.extend_from_slice(e);
+        }
+        let mut guard = guard;
+        guard.done = true;
+        drop(guard);
+        Body::from(all)
+    } else {
+        let gap = Duration::from_millis(gap_ms);
+        let stream = futures_util::stream::unfold(
+            (events.into_iter(), guard, true),
+            move |(mut it, mut guard, first)| async move {
+                if !first {
+                    tokio::time::sleep(gap).await;
+                }
+                match it.next() {
+                    Some(ev) => Some((Ok::<_, std::convert::Infallible>(ev), (it, guard, false))),
+                    None => {
+                        guard.done = true;
+                        drop(guard);
+                        None
+                    }
+                }
+            },
+        );
+        Body::from_stream(stream)
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    add_common_headers(h, id);
+    resp
+}
+
+async fn count_tokens(State(state): State<Arc<SimState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
+        return error_response(413, "Request too large");
+    };
+    record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
+    if let Err(resp) = admit(&state, &parts.headers, &body, false) {
+        return resp;
+    }
+    let tokens = generate::estimate_tokens(body.len());
+    let mut resp = axum::Json(serde_json::json!({ "input_tokens": tokens })).into_response();
+    add_common_headers(resp.headers_mut(), state.next_id());
+    resp
+}
+
+/// Models the simulated upstream lists.
+pub const MODELS: &[(&str, &str)] = &[
+    ("claude-opus-4-1-20250805", "Claude Opus 4.1"),
+    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
+    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"),
+    ("claude-sonnet-4-20250514", "Claude Sonnet 4"),
+];
+
+async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    record_request(&state, &parts.method, &parts.uri, &parts.headers, &Bytes::new());
+    if let Err(resp) = check_auth(&state, &parts.headers) {
+        return resp;
+    }
+    let data: Vec<_> = MODELS
+        .iter()
+        .map(|(id, name)| {
+            serde_json::json!({"type":"model","id":id,"display_name":name,"created_at":"2025-09-29T00:00:00Z"})
+        })
+        .collect();
+    let first = MODELS.first().map(|m| m.0);
+    let last = MODELS.last().map(|m| m.0);
+    axum::Json(serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
+        .into_response()
+}
+
+async fn oauth_token(State(state): State<Arc<SimState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 1024 * 1024).await else {
+        return error_response(413, "Request too large");
+    };
+    record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
+    state.token_calls.fetch_add(1, Ordering::SeqCst);
+    let delay = state.token_delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let oauth_error = |status: StatusCode, error: &str, desc: &str| {
+        (
+            status,
+            axum::Json(serde_json::json!({"error": error, "error_description": desc})),
+        )
+            .into_response()
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Invalid JSON body");
+    };
+    let grant = v["grant_type"].as_str().unwrap_or("");
+    let valid = match grant {
+        "refresh_token" => {
+            let rt = v["refresh_token"].as_str().unwrap_or("");
+            let fresh = state
+                .used_refresh
+                .lock()
+                .map(|mut used| used.insert(rt.to_owned()))
+                .unwrap_or(false);
+            rt.starts_with("sk-ant-ort") && !rt.contains("invalid") && fresh
+        }
+        "authorization_code" => {
+            let code = v["code"].as_str().unwrap_or("");
+            !code.is_empty()
+                && !code.contains("invalid")
+                && v["code_verifier"].as_str().is_some_and(|c| c.len() >= 43)
+        }
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "Unsupported grant type",
+            );
+        }
+    };
+    if !valid {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "Refresh token not found or invalid",
+        );
+    }
+    let n = state.next_id();
+    let nonce: u64 = rand::random();
+    axum::Json(serde_json::json!({
+        "access_token": format!("sk-ant-oat01-sim-{n}-{nonce:016x}"),
+        "refresh_token": format!("sk-ant-ort01-sim-{n}-{nonce:016x}"),
+        "expires_in": state.token_expires_in.load(Ordering::Relaxed),
+        "scope": "user:inference user:profile",
+        "token_type": "Bearer",
+    }))
+    .into_response()
+}
+
+async fn chat_completions(State(state): State<Arc<SimState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
+        return error_response(413, "Request too large");
+    };
+    record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
+    openai::chat_completions(state, &parts.headers, &body).await
+}
+
+/// Exposes check_auth to the OpenAI-compatible endpoint.
+pub(crate) fn authorize(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+    check_auth(state, headers).map(|_| ())
+}
+
+pub(crate) fn next_id(state: &SimState) -> u64 {
+    state.next_id()
+}
+
+pub(crate) fn sse_response(state: Arc<SimState>, events: Vec<Bytes>, gap_ms: u64) -> Response {
+    stream_response(state, events, gap_ms)
+}

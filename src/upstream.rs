@@ -1,0 +1,364 @@
+//! The upstream leg: one pooled client, header policy per mode, error mapping.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use bytes::Bytes;
+
+use crate::claude_code::{self, DEFAULT_ANTHROPIC_VERSION};
+use crate::error::{ErrorKind, ErrorSource, ProxyError};
+use crate::pipeline::Mode;
+
+/// The credential that goes upstream with one request.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    /// Sent as `x-api-key`.
+    ApiKey(String),
+    /// Sent as `Authorization: Bearer`.
+    OAuth(String),
+}
+
+impl UpstreamAuth {
+    pub fn is_oauth(&self) -> bool {
+        matches!(self, UpstreamAuth::OAuth(_))
+    }
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpstreamAuth::ApiKey(_) => "ApiKey(****)",
+            UpstreamAuth::OAuth(_) => "OAuth(****)",
+        })
+    }
+}
+
+pub struct Upstream {
+    client: reqwest::Client,
+    base: String,
+    header_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(
+        base: String,
+        connect_timeout: Duration,
+        header_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let client = crate::http::client_builder()
+            .connect_timeout(connect_timeout)
+            .build()?;
+        Ok(Upstream {
+            client,
+            base,
+            header_timeout,
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one request; waits at most the header timeout for the response head.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let mut url = String::with_capacity(self.base.len() + path.len() + 32);
+        url.push_str(&self.base);
+        url.push_str(path);
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        let mut rb = self.client.request(method.clone(), url).headers(headers);
+        if method != Method::GET && method != Method::HEAD || !body.is_empty() {
+            rb = rb.body(body);
+        }
+        match tokio::time::timeout(self.header_timeout, rb.send()).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(map_send_error(&e)),
+            Err(_) => Err(ProxyError::new(
+                ErrorKind::GatewayTimeout,
+                ErrorSource::Upstream,
+                format!(
+                    "upstream did not answer within {} s",
+                    self.header_timeout.as_secs_f64()
+                ),
+            )),
+        }
+    }
+}
+
+/// A transport error sending upstream: 504 for timeouts, 502 otherwise.
+pub fn map_send_error(e: &reqwest::Error) -> ProxyError {
+    let detail = error_chain(e);
+    if e.is_timeout() {
+        ProxyError::new(
+            ErrorKind::GatewayTimeout,
+            ErrorSource::Upstream,
+            format!("upstream timed out: {detail}"),
+        )
+    } else {
+        ProxyError::new(
+            ErrorKind::BadGateway,
+            ErrorSource::Upstream,
+            format!("upstream unreachable: {detail}"),
+        )
+    }
+}
+
+/// The innermost causes of an error, joined; reqwest's own text is too vague.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Headers never relayed in either direction (RFC 9110 §7.6.1) plus ones the
+/// HTTP stack sets itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+fn put(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn client_value<'a>(client: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    client.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn set_auth(h: &mut HeaderMap, auth: &UpstreamAuth) {
+    match auth {
+        UpstreamAuth::ApiKey(k) => {
+            if let Ok(mut v) = HeaderValue::from_str(k) {
+                v.set_sensitive(true);
+                h.insert(HeaderName::from_static("x-api-key"), v);
+            }
+        }
+        UpstreamAuth::OAuth(t) => {
+            if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                v.set_sensitive(true);
+                h.insert(header::AUTHORIZATION, v);
+            }
+        }
+    }
+}
+
+/// The headers of the upstream request, by mode.
+///
+/// - full: content type, the client's `accept`, `anthropic-version` (client's or
+///   default), `anthropic-beta` merged with the tags full mode needs, and the
+///   Claude CLI identity headers;
+/// - minimal: only what the upstream needs (version, the client's beta tags);
+/// - passthrough: every client header but hop-by-hop and auth ones.
+///
+/// In every mode the credential is the one the proxy chose.
+pub fn request_headers(
+    mode: Mode,
+    client: &HeaderMap,
+    auth: &UpstreamAuth,
+    has_body: bool,
+    cli_version: &str,
+) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(12);
+    match mode {
+        Mode::Passthrough => {
+            for (k, v) in client {
+                if is_hop_by_hop(k) || k == "x-api-key" || k == header::AUTHORIZATION {
+                    continue;
+                }
+                h.append(k.clone(), v.clone());
+            }
+        }
+        Mode::Full | Mode::Minimal => {
+            if has_body {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            if let Some(v) = client.get(header::ACCEPT) {
+                h.insert(header::ACCEPT, v.clone());
+            }
+            let version = client_value(client, "anthropic-version")
+                .filter(|v| !v.is_empty())
+                .unwrap_or(DEFAULT_ANTHROPIC_VERSION);
+            put(&mut h, "anthropic-version", version);
+            let client_beta = joined(client, "anthropic-beta");
+            if mode == Mode::Full {
+                put(
+                    &mut h,
+                    "anthropic-beta",
+                    &claude_code::merge_beta(client_beta.as_deref(), auth.is_oauth()),
+                );
+                put(
+                    &mut h,
+                    "user-agent",
+                    &format!("claude-cli/{cli_version} (external, cli)"),
+                );
+                put(&mut h, "x-app", "cli");
+                put(&mut h, "anthropic-dangerous-direct-browser-access", "true");
+                if let Some(v) = client.get("x-claude-code-session-id") {
+                    h.insert(HeaderName::from_static("x-claude-code-session-id"), v.clone());
+                }
+            } else if let Some(beta) = client_beta.filter(|b| !b.is_empty()) {
+                put(&mut h, "anthropic-beta", &beta);
+            }
+        }
+    }
+    set_auth(&mut h, auth);
+    h
+}
+
+/// All values of a header joined with commas (clients may repeat `anthropic-beta`).
+fn joined(h: &HeaderMap, name: &str) -> Option<String> {
+    let mut it = h.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = it.next()?;
+    let mut s = first.to_owned();
+    for v in it {
+        s.push(',');
+        s.push_str(v);
+    }
+    Some(s)
+}
+
+/// Whether a response header is worth relaying to clients in full and minimal modes.
+fn is_useful_response_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "content-type" | "request-id" | "retry-after" | "x-should-retry" | "cache-control"
+    ) || n.starts_with("anthropic-")
+}
+
+/// The response headers relayed to the client, by mode.
+pub fn response_headers(mode: Mode, upstream: &HeaderMap, keep_length: bool) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(upstream.len());
+    for (k, v) in upstream {
+        let keep = match mode {
+            Mode::Passthrough => !is_hop_by_hop(k),
+            Mode::Full | Mode::Minimal => is_useful_response_header(k),
+        };
+        if keep {
+            h.append(k.clone(), v.clone());
+        }
+    }
+    if keep_length {
+        if let Some(v) = upstream.get(header::CONTENT_LENGTH) {
+            h.insert(header::CONTENT_LENGTH, v.clone());
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn full_mode_headers() {
+        let c = client(&[
+            ("anthropic-beta", "a"),
+            ("anthropic-beta", "b,oauth-2025-04-20"),
+            ("x-api-key", "sk-ant-api-client"),
+            ("user-agent", "curl"),
+        ]);
+        let h = request_headers(
+            Mode::Full,
+            &c,
+            &UpstreamAuth::OAuth("tok".into()),
+            true,
+            "9.9.9",
+        );
+        assert_eq!(h["anthropic-beta"], "a,b,oauth-2025-04-20,claude-code-20250219");
+        assert_eq!(h["anthropic-version"], "2023-06-01");
+        assert_eq!(h["user-agent"], "claude-cli/9.9.9 (external, cli)");
+        assert_eq!(h["x-app"], "cli");
+        assert_eq!(h["authorization"], "Bearer tok");
+        assert!(h.get("x-api-key").is_none());
+    }
+
+    #[test]
+    fn minimal_mode_sets_only_needed() {
+        let c = client(&[("anthropic-version", "2026-10-21"), ("user-agent", "curl")]);
+        let h = request_headers(
+            Mode::Minimal,
+            &c,
+            &UpstreamAuth::ApiKey("sk-ant-api-x".into()),
+            true,
+            "1",
+        );
+        assert_eq!(h["anthropic-version"], "2026-10-21");
+        assert_eq!(h["x-api-key"], "sk-ant-api-x");
+        assert!(h.get("user-agent").is_none());
+        assert!(h.get("anthropic-beta").is_none());
+    }
+
+    #[test]
+    fn passthrough_strips_hop_by_hop_and_auth() {
+        let c = client(&[
+            ("connection", "keep-alive"),
+            ("authorization", "Bearer proxy-token"),
+            ("x-custom", "1"),
+            ("anthropic-beta", "x"),
+        ]);
+        let h = request_headers(
+            Mode::Passthrough,
+            &c,
+            &UpstreamAuth::ApiKey("sk-ant-api-s".into()),
+            true,
+            "1",
+        );
+        assert!(h.get("connection").is_none());
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h["x-custom"], "1");
+        assert_eq!(h["anthropic-beta"], "x");
+        assert_eq!(h["x-api-key"], "sk-ant-api-s");
+    }
+
+    #[test]
+    fn debug_hides_secret() {
+        let s = format!("{:?}", UpstreamAuth::ApiKey("sk-ant-api-secret".into()));
+        assert!(!s.contains("secret"));
+    }
+}

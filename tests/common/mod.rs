@@ -1,0 +1,181 @@
+//! Test harness: a simulated upstream and a ccproxy server on loopback ports.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccproxy::cli::ServeArgs;
+use ccproxy::config::{Secret, Settings, UpstreamTarget};
+use ccproxy::server::{AppState, Server};
+use ccproxy::sim::{SimHandle, SimState};
+
+pub const API_KEY: &str = "sk-ant-api03-test-server-key-0123456789";
+pub const CLIENT_KEY: &str = "sk-ant-api03-test-client-key-9876543210";
+pub const OAUTH_TOKEN: &str = "sk-ant-oat01-test-access-token-abcdef";
+pub const REFRESH_TOKEN: &str = "sk-ant-ort01-test-refresh-token-abcdef";
+pub const PROXY_TOKEN: &str = "proxy-token-for-tests-7f3a9c";
+
+#[derive(Default)]
+pub struct Opts {
+    pub api_key: Option<&'static str>,
+    pub auth_token: Option<&'static str>,
+    /// Contents of a Claude Code credentials file to use.
+    pub credentials: Option<serde_json::Value>,
+    pub max_body_bytes: Option<usize>,
+    pub upstream_timeout: Option<Duration>,
+    /// Overrides the upstream (e.g. a dead port); the sim still runs.
+    pub upstream_url: Option<String>,
+    pub refresh_skew: Option<Duration>,
+}
+
+pub struct TestEnv {
+    pub sim: SimHandle,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A credentials file in Claude Code's format, expiring in `expires_in_ms`.
+pub fn claude_credentials(access: &str, refresh: &str, expires_in_ms: i64) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    serde_json::json!({
+        "claudeAiOauth": {
+            "accessToken": access,
+            "refreshToken": refresh,
+            "expiresAt": now + expires_in_ms,
+            "scopes": ["user:inference", "user:profile"],
+            "subscriptionType": "max"
+        },
+        "otherTool": {"keep": true}
+    })
+}
+
+impl TestEnv {
+    pub async fn start(opts: Opts) -> TestEnv {
+        let sim = ccproxy::sim::start(SocketAddr::from(([127, 0, 0, 1], 0)), true)
+            .await
+            .expect("sim starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        let args = ServeArgs {
+            host: Some("127.0.0.1".into()),
+            port: Some(0),
+            upstream_url: Some(sim.url()),
+            ..ServeArgs::default()
+        };
+        let mut args = args;
+        args.common.config = Some(config);
+        let mut settings = Settings::resolve(&args).expect("settings");
+        // Hermetic: no credentials from the real environment.
+        settings.home_dir = Some(dir.path().join("home"));
+        settings.config_dir = dir.path().join("config");
+        settings.api_key = opts.api_key.map(Secret::new);
+        settings.auth_token = opts.auth_token.map(Secret::new);
+        settings.oauth_token_url = format!("{}/v1/oauth/token", sim.url());
+        if let Some(skew) = opts.refresh_skew {
+            settings.refresh_skew = skew;
+        }
+        if let Some(creds) = &opts.credentials {
+            let path = dir.path().join("credentials.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(creds).unwrap()).unwrap();
+            settings.credentials_file = Some(path);
+        }
+        if let Some(n) = opts.max_body_bytes {
+            settings.max_body_bytes = n;
+        }
+        if let Some(t) = opts.upstream_timeout {
+            settings.upstream_timeout = t;
+        }
+        if let Some(u) = &opts.upstream_url {
+            settings.upstream = UpstreamTarget::Url(u.clone());
+        }
+        let server = Server::bind(settings).await.expect("server binds");
+        let addr = server.local_addr().unwrap();
+        let state = server.state.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        TestEnv {
+            sim,
+            addr,
+            client: ccproxy::http::client_builder().build().unwrap(),
+            state,
+            dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn sim_state(&self) -> &SimState {
+        &self.sim.state
+    }
+
+    pub fn credentials_path(&self) -> PathBuf {
+        self.dir.path().join("credentials.json")
+    }
+
+    /// POSTs JSON with an optional x-api-key.
+    pub async fn post(&self, path: &str, key: Option<&str>, body: &serde_json::Value) -> reqwest::Response {
+        let mut rb = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).unwrap());
+        if let Some(k) = key {
+            rb = rb.header("x-api-key", k);
+        }
+        rb.send().await.expect("request reaches the proxy")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A small Messages request whose last user text is `text`.
+pub fn message(text: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}]
+    })
+}
+
+/// Parses an SSE body into (event, data JSON) pairs.
+pub fn parse_sse(body: &str) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for frame in body.split("\n\n") {
+        let mut event = String::new();
+        let mut data = String::new();
+        for line in frame.lines() {
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push_str(d);
+            }
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+        out.push((event, v));
+    }
+    out
+}
