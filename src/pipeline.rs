@@ -560,7 +560,7 @@ async fn convert_chat_response(resp: reqwest::Response, chat: ChatInfo) -> Respo
 
 struct ChatStreamState<S> {
     upstream: S,
-    parser: convert::stream::SseParser,
+    parser: convert::SseParser,
     conv: convert::stream::ChatStreamConverter,
     done: bool,
 }
@@ -572,7 +572,7 @@ fn chat_stream(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let st = ChatStreamState {
         upstream: resp.bytes_stream(),
-        parser: convert::stream::SseParser::new(),
+        parser: convert::SseParser::new(),
         conv,
         done: false,
     };

@@ -19,6 +19,9 @@ use crate::pipeline::{self, Mode, Route};
 use crate::sim::SimHandle;
 use crate::upstream::Upstream;
 
+/// The API key used with `--upstream-url sim` when none is configured.
+pub const SIM_API_KEY: &str = "sk-ant-api03-simulated-upstream-key";
+
 /// Everything a request needs, shared by all requests.
 pub struct AppState {
     pub settings: Settings,
@@ -53,11 +56,16 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener, starts the simulated upstream if asked, loads credentials.
-    pub async fn bind(settings: Settings) -> anyhow::Result<Server> {
+    pub async fn bind(mut settings: Settings) -> anyhow::Result<Server> {
         let (base, sim) = match &settings.upstream {
             UpstreamTarget::Url(u) => (u.clone(), None),
             UpstreamTarget::Sim => {
                 let sim = crate::sim::start(SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
+                // The try-it path works without any account: the simulated
+                // upstream accepts any well-formed key, so provide one.
+                if settings.api_key.is_none() {
+                    settings.api_key = Some(crate::config::Secret::new(SIM_API_KEY));
+                }
                 (sim.url(), Some(sim))
             }
         };

@@ -84,7 +84,7 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
             converted.include_usage,
             created,
         );
-        let mut parser = convert::stream::SseParser::new();
+        let mut parser = convert::SseParser::new();
         let mut chunks = Vec::new();
         for ev in generate::sse_events(&message, &dir) {
             let mut out = Vec::new();

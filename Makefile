@@ -1,0 +1,14 @@
+# The whole test suite: Rust unit + integration tests, then the SDK conformance suite.
+.PHONY: test test-rust test-conformance lint
+
+test: test-rust test-conformance
+
+test-rust:
+	cargo test --all-targets
+
+test-conformance:
+	bash tests/conformance/run.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings

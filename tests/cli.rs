@@ -1,0 +1,240 @@
+//! Black-box tests of the built binary: config init/show, sim, serve.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ccproxy");
+
+/// A command with a hermetic environment rooted at `dir`.
+fn cmd(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.join("home"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_DATA_HOME", dir.join("data"));
+    c
+}
+
+fn stdout_of(c: &mut Command) -> (bool, String, String) {
+    let out = c.output().expect("binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_health(port: u16) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(body) = http_get(port, "/health") {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client (keeps this test free of async setup).
+fn http(port: u16, request: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let (status, body) = http(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"),
+    )?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(std::io::Error::other(format!("status {status}")))
+    }
+}
+
+fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
+    http(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .unwrap()
+}
+
+#[test]
+fn config_init_writes_a_commented_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, _) = stdout_of(cmd(dir.path()).args(["config", "init"]));
+    assert!(ok);
+    let path = dir.path().join("config/ccproxy/config.toml");
+    assert!(out.contains(path.to_str().unwrap()));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# upstream_url"));
+    let (ok, _, err) = stdout_of(cmd(dir.path()).args(["config", "init"]));
+    assert!(!ok);
+    assert!(err.contains("--force"));
+    let (ok, _, _) = stdout_of(cmd(dir.path()).args(["config", "init", "--force"]));
+    assert!(ok);
+}
+
+#[test]
+fn config_show_applies_precedence_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "port = 9000\nhost = \"127.0.0.2\"\napi_key = \"sk-ant-api03-from-file-secret-000\"\n[model_aliases]\n\"gpt-x\" = \"claude-haiku-4-5\"\n",
+    )
+    .unwrap();
+    let show = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let mut c = cmd(dir.path());
+        c.args(["config", "show", "--config", file.to_str().unwrap()]).args(args);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        let (ok, out, err) = stdout_of(&mut c);
+        assert!(ok, "{err}");
+        out
+    };
+    let out = show(&[], &[]);
+    assert!(out.contains("port                   = 9000"), "{out}");
+    assert!(out.contains("\"127.0.0.2\""));
+    assert!(out.contains("\"gpt-x\" = \"claude-haiku-4-5\""));
+    assert!(!out.contains("from-file-secret"), "{out}");
+    let out = show(&[("CCPROXY_PORT", "9100")], &[]);
+    assert!(out.contains("= 9100"), "{out}");
+    let out = show(&[("CCPROXY_PORT", "9100")], &["--port", "9200"]);
+    assert!(out.contains("= 9200"), "{out}");
+    let secret_env = [
+        ("CCPROXY_AUTH_TOKEN", "proxy-secret-token-abcdefgh"),
+        ("ANTHROPIC_API_KEY", "sk-ant-api03-env-secret-key-zzzz"),
+    ];
+    let out = show(&secret_env, &[]);
+    assert!(!out.contains("proxy-secret-token-abcdefgh"));
+    assert!(!out.contains("env-secret-key"));
+    assert!(out.contains("sk-ant-api…zzzz"), "{out}");
+    // AUTH_TOKEN is accepted too.
+    let out = show(&[("AUTH_TOKEN", "another-proxy-secret-1234")], &[]);
+    assert!(out.contains("…1234") && !out.contains("another-proxy-secret"));
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "prot = 9000\n").unwrap();
+    let (ok, _, err) = stdout_of(cmd(dir.path()).args(["config", "show", "--config", file.to_str().unwrap()]));
+    assert!(!ok);
+    assert!(err.contains("c.toml") && err.contains("prot"), "{err}");
+    let (ok, _, err) = stdout_of(cmd(dir.path()).args(["config", "show", "--upstream-url", "ftp://x"]));
+    assert!(!ok);
+    assert!(err.contains("upstream_url"), "{err}");
+    let (ok, _, err) = stdout_of(cmd(dir.path()).args(["config", "show", "--config", "/nonexistent/c.toml"]));
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/c.toml"), "{err}");
+}
+
+#[test]
+fn sim_runs_standalone() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = cmd(dir.path())
+        .args(["sim", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Killed(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    let (status, body) = http(
+        port,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: sk-ant-api03-x\r\nanthropic-version: 2023-06-01\r\ncontent-length: 77\r\n\r\n{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"type\":\"message\""));
+}
+
+#[test]
+fn default_command_serves_on_the_simulated_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = cmd(dir.path())
+        .args(["--upstream-url", "sim", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Killed(child);
+    let health = wait_health(port);
+    assert_eq!(health["upstream"], "sim");
+    // The try-it path: no key at all.
+    let (status, body) = post_json(
+        port,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("simulated upstream"));
+    let (status, _) = post_json(
+        port,
+        "/pt/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn serve_subcommand_accepts_env_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = cmd(dir.path())
+        .arg("serve")
+        .env("CCPROXY_UPSTREAM_URL", "sim")
+        .env("CCPROXY_PORT", port.to_string())
+        .env("CCPROXY_AUTH_TOKEN", "serve-test-token-123456")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Killed(child);
+    let health = wait_health(port);
+    assert_eq!(health["auth_required"], true);
+    let (status, body) = post_json(port, "/v1/messages", "{}");
+    assert_eq!(status, 401, "{body}");
+}
