@@ -299,6 +299,7 @@ async fn proxy_token_is_required_and_never_forwarded() {
             .client
             .post(env.url(&format!("{mode}/v1/messages")))
             .bearer_auth(PROXY_TOKEN)
+            .header("anthropic-version", "2023-06-01")
             .json(&message("hi", false))
             .send()
             .await

@@ -1082,7 +1082,8 @@ fn convert_messages<'b>(messages: &'b [Message<'_>]) -> Result<Conversation<'b>,
                                 "missing required field",
                             ));
                         };
-                        let (name, input) = function_call(f, &p)?;
+                        let pf = |x: &str| format!("messages[{i}].tool_calls[{j}].function.{x}");
+                        let (name, input) = function_call(f, &pf)?;
                         call_ids.insert(id);
                         if !history_tools.contains(&name) {
                             history_tools.push(name);
@@ -1446,3 +1447,881 @@ fn lacks_required_thinking(turns: &[Turn<'_>]) -> bool {
     })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn aliases() -> &'static ModelAliases {
+        static A: std::sync::OnceLock<ModelAliases> = std::sync::OnceLock::new();
+        A.get_or_init(ModelAliases::with_defaults)
+    }
+
+    fn opts() -> ConvertOptions<'static> {
+        ConvertOptions {
+            default_max_tokens: 4096,
+            aliases: aliases(),
+        }
+    }
+
+    fn convert_full(v: &Value) -> Result<ConvertedRequest, RequestError> {
+        chat_to_messages(&serde_json::to_vec(v).unwrap(), &opts())
+    }
+
+    #[track_caller]
+    fn conv(v: Value) -> Value {
+        let c = convert_full(&v).unwrap_or_else(|e| panic!("unexpected error: {e}"));
+        serde_json::from_slice(&c.body).unwrap()
+    }
+
+    #[track_caller]
+    fn err(v: Value) -> RequestError {
+        match convert_full(&v) {
+            Ok(c) => panic!("expected an error, got {}", String::from_utf8_lossy(&c.body)),
+            Err(e) => e,
+        }
+    }
+
+    fn user(text: &str) -> Value {
+        json!({"role": "user", "content": text})
+    }
+
+    /// A request for `model` with one user message plus `extra` top-level fields.
+    fn req(model: &str, extra: Value) -> Value {
+        let mut v = json!({"model": model, "messages": [user("hi")]});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let p = format!("{}/../shared/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    #[test]
+    fn fixture_requests_snapshot() {
+        for name in [
+            "chat_completions_stream.request.json",
+            "chat_completions_tools_stream.request.json",
+        ] {
+            let body = fixture(&format!("openai-chunks/{name}"));
+            let c = chat_to_messages(&body, &opts()).unwrap();
+            assert_eq!(c.client_model, "gpt-4o");
+            assert_eq!(c.upstream_model, super::super::models::DEFAULT_SONNET);
+            assert!(c.stream);
+            assert!(!c.include_usage);
+            let v: Value = serde_json::from_slice(&c.body).unwrap();
+            let snap = format!("fixture_{}", name.trim_end_matches(".request.json"));
+            insta::assert_json_snapshot!(snap, v);
+        }
+        let sdk: Value = serde_json::from_slice(&fixture("clients/openai_python_sdk.json")).unwrap();
+        let c = convert_full(&sdk["body"]).unwrap();
+        assert_eq!(c.client_model, "x");
+        let v: Value = serde_json::from_slice(&c.body).unwrap();
+        assert_eq!(
+            v,
+            json!({"model": super::super::models::DEFAULT_SONNET, "max_tokens": 4096,
+                "messages": [{"role": "user", "content": "hi"}], "stream": true})
+        );
+    }
+
+    #[test]
+    fn kitchen_sink_snapshot() {
+        let v = conv(json!({
+            "model": "claude-sonnet-4-5",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "developer", "content": [{"type": "text", "text": "Use metric units."}]},
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in this image, and the weather?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+                ]},
+                {"role": "assistant", "content": "Let me check.", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C, cloudy"},
+                {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "14:00"}]},
+                {"role": "user", "content": "Thanks. Summarise."}
+            ],
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+                {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+            ],
+            "tool_choice": "auto",
+            "parallel_tool_calls": false,
+            "max_completion_tokens": 500,
+            "temperature": 0.2,
+            "top_p": null,
+            "stop": ["END"],
+            "user": "user-42",
+            "seed": 7, "logprobs": true, "presence_penalty": 0.5, "frequency_penalty": 0.1,
+            "logit_bias": {"50256": -100}, "store": false, "metadata": {"a": "b"}
+        }));
+        insta::assert_json_snapshot!("kitchen_sink", v);
+    }
+
+    #[test]
+    fn system_and_developer_hoisted_in_order() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [
+            {"role": "system", "content": "A"},
+            user("hi"),
+            {"role": "developer", "content": "B"},
+        ]}));
+        assert_eq!(
+            v["system"],
+            json!([{"type": "text", "text": "A"}, {"type": "text", "text": "B"}])
+        );
+        assert_eq!(v["messages"], json!([{"role": "user", "content": "hi"}]));
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [
+            {"role": "system", "content": "Only"}, user("hi")]}));
+        assert_eq!(v["system"], json!("Only"));
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "cached", "cache_control": {"type": "ephemeral"}}]},
+            user("hi")]}));
+        assert_eq!(
+            v["system"],
+            json!([{"type": "text", "text": "cached", "cache_control": {"type": "ephemeral"}}])
+        );
+    }
+
+    #[test]
+    fn consecutive_turns_merge() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [
+            user("a"), user("b"),
+            {"role": "assistant", "content": "c"},
+            {"role": "assistant", "content": [{"type": "text", "text": "d"}]},
+            user("e"),
+        ]}));
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "c"}, {"type": "text", "text": "d"}]},
+                {"role": "user", "content": "e"}
+            ])
+        );
+    }
+
+    #[test]
+    fn tool_results_merge_into_one_user_turn_first_and_in_order() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [
+            user("q"),
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "b", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]},
+            {"role": "tool", "tool_call_id": "b", "content": "B"},
+            user("and also"),
+            {"role": "tool", "tool_call_id": "a", "content": "A"},
+        ], "tools": [{"type": "function", "function": {"name": "f"}}]}));
+        assert_eq!(
+            v["messages"][1],
+            json!({"role": "assistant", "content": [
+                {"type": "tool_use", "id": "a", "name": "f", "input": {}},
+                {"type": "tool_use", "id": "b", "name": "f", "input": {"x": 1}}]})
+        );
+        assert_eq!(
+            v["messages"][2],
+            json!({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "b", "content": "B"},
+                {"type": "tool_result", "tool_use_id": "a", "content": "A"},
+                {"type": "text", "text": "and also"}]})
+        );
+        assert_eq!(v["messages"].as_array().unwrap().len(), 3);
+        assert_eq!(v["tools"][0]["input_schema"], json!({"type": "object", "properties": {}}));
+    }
+
+    #[test]
+    fn tool_message_without_matching_call_is_400() {
+        let e = err(json!({"model": "gpt-4o", "messages": [
+            user("q"),
+            {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "zzz", "content": "x"}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[2].tool_call_id"));
+        assert!(e.message.starts_with("messages[2].tool_call_id: \"zzz\""), "{}", e.message);
+        // A later call does not count.
+        let e = err(json!({"model": "gpt-4o", "messages": [
+            user("q"),
+            {"role": "tool", "tool_call_id": "a", "content": "x"},
+            {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[1].tool_call_id"));
+        let e = err(json!({"model": "gpt-4o", "messages": [user("q"), {"role": "tool", "content": "x"}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[1].tool_call_id"));
+    }
+
+    #[test]
+    fn images() {
+        let img = |url: &str| {
+            json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}]}]})
+        };
+        let v = conv(img("data:image/jpeg;base64,/9j/4AAQ"));
+        assert_eq!(
+            v["messages"][0]["content"][0],
+            json!({"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}})
+        );
+        let v = conv(img("data:image/jpg;base64,AAAA"));
+        assert_eq!(v["messages"][0]["content"][0]["source"]["media_type"], "image/jpeg");
+        let v = conv(img("https://example.com/a.webp"));
+        assert_eq!(
+            v["messages"][0]["content"][0],
+            json!({"type": "image", "source": {"type": "url", "url": "https://example.com/a.webp"}})
+        );
+        // The string shorthand some clients send.
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": "https://example.com/b.png"}]}]}));
+        assert_eq!(v["messages"][0]["content"][0]["source"]["url"], "https://example.com/b.png");
+
+        for (url, code) in [
+            ("data:image/bmp;base64,AAAA", "unsupported_value"),
+            ("data:image/png,rawdata", "invalid_value"),
+            ("data:image/png;base64,", "invalid_value"),
+            ("ftp://example.com/a.png", "invalid_value"),
+            ("file:///etc/passwd", "invalid_value"),
+        ] {
+            let e = err(img(url));
+            assert_eq!(
+                e.param.as_deref(),
+                Some("messages[0].content[0].image_url.url"),
+                "{url}"
+            );
+            assert_eq!(e.code, Some(code), "{url}");
+        }
+        let e = err(json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {}}]}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].image_url.url"));
+    }
+
+    #[test]
+    fn content_parts_errors() {
+        let part = |p: Value| json!({"model": "m", "messages": [{"role": "user", "content": [p]}]});
+        let e = err(part(json!({"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}})));
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
+        let e = err(part(json!({"type": "weird"})));
+        assert!(e.message.contains("\"weird\""), "{}", e.message);
+        let e = err(part(json!({"text": "no type"})));
+        assert_eq!(e.code, Some("missing_required_parameter"));
+        let e = err(part(json!({"type": "text"})));
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].text"));
+        let e = err(part(json!({"type": "file", "file": {"file_id": "file-1"}})));
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].file.file_data"));
+        let e = err(json!({"model": "m", "messages": [
+            {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}, user("hi")]}));
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
+    }
+
+    #[test]
+    fn pdf_file_part() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
+            {"type": "text", "text": "Summarise"}]}]}));
+        assert_eq!(
+            v["messages"][0]["content"][0],
+            json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}, "title": "a.pdf"})
+        );
+        let e = err(json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_data": "data:text/plain;base64,aGk="}}]}]}));
+        assert_eq!(e.code, Some("unsupported_value"));
+    }
+
+    #[test]
+    fn tools_and_legacy_functions() {
+        let v = conv(req(
+            "claude-haiku-4-5",
+            json!({
+                "tools": [{"type": "function", "function": {"name": "a", "description": "", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}, "strict": true}}],
+                "functions": [{"name": "b", "description": "legacy"}]
+            }),
+        ));
+        assert_eq!(
+            v["tools"],
+            json!([
+                {"name": "a", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}},
+                {"name": "b", "description": "legacy", "input_schema": {"type": "object", "properties": {}}}
+            ])
+        );
+        assert!(v.get("tool_choice").is_none());
+        let e = err(req("m", json!({"tools": [{"type": "custom", "custom": {"name": "x"}}]})));
+        assert_eq!(e.param.as_deref(), Some("tools[0].type"));
+        let e = err(req("m", json!({"tools": [{"type": "function"}]})));
+        assert_eq!(e.param.as_deref(), Some("tools[0].function"));
+        let e = err(req("m", json!({"tools": [{"type": "function", "function": {"description": "x"}}]})));
+        assert_eq!(e.param.as_deref(), Some("tools[0].function.name"));
+        let e = err(req("m", json!({"functions": [{"parameters": {}}]})));
+        assert_eq!(e.param.as_deref(), Some("functions[0].name"));
+    }
+
+    #[test]
+    fn tool_choice_table() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let cases = [
+            (json!({"tool_choice": "none"}), json!({"type": "none"})),
+            (json!({"tool_choice": "auto"}), json!({"type": "auto"})),
+            (json!({"tool_choice": "required"}), json!({"type": "any"})),
+            (
+                json!({"tool_choice": {"type": "function", "function": {"name": "f"}}}),
+                json!({"type": "tool", "name": "f"}),
+            ),
+            (json!({"function_call": "none"}), json!({"type": "none"})),
+            (json!({"function_call": "auto"}), json!({"type": "auto"})),
+            (json!({"function_call": {"name": "f"}}), json!({"type": "tool", "name": "f"})),
+            (
+                json!({"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": []}}}),
+                json!({"type": "any"}),
+            ),
+            (
+                json!({"parallel_tool_calls": false}),
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+            ),
+            (
+                json!({"tool_choice": "required", "parallel_tool_calls": false}),
+                json!({"type": "any", "disable_parallel_tool_use": true}),
+            ),
+            (
+                json!({"tool_choice": {"type": "function", "function": {"name": "f"}}, "parallel_tool_calls": false}),
+                json!({"type": "tool", "name": "f", "disable_parallel_tool_use": true}),
+            ),
+            (json!({"tool_choice": "none", "parallel_tool_calls": false}), json!({"type": "none"})),
+            (json!({"parallel_tool_calls": true}), Value::Null),
+            (json!({"tool_choice": "auto", "function_call": "none"}), json!({"type": "auto"})),
+        ];
+        for (extra, want) in cases {
+            let mut e = extra.clone();
+            e["tools"] = tools.clone();
+            let v = conv(req("claude-haiku-4-5", e));
+            assert_eq!(v.get("tool_choice").cloned().unwrap_or(Value::Null), want, "{extra}");
+        }
+        // Without tools, tool_choice is dropped.
+        let v = conv(req("claude-haiku-4-5", json!({"tool_choice": "required"})));
+        assert!(v.get("tool_choice").is_none());
+        let e = err(req("m", json!({"tool_choice": "sometimes", "tools": tools})));
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        let e = err(req("m", json!({"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": tools})));
+        assert_eq!(e.param.as_deref(), Some("tool_choice.function.name"));
+        let e = err(req("m", json!({"function_call": {"name": "g"}, "tools": tools})));
+        assert_eq!(e.param.as_deref(), Some("function_call.name"));
+        let e = err(req("m", json!({"tool_choice": {"type": "function"}, "tools": tools})));
+        assert_eq!(e.param.as_deref(), Some("tool_choice.function.name"));
+    }
+
+    #[test]
+    fn max_tokens_table() {
+        let cases = [
+            (json!({}), 4096),
+            (json!({"max_tokens": 100}), 100),
+            (json!({"max_completion_tokens": 200}), 200),
+            (json!({"max_completion_tokens": 200, "max_tokens": 100}), 200),
+            (json!({"max_completion_tokens": null, "max_tokens": 100}), 100),
+        ];
+        for (extra, want) in cases {
+            let v = conv(req("claude-haiku-4-5", extra.clone()));
+            assert_eq!(v["max_tokens"], want, "{extra}");
+        }
+        let e = err(req("m", json!({"max_tokens": 0})));
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+        let e = err(req("m", json!({"max_completion_tokens": -5})));
+        assert_eq!(e.param.as_deref(), Some("max_completion_tokens"));
+        assert_eq!(e.code, Some("invalid_type"));
+    }
+
+    #[test]
+    fn stop_table() {
+        let cases = [
+            (json!({"stop": "END"}), json!(["END"])),
+            (json!({"stop": ["a", "", "b"]}), json!(["a", "b"])),
+            (json!({"stop": "\n"}), json!(["\n"])),
+            (json!({"stop": ""}), Value::Null),
+            (json!({"stop": []}), Value::Null),
+            (json!({"stop": null}), Value::Null),
+        ];
+        for (extra, want) in cases {
+            let v = conv(req("claude-haiku-4-5", extra.clone()));
+            assert_eq!(v.get("stop_sequences").cloned().unwrap_or(Value::Null), want, "{extra}");
+        }
+        let e = err(req("m", json!({"stop": 5})));
+        assert_eq!(e.param.as_deref(), Some("stop"));
+        let e = err(req("m", json!({"stop": ["a", 1]})));
+        assert_eq!(e.param.as_deref(), Some("stop[1]"));
+    }
+
+    #[test]
+    fn sampling_table() {
+        // (model, extra, temperature, top_p)
+        let cases = [
+            ("claude-haiku-4-5", json!({"temperature": 0.7, "top_p": 0.9}), json!(0.7), json!(0.9)),
+            ("claude-haiku-4-5", json!({"temperature": null, "top_p": null}), Value::Null, Value::Null),
+            ("claude-haiku-4-5", json!({"temperature": 1.8}), json!(1.0), Value::Null),
+            ("claude-haiku-4-5", json!({"temperature": 0}), json!(0.0), Value::Null),
+            // Models that reject sampling parameters.
+            ("claude-sonnet-5", json!({"temperature": 0.7, "top_p": 0.9}), Value::Null, Value::Null),
+            ("gpt-4o", json!({"temperature": 0.7}), Value::Null, Value::Null),
+            ("claude-opus-4-8", json!({"top_p": 0.5}), Value::Null, Value::Null),
+            // Thinking on: dropped.
+            ("claude-haiku-4-5", json!({"temperature": 0.7, "reasoning_effort": "low"}), Value::Null, Value::Null),
+            ("claude-sonnet-4-6", json!({"top_p": 0.9, "reasoning_effort": "high"}), Value::Null, Value::Null),
+            ("claude-sonnet-4-6", json!({"top_p": 0.9}), Value::Null, json!(0.9)),
+        ];
+        for (model, extra, t, p) in cases {
+            let v = conv(req(model, extra.clone()));
+            assert_eq!(v.get("temperature").cloned().unwrap_or(Value::Null), t, "{model} {extra}");
+            assert_eq!(v.get("top_p").cloned().unwrap_or(Value::Null), p, "{model} {extra}");
+        }
+    }
+
+    #[test]
+    fn reasoning_effort_table() {
+        // (model, extra, thinking, output_config, max_tokens)
+        let cases = [
+            ("claude-haiku-4-5", json!({}), Value::Null, Value::Null, 4096),
+            ("claude-haiku-4-5", json!({"reasoning_effort": "none"}), Value::Null, Value::Null, 4096),
+            (
+                "claude-haiku-4-5",
+                json!({"reasoning_effort": "minimal"}),
+                json!({"type": "enabled", "budget_tokens": 1024}),
+                Value::Null,
+                4096,
+            ),
+            (
+                "claude-haiku-4-5",
+                json!({"reasoning_effort": "low"}),
+                json!({"type": "enabled", "budget_tokens": 2048}),
+                Value::Null,
+                4096,
+            ),
+            (
+                "claude-haiku-4-5",
+                json!({"reasoning_effort": "medium"}),
+                json!({"type": "enabled", "budget_tokens": 8192}),
+                Value::Null,
+                8192 + 4096,
+            ),
+            (
+                "claude-sonnet-4-5",
+                json!({"reasoning_effort": "high", "max_tokens": 20000}),
+                json!({"type": "enabled", "budget_tokens": 16384}),
+                Value::Null,
+                20000,
+            ),
+            (
+                "claude-sonnet-4-5",
+                json!({"reasoning_effort": "high", "max_tokens": 100}),
+                json!({"type": "enabled", "budget_tokens": 16384}),
+                Value::Null,
+                16484,
+            ),
+            (
+                "claude-sonnet-4-5",
+                json!({"reasoning_effort": "minimal", "max_tokens": 1024}),
+                json!({"type": "enabled", "budget_tokens": 1024}),
+                Value::Null,
+                2048,
+            ),
+            (
+                "claude-opus-4-1",
+                json!({"reasoning_effort": "xhigh", "max_completion_tokens": 30000}),
+                json!({"type": "enabled", "budget_tokens": 24576}),
+                Value::Null,
+                30000,
+            ),
+            (
+                "claude-sonnet-4-6",
+                json!({"reasoning_effort": "medium"}),
+                json!({"type": "adaptive"}),
+                json!({"effort": "medium"}),
+                4096,
+            ),
+            ("claude-sonnet-4-6", json!({}), Value::Null, Value::Null, 4096),
+            ("claude-sonnet-4-6", json!({"reasoning_effort": "none"}), Value::Null, Value::Null, 4096),
+            (
+                "claude-sonnet-5",
+                json!({"reasoning_effort": "minimal"}),
+                json!({"type": "adaptive"}),
+                json!({"effort": "low"}),
+                4096,
+            ),
+            (
+                "claude-opus-4-8",
+                json!({"reasoning_effort": "xhigh"}),
+                json!({"type": "adaptive"}),
+                json!({"effort": "high"}),
+                4096,
+            ),
+            ("claude-sonnet-5", json!({}), Value::Null, Value::Null, 4096),
+            ("claude-sonnet-5", json!({"reasoning_effort": "none"}), json!({"type": "disabled"}), Value::Null, 4096),
+            ("claude-fable-5", json!({"reasoning_effort": "none"}), Value::Null, Value::Null, 4096),
+            (
+                "claude-fable-5",
+                json!({"reasoning_effort": "high"}),
+                json!({"type": "adaptive"}),
+                json!({"effort": "high"}),
+                4096,
+            ),
+        ];
+        for (model, extra, thinking, oc, max) in cases {
+            let v = conv(req(model, extra.clone()));
+            assert_eq!(v.get("thinking").cloned().unwrap_or(Value::Null), thinking, "{model} {extra}");
+            assert_eq!(v.get("output_config").cloned().unwrap_or(Value::Null), oc, "{model} {extra}");
+            assert_eq!(v["max_tokens"], max, "{model} {extra}");
+            if let Some(b) = v["thinking"]["budget_tokens"].as_u64() {
+                assert!(b >= 1024 && b < v["max_tokens"].as_u64().unwrap());
+            }
+        }
+        let e = err(req("m", json!({"reasoning_effort": "extreme"})));
+        assert_eq!(e.param.as_deref(), Some("reasoning_effort"));
+    }
+
+    #[test]
+    fn thinking_kept_off_when_tool_forced_or_blocks_missing() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        // Forced tool use.
+        let v = conv(req("claude-haiku-4-5", json!({"reasoning_effort": "low", "tools": tools, "tool_choice": "required"})));
+        assert!(v.get("thinking").is_none());
+        let v = conv(req("claude-sonnet-5", json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}}})));
+        assert_eq!(v["thinking"], json!({"type": "disabled"}));
+        // Mid tool loop without the thinking blocks handed back.
+        let loop_msgs = |tb: Value| {
+            json!([
+                user("q"),
+                {"role": "assistant", "content": null, "thinking_blocks": tb, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "r"}
+            ])
+        };
+        let v = conv(json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": loop_msgs(Value::Null)}));
+        assert!(v.get("thinking").is_none());
+        let v = conv(json!({"model": "claude-sonnet-5", "tools": tools, "messages": loop_msgs(Value::Null)}));
+        assert_eq!(v["thinking"], json!({"type": "disabled"}));
+        // ...and with them: thinking stays on and the blocks come first.
+        let tb = json!([
+            {"type": "thinking", "thinking": "hmm", "signature": "sig=="},
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "thinking", "thinking": "unsigned"},
+            {"type": "other"}
+        ]);
+        let v = conv(json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": loop_msgs(tb.clone())}));
+        assert_eq!(v["thinking"], json!({"type": "enabled", "budget_tokens": 2048}));
+        assert_eq!(
+            v["messages"][1]["content"],
+            json!([
+                {"type": "thinking", "thinking": "hmm", "signature": "sig=="},
+                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "tool_use", "id": "c1", "name": "f", "input": {}}
+            ])
+        );
+        // A finished earlier loop does not matter once the user spoke again.
+        let mut msgs = loop_msgs(Value::Null);
+        msgs.as_array_mut().unwrap().push(json!({"role": "assistant", "content": "done"}));
+        msgs.as_array_mut().unwrap().push(user("next"));
+        let v = conv(json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": msgs}));
+        assert_eq!(v["thinking"]["type"], "enabled");
+    }
+
+    #[test]
+    fn response_format_table() {
+        let v = conv(req("claude-haiku-4-5", json!({"response_format": {"type": "text"}})));
+        assert!(v.get("system").is_none());
+        let v = conv(req("claude-haiku-4-5", json!({"response_format": {"type": "json_object"}})));
+        let s = v["system"].as_str().unwrap();
+        assert!(s.contains("JSON object") && s.contains("code fences"), "{s}");
+        let v = conv(json!({"model": "claude-haiku-4-5",
+            "messages": [{"role": "system", "content": "Be brief."}, user("hi")],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "description": "A person",
+                "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}, "strict": true}}}));
+        insta::assert_json_snapshot!("response_format_json_schema", v["system"]);
+        let e = err(req("m", json!({"response_format": {"type": "yaml"}})));
+        assert_eq!(e.param.as_deref(), Some("response_format.type"));
+        let e = err(req("m", json!({"response_format": {"type": "json_schema"}})));
+        assert_eq!(e.param.as_deref(), Some("response_format.json_schema"));
+    }
+
+    #[test]
+    fn user_metadata_stream_and_include_usage() {
+        let v = conv(req("claude-haiku-4-5", json!({"user": "u1"})));
+        assert_eq!(v["metadata"], json!({"user_id": "u1"}));
+        let v = conv(req("claude-haiku-4-5", json!({"safety_identifier": "s1"})));
+        assert_eq!(v["metadata"], json!({"user_id": "s1"}));
+        let v = conv(req("claude-haiku-4-5", json!({"user": ""})));
+        assert!(v.get("metadata").is_none());
+        for (extra, stream, usage) in [
+            (json!({}), false, false),
+            (json!({"stream": true}), true, false),
+            (json!({"stream": true, "stream_options": {"include_usage": true}}), true, true),
+            (json!({"stream": false, "stream_options": {"include_usage": true}}), false, false),
+            (json!({"stream": null, "stream_options": null}), false, false),
+        ] {
+            let c = convert_full(&req("claude-haiku-4-5", extra.clone())).unwrap();
+            assert_eq!((c.stream, c.include_usage), (stream, usage), "{extra}");
+            let v: Value = serde_json::from_slice(&c.body).unwrap();
+            assert_eq!(v.get("stream").is_some(), stream);
+        }
+    }
+
+    #[test]
+    fn n_must_be_one() {
+        let e = err(req("m", json!({"n": 3})));
+        assert_eq!(e.param.as_deref(), Some("n"));
+        assert_eq!(e.code, Some("unsupported_value"));
+        assert!(e.message.starts_with("n: "), "{}", e.message);
+        assert!(err(req("m", json!({"n": 0}))).param.as_deref() == Some("n"));
+        conv(req("m", json!({"n": 1})));
+        conv(req("m", json!({"n": null})));
+    }
+
+    #[test]
+    fn ignored_fields_change_nothing() {
+        let base = conv(req("claude-haiku-4-5", json!({})));
+        let v = conv(req(
+            "claude-haiku-4-5",
+            json!({"logprobs": true, "top_logprobs": 5, "seed": 1, "presence_penalty": 1.0,
+                "frequency_penalty": -1.0, "logit_bias": {"1": 2}, "store": true, "metadata": {"k": "v"},
+                "service_tier": "auto", "modalities": ["text"], "verbosity": "low", "prediction": {"type": "content", "content": "x"},
+                "prompt_cache_key": "k", "web_search_options": {}, "something_new": [1, 2]}),
+        ));
+        assert_eq!(v, base);
+    }
+
+    #[test]
+    fn bad_input_errors_name_the_field() {
+        let cases: Vec<(Vec<u8>, Option<&str>, &str)> = vec![
+            (b"{not json".to_vec(), None, "invalid_json"),
+            (b"".to_vec(), None, "invalid_json"),
+            (b"[1,2]".to_vec(), None, "invalid_type"),
+            (br#"{"model":"m"}"#.to_vec(), Some("messages"), "missing_required_parameter"),
+            (br#"{"messages":[{"role":"user","content":"x"}]}"#.to_vec(), Some("model"), "missing_required_parameter"),
+            (br#"{"model":"m","messages":[]}"#.to_vec(), Some("messages"), "invalid_value"),
+            (br#"{"model":"m","messages":{}}"#.to_vec(), Some("messages"), "invalid_type"),
+            (br#"{"model":5,"messages":[]}"#.to_vec(), Some("model"), "invalid_type"),
+            (br#"{"model":"m","messages":[{"role":"user","content":5}]}"#.to_vec(), Some("messages[0].content"), "invalid_type"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":7}]}"#.to_vec(), Some("messages[1].role"), "invalid_type"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"foo","content":"x"}]}"#.to_vec(), Some("messages[1].role"), "invalid_value"),
+            (br#"{"model":"m","messages":[{"content":"x"}]}"#.to_vec(), Some("messages[0].role"), "missing_required_parameter"),
+            (br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":3}]}]}"#.to_vec(), Some("messages[0].content[0].text"), "invalid_type"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.to_vec(), Some("temperature"), "invalid_type"),
+            (br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"tool_choice":5}"#.to_vec(), Some("tool_choice"), "invalid_type"),
+            (br#"{"model":"m","messages":[{"role":"user","content":""}]}"#.to_vec(), Some("messages"), "invalid_value"),
+            (br#"{"model":"m","messages":[{"role":"system","content":"only system"}]}"#.to_vec(), Some("messages"), "invalid_value"),
+        ];
+        for (body, param, code) in cases {
+            let e = chat_to_messages(&body, &opts()).unwrap_err();
+            let shown = String::from_utf8_lossy(&body);
+            assert_eq!(e.param.as_deref(), param, "{shown}: {}", e.message);
+            assert_eq!(e.code, Some(code), "{shown}: {}", e.message);
+            if let Some(p) = param {
+                assert!(e.message.starts_with(&format!("{p}: ")), "{}", e.message);
+            }
+            if code != "invalid_json" {
+                assert!(!e.message.contains(" at line "), "{}", e.message);
+            }
+            let env: Value = serde_json::from_slice(&e.to_openai_body()).unwrap();
+            assert_eq!(env["error"]["type"], "invalid_request_error");
+            assert_eq!(env["error"]["message"], e.message.as_str());
+        }
+        let e = chat_to_messages(br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"foo"}]}"#, &opts())
+            .unwrap_err();
+        assert_eq!(e.message, r#"messages[1].role: unknown role "foo" (expected system, developer, user, assistant or tool)"#);
+    }
+
+    #[test]
+    fn tool_call_arguments() {
+        let call = |args: Value| {
+            json!({"model": "claude-haiku-4-5", "tools": [{"type": "function", "function": {"name": "f"}}], "messages": [
+                user("q"),
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "r"}]})
+        };
+        for (args, input) in [
+            (json!("{\"a\": [1, 2], \"b\": \"x\"}"), json!({"a": [1, 2], "b": "x"})),
+            (json!(""), json!({})),
+            (json!("  "), json!({})),
+            (json!(null), json!({})),
+            (json!({"already": "object"}), json!({"already": "object"})),
+        ] {
+            let v = conv(call(args.clone()));
+            assert_eq!(v["messages"][1]["content"][0]["input"], input, "{args}");
+        }
+        for args in [json!("not json"), json!("[1]"), json!("42"), json!(5), json!("{\"a\":")] {
+            let e = err(call(args.clone()));
+            assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[0].function.arguments"), "{args}");
+        }
+        let e = err(json!({"model": "m", "messages": [user("q"), {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[0].id"));
+        let e = err(json!({"model": "m", "messages": [user("q"), {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"arguments": "{}"}}]}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[0].function.name"));
+    }
+
+    #[test]
+    fn history_tools_declared_when_request_has_none() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [
+            user("q"),
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "r"}]}));
+        assert_eq!(
+            v["tools"],
+            json!([{"name": "lookup", "input_schema": {"type": "object", "properties": {}}}])
+        );
+        assert_eq!(v["tool_choice"], json!({"type": "none"}));
+    }
+
+    #[test]
+    fn legacy_function_messages() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "functions": [{"name": "f"}], "messages": [
+            user("q"),
+            {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{\"x\":1}"}},
+            {"role": "function", "name": "f", "content": "42"}]}));
+        assert_eq!(
+            v["messages"][1]["content"],
+            json!([{"type": "tool_use", "id": "call_legacy_1", "name": "f", "input": {"x": 1}}])
+        );
+        assert_eq!(
+            v["messages"][2]["content"],
+            json!([{"type": "tool_result", "tool_use_id": "call_legacy_1", "content": "42"}])
+        );
+        let e = err(json!({"model": "m", "messages": [user("q"), {"role": "function", "name": "f", "content": "42"}]}));
+        assert_eq!(e.param.as_deref(), Some("messages[1].role"));
+    }
+
+    #[test]
+    fn ids_are_sanitized_consistently() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "tools": [{"type": "function", "function": {"name": "f"}}], "messages": [
+            user("q"),
+            {"role": "assistant", "tool_calls": [{"id": "call:0/x", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call:0/x", "content": "r"}]}));
+        assert_eq!(v["messages"][1]["content"][0]["id"], "call_0_x");
+        assert_eq!(v["messages"][2]["content"][0]["tool_use_id"], "call_0_x");
+    }
+
+    #[test]
+    fn empty_text_and_prefill_whitespace() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [
+            user("q"),
+            {"role": "assistant", "content": ""},
+            user("again"),
+            {"role": "assistant", "content": "Sure:  \n"}]}));
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "text", "text": "again"}]},
+                {"role": "assistant", "content": "Sure:"}
+            ])
+        );
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [user("q"), {"role": "assistant", "content": "   "}]}));
+        assert_eq!(v["messages"], json!([{"role": "user", "content": "q"}]));
+        // An assistant refusal is kept as text.
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [user("q"),
+            {"role": "assistant", "content": null, "refusal": "I can't."}, user("ok")]}));
+        assert_eq!(v["messages"][1], json!({"role": "assistant", "content": "I can't."}));
+    }
+
+    #[test]
+    fn cache_control_on_parts_is_forwarded() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "long doc", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]}));
+        assert_eq!(
+            v["messages"][0]["content"],
+            json!([{"type": "text", "text": "long doc", "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+        );
+    }
+
+    #[test]
+    fn escaped_strings_survive() {
+        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [user("line1\nline2 \"quoted\" \u{1F600} \\ end")]}));
+        assert_eq!(v["messages"][0]["content"], "line1\nline2 \"quoted\" \u{1F600} \\ end");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("model"), Just("messages"), Just("role"), Just("content"), Just("type"), Just("text"),
+                Just("image_url"), Just("url"), Just("tool_calls"), Just("tool_call_id"), Just("id"),
+                Just("function"), Just("name"), Just("arguments"), Just("parameters"), Just("tools"),
+                Just("tool_choice"), Just("function_call"), Just("functions"), Just("stop"), Just("n"),
+                Just("max_tokens"), Just("max_completion_tokens"), Just("temperature"), Just("top_p"),
+                Just("reasoning_effort"), Just("response_format"), Just("json_schema"), Just("schema"),
+                Just("thinking_blocks"), Just("thinking"), Just("signature"), Just("data"), Just("file"),
+                Just("file_data"), Just("stream"), Just("stream_options"), Just("include_usage"),
+                Just("parallel_tool_calls"), Just("user"), Just("cache_control"), Just("refusal"),
+                Just("allowed_tools"), Just("mode"),
+            ]
+            .prop_map(str::to_owned)
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                (-3i64..70000).prop_map(Value::from),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+                prop_oneof![
+                    Just("user"), Just("assistant"), Just("system"), Just("developer"), Just("tool"),
+                    Just("function"), Just("text"), Just("image_url"), Just("file"), Just("function"),
+                    Just("none"), Just("auto"), Just("required"), Just("low"), Just("high"), Just("minimal"),
+                    Just("json_object"), Just("json_schema"), Just("thinking"), Just("redacted_thinking"),
+                    Just("data:image/png;base64,AAAA"), Just("https://x.y/z.png"), Just("data:,"),
+                    Just("{\"a\":1}"), Just("{"), Just(""), Just(" "), Just("c1"), Just("gpt-4o"),
+                    Just("claude-sonnet-5"), Just("claude-haiku-4-5"), Just("claude-sonnet-4-6"),
+                    Just("data:application/pdf;base64,AA"), Just("allowed_tools"),
+                ]
+                .prop_map(Value::from),
+                ".{0,8}".prop_map(Value::from),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            leaf().prop_recursive(5, 64, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    proptest::collection::vec((key(), inner), 0..6)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn never_panics_on_arbitrary_json(v in value()) {
+                let body = serde_json::to_vec(&v).unwrap();
+                if let Ok(c) = chat_to_messages(&body, &opts()) {
+                    let out: Value = serde_json::from_slice(&c.body).unwrap();
+                    prop_assert!(out["messages"].as_array().is_some_and(|m| !m.is_empty()));
+                    prop_assert!(out["max_tokens"].as_u64().is_some_and(|m| m > 0));
+                }
+            }
+
+            #[test]
+            fn never_panics_on_request_shaped_json(
+                msgs in proptest::collection::vec(value(), 1..6),
+                extra in proptest::collection::vec((key(), value()), 0..6),
+                model in leaf(),
+            ) {
+                let mut o = serde_json::Map::new();
+                for (k, x) in extra {
+                    o.insert(k, x);
+                }
+                o.insert("model".into(), model);
+                o.insert("messages".into(), Value::Array(msgs));
+                let body = serde_json::to_vec(&Value::Object(o)).unwrap();
+                if let Ok(c) = chat_to_messages(&body, &opts()) {
+                    let out: Value = serde_json::from_slice(&c.body).unwrap();
+                    prop_assert!(out["messages"].as_array().is_some_and(|m| !m.is_empty()));
+                }
+            }
+
+            #[test]
+            fn never_panics_on_bytes(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = chat_to_messages(&b, &opts());
+            }
+        }
+    }
+}

@@ -232,7 +232,7 @@ mod tests {
                 s = t.into_bytes();
             }
             let whole = parse_chunks(&[&s]);
-            prop_assert_eq!(whole.len(), 23);
+            prop_assert_eq!(whole.len(), 22);
             let mut points: Vec<usize> = cuts.iter().map(|i| i.index(s.len() + 1)).collect();
             points.sort_unstable();
             let mut chunks: Vec<&[u8]> = Vec::new();

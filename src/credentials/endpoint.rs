@@ -135,10 +135,6 @@ impl TokenEndpoint {
         &self.url
     }
 
-    pub(crate) fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
     /// The refresh-token grant.
     pub(crate) async fn refresh(&self, refresh_token: &Secret) -> Result<Grant, EndpointError> {
         let body = json!({

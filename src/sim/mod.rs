@@ -242,8 +242,11 @@ pub fn error_response(status: u16, message: &str) -> Response {
     resp
 }
 
-async fn not_found(req: Request) -> Response {
-    error_response(404, &format!("Not found: {}", req.uri().path()))
+async fn not_found(State(state): State<Arc<SimState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
+    error_response(404, &format!("Not found: {}", parts.uri.path()))
 }
 
 async fn recorded(State(state): State<Arc<SimState>>) -> Response {

@@ -132,6 +132,7 @@ impl TestEnv {
             .client
             .post(self.url(path))
             .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
             .body(serde_json::to_vec(body).unwrap());
         if let Some(k) = key {
             rb = rb.header("x-api-key", k);

@@ -87,6 +87,10 @@ impl MockTokenServer {
         self.state.lock().valid_refresh.insert(rt.to_owned());
     }
 
+    pub fn state_revoke(&self, rt: &str) {
+        self.state.lock().valid_refresh.remove(rt);
+    }
+
     pub fn allow_code(&self, code: &str) {
         self.state.lock().codes.insert(code.to_owned());
     }
