@@ -718,3 +718,34 @@ async fn expired_subscription_without_refresh_is_a_clear_401() {
     assert!(msg.contains("ccproxy auth login"), "{msg}");
     assert!(!msg.contains(OAUTH_TOKEN));
 }
+
+#[tokio::test]
+async fn client_disconnect_cancels_pending_non_stream_request() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        ..Opts::default()
+    })
+    .await;
+    for (i, mode) in ["", "/min", "/pt"].iter().enumerate() {
+        let client = ccproxy::http::client_builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let err = client
+            .post(env.url(&format!("{mode}/v1/messages")))
+            .header("anthropic-version", "2023-06-01")
+            .json(&message("[sim:delay=5000]", false))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+        let cancelled = &env.sim_state().requests_cancelled;
+        for _ in 0..100 {
+            if cancelled.load(std::sync::atomic::Ordering::SeqCst) == i as u64 + 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(cancelled.load(std::sync::atomic::Ordering::SeqCst), i as u64 + 1, "{mode}");
+    }
+}

@@ -86,7 +86,7 @@ fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
     http(
         port,
         &format!(
-            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -181,9 +181,13 @@ fn sim_runs_standalone() {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
     assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+    let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hello"}]}"#;
     let (status, body) = http(
         port,
-        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: sk-ant-api03-x\r\nanthropic-version: 2023-06-01\r\ncontent-length: 77\r\n\r\n{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}",
+        &format!(
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: sk-ant-api03-x\r\nanthropic-version: 2023-06-01\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");

@@ -237,7 +237,11 @@ fn logout(
 ) -> anyhow::Result<i32> {
     let own = &cfg.own_store;
     match std::fs::remove_file(own) {
-        Ok(()) => writeln!(out, "Removed ccproxy's stored credentials {}.", own.display())?,
+        Ok(()) => writeln!(
+            out,
+            "Removed ccproxy's stored credentials {}.",
+            own.display()
+        )?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => writeln!(
             out,
             "ccproxy has no stored credentials ({} does not exist); nothing removed.",

@@ -138,6 +138,15 @@ pub fn chat_to_messages(
     body: &[u8],
     opts: &ConvertOptions,
 ) -> Result<ConvertedRequest, RequestError> {
+    // serde also accepts a struct as a positional array: only objects are requests.
+    let first = body.iter().find(|c| !c.is_ascii_whitespace());
+    if first.is_some_and(|c| *c != b'{') {
+        return Err(RequestError {
+            message: "the request body must be a JSON object".to_owned(),
+            param: None,
+            code: Some("invalid_type"),
+        });
+    }
     let req: ChatCompletionRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return Err(parse_error(body, e)),
@@ -923,7 +932,10 @@ pub fn response_format_instruction(rf: &ResponseFormat<'_>) -> Result<Option<Str
             s.push_str(" below.");
             if let Some(d) = js.description.as_deref().filter(|d| !d.is_empty()) {
                 s.push_str(" Purpose of the schema: ");
-                s.push_str(d);
+                s.push_str(d.trim_end());
+                if !d.trim_end().ends_with(['.', '!', '?']) {
+                    s.push('.');
+                }
             }
             s.push(' ');
             s.push_str(TAIL);

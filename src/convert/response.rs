@@ -356,3 +356,153 @@ pub(crate) fn write_openai_error(
     }
     out.extend_from_slice(b"}}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = format!("{}/../shared/fixtures/anthropic/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    fn to_chat(v: &Value) -> Value {
+        let out = messages_to_chat(&serde_json::to_vec(v).unwrap(), "gpt-4o", 1_700_000_000).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn fixture_responses_snapshot() {
+        for name in ["messages", "messages_tools"] {
+            let body = fixture(&format!("{name}.response.json"));
+            let out = messages_to_chat(&body, "gpt-4o", 1_700_000_000).unwrap();
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["object"], "chat.completion");
+            assert_eq!(v["model"], "gpt-4o");
+            assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+            insta::assert_json_snapshot!(format!("fixture_{name}"), v);
+        }
+    }
+
+    #[test]
+    fn tool_arguments_are_the_compact_input_json() {
+        let v = to_chat(&json!({"id": "msg_1", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"b": [1, {"c": "x y"}], "a": "q\"uote"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "g", "input": {}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 2}}));
+        let calls = &v["choices"][0]["message"]["tool_calls"];
+        assert_eq!(calls[0]["function"]["arguments"], r#"{"b":[1,{"c":"x y"}],"a":"q\"uote"}"#);
+        assert_eq!(calls[0]["id"], "toolu_1");
+        assert_eq!(calls[0]["type"], "function");
+        assert_eq!(calls[1]["function"]["arguments"], "{}");
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["id"], "chatcmpl-1");
+    }
+
+    #[test]
+    fn text_blocks_join_and_thinking_is_exposed() {
+        let v = to_chat(&json!({"id": "msg_2", "content": [
+            {"type": "thinking", "thinking": "Let me think. ", "signature": "sig1"},
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "thinking", "thinking": "Done.", "signature": "sig2"},
+            {"type": "text", "text": "Hello ", "citations": []},
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "x"}},
+            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+            {"type": "text", "text": "world"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 5, "output_tokens": 7}}));
+        insta::assert_json_snapshot!("thinking_and_text", v);
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], "Hello world");
+        assert_eq!(m["reasoning_content"], "Let me think. Done.");
+        assert!(m.get("tool_calls").is_none());
+        assert_eq!(v["usage"]["prompt_tokens"], 115);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+        assert_eq!(v["usage"]["completion_tokens"], 7);
+        assert_eq!(v["usage"]["total_tokens"], 122);
+    }
+
+    #[test]
+    fn finish_reasons_in_responses() {
+        for (stop, want) in [
+            (json!("end_turn"), "stop"),
+            (json!("stop_sequence"), "stop"),
+            (json!("pause_turn"), "stop"),
+            (json!("max_tokens"), "length"),
+            (json!("tool_use"), "tool_calls"),
+            (json!("refusal"), "content_filter"),
+            (json!(null), "stop"),
+        ] {
+            let v = to_chat(&json!({"content": [{"type": "text", "text": "x"}], "stop_reason": stop}));
+            assert_eq!(v["choices"][0]["finish_reason"], want, "{stop}");
+            assert_eq!(v["choices"][0]["logprobs"], Value::Null);
+        }
+    }
+
+    #[test]
+    fn missing_fields_do_not_fail() {
+        let v = to_chat(&json!({}));
+        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+        assert_eq!(v["usage"]["total_tokens"], 0);
+        assert!(v["id"].as_str().unwrap().len() > 12);
+        assert!(messages_to_chat(b"not json", "m", 0).is_err());
+        assert!(messages_to_chat(b"[]", "m", 0).is_ok() || messages_to_chat(b"[]", "m", 0).is_err());
+    }
+
+    #[test]
+    fn error_mapping_table() {
+        let body = |t: &str, m: &str| {
+            serde_json::to_vec(&json!({"type": "error", "error": {"type": t, "message": m}})).unwrap()
+        };
+        let cases = [
+            (400, "invalid_request_error", 400, "invalid_request_error", Value::Null),
+            (401, "authentication_error", 401, "authentication_error", json!("invalid_api_key")),
+            (403, "permission_error", 403, "permission_error", Value::Null),
+            (404, "not_found_error", 404, "invalid_request_error", json!("not_found")),
+            (413, "request_too_large", 413, "invalid_request_error", json!("request_too_large")),
+            (429, "rate_limit_error", 429, "rate_limit_error", json!("rate_limit_exceeded")),
+            (500, "api_error", 500, "server_error", Value::Null),
+            (529, "overloaded_error", 503, "server_error", json!("overloaded")),
+            (418, "teapot_error", 418, "invalid_request_error", Value::Null),
+            (502, "weird", 502, "server_error", Value::Null),
+        ];
+        for (status, atype, want_status, otype, code) in cases {
+            let (s, b) = error_to_openai(status, &body(atype, "boom"));
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(s, want_status, "{atype}");
+            assert_eq!(
+                v,
+                json!({"error": {"message": "boom", "type": otype, "param": null, "code": code}}),
+                "{atype}"
+            );
+        }
+        let (s, b) = error_to_openai(502, b"<html>Bad gateway</html>");
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(s, 502);
+        assert_eq!(v["error"]["message"], "<html>Bad gateway</html>");
+        assert_eq!(v["error"]["type"], "server_error");
+        let (s, b) = error_to_openai(529, b"");
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(s, 503);
+        assert_eq!(v["error"]["code"], "overloaded");
+        assert_eq!(v["error"]["message"], "upstream answered HTTP 529");
+        let long = "é".repeat(400);
+        let (_, b) = error_to_openai(500, long.as_bytes());
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().len() <= 500);
+    }
+
+    #[test]
+    fn openai_error_body_shape() {
+        let b = openai_error_body("bad \"x\"", "invalid_request_error", Some("messages[0].role"), Some("invalid_value"));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"message": "bad \"x\"", "type": "invalid_request_error", "param": "messages[0].role", "code": "invalid_value"}})
+        );
+        let v: Value = serde_json::from_slice(&openai_error_body("m", "api_error", None, None)).unwrap();
+        assert_eq!(v, json!({"error": {"message": "m", "type": "api_error", "param": null, "code": null}}));
+    }
+}

@@ -49,7 +49,9 @@ impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let url = &self.url;
         match self.kind {
-            EndpointErrorKind::InvalidGrant => write!(f, "token endpoint {url} rejected the grant")?,
+            EndpointErrorKind::InvalidGrant => {
+                write!(f, "token endpoint {url} rejected the grant")?
+            }
             EndpointErrorKind::Rejected
             | EndpointErrorKind::RateLimited
             | EndpointErrorKind::Server => write!(
@@ -122,7 +124,12 @@ pub(crate) struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
-    pub(crate) fn new(http: reqwest::Client, url: String, client_id: String, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        url: String,
+        client_id: String,
+        timeout: Duration,
+    ) -> Self {
         Self {
             http,
             url,
@@ -181,7 +188,10 @@ impl TokenEndpoint {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(3600)));
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
         if status.is_success() {
             return parse_grant(&bytes).map_err(|what| {
                 let mut e = EndpointError::new(EndpointErrorKind::BadResponse, &self.url);
@@ -251,16 +261,22 @@ fn parse_grant(bytes: &[u8]) -> Result<Grant, &'static str> {
         _ => None,
     };
     let expires_in = match o.get("expires_in") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64)),
+        Some(Value::Number(n)) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        }),
         Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
         _ => None,
     }
     .map(|s| Duration::from_secs(s.min(10 * 365 * 86_400)));
     let scopes = match o.get("scope") {
         Some(Value::String(s)) => Some(s.split_whitespace().map(str::to_owned).collect()),
-        Some(Value::Array(a)) => Some(a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+        ),
         _ => None,
     };
     Ok(Grant {
@@ -348,7 +364,10 @@ mod tests {
             .expect("grant");
         assert_eq!(g.access_token, "a");
         assert_eq!(g.expires_in, Some(Duration::from_secs(28800)));
-        assert_eq!(g.scopes.as_deref(), Some(&["user:inference".to_owned(), "user:profile".to_owned()][..]));
+        assert_eq!(
+            g.scopes.as_deref(),
+            Some(&["user:inference".to_owned(), "user:profile".to_owned()][..])
+        );
         assert!(parse_grant(b"{}").is_err());
         assert!(parse_grant(b"<html>").is_err());
         assert_eq!(
@@ -356,7 +375,9 @@ mod tests {
             (Some("invalid_grant".into()), Some("nope".into()))
         );
         assert_eq!(
-            parse_error_body(br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#),
+            parse_error_body(
+                br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#
+            ),
             (Some("rate_limit_error".into()), Some("slow".into()))
         );
     }

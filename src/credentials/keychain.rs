@@ -38,7 +38,10 @@ pub(crate) fn read(service: &str) -> Result<Option<Vec<u8>>, CredentialError> {
         let msg = String::from_utf8_lossy(&out.stderr);
         return Err(kerr(
             service,
-            format!("`security find-generic-password` failed: {}", first_line(&msg)),
+            format!(
+                "`security find-generic-password` failed: {}",
+                first_line(&msg)
+            ),
         ));
     }
     Ok(Some(decode_password_output(&out.stdout)))
@@ -70,7 +73,10 @@ pub(crate) fn write(service: &str, password: &[u8]) -> Result<(), CredentialErro
     if !out.status.success() || !stderr.trim().is_empty() {
         return Err(kerr(
             service,
-            format!("`security add-generic-password` failed: {}", first_line(&stderr)),
+            format!(
+                "`security add-generic-password` failed: {}",
+                first_line(&stderr)
+            ),
         ));
     }
     Ok(())
@@ -125,10 +131,12 @@ pub(crate) fn decode_password_output(stdout: &[u8]) -> Vec<u8> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {
@@ -142,7 +150,10 @@ fn unhex(s: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn first_line(s: &str) -> &str {
-    s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no details")
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no details")
 }
 
 #[cfg(test)]
@@ -159,7 +170,10 @@ mod tests {
     #[test]
     fn decodes_plain_and_hex_passwords() {
         assert_eq!(decode_password_output(b"{\"a\":1}\n"), b"{\"a\":1}");
-        assert_eq!(decode_password_output(hex(b"{\"a\":1}").as_bytes()), b"{\"a\":1}");
+        assert_eq!(
+            decode_password_output(hex(b"{\"a\":1}").as_bytes()),
+            b"{\"a\":1}"
+        );
     }
 
     #[test]

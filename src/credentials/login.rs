@@ -171,9 +171,9 @@ pub async fn login(
         access_token: AccessToken::new(grant.access_token),
         refresh_token: grant.refresh_token,
         expires_at_ms,
-        scopes: grant.scopes.unwrap_or_else(|| {
-            LOGIN_SCOPES.split_whitespace().map(str::to_owned).collect()
-        }),
+        scopes: grant
+            .scopes
+            .unwrap_or_else(|| LOGIN_SCOPES.split_whitespace().map(str::to_owned).collect()),
         subscription_type: None,
     };
     let path = cfg.login_target().to_path_buf();

@@ -180,7 +180,9 @@ impl OAuthManager {
         for source in sources(&cfg) {
             match source.load()? {
                 Loaded::Found { root, creds } => {
-                    return Ok(Some(Arc::new(Self::new(source, root, creds, &cfg, http, tuning))));
+                    return Ok(Some(Arc::new(Self::new(
+                        source, root, creds, &cfg, http, tuning,
+                    ))));
                 }
                 Loaded::Missing if explicit => {
                     return Err(CredentialError::MissingFile {
@@ -263,13 +265,17 @@ impl OAuthManager {
 
     /// After the upstream answered 401 for `rejected`: when the current token differs (someone
     /// already refreshed) it is returned, otherwise one refresh is forced (single flight as well).
-    pub async fn force_refresh(&self, rejected: &AccessToken) -> Result<AccessToken, CredentialError> {
+    pub async fn force_refresh(
+        &self,
+        rejected: &AccessToken,
+    ) -> Result<AccessToken, CredentialError> {
         let seen = self.attempts.load(Ordering::Acquire);
         let cur = self.snapshot();
         if cur.creds.access_token != *rejected {
             return self.access_token().await;
         }
-        self.refresh_flow(Mode::Rejected, Some(rejected), seen).await
+        self.refresh_flow(Mode::Rejected, Some(rejected), seen)
+            .await
     }
 
     /// Refreshes now, whatever the expiry (`ccproxy auth refresh`). Errors are returned as they are.
@@ -315,10 +321,7 @@ impl OAuthManager {
     // ---- time arithmetic ----
 
     fn snapshot(&self) -> Arc<Current> {
-        self.state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn replace(&self, next: Current) -> Arc<Current> {
@@ -491,7 +494,9 @@ impl OAuthManager {
                             "could not refresh the Claude OAuth token; using the current one until it expires at {}",
                             format_utc(exp)
                         ),
-                        _ => error!(source = %self.info, error = %err, "could not refresh the Claude OAuth token"),
+                        _ => {
+                            error!(source = %self.info, error = %err, "could not refresh the Claude OAuth token")
+                        }
                     }
                     self.record_failure(flight, &err, retry_after);
                     return self.fallback(&cur, now, mode, rejected, err);
@@ -507,7 +512,9 @@ impl OAuthManager {
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let creds = OAuthCreds {
             access_token: AccessToken::new(grant.access_token),
-            refresh_token: grant.refresh_token.or_else(|| cur.creds.refresh_token.clone()),
+            refresh_token: grant
+                .refresh_token
+                .or_else(|| cur.creds.refresh_token.clone()),
             expires_at_ms: lifetime_ms.map(|l| now.saturating_add(l)),
             scopes: grant.scopes.unwrap_or_else(|| cur.creds.scopes.clone()),
             subscription_type: cur.creds.subscription_type.clone(),
@@ -541,7 +548,8 @@ impl OAuthManager {
                     error = %e,
                     "refreshed the Claude OAuth token but could not save it; the new refresh token only lives in this process"
                 );
-                self.lock_report().last_error = Some(format!("saving the refreshed token failed: {e}"));
+                self.lock_report().last_error =
+                    Some(format!("saving the refreshed token failed: {e}"));
             }
         }
         next.creds.access_token.clone()
@@ -649,7 +657,12 @@ impl OAuthManager {
         flight.retry_at = Some(Instant::now() + wait);
     }
 
-    fn record_failure(&self, flight: &mut Flight, err: &CredentialError, retry_after: Option<Duration>) {
+    fn record_failure(
+        &self,
+        flight: &mut Flight,
+        err: &CredentialError,
+        retry_after: Option<Duration>,
+    ) {
         self.bump_backoff(flight, retry_after);
         flight.last_error = Some(err.clone());
         self.lock_report().last_error = Some(err.to_string());
@@ -676,7 +689,9 @@ impl OAuthManager {
             return t.bg_max_sleep;
         };
         if now < at {
-            return clamp(Duration::from_millis(u64::try_from(at - now).unwrap_or(u64::MAX)));
+            return clamp(Duration::from_millis(
+                u64::try_from(at - now).unwrap_or(u64::MAX),
+            ));
         }
         let seen = self.attempts.load(Ordering::Acquire);
         // Errors are logged by the attempt; the request path keeps using the current token.
@@ -685,9 +700,9 @@ impl OAuthManager {
         let now = now_ms();
         match self.refresh_at(&cur) {
             None => t.bg_max_sleep,
-            Some(at) if now < at => {
-                clamp(Duration::from_millis(u64::try_from(at - now).unwrap_or(u64::MAX)))
-            }
+            Some(at) if now < at => clamp(Duration::from_millis(
+                u64::try_from(at - now).unwrap_or(u64::MAX),
+            )),
             Some(_) => {
                 let retry_at = self.flight.lock().await.retry_at;
                 let wait = retry_at

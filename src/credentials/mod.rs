@@ -86,7 +86,10 @@ impl CredentialsConfig {
 
     /// `$XDG_CONFIG_HOME/ccproxy/credentials.json`, or `~/.config/ccproxy/credentials.json` when
     /// `XDG_CONFIG_HOME` is unset, empty or relative (as the XDG spec requires).
-    pub fn default_own_store(xdg_config_home: Option<&Path>, home: Option<&Path>) -> Option<PathBuf> {
+    pub fn default_own_store(
+        xdg_config_home: Option<&Path>,
+        home: Option<&Path>,
+    ) -> Option<PathBuf> {
         let base = match xdg_config_home {
             Some(x) if x.is_absolute() => x.to_path_buf(),
             _ => home?.join(".config"),
@@ -99,7 +102,9 @@ impl CredentialsConfig {
         match &self.home_dir {
             Some(home) => vec![
                 home.join(".claude").join(".credentials.json"),
-                home.join(".config").join("claude").join(".credentials.json"),
+                home.join(".config")
+                    .join("claude")
+                    .join(".credentials.json"),
             ],
             None => Vec::new(),
         }
@@ -340,7 +345,12 @@ pub fn format_utc(epoch_ms: i64) -> String {
 /// `in 7h 59m` / `3m 10s ago` for a signed distance from now in milliseconds.
 pub fn format_relative(delta_ms: i64) -> String {
     let abs = delta_ms.unsigned_abs() / 1000;
-    let (d, h, m, s) = (abs / 86_400, (abs % 86_400) / 3600, (abs % 3600) / 60, abs % 60);
+    let (d, h, m, s) = (
+        abs / 86_400,
+        (abs % 86_400) / 3600,
+        (abs % 3600) / 60,
+        abs % 60,
+    );
     let body = if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {

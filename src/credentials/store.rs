@@ -80,20 +80,21 @@ fn parse_oauth(o: &Map<String, Value>) -> Result<OAuthCreds, String> {
         Some(Value::String(s)) => Some(Secret(s.trim().to_owned())),
         Some(_) => return Err(format!("`{OAUTH_KEY}.refreshToken` is not a string")),
     };
-    let expires_at_ms = match o.get("expiresAt") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(number_to_i64(n).ok_or_else(|| {
-            format!("`{OAUTH_KEY}.expiresAt` is not a time in epoch milliseconds")
-        })?),
-        Some(Value::String(s)) => Some(s.trim().parse::<i64>().map_err(|_| {
-            format!("`{OAUTH_KEY}.expiresAt` is not a time in epoch milliseconds")
-        })?),
-        Some(_) => {
-            return Err(format!(
-                "`{OAUTH_KEY}.expiresAt` is not a time in epoch milliseconds"
-            ));
-        }
-    };
+    let expires_at_ms =
+        match o.get("expiresAt") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(number_to_i64(n).ok_or_else(|| {
+                format!("`{OAUTH_KEY}.expiresAt` is not a time in epoch milliseconds")
+            })?),
+            Some(Value::String(s)) => Some(s.trim().parse::<i64>().map_err(|_| {
+                format!("`{OAUTH_KEY}.expiresAt` is not a time in epoch milliseconds")
+            })?),
+            Some(_) => {
+                return Err(format!(
+                    "`{OAUTH_KEY}.expiresAt` is not a time in epoch milliseconds"
+                ));
+            }
+        };
     let scopes = match o.get("scopes") {
         Some(Value::Array(a)) => a
             .iter()
@@ -226,9 +227,15 @@ pub(crate) fn loose_mode(path: &Path) -> Option<u32> {
 /// rename over the target, fsync of the directory. A crash leaves either the old or the new file.
 /// A symlinked target is written through (the link is kept). Missing parent directories are created
 /// (mode 0700) only when `create_dirs` is set.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], create_dirs: bool) -> Result<(), CredentialError> {
+pub(crate) fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    create_dirs: bool,
+) -> Result<(), CredentialError> {
     let target = match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
         _ => path.to_path_buf(),
     };
     let werr = |e: io::Error| CredentialError::Write {

@@ -97,6 +97,8 @@ pub struct SimState {
     /// Streams whose client went away before the end.
     pub streams_cancelled: AtomicU64,
     pub streams_completed: AtomicU64,
+    /// Requests whose client went away while the response head was delayed.
+    pub requests_cancelled: AtomicU64,
 }
 
 const RECORD_LIMIT: usize = 256;
@@ -389,7 +391,18 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
     };
     let dir = Directives::from_request(&req);
     if dir.delay_ms > 0 {
+        // Dropped (client gone) before the delay ends: counted as cancelled.
+        struct Pending<'a>(&'a SimState, bool);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.requests_cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut pending = Pending(&state, false);
         tokio::time::sleep(Duration::from_millis(dir.delay_ms)).await;
+        pending.1 = true;
     }
     if let Some(status) = dir.status {
         return error_response(status, &format!("Simulated error {status}"));

@@ -209,7 +209,10 @@ async fn token(State(st): State<Arc<MockState>>, Json(body): Json<Value>) -> Res
     }
     match grant.as_str() {
         "refresh_token" => {
-            let rt = body["refresh_token"].as_str().unwrap_or_default().to_owned();
+            let rt = body["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             if let Some(hook) = st.hook.lock().expect("lock").as_mut() {
                 hook(&rt);
             }

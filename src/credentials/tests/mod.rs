@@ -47,7 +47,11 @@ impl Env {
         std::fs::create_dir_all(&home).expect("home");
         let cfg = CredentialsConfig {
             credentials_file: None,
-            own_store: dir.path().join("xdg").join("ccproxy").join("credentials.json"),
+            own_store: dir
+                .path()
+                .join("xdg")
+                .join("ccproxy")
+                .join("credentials.json"),
             home_dir: Some(home),
             token_url: token_url.to_owned(),
             client_id: CLIENT_ID.to_owned(),
@@ -115,7 +119,10 @@ fn read_json(path: &Path) -> Value {
 /// accepts.
 fn setup_claude(env: &Env, mock: &MockTokenServer, expires_at: i64) {
     mock.allow_refresh(OLD_REFRESH);
-    write_json(&env.claude_file(), &doc(OLD_ACCESS, Some(OLD_REFRESH), expires_at));
+    write_json(
+        &env.claude_file(),
+        &doc(OLD_ACCESS, Some(OLD_REFRESH), expires_at),
+    );
 }
 
 fn secs(n: i64) -> i64 {
@@ -176,8 +183,18 @@ fn parses_claude_code_documents_tolerantly() {
     assert_eq!(c.expires_at_ms, Some(1_700_000_000_000));
     assert!(c.refresh_token.is_none());
     assert_eq!(c.scopes, vec!["x", "y"]);
-    assert!(parse_document(br#"{"other":1}"#).expect("valid").creds.is_none());
-    assert!(parse_document(br#"{"claudeAiOauth":null}"#).expect("valid").creds.is_none());
+    assert!(
+        parse_document(br#"{"other":1}"#)
+            .expect("valid")
+            .creds
+            .is_none()
+    );
+    assert!(
+        parse_document(br#"{"claudeAiOauth":null}"#)
+            .expect("valid")
+            .creds
+            .is_none()
+    );
     for bad in [
         &b""[..],
         b"   ",
@@ -193,7 +210,11 @@ fn parses_claude_code_documents_tolerantly() {
         b"{\"claudeAiOauth\":{\"accessToken\":\"a\",\"expiresAt\":{}}}",
         b"\xff\xfe\x00garbage",
     ] {
-        assert!(parse_document(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        assert!(
+            parse_document(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -216,16 +237,31 @@ fn apply_creds_keeps_unknown_keys_and_order() {
     assert_eq!(v["claudeAiOauth"]["accessToken"], "new-access");
     assert_eq!(v["claudeAiOauth"]["refreshToken"], "new-refresh");
     assert_eq!(v["claudeAiOauth"]["expiresAt"], 99);
-    assert_eq!(v["claudeAiOauth"]["rateLimitTier"], "default_claude_max_20x");
+    assert_eq!(
+        v["claudeAiOauth"]["rateLimitTier"],
+        "default_claude_max_20x"
+    );
     assert_eq!(v["claudeAiOauth"]["subscriptionType"], "max");
     assert_eq!(v["mcpOAuth"], original["mcpOAuth"]);
     assert_eq!(v["zzOther"], original["zzOther"]);
     let keys: Vec<_> = v.as_object().expect("obj").keys().cloned().collect();
     assert_eq!(keys, ["claudeAiOauth", "mcpOAuth", "zzOther"]);
-    let inner: Vec<_> = v["claudeAiOauth"].as_object().expect("obj").keys().cloned().collect();
+    let inner: Vec<_> = v["claudeAiOauth"]
+        .as_object()
+        .expect("obj")
+        .keys()
+        .cloned()
+        .collect();
     assert_eq!(
         inner,
-        ["accessToken", "expiresAt", "scopes", "subscriptionType", "rateLimitTier", "refreshToken"]
+        [
+            "accessToken",
+            "expiresAt",
+            "scopes",
+            "subscriptionType",
+            "rateLimitTier",
+            "refreshToken"
+        ]
     );
 }
 
@@ -259,10 +295,18 @@ proptest::proptest! {
 #[tokio::test]
 async fn missing_sources_give_none() {
     let env = Env::new("http://127.0.0.1:9/v1/oauth/token");
-    assert!(OAuthManager::discover(env.cfg.clone(), http()).expect("ok").is_none());
+    assert!(
+        OAuthManager::discover(env.cfg.clone(), http())
+            .expect("ok")
+            .is_none()
+    );
     // A document without claudeAiOauth (e.g. only MCP tokens) is not a source either.
     write_json(&env.claude_file(), &json!({"mcpOAuth": {}}));
-    assert!(OAuthManager::discover(env.cfg.clone(), http()).expect("ok").is_none());
+    assert!(
+        OAuthManager::discover(env.cfg.clone(), http())
+            .expect("ok")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -275,9 +319,15 @@ async fn discovery_follows_the_documented_order() {
     assert_eq!(m.source().kind, SourceKind::ClaudeCode);
     assert_eq!(m.source().path.as_deref(), Some(second.as_path()));
 
-    write_json(&env.claude_file(), &doc("sk-ant-oat01-dot-claude", None, far));
+    write_json(
+        &env.claude_file(),
+        &doc("sk-ant-oat01-dot-claude", None, far),
+    );
     let m = env.manager();
-    assert_eq!(m.source().path.as_deref(), Some(env.claude_file().as_path()));
+    assert_eq!(
+        m.source().path.as_deref(),
+        Some(env.claude_file().as_path())
+    );
 
     write_json(&env.cfg.own_store, &doc("sk-ant-oat01-own", None, far));
     let m = env.manager();
@@ -288,9 +338,14 @@ async fn discovery_follows_the_documented_order() {
     write_json(&explicit, &doc("sk-ant-oat01-explicit", None, far));
     let mut cfg = env.cfg.clone();
     cfg.credentials_file = Some(explicit.clone());
-    let m = OAuthManager::discover(cfg.clone(), http()).expect("ok").expect("some");
+    let m = OAuthManager::discover(cfg.clone(), http())
+        .expect("ok")
+        .expect("some");
     assert_eq!(m.source().kind, SourceKind::CredentialsFile);
-    assert_eq!(m.access_token().await.expect("token").secret(), "sk-ant-oat01-explicit");
+    assert_eq!(
+        m.access_token().await.expect("token").secret(),
+        "sk-ant-oat01-explicit"
+    );
 
     // An explicit file that is missing is an error naming it, not a silent fallback.
     cfg.credentials_file = Some(env.dir.path().join("nope.json"));
@@ -320,16 +375,26 @@ async fn torn_or_invalid_file_is_an_error_naming_the_path() {
         let msg = err.to_string();
         assert!(matches!(err, CredentialError::Invalid { .. }), "{msg}");
         assert!(msg.contains(&path.display().to_string()), "{msg}");
-        assert!(!msg.contains("original-access") && !msg.contains("original-refresh"), "{msg}");
+        assert!(
+            !msg.contains("original-access") && !msg.contains("original-refresh"),
+            "{msg}"
+        );
     }
     std::fs::write(&path, br#"{"claudeAiOauth":{"accessToken":42}}"#).expect("write");
-    let msg = OAuthManager::discover(env.cfg.clone(), http()).expect_err("invalid").to_string();
-    assert!(msg.contains("accessToken") && msg.contains(".credentials.json"), "{msg}");
+    let msg = OAuthManager::discover(env.cfg.clone(), http())
+        .expect_err("invalid")
+        .to_string();
+    assert!(
+        msg.contains("accessToken") && msg.contains(".credentials.json"),
+        "{msg}"
+    );
 
     // A directory where the file should be.
     std::fs::remove_file(&path).expect("rm");
     std::fs::create_dir(&path).expect("mkdir");
-    let msg = OAuthManager::discover(env.cfg.clone(), http()).expect_err("dir").to_string();
+    let msg = OAuthManager::discover(env.cfg.clone(), http())
+        .expect_err("dir")
+        .to_string();
     assert!(msg.contains(".credentials.json"), "{msg}");
 
     // An earlier invalid source stops discovery (it is not silently skipped).
@@ -337,8 +402,13 @@ async fn torn_or_invalid_file_is_an_error_naming_the_path() {
     write_json(&path, &doc(OLD_ACCESS, None, now_ms() + secs(60)));
     std::fs::create_dir_all(env.cfg.own_store.parent().expect("p")).expect("mkdir");
     std::fs::write(&env.cfg.own_store, b"{not json").expect("write");
-    let msg = OAuthManager::discover(env.cfg.clone(), http()).expect_err("own store invalid").to_string();
-    assert!(msg.contains("credentials.json") && msg.contains("malformed JSON"), "{msg}");
+    let msg = OAuthManager::discover(env.cfg.clone(), http())
+        .expect_err("own store invalid")
+        .to_string();
+    assert!(
+        msg.contains("credentials.json") && msg.contains("malformed JSON"),
+        "{msg}"
+    );
 }
 
 // ---------- refresh ----------
@@ -386,7 +456,10 @@ async fn two_hundred_concurrent_callers_at_expiry_share_one_refresh() {
     assert_eq!(mock.refresh_calls(), 1, "exactly one refresh POST");
     let first = tokens[0].clone();
     assert_ne!(first.secret(), OLD_ACCESS);
-    assert!(tokens.iter().all(|t| *t == first), "all callers got the refreshed token");
+    assert!(
+        tokens.iter().all(|t| *t == first),
+        "all callers got the refreshed token"
+    );
     assert!(mock.is_valid_access(first.secret(), now_ms()));
 }
 
@@ -416,7 +489,10 @@ async fn callers_with_a_valid_token_do_not_wait_for_a_slow_refresh() {
             quick += 1;
         }
     }
-    assert!(quick >= 199, "only the refreshing caller waits ({quick} quick)");
+    assert!(
+        quick >= 199,
+        "only the refreshing caller waits ({quick} quick)"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(mock.refresh_calls(), 1);
     assert_ne!(m.access_token().await.expect("token").secret(), OLD_ACCESS);
@@ -430,7 +506,11 @@ async fn adopts_a_token_another_process_wrote_without_posting() {
     let m = env.manager();
     // Claude Code refreshes the same file between our reads.
     let newer = "sk-ant-oat01-written-by-claude-code-0123456789";
-    let mut v = doc(newer, Some("sk-ant-ort01-claude-code-new"), now_ms() + secs(8 * 3600));
+    let mut v = doc(
+        newer,
+        Some("sk-ant-ort01-claude-code-new"),
+        now_ms() + secs(8 * 3600),
+    );
     v["claudeAiOauth"]["newField"] = json!("from a newer Claude Code");
     write_json(&env.claude_file(), &v);
     let t = m.access_token().await.expect("adopted");
@@ -441,7 +521,10 @@ async fn adopts_a_token_another_process_wrote_without_posting() {
 
     // Same on the 401 path: the rejected token is replaced by what the file now holds.
     let newest = "sk-ant-oat01-written-again-0123456789abcdef";
-    write_json(&env.claude_file(), &doc(newest, Some("sk-ant-ort01-x"), now_ms() + secs(8 * 3600)));
+    write_json(
+        &env.claude_file(),
+        &doc(newest, Some("sk-ant-ort01-x"), now_ms() + secs(8 * 3600)),
+    );
     let t2 = m.force_refresh(&t).await.expect("adopted on 401");
     assert_eq!(t2.secret(), newest);
     assert_eq!(mock.refresh_calls(), 0);
@@ -458,8 +541,14 @@ async fn older_credentials_in_the_file_are_not_adopted() {
     let fresh = m.access_token().await.expect("refreshed");
     assert_eq!(mock.refresh_calls(), 1);
     // Someone restores an old backup of the file.
-    write_json(&env.claude_file(), &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() - 5000));
-    let again = m.force_refresh(&AccessToken::new("sk-ant-oat01-some-other")).await.expect("ok");
+    write_json(
+        &env.claude_file(),
+        &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() - 5000),
+    );
+    let again = m
+        .force_refresh(&AccessToken::new("sk-ant-oat01-some-other"))
+        .await
+        .expect("ok");
     assert_eq!(again, fresh);
     let t = m.force_refresh(&fresh).await.expect("forced refresh");
     assert_ne!(t, fresh);
@@ -482,12 +571,26 @@ async fn refresh_token_rotated_by_another_process_during_our_refresh() {
     mock.set_hook(move |rt| {
         if rt == OLD_REFRESH && !done {
             done = true;
-            write_json(&path, &doc("sk-ant-oat01-cc-expired-0123456789abcdef", Some(rotated), now_ms() - 10));
+            write_json(
+                &path,
+                &doc(
+                    "sk-ant-oat01-cc-expired-0123456789abcdef",
+                    Some(rotated),
+                    now_ms() - 10,
+                ),
+            );
         }
     });
     let before = mock.refresh_calls();
-    let t = m.access_token().await.expect("recovered with the rotated refresh token");
-    assert_eq!(mock.refresh_calls() - before, 2, "rejected once, then refreshed with the new token");
+    let t = m
+        .access_token()
+        .await
+        .expect("recovered with the rotated refresh token");
+    assert_eq!(
+        mock.refresh_calls() - before,
+        2,
+        "rejected once, then refreshed with the new token"
+    );
     assert!(mock.is_valid_access(t.secret(), now_ms()));
     assert_eq!(mock.presented().last().map(String::as_str), Some(rotated));
     let on_disk = read_json(&env.claude_file());
@@ -499,7 +602,10 @@ async fn invalid_grant_before_expiry_keeps_the_current_token() {
     let mock = MockTokenServer::start().await;
     let env = Env::new(&mock.url);
     // The mock does not know this refresh token.
-    write_json(&env.claude_file(), &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() + secs(60)));
+    write_json(
+        &env.claude_file(),
+        &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() + secs(60)),
+    );
     let m = env.manager();
     let t = m.access_token().await.expect("current token kept");
     assert_eq!(t.secret(), OLD_ACCESS);
@@ -520,27 +626,49 @@ async fn invalid_grant_before_expiry_keeps_the_current_token() {
 async fn invalid_grant_after_expiry_is_an_expired_error_with_the_fix() {
     let mock = MockTokenServer::start().await;
     let env = Env::new(&mock.url);
-    write_json(&env.claude_file(), &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() - 1000));
+    write_json(
+        &env.claude_file(),
+        &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() - 1000),
+    );
     let m = env.manager();
     let err = m.access_token().await.expect_err("expired");
     assert!(matches!(err, CredentialError::Expired { .. }), "{err:?}");
     assert!(err.needs_login());
     let msg = err.to_string();
-    assert!(msg.contains("`ccproxy auth login`") && msg.contains("`claude`"), "{msg}");
-    assert!(msg.contains("invalid_grant") && msg.contains(".credentials.json"), "{msg}");
-    assert!(!msg.contains("original-access") && !msg.contains("original-refresh"), "{msg}");
+    assert!(
+        msg.contains("`ccproxy auth login`") && msg.contains("`claude`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("invalid_grant") && msg.contains(".credentials.json"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("original-access") && !msg.contains("original-refresh"),
+        "{msg}"
+    );
     assert!(!format!("{err:?}").contains("original-refresh"));
     for _ in 0..10 {
         assert!(m.access_token().await.is_err());
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(m.access_token().await.is_err());
-    assert_eq!(mock.refresh_calls(), 1, "a rejected refresh token is not retried");
+    assert_eq!(
+        mock.refresh_calls(),
+        1,
+        "a rejected refresh token is not retried"
+    );
     // The user logs in again with `claude`: picked up without restarting.
     let relogin = "sk-ant-oat01-after-relogin-0123456789abcdef";
-    write_json(&env.claude_file(), &doc(relogin, Some("sk-ant-ort01-relogin"), now_ms() + secs(3600)));
+    write_json(
+        &env.claude_file(),
+        &doc(relogin, Some("sk-ant-ort01-relogin"), now_ms() + secs(3600)),
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(m.access_token().await.expect("relogin adopted").secret(), relogin);
+    assert_eq!(
+        m.access_token().await.expect("relogin adopted").secret(),
+        relogin
+    );
     assert_eq!(mock.refresh_calls(), 1);
     assert!(m.status().last_refresh_error.is_none());
 }
@@ -572,7 +700,10 @@ async fn force_refresh_after_a_401() {
     mock.force(500, json!({"error": "server_error"}), None);
     let err = m.force_refresh(&got[0]).await.expect_err("refresh failed");
     assert!(matches!(err, CredentialError::Expired { .. }), "{err}");
-    assert!(err.to_string().contains("rejected") && err.to_string().contains("HTTP 500"), "{err}");
+    assert!(
+        err.to_string().contains("rejected") && err.to_string().contains("HTTP 500"),
+        "{err}"
+    );
     // Requests that were not rejected keep using the (unexpired) current token.
     assert_eq!(m.access_token().await.expect("still valid"), got[0]);
 }
@@ -592,12 +723,19 @@ async fn refreshed_file_has_rotated_tokens_other_keys_and_mode_0600() {
     assert_eq!(o["accessToken"], t.secret());
     let rt = o["refreshToken"].as_str().expect("refresh token");
     assert_ne!(rt, OLD_REFRESH);
-    assert_eq!(mock.valid_refresh_tokens(), vec![rt.to_owned()], "the file holds the live refresh token");
+    assert_eq!(
+        mock.valid_refresh_tokens(),
+        vec![rt.to_owned()],
+        "the file holds the live refresh token"
+    );
     let exp = o["expiresAt"].as_i64().expect("expiresAt");
     assert!((exp - (now_ms() + secs(28_800))).abs() < 5000);
     assert_eq!(o["scopes"], json!(["user:inference", "user:profile"]));
     assert_eq!(o["subscriptionType"], "max");
-    assert_eq!(o["rateLimitTier"], original["claudeAiOauth"]["rateLimitTier"]);
+    assert_eq!(
+        o["rateLimitTier"],
+        original["claudeAiOauth"]["rateLimitTier"]
+    );
     assert_eq!(v["mcpOAuth"], original["mcpOAuth"]);
     assert_eq!(v["zzOther"], original["zzOther"]);
     assert_eq!(mode_of(&path), 0o600);
@@ -620,7 +758,12 @@ async fn refresh_writes_through_a_symlink() {
     std::os::unix::fs::symlink(&real, env.claude_file()).expect("symlink");
     let m = env.manager();
     let t = m.access_token().await.expect("refreshed");
-    assert!(std::fs::symlink_metadata(env.claude_file()).expect("meta").file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(env.claude_file())
+            .expect("meta")
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(read_json(&real)["claudeAiOauth"]["accessToken"], t.secret());
 }
 
@@ -634,7 +777,10 @@ async fn torn_file_at_refresh_time_is_repaired_from_memory() {
     let t = m.access_token().await.expect("refreshed from memory");
     let v = read_json(&env.claude_file());
     assert_eq!(v["claudeAiOauth"]["accessToken"], t.secret());
-    assert_eq!(v["mcpOAuth"]["server|abc"]["accessToken"], "mcp-secret-keep");
+    assert_eq!(
+        v["mcpOAuth"]["server|abc"]["accessToken"],
+        "mcp-secret-keep"
+    );
 }
 
 #[tokio::test]
@@ -663,17 +809,27 @@ async fn endpoint_errors_are_classified_and_survived_before_expiry() {
     mock.force(429, json!({"error": "rate_limited"}), Some(1));
     assert_eq!(m.access_token().await.expect("kept").secret(), OLD_ACCESS);
     let e = m.status().last_refresh_error.expect("err");
-    assert!(e.contains("HTTP 429") && e.contains("rate limited") && e.contains("retry after 1s"), "{e}");
+    assert!(
+        e.contains("HTTP 429") && e.contains("rate limited") && e.contains("retry after 1s"),
+        "{e}"
+    );
     // Retry-After is honoured: no new attempt for a second.
     let calls = mock.refresh_calls();
     m.access_token().await.expect("kept");
     assert_eq!(mock.refresh_calls(), calls);
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    mock.force(503, json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}), None);
+    mock.force(
+        503,
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}),
+        None,
+    );
     assert_eq!(m.access_token().await.expect("kept").secret(), OLD_ACCESS);
     let e = m.status().last_refresh_error.expect("err");
-    assert!(e.contains("HTTP 503") && e.contains("overloaded_error"), "{e}");
+    assert!(
+        e.contains("HTTP 503") && e.contains("overloaded_error"),
+        "{e}"
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     mock.unforce();
@@ -700,7 +856,10 @@ async fn expired_token_with_a_failing_endpoint_reports_the_cause() {
     let m = env.manager_with(tuning);
     mock.set_delay(Duration::from_millis(1000));
     let err = m.access_token().await.expect_err("expired");
-    assert!(err.to_string().contains("timed out") && err.to_string().contains("ccproxy auth login"), "{err}");
+    assert!(
+        err.to_string().contains("timed out") && err.to_string().contains("ccproxy auth login"),
+        "{err}"
+    );
     // Once the endpoint recovers, the next request (after the short expired-retry interval) works.
     mock.set_delay(Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -712,14 +871,25 @@ async fn expired_token_with_a_failing_endpoint_reports_the_cause() {
 async fn no_refresh_token() {
     let mock = MockTokenServer::start().await;
     let env = Env::new(&mock.url);
-    write_json(&env.claude_file(), &doc(OLD_ACCESS, None, now_ms() + secs(60)));
+    write_json(
+        &env.claude_file(),
+        &doc(OLD_ACCESS, None, now_ms() + secs(60)),
+    );
     let m = env.manager();
     assert_eq!(m.access_token().await.expect("kept").secret(), OLD_ACCESS);
-    assert!(m.status().last_refresh_error.expect("err").contains("no refresh token"));
+    assert!(
+        m.status()
+            .last_refresh_error
+            .expect("err")
+            .contains("no refresh token")
+    );
     write_json(&env.claude_file(), &doc(OLD_ACCESS, None, now_ms() - 60));
     let m = env.manager();
     let err = m.access_token().await.expect_err("expired");
-    assert!(err.to_string().contains("no refresh token") && err.to_string().contains("ccproxy auth login"));
+    assert!(
+        err.to_string().contains("no refresh token")
+            && err.to_string().contains("ccproxy auth login")
+    );
     assert_eq!(mock.refresh_calls(), 0);
 }
 
@@ -729,13 +899,19 @@ async fn unknown_expiry_is_never_refreshed_ahead() {
     let env = Env::new(&mock.url);
     mock.allow_refresh(OLD_REFRESH);
     let mut v = doc(OLD_ACCESS, Some(OLD_REFRESH), 0);
-    v["claudeAiOauth"].as_object_mut().expect("obj").remove("expiresAt");
+    v["claudeAiOauth"]
+        .as_object_mut()
+        .expect("obj")
+        .remove("expiresAt");
     write_json(&env.claude_file(), &v);
     let m = env.manager();
     assert_eq!(m.access_token().await.expect("token").secret(), OLD_ACCESS);
     assert_eq!(mock.refresh_calls(), 0);
     assert!(!m.status().expired);
-    let t = m.force_refresh(&AccessToken::new(OLD_ACCESS)).await.expect("refresh on 401");
+    let t = m
+        .force_refresh(&AccessToken::new(OLD_ACCESS))
+        .await
+        .expect("refresh on 401");
     assert_ne!(t.secret(), OLD_ACCESS);
     assert_eq!(mock.refresh_calls(), 1);
 }
@@ -758,7 +934,10 @@ async fn background_refresh_keeps_serving_for_many_token_lifetimes() {
     while Instant::now() < until {
         let t0 = Instant::now();
         let t = m.access_token().await.expect("a request never fails");
-        assert!(t0.elapsed() < Duration::from_millis(200), "requests are not held up");
+        assert!(
+            t0.elapsed() < Duration::from_millis(200),
+            "requests are not held up"
+        );
         let valid = t.secret() == OLD_ACCESS || mock.is_valid_access(t.secret(), now_ms());
         assert!(valid, "the token handed out is valid upstream");
         distinct.insert(t.secret().to_owned());
@@ -778,7 +957,10 @@ async fn background_refresh_keeps_serving_for_many_token_lifetimes() {
     assert!(mock.valid_refresh_tokens().contains(&rt));
     // The task ends when the manager is dropped.
     drop(m);
-    tokio::time::timeout(Duration::from_secs(3), bg).await.expect("ends").expect("join");
+    tokio::time::timeout(Duration::from_secs(3), bg)
+        .await
+        .expect("ends")
+        .expect("join");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,7 +975,10 @@ async fn background_refresh_backs_off_on_failures_then_recovers() {
     let failures = mock.refresh_calls();
     // 100, 200, 400, 400, … ms backoff: a handful of attempts, never a spin.
     assert!((2..=8).contains(&failures), "{failures} attempts in 1.5 s");
-    assert_eq!(m.access_token().await.expect("current kept").secret(), OLD_ACCESS);
+    assert_eq!(
+        m.access_token().await.expect("current kept").secret(),
+        OLD_ACCESS
+    );
     mock.unforce();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let t = m.access_token().await.expect("token");
@@ -843,7 +1028,11 @@ async fn secrets_never_appear_in_logs() {
     let m = env.manager_with(tuning);
     let t1 = m.access_token().await.expect("refresh ok");
     let t2 = m.force_refresh(&t1).await.expect("forced ok");
-    mock.force(429, json!({"error": "rate_limited", "error_description": "token sk-ant-ort01-echoed-back"}), Some(0));
+    mock.force(
+        429,
+        json!({"error": "rate_limited", "error_description": "token sk-ant-ort01-echoed-back"}),
+        Some(0),
+    );
     let _ = m.force_refresh(&t2).await;
     mock.unforce();
     mock.set_delay(Duration::from_millis(500));
@@ -852,20 +1041,27 @@ async fn secrets_never_appear_in_logs() {
     mock.set_delay(Duration::ZERO);
     // invalid_grant with an unknown refresh token, before and after expiry
     let env2 = Env::new(&mock.url);
-    write_json(&env2.claude_file(), &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() + 60_000));
+    write_json(
+        &env2.claude_file(),
+        &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() + 60_000),
+    );
     let _ = env2.manager().access_token().await;
-    write_json(&env2.claude_file(), &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() - 60_000));
+    write_json(
+        &env2.claude_file(),
+        &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() - 60_000),
+    );
     let e = env2.manager().access_token().await.expect_err("expired");
     tracing::error!(error = %e, debug = ?e, "as the server would log it");
     tracing::info!(status = ?m.status(), manager = ?m, token = ?t2, "status");
     // A login.
     let env3 = Env::new(&mock.url);
     mock.allow_code("the-auth-code-secret");
-    let out = drive_login(&env3.cfg, "the-auth-code-secret", None).await.expect("login");
+    let out = drive_login(&env3.cfg, "the-auth-code-secret", None)
+        .await
+        .expect("login");
     tracing::info!(?out, "login outcome");
 
     let logs = String::from_utf8(capture.0.lock().expect("lock").clone()).expect("utf8");
-    eprintln!("LOGS<<{logs}>>");
     assert!(logs.contains("refreshed the Claude OAuth token"), "{logs}");
     assert!(logs.contains("chmod 600"), "{logs}");
     assert!(logs.contains("invalid_grant"), "{logs}");
@@ -880,7 +1076,11 @@ async fn secrets_never_appear_in_logs() {
     }
     assert!(secrets.len() >= 8);
     for s in &secrets {
-        assert!(!logs.contains(s.as_str()), "secret {} leaked into logs:\n{logs}", mask_secret(s));
+        assert!(
+            !logs.contains(s.as_str()),
+            "secret {} leaked into logs:\n{logs}",
+            mask_secret(s)
+        );
     }
 }
 
@@ -976,9 +1176,14 @@ async fn login_with_pkce_saves_to_the_own_store() {
     let mock = MockTokenServer::start().await;
     let env = Env::new(&mock.url);
     mock.allow_code("code-123");
-    let (outcome, printed) = drive_login(&env.cfg, "code-123", None).await.expect("login");
+    let (outcome, printed) = drive_login(&env.cfg, "code-123", None)
+        .await
+        .expect("login");
     // The authorize URL.
-    let url_text = printed.split_whitespace().find(|w| w.starts_with("https://claude.example")).expect("url");
+    let url_text = printed
+        .split_whitespace()
+        .find(|w| w.starts_with("https://claude.example"))
+        .expect("url");
     let url = reqwest::Url::parse(url_text).expect("url");
     let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
     assert_eq!(url.path(), "/oauth/authorize");
@@ -1000,19 +1205,36 @@ async fn login_with_pkce_saves_to_the_own_store() {
     assert_eq!(ex["redirect_uri"], REDIRECT_URI);
     let verifier = ex["code_verifier"].as_str().expect("verifier");
     assert!(verifier.len() >= 43);
-    assert_eq!(Pkce::from_parts(verifier.to_owned(), String::new()).challenge, q["code_challenge"]);
+    assert_eq!(
+        Pkce::from_parts(verifier.to_owned(), String::new()).challenge,
+        q["code_challenge"]
+    );
     // Saved: own store, 0600, private directory, discoverable first.
     assert_eq!(outcome.path, env.cfg.own_store);
     assert_eq!(mode_of(&env.cfg.own_store), 0o600);
     assert_eq!(mode_of(env.cfg.own_store.parent().expect("dir")), 0o700);
     assert!(printed.contains("Logged in"));
     let saved = read_json(&env.cfg.own_store);
-    assert!(saved["claudeAiOauth"]["accessToken"].as_str().expect("at").starts_with("sk-ant-oat01-sim-"));
-    assert_eq!(saved["claudeAiOauth"]["scopes"], json!(["user:inference", "user:profile"]));
-    write_json(&env.claude_file(), &doc(OLD_ACCESS, None, now_ms() + secs(60)));
+    assert!(
+        saved["claudeAiOauth"]["accessToken"]
+            .as_str()
+            .expect("at")
+            .starts_with("sk-ant-oat01-sim-")
+    );
+    assert_eq!(
+        saved["claudeAiOauth"]["scopes"],
+        json!(["user:inference", "user:profile"])
+    );
+    write_json(
+        &env.claude_file(),
+        &doc(OLD_ACCESS, None, now_ms() + secs(60)),
+    );
     let m = env.manager();
     assert_eq!(m.source().kind, SourceKind::OwnStore);
-    assert_eq!(m.access_token().await.expect("token").secret(), saved["claudeAiOauth"]["accessToken"]);
+    assert_eq!(
+        m.access_token().await.expect("token").secret(),
+        saved["claudeAiOauth"]["accessToken"]
+    );
     assert!(!printed.contains(saved["claudeAiOauth"]["accessToken"].as_str().expect("at")));
 }
 
@@ -1028,9 +1250,19 @@ async fn login_to_an_explicit_file_keeps_its_other_keys() {
     assert_eq!(outcome.path, file);
     let v = read_json(&file);
     assert_ne!(v["claudeAiOauth"]["accessToken"], OLD_ACCESS);
-    assert_eq!(v["mcpOAuth"]["server|abc"]["accessToken"], "mcp-secret-keep");
-    assert_eq!(v["claudeAiOauth"]["rateLimitTier"], "default_claude_max_20x");
-    assert!(v["claudeAiOauth"].get("subscriptionType").is_none_or(Value::is_null));
+    assert_eq!(
+        v["mcpOAuth"]["server|abc"]["accessToken"],
+        "mcp-secret-keep"
+    );
+    assert_eq!(
+        v["claudeAiOauth"]["rateLimitTier"],
+        "default_claude_max_20x"
+    );
+    assert!(
+        v["claudeAiOauth"]
+            .get("subscriptionType")
+            .is_none_or(Value::is_null)
+    );
     assert!(!env.cfg.own_store.exists());
 }
 
@@ -1039,26 +1271,48 @@ async fn login_rejects_a_wrong_state_bad_code_and_empty_input() {
     let mock = MockTokenServer::start().await;
     let env = Env::new(&mock.url);
     mock.allow_code("good");
-    let err = drive_login(&env.cfg, "good", Some("forged-state")).await.expect_err("state");
+    let err = drive_login(&env.cfg, "good", Some("forged-state"))
+        .await
+        .expect_err("state");
     assert!(err.to_string().contains("state"), "{err}");
-    assert!(mock.exchanges().is_empty(), "no exchange with a wrong state");
-    let err = drive_login(&env.cfg, "bad-code", None).await.expect_err("bad code");
+    assert!(
+        mock.exchanges().is_empty(),
+        "no exchange with a wrong state"
+    );
+    let err = drive_login(&env.cfg, "bad-code", None)
+        .await
+        .expect_err("bad code");
     assert!(err.to_string().contains("invalid_grant"), "{err}");
     assert!(!err.to_string().contains("bad-code"), "{err}");
-    let err = login(&env.cfg, http(), &login_options(), std::io::Cursor::new(""), Vec::new())
-        .await
-        .expect_err("eof");
+    let err = login(
+        &env.cfg,
+        http(),
+        &login_options(),
+        std::io::Cursor::new(""),
+        Vec::new(),
+    )
+    .await
+    .expect_err("eof");
     assert!(err.to_string().contains("no code"), "{err}");
-    let err = login(&env.cfg, http(), &login_options(), std::io::Cursor::new("just-a-code\n"), Vec::new())
-        .await
-        .expect_err("no state");
+    let err = login(
+        &env.cfg,
+        http(),
+        &login_options(),
+        std::io::Cursor::new("just-a-code\n"),
+        Vec::new(),
+    )
+    .await
+    .expect_err("no state");
     assert!(err.to_string().contains("code#state"), "{err}");
     assert!(!env.cfg.own_store.exists());
 }
 
 #[test]
 fn parses_pasted_codes() {
-    assert_eq!(login::parse_pasted("  abc#def \n"), Some(("abc".into(), Some("def".into()))));
+    assert_eq!(
+        login::parse_pasted("  abc#def \n"),
+        Some(("abc".into(), Some("def".into())))
+    );
     assert_eq!(login::parse_pasted("abc"), Some(("abc".into(), None)));
     assert_eq!(login::parse_pasted("   \n"), None);
     assert_eq!(login::parse_pasted("#def"), None);
@@ -1070,7 +1324,10 @@ fn parses_pasted_codes() {
 
 // ---------- the `auth` command ----------
 
-async fn run_cmd(action: crate::commands::auth::AuthAction, cfg: &CredentialsConfig) -> (i32, String, String) {
+async fn run_cmd(
+    action: crate::commands::auth::AuthAction,
+    cfg: &CredentialsConfig,
+) -> (i32, String, String) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = crate::commands::auth::run_with_io(
         action,
@@ -1083,7 +1340,11 @@ async fn run_cmd(action: crate::commands::auth::AuthAction, cfg: &CredentialsCon
     )
     .await
     .expect("runs");
-    (code, String::from_utf8(out).expect("utf8"), String::from_utf8(err).expect("utf8"))
+    (
+        code,
+        String::from_utf8(out).expect("utf8"),
+        String::from_utf8(err).expect("utf8"),
+    )
 }
 
 #[tokio::test]
@@ -1094,33 +1355,54 @@ async fn auth_status_refresh_and_logout() {
 
     let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
     assert_eq!(code, 1);
-    assert!(out.contains(".claude/.credentials.json") && out.contains("ccproxy auth login"), "{out}");
+    assert!(
+        out.contains(".claude/.credentials.json") && out.contains("ccproxy auth login"),
+        "{out}"
+    );
 
     setup_claude(&env, &mock, now_ms() + secs(3 * 3600));
     let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Claude Code credentials file"), "{out}");
-    assert!(out.contains("sk-ant-oat01-…WXYZ") && !out.contains(OLD_ACCESS), "{out}");
+    assert!(
+        out.contains("sk-ant-oat01-…WXYZ") && !out.contains(OLD_ACCESS),
+        "{out}"
+    );
     assert!(out.contains("in 2h 59m") && out.contains(" UTC)"), "{out}");
-    assert!(out.contains("Subscription:   max") && out.contains("user:inference user:profile"), "{out}");
+    assert!(
+        out.contains("Subscription:   max") && out.contains("user:inference user:profile"),
+        "{out}"
+    );
     assert_eq!(mock.refresh_calls(), 0);
 
     let (code, out, _) = run_cmd(AuthAction::Refresh, &env.cfg).await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Refreshed") && out.contains("in 7h 59m"), "{out}");
+    assert!(
+        out.contains("Refreshed") && out.contains("in 7h 59m"),
+        "{out}"
+    );
     assert_eq!(mock.refresh_calls(), 1);
     for s in mock.issued_tokens() {
         assert!(!out.contains(&s));
     }
 
     // Expired with a dead refresh token: not usable.
-    write_json(&env.claude_file(), &doc(OLD_ACCESS, Some("sk-ant-ort01-dead"), now_ms() - secs(120)));
+    write_json(
+        &env.claude_file(),
+        &doc(OLD_ACCESS, Some("sk-ant-ort01-dead"), now_ms() - secs(120)),
+    );
     let (code, out, err) = run_cmd(AuthAction::Status, &env.cfg).await;
     assert_eq!(code, 3, "{out}{err}");
-    assert!(out.contains("expired 2m") && err.contains("ccproxy auth login"), "{out}{err}");
+    assert!(
+        out.contains("expired 2m") && err.contains("ccproxy auth login"),
+        "{out}{err}"
+    );
     let (code, _, err) = run_cmd(AuthAction::Refresh, &env.cfg).await;
     assert_eq!(code, 4);
-    assert!(err.contains("invalid_grant") && err.contains("ccproxy auth login"), "{err}");
+    assert!(
+        err.contains("invalid_grant") && err.contains("ccproxy auth login"),
+        "{err}"
+    );
 
     // Expired but refreshable: status refreshes like a request would.
     setup_claude(&env, &mock, now_ms() - secs(120));
@@ -1136,12 +1418,21 @@ async fn auth_status_refresh_and_logout() {
 
     // Logout removes only the own store.
     setup_claude(&env, &mock, now_ms() + secs(3600));
-    write_json(&env.cfg.own_store, &doc("sk-ant-oat01-own-store-token", None, now_ms() + secs(3600)));
+    write_json(
+        &env.cfg.own_store,
+        &doc("sk-ant-oat01-own-store-token", None, now_ms() + secs(3600)),
+    );
     let (code, out, _) = run_cmd(AuthAction::Logout, &env.cfg).await;
     assert_eq!(code, 0);
     assert!(!env.cfg.own_store.exists());
-    assert!(env.claude_file().exists(), "Claude Code's file is never removed");
-    assert!(out.contains("never removed") && out.contains("will still find credentials"), "{out}");
+    assert!(
+        env.claude_file().exists(),
+        "Claude Code's file is never removed"
+    );
+    assert!(
+        out.contains("never removed") && out.contains("will still find credentials"),
+        "{out}"
+    );
     let (code, out, _) = run_cmd(AuthAction::Logout, &env.cfg).await;
     assert_eq!(code, 0);
     assert!(out.contains("nothing removed"), "{out}");
