@@ -351,13 +351,26 @@ mod tests {
         let b = shape_request(br#"{"system":"two"}"#).unwrap().0;
         let prefix = br#"{"system":[{"type":"text","text":"You are Claude Code"#;
         assert!(a.starts_with(prefix) && b.starts_with(prefix));
-        assert_eq!(a[..IDENTITY_BLOCK_CACHED.len() + 11], b[..IDENTITY_BLOCK_CACHED.len() + 11]);
+        assert_eq!(
+            a[..IDENTITY_BLOCK_CACHED.len() + 11],
+            b[..IDENTITY_BLOCK_CACHED.len() + 11]
+        );
     }
 
     #[test]
     fn bad_inputs_are_errors_not_panics() {
-        for body in [&b"not json"[..], b"[1,2]", b"{\"system\":5}", b"{\"system\":[1", b""] {
-            assert!(shape_request(body).is_err(), "{:?}", String::from_utf8_lossy(body));
+        for body in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"{\"system\":5}",
+            b"{\"system\":[1",
+            b"",
+        ] {
+            assert!(
+                shape_request(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
@@ -388,6 +401,9 @@ mod tests {
             merge_beta(Some("a, claude-code-20250219 ,b"), true),
             "a,claude-code-20250219,b,oauth-2025-04-20"
         );
-        assert_eq!(merge_beta(Some(""), true), "claude-code-20250219,oauth-2025-04-20");
+        assert_eq!(
+            merge_beta(Some(""), true),
+            "claude-code-20250219,oauth-2025-04-20"
+        );
     }
 }

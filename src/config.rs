@@ -241,7 +241,11 @@ impl Settings {
                 .or(file.api_key)
                 .filter(|t| !t.is_empty())
                 .map(Secret::new),
-            credentials_file: args.common.credentials_file.clone().or(file.credentials_file),
+            credentials_file: args
+                .common
+                .credentials_file
+                .clone()
+                .or(file.credentials_file),
             oauth_token_url: args
                 .common
                 .oauth_token_url
@@ -291,7 +295,10 @@ impl Settings {
         let mut line = |k: &str, v: String| {
             out.push_str(&format!("{k:<22} = {v}\n"));
         };
-        line("config_file", format!("{:?}", self.config_path.display().to_string()));
+        line(
+            "config_file",
+            format!("{:?}", self.config_path.display().to_string()),
+        );
         line("host", format!("{:?}", self.host));
         line("port", self.port.to_string());
         line("upstream_url", format!("{:?}", self.upstream_display()));
@@ -310,8 +317,14 @@ impl Settings {
         line("max_body_bytes", self.max_body_bytes.to_string());
         line("cli_version", format!("{:?}", self.cli_version));
         line("default_max_tokens", self.default_max_tokens.to_string());
-        line("connect_timeout_secs", self.connect_timeout.as_secs().to_string());
-        line("upstream_timeout_secs", self.upstream_timeout.as_secs().to_string());
+        line(
+            "connect_timeout_secs",
+            self.connect_timeout.as_secs().to_string(),
+        );
+        line(
+            "upstream_timeout_secs",
+            self.upstream_timeout.as_secs().to_string(),
+        );
         line("log_format", format!("{:?}", self.log_format));
         line("log_level", format!("{:?}", self.log_level));
         if !self.model_aliases.is_empty() {

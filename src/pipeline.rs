@@ -153,7 +153,9 @@ async fn run(state: &AppState, ctx: &RequestCtx, req: Request) -> Result<Respons
         if let (Some(used), Some(mgr)) = (oauth_token.as_ref(), state.oauth.as_ref()) {
             match mgr.force_refresh(used).await {
                 Ok(fresh) => {
-                    tracing::info!("upstream rejected the OAuth token; retrying once with a refreshed one");
+                    tracing::info!(
+                        "upstream rejected the OAuth token; retrying once with a refreshed one"
+                    );
                     let auth = UpstreamAuth::OAuth(fresh.secret().to_owned());
                     let headers = upstream::request_headers(
                         ctx.mode,
@@ -644,9 +646,15 @@ async fn convert_models_response(state: &AppState, resp: reqwest::Response) -> R
         }
     }
     for (alias, target) in state.aliases.list() {
-        data.push(serde_json::json!({"id": alias, "object": "model", "created": created,
-            "owned_by": "ccproxy", "root": target}));
+        data.push(
+            serde_json::json!({"id": alias, "object": "model", "created": created,
+            "owned_by": "ccproxy", "root": target}),
+        );
     }
     let out = serde_json::json!({"object": "list", "data": data});
-    json_response(StatusCode::OK, &upstream_headers, out.to_string().into_bytes())
+    json_response(
+        StatusCode::OK,
+        &upstream_headers,
+        out.to_string().into_bytes(),
+    )
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::serve::ListenerExt;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
+use axum::serve::ListenerExt;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
@@ -111,16 +111,14 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         settings.connect_timeout,
         settings.upstream_timeout,
     )?;
-    let (oauth, oauth_error) = match OAuthManager::discover(
-        credentials_config(&settings),
-        upstream.client().clone(),
-    ) {
-        Ok(m) => (m, None),
-        Err(e) => {
-            tracing::warn!(error = %e, "Claude subscription credentials are not usable");
-            (None, Some(e.to_string()))
-        }
-    };
+    let (oauth, oauth_error) =
+        match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {
+            Ok(m) => (m, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "Claude subscription credentials are not usable");
+                (None, Some(e.to_string()))
+            }
+        };
     let aliases = ModelAliases::with_defaults().with_overrides(
         settings
             .model_aliases
@@ -157,7 +155,11 @@ fn method_not_allowed(dialect: Dialect, req: Request) -> Response {
     ProxyError::new(
         ErrorKind::MethodNotAllowed,
         ErrorSource::Downstream,
-        format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
     )
     .into_response(dialect)
 }

@@ -231,7 +231,10 @@ pub fn request_headers(
                 put(&mut h, "x-app", "cli");
                 put(&mut h, "anthropic-dangerous-direct-browser-access", "true");
                 if let Some(v) = client.get("x-claude-code-session-id") {
-                    h.insert(HeaderName::from_static("x-claude-code-session-id"), v.clone());
+                    h.insert(
+                        HeaderName::from_static("x-claude-code-session-id"),
+                        v.clone(),
+                    );
                 }
             } else if let Some(beta) = client_beta.filter(|b| !b.is_empty()) {
                 put(&mut h, "anthropic-beta", &beta);
@@ -310,7 +313,10 @@ mod tests {
             true,
             "9.9.9",
         );
-        assert_eq!(h["anthropic-beta"], "a,b,oauth-2025-04-20,claude-code-20250219");
+        assert_eq!(
+            h["anthropic-beta"],
+            "a,b,oauth-2025-04-20,claude-code-20250219"
+        );
         assert_eq!(h["anthropic-version"], "2023-06-01");
         assert_eq!(h["user-agent"], "claude-cli/9.9.9 (external, cli)");
         assert_eq!(h["x-app"], "cli");

@@ -20,7 +20,11 @@ async fn json_of(resp: reqwest::Response) -> Value {
 fn assert_anthropic_error(v: &Value, kind: &str) {
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"]["type"], kind, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
 }
 
 #[tokio::test]
@@ -74,7 +78,11 @@ async fn full_mode_shapes_request_as_claude_code_with_api_key() {
             Some("true")
         );
         assert!(up.header("user-agent").unwrap().starts_with("claude-cli/"));
-        assert!(up.header("user-agent").unwrap().ends_with(" (external, cli)"));
+        assert!(
+            up.header("user-agent")
+                .unwrap()
+                .ends_with(" (external, cli)")
+        );
         let sent = up.json();
         assert_eq!(sent["system"][0]["text"], IDENTITY);
         assert_eq!(sent["system"][0]["cache_control"]["type"], "ephemeral");
@@ -94,7 +102,10 @@ async fn full_mode_prefers_subscription_over_client_api_key() {
         .client
         .post(env.url("/v1/messages?beta=true"))
         .header("x-api-key", CLIENT_KEY)
-        .header("anthropic-beta", "interleaved-thinking-2025-05-14,claude-code-20250219")
+        .header(
+            "anthropic-beta",
+            "interleaved-thinking-2025-05-14,claude-code-20250219",
+        )
         .header("anthropic-version", "2026-10-21")
         .json(&message("hi", false))
         .send()
@@ -149,7 +160,11 @@ async fn client_credentials_are_forwarded_correctly() {
         up.header("authorization"),
         Some(format!("Bearer {OAUTH_TOKEN}").as_str())
     );
-    assert!(up.header("anthropic-beta").unwrap().contains("oauth-2025-04-20"));
+    assert!(
+        up.header("anthropic-beta")
+            .unwrap()
+            .contains("oauth-2025-04-20")
+    );
 }
 
 #[tokio::test]
@@ -157,13 +172,20 @@ async fn placeholder_keys_are_never_forwarded() {
     let env = TestEnv::start(Opts::default()).await;
     for mode in ["", "/min", "/pt"] {
         let resp = env
-            .post(&format!("{mode}/v1/messages"), Some("dummy"), &message("hi", false))
+            .post(
+                &format!("{mode}/v1/messages"),
+                Some("dummy"),
+                &message("hi", false),
+            )
             .await;
         assert_eq!(resp.status(), 401, "mode {mode}");
         let v = json_of(resp).await;
         assert_anthropic_error(&v, "authentication_error");
     }
-    assert!(env.sim_state().requests().is_empty(), "nothing reached upstream");
+    assert!(
+        env.sim_state().requests().is_empty(),
+        "nothing reached upstream"
+    );
 
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
@@ -172,7 +194,11 @@ async fn placeholder_keys_are_never_forwarded() {
     .await;
     for mode in ["", "/min", "/pt"] {
         let resp = env
-            .post(&format!("{mode}/v1/messages"), Some("dummy"), &message("hi", false))
+            .post(
+                &format!("{mode}/v1/messages"),
+                Some("dummy"),
+                &message("hi", false),
+            )
             .await;
         assert_eq!(resp.status(), 200);
         let up = env.sim_state().last_request().unwrap();
@@ -194,7 +220,12 @@ async fn minimal_and_passthrough_never_use_subscription() {
         assert_eq!(resp.status(), 401);
         let v = json_of(resp).await;
         assert_anthropic_error(&v, "authentication_error");
-        assert!(v["error"]["message"].as_str().unwrap().contains("only in full mode"));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("only in full mode")
+        );
     }
     assert!(env.sim_state().requests().is_empty());
 }
@@ -239,7 +270,11 @@ async fn passthrough_relays_bytes_and_headers() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("anthropic-ratelimit-unified-status").is_some());
+    assert!(
+        resp.headers()
+            .get("anthropic-ratelimit-unified-status")
+            .is_some()
+    );
     let up = env.sim_state().last_request().unwrap();
     assert_eq!(&up.body[..], &raw[..]);
     assert_eq!(up.query.as_deref(), Some("beta=true"));
@@ -266,7 +301,12 @@ async fn passthrough_relays_other_v1_paths() {
     assert_eq!(resp.status(), 404);
     let v = json_of(resp).await;
     assert_anthropic_error(&v, "not_found_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("/v1/files"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/files")
+    );
     let up = env.sim_state().last_request().unwrap();
     assert_eq!(up.path, "/v1/files");
     assert_eq!(up.query.as_deref(), Some("limit=2"));
@@ -280,7 +320,11 @@ async fn proxy_token_is_required_and_never_forwarded() {
         ..Opts::default()
     })
     .await;
-    for (mode, key) in [("", None), ("/min", Some("wrong")), ("/pt", Some("proxy-token-for-tests-7f3a9"))] {
+    for (mode, key) in [
+        ("", None),
+        ("/min", Some("wrong")),
+        ("/pt", Some("proxy-token-for-tests-7f3a9")),
+    ] {
         let resp = env
             .post(&format!("{mode}/v1/messages"), key, &message("hi", false))
             .await;
@@ -292,7 +336,11 @@ async fn proxy_token_is_required_and_never_forwarded() {
     assert!(env.sim_state().requests().is_empty());
     for mode in ["", "/min", "/pt"] {
         let resp = env
-            .post(&format!("{mode}/v1/messages"), Some(PROXY_TOKEN), &message("hi", false))
+            .post(
+                &format!("{mode}/v1/messages"),
+                Some(PROXY_TOKEN),
+                &message("hi", false),
+            )
             .await;
         assert_eq!(resp.status(), 200, "mode {mode}");
         let resp = env
@@ -314,7 +362,11 @@ async fn proxy_token_is_required_and_never_forwarded() {
     }
     // OpenAI routes are protected too, with the OpenAI envelope.
     let resp = env
-        .post("/openai/v1/chat/completions", Some("nope"), &json!({"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}))
+        .post(
+            "/openai/v1/chat/completions",
+            Some("nope"),
+            &json!({"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}),
+        )
         .await;
     assert_eq!(resp.status(), 401);
     let v = json_of(resp).await;
@@ -337,16 +389,21 @@ async fn streaming_in_each_mode_relays_events_in_order() {
             )
             .await;
         assert_eq!(resp.status(), 200);
-        assert!(resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream"));
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
         let body = resp.text().await.unwrap();
         let events = parse_sse(&body);
         let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
         assert_eq!(names.first(), Some(&"message_start"), "{mode}");
         assert_eq!(names.last(), Some(&"message_stop"), "{mode}");
-        assert!(names.contains(&"sim_future_event"), "unknown events forwarded");
+        assert!(
+            names.contains(&"sim_future_event"),
+            "unknown events forwarded"
+        );
         assert!(names.contains(&"ping"));
         // Tool arguments reassemble into the exact JSON.
         let args: String = events
@@ -367,7 +424,10 @@ async fn stream_is_relayed_as_it_arrives_not_buffered() {
     })
     .await;
     for mode in ["", "/min", "/pt"] {
-        let before = env.sim_state().streams_completed.load(std::sync::atomic::Ordering::SeqCst);
+        let before = env
+            .sim_state()
+            .streams_completed
+            .load(std::sync::atomic::Ordering::SeqCst);
         let resp = env
             .post(
                 &format!("{mode}/v1/messages"),
@@ -380,7 +440,9 @@ async fn stream_is_relayed_as_it_arrives_not_buffered() {
         assert!(String::from_utf8_lossy(&first).contains("message_start"));
         // The upstream has not finished its stream when the first event arrives.
         assert_eq!(
-            env.sim_state().streams_completed.load(std::sync::atomic::Ordering::SeqCst),
+            env.sim_state()
+                .streams_completed
+                .load(std::sync::atomic::Ordering::SeqCst),
             before,
             "the first event arrived only after the whole upstream stream ({mode})"
         );
@@ -388,7 +450,9 @@ async fn stream_is_relayed_as_it_arrives_not_buffered() {
             chunk.unwrap();
         }
         assert_eq!(
-            env.sim_state().streams_completed.load(std::sync::atomic::Ordering::SeqCst),
+            env.sim_state()
+                .streams_completed
+                .load(std::sync::atomic::Ordering::SeqCst),
             before + 1
         );
     }
@@ -402,7 +466,11 @@ async fn client_disconnect_cancels_upstream_stream() {
     })
     .await;
     let resp = env
-        .post("/v1/messages", None, &message("[sim:gap=50] [sim:deltas=200]", true))
+        .post(
+            "/v1/messages",
+            None,
+            &message("[sim:gap=50] [sim:deltas=200]", true),
+        )
         .await;
     let mut stream = resp.bytes_stream();
     stream.next().await.unwrap().unwrap();
@@ -415,7 +483,12 @@ async fn client_disconnect_cancels_upstream_stream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(cancelled.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(env.sim_state().streams_completed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        env.sim_state()
+            .streams_completed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test]
@@ -427,7 +500,11 @@ async fn mid_stream_error_reaches_client_as_error_event() {
     .await;
     for mode in ["", "/min", "/pt"] {
         let resp = env
-            .post(&format!("{mode}/v1/messages"), None, &message("[sim:error-midstream]", true))
+            .post(
+                &format!("{mode}/v1/messages"),
+                None,
+                &message("[sim:error-midstream]", true),
+            )
             .await;
         assert_eq!(resp.status(), 200);
         let events = parse_sse(&resp.text().await.unwrap());
@@ -444,7 +521,12 @@ async fn upstream_errors_keep_status_body_and_headers() {
         ..Opts::default()
     })
     .await;
-    for (status, kind) in [(429, "rate_limit_error"), (529, "overloaded_error"), (500, "api_error"), (403, "permission_error")] {
+    for (status, kind) in [
+        (429, "rate_limit_error"),
+        (529, "overloaded_error"),
+        (500, "api_error"),
+        (403, "permission_error"),
+    ] {
         for mode in ["", "/min", "/pt"] {
             let resp = env
                 .post(
@@ -456,7 +538,11 @@ async fn upstream_errors_keep_status_body_and_headers() {
             assert_eq!(resp.status().as_u16(), status);
             if status == 429 {
                 assert_eq!(resp.headers()["retry-after"], "7");
-                assert!(resp.headers().get("anthropic-ratelimit-requests-remaining").is_some());
+                assert!(
+                    resp.headers()
+                        .get("anthropic-ratelimit-requests-remaining")
+                        .is_some()
+                );
             }
             assert_eq!(resp.headers()["request-id"], "req_sim_error");
             let v = json_of(resp).await;
@@ -531,7 +617,12 @@ async fn malformed_json_is_a_400_in_full_and_minimal() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     let v = json_of(resp).await;
-    assert!(v["error"]["message"].as_str().unwrap().contains("parsing the body"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("parsing the body")
+    );
 }
 
 #[tokio::test]
@@ -549,7 +640,8 @@ async fn oversized_body_is_413() {
         assert_anthropic_error(&json_of(resp).await, "request_too_large");
     }
     // Chunked (no content-length) bodies are limited too.
-    let stream = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 512])));
+    let stream =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 512])));
     let resp = env
         .client
         .post(env.url("/v1/messages"))
@@ -567,7 +659,12 @@ async fn unknown_route_is_404_and_wrong_method_405() {
     let resp = env.client.get(env.url("/v2/nothing")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_anthropic_error(&json_of(resp).await, "not_found_error");
-    let resp = env.client.get(env.url("/openai/v1/nothing")).send().await.unwrap();
+    let resp = env
+        .client
+        .get(env.url("/openai/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(json_of(resp).await["error"]["message"].is_string());
     for path in ["/v1/messages", "/min/v1/messages", "/pt/v1/messages"] {
@@ -575,7 +672,12 @@ async fn unknown_route_is_404_and_wrong_method_405() {
         assert_eq!(resp.status(), 405, "{path}");
         assert_anthropic_error(&json_of(resp).await, "invalid_request_error");
     }
-    let resp = env.client.delete(env.url("/v1/models")).send().await.unwrap();
+    let resp = env
+        .client
+        .delete(env.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
     let resp = env
         .client
@@ -605,7 +707,9 @@ async fn upstream_unreachable_is_502_and_slow_upstream_504() {
     })
     .await;
     for mode in ["", "/min", "/pt"] {
-        let resp = env.post(&format!("{mode}/v1/messages"), None, &message("hi", false)).await;
+        let resp = env
+            .post(&format!("{mode}/v1/messages"), None, &message("hi", false))
+            .await;
         assert_eq!(resp.status(), 502);
         assert_anthropic_error(&json_of(resp).await, "api_error");
     }
@@ -615,11 +719,18 @@ async fn upstream_unreachable_is_502_and_slow_upstream_504() {
         ..Opts::default()
     })
     .await;
-    let resp = env.post("/v1/messages", None, &message("[sim:delay=3000]", false)).await;
+    let resp = env
+        .post("/v1/messages", None, &message("[sim:delay=3000]", false))
+        .await;
     assert_eq!(resp.status(), 504);
     let v = json_of(resp).await;
     assert_anthropic_error(&v, "api_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("did not answer"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer")
+    );
 }
 
 #[tokio::test]
@@ -631,13 +742,20 @@ async fn count_tokens_and_models_in_each_mode() {
     .await;
     for mode in ["", "/full", "/min", "/pt"] {
         let resp = env
-            .post(&format!("{mode}/v1/messages/count_tokens"), None, &json!({
-                "model": "claude-sonnet-4-5", "messages": [{"role":"user","content":"count me"}]
-            }))
+            .post(
+                &format!("{mode}/v1/messages/count_tokens"),
+                None,
+                &json!({
+                    "model": "claude-sonnet-4-5", "messages": [{"role":"user","content":"count me"}]
+                }),
+            )
             .await;
         assert_eq!(resp.status(), 200, "{mode}");
         assert!(json_of(resp).await["input_tokens"].as_u64().unwrap() > 0);
-        assert_eq!(env.sim_state().last_request().unwrap().path, "/v1/messages/count_tokens");
+        assert_eq!(
+            env.sim_state().last_request().unwrap().path,
+            "/v1/messages/count_tokens"
+        );
 
         let resp = env
             .client
@@ -746,6 +864,10 @@ async fn client_disconnect_cancels_pending_non_stream_request() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(cancelled.load(std::sync::atomic::Ordering::SeqCst), i as u64 + 1, "{mode}");
+        assert_eq!(
+            cancelled.load(std::sync::atomic::Ordering::SeqCst),
+            i as u64 + 1,
+            "{mode}"
+        );
     }
 }

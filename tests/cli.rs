@@ -66,7 +66,10 @@ fn http(port: u16, request: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -120,7 +123,8 @@ fn config_show_applies_precedence_and_masks_secrets() {
     .unwrap();
     let show = |extra_env: &[(&str, &str)], args: &[&str]| {
         let mut c = cmd(dir.path());
-        c.args(["config", "show", "--config", file.to_str().unwrap()]).args(args);
+        c.args(["config", "show", "--config", file.to_str().unwrap()])
+            .args(args);
         for (k, v) in extra_env {
             c.env(k, v);
         }
@@ -155,13 +159,16 @@ fn bad_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
     std::fs::write(&file, "prot = 9000\n").unwrap();
-    let (ok, _, err) = stdout_of(cmd(dir.path()).args(["config", "show", "--config", file.to_str().unwrap()]));
+    let (ok, _, err) =
+        stdout_of(cmd(dir.path()).args(["config", "show", "--config", file.to_str().unwrap()]));
     assert!(!ok);
     assert!(err.contains("c.toml") && err.contains("prot"), "{err}");
-    let (ok, _, err) = stdout_of(cmd(dir.path()).args(["config", "show", "--upstream-url", "ftp://x"]));
+    let (ok, _, err) =
+        stdout_of(cmd(dir.path()).args(["config", "show", "--upstream-url", "ftp://x"]));
     assert!(!ok);
     assert!(err.contains("upstream_url"), "{err}");
-    let (ok, _, err) = stdout_of(cmd(dir.path()).args(["config", "show", "--config", "/nonexistent/c.toml"]));
+    let (ok, _, err) =
+        stdout_of(cmd(dir.path()).args(["config", "show", "--config", "/nonexistent/c.toml"]));
     assert!(!ok);
     assert!(err.contains("/nonexistent/c.toml"), "{err}");
 }

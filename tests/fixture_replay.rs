@@ -14,7 +14,12 @@ use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-const NAMES: &[&str] = &["messages", "messages_stream", "messages_tools", "messages_tools_stream"];
+const NAMES: &[&str] = &[
+    "messages",
+    "messages_stream",
+    "messages_tools",
+    "messages_tools_stream",
+];
 
 fn fixture_dir() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/anthropic/").to_owned()
@@ -30,7 +35,8 @@ struct Fixture {
 fn load(name: &str) -> Fixture {
     let dir = fixture_dir();
     let request: Value =
-        serde_json::from_slice(&std::fs::read(format!("{dir}{name}.request.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(format!("{dir}{name}.request.json")).unwrap())
+            .unwrap();
     let meta: Value =
         serde_json::from_slice(&std::fs::read(format!("{dir}{name}.meta.json")).unwrap()).unwrap();
     let body = std::fs::read(format!("{dir}{name}.sse"))
@@ -56,7 +62,9 @@ fn load(name: &str) -> Fixture {
 async fn replay_upstream() -> SocketAddr {
     let fixtures: Arc<Vec<Fixture>> = Arc::new(NAMES.iter().map(|n| load(n)).collect());
     async fn handler(State(fx): State<Arc<Vec<Fixture>>>, req: Request) -> Response {
-        let body = axum::body::to_bytes(req.into_body(), 1 << 24).await.unwrap();
+        let body = axum::body::to_bytes(req.into_body(), 1 << 24)
+            .await
+            .unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         // Full mode adds a system block: compare without it.
         let mut v2 = v.clone();

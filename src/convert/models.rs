@@ -277,7 +277,10 @@ mod tests {
         let a = ModelAliases::with_defaults().with_overrides([
             ("gpt-4o".to_owned(), "claude-opus-4-8".to_owned()),
             ("my-model".to_owned(), "claude-haiku-4-5".to_owned()),
-            ("claude-3-opus-latest".to_owned(), "claude-opus-4-8".to_owned()),
+            (
+                "claude-3-opus-latest".to_owned(),
+                "claude-opus-4-8".to_owned(),
+            ),
             ("*".to_owned(), "claude-sonnet-4-6".to_owned()),
         ]);
         assert_eq!(a.resolve("gpt-4o"), "claude-opus-4-8");
@@ -285,7 +288,10 @@ mod tests {
         assert_eq!(a.resolve("claude-3-opus-latest"), "claude-opus-4-8");
         assert_eq!(a.resolve("unknown"), "claude-sonnet-4-6");
         assert_eq!(a.fallback(), "claude-sonnet-4-6");
-        assert!(a.list().any(|(k, v)| k == "my-model" && v == "claude-haiku-4-5"));
+        assert!(
+            a.list()
+                .any(|(k, v)| k == "my-model" && v == "claude-haiku-4-5")
+        );
         assert!(!a.list().any(|(k, _)| k == "*"));
         let names: Vec<&str> = a.list().map(|(k, _)| k).collect();
         let mut sorted = names.clone();

@@ -188,7 +188,10 @@ pub fn chat_to_messages(
 /// Turns a serde error into a 400 naming the field; re-parses with path tracking (error path only).
 fn parse_error(body: &[u8], e: serde_json::Error) -> RequestError {
     use serde_json::error::Category;
-    if matches!(e.classify(), Category::Syntax | Category::Eof | Category::Io) {
+    if matches!(
+        e.classify(),
+        Category::Syntax | Category::Eof | Category::Io
+    ) {
         return RequestError {
             message: format!("the request body is not valid JSON: {e}"),
             param: None,
@@ -196,11 +199,11 @@ fn parse_error(body: &[u8], e: serde_json::Error) -> RequestError {
         };
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let (path, inner) =
-        match serde_path_to_error::deserialize::<_, ChatCompletionRequest>(&mut de) {
-            Err(pe) => (pe.path().to_string(), pe.into_inner()),
-            Ok(_) => (".".to_owned(), e),
-        };
+    let (path, inner) = match serde_path_to_error::deserialize::<_, ChatCompletionRequest>(&mut de)
+    {
+        Err(pe) => (pe.path().to_string(), pe.into_inner()),
+        Ok(_) => (".".to_owned(), e),
+    };
     let mut what = inner.to_string();
     if let Some(i) = what.rfind(" at line ") {
         what.truncate(i);
@@ -705,7 +708,10 @@ fn build<'b>(
             Some(("function_call", _)) => "function_call.name",
             _ => "tool_choice.function.name",
         };
-        return Err(invalid(param, format_args!("no tool named {name:?} is defined")));
+        return Err(invalid(
+            param,
+            format_args!("no tool named {name:?} is defined"),
+        ));
     }
     if tools.is_empty() && !history_tools.is_empty() {
         for name in history_tools {
@@ -829,7 +835,9 @@ fn build<'b>(
         tool_choice,
         thinking,
         output_config,
-        metadata: user_id.filter(|u| !u.is_empty()).map(|u| Metadata { user_id: u }),
+        metadata: user_id
+            .filter(|u| !u.is_empty())
+            .map(|u| Metadata { user_id: u }),
     })
 }
 
@@ -848,9 +856,11 @@ fn tool_def<'b>(
         }
     };
     // `{}` (or no schema) means "no parameters"; Anthropic requires `"type":"object"`.
-    let input_schema = f
-        .parameters
-        .filter(|p| !p.get().bytes().all(|c| matches!(c, b'{' | b'}' | b' ' | b'\n' | b'\r' | b'\t')));
+    let input_schema = f.parameters.filter(|p| {
+        !p.get()
+            .bytes()
+            .all(|c| matches!(c, b'{' | b'}' | b' ' | b'\n' | b'\r' | b'\t'))
+    });
     Ok(ToolDef {
         name,
         description: f.description.as_deref().filter(|d| !d.is_empty()),
@@ -908,7 +918,9 @@ fn tool_choice<'b>(param: &str, c: &'b ToolChoice<'_>) -> Result<ChoiceKind<'b>,
 /// Markdown fences; for `json_schema` the schema is embedded verbatim with its name and description.
 /// The reply text is passed through unchanged (the proxy does not strip or validate).
 /// `{"type":"text"}` adds nothing.
-pub fn response_format_instruction(rf: &ResponseFormat<'_>) -> Result<Option<String>, RequestError> {
+pub fn response_format_instruction(
+    rf: &ResponseFormat<'_>,
+) -> Result<Option<String>, RequestError> {
     const TAIL: &str = "Output only the JSON value itself: no explanation before or after it and no Markdown code fences.";
     match rf.kind.as_deref() {
         None | Some("text") => Ok(None),
@@ -923,7 +935,9 @@ pub fn response_format_instruction(rf: &ResponseFormat<'_>) -> Result<Option<Str
                     "missing required field",
                 ));
             };
-            let mut s = String::from("Respond with a single valid JSON value that conforms to the JSON Schema");
+            let mut s = String::from(
+                "Respond with a single valid JSON value that conforms to the JSON Schema",
+            );
             if let Some(n) = js.name.as_deref().filter(|n| !n.is_empty()) {
                 s.push_str(" named \"");
                 s.push_str(n);
@@ -1002,24 +1016,27 @@ fn convert_messages<'b>(messages: &'b [Message<'_>]) -> Result<Conversation<'b>,
             ));
         };
         match role {
-            "system" | "developer" => {
-                match &m.content {
-                    None => {}
-                    Some(Content::Text(t)) => push_text(&mut system, t, None),
-                    Some(Content::Parts(parts)) => {
-                        for (j, p) in parts.iter().enumerate() {
-                            match p.kind.as_deref() {
-                                Some("text") => {
-                                    push_text(&mut system, text_of(p, i, j)?, p.cache_control)
-                                }
-                                other => {
-                                    return Err(bad_part(i, j, other, "system and developer messages accept only text parts"));
-                                }
+            "system" | "developer" => match &m.content {
+                None => {}
+                Some(Content::Text(t)) => push_text(&mut system, t, None),
+                Some(Content::Parts(parts)) => {
+                    for (j, p) in parts.iter().enumerate() {
+                        match p.kind.as_deref() {
+                            Some("text") => {
+                                push_text(&mut system, text_of(p, i, j)?, p.cache_control)
+                            }
+                            other => {
+                                return Err(bad_part(
+                                    i,
+                                    j,
+                                    other,
+                                    "system and developer messages accept only text parts",
+                                ));
                             }
                         }
                     }
                 }
-            }
+            },
             "user" => {
                 let mut blocks = Vec::new();
                 match &m.content {
@@ -1059,7 +1076,12 @@ fn convert_messages<'b>(messages: &'b [Message<'_>]) -> Result<Conversation<'b>,
                                     }
                                 }
                                 other => {
-                                    return Err(bad_part(i, j, other, "assistant messages accept only text and refusal parts"));
+                                    return Err(bad_part(
+                                        i,
+                                        j,
+                                        other,
+                                        "assistant messages accept only text and refusal parts",
+                                    ));
                                 }
                             }
                         }
@@ -1261,7 +1283,11 @@ fn user_part<'b>(
                 } else {
                     "missing required field"
                 };
-                return Err(RequestError::new(param("file_data"), "unsupported_value", what));
+                return Err(RequestError::new(
+                    param("file_data"),
+                    "unsupported_value",
+                    what,
+                ));
             };
             let (media_type, b64) = parse_data_url(data)
                 .ok_or_else(|| invalid(param("file_data"), "expected a base64 data: URL"))?;
@@ -1282,7 +1308,12 @@ fn user_part<'b>(
             });
         }
         Some("input_audio") => {
-            return Err(bad_part(i, j, Some("input_audio"), "Claude does not accept audio input"));
+            return Err(bad_part(
+                i,
+                j,
+                Some("input_audio"),
+                "Claude does not accept audio input",
+            ));
         }
         other => {
             return Err(bad_part(
@@ -1308,13 +1339,13 @@ fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     Some((media, data))
 }
 
-fn image_source<'b>(
-    url: &'b str,
-    param: impl Fn() -> String,
-) -> Result<Source<'b>, RequestError> {
+fn image_source<'b>(url: &'b str, param: impl Fn() -> String) -> Result<Source<'b>, RequestError> {
     if url.starts_with("data:") {
         let (media_type, data) = parse_data_url(url).ok_or_else(|| {
-            invalid(param(), "expected a data: URL of the form data:image/png;base64,<data>")
+            invalid(
+                param(),
+                "expected a data: URL of the form data:image/png;base64,<data>",
+            )
         })?;
         let media_type = if media_type == "image/jpg" {
             "image/jpeg"
@@ -1418,7 +1449,12 @@ fn tool_content<'b>(m: &'b Message<'_>, i: usize) -> Result<Vec<Block<'b>>, Requ
                 match p.kind.as_deref() {
                     Some("text") | Some("image_url") => user_part(&mut blocks, p, i, j)?,
                     other => {
-                        return Err(bad_part(i, j, other, "tool messages accept text and image_url parts"));
+                        return Err(bad_part(
+                            i,
+                            j,
+                            other,
+                            "tool messages accept text and image_url parts",
+                        ));
                     }
                 }
             }
@@ -1459,7 +1495,6 @@ fn lacks_required_thinking(turns: &[Turn<'_>]) -> bool {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1490,7 +1525,10 @@ mod tests {
     #[track_caller]
     fn err(v: Value) -> RequestError {
         match convert_full(&v) {
-            Ok(c) => panic!("expected an error, got {}", String::from_utf8_lossy(&c.body)),
+            Ok(c) => panic!(
+                "expected an error, got {}",
+                String::from_utf8_lossy(&c.body)
+            ),
             Err(e) => e,
         }
     }
@@ -1531,7 +1569,8 @@ mod tests {
             let snap = format!("fixture_{}", name.trim_end_matches(".request.json"));
             insta::assert_json_snapshot!(snap, v);
         }
-        let sdk: Value = serde_json::from_slice(&fixture("clients/openai_python_sdk.json")).unwrap();
+        let sdk: Value =
+            serde_json::from_slice(&fixture("clients/openai_python_sdk.json")).unwrap();
         let c = convert_full(&sdk["body"]).unwrap();
         assert_eq!(c.client_model, "x");
         let v: Value = serde_json::from_slice(&c.body).unwrap();
@@ -1647,7 +1686,10 @@ mod tests {
                 {"type": "text", "text": "and also"}]})
         );
         assert_eq!(v["messages"].as_array().unwrap().len(), 3);
-        assert_eq!(v["tools"][0]["input_schema"], json!({"type": "object", "properties": {}}));
+        assert_eq!(
+            v["tools"][0]["input_schema"],
+            json!({"type": "object", "properties": {}})
+        );
     }
 
     #[test]
@@ -1657,14 +1699,20 @@ mod tests {
             {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "zzz", "content": "x"}]}));
         assert_eq!(e.param.as_deref(), Some("messages[2].tool_call_id"));
-        assert!(e.message.starts_with("messages[2].tool_call_id: \"zzz\""), "{}", e.message);
+        assert!(
+            e.message.starts_with("messages[2].tool_call_id: \"zzz\""),
+            "{}",
+            e.message
+        );
         // A later call does not count.
         let e = err(json!({"model": "gpt-4o", "messages": [
             user("q"),
             {"role": "tool", "tool_call_id": "a", "content": "x"},
             {"role": "assistant", "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}));
         assert_eq!(e.param.as_deref(), Some("messages[1].tool_call_id"));
-        let e = err(json!({"model": "gpt-4o", "messages": [user("q"), {"role": "tool", "content": "x"}]}));
+        let e = err(
+            json!({"model": "gpt-4o", "messages": [user("q"), {"role": "tool", "content": "x"}]}),
+        );
         assert_eq!(e.param.as_deref(), Some("messages[1].tool_call_id"));
     }
 
@@ -1680,16 +1728,24 @@ mod tests {
             json!({"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}})
         );
         let v = conv(img("data:image/jpg;base64,AAAA"));
-        assert_eq!(v["messages"][0]["content"][0]["source"]["media_type"], "image/jpeg");
+        assert_eq!(
+            v["messages"][0]["content"][0]["source"]["media_type"],
+            "image/jpeg"
+        );
         let v = conv(img("https://example.com/a.webp"));
         assert_eq!(
             v["messages"][0]["content"][0],
             json!({"type": "image", "source": {"type": "url", "url": "https://example.com/a.webp"}})
         );
         // The string shorthand some clients send.
-        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": "https://example.com/b.png"}]}]}));
-        assert_eq!(v["messages"][0]["content"][0]["source"]["url"], "https://example.com/b.png");
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": "https://example.com/b.png"}]}]}),
+        );
+        assert_eq!(
+            v["messages"][0]["content"][0]["source"]["url"],
+            "https://example.com/b.png"
+        );
 
         for (url, code) in [
             ("data:image/bmp;base64,AAAA", "unsupported_value"),
@@ -1706,15 +1762,22 @@ mod tests {
             );
             assert_eq!(e.code, Some(code), "{url}");
         }
-        let e = err(json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {}}]}]}));
-        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].image_url.url"));
+        let e = err(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {}}]}]}),
+        );
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].content[0].image_url.url")
+        );
     }
 
     #[test]
     fn content_parts_errors() {
         let part = |p: Value| json!({"model": "m", "messages": [{"role": "user", "content": [p]}]});
-        let e = err(part(json!({"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}})));
+        let e = err(part(
+            json!({"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}),
+        ));
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
         let e = err(part(json!({"type": "weird"})));
         assert!(e.message.contains("\"weird\""), "{}", e.message);
@@ -1723,7 +1786,10 @@ mod tests {
         let e = err(part(json!({"type": "text"})));
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].text"));
         let e = err(part(json!({"type": "file", "file": {"file_id": "file-1"}})));
-        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].file.file_data"));
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].content[0].file.file_data")
+        );
         let e = err(json!({"model": "m", "messages": [
             {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}, user("hi")]}));
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
@@ -1731,15 +1797,19 @@ mod tests {
 
     #[test]
     fn pdf_file_part() {
-        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
             {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
-            {"type": "text", "text": "Summarise"}]}]}));
+            {"type": "text", "text": "Summarise"}]}]}),
+        );
         assert_eq!(
             v["messages"][0]["content"][0],
             json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}, "title": "a.pdf"})
         );
-        let e = err(json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "file", "file": {"file_data": "data:text/plain;base64,aGk="}}]}]}));
+        let e = err(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"file_data": "data:text/plain;base64,aGk="}}]}]}),
+        );
         assert_eq!(e.code, Some("unsupported_value"));
     }
 
@@ -1760,11 +1830,17 @@ mod tests {
             ])
         );
         assert!(v.get("tool_choice").is_none());
-        let e = err(req("m", json!({"tools": [{"type": "custom", "custom": {"name": "x"}}]})));
+        let e = err(req(
+            "m",
+            json!({"tools": [{"type": "custom", "custom": {"name": "x"}}]}),
+        ));
         assert_eq!(e.param.as_deref(), Some("tools[0].type"));
         let e = err(req("m", json!({"tools": [{"type": "function"}]})));
         assert_eq!(e.param.as_deref(), Some("tools[0].function"));
-        let e = err(req("m", json!({"tools": [{"type": "function", "function": {"description": "x"}}]})));
+        let e = err(req(
+            "m",
+            json!({"tools": [{"type": "function", "function": {"description": "x"}}]}),
+        ));
         assert_eq!(e.param.as_deref(), Some("tools[0].function.name"));
         let e = err(req("m", json!({"functions": [{"parameters": {}}]})));
         assert_eq!(e.param.as_deref(), Some("functions[0].name"));
@@ -1783,7 +1859,10 @@ mod tests {
             ),
             (json!({"function_call": "none"}), json!({"type": "none"})),
             (json!({"function_call": "auto"}), json!({"type": "auto"})),
-            (json!({"function_call": {"name": "f"}}), json!({"type": "tool", "name": "f"})),
+            (
+                json!({"function_call": {"name": "f"}}),
+                json!({"type": "tool", "name": "f"}),
+            ),
             (
                 json!({"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": []}}}),
                 json!({"type": "any"}),
@@ -1800,26 +1879,48 @@ mod tests {
                 json!({"tool_choice": {"type": "function", "function": {"name": "f"}}, "parallel_tool_calls": false}),
                 json!({"type": "tool", "name": "f", "disable_parallel_tool_use": true}),
             ),
-            (json!({"tool_choice": "none", "parallel_tool_calls": false}), json!({"type": "none"})),
+            (
+                json!({"tool_choice": "none", "parallel_tool_calls": false}),
+                json!({"type": "none"}),
+            ),
             (json!({"parallel_tool_calls": true}), Value::Null),
-            (json!({"tool_choice": "auto", "function_call": "none"}), json!({"type": "auto"})),
+            (
+                json!({"tool_choice": "auto", "function_call": "none"}),
+                json!({"type": "auto"}),
+            ),
         ];
         for (extra, want) in cases {
             let mut e = extra.clone();
             e["tools"] = tools.clone();
             let v = conv(req("claude-haiku-4-5", e));
-            assert_eq!(v.get("tool_choice").cloned().unwrap_or(Value::Null), want, "{extra}");
+            assert_eq!(
+                v.get("tool_choice").cloned().unwrap_or(Value::Null),
+                want,
+                "{extra}"
+            );
         }
         // Without tools, tool_choice is dropped.
         let v = conv(req("claude-haiku-4-5", json!({"tool_choice": "required"})));
         assert!(v.get("tool_choice").is_none());
-        let e = err(req("m", json!({"tool_choice": "sometimes", "tools": tools})));
+        let e = err(req(
+            "m",
+            json!({"tool_choice": "sometimes", "tools": tools}),
+        ));
         assert_eq!(e.param.as_deref(), Some("tool_choice"));
-        let e = err(req("m", json!({"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": tools})));
+        let e = err(req(
+            "m",
+            json!({"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": tools}),
+        ));
         assert_eq!(e.param.as_deref(), Some("tool_choice.function.name"));
-        let e = err(req("m", json!({"function_call": {"name": "g"}, "tools": tools})));
+        let e = err(req(
+            "m",
+            json!({"function_call": {"name": "g"}, "tools": tools}),
+        ));
         assert_eq!(e.param.as_deref(), Some("function_call.name"));
-        let e = err(req("m", json!({"tool_choice": {"type": "function"}, "tools": tools})));
+        let e = err(req(
+            "m",
+            json!({"tool_choice": {"type": "function"}, "tools": tools}),
+        ));
         assert_eq!(e.param.as_deref(), Some("tool_choice.function.name"));
     }
 
@@ -1829,8 +1930,14 @@ mod tests {
             (json!({}), 4096),
             (json!({"max_tokens": 100}), 100),
             (json!({"max_completion_tokens": 200}), 200),
-            (json!({"max_completion_tokens": 200, "max_tokens": 100}), 200),
-            (json!({"max_completion_tokens": null, "max_tokens": 100}), 100),
+            (
+                json!({"max_completion_tokens": 200, "max_tokens": 100}),
+                200,
+            ),
+            (
+                json!({"max_completion_tokens": null, "max_tokens": 100}),
+                100,
+            ),
         ];
         for (extra, want) in cases {
             let v = conv(req("claude-haiku-4-5", extra.clone()));
@@ -1855,7 +1962,11 @@ mod tests {
         ];
         for (extra, want) in cases {
             let v = conv(req("claude-haiku-4-5", extra.clone()));
-            assert_eq!(v.get("stop_sequences").cloned().unwrap_or(Value::Null), want, "{extra}");
+            assert_eq!(
+                v.get("stop_sequences").cloned().unwrap_or(Value::Null),
+                want,
+                "{extra}"
+            );
         }
         let e = err(req("m", json!({"stop": 5})));
         assert_eq!(e.param.as_deref(), Some("stop"));
@@ -1867,23 +1978,81 @@ mod tests {
     fn sampling_table() {
         // (model, extra, temperature, top_p)
         let cases = [
-            ("claude-haiku-4-5", json!({"temperature": 0.7, "top_p": 0.9}), json!(0.7), json!(0.9)),
-            ("claude-haiku-4-5", json!({"temperature": null, "top_p": null}), Value::Null, Value::Null),
-            ("claude-haiku-4-5", json!({"temperature": 1.8}), json!(1.0), Value::Null),
-            ("claude-haiku-4-5", json!({"temperature": 0}), json!(0.0), Value::Null),
+            (
+                "claude-haiku-4-5",
+                json!({"temperature": 0.7, "top_p": 0.9}),
+                json!(0.7),
+                json!(0.9),
+            ),
+            (
+                "claude-haiku-4-5",
+                json!({"temperature": null, "top_p": null}),
+                Value::Null,
+                Value::Null,
+            ),
+            (
+                "claude-haiku-4-5",
+                json!({"temperature": 1.8}),
+                json!(1.0),
+                Value::Null,
+            ),
+            (
+                "claude-haiku-4-5",
+                json!({"temperature": 0}),
+                json!(0.0),
+                Value::Null,
+            ),
             // Models that reject sampling parameters.
-            ("claude-sonnet-5", json!({"temperature": 0.7, "top_p": 0.9}), Value::Null, Value::Null),
-            ("gpt-4o", json!({"temperature": 0.7}), Value::Null, Value::Null),
-            ("claude-opus-4-8", json!({"top_p": 0.5}), Value::Null, Value::Null),
+            (
+                "claude-sonnet-5",
+                json!({"temperature": 0.7, "top_p": 0.9}),
+                Value::Null,
+                Value::Null,
+            ),
+            (
+                "gpt-4o",
+                json!({"temperature": 0.7}),
+                Value::Null,
+                Value::Null,
+            ),
+            (
+                "claude-opus-4-8",
+                json!({"top_p": 0.5}),
+                Value::Null,
+                Value::Null,
+            ),
             // Thinking on: dropped.
-            ("claude-haiku-4-5", json!({"temperature": 0.7, "reasoning_effort": "low"}), Value::Null, Value::Null),
-            ("claude-sonnet-4-6", json!({"top_p": 0.9, "reasoning_effort": "high"}), Value::Null, Value::Null),
-            ("claude-sonnet-4-6", json!({"top_p": 0.9}), Value::Null, json!(0.9)),
+            (
+                "claude-haiku-4-5",
+                json!({"temperature": 0.7, "reasoning_effort": "low"}),
+                Value::Null,
+                Value::Null,
+            ),
+            (
+                "claude-sonnet-4-6",
+                json!({"top_p": 0.9, "reasoning_effort": "high"}),
+                Value::Null,
+                Value::Null,
+            ),
+            (
+                "claude-sonnet-4-6",
+                json!({"top_p": 0.9}),
+                Value::Null,
+                json!(0.9),
+            ),
         ];
         for (model, extra, t, p) in cases {
             let v = conv(req(model, extra.clone()));
-            assert_eq!(v.get("temperature").cloned().unwrap_or(Value::Null), t, "{model} {extra}");
-            assert_eq!(v.get("top_p").cloned().unwrap_or(Value::Null), p, "{model} {extra}");
+            assert_eq!(
+                v.get("temperature").cloned().unwrap_or(Value::Null),
+                t,
+                "{model} {extra}"
+            );
+            assert_eq!(
+                v.get("top_p").cloned().unwrap_or(Value::Null),
+                p,
+                "{model} {extra}"
+            );
         }
     }
 
@@ -1891,8 +2060,20 @@ mod tests {
     fn reasoning_effort_table() {
         // (model, extra, thinking, output_config, max_tokens)
         let cases = [
-            ("claude-haiku-4-5", json!({}), Value::Null, Value::Null, 4096),
-            ("claude-haiku-4-5", json!({"reasoning_effort": "none"}), Value::Null, Value::Null, 4096),
+            (
+                "claude-haiku-4-5",
+                json!({}),
+                Value::Null,
+                Value::Null,
+                4096,
+            ),
+            (
+                "claude-haiku-4-5",
+                json!({"reasoning_effort": "none"}),
+                Value::Null,
+                Value::Null,
+                4096,
+            ),
             (
                 "claude-haiku-4-5",
                 json!({"reasoning_effort": "minimal"}),
@@ -1949,8 +2130,20 @@ mod tests {
                 json!({"effort": "medium"}),
                 4096,
             ),
-            ("claude-sonnet-4-6", json!({}), Value::Null, Value::Null, 4096),
-            ("claude-sonnet-4-6", json!({"reasoning_effort": "none"}), Value::Null, Value::Null, 4096),
+            (
+                "claude-sonnet-4-6",
+                json!({}),
+                Value::Null,
+                Value::Null,
+                4096,
+            ),
+            (
+                "claude-sonnet-4-6",
+                json!({"reasoning_effort": "none"}),
+                Value::Null,
+                Value::Null,
+                4096,
+            ),
             (
                 "claude-sonnet-5",
                 json!({"reasoning_effort": "minimal"}),
@@ -1966,8 +2159,20 @@ mod tests {
                 4096,
             ),
             ("claude-sonnet-5", json!({}), Value::Null, Value::Null, 4096),
-            ("claude-sonnet-5", json!({"reasoning_effort": "none"}), json!({"type": "disabled"}), Value::Null, 4096),
-            ("claude-fable-5", json!({"reasoning_effort": "none"}), Value::Null, Value::Null, 4096),
+            (
+                "claude-sonnet-5",
+                json!({"reasoning_effort": "none"}),
+                json!({"type": "disabled"}),
+                Value::Null,
+                4096,
+            ),
+            (
+                "claude-fable-5",
+                json!({"reasoning_effort": "none"}),
+                Value::Null,
+                Value::Null,
+                4096,
+            ),
             (
                 "claude-fable-5",
                 json!({"reasoning_effort": "high"}),
@@ -1978,8 +2183,16 @@ mod tests {
         ];
         for (model, extra, thinking, oc, max) in cases {
             let v = conv(req(model, extra.clone()));
-            assert_eq!(v.get("thinking").cloned().unwrap_or(Value::Null), thinking, "{model} {extra}");
-            assert_eq!(v.get("output_config").cloned().unwrap_or(Value::Null), oc, "{model} {extra}");
+            assert_eq!(
+                v.get("thinking").cloned().unwrap_or(Value::Null),
+                thinking,
+                "{model} {extra}"
+            );
+            assert_eq!(
+                v.get("output_config").cloned().unwrap_or(Value::Null),
+                oc,
+                "{model} {extra}"
+            );
             assert_eq!(v["max_tokens"], max, "{model} {extra}");
             if let Some(b) = v["thinking"]["budget_tokens"].as_u64() {
                 assert!(b >= 1024 && b < v["max_tokens"].as_u64().unwrap());
@@ -1993,9 +2206,15 @@ mod tests {
     fn thinking_kept_off_when_tool_forced_or_blocks_missing() {
         let tools = json!([{"type": "function", "function": {"name": "f"}}]);
         // Forced tool use.
-        let v = conv(req("claude-haiku-4-5", json!({"reasoning_effort": "low", "tools": tools, "tool_choice": "required"})));
+        let v = conv(req(
+            "claude-haiku-4-5",
+            json!({"reasoning_effort": "low", "tools": tools, "tool_choice": "required"}),
+        ));
         assert!(v.get("thinking").is_none());
-        let v = conv(req("claude-sonnet-5", json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}}})));
+        let v = conv(req(
+            "claude-sonnet-5",
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}}}),
+        ));
         assert_eq!(v["thinking"], json!({"type": "disabled"}));
         // Mid tool loop without the thinking blocks handed back.
         let loop_msgs = |tb: Value| {
@@ -2006,9 +2225,13 @@ mod tests {
                 {"role": "tool", "tool_call_id": "c1", "content": "r"}
             ])
         };
-        let v = conv(json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": loop_msgs(Value::Null)}));
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": loop_msgs(Value::Null)}),
+        );
         assert!(v.get("thinking").is_none());
-        let v = conv(json!({"model": "claude-sonnet-5", "tools": tools, "messages": loop_msgs(Value::Null)}));
+        let v = conv(
+            json!({"model": "claude-sonnet-5", "tools": tools, "messages": loop_msgs(Value::Null)}),
+        );
         assert_eq!(v["thinking"], json!({"type": "disabled"}));
         // ...and with them: thinking stays on and the blocks come first.
         let tb = json!([
@@ -2017,8 +2240,13 @@ mod tests {
             {"type": "thinking", "thinking": "unsigned"},
             {"type": "other"}
         ]);
-        let v = conv(json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": loop_msgs(tb.clone())}));
-        assert_eq!(v["thinking"], json!({"type": "enabled", "budget_tokens": 2048}));
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": loop_msgs(tb.clone())}),
+        );
+        assert_eq!(
+            v["thinking"],
+            json!({"type": "enabled", "budget_tokens": 2048})
+        );
         assert_eq!(
             v["messages"][1]["content"],
             json!([
@@ -2029,19 +2257,32 @@ mod tests {
         );
         // A finished earlier loop does not matter once the user spoke again.
         let mut msgs = loop_msgs(Value::Null);
-        msgs.as_array_mut().unwrap().push(json!({"role": "assistant", "content": "done"}));
+        msgs.as_array_mut()
+            .unwrap()
+            .push(json!({"role": "assistant", "content": "done"}));
         msgs.as_array_mut().unwrap().push(user("next"));
-        let v = conv(json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": msgs}));
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "reasoning_effort": "low", "tools": tools, "messages": msgs}),
+        );
         assert_eq!(v["thinking"]["type"], "enabled");
     }
 
     #[test]
     fn response_format_table() {
-        let v = conv(req("claude-haiku-4-5", json!({"response_format": {"type": "text"}})));
+        let v = conv(req(
+            "claude-haiku-4-5",
+            json!({"response_format": {"type": "text"}}),
+        ));
         assert!(v.get("system").is_none());
-        let v = conv(req("claude-haiku-4-5", json!({"response_format": {"type": "json_object"}})));
+        let v = conv(req(
+            "claude-haiku-4-5",
+            json!({"response_format": {"type": "json_object"}}),
+        ));
         let s = v["system"].as_str().unwrap();
-        assert!(s.contains("JSON object") && s.contains("code fences"), "{s}");
+        assert!(
+            s.contains("JSON object") && s.contains("code fences"),
+            "{s}"
+        );
         let v = conv(json!({"model": "claude-haiku-4-5",
             "messages": [{"role": "system", "content": "Be brief."}, user("hi")],
             "response_format": {"type": "json_schema", "json_schema": {"name": "person", "description": "A person",
@@ -2049,7 +2290,10 @@ mod tests {
         insta::assert_json_snapshot!("response_format_json_schema", v["system"]);
         let e = err(req("m", json!({"response_format": {"type": "yaml"}})));
         assert_eq!(e.param.as_deref(), Some("response_format.type"));
-        let e = err(req("m", json!({"response_format": {"type": "json_schema"}})));
+        let e = err(req(
+            "m",
+            json!({"response_format": {"type": "json_schema"}}),
+        ));
         assert_eq!(e.param.as_deref(), Some("response_format.json_schema"));
     }
 
@@ -2064,9 +2308,21 @@ mod tests {
         for (extra, stream, usage) in [
             (json!({}), false, false),
             (json!({"stream": true}), true, false),
-            (json!({"stream": true, "stream_options": {"include_usage": true}}), true, true),
-            (json!({"stream": false, "stream_options": {"include_usage": true}}), false, false),
-            (json!({"stream": null, "stream_options": null}), false, false),
+            (
+                json!({"stream": true, "stream_options": {"include_usage": true}}),
+                true,
+                true,
+            ),
+            (
+                json!({"stream": false, "stream_options": {"include_usage": true}}),
+                false,
+                false,
+            ),
+            (
+                json!({"stream": null, "stream_options": null}),
+                false,
+                false,
+            ),
         ] {
             let c = convert_full(&req("claude-haiku-4-5", extra.clone())).unwrap();
             assert_eq!((c.stream, c.include_usage), (stream, usage), "{extra}");
@@ -2135,9 +2391,15 @@ mod tests {
             assert_eq!(env["error"]["type"], "invalid_request_error");
             assert_eq!(env["error"]["message"], e.message.as_str());
         }
-        let e = chat_to_messages(br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"foo"}]}"#, &opts())
-            .unwrap_err();
-        assert_eq!(e.message, r#"messages[1].role: unknown role "foo" (expected system, developer, user, assistant or tool)"#);
+        let e = chat_to_messages(
+            br#"{"model":"m","messages":[{"role":"user","content":"x"},{"role":"foo"}]}"#,
+            &opts(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            r#"messages[1].role: unknown role "foo" (expected system, developer, user, assistant or tool)"#
+        );
     }
 
     #[test]
@@ -2149,7 +2411,10 @@ mod tests {
                 {"role": "tool", "tool_call_id": "c", "content": "r"}]})
         };
         for (args, input) in [
-            (json!("{\"a\": [1, 2], \"b\": \"x\"}"), json!({"a": [1, 2], "b": "x"})),
+            (
+                json!("{\"a\": [1, 2], \"b\": \"x\"}"),
+                json!({"a": [1, 2], "b": "x"}),
+            ),
             (json!(""), json!({})),
             (json!("  "), json!({})),
             (json!(null), json!({})),
@@ -2158,14 +2423,31 @@ mod tests {
             let v = conv(call(args.clone()));
             assert_eq!(v["messages"][1]["content"][0]["input"], input, "{args}");
         }
-        for args in [json!("not json"), json!("[1]"), json!("42"), json!(5), json!("{\"a\":")] {
+        for args in [
+            json!("not json"),
+            json!("[1]"),
+            json!("42"),
+            json!(5),
+            json!("{\"a\":"),
+        ] {
             let e = err(call(args.clone()));
-            assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[0].function.arguments"), "{args}");
+            assert_eq!(
+                e.param.as_deref(),
+                Some("messages[1].tool_calls[0].function.arguments"),
+                "{args}"
+            );
         }
-        let e = err(json!({"model": "m", "messages": [user("q"), {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]}));
+        let e = err(
+            json!({"model": "m", "messages": [user("q"), {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]}),
+        );
         assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[0].id"));
-        let e = err(json!({"model": "m", "messages": [user("q"), {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"arguments": "{}"}}]}]}));
-        assert_eq!(e.param.as_deref(), Some("messages[1].tool_calls[0].function.name"));
+        let e = err(
+            json!({"model": "m", "messages": [user("q"), {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"arguments": "{}"}}]}]}),
+        );
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[1].tool_calls[0].function.name")
+        );
     }
 
     #[test]
@@ -2183,10 +2465,12 @@ mod tests {
 
     #[test]
     fn legacy_function_messages() {
-        let v = conv(json!({"model": "claude-haiku-4-5", "functions": [{"name": "f"}], "messages": [
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "functions": [{"name": "f"}], "messages": [
             user("q"),
             {"role": "assistant", "content": null, "function_call": {"name": "f", "arguments": "{\"x\":1}"}},
-            {"role": "function", "name": "f", "content": "42"}]}));
+            {"role": "function", "name": "f", "content": "42"}]}),
+        );
         assert_eq!(
             v["messages"][1]["content"],
             json!([{"type": "tool_use", "id": "call_legacy_1", "name": "f", "input": {"x": 1}}])
@@ -2195,16 +2479,20 @@ mod tests {
             v["messages"][2]["content"],
             json!([{"type": "tool_result", "tool_use_id": "call_legacy_1", "content": "42"}])
         );
-        let e = err(json!({"model": "m", "messages": [user("q"), {"role": "function", "name": "f", "content": "42"}]}));
+        let e = err(
+            json!({"model": "m", "messages": [user("q"), {"role": "function", "name": "f", "content": "42"}]}),
+        );
         assert_eq!(e.param.as_deref(), Some("messages[1].role"));
     }
 
     #[test]
     fn ids_are_sanitized_consistently() {
-        let v = conv(json!({"model": "claude-haiku-4-5", "tools": [{"type": "function", "function": {"name": "f"}}], "messages": [
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "tools": [{"type": "function", "function": {"name": "f"}}], "messages": [
             user("q"),
             {"role": "assistant", "tool_calls": [{"id": "call:0/x", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "call:0/x", "content": "r"}]}));
+            {"role": "tool", "tool_call_id": "call:0/x", "content": "r"}]}),
+        );
         assert_eq!(v["messages"][1]["content"][0]["id"], "call_0_x");
         assert_eq!(v["messages"][2]["content"][0]["tool_use_id"], "call_0_x");
     }
@@ -2223,18 +2511,25 @@ mod tests {
                 {"role": "assistant", "content": "Sure:"}
             ])
         );
-        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [user("q"), {"role": "assistant", "content": "   "}]}));
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "messages": [user("q"), {"role": "assistant", "content": "   "}]}),
+        );
         assert_eq!(v["messages"], json!([{"role": "user", "content": "q"}]));
         // An assistant refusal is kept as text.
         let v = conv(json!({"model": "claude-haiku-4-5", "messages": [user("q"),
             {"role": "assistant", "content": null, "refusal": "I can't."}, user("ok")]}));
-        assert_eq!(v["messages"][1], json!({"role": "assistant", "content": "I can't."}));
+        assert_eq!(
+            v["messages"][1],
+            json!({"role": "assistant", "content": "I can't."})
+        );
     }
 
     #[test]
     fn cache_control_on_parts_is_forwarded() {
-        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "long doc", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]}));
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "long doc", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]}),
+        );
         assert_eq!(
             v["messages"][0]["content"],
             json!([{"type": "text", "text": "long doc", "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
@@ -2243,8 +2538,13 @@ mod tests {
 
     #[test]
     fn escaped_strings_survive() {
-        let v = conv(json!({"model": "claude-haiku-4-5", "messages": [user("line1\nline2 \"quoted\" \u{1F600} \\ end")]}));
-        assert_eq!(v["messages"][0]["content"], "line1\nline2 \"quoted\" \u{1F600} \\ end");
+        let v = conv(
+            json!({"model": "claude-haiku-4-5", "messages": [user("line1\nline2 \"quoted\" \u{1F600} \\ end")]}),
+        );
+        assert_eq!(
+            v["messages"][0]["content"],
+            "line1\nline2 \"quoted\" \u{1F600} \\ end"
+        );
     }
 
     mod props {
@@ -2253,16 +2553,50 @@ mod tests {
 
         fn key() -> impl Strategy<Value = String> {
             prop_oneof![
-                Just("model"), Just("messages"), Just("role"), Just("content"), Just("type"), Just("text"),
-                Just("image_url"), Just("url"), Just("tool_calls"), Just("tool_call_id"), Just("id"),
-                Just("function"), Just("name"), Just("arguments"), Just("parameters"), Just("tools"),
-                Just("tool_choice"), Just("function_call"), Just("functions"), Just("stop"), Just("n"),
-                Just("max_tokens"), Just("max_completion_tokens"), Just("temperature"), Just("top_p"),
-                Just("reasoning_effort"), Just("response_format"), Just("json_schema"), Just("schema"),
-                Just("thinking_blocks"), Just("thinking"), Just("signature"), Just("data"), Just("file"),
-                Just("file_data"), Just("stream"), Just("stream_options"), Just("include_usage"),
-                Just("parallel_tool_calls"), Just("user"), Just("cache_control"), Just("refusal"),
-                Just("allowed_tools"), Just("mode"),
+                Just("model"),
+                Just("messages"),
+                Just("role"),
+                Just("content"),
+                Just("type"),
+                Just("text"),
+                Just("image_url"),
+                Just("url"),
+                Just("tool_calls"),
+                Just("tool_call_id"),
+                Just("id"),
+                Just("function"),
+                Just("name"),
+                Just("arguments"),
+                Just("parameters"),
+                Just("tools"),
+                Just("tool_choice"),
+                Just("function_call"),
+                Just("functions"),
+                Just("stop"),
+                Just("n"),
+                Just("max_tokens"),
+                Just("max_completion_tokens"),
+                Just("temperature"),
+                Just("top_p"),
+                Just("reasoning_effort"),
+                Just("response_format"),
+                Just("json_schema"),
+                Just("schema"),
+                Just("thinking_blocks"),
+                Just("thinking"),
+                Just("signature"),
+                Just("data"),
+                Just("file"),
+                Just("file_data"),
+                Just("stream"),
+                Just("stream_options"),
+                Just("include_usage"),
+                Just("parallel_tool_calls"),
+                Just("user"),
+                Just("cache_control"),
+                Just("refusal"),
+                Just("allowed_tools"),
+                Just("mode"),
             ]
             .prop_map(str::to_owned)
         }
@@ -2272,16 +2606,44 @@ mod tests {
                 Just(Value::Null),
                 any::<bool>().prop_map(Value::from),
                 (-3i64..70000).prop_map(Value::from),
-                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
                 prop_oneof![
-                    Just("user"), Just("assistant"), Just("system"), Just("developer"), Just("tool"),
-                    Just("function"), Just("text"), Just("image_url"), Just("file"), Just("function"),
-                    Just("none"), Just("auto"), Just("required"), Just("low"), Just("high"), Just("minimal"),
-                    Just("json_object"), Just("json_schema"), Just("thinking"), Just("redacted_thinking"),
-                    Just("data:image/png;base64,AAAA"), Just("https://x.y/z.png"), Just("data:,"),
-                    Just("{\"a\":1}"), Just("{"), Just(""), Just(" "), Just("c1"), Just("gpt-4o"),
-                    Just("claude-sonnet-5"), Just("claude-haiku-4-5"), Just("claude-sonnet-4-6"),
-                    Just("data:application/pdf;base64,AA"), Just("allowed_tools"),
+                    Just("user"),
+                    Just("assistant"),
+                    Just("system"),
+                    Just("developer"),
+                    Just("tool"),
+                    Just("function"),
+                    Just("text"),
+                    Just("image_url"),
+                    Just("file"),
+                    Just("function"),
+                    Just("none"),
+                    Just("auto"),
+                    Just("required"),
+                    Just("low"),
+                    Just("high"),
+                    Just("minimal"),
+                    Just("json_object"),
+                    Just("json_schema"),
+                    Just("thinking"),
+                    Just("redacted_thinking"),
+                    Just("data:image/png;base64,AAAA"),
+                    Just("https://x.y/z.png"),
+                    Just("data:,"),
+                    Just("{\"a\":1}"),
+                    Just("{"),
+                    Just(""),
+                    Just(" "),
+                    Just("c1"),
+                    Just("gpt-4o"),
+                    Just("claude-sonnet-5"),
+                    Just("claude-haiku-4-5"),
+                    Just("claude-sonnet-4-6"),
+                    Just("data:application/pdf;base64,AA"),
+                    Just("allowed_tools"),
                 ]
                 .prop_map(Value::from),
                 ".{0,8}".prop_map(Value::from),

@@ -250,7 +250,10 @@ pub fn messages_to_chat(
 }
 
 /// Anthropic error type → (OpenAI `type`, OpenAI `code`).
-pub(crate) fn openai_error_kind(anthropic_type: &str, status: u16) -> (&'static str, Option<&'static str>) {
+pub(crate) fn openai_error_kind(
+    anthropic_type: &str,
+    status: u16,
+) -> (&'static str, Option<&'static str>) {
     match anthropic_type {
         "invalid_request_error" => ("invalid_request_error", None),
         "authentication_error" => ("authentication_error", Some("invalid_api_key")),
@@ -363,12 +366,16 @@ mod tests {
     use serde_json::{Value, json};
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = format!("{}/../shared/fixtures/anthropic/{name}", env!("CARGO_MANIFEST_DIR"));
+        let p = format!(
+            "{}/../shared/fixtures/anthropic/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
     }
 
     fn to_chat(v: &Value) -> Value {
-        let out = messages_to_chat(&serde_json::to_vec(v).unwrap(), "gpt-4o", 1_700_000_000).unwrap();
+        let out =
+            messages_to_chat(&serde_json::to_vec(v).unwrap(), "gpt-4o", 1_700_000_000).unwrap();
         serde_json::from_slice(&out).unwrap()
     }
 
@@ -392,7 +399,10 @@ mod tests {
             {"type": "tool_use", "id": "toolu_2", "name": "g", "input": {}}],
             "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 2}}));
         let calls = &v["choices"][0]["message"]["tool_calls"];
-        assert_eq!(calls[0]["function"]["arguments"], r#"{"b":[1,{"c":"x y"}],"a":"q\"uote"}"#);
+        assert_eq!(
+            calls[0]["function"]["arguments"],
+            r#"{"b":[1,{"c":"x y"}],"a":"q\"uote"}"#
+        );
         assert_eq!(calls[0]["id"], "toolu_1");
         assert_eq!(calls[0]["type"], "function");
         assert_eq!(calls[1]["function"]["arguments"], "{}");
@@ -435,7 +445,8 @@ mod tests {
             (json!("refusal"), "content_filter"),
             (json!(null), "stop"),
         ] {
-            let v = to_chat(&json!({"content": [{"type": "text", "text": "x"}], "stop_reason": stop}));
+            let v =
+                to_chat(&json!({"content": [{"type": "text", "text": "x"}], "stop_reason": stop}));
             assert_eq!(v["choices"][0]["finish_reason"], want, "{stop}");
             assert_eq!(v["choices"][0]["logprobs"], Value::Null);
         }
@@ -448,24 +459,75 @@ mod tests {
         assert_eq!(v["usage"]["total_tokens"], 0);
         assert!(v["id"].as_str().unwrap().len() > 12);
         assert!(messages_to_chat(b"not json", "m", 0).is_err());
-        assert!(messages_to_chat(b"[]", "m", 0).is_ok() || messages_to_chat(b"[]", "m", 0).is_err());
+        assert!(
+            messages_to_chat(b"[]", "m", 0).is_ok() || messages_to_chat(b"[]", "m", 0).is_err()
+        );
     }
 
     #[test]
     fn error_mapping_table() {
         let body = |t: &str, m: &str| {
-            serde_json::to_vec(&json!({"type": "error", "error": {"type": t, "message": m}})).unwrap()
+            serde_json::to_vec(&json!({"type": "error", "error": {"type": t, "message": m}}))
+                .unwrap()
         };
         let cases = [
-            (400, "invalid_request_error", 400, "invalid_request_error", Value::Null),
-            (401, "authentication_error", 401, "authentication_error", json!("invalid_api_key")),
-            (403, "permission_error", 403, "permission_error", Value::Null),
-            (404, "not_found_error", 404, "invalid_request_error", json!("not_found")),
-            (413, "request_too_large", 413, "invalid_request_error", json!("request_too_large")),
-            (429, "rate_limit_error", 429, "rate_limit_error", json!("rate_limit_exceeded")),
+            (
+                400,
+                "invalid_request_error",
+                400,
+                "invalid_request_error",
+                Value::Null,
+            ),
+            (
+                401,
+                "authentication_error",
+                401,
+                "authentication_error",
+                json!("invalid_api_key"),
+            ),
+            (
+                403,
+                "permission_error",
+                403,
+                "permission_error",
+                Value::Null,
+            ),
+            (
+                404,
+                "not_found_error",
+                404,
+                "invalid_request_error",
+                json!("not_found"),
+            ),
+            (
+                413,
+                "request_too_large",
+                413,
+                "invalid_request_error",
+                json!("request_too_large"),
+            ),
+            (
+                429,
+                "rate_limit_error",
+                429,
+                "rate_limit_error",
+                json!("rate_limit_exceeded"),
+            ),
             (500, "api_error", 500, "server_error", Value::Null),
-            (529, "overloaded_error", 503, "server_error", json!("overloaded")),
-            (418, "teapot_error", 418, "invalid_request_error", Value::Null),
+            (
+                529,
+                "overloaded_error",
+                503,
+                "server_error",
+                json!("overloaded"),
+            ),
+            (
+                418,
+                "teapot_error",
+                418,
+                "invalid_request_error",
+                Value::Null,
+            ),
             (502, "weird", 502, "server_error", Value::Null),
         ];
         for (status, atype, want_status, otype, code) in cases {
@@ -496,13 +558,22 @@ mod tests {
 
     #[test]
     fn openai_error_body_shape() {
-        let b = openai_error_body("bad \"x\"", "invalid_request_error", Some("messages[0].role"), Some("invalid_value"));
+        let b = openai_error_body(
+            "bad \"x\"",
+            "invalid_request_error",
+            Some("messages[0].role"),
+            Some("invalid_value"),
+        );
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(
             v,
             json!({"error": {"message": "bad \"x\"", "type": "invalid_request_error", "param": "messages[0].role", "code": "invalid_value"}})
         );
-        let v: Value = serde_json::from_slice(&openai_error_body("m", "api_error", None, None)).unwrap();
-        assert_eq!(v, json!({"error": {"message": "m", "type": "api_error", "param": null, "code": null}}));
+        let v: Value =
+            serde_json::from_slice(&openai_error_body("m", "api_error", None, None)).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"message": "m", "type": "api_error", "param": null, "code": null}})
+        );
     }
 }

@@ -35,7 +35,10 @@ impl SseParser {
     pub fn push(&mut self, mut chunk: &[u8], mut f: impl FnMut(&str, &[u8])) {
         if !self.started {
             let mut i = 0;
-            while i < chunk.len() && self.bom_matched < BOM.len() && chunk[i] == BOM[self.bom_matched] {
+            while i < chunk.len()
+                && self.bom_matched < BOM.len()
+                && chunk[i] == BOM[self.bom_matched]
+            {
                 self.bom_matched += 1;
                 i += 1;
             }
@@ -167,7 +170,8 @@ mod tests {
 
     #[test]
     fn comments_ids_and_no_data() {
-        let s = b": keepalive\n\nid: 7\nretry: 10\nevent: x\n\nevent: y\ndata\n\ndata:  two spaces\n\n";
+        let s =
+            b": keepalive\n\nid: 7\nretry: 10\nevent: x\n\nevent: y\ndata\n\ndata:  two spaces\n\n";
         assert_eq!(
             parse_chunks(&[s]),
             vec![ev("y", ""), ev("", " two spaces")],
@@ -185,7 +189,11 @@ mod tests {
     fn bom_is_skipped_even_when_split() {
         let s = b"\xEF\xBB\xBFdata: x\n\n";
         for i in 0..s.len() {
-            assert_eq!(parse_chunks(&[&s[..i], &s[i..]]), vec![ev("", "x")], "split {i}");
+            assert_eq!(
+                parse_chunks(&[&s[..i], &s[i..]]),
+                vec![ev("", "x")],
+                "split {i}"
+            );
         }
         let s = b"\xEF\xBB\xBFdata: x\n\n";
         let chunks: Vec<&[u8]> = s.chunks(1).collect();

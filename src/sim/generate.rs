@@ -140,8 +140,15 @@ pub fn estimate_tokens(body_len: usize) -> u64 {
 
 pub enum Block {
     Text(String),
-    Thinking { thinking: String, signature: String },
-    ToolUse { id: String, name: String, input: String },
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: String,
+    },
 }
 
 pub struct SimMessage2 {
@@ -195,7 +202,8 @@ pub fn respond(req: &SimRequest<'_>, dir: &Directives, body_len: usize, n: u64) 
                     .collect()
             })
             .unwrap_or_default();
-        let name = |i: usize, default: &str| names.get(i).cloned().unwrap_or_else(|| default.to_owned());
+        let name =
+            |i: usize, default: &str| names.get(i).cloned().unwrap_or_else(|| default.to_owned());
         blocks.push(Block::ToolUse {
             id: format!("toolu_sim{n:012x}a"),
             name: name(0, "get_weather"),
@@ -222,7 +230,11 @@ pub fn respond(req: &SimRequest<'_>, dir: &Directives, body_len: usize, n: u64) 
     let (cache_creation, cache_read) = if dir.cache { (2048, 8192) } else { (0, 0) };
     SimMessage2 {
         id: format!("msg_sim{n:016x}"),
-        model: req.model.as_deref().unwrap_or("claude-sonnet-4-5").to_owned(),
+        model: req
+            .model
+            .as_deref()
+            .unwrap_or("claude-sonnet-4-5")
+            .to_owned(),
         blocks,
         stop_reason,
         input_tokens: estimate_tokens(body_len),
@@ -259,7 +271,10 @@ impl SimMessage2 {
     fn block_json(b: &Block) -> Value {
         match b {
             Block::Text(t) => json!({"type":"text","text":t}),
-            Block::Thinking { thinking, signature } => {
+            Block::Thinking {
+                thinking,
+                signature,
+            } => {
                 json!({"type":"thinking","thinking":thinking,"signature":signature})
             }
             Block::ToolUse { id, name, input } => {
@@ -341,7 +356,9 @@ pub fn sse_events(m: &SimMessage2, dir: &Directives) -> Vec<Bytes> {
             &json!({"type":"content_block_start","index":i,"content_block":start}),
         ));
         if i == 0 {
-            ev.push(Bytes::from_static(b"event: ping\ndata: {\"type\": \"ping\"}\n\n"));
+            ev.push(Bytes::from_static(
+                b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
+            ));
             if dir.unknown_event {
                 ev.push(event(
                     "sim_future_event",
@@ -375,13 +392,17 @@ pub fn sse_events(m: &SimMessage2, dir: &Directives) -> Vec<Bytes> {
                 for piece in split_into(thinking, 3) {
                     ev.push(delta(json!({"type":"thinking_delta","thinking":piece})));
                 }
-                ev.push(delta(json!({"type":"signature_delta","signature":signature})));
+                ev.push(delta(
+                    json!({"type":"signature_delta","signature":signature}),
+                ));
             }
             Block::ToolUse { input, .. } => {
                 ev.push(delta(json!({"type":"input_json_delta","partial_json":""})));
                 // Seven-byte fragments: splits keys, numbers and multi-byte text mid-token.
                 for piece in split_into(input, input.len().div_ceil(7)) {
-                    ev.push(delta(json!({"type":"input_json_delta","partial_json":piece})));
+                    ev.push(delta(
+                        json!({"type":"input_json_delta","partial_json":piece}),
+                    ));
                 }
             }
         }
@@ -426,7 +447,8 @@ mod tests {
 
     #[test]
     fn tool_json_fragments_concatenate_to_input() {
-        let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:tools]"}]}"#;
+        let body =
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:tools]"}]}"#;
         let (r, d) = req(body);
         let m = respond(&r, &d, body.len(), 1);
         let events = sse_events(&m, &d);

@@ -246,7 +246,9 @@ pub fn error_response(status: u16, message: &str) -> Response {
 
 async fn not_found(State(state): State<Arc<SimState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
     record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
     error_response(404, &format!("Not found: {}", parts.uri.path()))
 }
@@ -255,18 +257,37 @@ async fn recorded(State(state): State<Arc<SimState>>) -> Response {
     axum::Json(state.requests()).into_response()
 }
 
+/// An error the simulated service answers with (rendered by [`error_response`]).
+pub struct SimError {
+    status: u16,
+    message: String,
+}
+
+fn sim_err(status: u16, message: &str) -> SimError {
+    SimError {
+        status,
+        message: message.to_owned(),
+    }
+}
+
+impl IntoResponse for SimError {
+    fn into_response(self) -> Response {
+        error_response(self.status, &self.message)
+    }
+}
+
 /// The credential a request presented.
 enum Cred {
     ApiKey,
     OAuth,
 }
 
-fn check_auth(state: &SimState, headers: &HeaderMap) -> Result<Cred, Response> {
+fn check_auth(state: &SimState, headers: &HeaderMap) -> Result<Cred, SimError> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return if key.starts_with("sk-ant-api") {
             Ok(Cred::ApiKey)
         } else {
-            Err(error_response(401, "invalid x-api-key"))
+            Err(sim_err(401, "invalid x-api-key"))
         };
     }
     if let Some(auth) = headers
@@ -280,7 +301,7 @@ fn check_auth(state: &SimState, headers: &HeaderMap) -> Result<Cred, Response> {
             .map(|r| r.contains(token))
             .unwrap_or(false);
         if !token.starts_with("sk-ant-oat") || revoked || token.contains("revoked") {
-            return Err(error_response(401, "Invalid bearer token"));
+            return Err(sim_err(401, "Invalid bearer token"));
         }
         let beta_ok = headers
             .get_all("anthropic-beta")
@@ -289,17 +310,23 @@ fn check_auth(state: &SimState, headers: &HeaderMap) -> Result<Cred, Response> {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim() == BETA_OAUTH);
         if !beta_ok {
-            return Err(error_response(
+            return Err(sim_err(
                 401,
                 "OAuth authentication is currently not supported.",
             ));
         }
         return Ok(Cred::OAuth);
     }
-    Err(error_response(401, "x-api-key header is required"))
+    Err(sim_err(401, "x-api-key header is required"))
 }
 
-fn record_request(state: &SimState, method: &Method, uri: &axum::http::Uri, headers: &HeaderMap, body: &Bytes) {
+fn record_request(
+    state: &SimState,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) {
     if !state.record {
         return;
     }
@@ -326,31 +353,35 @@ fn admit<'a>(
     headers: &HeaderMap,
     body: &'a [u8],
     require_max_tokens: bool,
-) -> Result<SimRequest<'a>, Response> {
+) -> Result<SimRequest<'a>, SimError> {
     let cred = check_auth(state, headers)?;
     if headers.get("anthropic-version").is_none() {
-        return Err(error_response(400, "anthropic-version: header is required"));
+        return Err(sim_err(400, "anthropic-version: header is required"));
     }
-    let req: SimRequest = serde_json::from_slice(body)
-        .map_err(|e| error_response(400, &format!("There was an error parsing the body of your request: {e}")))?;
+    let req: SimRequest = serde_json::from_slice(body).map_err(|e| {
+        sim_err(
+            400,
+            &format!("There was an error parsing the body of your request: {e}"),
+        )
+    })?;
     if req.model.is_none() {
-        return Err(error_response(400, "model: Field required"));
+        return Err(sim_err(400, "model: Field required"));
     }
     if require_max_tokens && req.max_tokens.is_none() {
-        return Err(error_response(400, "max_tokens: Field required"));
+        return Err(sim_err(400, "max_tokens: Field required"));
     }
     if req.messages.is_none() {
-        return Err(error_response(400, "messages: Field required"));
+        return Err(sim_err(400, "messages: Field required"));
     }
     if matches!(cred, Cred::OAuth) && !has_identity(req.system) {
-        return Err(error_response(
+        return Err(sim_err(
             400,
             "This credential is only authorized for use with Claude Code and cannot be used for other API requests.",
         ));
     }
     let n = memchr::memmem::find_iter(body, b"\"cache_control\"").count();
     if n > 4 {
-        return Err(error_response(
+        return Err(sim_err(
             400,
             &format!("A maximum of 4 blocks with cache_control may be provided. Found {n}."),
         ));
@@ -387,7 +418,7 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
     record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
     let req = match admit(&state, &parts.headers, &body, true) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let dir = Directives::from_request(&req);
     if dir.delay_ms > 0 {
@@ -504,8 +535,8 @@ async fn count_tokens(State(state): State<Arc<SimState>>, req: Request) -> Respo
         return error_response(413, "Request too large");
     };
     record_request(&state, &parts.method, &parts.uri, &parts.headers, &body);
-    if let Err(resp) = admit(&state, &parts.headers, &body, false) {
-        return resp;
+    if let Err(e) = admit(&state, &parts.headers, &body, false) {
+        return e.into_response();
     }
     let tokens = generate::estimate_tokens(body.len());
     let mut resp = axum::Json(serde_json::json!({ "input_tokens": tokens })).into_response();
@@ -523,9 +554,15 @@ pub const MODELS: &[(&str, &str)] = &[
 
 async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
-    record_request(&state, &parts.method, &parts.uri, &parts.headers, &Bytes::new());
-    if let Err(resp) = check_auth(&state, &parts.headers) {
-        return resp;
+    record_request(
+        &state,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &Bytes::new(),
+    );
+    if let Err(e) = check_auth(&state, &parts.headers) {
+        return e.into_response();
     }
     let data: Vec<_> = MODELS
         .iter()
@@ -535,8 +572,10 @@ async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {
         .collect();
     let first = MODELS.first().map(|m| m.0);
     let last = MODELS.last().map(|m| m.0);
-    axum::Json(serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
-        .into_response()
+    axum::Json(
+        serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last}),
+    )
+    .into_response()
 }
 
 async fn oauth_token(State(state): State<Arc<SimState>>, req: Request) -> Response {
@@ -558,7 +597,11 @@ async fn oauth_token(State(state): State<Arc<SimState>>, req: Request) -> Respon
             .into_response()
     };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Invalid JSON body");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Invalid JSON body",
+        );
     };
     let grant = v["grant_type"].as_str().unwrap_or("");
     let valid = match grant {
@@ -614,7 +657,7 @@ async fn chat_completions(State(state): State<Arc<SimState>>, req: Request) -> R
 }
 
 /// Exposes check_auth to the OpenAI-compatible endpoint.
-pub(crate) fn authorize(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorize(state: &SimState, headers: &HeaderMap) -> Result<(), SimError> {
     check_auth(state, headers).map(|_| ())
 }
 

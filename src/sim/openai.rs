@@ -38,8 +38,8 @@ async fn to_openai_error(resp: Response) -> Response {
 }
 
 pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &[u8]) -> Response {
-    if let Err(resp) = super::authorize(&state, headers) {
-        return to_openai_error(resp).await;
+    if let Err(e) = super::authorize(&state, headers) {
+        return to_openai_error(e.into_response()).await;
     }
     let opts = convert::request::ConvertOptions {
         default_max_tokens: 4096,
@@ -70,7 +70,11 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
         tokio::time::sleep(std::time::Duration::from_millis(dir.delay_ms)).await;
     }
     if let Some(status) = dir.status {
-        return to_openai_error(super::error_response(status, &format!("Simulated error {status}"))).await;
+        return to_openai_error(super::error_response(
+            status,
+            &format!("Simulated error {status}"),
+        ))
+        .await;
     }
     let id = super::next_id(&state);
     let message = generate::respond(&req, &dir, body.len(), id);

@@ -127,7 +127,12 @@ impl TestEnv {
     }
 
     /// POSTs JSON with an optional x-api-key.
-    pub async fn post(&self, path: &str, key: Option<&str>, body: &serde_json::Value) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
         let mut rb = self
             .client
             .post(self.url(path))
