@@ -30,6 +30,26 @@ pub enum Command {
     Config(ConfigCommand),
     /// Claude subscription (OAuth) credentials.
     Auth(AuthArgs),
+    /// Report recorded usage and cost.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Only requests newer than this (e.g. 30m, 24h, 7d, 4w), or `all`.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// Group rows by this.
+    #[arg(long, value_parser = ["model", "day", "hour", "mode"], default_value = "model")]
+    pub by: String,
+    /// Output format.
+    #[arg(long, value_parser = ["table", "json", "csv"], default_value = "table")]
+    pub format: String,
+    /// Usage database (default: the configured one).
+    #[arg(long, env = "CCPROXY_USAGE_DB")]
+    pub db: Option<PathBuf>,
 }
 
 /// Settings shared by every command that reads the configuration.

@@ -39,6 +39,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("wrote {}", path.display());
             Ok(0)
         }
+        Some(Command::Usage(_args)) => {
+            anyhow::bail!("the usage report is not wired yet")
+        }
         Some(Command::Auth(args)) => {
             let settings = Settings::from_common(&args.common)?;
             let cfg = crate::server::credentials_config(&settings);

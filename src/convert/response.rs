@@ -459,9 +459,6 @@ mod tests {
         assert_eq!(v["usage"]["total_tokens"], 0);
         assert!(v["id"].as_str().unwrap().len() > 12);
         assert!(messages_to_chat(b"not json", "m", 0).is_err());
-        assert!(
-            messages_to_chat(b"[]", "m", 0).is_ok() || messages_to_chat(b"[]", "m", 0).is_err()
-        );
     }
 
     #[test]

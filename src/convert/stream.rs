@@ -463,3 +463,746 @@ impl ChatStreamConverter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn fixture(path: &str) -> Vec<u8> {
+        let p = format!("{}/../shared/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    fn conv(include_usage: bool) -> ChatStreamConverter {
+        ChatStreamConverter::with_id("chatcmpl-test", "gpt-4o", include_usage, 1_700_000_000)
+    }
+
+    /// Feeds `chunks` of upstream SSE bytes, then `finish`.
+    fn run(c: &mut ChatStreamConverter, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for ch in chunks {
+            p.push(ch, |e, d| c.on_event(e, d, &mut out));
+        }
+        c.finish(&mut out);
+        out
+    }
+
+    /// Output frames: JSON values, `"[DONE]"` as a string. Asserts the framing.
+    #[track_caller]
+    fn frames(out: &[u8]) -> Vec<Value> {
+        let s = std::str::from_utf8(out).unwrap();
+        assert!(s.is_empty() || s.ends_with("\n\n"), "{s}");
+        s.split_terminator("\n\n")
+            .map(|f| {
+                let d = f
+                    .strip_prefix("data: ")
+                    .unwrap_or_else(|| panic!("bad frame {f:?}"));
+                assert!(!d.contains('\n'), "{f:?}");
+                if d == "[DONE]" {
+                    Value::from("[DONE]")
+                } else {
+                    serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"))
+                }
+            })
+            .collect()
+    }
+
+    fn events(evs: &[Value]) -> Vec<u8> {
+        let mut s = String::new();
+        for e in evs {
+            s.push_str(&format!(
+                "event: {}\ndata: {}\n\n",
+                e["type"].as_str().unwrap_or(""),
+                e
+            ));
+        }
+        s.into_bytes()
+    }
+
+    /// Arguments per tool-call index, concatenated.
+    fn args_by_index(fs: &[Value]) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for f in fs {
+            for tc in f["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if v.len() <= i {
+                    v.resize(i + 1, String::new());
+                }
+                v[i].push_str(tc["function"]["arguments"].as_str().unwrap());
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn replay_text_fixture() {
+        let sse = fixture("anthropic/messages_stream.sse");
+        let mut c = conv(true);
+        let fs = frames(&run(&mut c, &[&sse]));
+        insta::assert_json_snapshot!("replay_messages_stream", fs);
+        assert!(c.is_done());
+        assert_eq!(
+            c.usage(),
+            crate::convert::Usage {
+                input_tokens: 24,
+                output_tokens: 41,
+                cache_read_input_tokens: 0,
+                cache_creation_input_tokens: 0
+            }
+        );
+        // One chunk per upstream text delta, unchanged; role first; ping dropped.
+        let texts: Vec<&str> = fs
+            .iter()
+            .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+            .filter(|t| !t.is_empty())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "Hello! It",
+                "'s nice to meet you. I'm",
+                " Claude, an AI assistant created by Anthropic. How are",
+                " you doing today, and is there anything I can help you with?"
+            ]
+        );
+        assert_eq!(fs[0]["choices"][0]["delta"]["role"], "assistant");
+        assert!(
+            fs[1..]
+                .iter()
+                .all(|f| f["choices"][0]["delta"].get("role").is_none())
+        );
+    }
+
+    #[test]
+    fn replay_tools_fixture() {
+        let sse = fixture("anthropic/messages_tools_stream.sse");
+        let mut c = conv(false);
+        let fs = frames(&run(&mut c, &[&sse]));
+        insta::assert_json_snapshot!("replay_messages_tools_stream", fs);
+        let args = args_by_index(&fs);
+        assert_eq!(
+            args,
+            [
+                r#"{"location": "New York"}"#,
+                r#"{"lat1": "40.7128", "lon1": "-74.0060", "lat2": "34.0522", "lon2": "-118.2437"}"#
+            ]
+        );
+        // Each tool call announced exactly once, with id, type and name; fragments carry none.
+        let starts: Vec<&Value> = fs
+            .iter()
+            .flat_map(|f| {
+                f["choices"][0]["delta"]["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
+            .filter(|tc| tc.get("id").is_some())
+            .collect();
+        assert_eq!(starts.len(), 2);
+        assert_eq!(starts[0]["index"], 0);
+        assert_eq!(starts[1]["index"], 1);
+        assert_eq!(starts[1]["id"], "toolu_01LaXuzSn9P2JiYc1U99SZRv");
+        let last = &fs[fs.len() - 2];
+        assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(fs.last().unwrap(), "[DONE]");
+    }
+
+    /// Key skeleton of a JSON value (object keys, recursively; arrays by their first element).
+    fn keys(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut ks: Vec<(&String, Value)> = m.iter().map(|(k, x)| (k, keys(x))).collect();
+                ks.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(ks.into_iter().map(|(k, x)| (k.clone(), x)).collect())
+            }
+            Value::Array(a) => a.first().map(keys).into_iter().collect(),
+            _ => Value::Null,
+        }
+    }
+
+    #[test]
+    fn chunk_shape_matches_recorded_openai_streams() {
+        let reference = frames(&fixture("openai-chunks/chat_completions_tools_stream.sse"));
+        let ours = frames(&run(
+            &mut conv(false),
+            &[&fixture("anthropic/messages_tools_stream.sse")],
+        ));
+        let tool_shapes = |fs: &[Value]| -> Vec<Value> {
+            let mut v: Vec<Value> = fs
+                .iter()
+                .flat_map(|f| {
+                    f["choices"][0]["delta"]["tool_calls"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .map(|tc| keys(&tc))
+                .collect();
+            v.sort_by_key(|x| x.to_string());
+            v.dedup();
+            v
+        };
+        assert_eq!(tool_shapes(&ours), tool_shapes(&reference));
+        assert_eq!(
+            tool_shapes(&ours).len(),
+            2,
+            "announcement and fragment shapes"
+        );
+        // Same tool-call index discipline: 0 then 1.
+        let idx = |fs: &[Value]| -> Vec<u64> {
+            let mut v: Vec<u64> = fs
+                .iter()
+                .flat_map(|f| {
+                    f["choices"][0]["delta"]["tool_calls"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .map(|tc| tc["index"].as_u64().unwrap())
+                .collect();
+            v.dedup();
+            v
+        };
+        assert_eq!(idx(&ours), idx(&reference));
+        for path in [
+            "openai-chunks/chat_completions_stream.sse",
+            "openai-chunks/chat_completions_tools_stream.sse",
+        ] {
+            let reference = frames(&fixture(path));
+            let reference: Vec<&Value> = reference
+                .iter()
+                .filter(|f| {
+                    f.get("choices")
+                        .is_some_and(|c| !c.as_array().unwrap().is_empty())
+                })
+                .collect();
+            for f in &ours[..ours.len() - 1] {
+                for k in ["id", "created", "model", "choices"] {
+                    assert!(f.get(k).is_some(), "{k} missing in {f}");
+                    assert!(reference.iter().all(|r| r.get(k).is_some()));
+                }
+                let ch = &f["choices"][0];
+                assert_eq!(ch["index"], 0);
+                assert!(ch["delta"].is_object());
+                assert_eq!(f["object"], "chat.completion.chunk");
+                assert_eq!(f["id"], "chatcmpl-test");
+                assert_eq!(f["created"], 1_700_000_000);
+            }
+            assert!(reference.last().unwrap()["choices"][0]["delta"].is_object());
+        }
+    }
+
+    #[test]
+    fn include_usage_adds_a_final_usage_chunk() {
+        let evs = events(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 10, "cache_read_input_tokens": 90, "cache_creation_input_tokens": 5, "output_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 33}}),
+            json!({"type": "message_stop"}),
+        ]);
+        let fs = frames(&run(&mut conv(true), &[&evs]));
+        let n = fs.len();
+        assert_eq!(fs[n - 1], "[DONE]");
+        assert_eq!(fs[n - 2]["choices"], json!([]));
+        assert_eq!(
+            fs[n - 2]["usage"],
+            json!({"prompt_tokens": 105, "completion_tokens": 33, "total_tokens": 138, "prompt_tokens_details": {"cached_tokens": 90}})
+        );
+        assert_eq!(fs[n - 3]["choices"][0]["finish_reason"], "length");
+        assert_eq!(fs[n - 3]["choices"][0]["delta"], json!({}));
+        assert!(fs[..n - 2].iter().all(|f| f.get("usage").is_none()));
+        // Without include_usage: no usage chunk.
+        let fs = frames(&run(&mut conv(false), &[&evs]));
+        assert!(fs.iter().all(|f| f.get("usage").is_none()));
+        assert_eq!(fs.iter().filter(|f| **f == "[DONE]").count(), 1);
+    }
+
+    #[test]
+    fn finish_reason_mapping_in_stream() {
+        for (stop, want) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("pause_turn", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+        ] {
+            let evs = events(&[
+                json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
+                json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": 1}}),
+                json!({"type": "message_stop"}),
+            ]);
+            let fs = frames(&run(&mut conv(false), &[&evs]));
+            let finishes: Vec<&Value> = fs
+                .iter()
+                .filter_map(|f| f["choices"][0].get("finish_reason"))
+                .filter(|r| !r.is_null())
+                .collect();
+            assert_eq!(finishes, [&json!(want)], "{stop}");
+        }
+    }
+
+    #[test]
+    fn upstream_error_event_ends_the_stream() {
+        let evs = events(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "par"}}),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ignored"}}),
+        ]);
+        let mut c = conv(true);
+        let fs = frames(&run(&mut c, &[&evs]));
+        assert!(c.is_done());
+        let n = fs.len();
+        assert_eq!(fs[n - 1], "[DONE]");
+        assert_eq!(
+            fs[n - 2],
+            json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded"}})
+        );
+        assert!(
+            !fs.iter()
+                .any(|f| f["choices"][0]["delta"]["content"] == "ignored")
+        );
+        // Undecodable data on an `error` event still ends the stream.
+        let mut c = conv(false);
+        let fs = frames(&run(&mut c, &[b"event: error\ndata: upstream broke\n\n"]));
+        assert_eq!(fs[0]["error"]["message"], "upstream broke");
+        assert_eq!(fs[1], "[DONE]");
+    }
+
+    #[test]
+    fn ping_unknown_and_garbage_are_ignored() {
+        let mut c = conv(false);
+        let mut out = Vec::new();
+        c.on_event("ping", br#"{"type": "ping"}"#, &mut out);
+        c.on_event("mystery", br#"{"type": "mystery_event", "x": 1}"#, &mut out);
+        c.on_event("", b"not json", &mut out);
+        c.on_event("content_block_delta", br#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{}}}"#, &mut out);
+        assert!(out.is_empty());
+        // The event name is used when the data has no type.
+        c.on_event(
+            "message_start",
+            br#"{"message":{"usage":{"input_tokens":3}}}"#,
+            &mut out,
+        );
+        assert_eq!(frames(&out).len(), 1);
+        assert_eq!(c.usage().input_tokens, 3);
+    }
+
+    #[test]
+    fn finish_without_message_stop() {
+        // Ended after message_delta: finish_reason known.
+        let evs = events(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
+        ]);
+        let fs = frames(&run(&mut conv(true), &[&evs]));
+        let n = fs.len();
+        assert_eq!(fs[n - 3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(fs[n - 2]["usage"]["completion_tokens"], 2);
+        assert_eq!(fs[n - 1], "[DONE]");
+        // Cut in the middle of a tool call without any fragment: the call is completed with {}.
+        let evs = events(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}),
+        ]);
+        let fs = frames(&run(&mut conv(false), &[&evs]));
+        assert_eq!(args_by_index(&fs), ["{}"]);
+        assert!(fs.iter().all(|f| {
+            f["choices"][0]
+                .get("finish_reason")
+                .is_none_or(Value::is_null)
+        }));
+        assert_eq!(fs.last().unwrap(), "[DONE]");
+        // Nothing at all: an error frame.
+        let fs = frames(&run(&mut conv(false), &[]));
+        assert!(fs[0]["error"]["message"].is_string());
+        assert_eq!(fs[1], "[DONE]");
+        // finish twice, and events after the end, add nothing.
+        let mut c = conv(false);
+        let mut out = run(&mut c, &[&evs]);
+        let len = out.len();
+        c.finish(&mut out);
+        c.on_event("message_stop", br#"{"type":"message_stop"}"#, &mut out);
+        c.fail("late", &mut out);
+        assert_eq!(out.len(), len);
+    }
+
+    #[test]
+    fn fail_emits_error_then_done() {
+        let mut c = conv(false);
+        let mut out = Vec::new();
+        c.on_event(
+            "message_start",
+            br#"{"type":"message_start","message":{}}"#,
+            &mut out,
+        );
+        c.fail("upstream connection lost", &mut out);
+        let fs = frames(&out);
+        assert_eq!(fs[1]["error"]["message"], "upstream connection lost");
+        assert_eq!(fs[2], "[DONE]");
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn thinking_stream() {
+        let evs = events(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Let me "}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "see."}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "EqQBCkYI"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking", "data": "opaque"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "Answer."}}),
+            json!({"type": "content_block_stop", "index": 2}),
+            json!({"type": "content_block_start", "index": 3, "content_block": {"type": "tool_use", "id": "toolu_x", "name": "f", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 3, "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}}),
+            json!({"type": "content_block_delta", "index": 3, "delta": {"type": "input_json_delta", "partial_json": "1}"}}),
+            json!({"type": "content_block_stop", "index": 3}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 50}}),
+            json!({"type": "message_stop"}),
+        ]);
+        let fs = frames(&run(&mut conv(false), &[&evs]));
+        insta::assert_json_snapshot!("thinking_stream", fs);
+        let reasoning: String = fs
+            .iter()
+            .filter_map(|f| f["choices"][0]["delta"]["reasoning_content"].as_str())
+            .collect();
+        assert_eq!(reasoning, "Let me see.");
+        let blocks: Vec<&Value> = fs
+            .iter()
+            .flat_map(|f| {
+                f["choices"][0]["delta"]["thinking_blocks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
+            .collect();
+        assert_eq!(
+            blocks,
+            [
+                &json!({"type": "thinking", "thinking": "Let me see.", "signature": "EqQBCkYI"}),
+                &json!({"type": "redacted_thinking", "data": "opaque"})
+            ]
+        );
+        // The tool call after two thinking blocks and a text block is still index 0.
+        assert_eq!(args_by_index(&fs), ["{\"a\":1}"]);
+    }
+
+    #[test]
+    fn thinking_blocks_round_trip_through_a_request() {
+        use crate::convert::{ConvertOptions, ModelAliases, chat_to_messages};
+        let evs = events(&[
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Plan."}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "SIG"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+            json!({"type": "message_stop"}),
+        ]);
+        let fs = frames(&run(&mut conv(false), &[&evs]));
+        // A client accumulating deltas the usual way, keeping thinking_blocks.
+        let mut tb = Vec::new();
+        let mut calls = Vec::new();
+        for f in &fs {
+            let d = &f["choices"][0]["delta"];
+            tb.extend(d["thinking_blocks"].as_array().cloned().unwrap_or_default());
+            for tc in d["tool_calls"].as_array().into_iter().flatten() {
+                if tc.get("id").is_some() {
+                    calls.push(tc.clone());
+                } else if let Some(c) = calls.last_mut() {
+                    let a = c["function"]["arguments"].as_str().unwrap().to_owned()
+                        + tc["function"]["arguments"].as_str().unwrap();
+                    c["function"]["arguments"] = a.into();
+                }
+            }
+        }
+        for c in &mut calls {
+            c.as_object_mut().unwrap().remove("index");
+        }
+        let req = json!({"model": "claude-haiku-4-5", "reasoning_effort": "low",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": null, "tool_calls": calls, "thinking_blocks": tb},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "ok"}]});
+        let aliases = ModelAliases::with_defaults();
+        let c = chat_to_messages(
+            &serde_json::to_vec(&req).unwrap(),
+            &ConvertOptions {
+                default_max_tokens: 4096,
+                aliases: &aliases,
+            },
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&c.body).unwrap();
+        assert_eq!(v["thinking"]["type"], "enabled");
+        assert_eq!(
+            v["messages"][1]["content"],
+            json!([
+                {"type": "thinking", "thinking": "Plan.", "signature": "SIG"},
+                {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+            ])
+        );
+    }
+
+    #[test]
+    fn tool_call_edge_cases() {
+        let evs = events(&[
+            json!({"type": "message_start", "message": {}}),
+            // A text delta for a block never started still comes through.
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}}),
+            // Server tool blocks are not client tool calls.
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "server_tool_use", "id": "srv", "name": "web_search", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"q\":1}"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            // Input given whole in the start event, no fragment.
+            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {"k": "v w"}}}),
+            json!({"type": "content_block_stop", "index": 2}),
+            // Empty fragments only.
+            json!({"type": "content_block_start", "index": 3, "content_block": {"type": "tool_use", "id": "t2", "name": "g", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 3, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+            json!({"type": "content_block_stop", "index": 3}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+            json!({"type": "message_stop"}),
+        ]);
+        let fs = frames(&run(&mut conv(false), &[&evs]));
+        assert_eq!(args_by_index(&fs), [r#"{"k":"v w"}"#, "{}"]);
+        let contents: String = fs
+            .iter()
+            .filter_map(|f| f["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(contents, "a");
+    }
+
+    mod props {
+        use super::*;
+        use crate::convert::messages_to_chat;
+        use proptest::prelude::*;
+
+        fn split<'a>(s: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(s.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(&s[last..p]);
+                last = p;
+            }
+            chunks.push(&s[last..]);
+            chunks
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from),
+                "\\PC{0,12}".prop_map(Value::from),
+                Just(Value::from("quote\" back\\slash \n newline \u{1F600}")),
+            ];
+            leaf.prop_recursive(4, 32, 5, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map("[a-z ]{1,6}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn tool_input() -> impl Strategy<Value = serde_json::Map<String, Value>> {
+            proptest::collection::btree_map("[a-z_]{1,8}", json_value(), 0..5)
+                .prop_map(|m| m.into_iter().collect())
+        }
+
+        /// Splits `s` at char boundaries given by `cuts`.
+        fn fragments(s: &str, cuts: &[prop::sample::Index]) -> Vec<String> {
+            let mut points: Vec<usize> = cuts
+                .iter()
+                .map(|i| i.index(s.len() + 1))
+                .filter(|p| s.is_char_boundary(*p))
+                .collect();
+            points.sort_unstable();
+            let mut out = Vec::new();
+            let mut last = 0;
+            for p in points {
+                out.push(s[last..p].to_owned());
+                last = p;
+            }
+            out.push(s[last..].to_owned());
+            out
+        }
+
+        fn any_event() -> impl Strategy<Value = (String, Vec<u8>)> {
+            let kind = prop_oneof![
+                Just("message_start"),
+                Just("content_block_start"),
+                Just("content_block_delta"),
+                Just("content_block_stop"),
+                Just("message_delta"),
+                Just("message_stop"),
+                Just("ping"),
+                Just("error"),
+                Just("weird"),
+                Just(""),
+            ];
+            let btype = prop_oneof![
+                Just("text"),
+                Just("tool_use"),
+                Just("thinking"),
+                Just("redacted_thinking"),
+                Just("server_tool_use"),
+                Just("x"),
+            ];
+            let dtype = prop_oneof![
+                Just("text_delta"),
+                Just("input_json_delta"),
+                Just("thinking_delta"),
+                Just("signature_delta"),
+                Just("citations_delta"),
+                Just("y"),
+            ];
+            let structured = (kind.clone(), btype, dtype, 0u64..4, "\\PC{0,6}", any::<bool>(), 0u64..1000).prop_map(
+                |(k, b, d, i, s, flag, n)| {
+                    let v = json!({
+                        "type": k, "index": i,
+                        "message": {"usage": {"input_tokens": n, "output_tokens": n}},
+                        "content_block": {"type": b, "id": s, "name": s, "text": s, "thinking": s, "data": s,
+                            "input": if flag { json!({}) } else { json!({"k": s}) }},
+                        "delta": {"type": d, "text": s, "partial_json": s, "thinking": s, "signature": s,
+                            "stop_reason": if flag { json!("end_turn") } else { json!(null) }},
+                        "usage": {"output_tokens": n},
+                        "error": {"type": "overloaded_error", "message": s},
+                    });
+                    (k.to_owned(), v.to_string().into_bytes())
+                },
+            );
+            let raw = (kind, proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(k, b)| (k.to_owned(), b));
+            let odd = (kind_any(), json_value()).prop_map(|(k, v)| (k, v.to_string().into_bytes()));
+            prop_oneof![6 => structured, 1 => raw, 1 => odd]
+        }
+
+        fn kind_any() -> impl Strategy<Value = String> {
+            "[a-z_]{0,20}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_split_gives_the_same_chunks(cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..30),
+                                               tools in any::<bool>(), usage in any::<bool>()) {
+                let name = if tools { "anthropic/messages_tools_stream.sse" } else { "anthropic/messages_stream.sse" };
+                let sse = fixture(name);
+                let whole = run(&mut conv(usage), &[&sse]);
+                let parts = run(&mut conv(usage), &split(&sse, &cuts));
+                prop_assert_eq!(String::from_utf8(parts).unwrap(), String::from_utf8(whole).unwrap());
+            }
+
+            #[test]
+            fn streamed_arguments_concatenate_to_the_non_stream_arguments(
+                inputs in proptest::collection::vec((tool_input(), proptest::collection::vec(any::<prop::sample::Index>(), 0..8), any::<bool>()), 1..4),
+                text in "\\PC{0,20}",
+                sse_cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            ) {
+                let mut evs = vec![json!({"type": "message_start", "message": {"usage": {"input_tokens": 3}}})];
+                let mut content = Vec::new();
+                let mut idx = 0;
+                if !text.is_empty() {
+                    evs.push(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}));
+                    evs.push(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}));
+                    evs.push(json!({"type": "content_block_stop", "index": 0}));
+                    content.push(json!({"type": "text", "text": text}));
+                    idx = 1;
+                }
+                let mut model_json = Vec::new();
+                for (k, (input, cuts, pretty)) in inputs.iter().enumerate() {
+                    // The model's own formatting (Anthropic streams it as produced).
+                    let s = if *pretty { serde_json::to_string_pretty(input).unwrap() } else { serde_json::to_string(input).unwrap() };
+                    let id = format!("toolu_{k}");
+                    evs.push(json!({"type": "content_block_start", "index": idx, "content_block": {"type": "tool_use", "id": id, "name": "f", "input": {}}}));
+                    evs.push(json!({"type": "content_block_delta", "index": idx, "delta": {"type": "input_json_delta", "partial_json": ""}}));
+                    for frag in fragments(&s, cuts) {
+                        evs.push(json!({"type": "content_block_delta", "index": idx, "delta": {"type": "input_json_delta", "partial_json": frag}}));
+                        evs.push(json!({"type": "ping"}));
+                    }
+                    evs.push(json!({"type": "content_block_stop", "index": idx}));
+                    content.push(json!({"type": "tool_use", "id": id, "name": "f", "input": input}));
+                    model_json.push(s);
+                    idx += 1;
+                }
+                evs.push(json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}));
+                evs.push(json!({"type": "message_stop"}));
+                let sse = events(&evs);
+                let fs = frames(&run(&mut conv(false), &split(&sse, &sse_cuts)));
+                let streamed = args_by_index(&fs);
+                prop_assert_eq!(streamed.len(), inputs.len());
+
+                let message = json!({"id": "msg_x", "content": content, "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 9}});
+                let ns: Value = serde_json::from_slice(&messages_to_chat(&serde_json::to_vec(&message).unwrap(), "gpt-4o", 0).unwrap()).unwrap();
+                let calls = ns["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+                for (k, s) in streamed.iter().enumerate() {
+                    // Exactly the model's JSON, byte for byte...
+                    prop_assert_eq!(s, &model_json[k]);
+                    // ...and the same JSON as the non-stream arguments.
+                    let a: Value = serde_json::from_str(s).unwrap();
+                    let b: Value = serde_json::from_str(calls[k]["function"]["arguments"].as_str().unwrap()).unwrap();
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(&calls[k]["id"], &json!(format!("toolu_{k}")));
+                }
+                let text_s: String = fs.iter().filter_map(|f| f["choices"][0]["delta"]["content"].as_str()).collect();
+                prop_assert_eq!(text_s.as_str(), ns["choices"][0]["message"]["content"].as_str().unwrap_or(""));
+            }
+
+            #[test]
+            fn never_panics_and_always_ends_cleanly(evs in proptest::collection::vec(any_event(), 0..30), usage in any::<bool>()) {
+                let mut c = conv(usage);
+                let mut out = Vec::new();
+                for (k, d) in &evs {
+                    c.on_event(k, d, &mut out);
+                }
+                c.finish(&mut out);
+                prop_assert!(c.is_done());
+                let fs = frames(&out);
+                prop_assert_eq!(fs.last().unwrap(), &Value::from("[DONE]"));
+                prop_assert_eq!(fs.iter().filter(|f| **f == "[DONE]").count(), 1);
+                // Tool-call indices are dense and announced once each.
+                let mut announced = 0u64;
+                for f in &fs {
+                    for tc in f["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                        if tc.get("id").is_some() {
+                            prop_assert_eq!(tc["index"].as_u64(), Some(announced));
+                            announced += 1;
+                        } else {
+                            prop_assert!(tc["index"].as_u64().unwrap() < announced);
+                        }
+                    }
+                }
+                // At most one finish_reason.
+                let finishes = fs.iter().filter(|f| f["choices"][0].get("finish_reason").is_some_and(|r| !r.is_null())).count();
+                prop_assert!(finishes <= 1);
+            }
+        }
+    }
+}

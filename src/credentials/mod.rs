@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 
 pub use endpoint::{EndpointError, EndpointErrorKind};
 pub use login::{LoginOptions, LoginOutcome, Pkce, authorize_url, login};
-pub use manager::OAuthManager;
+pub use manager::{OAuthManager, candidate_sources};
 
 /// The token endpoint Claude Code uses today.
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
