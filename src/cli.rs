@@ -134,7 +134,33 @@ pub struct AuthArgs {
     #[command(subcommand)]
     pub action: AuthCommand,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub common: AuthCommonArgs,
+}
+
+/// [`CommonArgs`] accepted before or after the `auth` subcommand.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AuthCommonArgs {
+    /// Configuration file (TOML). Default: $XDG_CONFIG_HOME/ccproxy/config.toml
+    #[arg(long, env = "CCPROXY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Claude Code credentials file to use (and, for login, to write).
+    #[arg(long, env = "CCPROXY_CREDENTIALS_FILE", global = true)]
+    pub credentials_file: Option<PathBuf>,
+
+    /// OAuth token endpoint used to refresh subscription credentials.
+    #[arg(long, env = "CCPROXY_OAUTH_TOKEN_URL", global = true)]
+    pub oauth_token_url: Option<String>,
+}
+
+impl From<AuthCommonArgs> for CommonArgs {
+    fn from(a: AuthCommonArgs) -> Self {
+        CommonArgs {
+            config: a.config,
+            credentials_file: a.credentials_file,
+            oauth_token_url: a.oauth_token_url,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand, Clone, Copy)]

@@ -43,13 +43,21 @@ async fn token_about_to_expire_is_refreshed_and_written_back() {
     assert_eq!(env.sim_state().token_calls.load(Ordering::SeqCst), 1);
     let up = env.sim_state().last_request().unwrap();
     let used = bearer(&up);
-    assert!(used.starts_with("sk-ant-oat01-sim-"), "used the refreshed token");
+    assert!(
+        used.starts_with("sk-ant-oat01-sim-"),
+        "used the refreshed token"
+    );
 
     let creds = read_creds(&env);
     let oauth = &creds["claudeAiOauth"];
     assert_eq!(oauth["accessToken"], used.as_str());
     assert_ne!(oauth["refreshToken"], REFRESH_TOKEN);
-    assert!(oauth["refreshToken"].as_str().unwrap().starts_with("sk-ant-ort01-sim-"));
+    assert!(
+        oauth["refreshToken"]
+            .as_str()
+            .unwrap()
+            .starts_with("sk-ant-ort01-sim-")
+    );
     assert_eq!(oauth["subscriptionType"], "max");
     assert_eq!(creds["otherTool"]["keep"], true, "unknown keys survive");
     #[cfg(unix)]
@@ -97,7 +105,11 @@ async fn two_hundred_requests_at_expiry_share_one_refresh() {
         .filter(|r| r.path == "/v1/messages")
         .map(bearer)
         .collect();
-    assert_eq!(tokens.len(), 1, "every request used the one refreshed token");
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every request used the one refreshed token"
+    );
 }
 
 #[tokio::test]
@@ -170,7 +182,10 @@ async fn long_run_across_many_token_lifetimes_never_fails() {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let refreshes = env.sim_state().token_calls.load(Ordering::SeqCst);
-    assert!(refreshes >= 4, "only {refreshes} refreshes in 9 s of 2 s tokens");
+    assert!(
+        refreshes >= 4,
+        "only {refreshes} refreshes in 9 s of 2 s tokens"
+    );
     let tokens: std::collections::HashSet<String> = env
         .sim_state()
         .requests()

@@ -43,7 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             anyhow::bail!("the usage report is not wired yet")
         }
         Some(Command::Auth(args)) => {
-            let settings = Settings::from_common(&args.common)?;
+            let settings = Settings::from_common(&args.common.into())?;
             let cfg = crate::server::credentials_config(&settings);
             let action = match args.action {
                 AuthCommand::Login { no_browser } => auth::AuthAction::Login { no_browser },
