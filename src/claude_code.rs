@@ -101,11 +101,15 @@ struct TextBlock<'a> {
     text: Option<Cow<'a, str>>,
 }
 
-/// What shaping did, for logs and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What shaping did (for logs and tests), and what it read on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shaped {
     pub identity_added: bool,
     pub identity_cached: bool,
+    /// The request's `model`, when it is a string.
+    pub model: Option<String>,
+    /// The request's `stream` is `true`.
+    pub stream: bool,
 }
 
 /// Prepends the Claude Code identity block to `system` unless it is already first.
@@ -114,6 +118,16 @@ pub struct Shaped {
 pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
     let obj = RawObject::parse(body)?;
     let system = obj.get("system").filter(|v| v.get() != "null");
+    let model = obj
+        .get("model")
+        .and_then(|m| serde_json::from_str::<String>(m.get()).ok());
+    let stream = obj.get("stream").is_some_and(|s| s.get() == "true");
+    let not_added = || Shaped {
+        identity_added: false,
+        identity_cached: false,
+        model: model.clone(),
+        stream,
+    };
 
     let new_system: Option<String> = match system {
         None => None,
@@ -194,15 +208,10 @@ pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
         Shaped {
             identity_added: true,
             identity_cached: cached,
+            model,
+            stream,
         },
     ))
-}
-
-fn not_added() -> Shaped {
-    Shaped {
-        identity_added: false,
-        identity_cached: false,
-    }
 }
 
 fn write_key(out: &mut Vec<u8>, k: &str) {

@@ -11,6 +11,15 @@ pub enum Dialect {
     OpenAi,
 }
 
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Anthropic => "anthropic",
+            Dialect::OpenAi => "openai",
+        }
+    }
+}
+
 /// Who caused an error (pingora's ErrorSource): useful for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod credentials;
 pub mod error;
 pub mod http;
+pub mod observability;
 pub mod pipeline;
 pub mod server;
 pub mod sim;

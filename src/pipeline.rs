@@ -7,8 +7,9 @@
 //! error at any phase → rendered once, in the client's dialect
 //! ```
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -23,6 +24,8 @@ use crate::claude_code;
 use crate::convert;
 use crate::credentials::AccessToken;
 use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
+use crate::observability::tap::Tap;
+use crate::observability::{InFlight, MeteredBody};
 use crate::server::AppState;
 use crate::upstream::{self, UpstreamAuth};
 
@@ -60,6 +63,17 @@ pub enum Route {
 }
 
 impl Route {
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Messages => "messages",
+            Route::CountTokens => "count_tokens",
+            Route::Models => "models",
+            Route::ChatCompletions => "chat_completions",
+            Route::OpenAiModels => "openai_models",
+            Route::Relay => "relay",
+        }
+    }
+
     pub fn dialect(self) -> Dialect {
         match self {
             Route::ChatCompletions | Route::OpenAiModels => Dialect::OpenAi,
@@ -84,6 +98,16 @@ pub enum CredentialSource {
     ServerApiKey,
 }
 
+impl CredentialSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialSource::ServerOAuth => "server_oauth",
+            CredentialSource::Client => "client",
+            CredentialSource::ServerApiKey => "server_api_key",
+        }
+    }
+}
+
 /// The entry point for every proxied route.
 pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request) -> Response {
     let ctx = RequestCtx {
@@ -92,23 +116,81 @@ pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request
         dialect: route.dialect(),
         t0: Instant::now(),
     };
-    match run(&state, &ctx, req).await {
+    let request_id = request_id(req.headers());
+    let mut flight = Some(InFlight::new(
+        state.observer.clone(),
+        request_id.clone(),
+        mode.name(),
+        ctx.dialect.name(),
+        route.name(),
+    ));
+    let mut head = HeadTiming::default();
+    let mut resp = match run(&state, &ctx, req, &mut flight, &mut head).await {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::info!(
-                mode = mode.name(),
-                route = ?route,
-                status = e.kind.status().as_u16(),
-                source = ?e.source,
-                error = %e.message,
-                "request failed"
-            );
+            if let Some(f) = flight.as_mut() {
+                f.record.status = e.kind.status().as_u16();
+                f.record.error = Some(e.message.clone());
+                f.completed = true;
+            }
             e.into_response(ctx.dialect)
         }
+    };
+    if let Some(f) = flight.as_mut() {
+        f.record.status = resp.status().as_u16();
+        f.record.proxy_ms = f.proxy_ms();
     }
+    // Whatever was not handed to a streaming body finishes here.
+    drop(flight);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    let total = ctx.t0.elapsed();
+    let timing = match head.upstream {
+        Some(up) => format!(
+            "upstream;dur={:.3}, proxy;dur={:.3}",
+            up.as_secs_f64() * 1000.0,
+            total.saturating_sub(up).as_secs_f64() * 1000.0
+        ),
+        None => format!("proxy;dur={:.3}", total.as_secs_f64() * 1000.0),
+    };
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        h.insert("server-timing", v);
+    }
+    resp
 }
 
-async fn run(state: &AppState, ctx: &RequestCtx, req: Request) -> Result<Response, ProxyError> {
+/// When the upstream answered with its head, relative to the request's start.
+#[derive(Default)]
+struct HeadTiming {
+    /// Time spent waiting for the upstream's response head.
+    upstream: Option<Duration>,
+}
+
+/// The client's `x-request-id` when it is reasonable, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            return v.to_owned();
+        }
+    }
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random);
+    format!(
+        "req_{prefix:08x}{:012x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn run(
+    state: &AppState,
+    ctx: &RequestCtx,
+    req: Request,
+    flight: &mut Option<InFlight>,
+    head: &mut HeadTiming,
+) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
 
     // 1. Access: the proxy token, when one is configured.
@@ -122,6 +204,11 @@ async fn run(state: &AppState, ctx: &RequestCtx, req: Request) -> Result<Respons
 
     // 4. Prepare the upstream request by mode and route.
     let prepared = prepare(state, ctx, &parts.method, parts.uri.path(), body)?;
+    if let Some(f) = flight.as_mut() {
+        f.record.credential = Some(source.name().to_owned());
+        f.record.model = prepared.model.clone();
+        f.record.stream = prepared.stream;
+    }
     let query = if prepared.keep_query {
         parts.uri.query()
     } else {
@@ -139,6 +226,7 @@ async fn run(state: &AppState, ctx: &RequestCtx, req: Request) -> Result<Respons
     // 5. Send: one upstream request; after a 401 with the server's OAuth token,
     //    one forced refresh and one retry.
     let path = prepared.path.as_str();
+    let sent = Instant::now();
     let mut resp = state
         .upstream
         .send(
@@ -173,19 +261,29 @@ async fn run(state: &AppState, ctx: &RequestCtx, req: Request) -> Result<Respons
             }
         }
     }
-    tracing::debug!(
-        mode = ctx.mode.name(),
-        credential = ?source,
-        status = resp.status().as_u16(),
-        upstream_ms = ctx.t0.elapsed().as_secs_f64() * 1000.0,
-        "upstream answered"
-    );
+    let waited = sent.elapsed();
+    head.upstream = Some(waited);
+    if let Some(f) = flight.as_mut() {
+        f.upstream_head = Some(waited);
+        f.record.upstream_status = Some(resp.status().as_u16());
+        f.record.status = resp.status().as_u16();
+        f.upstream_request_id = resp
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+    }
 
     // 6. Respond.
     match prepared.conversion {
-        Conversion::None => Ok(relay(ctx.mode, resp)),
-        Conversion::Chat(chat) => Ok(convert_chat_response(resp, chat).await),
-        Conversion::Models => Ok(convert_models_response(state, resp).await),
+        Conversion::None => Ok(relay(ctx.mode, resp, prepared.tap, flight)),
+        Conversion::Chat(chat) => Ok(convert_chat_response(resp, chat, flight).await),
+        Conversion::Models => {
+            if let Some(f) = flight.as_mut() {
+                f.completed = true;
+            }
+            Ok(convert_models_response(state, resp).await)
+        }
     }
 }
 
@@ -195,24 +293,24 @@ fn check_access(state: &AppState, headers: &HeaderMap) -> Result<Option<String>,
     let presented = presented_token(headers);
     match state.auth_token_digest {
         None => Ok(presented.map(str::to_owned)),
-        Some(expected) => {
-            let ok = presented.is_some_and(|p| {
-                let got: [u8; 32] = Sha256::digest(p.as_bytes()).into();
-                bool::from(got.ct_eq(&expected))
-            });
-            if ok {
-                Ok(None)
-            } else {
-                Err(ProxyError::auth(
-                    "invalid or missing proxy token: send the token ccproxy was started with as x-api-key or Authorization: Bearer",
-                ))
-            }
-        }
+        Some(expected) if token_matches(presented, &expected) => Ok(None),
+        Some(_) => Err(ProxyError::auth(
+            "invalid or missing proxy token: send the token ccproxy was started with as x-api-key or Authorization: Bearer",
+        )),
     }
 }
 
+/// Compares a presented token with the configured one in constant time: both
+/// are hashed first, so neither the content nor the length leaks through timing.
+pub fn token_matches(presented: Option<&str>, expected_digest: &[u8; 32]) -> bool {
+    presented.is_some_and(|p| {
+        let got: [u8; 32] = Sha256::digest(p.as_bytes()).into();
+        bool::from(got.ct_eq(expected_digest))
+    })
+}
+
 /// The token a client presented: `x-api-key`, else `Authorization: Bearer`.
-fn presented_token(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if !v.is_empty() {
@@ -330,11 +428,22 @@ enum Conversion {
 
 struct ChatInfo {
     client_model: String,
-    stream: bool,
     include_usage: bool,
 }
 
+/// Which usage tap reads the relayed body.
+#[derive(Clone, Copy)]
+enum Meter {
+    None,
+    Anthropic,
+    OpenAi,
+}
+
 struct Prepared {
+    /// The model the request names (when it was read), for usage records.
+    model: Option<String>,
+    stream: bool,
+    tap: Meter,
     method: Method,
     /// Upstream path.
     path: String,
@@ -351,7 +460,10 @@ fn prepare(
     body: Bytes,
 ) -> Result<Prepared, ProxyError> {
     let upstream_path = |p: &str| p.to_owned();
-    let plain = |path: String, body: Bytes| Prepared {
+    let plain = |path: String, body: Bytes, tap: Meter| Prepared {
+        model: None,
+        stream: false,
+        tap,
         method: method.clone(),
         path,
         keep_query: true,
@@ -365,30 +477,40 @@ fn prepare(
             } else {
                 "/v1/messages/count_tokens"
             };
-            let body = match mode {
+            let tap = if ctx.route == Route::Messages {
+                Meter::Anthropic
+            } else {
+                Meter::None
+            };
+            match mode {
                 Mode::Full => {
-                    let (shaped, _) = claude_code::shape_request(&body).map_err(shape_error)?;
-                    Bytes::from(shaped)
+                    let (shaped, info) = claude_code::shape_request(&body).map_err(shape_error)?;
+                    let mut p = plain(upstream_path(path), Bytes::from(shaped), tap);
+                    p.model = info.model;
+                    p.stream = info.stream;
+                    p
                 }
                 Mode::Minimal => {
-                    validate_json(&body)?;
-                    body
+                    let head = read_head(&body)?;
+                    let mut p = plain(upstream_path(path), body, tap);
+                    p.model = head.model;
+                    p.stream = head.stream.unwrap_or(false);
+                    p
                 }
-                Mode::Passthrough => body,
-            };
-            plain(upstream_path(path), body)
+                Mode::Passthrough => plain(upstream_path(path), body, tap),
+            }
         }
-        (Route::Models, _) => plain(upstream_path("/v1/models"), Bytes::new()),
+        (Route::Models, _) => plain(upstream_path("/v1/models"), Bytes::new(), Meter::None),
         (Route::Relay, _) => {
             // Passthrough of any other /v1/* path: strip the mode prefix.
             let path = client_path.strip_prefix("/pt").unwrap_or(client_path);
-            plain(upstream_path(path), body)
+            plain(upstream_path(path), body, Meter::None)
         }
         (Route::ChatCompletions, Mode::Passthrough) => {
-            plain(upstream_path("/v1/chat/completions"), body)
+            plain(upstream_path("/v1/chat/completions"), body, Meter::OpenAi)
         }
         (Route::OpenAiModels, Mode::Passthrough) => {
-            plain(upstream_path("/v1/models"), Bytes::new())
+            plain(upstream_path("/v1/models"), Bytes::new(), Meter::None)
         }
         (Route::ChatCompletions, mode) => {
             let opts = convert::request::ConvertOptions {
@@ -408,18 +530,23 @@ fn prepare(
                 Bytes::from(converted.body)
             };
             Prepared {
+                model: Some(converted.upstream_model),
+                stream: converted.stream,
+                tap: Meter::Anthropic,
                 method: Method::POST,
                 path: upstream_path("/v1/messages"),
                 keep_query: false,
                 body: out,
                 conversion: Conversion::Chat(ChatInfo {
                     client_model: converted.client_model,
-                    stream: converted.stream,
                     include_usage: converted.include_usage,
                 }),
             }
         }
         (Route::OpenAiModels, _) => Prepared {
+            model: None,
+            stream: false,
+            tap: Meter::None,
             method: Method::GET,
             path: upstream_path("/v1/models"),
             keep_query: false,
@@ -433,22 +560,57 @@ fn shape_error(e: claude_code::ShapeError) -> ProxyError {
     ProxyError::invalid(e.to_string())
 }
 
-fn validate_json(body: &[u8]) -> Result<(), ProxyError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
-        .map(|_| ())
-        .map_err(|e| ProxyError::invalid(format!("invalid JSON body: {e}")))
+/// The few top-level fields minimal mode reads (the rest is validated and skipped).
+#[derive(serde::Deserialize)]
+struct RequestHead {
+    model: Option<String>,
+    stream: Option<bool>,
+}
+
+fn read_head(body: &[u8]) -> Result<RequestHead, ProxyError> {
+    match serde_json::from_slice::<RequestHead>(body) {
+        Ok(h) => Ok(h),
+        // Valid JSON that is not an object of this shape: the upstream judges it.
+        Err(e) if e.is_data() => Ok(RequestHead {
+            model: None,
+            stream: None,
+        }),
+        Err(e) => Err(ProxyError::invalid(format!("invalid JSON body: {e}"))),
+    }
 }
 
 /// Relays the upstream response: status, the headers the mode keeps, and the body
-/// chunk by chunk as it arrives (never buffered whole).
-fn relay(mode: Mode, resp: reqwest::Response) -> Response {
+/// chunk by chunk as it arrives (never buffered whole), through a usage tap.
+fn relay(
+    mode: Mode,
+    resp: reqwest::Response,
+    meter: Meter,
+    flight: &mut Option<InFlight>,
+) -> Response {
     let status = resp.status();
     let is_sse = is_event_stream(resp.headers());
     let headers = upstream::response_headers(mode, resp.headers(), !is_sse);
-    let body = if is_sse {
-        Body::from_stream(sse_relay(resp))
-    } else {
-        Body::from_stream(resp.bytes_stream())
+    let tap = match meter {
+        Meter::None => Tap::None,
+        Meter::Anthropic => Tap::anthropic(is_sse),
+        Meter::OpenAi => Tap::openai(is_sse),
+    };
+    let body = match flight.take() {
+        Some(mut f) => {
+            if is_sse {
+                f.begin_stream();
+                f.record.stream = true;
+            }
+            f.record.status = status.as_u16();
+            f.record.proxy_ms = f.proxy_ms();
+            if is_sse {
+                Body::from_stream(MeteredBody::new(Box::pin(sse_relay(resp)), tap, f))
+            } else {
+                Body::from_stream(MeteredBody::new(Box::pin(resp.bytes_stream()), tap, f))
+            }
+        }
+        None if is_sse => Body::from_stream(sse_relay(resp)),
+        None => Body::from_stream(resp.bytes_stream()),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -512,12 +674,19 @@ fn json_response(status: StatusCode, upstream_headers: &HeaderMap, body: Vec<u8>
     out
 }
 
-async fn convert_chat_response(resp: reqwest::Response, chat: ChatInfo) -> Response {
+async fn convert_chat_response(
+    resp: reqwest::Response,
+    chat: ChatInfo,
+    flight: &mut Option<InFlight>,
+) -> Response {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
     if !status.is_success() {
         return match read_upstream_body(resp).await {
             Ok(body) => {
+                if let Some(f) = flight.as_mut() {
+                    f.completed = true;
+                }
                 let (code, body) = convert::response::error_to_openai(status.as_u16(), &body);
                 let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
                 json_response(code, &upstream_headers, body)
@@ -532,7 +701,14 @@ async fn convert_chat_response(resp: reqwest::Response, chat: ChatInfo) -> Respo
             chat.include_usage,
             created,
         );
-        let body = Body::from_stream(chat_stream(resp, conv));
+        let mut f = flight.take();
+        if let Some(f) = f.as_mut() {
+            f.begin_stream();
+            f.record.stream = true;
+            f.record.status = status.as_u16();
+            f.record.proxy_ms = f.proxy_ms();
+        }
+        let body = Body::from_stream(chat_stream(resp, conv, f));
         let mut out = Response::new(body);
         let h = out.headers_mut();
         h.insert(
@@ -545,17 +721,23 @@ async fn convert_chat_response(resp: reqwest::Response, chat: ChatInfo) -> Respo
         }
         return out;
     }
-    let _ = chat.stream;
     match read_upstream_body(resp).await {
-        Ok(body) => match convert::response::messages_to_chat(&body, &chat.client_model, created) {
-            Ok(json) => json_response(status, &upstream_headers, json),
-            Err(e) => ProxyError::new(
-                ErrorKind::BadGateway,
-                ErrorSource::Upstream,
-                format!("upstream sent a response that is not a valid message: {e}"),
-            )
-            .into_response(Dialect::OpenAi),
-        },
+        Ok(body) => {
+            if let Some(f) = flight.as_mut() {
+                let mut tap = Tap::anthropic(false);
+                f.observe(&mut tap, &body);
+                f.end(&mut tap);
+            }
+            match convert::response::messages_to_chat(&body, &chat.client_model, created) {
+                Ok(json) => json_response(status, &upstream_headers, json),
+                Err(e) => ProxyError::new(
+                    ErrorKind::BadGateway,
+                    ErrorSource::Upstream,
+                    format!("upstream sent a response that is not a valid message: {e}"),
+                )
+                .into_response(Dialect::OpenAi),
+            }
+        }
         Err(e) => e.into_response(Dialect::OpenAi),
     }
 }
@@ -564,6 +746,7 @@ struct ChatStreamState<S> {
     upstream: S,
     parser: convert::SseParser,
     conv: convert::stream::ChatStreamConverter,
+    flight: Option<InFlight>,
     done: bool,
 }
 
@@ -571,11 +754,13 @@ struct ChatStreamState<S> {
 fn chat_stream(
     resp: reqwest::Response,
     conv: convert::stream::ChatStreamConverter,
+    flight: Option<InFlight>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let st = ChatStreamState {
         upstream: resp.bytes_stream(),
         parser: convert::SseParser::new(),
         conv,
+        flight,
         done: false,
     };
     futures_util::stream::unfold(st, |mut st| async move {
@@ -587,24 +772,42 @@ fn chat_stream(
             match st.upstream.next().await {
                 Some(Ok(chunk)) => {
                     let conv = &mut st.conv;
-                    st.parser
-                        .push(&chunk, |event, data| conv.on_event(event, data, &mut out));
+                    let mut metered = st.flight.as_mut().map(|f| &mut f.metered);
+                    st.parser.push(&chunk, |event, data| {
+                        if let Some(m) = metered.as_deref_mut() {
+                            crate::observability::tap::on_anthropic_event(event, data, m);
+                        }
+                        conv.on_event(event, data, &mut out)
+                    });
+                    if let Some(f) = st.flight.as_mut() {
+                        f.note_content();
+                    }
                     if conv.is_done() {
                         st.done = true;
+                        if let Some(f) = st.flight.as_mut() {
+                            f.completed = true;
+                        }
+                        st.flight = None;
                     }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "upstream stream broke");
-                    let data = serde_json::json!({"type":"error","error":{"type":"api_error",
-                        "message": format!("upstream connection lost: {e}")}})
-                    .to_string();
-                    st.conv.on_event("error", data.as_bytes(), &mut out);
-                    st.conv.finish(&mut out);
+                    let message = format!("upstream connection lost: {e}");
+                    if let Some(f) = st.flight.as_mut() {
+                        f.record.error = Some(message.clone());
+                        f.completed = true;
+                    }
+                    st.conv.fail(&message, &mut out);
                     st.done = true;
+                    st.flight = None;
                 }
                 None => {
                     st.conv.finish(&mut out);
                     st.done = true;
+                    if let Some(f) = st.flight.as_mut() {
+                        f.completed = true;
+                    }
+                    st.flight = None;
                 }
             }
             if !out.is_empty() {

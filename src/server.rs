@@ -15,6 +15,7 @@ use crate::config::{Settings, UpstreamTarget};
 use crate::convert::models::ModelAliases;
 use crate::credentials::{CredentialsConfig, OAuthManager};
 use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
+use crate::observability::{Observer, prom};
 use crate::pipeline::{self, Mode, Route};
 use crate::sim::SimHandle;
 use crate::upstream::Upstream;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub aliases: ModelAliases,
     /// SHA-256 of the proxy token: compared in constant time, and never kept in clear here.
     pub auth_token_digest: Option<[u8; 32]>,
+    /// Logs, meters and stores finished requests off the request path.
+    pub observer: Arc<Observer>,
 }
 
 /// The credentials configuration implied by the settings.
@@ -129,6 +132,9 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         .auth_token
         .as_ref()
         .map(|t| Sha256::digest(t.expose().as_bytes()).into());
+    // Installs the process-wide metrics recorder before any request is metered.
+    let _ = prom::handle();
+    let observer = Observer::start(16 * 1024, Box::new(|_, _| None), None);
     Ok(AppState {
         settings,
         upstream,
@@ -136,6 +142,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         oauth_error,
         aliases,
         auth_token_digest,
+        observer,
     })
 }
 
@@ -165,7 +172,9 @@ fn method_not_allowed(dialect: Dialect, req: Request) -> Response {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut r = Router::new().route("/health", get(health));
+    let mut r = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics));
     for &(prefix, mode) in PREFIXES {
         let routes: [(&str, Route); 5] = [
             ("/v1/messages", Route::Messages),
@@ -246,4 +255,41 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         },
     });
     axum::Json(body).into_response()
+}
+
+/// Checks the proxy token on operational endpoints (metrics, usage, dashboard):
+/// header `x-api-key` / `Authorization: Bearer`, or `?token=` for browsers.
+fn ops_access(state: &AppState, req: &Request) -> Result<(), ProxyError> {
+    let Some(expected) = state.auth_token_digest else {
+        return Ok(());
+    };
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(str::to_owned)
+    });
+    let presented = crate::pipeline::presented_token(req.headers())
+        .map(str::to_owned)
+        .or(from_query);
+    if crate::pipeline::token_matches(presented.as_deref(), &expected) {
+        Ok(())
+    } else {
+        Err(ProxyError::auth(
+            "invalid or missing proxy token: send it as x-api-key, Authorization: Bearer, or ?token=",
+        ))
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Err(e) = ops_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prom::render(),
+    )
+        .into_response()
 }

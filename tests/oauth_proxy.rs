@@ -154,10 +154,18 @@ async fn refresh_rejected_before_expiry_keeps_serving_with_current_token() {
         ..Opts::default()
     })
     .await;
-    let resp = env.post("/v1/messages", None, &message("hi", false)).await;
-    assert_eq!(resp.status(), 200);
-    let up = env.sim_state().last_request().unwrap();
-    assert_eq!(bearer(&up), OAUTH_TOKEN);
+    for _ in 0..3 {
+        let resp = env.post("/v1/messages", None, &message("hi", false)).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let used: Vec<String> = env
+        .sim_state()
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/messages")
+        .map(bearer)
+        .collect();
+    assert_eq!(used, vec![OAUTH_TOKEN.to_owned(); 3]);
 }
 
 #[tokio::test]

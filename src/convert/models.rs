@@ -68,7 +68,8 @@ impl Default for ModelAliases {
 }
 
 impl ModelAliases {
-    /// The built-in table (see [`DEFAULTS`](self) in the source and the module docs).
+    /// The built-in table: OpenAI's model names mapped to [`DEFAULT_SONNET`], [`DEFAULT_HAIKU`]
+    /// and [`DEFAULT_OPUS`] by tier (see the module docs for how other names resolve).
     pub fn with_defaults() -> Self {
         ModelAliases {
             map: DEFAULTS

@@ -51,7 +51,8 @@
 //! Thinking is kept off (omitted, or `disabled` where the model would think by default) when
 //! `tool_choice` forces a tool (Anthropic rejects forced tool use with thinking), and when the
 //! assistant turns after the last user input lack the thinking block Anthropic then requires (the
-//! client did not hand back `thinking_blocks` during a tool loop).
+//! client did not hand back `thinking_blocks` during a tool loop). Models that always think (Fable,
+//! Mythos) cannot be turned off and get only the effort.
 //!
 //! `temperature` and `top_p` are dropped whenever thinking is on (Anthropic rejects non-default
 //! values with thinking) and for models that reject sampling parameters altogether (Opus 4.7+,
@@ -2696,46 +2697,6 @@ mod tests {
             fn never_panics_on_bytes(b in proptest::collection::vec(any::<u8>(), 0..200)) {
                 let _ = chat_to_messages(&b, &opts());
             }
-        }
-    }
-}
-#[cfg(test)]
-mod tmp_perf {
-    #[test]
-    fn tmp_perf() {
-        use super::*;
-        let aliases = ModelAliases::with_defaults();
-        let opts = ConvertOptions {
-            default_max_tokens: 4096,
-            aliases: &aliases,
-        };
-        let small = br#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Hello there, how are you?"}],"temperature":0.7,"stream":true,"stream_options":{"include_usage":true}}"#;
-        let mut msgs = Vec::new();
-        for i in 0..40 {
-            msgs.push(serde_json::json!({"role": if i % 2 == 0 {"user"} else {"assistant"}, "content": "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n".repeat(20)}));
-        }
-        let tools: Vec<_> = (0..20).map(|i| serde_json::json!({"type":"function","function":{"name": format!("tool_{i}"),"description":"Does a thing with a long description. ".repeat(10),"parameters":{"type":"object","properties":{"a":{"type":"string","description":"x".repeat(200)},"b":{"type":"integer"}},"required":["a"]}}})).collect();
-        let big = serde_json::to_vec(
-            &serde_json::json!({"model":"gpt-4o","messages":msgs,"tools":tools}),
-        )
-        .unwrap();
-        for (name, body) in [("small", &small[..]), ("big", &big[..])] {
-            let n = if body.len() < 1000 { 20000 } else { 500 };
-            let t = std::time::Instant::now();
-            for _ in 0..n {
-                std::hint::black_box(chat_to_messages(body, &opts).unwrap());
-            }
-            let per = t.elapsed() / n;
-            let t2 = std::time::Instant::now();
-            for _ in 0..n {
-                std::hint::black_box(serde_json::from_slice::<serde_json::Value>(body).unwrap());
-            }
-            eprintln!(
-                "{name}: {} bytes, convert {:?}/req, Value parse alone {:?}",
-                body.len(),
-                per,
-                t2.elapsed() / n
-            );
         }
     }
 }

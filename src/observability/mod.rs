@@ -42,3 +42,340 @@ pub struct UsageRecord {
     /// `server_oauth`, `client` or `server_api_key`.
     pub credential: Option<String>,
 }
+
+pub mod prom;
+pub mod tap;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use metrics::{counter, gauge, histogram};
+
+use tap::{Metered, Tap};
+
+/// Computes a request's cost from its model and tokens.
+pub type CostFn = Box<dyn Fn(&str, &Tokens) -> Option<f64> + Send>;
+/// Receives finished records (the usage store).
+pub type SinkFn = Box<dyn FnMut(UsageRecord) + Send>;
+
+/// A finished request, on its way to the observer thread.
+pub struct Finished {
+    pub record: UsageRecord,
+    pub route: &'static str,
+    pub upstream_request_id: Option<String>,
+}
+
+/// Logs, meters and stores finished requests on its own thread, so the request
+/// path only pays for one non-blocking channel send.
+pub struct Observer {
+    tx: SyncSender<Finished>,
+    pub dropped: AtomicU64,
+}
+
+impl Observer {
+    pub fn start(capacity: usize, cost: CostFn, sink: Option<SinkFn>) -> Arc<Observer> {
+        let (tx, rx) = sync_channel(capacity);
+        let spawned = std::thread::Builder::new()
+            .name("ccproxy-observer".into())
+            .spawn(move || observer_loop(rx, cost, sink));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the observer thread; requests will not be logged");
+        }
+        Arc::new(Observer {
+            tx,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Hands a finished request over; never blocks (drops and counts when full).
+    pub fn submit(&self, f: Finished) {
+        match self.tx.try_send(f) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                counter!("ccproxy_observer_dropped_total").increment(1);
+            }
+        }
+    }
+}
+
+fn observer_loop(rx: Receiver<Finished>, cost: CostFn, mut sink: Option<SinkFn>) {
+    while let Ok(mut f) = rx.recv() {
+        let r = &mut f.record;
+        if let Some(model) = r.model.as_deref() {
+            r.cost_usd = cost(model, &r.tokens);
+        }
+        record_metrics(r);
+        log_request(&f);
+        if let Some(sink) = sink.as_mut() {
+            sink(f.record);
+        }
+    }
+}
+
+fn record_metrics(r: &UsageRecord) {
+    let mode = r.mode.clone();
+    let dialect = r.dialect.clone();
+    counter!("ccproxy_requests_total", "mode" => mode.clone(), "dialect" => dialect.clone(),
+        "status" => prom::status_class(r.status))
+    .increment(1);
+    histogram!("ccproxy_request_duration_seconds", "mode" => mode.clone(), "dialect" => dialect.clone())
+        .record(r.duration_ms / 1000.0);
+    histogram!("ccproxy_proxy_overhead_seconds", "mode" => mode.clone(), "dialect" => dialect.clone())
+        .record(r.proxy_ms / 1000.0);
+    if let Some(t) = r.ttft_ms {
+        histogram!("ccproxy_ttft_seconds", "mode" => mode, "dialect" => dialect).record(t / 1000.0);
+    }
+    let family = prom::model_family(r.model.as_deref());
+    for (kind, n) in [
+        ("input", r.tokens.input),
+        ("output", r.tokens.output),
+        ("cache_read", r.tokens.cache_read),
+        ("cache_write", r.tokens.cache_write),
+    ] {
+        if n > 0 {
+            counter!("ccproxy_tokens_total", "model" => family.clone(), "kind" => kind)
+                .increment(n);
+        }
+    }
+    if let Some(c) = r.cost_usd {
+        gauge!("ccproxy_cost_usd_total", "model" => family).increment(c);
+    }
+    let upstream_kind = match (r.upstream_status, r.status) {
+        (None, 502) => Some("connect"),
+        (None, 504) => Some("timeout"),
+        (Some(s), _) if s == 429 => Some("rate_limited"),
+        (Some(s), _) if s == 529 => Some("overloaded"),
+        (Some(s), _) if s >= 500 => Some("server_error"),
+        (Some(_), _) if r.error.is_some() && r.status < 400 => Some("stream_error"),
+        _ => None,
+    };
+    if let Some(kind) = upstream_kind {
+        counter!("ccproxy_upstream_errors_total", "kind" => kind).increment(1);
+    }
+}
+
+fn log_request(f: &Finished) {
+    let r = &f.record;
+    tracing::info!(
+        target: "ccproxy::request",
+        request_id = %r.request_id,
+        mode = %r.mode,
+        dialect = %r.dialect,
+        route = f.route,
+        model = r.model.as_deref().unwrap_or("-"),
+        stream = r.stream,
+        status = r.status,
+        upstream_status = r.upstream_status,
+        upstream_request_id = f.upstream_request_id.as_deref().unwrap_or("-"),
+        duration_ms = format_args!("{:.2}", r.duration_ms),
+        ttft_ms = r.ttft_ms.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into()),
+        proxy_ms = format_args!("{:.3}", r.proxy_ms),
+        input_tokens = r.tokens.input,
+        output_tokens = r.tokens.output,
+        cache_read_tokens = r.tokens.cache_read,
+        cache_write_tokens = r.tokens.cache_write,
+        cost_usd = r.cost_usd.map(|c| format!("{c:.6}")).unwrap_or_else(|| "-".into()),
+        credential = r.credential.as_deref().unwrap_or("-"),
+        abandoned = r.abandoned,
+        error = r.error.as_deref().unwrap_or("-"),
+        "request"
+    );
+}
+
+/// One request in flight. Dropping it finishes it: logged, metered and stored,
+/// also when the client went away mid-stream (marked abandoned).
+pub struct InFlight {
+    observer: Arc<Observer>,
+    pub record: UsageRecord,
+    pub route: &'static str,
+    pub t0: Instant,
+    pub upstream_request_id: Option<String>,
+    /// How long the upstream took to answer with its head.
+    pub upstream_head: Option<Duration>,
+    pub metered: Metered,
+    /// The body (or the whole response) completed.
+    pub completed: bool,
+    streaming: bool,
+}
+
+impl InFlight {
+    pub fn new(
+        observer: Arc<Observer>,
+        request_id: String,
+        mode: &str,
+        dialect: &str,
+        route: &'static str,
+    ) -> InFlight {
+        let ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        InFlight {
+            observer,
+            record: UsageRecord {
+                ts_ms,
+                request_id,
+                mode: mode.to_owned(),
+                dialect: dialect.to_owned(),
+                model: None,
+                stream: false,
+                status: 0,
+                upstream_status: None,
+                tokens: Tokens::default(),
+                cost_usd: None,
+                duration_ms: 0.0,
+                ttft_ms: None,
+                proxy_ms: 0.0,
+                abandoned: false,
+                error: None,
+                credential: None,
+            },
+            route,
+            t0: Instant::now(),
+            upstream_request_id: None,
+            upstream_head: None,
+            metered: Metered::default(),
+            completed: false,
+            streaming: false,
+        }
+    }
+
+    /// Milliseconds since the request started.
+    pub fn elapsed_ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// The proxy's own time so far: everything but the wait for the upstream's head.
+    pub fn proxy_ms(&self) -> f64 {
+        let upstream = self
+            .upstream_head
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        (self.elapsed_ms() - upstream).max(0.0)
+    }
+
+    /// Marks the start of a relayed stream (counted in the active-streams gauge).
+    pub fn begin_stream(&mut self) {
+        if !self.streaming {
+            self.streaming = true;
+            gauge!("ccproxy_active_streams").increment(1.0);
+        }
+    }
+
+    /// Notes the first content event now, if not yet noted.
+    pub fn note_content(&mut self) {
+        if self.record.ttft_ms.is_none() && self.metered.first_content {
+            self.record.ttft_ms = Some(self.elapsed_ms());
+        }
+    }
+
+    /// Feeds a chunk of the upstream body through a tap.
+    pub fn observe(&mut self, tap: &mut Tap, chunk: &[u8]) {
+        tap.push(chunk, &mut self.metered);
+        self.note_content();
+    }
+
+    /// The upstream body ended.
+    pub fn end(&mut self, tap: &mut Tap) {
+        tap.finish(&mut self.metered);
+        self.note_content();
+        self.completed = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.streaming {
+            gauge!("ccproxy_active_streams").decrement(1.0);
+        }
+        let mut record = std::mem::replace(
+            &mut self.record,
+            UsageRecord {
+                ts_ms: 0,
+                request_id: String::new(),
+                mode: String::new(),
+                dialect: String::new(),
+                model: None,
+                stream: false,
+                status: 0,
+                upstream_status: None,
+                tokens: Tokens::default(),
+                cost_usd: None,
+                duration_ms: 0.0,
+                ttft_ms: None,
+                proxy_ms: 0.0,
+                abandoned: false,
+                error: None,
+                credential: None,
+            },
+        );
+        record.duration_ms = self.elapsed_ms();
+        record.tokens = self.metered.tokens;
+        if let Some(m) = self.metered.model.take() {
+            if record.model.is_none() {
+                record.model = Some(m);
+            }
+        }
+        if record.error.is_none() {
+            record.error = self.metered.stream_error.take();
+        }
+        record.abandoned = !self.completed;
+        self.observer.submit(Finished {
+            record,
+            route: self.route,
+            upstream_request_id: self.upstream_request_id.take(),
+        });
+    }
+}
+
+/// A relayed body that feeds a tap and finishes its request when it ends or is dropped.
+pub struct MeteredBody<S> {
+    inner: S,
+    tap: Tap,
+    flight: Option<InFlight>,
+}
+
+impl<S> MeteredBody<S> {
+    pub fn new(inner: S, tap: Tap, flight: InFlight) -> Self {
+        MeteredBody {
+            inner,
+            tap,
+            flight: Some(flight),
+        }
+    }
+}
+
+impl<S, E> Stream for MeteredBody<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_next(cx);
+        if let std::task::Poll::Ready(item) = &polled {
+            if let Some(flight) = this.flight.as_mut() {
+                match item {
+                    Some(Ok(chunk)) => flight.observe(&mut this.tap, chunk),
+                    Some(Err(e)) => flight.record.error = Some(e.to_string()),
+                    None => {
+                        flight.end(&mut this.tap);
+                        // Finish now rather than when the body is dropped.
+                        this.flight = None;
+                    }
+                }
+            }
+        }
+        polled
+    }
+}

@@ -1,0 +1,292 @@
+//! Usage taps: read token counts, the model and the first-token time from an
+//! upstream response while its bytes are relayed, without changing them.
+
+use serde::Deserialize;
+
+use super::Tokens;
+use crate::convert::SseParser;
+
+/// The largest non-stream body the tap keeps to read its usage.
+const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
+
+/// What a tap learned.
+#[derive(Debug, Default, Clone)]
+pub struct Metered {
+    pub tokens: Tokens,
+    pub model: Option<String>,
+    /// Set when the first content event (or, for JSON, the body) was seen.
+    pub first_content: bool,
+    /// An error event inside a 200 stream.
+    pub stream_error: Option<String>,
+}
+
+/// Which format the relayed body is in.
+pub enum Tap {
+    None,
+    AnthropicSse(Box<SseParser>),
+    AnthropicJson(Vec<u8>),
+    OpenAiSse(Box<SseParser>),
+    OpenAiJson(Vec<u8>),
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    fn apply(&self, t: &mut Tokens) {
+        if let Some(v) = self.input_tokens {
+            t.input = v;
+        }
+        if let Some(v) = self.output_tokens {
+            t.output = v;
+        }
+        if let Some(v) = self.cache_read_input_tokens {
+            t.cache_read = v;
+        }
+        if let Some(v) = self.cache_creation_input_tokens {
+            t.cache_write = v;
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessage {
+    model: Option<String>,
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicEvent {
+    message: Option<AnthropicMessage>,
+    usage: Option<AnthropicUsage>,
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<OpenAiPromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiPromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiBody {
+    model: Option<String>,
+    usage: Option<OpenAiUsage>,
+}
+
+impl OpenAiUsage {
+    fn apply(&self, t: &mut Tokens) {
+        let cached = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .unwrap_or(0);
+        if let Some(p) = self.prompt_tokens {
+            t.input = p.saturating_sub(cached);
+            t.cache_read = cached;
+        }
+        if let Some(c) = self.completion_tokens {
+            t.output = c;
+        }
+    }
+}
+
+impl Tap {
+    pub fn anthropic(is_sse: bool) -> Tap {
+        if is_sse {
+            Tap::AnthropicSse(Box::default())
+        } else {
+            Tap::AnthropicJson(Vec::new())
+        }
+    }
+
+    pub fn openai(is_sse: bool) -> Tap {
+        if is_sse {
+            Tap::OpenAiSse(Box::default())
+        } else {
+            Tap::OpenAiJson(Vec::new())
+        }
+    }
+
+    /// Feeds a relayed chunk.
+    pub fn push(&mut self, chunk: &[u8], m: &mut Metered) {
+        match self {
+            Tap::None => {}
+            Tap::AnthropicSse(p) => p.push(chunk, |event, data| on_anthropic_event(event, data, m)),
+            Tap::OpenAiSse(p) => p.push(chunk, |_, data| on_openai_chunk(data, m)),
+            Tap::AnthropicJson(buf) | Tap::OpenAiJson(buf) => {
+                if buf.len() + chunk.len() <= MAX_JSON_TAP {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+        }
+    }
+
+    /// The body ended (completely).
+    pub fn finish(&mut self, m: &mut Metered) {
+        match self {
+            Tap::AnthropicJson(buf) => {
+                m.first_content = true;
+                if let Ok(msg) = serde_json::from_slice::<AnthropicMessage>(buf) {
+                    if let Some(u) = &msg.usage {
+                        u.apply(&mut m.tokens);
+                    }
+                    if msg.model.is_some() {
+                        m.model = msg.model;
+                    }
+                }
+            }
+            Tap::OpenAiJson(buf) => {
+                m.first_content = true;
+                if let Ok(b) = serde_json::from_slice::<OpenAiBody>(buf) {
+                    if let Some(u) = &b.usage {
+                        u.apply(&mut m.tokens);
+                    }
+                    if m.model.is_none() {
+                        m.model = b.model;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads one Anthropic SSE event.
+pub fn on_anthropic_event(event: &str, data: &[u8], m: &mut Metered) {
+    match event {
+        "content_block_delta" | "content_block_start" => m.first_content = true,
+        "message_start" | "message_delta" | "error" => {
+            if let Ok(ev) = serde_json::from_slice::<AnthropicEvent>(data) {
+                if let Some(msg) = ev.message {
+                    if let Some(u) = &msg.usage {
+                        u.apply(&mut m.tokens);
+                    }
+                    if msg.model.is_some() {
+                        m.model = msg.model;
+                    }
+                }
+                if let Some(u) = ev.usage {
+                    u.apply(&mut m.tokens);
+                }
+                if let Some(e) = ev.error {
+                    m.stream_error = Some(format!(
+                        "{}: {}",
+                        e.kind.unwrap_or_default(),
+                        e.message.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn on_openai_chunk(data: &[u8], m: &mut Metered) {
+    if data == b"[DONE]" {
+        return;
+    }
+    m.first_content = true;
+    // Only chunks with usage are parsed fully (cheap check first).
+    if memchr::memmem::find(data, b"\"usage\"").is_some() {
+        if let Ok(b) = serde_json::from_slice::<OpenAiBody>(data) {
+            if let Some(u) = &b.usage {
+                u.apply(&mut m.tokens);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_usage_from_recorded_stream() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/anthropic/messages_tools_stream.sse"
+        );
+        let Ok(raw) = std::fs::read(path) else { return };
+        let mut tap = Tap::anthropic(true);
+        let mut m = Metered::default();
+        for chunk in raw.chunks(11) {
+            tap.push(chunk, &mut m);
+        }
+        tap.finish(&mut m);
+        assert_eq!(m.tokens.input, 572);
+        assert_eq!(m.tokens.output, 186);
+        assert_eq!(m.model.as_deref(), Some("claude-sonnet-4-20250514"));
+        assert!(m.first_content);
+    }
+
+    #[test]
+    fn reads_usage_from_json_body() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/anthropic/messages.response.json"
+        );
+        let Ok(raw) = std::fs::read(path) else { return };
+        let mut tap = Tap::anthropic(false);
+        let mut m = Metered::default();
+        tap.push(&raw, &mut m);
+        tap.finish(&mut m);
+        assert_eq!((m.tokens.input, m.tokens.output), (24, 40));
+    }
+
+    #[test]
+    fn openai_usage_splits_cached_tokens() {
+        let mut tap = Tap::openai(false);
+        let mut m = Metered::default();
+        tap.push(
+            br#"{"model":"gpt-4o","usage":{"prompt_tokens":100,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":60}}}"#,
+            &mut m,
+        );
+        tap.finish(&mut m);
+        assert_eq!(
+            m.tokens,
+            Tokens {
+                input: 40,
+                output: 7,
+                cache_read: 60,
+                cache_write: 0
+            }
+        );
+    }
+
+    #[test]
+    fn error_event_is_noted() {
+        let mut m = Metered::default();
+        on_anthropic_event(
+            "error",
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            &mut m,
+        );
+        assert_eq!(
+            m.stream_error.as_deref(),
+            Some("overloaded_error: Overloaded")
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! The usage store, report and dashboard (being written).
