@@ -97,6 +97,18 @@ pub struct ServeArgs {
     /// Log level or filter (RUST_LOG syntax).
     #[arg(long, env = "CCPROXY_LOG_LEVEL")]
     pub log_level: Option<String>,
+
+    /// Allow listening on a non-loopback address without --auth-token (an open proxy).
+    #[arg(long, env = "CCPROXY_ALLOW_OPEN")]
+    pub allow_open: bool,
+
+    /// Do not record usage.
+    #[arg(long)]
+    pub no_usage: bool,
+
+    /// Usage database. Default: $XDG_DATA_HOME/ccproxy/usage.db
+    #[arg(long, env = "CCPROXY_USAGE_DB")]
+    pub usage_db: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -86,8 +86,18 @@ pub struct FileConfig {
     pub upstream_timeout_secs: Option<u64>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    pub allow_open: Option<bool>,
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    pub max_concurrent_requests: Option<usize>,
+    pub stream_idle_timeout_secs: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub usage: Option<bool>,
+    pub usage_db: Option<PathBuf>,
     #[serde(default)]
     pub model_aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    pub prices: BTreeMap<String, crate::observability::usage::PriceOverride>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,7 +119,21 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub log_format: String,
     pub log_level: String,
+    /// Listen on a non-loopback address without a proxy token.
+    pub allow_open: bool,
+    /// Browser origins allowed to call the proxy (CORS allow-list).
+    pub cors_origins: Vec<String>,
+    /// Requests served at once; more get 503 with `retry-after` (0 = unlimited).
+    pub max_concurrent_requests: usize,
+    /// Longest silence tolerated from the upstream in the middle of a stream.
+    pub stream_idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
+    /// Record usage in the SQLite store.
+    pub usage_enabled: bool,
+    pub usage_db: PathBuf,
     pub model_aliases: BTreeMap<String, String>,
+    pub prices: BTreeMap<String, crate::observability::usage::PriceOverride>,
     /// The configuration file that was (or would be) read.
     pub config_path: PathBuf,
     /// ccproxy's own configuration directory (own credentials store lives here).
@@ -270,7 +294,26 @@ impl Settings {
                 .or(file.log_level)
                 .or_else(|| env_nonempty("RUST_LOG"))
                 .unwrap_or_else(|| "info".to_owned()),
+            allow_open: args.allow_open || file.allow_open.unwrap_or(false),
+            cors_origins: env_nonempty("CCPROXY_CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or(file.cors_origins),
+            max_concurrent_requests: file.max_concurrent_requests.unwrap_or(4096),
+            stream_idle_timeout: Duration::from_secs(file.stream_idle_timeout_secs.unwrap_or(300)),
+            shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(30)),
+            usage_enabled: !args.no_usage && file.usage.unwrap_or(true),
+            usage_db: args
+                .usage_db
+                .clone()
+                .or(file.usage_db)
+                .unwrap_or_else(|| data_dir().join("usage.db")),
             model_aliases: file.model_aliases,
+            prices: file.prices,
             config_path,
             config_dir,
             home_dir: home_dir(),
@@ -327,6 +370,25 @@ impl Settings {
         );
         line("log_format", format!("{:?}", self.log_format));
         line("log_level", format!("{:?}", self.log_level));
+        line("allow_open", self.allow_open.to_string());
+        line("cors_origins", format!("{:?}", self.cors_origins));
+        line(
+            "max_concurrent_requests",
+            self.max_concurrent_requests.to_string(),
+        );
+        line(
+            "stream_idle_timeout_secs",
+            self.stream_idle_timeout.as_secs().to_string(),
+        );
+        line(
+            "shutdown_grace_secs",
+            self.shutdown_grace.as_secs().to_string(),
+        );
+        line("usage", self.usage_enabled.to_string());
+        line(
+            "usage_db",
+            format!("{:?}", self.usage_db.display().to_string()),
+        );
         if !self.model_aliases.is_empty() {
             out.push_str("\n[model_aliases]\n");
             for (k, v) in &self.model_aliases {
@@ -401,6 +463,34 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # Logging: "pretty" or "json" (--log-format); level or RUST_LOG filter (--log-level).
 # log_format = "pretty"
 # log_level = "info"
+
+# Listening on a non-loopback address without auth_token is refused unless
+# this is true (--allow-open): anyone who can reach the port spends your account.
+# allow_open = false
+
+# Browser origins allowed to call ccproxy (CORS). Empty: browsers are refused.
+# cors_origins = ["http://localhost:3000"]
+
+# Requests served at once; more get 503 with retry-after (0 = unlimited).
+# max_concurrent_requests = 4096
+
+# Longest silence from the upstream in the middle of a stream before the client
+# gets an error event and the stream ends.
+# stream_idle_timeout_secs = 300
+
+# On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.
+# shutdown_grace_secs = 30
+
+# Usage and cost recording (`ccproxy usage`, /dashboard). --no-usage disables it.
+# usage = true
+# usage_db = "/home/me/.local/share/ccproxy/usage.db"
+
+# Price overrides in USD per million tokens, by model-name prefix.
+# [prices."claude-sonnet-4"]
+# input = 3.0
+# output = 15.0
+# cache_write = 3.75
+# cache_read = 0.30
 
 # OpenAI model names mapped to Claude models (claude-* names always pass through).
 [model_aliases]

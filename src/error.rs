@@ -37,6 +37,7 @@ pub enum ErrorSource {
 pub enum ErrorKind {
     InvalidRequest,
     Authentication,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     TooLarge,
@@ -52,6 +53,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Authentication => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,6 +70,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest | ErrorKind::MethodNotAllowed => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
+            ErrorKind::Forbidden => "permission_error",
             ErrorKind::NotFound => "not_found_error",
             ErrorKind::TooLarge => "request_too_large",
             ErrorKind::RateLimited => "rate_limit_error",
@@ -82,6 +85,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => ("invalid_request_error", None),
             ErrorKind::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
             ErrorKind::Authentication => ("authentication_error", Some("invalid_api_key")),
+            ErrorKind::Forbidden => ("permission_error", Some("forbidden")),
             ErrorKind::NotFound => ("invalid_request_error", Some("not_found")),
             ErrorKind::TooLarge => ("invalid_request_error", Some("request_too_large")),
             ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 pub mod credentials;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod observability;
 pub mod pipeline;

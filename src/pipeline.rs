@@ -16,7 +16,6 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -27,7 +26,7 @@ use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
 use crate::observability::tap::Tap;
 use crate::observability::{InFlight, MeteredBody};
 use crate::server::AppState;
-use crate::upstream::{self, UpstreamAuth};
+use crate::upstream::{self, StreamLimits, StreamNext, UpstreamAuth};
 
 /// The three ways ccproxy relays a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,13 +214,16 @@ async fn run(
         None
     };
     let has_body = !prepared.body.is_empty();
-    let headers = upstream::request_headers(
-        ctx.mode,
-        &parts.headers,
-        &auth,
-        has_body,
-        &state.settings.cli_version,
-    );
+    let headers_for = |auth: &UpstreamAuth| {
+        upstream::request_headers(
+            ctx.mode,
+            &parts.headers,
+            auth,
+            has_body,
+            &state.settings.cli_version,
+        )
+    };
+    let headers = headers_for(&auth);
 
     // 5. Send: one upstream request; after a 401 with the server's OAuth token,
     //    one forced refresh and one retry.
@@ -244,14 +246,7 @@ async fn run(
                     tracing::info!(
                         "upstream rejected the OAuth token; retrying once with a refreshed one"
                     );
-                    let auth = UpstreamAuth::OAuth(fresh.secret().to_owned());
-                    let headers = upstream::request_headers(
-                        ctx.mode,
-                        &parts.headers,
-                        &auth,
-                        has_body,
-                        &state.settings.cli_version,
-                    );
+                    let headers = headers_for(&UpstreamAuth::OAuth(fresh.secret().to_owned()));
                     resp = state
                         .upstream
                         .send(prepared.method, path, query, headers, prepared.body)
@@ -276,8 +271,16 @@ async fn run(
 
     // 6. Respond.
     match prepared.conversion {
-        Conversion::None => Ok(relay(ctx.mode, resp, prepared.tap, flight)),
-        Conversion::Chat(chat) => Ok(convert_chat_response(resp, chat, flight).await),
+        Conversion::None => Ok(relay(
+            ctx.mode,
+            resp,
+            prepared.tap,
+            flight,
+            state.stream_limits.clone(),
+        )),
+        Conversion::Chat(chat) => {
+            Ok(convert_chat_response(resp, chat, flight, state.stream_limits.clone()).await)
+        }
         Conversion::Models => {
             if let Some(f) = flight.as_mut() {
                 f.completed = true;
@@ -586,6 +589,7 @@ fn relay(
     resp: reqwest::Response,
     meter: Meter,
     flight: &mut Option<InFlight>,
+    limits: StreamLimits,
 ) -> Response {
     let status = resp.status();
     let is_sse = is_event_stream(resp.headers());
@@ -604,12 +608,18 @@ fn relay(
             f.record.status = status.as_u16();
             f.record.proxy_ms = f.proxy_ms();
             if is_sse {
-                Body::from_stream(MeteredBody::new(Box::pin(sse_relay(resp)), tap, f))
+                Body::from_stream(MeteredBody::new(
+                    Box::pin(sse_relay(resp, limits)),
+                    tap,
+                    f,
+                    None,
+                ))
             } else {
-                Body::from_stream(MeteredBody::new(Box::pin(resp.bytes_stream()), tap, f))
+                let len = resp.content_length();
+                Body::from_stream(MeteredBody::new(Box::pin(resp.bytes_stream()), tap, f, len))
             }
         }
-        None if is_sse => Body::from_stream(sse_relay(resp)),
+        None if is_sse => Body::from_stream(sse_relay(resp, limits)),
         None => Body::from_stream(resp.bytes_stream()),
     };
     let mut out = Response::new(body);
@@ -624,26 +634,27 @@ fn is_event_stream(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-/// An SSE body relayed as is; if the upstream connection breaks mid-stream, the
-/// client gets an Anthropic `error` event instead of a silently cut stream.
+/// An SSE body relayed as is; if the upstream breaks, goes silent, or the server
+/// is ending its streams, the client gets an Anthropic `error` event instead of a
+/// silently cut stream.
 fn sse_relay(
     resp: reqwest::Response,
+    limits: StreamLimits,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let upstream = resp.bytes_stream();
-    futures_util::stream::unfold(Some(upstream), |st| async move {
-        let mut up = st?;
-        match up.next().await {
-            Some(Ok(chunk)) => Some((Ok(chunk), Some(up))),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "upstream stream broke");
+    futures_util::stream::unfold(Some((upstream, limits)), |st| async move {
+        let (mut up, mut limits) = st?;
+        match limits.next(&mut up).await {
+            StreamNext::Chunk(chunk) => Some((Ok(chunk), Some((up, limits)))),
+            StreamNext::Broken(why) => {
+                tracing::warn!(reason = %why, "stream ended early");
                 let frame = format!(
                     "event: error\ndata: {}\n\n",
-                    serde_json::json!({"type":"error","error":{"type":"api_error",
-                        "message": format!("upstream connection lost: {e}")}})
+                    serde_json::json!({"type":"error","error":{"type":"api_error","message": why}})
                 );
                 Some((Ok(Bytes::from(frame)), None))
             }
-            None => None,
+            StreamNext::End => None,
         }
     })
 }
@@ -678,6 +689,7 @@ async fn convert_chat_response(
     resp: reqwest::Response,
     chat: ChatInfo,
     flight: &mut Option<InFlight>,
+    limits: StreamLimits,
 ) -> Response {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
@@ -708,7 +720,7 @@ async fn convert_chat_response(
             f.record.status = status.as_u16();
             f.record.proxy_ms = f.proxy_ms();
         }
-        let body = Body::from_stream(chat_stream(resp, conv, f));
+        let body = Body::from_stream(chat_stream(resp, conv, f, limits));
         let mut out = Response::new(body);
         let h = out.headers_mut();
         h.insert(
@@ -744,6 +756,7 @@ async fn convert_chat_response(
 
 struct ChatStreamState<S> {
     upstream: S,
+    limits: StreamLimits,
     parser: convert::SseParser,
     conv: convert::stream::ChatStreamConverter,
     flight: Option<InFlight>,
@@ -755,9 +768,11 @@ fn chat_stream(
     resp: reqwest::Response,
     conv: convert::stream::ChatStreamConverter,
     flight: Option<InFlight>,
+    limits: StreamLimits,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let st = ChatStreamState {
         upstream: resp.bytes_stream(),
+        limits,
         parser: convert::SseParser::new(),
         conv,
         flight,
@@ -769,8 +784,8 @@ fn chat_stream(
                 return None;
             }
             let mut out = Vec::new();
-            match st.upstream.next().await {
-                Some(Ok(chunk)) => {
+            match st.limits.next(&mut st.upstream).await {
+                StreamNext::Chunk(chunk) => {
                     let conv = &mut st.conv;
                     let mut metered = st.flight.as_mut().map(|f| &mut f.metered);
                     st.parser.push(&chunk, |event, data| {
@@ -790,9 +805,8 @@ fn chat_stream(
                         st.flight = None;
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "upstream stream broke");
-                    let message = format!("upstream connection lost: {e}");
+                StreamNext::Broken(message) => {
+                    tracing::warn!(reason = %message, "stream ended early");
                     if let Some(f) = st.flight.as_mut() {
                         f.record.error = Some(message.clone());
                         f.completed = true;
@@ -801,7 +815,7 @@ fn chat_stream(
                     st.done = true;
                     st.flight = None;
                 }
-                None => {
+                StreamNext::End => {
                     st.conv.finish(&mut out);
                     st.done = true;
                     if let Some(f) = st.flight.as_mut() {

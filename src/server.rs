@@ -15,10 +15,15 @@ use crate::config::{Settings, UpstreamTarget};
 use crate::convert::models::ModelAliases;
 use crate::credentials::{CredentialsConfig, OAuthManager};
 use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
+use crate::guard::{Guard, Verdict};
 use crate::observability::{Observer, prom};
 use crate::pipeline::{self, Mode, Route};
 use crate::sim::SimHandle;
+use crate::upstream::StreamLimits;
 use crate::upstream::Upstream;
+use axum::body::Body;
+use axum::middleware::Next;
+use tokio::sync::{Semaphore, watch};
 
 /// The API key used with `--upstream-url sim` when none is configured.
 pub const SIM_API_KEY: &str = "sk-ant-api03-simulated-upstream-key";
@@ -35,6 +40,14 @@ pub struct AppState {
     pub auth_token_digest: Option<[u8; 32]>,
     /// Logs, meters and stores finished requests off the request path.
     pub observer: Arc<Observer>,
+    /// Host/Origin policy.
+    pub guard: Guard,
+    /// At most this many requests at once (`None`: unlimited).
+    pub limiter: Option<Arc<Semaphore>>,
+    /// Idle timeout and shutdown signal for relayed streams.
+    pub stream_limits: StreamLimits,
+    /// Set to `true` when the shutdown grace period is over: streams end.
+    pub end_streams: watch::Sender<bool>,
 }
 
 /// The credentials configuration implied by the settings.
@@ -72,6 +85,17 @@ impl Server {
                 (sim.url(), Some(sim))
             }
         };
+        if !crate::guard::is_loopback_host(&settings.host)
+            && settings.auth_token.is_none()
+            && !settings.allow_open
+        {
+            anyhow::bail!(
+                "refusing to listen on {} without a proxy token: anyone who can reach it could use \
+                 your Claude account. Set --auth-token (or CCPROXY_AUTH_TOKEN), or pass --allow-open \
+                 to run an open proxy on purpose",
+                settings.host
+            );
+        }
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
             .map_err(|e| {
@@ -89,7 +113,9 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes; then stops accepting, lets in-flight
+    /// requests and streams finish within the grace period, ends the streams still
+    /// open with an error event, and returns.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -97,14 +123,39 @@ impl Server {
         if let Some(mgr) = &self.state.oauth {
             mgr.spawn_background_refresh();
         }
+        let state = self.state.clone();
         let app = router(self.state.clone());
         let _sim = self.sim;
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let (stopping_tx, mut stopping_rx) = watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+            let _ = stopping_tx.send(true);
+        };
+        let serve = std::future::IntoFuture::into_future(
+            axum::serve(listener, app).with_graceful_shutdown(signal),
+        );
+        let grace = state.settings.shutdown_grace;
+        let deadline = async move {
+            let _ = stopping_rx.wait_for(|v| *v).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => return r,
+            () = deadline => {}
+        }
+        tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            "grace period over: ending open streams"
+        );
+        let _ = state.end_streams.send(true);
+        // Give the error events a moment to reach the clients.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut serve).await;
+        Ok(())
     }
 }
 
@@ -135,6 +186,17 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     // Installs the process-wide metrics recorder before any request is metered.
     let _ = prom::handle();
     let observer = Observer::start(16 * 1024, Box::new(|_, _| None), None);
+    let guard = Guard {
+        loopback_only: crate::guard::is_loopback_host(&settings.host),
+        cors_origins: settings.cors_origins.clone(),
+    };
+    let limiter = (settings.max_concurrent_requests > 0)
+        .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
+    let (end_streams, shutdown_rx) = watch::channel(false);
+    let stream_limits = StreamLimits {
+        idle: settings.stream_idle_timeout,
+        shutdown: shutdown_rx,
+    };
     Ok(AppState {
         settings,
         upstream,
@@ -143,6 +205,10 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         aliases,
         auth_token_digest,
         observer,
+        guard,
+        limiter,
+        stream_limits,
+        end_streams,
     })
 }
 
@@ -193,7 +259,89 @@ pub fn router(state: Arc<AppState>) -> Router {
             pipeline::handle(state, Mode::Passthrough, Route::Relay, req)
         }),
     );
-    r.fallback(not_found).with_state(state)
+    r.fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission,
+        ))
+        .with_state(state)
+}
+
+fn dialect_of(path: &str) -> Dialect {
+    if path.contains("/openai/") {
+        Dialect::OpenAi
+    } else {
+        Dialect::Anthropic
+    }
+}
+
+/// Before routing: the Host/Origin guard (and CORS preflight), then the
+/// concurrency limit, held until the response body is done.
+async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let dialect = dialect_of(req.uri().path());
+    let cors = match state.guard.check(req.method(), req.headers()) {
+        Ok(Verdict::Allow(cors)) => cors,
+        Ok(Verdict::Respond(resp)) => return resp,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "request refused by the guard");
+            return e.into_response(dialect);
+        }
+    };
+    let permit = match &state.limiter {
+        None => None,
+        Some(sem) => match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let mut e = ProxyError::new(
+                    ErrorKind::Overloaded,
+                    ErrorSource::Internal,
+                    format!(
+                        "ccproxy is serving its maximum of {} concurrent requests; retry shortly",
+                        state.settings.max_concurrent_requests
+                    ),
+                );
+                e.retry_after = Some(1);
+                return e.into_response(dialect);
+            }
+        },
+    };
+    let mut resp = next.run(req).await;
+    crate::guard::add_cors(&mut resp, cors);
+    match permit {
+        None => resp,
+        Some(permit) => resp.map(|body| {
+            Body::new(Permitted {
+                body,
+                _permit: permit,
+            })
+        }),
+    }
+}
+
+/// A response body that holds a concurrency permit until it is done.
+struct Permitted {
+    body: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Permitted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// One proxied endpoint: its method goes to the pipeline, any other gets 405.
@@ -212,11 +360,7 @@ fn endpoint(mode: Mode, route: Route) -> MethodRouter<Arc<AppState>> {
 
 async fn not_found(req: Request) -> Response {
     let path = req.uri().path();
-    let dialect = if path.contains("/openai/") {
-        Dialect::OpenAi
-    } else {
-        Dialect::Anthropic
-    };
+    let dialect = dialect_of(path);
     ProxyError::not_found(format!(
         "no route for {} {path}; see the README for the routes of each mode",
         req.method()

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use bytes::Bytes;
 
@@ -94,6 +97,52 @@ impl Upstream {
                     self.header_timeout.as_secs_f64()
                 ),
             )),
+        }
+    }
+}
+
+/// What waiting for the next piece of an upstream stream gave.
+pub enum StreamNext {
+    Chunk(Bytes),
+    /// The stream cannot go on: the message says why (for the client's error event).
+    Broken(String),
+    End,
+}
+
+/// Limits on relaying a stream: the longest upstream silence, and the signal
+/// that the server's shutdown grace period is over.
+#[derive(Clone)]
+pub struct StreamLimits {
+    pub idle: Duration,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl StreamLimits {
+    /// The next chunk of `up`, unless the upstream stays silent too long or the
+    /// server is ending its streams.
+    pub async fn next<S>(&mut self, up: &mut S) -> StreamNext
+    where
+        S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+    {
+        let shutdown = &mut self.shutdown;
+        let ended = async {
+            // A dropped sender (no server) never ends streams.
+            if shutdown.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            () = ended => StreamNext::Broken("ccproxy is shutting down".to_owned()),
+            r = tokio::time::timeout(self.idle, up.next()) => match r {
+                Err(_) => StreamNext::Broken(format!(
+                    "the upstream sent nothing for {} s; the stream was ended",
+                    self.idle.as_secs_f64()
+                )),
+                Ok(Some(Ok(b))) => StreamNext::Chunk(b),
+                Ok(Some(Err(e))) => StreamNext::Broken(format!("upstream connection lost: {}", error_chain(&e))),
+                Ok(None) => StreamNext::End,
+            },
         }
     }
 }

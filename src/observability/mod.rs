@@ -13,7 +13,7 @@ pub struct Tokens {
 }
 
 /// One finished request, as the usage store keeps it. Contains no secrets.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UsageRecord {
     /// Start time, epoch milliseconds.
     pub ts_ms: i64,
@@ -222,18 +222,7 @@ impl InFlight {
                 request_id,
                 mode: mode.to_owned(),
                 dialect: dialect.to_owned(),
-                model: None,
-                stream: false,
-                status: 0,
-                upstream_status: None,
-                tokens: Tokens::default(),
-                cost_usd: None,
-                duration_ms: 0.0,
-                ttft_ms: None,
-                proxy_ms: 0.0,
-                abandoned: false,
-                error: None,
-                credential: None,
+                ..UsageRecord::default()
             },
             route,
             t0: Instant::now(),
@@ -293,27 +282,7 @@ impl Drop for InFlight {
         if self.streaming {
             gauge!("ccproxy_active_streams").decrement(1.0);
         }
-        let mut record = std::mem::replace(
-            &mut self.record,
-            UsageRecord {
-                ts_ms: 0,
-                request_id: String::new(),
-                mode: String::new(),
-                dialect: String::new(),
-                model: None,
-                stream: false,
-                status: 0,
-                upstream_status: None,
-                tokens: Tokens::default(),
-                cost_usd: None,
-                duration_ms: 0.0,
-                ttft_ms: None,
-                proxy_ms: 0.0,
-                abandoned: false,
-                error: None,
-                credential: None,
-            },
-        );
+        let mut record = std::mem::take(&mut self.record);
         record.duration_ms = self.elapsed_ms();
         record.tokens = self.metered.tokens;
         if let Some(m) = self.metered.model.take() {
@@ -338,14 +307,32 @@ pub struct MeteredBody<S> {
     inner: S,
     tap: Tap,
     flight: Option<InFlight>,
+    /// The body's declared length: HTTP stacks stop polling once it is reached.
+    expected_len: Option<u64>,
+    received: u64,
 }
 
 impl<S> MeteredBody<S> {
-    pub fn new(inner: S, tap: Tap, flight: InFlight) -> Self {
+    pub fn new(inner: S, tap: Tap, flight: InFlight, expected_len: Option<u64>) -> Self {
         MeteredBody {
             inner,
             tap,
             flight: Some(flight),
+            expected_len,
+            received: 0,
+        }
+    }
+}
+
+impl<S> Drop for MeteredBody<S> {
+    fn drop(&mut self) {
+        if let Some(mut flight) = self.flight.take() {
+            // Dropped before the end was polled: complete if every declared
+            // byte was relayed, else the client went away (abandoned).
+            let complete = self.expected_len == Some(self.received);
+            self.tap.finish(&mut flight.metered);
+            flight.note_content();
+            flight.completed = complete;
         }
     }
 }
@@ -366,7 +353,10 @@ where
         if let std::task::Poll::Ready(item) = &polled {
             if let Some(flight) = this.flight.as_mut() {
                 match item {
-                    Some(Ok(chunk)) => flight.observe(&mut this.tap, chunk),
+                    Some(Ok(chunk)) => {
+                        this.received += chunk.len() as u64;
+                        flight.observe(&mut this.tap, chunk);
+                    }
                     Some(Err(e)) => flight.record.error = Some(e.to_string()),
                     None => {
                         flight.end(&mut this.tap);

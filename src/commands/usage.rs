@@ -1,0 +1,82 @@
+//! `ccproxy usage`: the usage report (table, JSON or CSV) from the usage store.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::UsageArgs;
+use crate::observability::usage::report::{self, GroupBy, Report, UsageReader};
+
+/// Output format of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+fn parse_format(s: &str) -> anyhow::Result<Format> {
+    match s {
+        "table" => Ok(Format::Table),
+        "json" => Ok(Format::Json),
+        "csv" => Ok(Format::Csv),
+        other => anyhow::bail!("invalid --format {other:?}: expected table, json or csv"),
+    }
+}
+
+/// Runs the report. `default_db` is the configured database, used unless
+/// `--db` names another. Returns the exit code. A missing database is not an
+/// error: the table format says so; JSON and CSV print an empty report (and
+/// the note goes to stderr).
+pub fn run(args: &UsageArgs, default_db: PathBuf) -> anyhow::Result<i32> {
+    let since = report::parse_since(&args.since)?;
+    let by: GroupBy = args.by.parse().map_err(anyhow::Error::msg)?;
+    let format = parse_format(&args.format)?;
+    let path = args.db.clone().unwrap_or(default_db);
+    let since_ms = report::since_ms(since, crate::observability::usage::now_ms());
+
+    let reader = UsageReader::open(&path)?;
+    let report = match &reader {
+        Some(r) => r.report(since_ms, by)?,
+        None => Report {
+            since_ms,
+            by,
+            totals: report::Stats::default(),
+            groups: Vec::new(),
+        },
+    };
+    let period = match since {
+        Some(_) => format!("the last {}", args.since.trim()),
+        None => "all time".to_owned(),
+    };
+    let text = match (format, reader.is_some()) {
+        (Format::Table, false) => {
+            format!("no usage recorded yet at {}\n", path.display())
+        }
+        (Format::Table, true) => report::render_table(
+            &report,
+            &format!(
+                "ccproxy usage over {period}, by {} ({})",
+                by.as_str(),
+                path.display()
+            ),
+        ),
+        (Format::Json, _) => {
+            let mut s = serde_json::to_string_pretty(&report).context("serializing the report")?;
+            s.push('\n');
+            s
+        }
+        (Format::Csv, _) => report::render_csv(&report),
+    };
+    if reader.is_none() && format != Format::Table {
+        eprintln!("no usage recorded yet at {}", path.display());
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
+        // `ccproxy usage | head`: the reader went away; not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e).context("writing the report"),
+    }
+}

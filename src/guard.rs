@@ -1,0 +1,229 @@
+//! Local-attack surface: who may talk to a proxy that holds a subscription token.
+//!
+//! - DNS rebinding: when bound to loopback, a request whose `Host` is not a
+//!   loopback name or address is refused (a rebound name still carries the
+//!   attacker's host name).
+//! - Drive-by requests from web pages: browsers send `Origin` on cross-origin
+//!   requests; any origin not on the configured allow-list is refused, so a page
+//!   cannot spend the subscription even with a "simple" request that skips CORS
+//!   preflight. CORS headers are only ever sent to allow-listed origins.
+
+use std::net::IpAddr;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ErrorKind, ErrorSource, ProxyError};
+
+/// The request-admission policy derived from the settings.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// Enforce loopback `Host` names (the server listens on loopback only).
+    pub loopback_only: bool,
+    /// Origins allowed to call the proxy from a browser (exact match, e.g.
+    /// `http://localhost:3000`); `*` allows any.
+    pub cors_origins: Vec<String>,
+}
+
+/// Whether a listen address is loopback (`127.0.0.0/8`, `::1`, `localhost`).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host part of a `Host` header value (`name`, `name:port`, `[v6]:port`).
+fn host_name(value: &str) -> &str {
+    if let Some(rest) = value.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match value.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => value,
+    }
+}
+
+/// What the guard decided.
+pub enum Verdict {
+    /// Go on; add these CORS headers to the response (if any).
+    Allow(Option<HeaderValue>),
+    /// Answer now (refusal or CORS preflight).
+    Respond(Response),
+}
+
+impl Guard {
+    fn origin_allowed(&self, origin: &str) -> bool {
+        self.cors_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+
+    /// Checks a request's `Host` and `Origin`. Errors render in the route's dialect
+    /// by the caller; preflights are answered here.
+    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<Verdict, ProxyError> {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if self.loopback_only {
+            if let Some(h) = host {
+                if !is_loopback_host(host_name(h)) {
+                    return Err(forbidden(format!(
+                        "Host {h:?} is not a loopback name: ccproxy listens on loopback and refuses other \
+                         host names (DNS rebinding protection)"
+                    )));
+                }
+            }
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(Verdict::Allow(None));
+        };
+        let origin_str = origin.to_str().unwrap_or("");
+        // The dashboard served by ccproxy itself calls its own API: same origin.
+        let same_origin = host.is_some_and(|h| {
+            origin_str
+                .strip_prefix("http://")
+                .or_else(|| origin_str.strip_prefix("https://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(h))
+        });
+        if same_origin {
+            return Ok(Verdict::Allow(None));
+        }
+        if !self.origin_allowed(origin_str) {
+            return Err(forbidden(format!(
+                "cross-origin request from {origin_str:?} refused; allow it with cors_origins in the config file"
+            )));
+        }
+        if method == Method::OPTIONS {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            let requested = headers
+                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .cloned()
+                .unwrap_or_else(|| HeaderValue::from_static("*"));
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+            return Ok(Verdict::Respond(resp));
+        }
+        Ok(Verdict::Allow(Some(origin.clone())))
+    }
+}
+
+fn forbidden(message: String) -> ProxyError {
+    ProxyError::new(ErrorKind::Forbidden, ErrorSource::Downstream, message)
+}
+
+/// Adds the CORS response headers for an allowed origin.
+pub fn add_cors(resp: &mut Response, origin: Option<HeaderValue>) {
+    if let Some(o) = origin {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, request-id, retry-after, server-timing"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn loopback_names() {
+        for h in [
+            "127.0.0.1",
+            "localhost",
+            "::1",
+            "[::1]",
+            "127.8.9.10",
+            "app.localhost",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "0.0.0.0",
+            "example.com",
+            "192.168.1.2",
+            "localhost.evil.com",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        assert_eq!(host_name("[::1]:8000"), "::1");
+        assert_eq!(host_name("localhost:8000"), "localhost");
+    }
+
+    #[test]
+    fn rebinding_and_drive_by_are_refused() {
+        let g = Guard {
+            loopback_only: true,
+            cors_origins: vec!["http://localhost:3000".into()],
+        };
+        let get = Method::GET;
+        assert!(
+            g.check(&get, &headers(&[("host", "127.0.0.1:8000")]))
+                .is_ok()
+        );
+        assert!(
+            g.check(&get, &headers(&[("host", "evil.example:8000")]))
+                .is_err()
+        );
+        assert!(
+            g.check(
+                &get,
+                &headers(&[
+                    ("host", "localhost:8000"),
+                    ("origin", "https://evil.example")
+                ])
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            g.check(
+                &get,
+                &headers(&[
+                    ("host", "localhost:8000"),
+                    ("origin", "http://localhost:3000")
+                ])
+            ),
+            Ok(Verdict::Allow(Some(_)))
+        ));
+        assert!(matches!(
+            g.check(
+                &get,
+                &headers(&[
+                    ("host", "localhost:8000"),
+                    ("origin", "http://localhost:8000")
+                ])
+            ),
+            Ok(Verdict::Allow(None))
+        ));
+        assert!(matches!(
+            g.check(
+                &Method::OPTIONS,
+                &headers(&[
+                    ("host", "localhost:8000"),
+                    ("origin", "http://localhost:3000")
+                ])
+            ),
+            Ok(Verdict::Respond(_))
+        ));
+    }
+}

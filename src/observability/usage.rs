@@ -1,1 +1,0 @@
-//! The usage store, report and dashboard (being written).

@@ -1,0 +1,77 @@
+//! The usage store: every finished request as one row in an embedded SQLite
+//! database, written off the request path; the price table that estimates
+//! cost; the report behind `ccproxy usage`; the dashboard page and its JSON API.
+//!
+//! - [`store`]: [`UsageStore::open`] (directories, WAL, versioned migrations) and
+//!   [`UsageStore::spawn_writer`] → [`UsageWriter`], a cheap, cloneable handle
+//!   whose [`UsageWriter::record`] never blocks: a bounded queue feeds one
+//!   writer thread that batches rows into transactions; a full queue drops the
+//!   record and counts it (`ccproxy_usage_dropped_total`).
+//! - [`prices`]: [`PriceTable`], USD per million tokens by model-name prefix,
+//!   overridable from the config file (`[prices."<prefix>"]`).
+//! - [`report`]: read-only queries (totals, groups, percentiles, recent rows).
+//! - [`dashboard`]: `GET /dashboard` (one self-contained HTML page) and
+//!   `GET /api/usage` (JSON). Both read the database through a fresh
+//!   read-only connection per call, so they need only the database path.
+
+pub mod dashboard;
+pub mod prices;
+pub mod report;
+pub mod store;
+
+use std::path::PathBuf;
+
+pub use prices::{Price, PriceError, PriceOverride, PriceTable};
+pub use report::{GroupBy, Report};
+pub use store::{UsageStore, UsageWriter};
+
+/// File name of the usage database inside ccproxy's data directory.
+pub const DB_FILE_NAME: &str = "usage.db";
+
+/// Default queue capacity of a [`UsageWriter`].
+pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
+
+/// `$XDG_DATA_HOME/ccproxy/usage.db` (else `~/.local/share/ccproxy/usage.db`).
+pub fn default_db_path() -> PathBuf {
+    crate::config::data_dir().join(DB_FILE_NAME)
+}
+
+/// Why the usage database could not be opened, migrated, written or read.
+/// Every variant names the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("cannot create the directory of usage database {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("usage database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "usage database {path} has schema version {found}, newer than this ccproxy knows ({known}); \
+         upgrade ccproxy or point it at another database"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+}
+
+impl UsageError {
+    pub(crate) fn sqlite(path: &std::path::Path) -> impl FnOnce(rusqlite::Error) -> UsageError {
+        let path = path.to_owned();
+        move |source| UsageError::Sqlite { path, source }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,231 @@
+//! Estimated cost: USD per million tokens, by model-name prefix.
+//!
+//! The built-in table holds Anthropic's public list prices (standard context,
+//! 5-minute cache writes). The config file can change or add entries:
+//!
+//! ```toml
+//! [prices."claude-sonnet-4-5"]
+//! input = 3.0
+//! output = 15.0
+//! cache_write = 3.75
+//! cache_read = 0.30
+//! ```
+//!
+//! The longest prefix that matches the model name at a word boundary wins
+//! (`claude-opus-4` matches `claude-opus-4-20250514` but not `claude-opus-40`).
+//! `Tokens::input` is taken to exclude cache reads and writes, as in the
+//! Messages API's `usage`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::observability::Tokens;
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    pub cache_write: f64,
+    pub cache_read: f64,
+}
+
+impl Price {
+    pub const fn new(input: f64, output: f64, cache_write: f64, cache_read: f64) -> Price {
+        Price {
+            input,
+            output,
+            cache_write,
+            cache_read,
+        }
+    }
+
+    /// The cost of `t` at this price, in USD.
+    pub fn cost(&self, t: &Tokens) -> f64 {
+        // u64 → f64 loses precision only past 2^53 tokens.
+        (t.input as f64 * self.input
+            + t.output as f64 * self.output
+            + t.cache_write as f64 * self.cache_write
+            + t.cache_read as f64 * self.cache_read)
+            / 1_000_000.0
+    }
+}
+
+/// One `[prices."<prefix>"]` table of the config file. Fields left out keep the
+/// built-in price of the longest built-in prefix that matches `<prefix>`; for
+/// a prefix with no built-in match, `input` and `output` are required and the
+/// cache prices default to 1.25× (write) and 0.1× (read) the input price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    pub input: Option<f64>,
+    pub output: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub cache_read: Option<f64>,
+}
+
+/// A `[prices]` entry that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PriceError {
+    #[error("prices.\"{prefix}\": {field} must be a finite number >= 0")]
+    Invalid { prefix: String, field: &'static str },
+    #[error(
+        "prices.\"{prefix}\": no built-in price matches this prefix, so `input` and `output` are required"
+    )]
+    Incomplete { prefix: String },
+    #[error("prices: the model prefix must not be empty")]
+    EmptyPrefix,
+}
+
+/// Built-in prices (USD per million tokens: input, output, cache write, cache read).
+const BUILT_IN: &[(&str, Price)] = &[
+    ("claude-opus-4-5", Price::new(5.0, 25.0, 6.25, 0.50)),
+    ("claude-opus-4-1", Price::new(15.0, 75.0, 18.75, 1.50)),
+    ("claude-opus-4", Price::new(15.0, 75.0, 18.75, 1.50)),
+    ("claude-sonnet-4", Price::new(3.0, 15.0, 3.75, 0.30)),
+    ("claude-3-7-sonnet", Price::new(3.0, 15.0, 3.75, 0.30)),
+    ("claude-3-5-sonnet", Price::new(3.0, 15.0, 3.75, 0.30)),
+    ("claude-haiku-4-5", Price::new(1.0, 5.0, 1.25, 0.10)),
+    ("claude-3-5-haiku", Price::new(0.80, 4.0, 1.0, 0.08)),
+    ("claude-3-haiku", Price::new(0.25, 1.25, 0.30, 0.03)),
+];
+
+/// Prices by model-name prefix (lower case).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceTable {
+    entries: BTreeMap<String, Price>,
+}
+
+impl Default for PriceTable {
+    fn default() -> Self {
+        PriceTable::built_in()
+    }
+}
+
+impl PriceTable {
+    /// The built-in list prices.
+    pub fn built_in() -> PriceTable {
+        PriceTable {
+            entries: BUILT_IN
+                .iter()
+                .map(|(prefix, price)| ((*prefix).to_owned(), *price))
+                .collect(),
+        }
+    }
+
+    /// The built-in table with the config file's `[prices]` applied.
+    pub fn with_overrides(
+        overrides: &BTreeMap<String, PriceOverride>,
+    ) -> Result<PriceTable, PriceError> {
+        let mut table = PriceTable::built_in();
+        for (prefix, o) in overrides {
+            let key = prefix.trim().to_ascii_lowercase();
+            if key.is_empty() {
+                return Err(PriceError::EmptyPrefix);
+            }
+            for (field, value) in [
+                ("input", o.input),
+                ("output", o.output),
+                ("cache_write", o.cache_write),
+                ("cache_read", o.cache_read),
+            ] {
+                if let Some(v) = value
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return Err(PriceError::Invalid {
+                        prefix: prefix.clone(),
+                        field,
+                    });
+                }
+            }
+            let base = table.price(&key);
+            let price = match (base, o.input, o.output) {
+                (Some(b), _, _) => Price {
+                    input: o.input.unwrap_or(b.input),
+                    output: o.output.unwrap_or(b.output),
+                    cache_write: o.cache_write.unwrap_or(b.cache_write),
+                    cache_read: o.cache_read.unwrap_or(b.cache_read),
+                },
+                (None, Some(input), Some(output)) => Price {
+                    input,
+                    output,
+                    cache_write: o.cache_write.unwrap_or(input * 1.25),
+                    cache_read: o.cache_read.unwrap_or(input * 0.1),
+                },
+                (None, _, _) => {
+                    return Err(PriceError::Incomplete {
+                        prefix: prefix.clone(),
+                    });
+                }
+            };
+            table.entries.insert(key, price);
+        }
+        Ok(table)
+    }
+
+    /// The price of `model`: the longest prefix that matches at a boundary.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        let model = model.trim().to_ascii_lowercase();
+        self.entries
+            .iter()
+            .filter(|(prefix, _)| matches_prefix(&model, prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, price)| *price)
+    }
+
+    /// Estimated cost of `t` on `model` in USD; `None` when the price is unknown.
+    pub fn cost(&self, model: &str, t: &Tokens) -> Option<f64> {
+        self.price(model).map(|p| p.cost(t))
+    }
+
+    /// All entries, by prefix.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Price)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// `prefix` matches `model` when `model` is `prefix` or continues it with a
+/// separator (not a letter or digit).
+fn matches_prefix(model: &str, prefix: &str) -> bool {
+    match model.strip_prefix(prefix) {
+        Some(rest) => rest
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_ascii_alphanumeric()),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approx(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn boundary_match() {
+        assert!(matches_prefix("claude-opus-4", "claude-opus-4"));
+        assert!(matches_prefix("claude-opus-4-20250514", "claude-opus-4"));
+        assert!(matches_prefix(
+            "claude-opus-4-5@20251101",
+            "claude-opus-4-5"
+        ));
+        assert!(!matches_prefix("claude-opus-40", "claude-opus-4"));
+        assert!(!matches_prefix("claude-opu", "claude-opus-4"));
+    }
+
+    #[test]
+    fn cost_formula() {
+        let p = Price::new(3.0, 15.0, 3.75, 0.30);
+        let t = Tokens {
+            input: 1_000_000,
+            output: 1_000_000,
+            cache_read: 1_000_000,
+            cache_write: 1_000_000,
+        };
+        assert!(approx(p.cost(&t), 3.0 + 15.0 + 3.75 + 0.30));
+    }
+}
