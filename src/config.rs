@@ -92,6 +92,9 @@ pub struct FileConfig {
     pub max_concurrent_requests: Option<usize>,
     pub stream_idle_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub retries: Option<u32>,
+    pub retry_429: Option<bool>,
+    pub retry_max_wait_secs: Option<u64>,
     pub usage: Option<bool>,
     pub usage_db: Option<PathBuf>,
     #[serde(default)]
@@ -129,6 +132,12 @@ pub struct Settings {
     pub stream_idle_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// Retries before the first byte reaches the client (connection failures, 529,
+    /// and 429 when `retry_429`); 0 = one upstream request per client request.
+    pub retries: u32,
+    pub retry_429: bool,
+    /// A `retry-after` longer than this is not waited for: the error goes to the client.
+    pub retry_max_wait: Duration,
     /// Record usage in the SQLite store.
     pub usage_enabled: bool,
     pub usage_db: PathBuf,
@@ -306,6 +315,9 @@ impl Settings {
             max_concurrent_requests: file.max_concurrent_requests.unwrap_or(4096),
             stream_idle_timeout: Duration::from_secs(file.stream_idle_timeout_secs.unwrap_or(300)),
             shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(30)),
+            retries: file.retries.unwrap_or(0).min(10),
+            retry_429: file.retry_429.unwrap_or(false),
+            retry_max_wait: Duration::from_secs(file.retry_max_wait_secs.unwrap_or(30)),
             usage_enabled: !args.no_usage && file.usage.unwrap_or(true),
             usage_db: args
                 .usage_db
@@ -480,6 +492,14 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 
 # On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.
 # shutdown_grace_secs = 30
+
+# Retries before any byte reaches the client: connection failures and 529
+# (and 429 when retry_429 = true), with jittered exponential backoff that honours
+# retry-after (up to retry_max_wait_secs). Never after bytes were sent, never for
+# other 4xx. 0 (the default) sends exactly one upstream request per client request.
+# retries = 0
+# retry_429 = false
+# retry_max_wait_secs = 30
 
 # Usage and cost recording (`ccproxy usage`, /dashboard). --no-usage disables it.
 # usage = true

@@ -229,16 +229,38 @@ async fn run(
     //    one forced refresh and one retry.
     let path = prepared.path.as_str();
     let sent = Instant::now();
-    let mut resp = state
-        .upstream
-        .send(
-            prepared.method.clone(),
-            path,
-            query,
-            headers,
-            prepared.body.clone(),
-        )
-        .await?;
+    let mut attempt = 0;
+    let mut pending_headers = Some(headers);
+    let mut resp = loop {
+        // Clone the headers only while another attempt may follow.
+        let headers = if attempt < state.settings.retries {
+            pending_headers.clone().unwrap_or_default()
+        } else {
+            pending_headers.take().unwrap_or_default()
+        };
+        let result = state
+            .upstream
+            .send(
+                prepared.method.clone(),
+                path,
+                query,
+                headers,
+                prepared.body.clone(),
+            )
+            .await;
+        match retry_delay(&state.settings, attempt, &result) {
+            Some(delay) => {
+                tracing::info!(
+                    attempt = attempt + 1,
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying the upstream request"
+                );
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            None => break result?,
+        }
+    };
     if resp.status() == StatusCode::UNAUTHORIZED {
         if let (Some(used), Some(mgr)) = (oauth_token.as_ref(), state.oauth.as_ref()) {
             match mgr.force_refresh(used).await {
@@ -288,6 +310,37 @@ async fn run(
             Ok(convert_models_response(state, resp).await)
         }
     }
+}
+
+/// Whether (and after how long) to retry an upstream attempt. Only before any
+/// byte went to the client: connection failures, 529, and 429 when enabled;
+/// never other statuses. Honours `retry-after` up to the configured maximum.
+fn retry_delay(
+    settings: &crate::config::Settings,
+    attempt: u32,
+    result: &Result<reqwest::Response, ProxyError>,
+) -> Option<Duration> {
+    if attempt >= settings.retries {
+        return None;
+    }
+    let retry_after = match result {
+        Err(e) if e.kind == ErrorKind::BadGateway => None,
+        Ok(r) if r.status().as_u16() == 529 || (r.status() == 429 && settings.retry_429) => r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64),
+        _ => return None,
+    };
+    if let Some(wait) = retry_after {
+        return (wait <= settings.retry_max_wait).then_some(wait);
+    }
+    // Exponential backoff from 250 ms with full jitter in [50%, 100%].
+    let base = Duration::from_millis(250).saturating_mul(1 << attempt.min(6));
+    let jitter = 0.5 + rand::random::<f64>() * 0.5;
+    Some(base.mul_f64(jitter).min(settings.retry_max_wait))
 }
 
 /// Checks the proxy token. Returns the client's own credential candidate

@@ -1,6 +1,7 @@
 //! Command implementations (glue between the CLI and the library).
 
 pub mod auth;
+pub mod usage; // TEMP-USAGE-ENGINEER
 
 use std::net::SocketAddr;
 
@@ -39,8 +40,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             println!("wrote {}", path.display());
             Ok(0)
         }
-        Some(Command::Usage(_args)) => {
-            anyhow::bail!("the usage report is not wired yet")
+        Some(Command::Usage(args)) => {
+            // TEMP-USAGE-ENGINEER
+            let code = usage::run(&args, crate::observability::usage::default_db_path())?;
+            Ok(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Auth(args)) => {
             let settings = Settings::from_common(&args.common.into())?;

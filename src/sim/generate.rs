@@ -51,6 +51,8 @@ pub struct Directives {
     pub stop: Option<String>,
     pub unknown_event: bool,
     pub no_stop: bool,
+    /// `[sim:flaky=N:STATUS]`: the first N requests with this text get STATUS.
+    pub flaky: Option<(u32, u16)>,
     /// Text of the last user turn (markers included).
     pub user_text: String,
     /// Text of the tool results in the last user turn, if any.
@@ -94,6 +96,12 @@ impl Directives {
                 "stop" => self.stop = Some(value.to_owned()),
                 "unknown-event" => self.unknown_event = true,
                 "no-stop" => self.no_stop = true,
+                "flaky" => {
+                    let (n, status) = value.split_once(':').unwrap_or((value, "529"));
+                    if let (Ok(n), Ok(status)) = (n.parse(), status.parse()) {
+                        self.flaky = Some((n, status));
+                    }
+                }
                 _ => {}
             }
         }

@@ -21,6 +21,7 @@
 //! | `[sim:stop=REASON]` | that stop_reason (e.g. max_tokens, refusal) |
 //! | `[sim:unknown-event]` | an event type the client has never seen, mid-stream |
 //! | `[sim:no-stop]` | the stream ends without `message_stop` |
+//! | `[sim:flaky=N:STATUS]` | the first N requests with this text get STATUS (`retry-after: 0`) |
 
 pub mod generate;
 mod openai;
@@ -99,6 +100,8 @@ pub struct SimState {
     pub streams_completed: AtomicU64,
     /// Requests whose client went away while the response head was delayed.
     pub requests_cancelled: AtomicU64,
+    /// Failures served so far per `[sim:flaky]` request text.
+    flaky: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 const RECORD_LIMIT: usize = 256;
@@ -437,6 +440,19 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
     }
     if let Some(status) = dir.status {
         return error_response(status, &format!("Simulated error {status}"));
+    }
+    if let Some((n, status)) = dir.flaky {
+        let served = state.flaky.lock().map(|mut m| {
+            let c = m.entry(dir.user_text.clone()).or_insert(0);
+            *c += 1;
+            *c
+        });
+        if served.is_ok_and(|c| c <= n) {
+            let mut resp = error_response(status, &format!("Simulated flaky error {status}"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("0"));
+            return resp;
+        }
     }
     let id = state.next_id();
     let message = generate::respond(&req, &dir, body.len(), id);

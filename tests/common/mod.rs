@@ -28,6 +28,8 @@ pub struct Opts {
     /// Overrides the upstream (e.g. a dead port); the sim still runs.
     pub upstream_url: Option<String>,
     pub refresh_skew: Option<Duration>,
+    /// Adjusts any other setting before the server starts.
+    pub tweak: Option<fn(&mut Settings)>,
 }
 
 pub struct TestEnv {
@@ -96,6 +98,10 @@ impl TestEnv {
         }
         if let Some(u) = &opts.upstream_url {
             settings.upstream = UpstreamTarget::Url(u.clone());
+        }
+        settings.usage_db = dir.path().join("usage.db");
+        if let Some(tweak) = opts.tweak {
+            tweak(&mut settings);
         }
         let server = Server::bind(settings).await.expect("server binds");
         let addr = server.local_addr().unwrap();

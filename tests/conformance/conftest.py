@@ -43,7 +43,7 @@ PROXY_TOKEN = "conformance-proxy-token-3f9c"
 OAUTH_ACCESS = "sk-ant-oat01-conformance-access-token"
 OAUTH_REFRESH = "sk-ant-ort01-conformance-refresh-token"
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
-MODEL = "claude-sonnet-4-5-20250929"
+MODEL = "claude-haiku-4-5-20251001"
 
 # Mode prefixes of the Anthropic routes, and their names.
 ANTHROPIC_PREFIXES = ["", "/full", "/min", "/pt"]
@@ -290,8 +290,6 @@ def start_proxy(binary: Path, sim: Sim, workdir: Path, name: str, *, oauth: bool
         # Hermetic: any refresh would go to the simulated upstream, never out.
         "--oauth-token-url",
         f"{sim.url}/v1/oauth/token",
-        "--config",
-        str(pdir / "config.toml"),
     ]
     creds = None
     if oauth:

@@ -423,3 +423,66 @@ def test_full_mode_with_client_api_key(apikey_proxy, sim, capture, tag):
     system = rec.json()["system"]
     assert system[0]["text"] == IDENTITY
     assert system[1]["type"] == "text" and system[1]["text"] == "Be terse.", system
+
+
+def test_beta_tags_and_query_string(client, prefix, sim, tag):
+    """The client's beta tags are kept (full mode adds its own, without duplicates) and the
+    query string (Claude Code's ?beta=true) reaches the upstream."""
+    msg = client.beta.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        messages=user(tag),
+        betas=["context-management-2025-06-27", BETA_CLAUDE_CODE],
+        extra_query={"beta": "true"},
+    )
+    assert tag in msg.content[0].text
+    rec = sim.one_request_with(tag)
+    assert rec.query == "beta=true", rec
+    tags = rec.beta_tags()
+    assert len(tags) == len(set(tags)), f"duplicate beta tags: {tags}"
+    if MODE_OF[prefix] == "full":
+        assert set(tags) == {"context-management-2025-06-27", BETA_CLAUDE_CODE, BETA_OAUTH}, tags
+    else:
+        assert tags == ["context-management-2025-06-27", BETA_CLAUDE_CODE], tags
+
+
+def test_identity_block_not_duplicated_and_stable(client, prefix, sim, tag):
+    """A client that already identifies as Claude Code keeps one identity block; the injected
+    block is the same in every request (prompt caching depends on it)."""
+    client.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        system=[{"type": "text", "text": IDENTITY}, {"type": "text", "text": "More instructions."}],
+        messages=user(f"{tag}-a"),
+    )
+    first = sim.one_request_with(f"{tag}-a").json()["system"]
+    assert [b["text"] for b in first] == [IDENTITY, "More instructions."], first
+    client.messages.create(model=MODEL, max_tokens=64, system="One.", messages=user(f"{tag}-b"))
+    client.messages.create(model=MODEL, max_tokens=64, system="Two.", messages=user(f"{tag}-c"))
+    b = sim.one_request_with(f"{tag}-b")
+    c = sim.one_request_with(f"{tag}-c")
+    if MODE_OF[prefix] == "full":
+        sb, sc = b.json()["system"], c.json()["system"]
+        assert sb[0] == sc[0] and sb[0]["text"] == IDENTITY
+        # Byte-identical: the raw JSON of the injected block is the same in both bodies.
+        start = '"system":['
+        raw_b = b.body[b.body.index(start):][: len(json.dumps(sb[0])) + 40]
+        raw_c = c.body[c.body.index(start):][: len(json.dumps(sc[0])) + 40]
+        assert raw_b.split("One.")[0] == raw_c.split("Two.")[0]
+    else:
+        assert b.json()["system"] == "One."
+
+
+def test_four_cache_control_blocks_are_accepted(client, tag):
+    """A request already using the 4 cache_control blocks allowed must still go through
+    (full mode may not add a fifth with its identity block)."""
+    cc = {"type": "ephemeral"}
+    tools = [dict(TOOLS[0], cache_control=cc)]
+    msg = client.messages.create(
+        model=MODEL,
+        max_tokens=64,
+        tools=tools,
+        system=[{"type": "text", "text": "A", "cache_control": cc}, {"type": "text", "text": "B", "cache_control": cc}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": f"{tag} [sim:cache]", "cache_control": cc}]}],
+    )
+    assert msg.usage.cache_read_input_tokens == 8192

@@ -382,6 +382,22 @@ def test_rate_limit_error(client, sim, tag):
     assert len(sim.requests_with(tag)) == 1
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        "/min",
+        pytest.param(
+            "/pt",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="simulated upstream bug: its OpenAI-compatible /v1/chat/completions drops "
+                "retry-after (and request-id) from error responses, so passthrough has nothing to relay",
+            ),
+        ),
+    ],
+    ids=prefix_id,
+)
 def test_rate_limit_error_keeps_retry_after(client, tag):
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(model="gpt-4o", messages=user(f"{tag} [sim:status=429]"))
@@ -462,3 +478,50 @@ def test_proxy_token_accepted(token_proxy, prefix, sim, tag):
     rec = sim.one_request_with(tag)
     assert rec.header("x-api-key") == SERVER_API_KEY, rec
     assert PROXY_TOKEN not in json.dumps(rec.headers), rec
+
+
+def test_request_fields_convert(client, prefix, sim, capture, tag):
+    """The fields an SDK user sets reach the upstream in their Messages API form."""
+    if MODE_OF[prefix] == "pt":
+        pytest.skip("passthrough does not convert")
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "developer", "content": "Answer in French."},
+            {"role": "user", "content": f"Weather? {tag}"},
+        ],
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        max_completion_tokens=321,
+        temperature=0.25,
+        top_p=0.5,
+        stop=["END", "STOP"],
+        user="user-1234",
+    )
+    body = sim.one_request_with(tag).json()
+    assert body["max_tokens"] == 321
+    assert body["temperature"] == 0.25 and body["top_p"] == 0.5
+    assert body["stop_sequences"] == ["END", "STOP"]
+    assert body["metadata"]["user_id"] == "user-1234"
+    assert "Answer in French." in json.dumps(body["system"])
+    assert body["tool_choice"]["type"] == "tool" and body["tool_choice"]["name"] == "get_weather"
+    assert body["tool_choice"].get("disable_parallel_tool_use") is True, body["tool_choice"]
+    assert [t["name"] for t in body["tools"]] == ["get_weather", "calculate_distance"]
+    assert body["tools"][0]["input_schema"] == TOOLS[0]["function"]["parameters"]
+    assert "haiku" in body["model"], body["model"]
+
+
+def test_reasoning_effort_becomes_thinking_budget(client, prefix, sim, tag):
+    if MODE_OF[prefix] == "pt":
+        pytest.skip("passthrough does not convert")
+    client.chat.completions.create(
+        model="gpt-4o", messages=user(tag), reasoning_effort="low", max_completion_tokens=4000
+    )
+    body = sim.one_request_with(tag).json()
+    thinking = body.get("thinking")
+    assert thinking and thinking["type"] in ("enabled", "adaptive"), body
+    if thinking["type"] == "enabled":
+        # Anthropic's minimum budget is 1024, and it must stay below max_tokens.
+        assert 1024 <= thinking["budget_tokens"] < body["max_tokens"], body
+    assert "temperature" not in body or body["temperature"] == 1
