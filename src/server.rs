@@ -16,7 +16,10 @@ use crate::convert::models::ModelAliases;
 use crate::credentials::{CredentialsConfig, OAuthManager};
 use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
 use crate::guard::{Guard, Verdict};
-use crate::observability::{Observer, prom};
+use crate::observability::usage::{
+    DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter, dashboard,
+};
+use crate::observability::{Observer, SinkFn, prom};
 use crate::pipeline::{self, Mode, Route};
 use crate::sim::SimHandle;
 use crate::upstream::StreamLimits;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub stream_limits: StreamLimits,
     /// Set to `true` when the shutdown grace period is over: streams end.
     pub end_streams: watch::Sender<bool>,
+    /// The usage store's writer (`None` when disabled or unavailable).
+    pub usage: Option<UsageWriter>,
 }
 
 /// The credentials configuration implied by the settings.
@@ -185,7 +190,27 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         .map(|t| Sha256::digest(t.expose().as_bytes()).into());
     // Installs the process-wide metrics recorder before any request is metered.
     let _ = prom::handle();
-    let observer = Observer::start(16 * 1024, Box::new(|_, _| None), None);
+    let prices = PriceTable::with_overrides(&settings.prices)
+        .map_err(|e| anyhow::anyhow!("invalid [prices] in the config file: {e}"))?;
+    let usage = if settings.usage_enabled {
+        match UsageStore::open(&settings.usage_db) {
+            Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
+            Err(e) => {
+                tracing::error!(error = %e, "usage recording is off: the usage database cannot be used");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let sink = usage
+        .clone()
+        .map(|w| -> SinkFn { Box::new(move |r| w.record(r)) });
+    let observer = Observer::start(
+        16 * 1024,
+        Box::new(move |model, tokens| prices.cost(model, tokens)),
+        sink,
+    );
     let guard = Guard {
         loopback_only: crate::guard::is_loopback_host(&settings.host),
         cors_origins: settings.cors_origins.clone(),
@@ -209,6 +234,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         limiter,
         stream_limits,
         end_streams,
+        usage,
     })
 }
 
@@ -240,7 +266,9 @@ fn method_not_allowed(dialect: Dialect, req: Request) -> Response {
 pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/dashboard", get(dashboard_page))
+        .route("/api/usage", get(api_usage));
     for &(prefix, mode) in PREFIXES {
         let routes: [(&str, Route); 5] = [
             ("/v1/messages", Route::Messages),
@@ -436,4 +464,23 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         prom::render(),
     )
         .into_response()
+}
+
+async fn dashboard_page(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Err(e) = ops_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    dashboard::page()
+}
+
+async fn api_usage(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<dashboard::ApiQuery>,
+    req: Request,
+) -> Response {
+    if let Err(e) = ops_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    let db = state.usage.as_ref().map(|w| w.path().to_path_buf());
+    dashboard::api_usage(db, query).await
 }

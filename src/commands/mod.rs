@@ -1,7 +1,7 @@
 //! Command implementations (glue between the CLI and the library).
 
 pub mod auth;
-pub mod usage; // TEMP-USAGE-ENGINEER
+pub mod usage;
 
 use std::net::SocketAddr;
 
@@ -41,8 +41,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Some(Command::Usage(args)) => {
-            // TEMP-USAGE-ENGINEER
-            let code = usage::run(&args, crate::observability::usage::default_db_path())?;
+            let settings = Settings::from_common(&args.common)?;
+            let code = usage::run(&args, settings.usage_db)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Auth(args)) => {

@@ -53,6 +53,8 @@ pub struct Directives {
     pub no_stop: bool,
     /// `[sim:flaky=N:STATUS]`: the first N requests with this text get STATUS.
     pub flaky: Option<(u32, u16)>,
+    /// Fault modes (`[sim:reset-midstream]`, `[sim:silent=MS]`, …): see [`super::faults`].
+    pub faults: super::faults::Faults,
     /// Text of the last user turn (markers included).
     pub user_text: String,
     /// Text of the tool results in the last user turn, if any.
@@ -102,7 +104,7 @@ impl Directives {
                         self.flaky = Some((n, status));
                     }
                 }
-                _ => {}
+                _ => self.faults.parse(key, value),
             }
         }
     }

@@ -22,7 +22,16 @@
 //! | `[sim:unknown-event]` | an event type the client has never seen, mid-stream |
 //! | `[sim:no-stop]` | the stream ends without `message_stop` |
 //! | `[sim:flaky=N:STATUS]` | the first N requests with this text get STATUS (`retry-after: 0`) |
+//! | `[sim:reset-midstream]` | the connection is aborted mid-body (stream: after the first text delta; JSON: after half the announced bytes) |
+//! | `[sim:silent=MS]` | nothing is sent for MS ms in the middle of the body, then it goes on |
+//! | `[sim:malformed-sse]` | a broken SSE frame (a line that is no field, an event without data) mid-stream |
+//! | `[sim:bad-json-event]` | a `content_block_delta` event whose data is invalid JSON, mid-stream |
+//! | `[sim:endless]` | text deltas forever after the first one (one per `[sim:gap=MS]`) |
+//! | `[sim:delta-size=N]` | every text delta carries N bytes of text |
+//!
+//! The fault markers (the last six) apply to `/v1/messages`; see [`faults`].
 
+pub mod faults;
 pub mod generate;
 mod openai;
 
@@ -98,6 +107,8 @@ pub struct SimState {
     /// Streams whose client went away before the end.
     pub streams_cancelled: AtomicU64,
     pub streams_completed: AtomicU64,
+    /// Bytes that fault-mode bodies (see [`faults`]) have handed to the connection.
+    pub stream_bytes_sent: AtomicU64,
     /// Requests whose client went away while the response head was delayed.
     pub requests_cancelled: AtomicU64,
     /// Failures served so far per `[sim:flaky]` request text.
@@ -456,6 +467,14 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
     }
     let id = state.next_id();
     let message = generate::respond(&req, &dir, body.len(), id);
+    if dir.faults.active() {
+        return if req.stream.unwrap_or(false) {
+            let events = generate::sse_events(&message, &dir);
+            faults::stream_response(state, events, &dir.faults, dir.gap_ms)
+        } else {
+            faults::json_response(state, message.to_json(), &dir.faults, id)
+        };
+    }
     if req.stream.unwrap_or(false) {
         stream_response(state, generate::sse_events(&message, &dir), dir.gap_ms)
     } else {

@@ -10,6 +10,7 @@ Processes (all session-scoped, stopped at the end):
   subscription token, minimal and passthrough use the client's API key.
 - ``apikey_proxy``: the same without OAuth credentials.
 - ``token_proxy``: the same as ``apikey_proxy`` but started with ``--auth-token``.
+- ``dead_upstream_proxy``: a proxy whose upstream does not answer (nothing listens).
 
 Everything is hermetic: HOME and the XDG directories point into a temporary
 directory, credential and proxy variables are removed from the environment, and all
@@ -35,7 +36,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("CCPROXY_BIN") or REPO / "target" / "debug" / "ccproxy")
+BIN = Path(os.environ.get("CCPROXY_BIN") or REPO / "target" / "debug" / "ccproxy").absolute()
 
 SERVER_API_KEY = "sk-ant-api03-conformance-server-key"
 CLIENT_API_KEY = "sk-ant-api03-conformance-client-key"
@@ -277,7 +278,16 @@ def write_claude_credentials(path: Path, access: str = OAUTH_ACCESS, refresh: st
     return path
 
 
-def start_proxy(binary: Path, sim: Sim, workdir: Path, name: str, *, oauth: bool = False, auth_token: str | None = None) -> Proxy:
+def start_proxy(
+    binary: Path,
+    sim: Sim,
+    workdir: Path,
+    name: str,
+    *,
+    oauth: bool = False,
+    auth_token: str | None = None,
+    upstream_url: str | None = None,
+) -> Proxy:
     pdir = workdir / name
     pdir.mkdir()
     args = [
@@ -286,7 +296,7 @@ def start_proxy(binary: Path, sim: Sim, workdir: Path, name: str, *, oauth: bool
         "--host",
         "127.0.0.1",
         "--upstream-url",
-        sim.url,
+        upstream_url or sim.url,
         # Hermetic: any refresh would go to the simulated upstream, never out.
         "--oauth-token-url",
         f"{sim.url}/v1/oauth/token",
@@ -354,6 +364,16 @@ def token_proxy(binary, sim, workdir):
         p.process.stop()
 
 
+@pytest.fixture(scope="session")
+def dead_upstream_proxy(binary, sim, workdir):
+    """A proxy whose upstream is a loopback port nobody listens on."""
+    p = start_proxy(binary, sim, workdir, "proxy-dead-upstream", upstream_url=f"http://127.0.0.1:{free_port()}")
+    try:
+        yield p
+    finally:
+        p.process.stop()
+
+
 @pytest.fixture
 def tag() -> str:
     """A unique marker for this test's request(s), to find them at the upstream."""
@@ -388,7 +408,7 @@ def capture() -> RequestCapture:
 def _processes_alive(request):
     """After each test, every started process must still be running (no crash)."""
     yield
-    for name in ("sim", "proxy", "apikey_proxy", "token_proxy"):
+    for name in ("sim", "proxy", "apikey_proxy", "token_proxy", "dead_upstream_proxy"):
         obj = request.node.funcargs.get(name)
         if obj is not None:
             proc = obj.process

@@ -7,7 +7,9 @@ what the proxy actually sent upstream.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 
 import anthropic
@@ -96,8 +98,10 @@ def check_upstream_request(rec: Recorded, prefix: str, capture, path: str = "/v1
         assert isinstance(body["system"], list), body.get("system")
         assert body["system"][0]["type"] == "text"
         assert body["system"][0]["text"] == IDENTITY
+        # Claude CLI identity headers.
         assert rec.header("x-app") == "cli", rec
-        assert (rec.header("user-agent") or "").startswith("claude-cli/"), rec
+        assert re.fullmatch(r"claude-cli/\S+ \(external, cli\)", rec.header("user-agent") or ""), rec
+        assert rec.header("anthropic-dangerous-direct-browser-access") == "true", rec
         # The rest of the body is the client's.
         sent_json = json.loads(sent_body)
         for k, v in sent_json.items():
@@ -112,7 +116,9 @@ def check_upstream_request(rec: Recorded, prefix: str, capture, path: str = "/v1
         assert rec.body == sent_body, "the body changed on its way upstream"
         assert BETA_OAUTH not in rec.beta_tags(), rec
         if mode == "pt":
+            # Passthrough forwards the client's own headers.
             assert rec.header("user-agent") == sent.headers["user-agent"], rec
+            assert rec.header("x-stainless-lang") == "python", rec
 
 
 # --------------------------------------------------------------------------- messages
@@ -163,21 +169,22 @@ def test_stream_raw_events(client, tag):
 
 def test_stream_arrives_incrementally(client, tag):
     """Events reach the SDK as the upstream sends them (no buffering of the whole stream)."""
-    gap_ms = 100
+    gap = 0.15
     t0 = time.monotonic()
     arrivals = []
     with client.messages.stream(
-        model=MODEL, max_tokens=64, messages=user(f"{tag} [sim:gap={gap_ms}] [sim:deltas=3]")
+        model=MODEL, max_tokens=64, messages=user(f"{tag} [sim:gap={int(gap * 1000)}] [sim:deltas=3]")
     ) as stream:
         for _ in stream.text_stream:
             arrivals.append(time.monotonic() - t0)
         stream.get_final_message()
     total = time.monotonic() - t0
     assert len(arrivals) == 3
-    # message_start, block start, ping, 3 deltas, ... : ≥ 8 gaps in all.
-    assert total >= 7 * gap_ms / 1000
-    assert arrivals[0] < total - 3 * gap_ms / 1000, (arrivals, total)
-    assert arrivals[-1] - arrivals[0] >= 1.5 * gap_ms / 1000, arrivals
+    # Upstream: message_start, block start, ping, 3 deltas, block stop, message_delta,
+    # message_stop, one gap apart: the first delta is due after 3 gaps, the end after 8.
+    assert total >= 7 * gap
+    assert arrivals[0] < total - 2 * gap, (arrivals, total)
+    assert arrivals[-1] - arrivals[0] >= gap, arrivals
 
 
 def test_unknown_stream_event_is_tolerated(client, prefix, tag):
@@ -466,9 +473,9 @@ def test_identity_block_not_duplicated_and_stable(client, prefix, sim, tag):
         assert sb[0] == sc[0] and sb[0]["text"] == IDENTITY
         # Byte-identical: the raw JSON of the injected block is the same in both bodies.
         start = '"system":['
-        raw_b = b.body[b.body.index(start):][: len(json.dumps(sb[0])) + 40]
-        raw_c = c.body[c.body.index(start):][: len(json.dumps(sc[0])) + 40]
-        assert raw_b.split("One.")[0] == raw_c.split("Two.")[0]
+        raw_b = b.body[b.body.index(start) :].split("One.")[0]
+        raw_c = c.body[c.body.index(start) :].split("Two.")[0]
+        assert IDENTITY in raw_b and raw_b == raw_c, (raw_b, raw_c)
     else:
         assert b.json()["system"] == "One."
 
@@ -486,3 +493,92 @@ def test_four_cache_control_blocks_are_accepted(client, tag):
         messages=[{"role": "user", "content": [{"type": "text", "text": f"{tag} [sim:cache]", "cache_control": cc}]}],
     )
     assert msg.usage.cache_read_input_tokens == 8192
+
+
+def test_malformed_json_is_a_bad_request(client, prefix):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.post(
+            "/v1/messages",
+            cast_to=anthropic.types.Message,
+            content=b'{"model": "claude-haiku-4-5", "messages": [',
+            options={"headers": {"content-type": "application/json"}},
+        )
+    assert e.value.body["type"] == "error"
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_route_is_not_found(client, prefix):
+    path = "/v1/messages/nope" if MODE_OF[prefix] != "pt" else "/v2/nope"
+    with pytest.raises(anthropic.NotFoundError) as e:
+        client.get(path, cast_to=object)
+    assert e.value.body["type"] == "error"
+    assert e.value.body["error"]["type"] == "not_found_error"
+
+
+def test_wrong_method_is_405(client, prefix):
+    with pytest.raises(anthropic.APIStatusError) as e:
+        client.get("/v1/messages", cast_to=object)
+    assert e.value.status_code == 405
+    assert e.value.body["type"] == "error"
+
+
+def test_async_client_stream(proxy, prefix, tag):
+    async def go():
+        async with anthropic.AsyncAnthropic(
+            base_url=f"{proxy.base}{prefix}", api_key=CLIENT_API_KEY, max_retries=0, timeout=20
+        ) as c:
+            async with c.messages.stream(
+                model=MODEL, max_tokens=64, messages=user(f"{tag} [sim:tools]"), tools=TOOLS
+            ) as s:
+                texts = [t async for t in s.text_stream]
+                return texts, await s.get_final_message()
+
+    texts, final = asyncio.run(go())
+    assert "".join(texts) == final.content[0].text
+    assert [b.input for b in final.content if b.type == "tool_use"] == [WEATHER_INPUT, DISTANCE_INPUT]
+
+
+def test_concurrent_streams(client, tag):
+    """Several streams at once through one proxy, each answered with its own text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[str, str]:
+        with client.messages.stream(
+            model=MODEL, max_tokens=64, messages=user(f"{tag}-{i} [sim:gap=5]")
+        ) as s:
+            return f"{tag}-{i}", s.get_final_text()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    for want, text in results:
+        assert want in text, (want, text)
+
+
+def test_client_timeout_then_proxy_still_serves(client, tag):
+    """A client that gives up (timeout) leaves the proxy healthy for the next request."""
+    with pytest.raises(anthropic.APITimeoutError):
+        client.with_options(timeout=0.4).messages.create(
+            model=MODEL, max_tokens=64, messages=user(f"{tag} [sim:delay=1500]")
+        )
+    msg = client.messages.create(model=MODEL, max_tokens=64, messages=user(f"{tag}-after"))
+    assert f"{tag}-after" in msg.content[0].text
+
+
+def test_health_reports_credentials_without_secrets(proxy, apikey_proxy, token_proxy):
+    h = proxy.health()
+    assert h["status"] == "ok"
+    assert h["credentials"]["active"] == "oauth", h
+    assert apikey_proxy.health()["credentials"]["active"] == "api_key"
+    assert token_proxy.health()["auth_required"] is True
+    for p in (proxy, apikey_proxy, token_proxy):
+        text = json.dumps(p.health())
+        for secret in (OAUTH_ACCESS, SERVER_API_KEY, PROXY_TOKEN, "sk-ant-ort01"):
+            assert secret not in text, f"/health exposes a secret: {text}"
+
+
+def test_unreachable_upstream_is_502(dead_upstream_proxy, prefix):
+    c = make_client(f"{dead_upstream_proxy.base}{prefix}")
+    with pytest.raises(anthropic.InternalServerError) as e:
+        c.messages.create(model=MODEL, max_tokens=64, messages=user("hello"))
+    assert e.value.status_code == 502
+    assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "api_error", e.value.body

@@ -7,8 +7,10 @@ passthrough relays the request unchanged to the upstream's own
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from datetime import datetime, timezone
 
 import openai
 import pytest
@@ -139,6 +141,7 @@ def test_plain_chat(client, prefix, sim, capture, tag):
     assert resp.model == "gpt-4o"
     choice = resp.choices[0]
     assert choice.index == 0
+    assert choice.logprobs is None
     assert choice.message.role == "assistant"
     assert tag in choice.message.content
     assert choice.finish_reason == "stop"
@@ -148,7 +151,12 @@ def test_plain_chat(client, prefix, sim, capture, tag):
     body = check_upstream(sim.one_request_with(tag), prefix, capture)
     if body is not None:
         assert "Be brief." in json.dumps(body["system"])
-        assert body["messages"] == [{"role": "user", "content": f"Hello {tag}"}] or body["messages"][0]["role"] == "user"
+        assert "sonnet" in body["model"], body["model"]  # gpt-4o maps to a current Sonnet
+        assert len(body["messages"]) == 1 and body["messages"][0]["role"] == "user", body["messages"]
+        content = body["messages"][0]["content"]
+        if isinstance(content, list):
+            content = "".join(b["text"] for b in content if b["type"] == "text")
+        assert content == f"Hello {tag}"
 
 
 def test_stream(client, tag):
@@ -245,7 +253,12 @@ def test_parallel_tool_calls(client, tag):
     assert json.loads(calls[1].function.arguments) == DISTANCE_ARGS
 
 
-def test_parallel_tool_calls_streaming(client, tag):
+@pytest.mark.parametrize("with_thinking", [False, True], ids=["plain", "after-thinking"])
+def test_parallel_tool_calls_streaming(client, tag, with_thinking):
+    # With a thinking block first, the tool calls are content blocks 2 and 3 upstream:
+    # their OpenAI index still counts tool calls (0, 1).
+    if with_thinking:
+        tag += " [sim:thinking]"
     chunks = list(
         client.chat.completions.create(model="gpt-4o", messages=user(f"{tag} [sim:tools]"), tools=TOOLS, stream=True)
     )
@@ -361,6 +374,16 @@ def test_models_list(client, prefix):
     assert any(i.startswith("claude-") for i in ids), ids
     if MODE_OF[prefix] != "pt":
         assert all(m.object == "model" for m in models), models
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+def test_models_created_is_the_models_date(client, prefix):
+    """OpenAI's `created` is when the model was created: the upstream's `created_at`
+    (2025-09-29T00:00:00Z for every model of the simulated upstream), not the time of the request."""
+    expected = int(datetime(2025, 9, 29, tzinfo=timezone.utc).timestamp())
+    converted = [m for m in client.models.list() if m.owned_by == "anthropic"]
+    assert converted
+    assert {m.created for m in converted} == {expected}, [(m.id, m.created) for m in converted]
 
 
 # --------------------------------------------------------------------------- errors
@@ -480,10 +503,9 @@ def test_proxy_token_accepted(token_proxy, prefix, sim, tag):
     assert PROXY_TOKEN not in json.dumps(rec.headers), rec
 
 
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
 def test_request_fields_convert(client, prefix, sim, capture, tag):
     """The fields an SDK user sets reach the upstream in their Messages API form."""
-    if MODE_OF[prefix] == "pt":
-        pytest.skip("passthrough does not convert")
     client.chat.completions.create(
         model="gpt-4o-mini",
         messages=[
@@ -512,9 +534,8 @@ def test_request_fields_convert(client, prefix, sim, capture, tag):
     assert "haiku" in body["model"], body["model"]
 
 
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
 def test_reasoning_effort_becomes_thinking_budget(client, prefix, sim, tag):
-    if MODE_OF[prefix] == "pt":
-        pytest.skip("passthrough does not convert")
     client.chat.completions.create(
         model="gpt-4o", messages=user(tag), reasoning_effort="low", max_completion_tokens=4000
     )
@@ -525,3 +546,97 @@ def test_reasoning_effort_becomes_thinking_budget(client, prefix, sim, tag):
         # Anthropic's minimum budget is 1024, and it must stay below max_tokens.
         assert 1024 <= thinking["budget_tokens"] < body["max_tokens"], body
     assert "temperature" not in body or body["temperature"] == 1
+
+
+@pytest.mark.parametrize(
+    "messages, field",
+    [
+        ([], "messages"),
+        ([{"role": "wizard", "content": "hi"}], "role"),
+        ([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_nope", "content": "x"}], "tool"),
+        ([{"role": "user", "content": 42}], "content"),
+    ],
+    ids=["empty", "unknown-role", "orphan-tool-message", "wrong-type"],
+)
+def test_invalid_messages_are_rejected(client, messages, field):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    body = assert_openai_envelope(e.value)
+    named = f"{body.get('param')} {body['message']}".lower()
+    assert field in named, body
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+def test_response_format_json_becomes_an_instruction(client, prefix, sim, tag):
+    client.chat.completions.create(model="gpt-4o", messages=user(tag), response_format={"type": "json_object"})
+    body = sim.one_request_with(tag).json()
+    assert "json" in (json.dumps(body.get("system", "")) + json.dumps(body["messages"])).lower()
+    assert "response_format" not in body
+
+
+def test_async_client_stream(proxy, prefix, tag):
+    async def go():
+        async with openai.AsyncOpenAI(
+            base_url=f"{proxy.base}{prefix}/openai/v1", api_key=CLIENT_API_KEY, max_retries=0, timeout=20
+        ) as c:
+            stream = await c.chat.completions.create(
+                model="gpt-4o", messages=user(f"{tag} [sim:tools]"), tools=TOOLS, stream=True
+            )
+            return [ch async for ch in stream]
+
+    chunks = asyncio.run(go())
+    calls = collect_tool_calls(chunks)
+    assert [json.loads(calls[i]["arguments"]) for i in sorted(calls)] == [WEATHER_ARGS, DISTANCE_ARGS]
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+@pytest.mark.parametrize(
+    "tool_choice, expected",
+    [
+        ("auto", {"type": "auto"}),
+        ("required", {"type": "any"}),
+        ({"type": "function", "function": {"name": "calculate_distance"}}, {"type": "tool", "name": "calculate_distance"}),
+    ],
+    ids=["auto", "required", "named"],
+)
+def test_tool_choice_converts(client, prefix, sim, tag, tool_choice, expected):
+    client.chat.completions.create(model="gpt-4o", messages=user(tag), tools=TOOLS, tool_choice=tool_choice)
+    body = sim.one_request_with(tag).json()
+    got = {k: v for k, v in body["tool_choice"].items() if k != "disable_parallel_tool_use"}
+    assert got == expected, body["tool_choice"]
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+def test_tool_choice_none(client, prefix, sim, tag):
+    resp = client.chat.completions.create(model="gpt-4o", messages=user(tag), tools=TOOLS, tool_choice="none")
+    assert tag in resp.choices[0].message.content
+    body = sim.one_request_with(tag).json()
+    assert body.get("tool_choice") == {"type": "none"} or "tools" not in body, body
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+def test_legacy_functions(client, prefix, sim, tag):
+    resp = client.chat.completions.create(
+        model="gpt-4o",
+        messages=user(f"{tag} [sim:tools]"),
+        functions=[t["function"] for t in TOOLS],
+        function_call={"name": "get_weather"},
+    )
+    body = sim.one_request_with(tag).json()
+    assert [t["name"] for t in body["tools"]] == ["get_weather", "calculate_distance"]
+    assert body["tool_choice"]["type"] == "tool" and body["tool_choice"]["name"] == "get_weather"
+    msg = resp.choices[0].message
+    # The model's calls come back, as tool_calls or (legacy) function_call.
+    if msg.tool_calls:
+        assert json.loads(msg.tool_calls[0].function.arguments) == WEATHER_ARGS
+    else:
+        assert msg.function_call is not None and msg.function_call.name == "get_weather"
+        assert json.loads(msg.function_call.arguments) == WEATHER_ARGS
+
+
+def test_unreachable_upstream_is_502(dead_upstream_proxy, prefix):
+    c = make_client(f"{dead_upstream_proxy.base}{prefix}/openai/v1")
+    with pytest.raises(openai.InternalServerError) as e:
+        c.chat.completions.create(model="gpt-4o", messages=user("hello"))
+    assert e.value.status_code == 502
+    assert_openai_envelope(e.value)

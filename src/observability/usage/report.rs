@@ -472,9 +472,19 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn cost_text(s: &Stats) -> String {
-    let mark = if s.cost_unknown > 0 { "*" } else { "" };
-    format!("{:.4}{mark}", s.cost_usd)
+/// The cost cell: `*` marks a sum that leaves out requests of unknown price;
+/// when any row is marked, the others get a space so the digits stay aligned.
+fn cost_text(s: &Stats, any_unknown: bool) -> String {
+    let mark = match (s.cost_unknown > 0, any_unknown) {
+        (true, _) => "*",
+        (false, true) => " ",
+        (false, false) => "",
+    };
+    if s.requests > 0 && s.cost_unknown == s.requests {
+        format!("unknown{mark}")
+    } else {
+        format!("{:.4}{mark}", s.cost_usd)
+    }
 }
 
 fn ms_text(v: Option<f64>) -> String {
@@ -489,7 +499,7 @@ fn proxy_text(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |ms| format!("{ms:.2}"))
 }
 
-const TABLE_HEADERS: [&str; 14] = [
+const TABLE_HEADERS: [&str; 13] = [
     "REQUESTS",
     "ERRORS",
     "ABANDONED",
@@ -503,10 +513,9 @@ const TABLE_HEADERS: [&str; 14] = [
     "TTFT P50",
     "PROXY P50",
     "PROXY P95",
-    "",
 ];
 
-fn table_cells(key: &str, s: &Stats) -> Vec<String> {
+fn table_cells(key: &str, s: &Stats, any_unknown: bool) -> Vec<String> {
     vec![
         key.to_owned(),
         thousands(s.requests),
@@ -516,7 +525,7 @@ fn table_cells(key: &str, s: &Stats) -> Vec<String> {
         thousands(s.tokens.output),
         thousands(s.tokens.cache_read),
         thousands(s.tokens.cache_write),
-        cost_text(s),
+        cost_text(s, any_unknown),
         ms_text(s.latency_p50_ms),
         ms_text(s.latency_p95_ms),
         ms_text(s.ttft_p50_ms),
@@ -536,12 +545,13 @@ pub fn render_table(report: &Report, title: &str) -> String {
         return out;
     }
     let mut header = vec![report.by.as_str().to_ascii_uppercase()];
-    header.extend(TABLE_HEADERS[..13].iter().map(|s| (*s).to_owned()));
+    header.extend(TABLE_HEADERS.iter().map(|s| (*s).to_owned()));
     let mut lines: Vec<Vec<String>> = vec![header];
+    let any_unknown = report.totals.cost_unknown > 0;
     for g in &report.groups {
-        lines.push(table_cells(&g.key, &g.stats));
+        lines.push(table_cells(&g.key, &g.stats, any_unknown));
     }
-    let total = table_cells("TOTAL", &report.totals);
+    let total = table_cells("TOTAL", &report.totals, any_unknown);
     let cols = total.len();
     let mut widths = vec![0usize; cols];
     for line in lines.iter().chain(std::iter::once(&total)) {

@@ -1,0 +1,560 @@
+//! The dashboard page and `/api/usage`, over a seeded usage database: JSON
+//! checks over HTTP, and the page rendered by a real headless Chromium.
+//!
+//! The browser test needs Debian's `chromium` (`apt-get install -y chromium`)
+//! or `$CHROMIUM` pointing at a Chromium binary. Without one it is skipped with
+//! a message, except under CI (`CI` set), where it fails.
+//! `CCPROXY_DASHBOARD_SCREENSHOT=/tmp/dash.png` also saves a screenshot.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use ccproxy::observability::usage::{PriceTable, UsageStore, dashboard};
+use ccproxy::observability::{Tokens, UsageRecord};
+use serde_json::Value;
+
+const MIN: i64 = 60_000;
+const TOKEN: &str = "dashboard-test-token-5b1e";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rec(
+    id: &str,
+    ago_min: i64,
+    model: &str,
+    mode: &str,
+    status: u16,
+    input: u64,
+    output: u64,
+    abandoned: bool,
+) -> UsageRecord {
+    let tokens = Tokens {
+        input,
+        output,
+        cache_read: input * 4,
+        cache_write: input / 2,
+    };
+    UsageRecord {
+        ts_ms: now_ms() - ago_min * MIN,
+        request_id: id.into(),
+        mode: mode.into(),
+        dialect: "anthropic".into(),
+        model: Some(model.into()),
+        stream: true,
+        status,
+        upstream_status: Some(status),
+        tokens,
+        cost_usd: PriceTable::built_in().cost(model, &tokens),
+        duration_ms: 900.0 + ago_min as f64,
+        ttft_ms: (status < 400).then_some(250.0),
+        proxy_ms: 0.4,
+        abandoned,
+        error: (status >= 400).then(|| "upstream overloaded <script>alert(1)</script>".into()),
+        credential: Some("server_oauth".into()),
+    }
+}
+
+/// Six requests in the last few hours: three models, one error, one abandoned.
+fn seed(path: &Path) -> Vec<UsageRecord> {
+    let rows = vec![
+        rec(
+            "req_browser_001",
+            200,
+            "claude-sonnet-4-5-20250929",
+            "full",
+            200,
+            1200,
+            300,
+            false,
+        ),
+        rec(
+            "req_browser_002",
+            150,
+            "claude-sonnet-4-5-20250929",
+            "full",
+            200,
+            800,
+            900,
+            false,
+        ),
+        rec(
+            "req_browser_003",
+            90,
+            "claude-haiku-4-5-20251001",
+            "minimal",
+            200,
+            400,
+            100,
+            false,
+        ),
+        rec(
+            "req_browser_004",
+            60,
+            "claude-haiku-4-5-20251001",
+            "passthrough",
+            529,
+            0,
+            0,
+            false,
+        ),
+        rec(
+            "req_browser_005",
+            20,
+            "claude-opus-4-5-20251101",
+            "full",
+            200,
+            3000,
+            1200,
+            true,
+        ),
+        rec(
+            "req_browser_006",
+            5,
+            "claude-sonnet-4-5-20250929",
+            "full",
+            200,
+            500,
+            50,
+            false,
+        ),
+    ];
+    let mut store = UsageStore::open(path).unwrap();
+    store.insert(&rows).unwrap();
+    rows
+}
+
+async fn require_token(req: Request, next: Next) -> Response {
+    if req.uri().path() == "/api/usage" {
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some(format!("Bearer {TOKEN}").as_str());
+        if !ok {
+            return (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Serves the dashboard routes over `db` on 127.0.0.1:0; `/api/usage` requires
+/// the bearer token, as the real router does when a proxy token is configured.
+async fn serve(db: Option<PathBuf>, with_token: bool) -> SocketAddr {
+    let mut app = dashboard::router(db);
+    if with_token {
+        app = app.layer(middleware::from_fn(require_token));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+fn client() -> reqwest::Client {
+    ccproxy::http::client_builder().build().unwrap()
+}
+
+async fn get_json(addr: SocketAddr, query: &str) -> (StatusCode, Value) {
+    let res = client()
+        .get(format!("http://{addr}/api/usage{query}"))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    (status, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn page_is_self_contained() {
+    let res = dashboard::page();
+    let headers = res.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let html = String::from_utf8(body.to_vec()).unwrap();
+    assert!(html.starts_with("<!doctype html>"));
+    // No external resource of any kind: the only URL is the SVG namespace name.
+    let svg_ns = "http://www.w3.org/2000/svg";
+    assert_eq!(
+        html.matches("http").count(),
+        html.matches(svg_ns).count(),
+        "unexpected URL in the page"
+    );
+    for needle in [
+        " src=", " href=", "@import", "url(", "//cdn", "<link", "<iframe",
+    ] {
+        assert!(!html.contains(needle), "page contains {needle:?}");
+    }
+    assert!(html.contains("'/api/usage?since='"));
+    assert!(html.contains("'Authorization'"));
+}
+
+#[tokio::test]
+async fn api_usage_reports_totals_series_models_and_recent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let rows = seed(&db);
+    // Plus 60 old rows, outside the default 24 hours.
+    let old: Vec<UsageRecord> = (0..60)
+        .map(|i| {
+            rec(
+                &format!("req_old_{i:03}"),
+                3 * 24 * 60 + i,
+                "claude-3-haiku-20240307",
+                "full",
+                200,
+                10,
+                10,
+                false,
+            )
+        })
+        .collect();
+    UsageStore::open(&db).unwrap().insert(&old).unwrap();
+    let addr = serve(Some(db.clone()), false).await;
+
+    let (status, d) = get_json(addr, "?since=24h&tz_offset=0").await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["recorded"], true);
+    assert_eq!(d["since"], "24h");
+    assert_eq!(d["bucket"], "hour");
+    let t = &d["totals"];
+    assert_eq!(t["requests"], 6);
+    assert_eq!(t["errors"], 1);
+    assert_eq!(t["abandoned"], 1);
+    let want_input: u64 = rows.iter().map(|r| r.tokens.input).sum();
+    assert_eq!(t["tokens"]["input"], want_input);
+    let want_cost: f64 = rows.iter().filter_map(|r| r.cost_usd).sum();
+    assert!((t["cost_usd"].as_f64().unwrap() - want_cost).abs() < 1e-12);
+    assert!((d["error_rate"].as_f64().unwrap() - 1.0 / 6.0).abs() < 1e-12);
+
+    // The series covers the whole period, hour by hour, and adds up.
+    let series = d["series"].as_array().unwrap();
+    assert!((24..=25).contains(&series.len()), "{}", series.len());
+    let sum = |f: &dyn Fn(&Value) -> u64| series.iter().map(f).sum::<u64>();
+    assert_eq!(sum(&|p| p["requests"].as_u64().unwrap()), 6);
+    assert_eq!(sum(&|p| p["errors"].as_u64().unwrap()), 1);
+    assert_eq!(sum(&|p| p["tokens"]["output"].as_u64().unwrap()), 2550);
+    for w in series.windows(2) {
+        assert_eq!(
+            w[1]["start_ms"].as_i64().unwrap() - w[0]["start_ms"].as_i64().unwrap(),
+            3_600_000
+        );
+    }
+
+    let models: Vec<(&str, u64)> = d["by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["key"].as_str().unwrap(), g["requests"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        models,
+        [
+            ("claude-sonnet-4-5-20250929", 3),
+            ("claude-haiku-4-5-20251001", 2),
+            ("claude-opus-4-5-20251101", 1)
+        ]
+    );
+    let modes: Vec<&str> = d["by_mode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["full", "minimal", "passthrough"]);
+
+    // Recent: newest first, every field.
+    let recent = d["recent"].as_array().unwrap();
+    let ids: Vec<&str> = recent
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "req_browser_006",
+            "req_browser_005",
+            "req_browser_004",
+            "req_browser_003",
+            "req_browser_002",
+            "req_browser_001"
+        ]
+    );
+    let newest: UsageRecord = serde_json::from_value(recent[0].clone()).unwrap();
+    assert_eq!(&newest, rows.last().unwrap());
+
+    // Everything: 66 requests, by day; recent is capped at 50 by default.
+    let (_, all) = get_json(addr, "?since=all").await;
+    assert_eq!(all["totals"]["requests"], 66);
+    assert_eq!(all["bucket"], "hour");
+    assert_eq!(all["recent"].as_array().unwrap().len(), 50);
+    let (_, all) = get_json(addr, "?since=all&by=day&recent=3").await;
+    assert_eq!(all["bucket"], "day");
+    assert_eq!(all["recent"].as_array().unwrap().len(), 3);
+    // A short period gets 5-minute buckets.
+    let (_, hour) = get_json(addr, "?since=1h").await;
+    assert_eq!(hour["bucket"], "5m");
+    assert_eq!(hour["totals"]["requests"], 2);
+
+    let (status, err) = get_json(addr, "?since=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("yesterday")
+    );
+    let (status, _) = get_json(addr, "?by=fortnight").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn api_usage_without_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    // Disabled: 503 with a message.
+    let addr = serve(None, false).await;
+    let (status, body) = get_json(addr, "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["type"], "usage_disabled");
+    // Enabled but nothing written yet: empty, and the file is not created.
+    let db = dir.path().join("later.db");
+    let addr = serve(Some(db.clone()), false).await;
+    let (status, body) = get_json(addr, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["recorded"], false);
+    assert_eq!(body["totals"]["requests"], 0);
+    assert!(!db.exists());
+    // Corrupt: 500 naming the file.
+    std::fs::write(&db, vec![0x5A; 4096]).unwrap();
+    let (status, body) = get_json(addr, "").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("later.db")
+    );
+}
+
+// ---- the page in a real browser ----
+
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHROMIUM").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for name in ["chromium", "chromium-browser", "google-chrome"] {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+/// Runs headless Chromium on `url` and returns the DOM after scripts ran.
+fn chromium_dump_dom(chromium: &Path, url: &str, screenshot: Option<&Path>) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--virtual-time-budget=5000",
+        "--window-size=1440,1900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(png) => cmd.arg(format!("--screenshot={}", png.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let mut child = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "chromium failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
+
+/// Text content of the element with `id` (its direct text; no nested tags).
+fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let marker = format!("id=\"{id}\"");
+    let at = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in DOM"));
+    let rest = &dom[at..];
+    let start = rest.find('>').unwrap() + 1;
+    let end = rest[start..].find('<').unwrap() + start;
+    &rest[start..end]
+}
+
+/// The inner HTML of the first `<tag ... id="id" ...>` up to its closing tag.
+fn section<'a>(dom: &'a str, id: &str, close: &str) -> &'a str {
+    let at = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in DOM"));
+    let end = dom[at..].find(close).unwrap() + at;
+    &dom[at..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_in_headless_chromium() {
+    let Some(chromium) = find_chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is required in CI: apt-get install -y chromium");
+        }
+        // Straight to stderr, past the test harness's capture, so it is seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED dashboard_renders_in_headless_chromium: chromium is not installed \
+             (apt-get install -y chromium, or set CHROMIUM=/path/to/chromium)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let rows = seed(&db);
+    let addr = serve(Some(db), true).await;
+
+    // With the token in the page URL, the page sends it and renders the data.
+    let url = format!("http://{addr}/dashboard?token={TOKEN}");
+    let chromium2 = chromium.clone();
+    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&chromium2, &url, None))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("<body data-state=\"ready\""),
+        "page did not finish loading:\n{dom}"
+    );
+    assert_eq!(text_of(&dom, "total-requests"), "6");
+    assert_eq!(text_of(&dom, "total-errors"), "1");
+    assert_eq!(text_of(&dom, "error-rate"), "16.7% error rate");
+    assert!(text_of(&dom, "total-cost").starts_with('$'));
+    assert_eq!(
+        text_of(&dom, "total-requests-sub"),
+        "6 streamed · 1 abandoned"
+    );
+    assert!(
+        dom.contains("id=\"banner\" role=\"alert\" hidden"),
+        "banner shown"
+    );
+
+    // The model table: one row per model with its request count.
+    let models = section(&dom, "by-model", "</table>");
+    for (model, n) in [
+        ("claude-sonnet-4-5-20250929", 3),
+        ("claude-haiku-4-5-20251001", 2),
+        ("claude-opus-4-5-20251101", 1),
+    ] {
+        let row_at = models
+            .find(&format!("data-model=\"{model}\""))
+            .unwrap_or_else(|| panic!("{model} missing from the model table"));
+        let row = &models[row_at..models[row_at..].find("</tr>").unwrap() + row_at];
+        assert!(row.contains(&format!("<td>{n}</td>")), "{model}: {row}");
+    }
+
+    // The recent table: every request, newest first, the error text escaped.
+    let recent = section(&dom, "recent", "</table>");
+    let mut last = 0;
+    for r in rows.iter().rev() {
+        let at = recent
+            .find(&format!("data-request-id=\"{}\"", r.request_id))
+            .unwrap_or_else(|| panic!("{} missing from recent requests", r.request_id));
+        assert!(at >= last, "recent requests out of order");
+        last = at;
+    }
+    assert!(recent.contains(">abandoned</span>"));
+    assert!(recent.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!dom.contains("<script>alert(1)"));
+
+    // The charts drew bars.
+    for chart in [
+        "chart-requests",
+        "chart-tokens",
+        "chart-cost",
+        "chart-models",
+    ] {
+        let svg = section(&dom, chart, "</svg>");
+        assert!(svg.contains("<rect"), "{chart} has no bars");
+    }
+    let models_chart = section(&dom, "chart-models", "</svg>");
+    assert!(models_chart.contains("claude-opus-4-5-20251101"));
+
+    // Without the token the API refuses, and the page says how to fix it.
+    let url = format!("http://{addr}/dashboard");
+    let chromium2 = chromium.clone();
+    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&chromium2, &url, None))
+        .await
+        .unwrap();
+    assert!(dom.contains("<body data-state=\"error\""), "{dom}");
+    assert!(
+        text_of(&dom, "banner").contains("/dashboard?token="),
+        "{}",
+        text_of(&dom, "banner")
+    );
+
+    if let Some(png) = std::env::var_os("CCPROXY_DASHBOARD_SCREENSHOT") {
+        let png = PathBuf::from(png);
+        let url = format!("http://{addr}/dashboard?token={TOKEN}");
+        let png2 = png.clone();
+        tokio::task::spawn_blocking(move || chromium_dump_dom(&chromium, &url, Some(&png2)))
+            .await
+            .unwrap();
+        assert!(png.exists());
+        eprintln!("screenshot saved to {}", png.display());
+    }
+}
