@@ -137,4 +137,29 @@ async fn metrics_reflect_known_traffic() {
     for secret in [API_KEY, PROXY_TOKEN] {
         assert!(!text.contains(secret));
     }
+
+    // OAuth refreshes are counted by result.
+    let oauth = TestEnv::start(Opts {
+        credentials: Some(claude_credentials(OAUTH_TOKEN, REFRESH_TOKEN, -1_000)),
+        ..Opts::default()
+    })
+    .await;
+    let r = oauth
+        .post("/v1/messages", None, &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = oauth
+        .client
+        .get(oauth.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "ccproxy_oauth_refreshes_total", &[("result", "ok")]),
+        1.0,
+        "{text}"
+    );
 }

@@ -463,7 +463,15 @@ impl OAuthManager {
                 return self.fallback(&cur, now_ms(), mode, rejected, err);
             }
             debug!(source = %self.info, url = %self.endpoint.url(), "refreshing the Claude OAuth token");
-            match self.endpoint.refresh(&refresh_token).await {
+            let outcome = self.endpoint.refresh(&refresh_token).await;
+            let result_label = match &outcome {
+                Ok(_) => "ok",
+                Err(e) if e.kind == EndpointErrorKind::InvalidGrant => "invalid_grant",
+                Err(_) => "error",
+            };
+            metrics::counter!("ccproxy_oauth_refreshes_total", "result" => result_label)
+                .increment(1);
+            match outcome {
                 Ok(grant) => return Ok(self.on_grant(flight, &cur, grant).await),
                 Err(e) => {
                     if e.kind == EndpointErrorKind::InvalidGrant && reread_after_rejection {
