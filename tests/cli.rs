@@ -249,3 +249,67 @@ fn serve_subcommand_accepts_env_settings() {
     let (status, body) = post_json(port, "/v1/messages", "{}");
     assert_eq!(status, 401, "{body}");
 }
+
+#[test]
+fn json_logs_have_one_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("stderr.log");
+    let child = cmd(dir.path())
+        .args([
+            "--upstream-url",
+            "sim",
+            "--port",
+            &port.to_string(),
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let guard = Killed(child);
+    wait_health(port);
+    let (status, _) = post_json(
+        port,
+        "/min/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi [sim:cache]"}]}"#,
+    );
+    assert_eq!(status, 200);
+    let (status, _) = post_json(port, "/v1/messages", "{bad");
+    assert_eq!(status, 400);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "ccproxy::request")
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(guard);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = &lines[0]["fields"];
+    assert_eq!(ok["mode"], "minimal");
+    assert_eq!(ok["dialect"], "anthropic");
+    assert_eq!(ok["model"], "claude-sonnet-4-5");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["upstream_status"], 200);
+    assert_eq!(ok["cache_read_tokens"], 8192);
+    assert_eq!(ok["credential"], "server_api_key");
+    assert!(ok["request_id"].as_str().unwrap().starts_with("req_"));
+    assert!(
+        ok["upstream_request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("req_sim_")
+    );
+    assert!(ok["duration_ms"].is_string() || ok["duration_ms"].is_number());
+    let bad = &lines[1]["fields"];
+    assert_eq!(bad["status"], 400);
+    assert!(bad["error"].as_str().unwrap().contains("JSON"));
+}
