@@ -149,19 +149,35 @@ impl Server {
             tokio::time::sleep(grace).await;
         };
         tokio::pin!(serve);
-        tokio::select! {
-            r = &mut serve => return r,
-            () = deadline => {}
-        }
-        tracing::warn!(
-            grace_secs = grace.as_secs_f64(),
-            "grace period over: ending open streams"
-        );
-        let _ = state.end_streams.send(true);
-        // Give the error events a moment to reach the clients.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut serve).await;
-        Ok(())
+        let result = tokio::select! {
+            r = &mut serve => r,
+            () = deadline => {
+                tracing::warn!(
+                    grace_secs = grace.as_secs_f64(),
+                    "grace period over: ending open streams"
+                );
+                let _ = state.end_streams.send(true);
+                // Give the error events a moment to reach the clients.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut serve).await;
+                Ok(())
+            }
+        };
+        flush_records(&state).await;
+        result
     }
+}
+
+/// Writes out what the observer and the usage store still hold (at shutdown).
+async fn flush_records(state: &Arc<AppState>) {
+    let state = state.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let timeout = std::time::Duration::from_secs(5);
+        state.observer.flush(timeout);
+        if let Some(w) = &state.usage {
+            w.flush_timeout(timeout);
+        }
+    })
+    .await;
 }
 
 pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<AppState> {
@@ -435,11 +451,10 @@ fn ops_access(state: &AppState, req: &Request) -> Result<(), ProxyError> {
     let Some(expected) = state.auth_token_digest else {
         return Ok(());
     };
-    let from_query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(str::to_owned)
-    });
+    let from_query =
+        axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
+            .ok()
+            .and_then(|q| q.0.get("token").cloned());
     let presented = crate::pipeline::presented_token(req.headers())
         .map(str::to_owned)
         .or(from_query);

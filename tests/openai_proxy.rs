@@ -205,7 +205,7 @@ async fn parallel_tool_calls_non_stream_and_stream() {
         let (chunks, done) = chunks(&resp.text().await.unwrap());
         assert!(done);
         let mut announced = Vec::new();
-        let mut args = vec![String::new(), String::new()];
+        let mut args = [String::new(), String::new()];
         for c in &chunks {
             for tc in c["choices"][0]["delta"]["tool_calls"]
                 .as_array()

@@ -62,6 +62,12 @@ pub type CostFn = Box<dyn Fn(&str, &Tokens) -> Option<f64> + Send>;
 /// Receives finished records (the usage store).
 pub type SinkFn = Box<dyn FnMut(UsageRecord) + Send>;
 
+enum Msg {
+    Finished(Box<Finished>),
+    /// Answer once everything sent before has been handled.
+    Flush(SyncSender<()>),
+}
+
 /// A finished request, on its way to the observer thread.
 pub struct Finished {
     pub record: UsageRecord,
@@ -72,7 +78,7 @@ pub struct Finished {
 /// Logs, meters and stores finished requests on its own thread, so the request
 /// path only pays for one non-blocking channel send.
 pub struct Observer {
-    tx: SyncSender<Finished>,
+    tx: SyncSender<Msg>,
     pub dropped: AtomicU64,
 }
 
@@ -93,7 +99,7 @@ impl Observer {
 
     /// Hands a finished request over; never blocks (drops and counts when full).
     pub fn submit(&self, f: Finished) {
-        match self.tx.try_send(f) {
+        match self.tx.try_send(Msg::Finished(Box::new(f))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -103,8 +109,37 @@ impl Observer {
     }
 }
 
-fn observer_loop(rx: Receiver<Finished>, cost: CostFn, mut sink: Option<SinkFn>) {
-    while let Ok(mut f) = rx.recv() {
+impl Observer {
+    /// Waits (up to `timeout`) until everything submitted so far was logged and
+    /// handed to the sink. For shutdown and tests.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
+fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>) {
+    while let Ok(msg) = rx.recv() {
+        let mut f = match msg {
+            Msg::Finished(f) => f,
+            Msg::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let r = &mut f.record;
         if let Some(model) = r.model.as_deref() {
             r.cost_usd = cost(model, &r.tokens);
@@ -148,8 +183,8 @@ fn record_metrics(r: &UsageRecord) {
     let upstream_kind = match (r.upstream_status, r.status) {
         (None, 502) => Some("connect"),
         (None, 504) => Some("timeout"),
-        (Some(s), _) if s == 429 => Some("rate_limited"),
-        (Some(s), _) if s == 529 => Some("overloaded"),
+        (Some(429), _) => Some("rate_limited"),
+        (Some(529), _) => Some("overloaded"),
         (Some(s), _) if s >= 500 => Some("server_error"),
         (Some(_), _) if r.error.is_some() && r.status < 400 => Some("stream_error"),
         _ => None,

@@ -38,6 +38,9 @@ pub struct Faults {
     pub delta_size: Option<usize>,
 }
 
+/// The wait before a reset, so that the bytes before it leave the sender.
+const FLUSH_PAUSE: Duration = Duration::from_millis(20);
+
 /// Largest text per delta `[sim:delta-size]` accepts.
 const MAX_DELTA_SIZE: usize = 1 << 20;
 
@@ -144,6 +147,8 @@ pub fn plan(events: Vec<Bytes>, f: &Faults) -> Vec<Piece> {
         out.push(Piece::Pause(Duration::from_millis(ms)));
     }
     if f.reset_midstream {
+        // A moment for what came before to be flushed: the reset is mid-body.
+        out.push(Piece::Pause(FLUSH_PAUSE));
         out.push(Piece::Reset);
         return out;
     }
@@ -272,6 +277,7 @@ pub fn json_response(state: Arc<SimState>, json: String, faults: &Faults, id: u6
         pieces.push(Piece::Pause(Duration::from_millis(ms)));
     }
     if faults.reset_midstream {
+        pieces.push(Piece::Pause(FLUSH_PAUSE));
         pieces.push(Piece::Reset);
     } else {
         pieces.push(Piece::Data(bytes.slice(half..)));
@@ -337,10 +343,11 @@ mod tests {
             ..Faults::default()
         };
         let p = plan(events(), &f);
-        assert_eq!(p.len(), 5);
+        assert_eq!(p.len(), 6);
         assert_eq!(p[2], Piece::Data(Bytes::from_static(MALFORMED_SSE)));
         assert_eq!(p[3], Piece::Pause(Duration::from_millis(5)));
-        assert_eq!(p[4], Piece::Reset);
+        assert_eq!(p[4], Piece::Pause(FLUSH_PAUSE));
+        assert_eq!(p[5], Piece::Reset);
         let endless = plan(
             events(),
             &Faults {
