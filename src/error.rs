@@ -107,6 +107,8 @@ pub struct ProxyError {
     pub param: Option<String>,
     /// Seconds the client should wait (sets `retry-after`).
     pub retry_after: Option<u64>,
+    /// A more specific OpenAI `code` than the kind's default.
+    pub code: Option<&'static str>,
 }
 
 impl ProxyError {
@@ -117,6 +119,7 @@ impl ProxyError {
             message: message.into(),
             param: None,
             retry_after: None,
+            code: None,
         }
     }
 
@@ -145,7 +148,8 @@ impl ProxyError {
                 "error": {"type": self.kind.anthropic_type(), "message": self.message},
             })),
             Dialect::OpenAi => {
-                let (kind, code) = self.kind.openai_type();
+                let (kind, default_code) = self.kind.openai_type();
+                let code = self.code.or(default_code);
                 serde_json::to_vec(&serde_json::json!({
                     "error": {
                         "message": self.message,

@@ -576,6 +576,7 @@ fn prepare(
             let converted = convert::request::chat_to_messages(&body, &opts).map_err(|e| {
                 let mut pe = ProxyError::invalid(e.message.clone());
                 pe.param = e.param.clone();
+                pe.code = e.code;
                 pe
             })?;
             let out = if mode == Mode::Full {
@@ -911,6 +912,10 @@ async fn convert_models_response(state: &AppState, resp: reqwest::Response) -> R
     if let Some(items) = v["data"].as_array() {
         for m in items {
             if let Some(id) = m["id"].as_str() {
+                let created = m["created_at"]
+                    .as_str()
+                    .and_then(parse_rfc3339_seconds)
+                    .unwrap_or(created);
                 data.push(serde_json::json!({"id": id, "object": "model", "created": created, "owned_by": "anthropic"}));
             }
         }
@@ -927,4 +932,47 @@ async fn convert_models_response(state: &AppState, resp: reqwest::Response) -> R
         &upstream_headers,
         out.to_string().into_bytes(),
     )
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time (`2025-09-29T00:00:00Z`,
+/// fractions and offsets ignored beyond the seconds).
+fn parse_rfc3339_seconds(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(
+            parse_rfc3339_seconds("2025-09-29T00:00:00Z"),
+            Some(1_759_104_000)
+        );
+        assert_eq!(parse_rfc3339_seconds("1970-01-01T00:00:01Z"), Some(1));
+        assert_eq!(
+            parse_rfc3339_seconds("2024-02-29T12:30:00.5Z"),
+            Some(1_709_209_800)
+        );
+        assert_eq!(parse_rfc3339_seconds("nope"), None);
+    }
 }

@@ -233,7 +233,7 @@ async fn reset_mid_body() {
     }
     // Non-stream, relayed (Anthropic): bytes are relayed as they come with the
     // upstream's content-length, so the head (200) is already out when the
-    // upstream breaks; the client sees a truncated body error, never a
+    // upstream breaks; the client sees a truncated-body error, never a
     // complete-looking response.
     for mode in ANTHROPIC_MODES {
         let resp = env
@@ -243,17 +243,12 @@ async fn reset_mid_body() {
                 &message("[sim:reset-midstream]", false),
             )
             .await;
-        let status = resp.status().as_u16();
-        let declared = resp.content_length();
-        match resp.bytes().await {
-            Err(_) => assert_eq!(status, 200, "{mode}"),
-            Ok(b) => {
-                // Acceptable alternative: a proper 502 envelope.
-                assert_eq!(status, 502, "{mode}: {}", String::from_utf8_lossy(&b));
-                assert!(is_anthropic_envelope(&serde_json::from_slice(&b).unwrap()));
-                let _ = declared;
-            }
-        }
+        assert_eq!(resp.status(), 200, "{mode}");
+        assert!(resp.content_length().is_some_and(|n| n > 0), "{mode}");
+        assert!(
+            resp.bytes().await.is_err(),
+            "{mode}: truncation went unnoticed"
+        );
     }
     // The proxy is unharmed.
     let resp = env.post("/v1/messages", None, &message("hi", false)).await;

@@ -581,10 +581,11 @@ async fn count_tokens(State(state): State<Arc<SimState>>, req: Request) -> Respo
 
 /// Models the simulated upstream lists.
 pub const MODELS: &[(&str, &str)] = &[
-    ("claude-opus-4-1-20250805", "Claude Opus 4.1"),
-    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
+    ("claude-sonnet-5", "Claude Sonnet 5"),
+    ("claude-opus-4-8", "Claude Opus 4.8"),
     ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"),
-    ("claude-sonnet-4-20250514", "Claude Sonnet 4"),
+    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
+    ("claude-opus-4-1-20250805", "Claude Opus 4.1"),
 ];
 
 async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {

@@ -28,13 +28,26 @@ fn openai_error(status: u16, body: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// The same error as the Messages API gives, in the OpenAI envelope, keeping
+/// its useful headers (`retry-after`, `request-id`, rate limits).
 async fn to_openai_error(resp: Response) -> Response {
-    let status = resp.status().as_u16();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+    let (parts, body) = resp.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
-    let (status, body) = convert::response::error_to_openai(status, &body);
-    openai_error(status, body)
+    let (status, body) = convert::response::error_to_openai(parts.status.as_u16(), &body);
+    let mut out = openai_error(status, body);
+    for (k, v) in &parts.headers {
+        let n = k.as_str();
+        if n == "retry-after"
+            || n == "request-id"
+            || n == "x-should-retry"
+            || n.starts_with("anthropic-ratelimit-")
+        {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &[u8]) -> Response {

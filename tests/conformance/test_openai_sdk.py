@@ -405,22 +405,7 @@ def test_rate_limit_error(client, sim, tag):
     assert len(sim.requests_with(tag)) == 1
 
 
-@pytest.mark.parametrize(
-    "prefix",
-    [
-        "",
-        "/min",
-        pytest.param(
-            "/pt",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="simulated upstream bug: its OpenAI-compatible /v1/chat/completions drops "
-                "retry-after (and request-id) from error responses, so passthrough has nothing to relay",
-            ),
-        ),
-    ],
-    ids=prefix_id,
-)
+@pytest.mark.parametrize("prefix", ["", "/min", "/pt"], ids=prefix_id)
 def test_rate_limit_error_keeps_retry_after(client, tag):
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(model="gpt-4o", messages=user(f"{tag} [sim:status=429]"))
