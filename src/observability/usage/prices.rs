@@ -78,8 +78,23 @@ pub enum PriceError {
     EmptyPrefix,
 }
 
-/// Built-in prices (USD per million tokens: input, output, cache write, cache read).
+/// Built-in prices (USD per million tokens: input, output, 5-minute cache write,
+/// cache read), from Anthropic's public pricing page as of 2026-11. Not modelled:
+/// 1-hour cache writes, long-context surcharges, Haiku 5.5's higher rate for
+/// prompts over 100k tokens, batch discounts. Override with `[prices]`.
 const BUILT_IN: &[(&str, Price)] = &[
+    ("claude-fable-5-1", Price::new(10.0, 50.0, 12.50, 0.25)),
+    ("claude-fable-5", Price::new(10.0, 50.0, 12.50, 1.0)),
+    ("claude-mythos-5-1", Price::new(10.0, 50.0, 12.50, 0.25)),
+    ("claude-mythos-5", Price::new(10.0, 50.0, 12.50, 1.0)),
+    ("claude-opus-5-5", Price::new(4.0, 20.0, 5.0, 0.20)),
+    ("claude-opus-5", Price::new(5.0, 25.0, 6.25, 0.50)),
+    ("claude-opus-4-8", Price::new(5.0, 25.0, 6.25, 0.50)),
+    ("claude-opus-4-7", Price::new(5.0, 25.0, 6.25, 0.50)),
+    ("claude-opus-4-6", Price::new(5.0, 25.0, 6.25, 0.50)),
+    ("claude-sonnet-5-5", Price::new(2.0, 10.0, 2.50, 0.20)),
+    ("claude-sonnet-5", Price::new(2.0, 10.0, 2.50, 0.20)),
+    ("claude-haiku-5-5", Price::new(0.10, 0.50, 0.125, 0.01)),
     ("claude-opus-4-5", Price::new(5.0, 25.0, 6.25, 0.50)),
     ("claude-opus-4-1", Price::new(15.0, 75.0, 18.75, 1.50)),
     ("claude-opus-4", Price::new(15.0, 75.0, 18.75, 1.50)),
