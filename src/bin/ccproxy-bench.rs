@@ -53,7 +53,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run load against one or more arms in interleaved rounds.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// A reference L4 relay (TCP in, TCP out, no HTTP): the floor of what one extra loopback
+    /// hop costs on this machine, to read the proxies' added latency against.
+    Relay {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+    },
     /// Print the memory and CPU time of a process (and its descendants) as JSON.
     Proc {
         #[arg(long)]
@@ -634,15 +642,35 @@ fn proc_info(pid: u32, label: &str, out: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+async fn relay(listen: std::net::SocketAddr, upstream: std::net::SocketAddr) -> Result<()> {
+    let l = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (mut down, _) = l.accept().await?;
+        tokio::spawn(async move {
+            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = down.set_nodelay(true);
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        });
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Proc { pid, label, out } => proc_info(pid, &label, out.as_deref()),
+        Cmd::Relay { listen, upstream } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(relay(listen, upstream))),
         Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run(args))),
+            .and_then(|rt| rt.block_on(run(*args))),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

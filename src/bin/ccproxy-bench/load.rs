@@ -33,6 +33,7 @@ pub struct Arm {
 }
 
 impl Arm {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         base: Option<String>,

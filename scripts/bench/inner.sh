@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# The benchmark run proper, started by run.sh inside `unshare -n` (a network namespace with
+# only loopback). Starts the simulated upstream, ccproxy and the peers, runs the scenarios
+# with target/release/ccproxy-bench, and leaves the results in OUT/results.jsonl.
+#
+#   BENCH_ROOT=... BENCH_FIXTURE=... [BENCH_QUICK=1] [BENCH_PEERS=0] [BENCH_PROFILE=0] \
+#     unshare -n bash scripts/bench/inner.sh OUT
+set -euo pipefail
+OUT=$1
+ROOT=${BENCH_ROOT:-$PWD}
+cd "$ROOT"
+QUICK=${BENCH_QUICK:-0}
+FIXTURE=${BENCH_FIXTURE:?}
+RES=$OUT/results.jsonl
+LOG=$OUT/run.log
+BIN=$ROOT/target/release
+BENCH=$BIN/ccproxy-bench
+KEY=sk-ant-api03-bench-key
+U=http://127.0.0.1
+SIM_PORT=18001 PROXY_PORT=18002 CCA_PORT=18003 LITE_PORT=18004 LEAN_PORT=18005 RELAY_PORT=18009
+
+ip link set lo up
+# Loopback only: refuse to go on if any other interface is up.
+if ip -o link show up | grep -v ' lo:' | grep -q .; then
+  echo "inner.sh: not in a loopback-only namespace; refusing to run" >&2
+  exit 1
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+touch "$RES"
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_port() { # port pid
+  local i
+  for ((i = 0; i < 200; i++)); do
+    kill -0 "$2" 2>/dev/null || return 1
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+note() { echo "$*" | tee -a "$LOG"; }
+
+# --- the processes under test -----------------------------------------------------------
+"$BIN/ccproxy" sim --host 127.0.0.1 --port $SIM_PORT >"$OUT/sim.log" 2>&1 &
+SIM=$!
+PIDS+=("$SIM")
+wait_port $SIM_PORT $SIM || { echo "simulated upstream did not start" >&2; exit 1; }
+
+PHOME=$OUT/home-ccproxy
+mkdir -p "$PHOME/.config"
+# Default settings but one: the concurrency limit (default 4096, then 503) is raised so that
+# scenario 4c can reach 10 000 streams. A clean HOME: no subscription credentials, the server
+# API key only.
+echo 'max_concurrent_requests = 16384' >"$PHOME/ccproxy.toml"
+env -i PATH=/usr/bin:/bin HOME="$PHOME" XDG_CONFIG_HOME="$PHOME/.config" ANTHROPIC_API_KEY=$KEY \
+  "$BIN/ccproxy" serve --config "$PHOME/ccproxy.toml" --host 127.0.0.1 --port $PROXY_PORT \
+  --upstream-url $U:$SIM_PORT >"$OUT/ccproxy.log" 2>&1 &
+PROXY=$!
+PIDS+=("$PROXY")
+wait_port $PROXY_PORT $PROXY || { echo "ccproxy did not start" >&2; cat "$OUT/ccproxy.log" >&2; exit 1; }
+# The same binary with its observability turned down (no request log line, no usage database):
+# measures what those cost on the request path, for the profile findings.
+LHOME=$OUT/home-ccproxy-lean
+mkdir -p "$LHOME/.config"
+printf 'max_concurrent_requests = 16384\nusage = false\nlog_level = "warn"\n' >"$LHOME/ccproxy.toml"
+env -i PATH=/usr/bin:/bin HOME="$LHOME" XDG_CONFIG_HOME="$LHOME/.config" ANTHROPIC_API_KEY=$KEY \
+  "$BIN/ccproxy" serve --config "$LHOME/ccproxy.toml" --host 127.0.0.1 --port $LEAN_PORT \
+  --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-lean.log" 2>&1 &
+LEAN=$!
+PIDS+=("$LEAN")
+wait_port $LEAN_PORT $LEAN || { echo "ccproxy (lean) did not start" >&2; exit 1; }
+# A reference L4 relay (TCP in, TCP out, no HTTP): the floor one extra loopback hop costs here.
+"$BENCH" relay --listen 127.0.0.1:$RELAY_PORT --upstream 127.0.0.1:$SIM_PORT &
+RELAY=$!
+PIDS+=("$RELAY")
+wait_port $RELAY_PORT $RELAY || { echo "relay did not start" >&2; exit 1; }
+sleep 1
+"$BENCH" proc --pid "$PROXY" --label ccproxy-idle --out "$RES" >/dev/null
+"$BENCH" proc --pid "$SIM" --label sim-idle --out "$RES" >/dev/null
+
+# --- arms -------------------------------------------------------------------------------
+D_ANTH="name=direct-anthropic,url=$U:$SIM_PORT/v1/messages,body=anthropic"
+D_CHAT="name=direct-openai,url=$U:$SIM_PORT/v1/chat/completions,body=openai,auth=x-api-key:$KEY"
+D_CONV="name=direct-converted,url=$U:$SIM_PORT/v1/messages,body=converted"
+P="pid=$PROXY"
+PT_ANTH="name=ccproxy-pt-anthropic,url=$U:$PROXY_PORT/pt/v1/messages,base=direct-anthropic,$P"
+MIN_ANTH="name=ccproxy-min-anthropic,url=$U:$PROXY_PORT/min/v1/messages,base=direct-anthropic,$P"
+FULL_ANTH="name=ccproxy-full-anthropic,url=$U:$PROXY_PORT/v1/messages,base=direct-anthropic,$P"
+PT_OAI="name=ccproxy-pt-openai,url=$U:$PROXY_PORT/pt/openai/v1/chat/completions,body=openai,base=direct-openai,$P"
+MIN_OAI="name=ccproxy-min-openai,url=$U:$PROXY_PORT/min/openai/v1/chat/completions,body=openai,base=direct-converted,$P"
+FULL_OAI="name=ccproxy-full-openai,url=$U:$PROXY_PORT/openai/v1/chat/completions,body=openai,base=direct-converted,$P"
+ALL9=(--arm "$D_ANTH" --arm "$PT_ANTH" --arm "$MIN_ANTH" --arm "$FULL_ANTH"
+  --arm "$D_CHAT" --arm "$PT_OAI" --arm "$D_CONV" --arm "$MIN_OAI" --arm "$FULL_OAI")
+# Reference arms: the L4 relay, and ccproxy without request log line and usage database.
+REF=(--arm "name=ref-tcp-relay,url=$U:$RELAY_PORT/v1/messages,base=direct-anthropic,pid=$RELAY"
+  --arm "name=ref-lean-pt-anthropic,url=$U:$LEAN_PORT/pt/v1/messages,base=direct-anthropic,pid=$LEAN"
+  --arm "name=ref-lean-full-openai,url=$U:$LEAN_PORT/openai/v1/chat/completions,body=openai,base=direct-converted,pid=$LEAN")
+
+bench() { # scenario args...
+  local s=$1
+  shift
+  note "-- $s: $*" | cut -c1-220
+  # A failing scenario is logged and the run goes on; the report shows what is missing.
+  "$BENCH" run --scenario "$s" --sim-pid "$SIM" --cc-fixture "$FIXTURE" --out "$RES" --quiet "$@" 2>&1 |
+    tee -a "$LOG" || note "scenario $s failed"
+}
+
+if [ "$QUICK" = 1 ]; then
+  R1=3 N1=200 R2=3 N2=50 S3=1 R3=1 R4=3 N4=50 R4B=2 N4B=4 HOLD=2 STEPS="64 1000" PR=2 PN=30 PS=2
+else
+  R1=15 N1=500 R2=11 N2=150 S3=1.5 R3=3 R4=11 N4=200 R4B=5 N4B=8 HOLD=3 STEPS="64 1000 2500 5000 10000" PR=5 PN=100 PS=3
+fi
+
+# --- scenario 0: the simulated upstream's own ceiling -------------------------------------
+note "== 0: simulated upstream ceiling"
+bench s0-ceiling-c32 --arm "$D_ANTH" -c 32 --seconds 3 --warmup 500
+bench s0-ceiling-c128 --arm "$D_ANTH" -c 128 --seconds 3 --warmup 500
+
+# --- scenario 1: added latency, c=1, small non-stream ------------------------------------
+note "== 1: added latency, c=1, small body"
+bench s1-small-c1 "${ALL9[@]}" "${REF[@]}" -c 1 --requests $N1 --rounds $R1 --warmup 300
+
+# --- scenario 2: the same with the ~80 KB Claude Code body --------------------------------
+note "== 2: added latency, c=1, Claude Code body"
+bench s2-cc-c1 "${ALL9[@]}" -c 1 --body-size cc --requests $N2 --rounds $R2 --warmup 50
+
+# --- scenario 3: throughput and CPU per request -------------------------------------------
+note "== 3: throughput"
+bench s3-c32 "${ALL9[@]}" "${REF[@]}" -c 32 --seconds $S3 --rounds $R3 --warmup 500
+bench s3-c128 --arm "$D_ANTH" --arm "$PT_ANTH" --arm "$FULL_ANTH" --arm "$D_CONV" --arm "$FULL_OAI" \
+  -c 128 --seconds $S3 --rounds $R3 --warmup 500
+
+# --- scenario 4: streaming ----------------------------------------------------------------
+note "== 4a: time to first token, c=1 (64 deltas, unpaced)"
+bench s4-ttft-c1 "${ALL9[@]}" "${REF[@]}" -c 1 --stream --deltas 64 --requests $N4 --rounds $R4 --warmup 50
+note "== 4b: inter-event gaps, c=1 (16 deltas, 5 ms apart)"
+bench s4-gap-c1 "${ALL9[@]}" -c 1 --stream --deltas 16 --gap-ms 5 --requests $N4B --rounds $R4B --warmup 2
+note "== 4c: concurrent 20 ms-paced streams (64 deltas)"
+for n in $STEPS; do
+  # Above ~9 000 streams an HTTP/1.1 client leg would need more than the 20 000 open files
+  # this machine allows a process (ccproxy holds both legs): the client leg uses h2c there.
+  h2=""
+  [ "$n" -gt 9000 ] && h2=",h2=true"
+  rounds=1
+  [ "$n" = 1000 ] && [ "$QUICK" = 0 ] && rounds=3
+  ramp=$(python3 -c "print(min(1.0, $n / 2000))")
+  bench "s4-streams-$n" --arm "$D_ANTH$h2" --arm "$PT_ANTH$h2" \
+    --arm "name=ccproxy-full-openai,url=$U:$PROXY_PORT/openai/v1/chat/completions,body=openai,base=direct-anthropic,$P$h2" \
+    -c "$n" --stream --deltas 64 --gap-ms 20 --ramp-secs "$ramp" --seconds $HOLD --rounds $rounds \
+    --stall-ms 500 --timeout-secs 30
+done
+"$BENCH" proc --pid "$PROXY" --label ccproxy-after-load --out "$RES" >/dev/null
+
+# --- scenario 5: conversion micro-benchmarks ----------------------------------------------
+note "== 5: conversion micro-benchmarks"
+if [ -n "${BENCH_CONVERT:-}" ] && [ -x "$BENCH_CONVERT" ]; then
+  if [ "$QUICK" = 1 ]; then
+    "$BENCH_CONVERT" --bench --sample-count 20 >"$OUT/micro.txt" 2>&1 || true
+  else
+    "$BENCH_CONVERT" --bench --sample-count 200 >"$OUT/micro.txt" 2>&1 || true
+  fi
+  cat "$OUT/micro.txt" | tee -a "$LOG"
+else
+  note "micro-benchmark executable not found"
+fi
+
+# --- profile: where ccproxy's CPU goes under load -----------------------------------------
+if [ "${BENCH_PROFILE:-1}" = 1 ] && command -v perf >/dev/null 2>&1; then
+  note "== profile (perf, cpu-clock, c=32)"
+  for arm in "$PT_ANTH" "$FULL_ANTH" "$FULL_OAI"; do
+    name=$(echo "$arm" | sed 's/^name=\([^,]*\).*/\1/')
+    perf record -e cpu-clock -F 2000 -g -p "$PROXY" -o "$OUT/perf-$name.data" -- sleep 4 >/dev/null 2>&1 &
+    PERF=$!
+    sleep 0.3
+    "$BENCH" run --scenario "profile-$name" --arm "$(echo "$arm" | sed 's/,base=[^,]*//')" -c 32 \
+      --seconds 3.2 --rounds 1 --quiet --cc-fixture "$FIXTURE" >/dev/null 2>&1 || true
+    wait $PERF || true
+    perf report -i "$OUT/perf-$name.data" --no-children --sort symbol --stdio 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | grep '%' | head -40 >"$OUT/perf-$name.txt" || true
+    perf report -i "$OUT/perf-$name.data" --no-children --sort dso --stdio 2>/dev/null |
+      grep -v '^#' | grep -v '^$' | grep '%' | head -10 >"$OUT/perf-$name-dso.txt" || true
+    rm -f "$OUT/perf-$name.data"
+  done
+fi
+
+# --- peers, side by side in the same namespace and against the same upstream ----------------
+if [ "${BENCH_PEERS:-1}" = 1 ]; then
+  for peer in ccproxy-api litellm; do
+    note "== peer: $peer"
+    case $peer in
+      ccproxy-api) port=$CCA_PORT auth="auth=none" anth=/claude/v1/messages oai=/claude/v1/chat/completions ;;
+      litellm) port=$LITE_PORT auth="auth=bearer:sk-bench-master" anth=/v1/messages oai=/v1/chat/completions ;;
+    esac
+    if ! ppid=$(bash scripts/bench/peers.sh start "$peer" "$ROOT/target/bench" "$OUT" "$port" "$U:$SIM_PORT"); then
+      note "$peer: not started (see BENCHMARKS.md)"
+      continue
+    fi
+    ppid=$(echo "$ppid" | tail -1)
+    PIDS+=("$ppid")
+    sleep 2
+    "$BENCH" proc --pid "$ppid" --label "$peer-idle" --out "$RES" >/dev/null
+    PA="name=$peer-anthropic,url=$U:$port$anth,base=direct-anthropic,pid=$ppid,$auth"
+    PO="name=$peer-openai,url=$U:$port$oai,body=openai,base=direct-converted,pid=$ppid,$auth"
+    PEER_ARMS=(--arm "$D_ANTH" --arm "$FULL_ANTH" --arm "$PA" --arm "$D_CONV" --arm "$FULL_OAI" --arm "$PO")
+    bench "peer-$peer-small-c1" "${PEER_ARMS[@]}" -c 1 --requests $PN --rounds $PR --warmup 20
+    bench "peer-$peer-c32" "${PEER_ARMS[@]}" -c 32 --seconds $PS --rounds $PR --warmup 64 --timeout-secs 30
+    bench "peer-$peer-gap-c1" "${PEER_ARMS[@]}" -c 1 --stream --deltas 16 --gap-ms 5 --requests 4 --rounds $PR --warmup 1
+    bench "peer-$peer-streams-64" --arm "$D_ANTH" --arm "$PA" --arm "${PO/base=direct-converted/base=direct-anthropic}" \
+      -c 64 --stream --deltas 64 --gap-ms 20 --ramp-secs 0.2 --seconds $HOLD --rounds 1 --stall-ms 500 --timeout-secs 60
+    "$BENCH" proc --pid "$ppid" --label "$peer-after-load" --out "$RES" >/dev/null
+    pkill -P "$ppid" 2>/dev/null || true
+    kill "$ppid" 2>/dev/null || true
+  done
+fi
+note "== done"

@@ -1,0 +1,697 @@
+//! Soak test driver: runs the built `ccproxy` against `ccproxy sim` (two child
+//! processes) with mixed traffic for a bounded time, samples the proxy's RSS,
+//! open file descriptors and threads from `/proc`, and fails (exit 1) when they
+//! grow. Linux only. See `scripts/soak.sh`.
+//!
+//! ```text
+//! ccproxy-soak [--ccproxy PATH] [--duration SECS] [--concurrency N]
+//!              [--sample-every SECS] [--warmup SECS] [--csv FILE]
+//! ```
+//!
+//! The traffic: the three modes in both dialects, JSON and streams, tools,
+//! thinking, upstream errors (400/429/500/529), mid-stream errors, resets,
+//! malformed and invalid events, streams without `message_stop`, idle
+//! timeouts, header timeouts, client disconnects mid-stream, slow readers,
+//! refusals (400/403/404/405/413), the concurrency limit (503), count_tokens
+//! and models.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rand::Rng;
+use serde_json::{Value, json};
+
+const API_KEY: &str = "sk-ant-api03-soak-test-key-000000000000";
+const MAX_BODY: usize = 1024 * 1024;
+
+struct Args {
+    ccproxy: PathBuf,
+    duration: u64,
+    concurrency: usize,
+    sample_every: u64,
+    warmup: u64,
+    csv: Option<PathBuf>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: ccproxy-soak [--ccproxy PATH] [--duration SECS] [--concurrency N] \
+         [--sample-every SECS] [--warmup SECS] [--csv FILE]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("ccproxy")))
+        .unwrap_or_else(|| PathBuf::from("ccproxy"));
+    let mut a = Args {
+        ccproxy: sibling,
+        duration: 60,
+        concurrency: 16,
+        sample_every: 2,
+        warmup: 10,
+        csv: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage());
+        let num = |s: String| s.parse::<u64>().unwrap_or_else(|_| usage());
+        match flag.as_str() {
+            "--ccproxy" => a.ccproxy = PathBuf::from(val()),
+            "--duration" => a.duration = num(val()),
+            "--concurrency" => a.concurrency = num(val()).max(1) as usize,
+            "--sample-every" => a.sample_every = num(val()).max(1),
+            "--warmup" => a.warmup = num(val()),
+            "--csv" => a.csv = Some(PathBuf::from(val())),
+            _ => usage(),
+        }
+    }
+    a
+}
+
+/// A child process that is terminated when dropped.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// One sample of the proxy process.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    t: f64,
+    rss_kb: u64,
+    fds: u64,
+    threads: u64,
+    requests: u64,
+}
+
+fn sample(pid: u32, t0: Instant, requests: u64) -> Option<Sample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(Sample {
+        t: t0.elapsed().as_secs_f64(),
+        rss_kb: field("VmRSS:")?,
+        fds,
+        threads: field("Threads:")?,
+        requests,
+    })
+}
+
+/// What the traffic did, by outcome.
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    ok: AtomicU64,
+    expected_errors: AtomicU64,
+    limited: AtomicU64,
+    disconnects: AtomicU64,
+    unexpected: AtomicU64,
+}
+
+fn msg(text: &str, stream: bool) -> Value {
+    json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+           "messages": [{"role": "user", "content": text}]})
+}
+
+fn chat(text: &str, stream: bool) -> Value {
+    json!({"model": "gpt-4o", "stream": stream,
+           "stream_options": {"include_usage": true},
+           "messages": [{"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": text}]})
+}
+
+/// One request of a random scenario; returns whether its outcome was expected.
+async fn one(client: &reqwest::Client, base: &str, rng: &mut rand::rngs::StdRng, c: &Counters) {
+    let mode = ["", "/min", "/pt"][rng.random_range(0..3)];
+    let openai = rng.random_bool(0.4);
+    let stream = rng.random_bool(0.5);
+    // (marker, expected statuses when not streaming)
+    let scenarios: &[(&str, &[u16], u32)] = &[
+        ("hello", &[200], 30),
+        ("[sim:tools]", &[200], 8),
+        ("[sim:thinking]", &[200], 5),
+        ("[sim:cache] [sim:deltas=64]", &[200], 5),
+        ("[sim:status=400]", &[400], 3),
+        ("[sim:status=429]", &[429], 3),
+        ("[sim:status=500]", &[500], 2),
+        ("[sim:status=529]", &[529, 503], 3),
+        ("[sim:error-midstream]", &[200], 3),
+        ("[sim:reset-midstream]", &[200, 502], 3),
+        ("[sim:malformed-sse]", &[200], 2),
+        ("[sim:bad-json-event]", &[200], 2),
+        ("[sim:no-stop]", &[200], 2),
+        ("[sim:unknown-event]", &[200], 2),
+        ("[sim:silent=1500]", &[200], 1),
+        ("[sim:delay=2500]", &[504], 1),
+        ("[sim:deltas=300] [sim:delta-size=2048]", &[200], 2),
+    ];
+    let total: u32 = scenarios.iter().map(|s| s.2).sum::<u32>() + 14;
+    let mut pick = rng.random_range(0..total);
+    c.requests.fetch_add(1, Ordering::Relaxed);
+    let record = |status: u16, expected: &[u16]| {
+        if status == 503 && !expected.contains(&503) {
+            c.limited.fetch_add(1, Ordering::Relaxed);
+        } else if !expected.contains(&status) {
+            c.unexpected.fetch_add(1, Ordering::Relaxed);
+            eprintln!("unexpected status {status} (expected {expected:?})");
+        } else if status == 200 {
+            c.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.expected_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    for (marker, expected, weight) in scenarios {
+        if pick >= *weight {
+            pick -= weight;
+            continue;
+        }
+        let (path, body) = if openai {
+            (
+                format!("{mode}/openai/v1/chat/completions"),
+                chat(marker, stream),
+            )
+        } else {
+            (format!("{mode}/v1/messages"), msg(marker, stream))
+        };
+        let resp = client
+            .post(format!("{base}{path}"))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                c.unexpected.fetch_add(1, Ordering::Relaxed);
+                eprintln!("transport error on {path} {marker}: {}", chain(&e));
+                return;
+            }
+        };
+        let status = resp.status().as_u16();
+        // Streams answer 200 and carry their errors inside; a reset
+        // non-stream Anthropic body is cut (that is its expected outcome).
+        let slow = marker.contains("delta-size");
+        let mut body = resp.bytes_stream();
+        let mut broken = false;
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                broken = true;
+                break;
+            }
+            if slow {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        if broken && !(marker.contains("reset") && !openai) {
+            c.unexpected.fetch_add(1, Ordering::Relaxed);
+            eprintln!("broken body on {path} {marker}");
+            return;
+        }
+        // A stream request that got its head answers 200 (errors come inside).
+        let expected: Vec<u16> = if stream && expected.contains(&200) {
+            vec![200]
+        } else {
+            expected.to_vec()
+        };
+        record(status, &expected);
+        return;
+    }
+    // The rest: disconnects, refusals, other routes.
+    match pick % 14 {
+        0..=3 => {
+            // Client leaves mid-stream.
+            let path = if openai {
+                format!("{mode}/openai/v1/chat/completions")
+            } else {
+                format!("{mode}/v1/messages")
+            };
+            let body = if openai {
+                chat("[sim:endless] [sim:gap=5]", true)
+            } else {
+                msg("[sim:endless] [sim:gap=5]", true)
+            };
+            match client
+                .post(format!("{base}{path}"))
+                .header("anthropic-version", "2023-06-01")
+                .json(&body)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => {
+                    let mut s = r.bytes_stream();
+                    for _ in 0..rng.random_range(1..20) {
+                        if s.next().await.is_none() {
+                            break;
+                        }
+                    }
+                    c.disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) => record(r.status().as_u16(), &[200]),
+                Err(_) => {
+                    c.unexpected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        4 => {
+            let r = client
+                .post(format!("{base}{mode}/v1/messages"))
+                .body("{not json")
+                .send()
+                .await;
+            outcome(r, &[400], c).await;
+        }
+        5 => {
+            let r = client.get(format!("{base}/v1/nothing-here")).send().await;
+            outcome(r, &[404], c).await;
+        }
+        6 => {
+            let r = client
+                .delete(format!("{base}{mode}/v1/messages"))
+                .send()
+                .await;
+            outcome(r, &[405], c).await;
+        }
+        7 => {
+            let r = client
+                .post(format!("{base}/v1/messages"))
+                .header("origin", "https://evil.example")
+                .json(&msg("hi", false))
+                .send()
+                .await;
+            outcome(r, &[403], c).await;
+        }
+        8 if std::env::var("SOAK_NO413").is_err() => {
+            let big = "x".repeat(MAX_BODY + 1024);
+            let r = client
+                .post(format!("{base}{mode}/v1/messages"))
+                .json(&msg(&big, false))
+                .send()
+                .await;
+            outcome(r, &[413], c).await;
+        }
+        9 => {
+            let r = client
+                .post(format!("{base}{mode}/v1/messages/count_tokens"))
+                .header("anthropic-version", "2023-06-01")
+                .json(&msg("count me", false))
+                .send()
+                .await;
+            outcome(r, &[200], c).await;
+        }
+        10 => {
+            let path = if openai {
+                "/openai/v1/models"
+            } else {
+                "/v1/models"
+            };
+            let r = client.get(format!("{base}{mode}{path}")).send().await;
+            outcome(r, &[200], c).await;
+        }
+        11 => {
+            let r = client.get(format!("{base}/health")).send().await;
+            outcome(r, &[200], c).await;
+        }
+        12 => {
+            // A raw connection that sends half a request head and leaves.
+            if let Ok(mut s) =
+                tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await
+            {
+                use tokio::io::AsyncWriteExt;
+                let _ = s
+                    .write_all(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+                    .await;
+            }
+            c.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {
+            // Client leaves while the upstream has not answered yet.
+            let r = tokio::time::timeout(
+                Duration::from_millis(100),
+                client
+                    .post(format!("{base}{mode}/v1/messages"))
+                    .header("anthropic-version", "2023-06-01")
+                    .json(&msg("[sim:delay=1000]", false))
+                    .send(),
+            )
+            .await;
+            match r {
+                Err(_) => {
+                    c.disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) => outcome(r, &[200], c).await,
+            }
+        }
+    }
+}
+
+async fn outcome(r: reqwest::Result<reqwest::Response>, want: &[u16], c: &Counters) {
+    match r {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body = r.bytes().await;
+            if status == 503 && !want.contains(&503) {
+                c.limited.fetch_add(1, Ordering::Relaxed);
+            } else if !want.contains(&status) || body.is_err() {
+                c.unexpected.fetch_add(1, Ordering::Relaxed);
+                eprintln!("unexpected status {status} (expected {want:?})");
+            } else if status == 200 {
+                c.ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.expected_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(e) => {
+            c.unexpected.fetch_add(1, Ordering::Relaxed);
+            eprintln!("transport error: {}", chain(&e));
+        }
+    }
+}
+
+/// An error with its causes.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// Least-squares slope of `y` over `t`, per minute.
+fn slope_per_min(s: &[Sample], y: impl Fn(&Sample) -> f64) -> f64 {
+    let n = s.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mt = s.iter().map(|x| x.t).sum::<f64>() / n;
+    let my = s.iter().map(&y).sum::<f64>() / n;
+    let num: f64 = s.iter().map(|x| (x.t - mt) * (y(x) - my)).sum();
+    let den: f64 = s.iter().map(|x| (x.t - mt).powi(2)).sum();
+    if den == 0.0 { 0.0 } else { num / den * 60.0 }
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(run(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("ccproxy-soak: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let dir = std::env::temp_dir().join(format!("ccproxy-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let hermetic = |c: &mut Command| {
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir.join("home"))
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .env("XDG_DATA_HOME", dir.join("data"));
+    };
+    // The simulated upstream, in its own process.
+    let mut c = Command::new(&args.ccproxy);
+    hermetic(&mut c);
+    let mut sim = c
+        .args(["sim", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.ccproxy.display()))?;
+    let mut line = String::new();
+    BufReader::new(sim.stdout.take().expect("piped")).read_line(&mut line)?;
+    let _sim = Kid(sim);
+    let upstream = line.trim().rsplit(' ').next().unwrap_or("").to_owned();
+    anyhow::ensure!(upstream.starts_with("http://"), "sim did not start: {line}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = dir.join("config.toml");
+    let limit = std::env::var("SOAK_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or((args.concurrency * 3 / 4).max(2));
+    std::fs::write(
+        &config,
+        format!(
+            "stream_idle_timeout_secs = 1\nupstream_timeout_secs = 2\nshutdown_grace_secs = 2\n\
+             max_body_bytes = {MAX_BODY}\nmax_concurrent_requests = {limit}\n"
+        ),
+    )?;
+    let log = dir.join("proxy.log");
+    let mut c = Command::new(&args.ccproxy);
+    hermetic(&mut c);
+    let proxy = c
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--upstream-url",
+            &upstream,
+        ])
+        .arg("--config")
+        .arg(&config)
+        .args(["--log-level", "warn"])
+        .env("ANTHROPIC_API_KEY", API_KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log)?))
+        .spawn()?;
+    let pid = proxy.id();
+    let mut proxy = Kid(proxy);
+    let base = format!("http://127.0.0.1:{port}");
+    let t_start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            t_start.elapsed() < Duration::from_secs(20),
+            "proxy did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let t0 = Instant::now();
+    let start = sample(pid, t0, 0).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"))?;
+    println!(
+        "soak: ccproxy {} pid {pid}, {} s, {} clients, limit {limit}, samples every {} s (warm-up {} s)",
+        args.ccproxy.display(),
+        args.duration,
+        args.concurrency,
+        args.sample_every,
+        args.warmup
+    );
+    println!(
+        "at start: rss {} KiB, fds {}, threads {}",
+        start.rss_kb, start.fds, start.threads
+    );
+
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = ccproxy::http::client_builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut workers = Vec::new();
+    for i in 0..args.concurrency {
+        let (client, base, counters, stop) =
+            (client.clone(), base.clone(), counters.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(i as u64 + 1);
+            while !stop.load(Ordering::Relaxed) {
+                one(&client, &base, &mut rng, &counters).await;
+            }
+        }));
+    }
+    let mut samples = vec![start];
+    let end = t0 + Duration::from_secs(args.duration);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(args.sample_every)).await;
+        let Some(s) = sample(pid, t0, counters.requests.load(Ordering::Relaxed)) else {
+            anyhow::bail!(
+                "the proxy died: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        println!(
+            "t={:6.1}s rss={:7} KiB fds={:4} threads={:3} requests={}",
+            s.t, s.rss_kb, s.fds, s.threads, s.requests
+        );
+        samples.push(s);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(40), w).await;
+    }
+    drop(client);
+    // Idle: client connections closed, streams over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = sample(pid, t0, counters.requests.load(Ordering::Relaxed))
+        .ok_or_else(|| anyhow::anyhow!("the proxy died"))?;
+    let metrics = ccproxy::http::client_builder()
+        .build()?
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let active_streams = metric(&metrics, "ccproxy_active_streams").unwrap_or(0.0);
+
+    // SIGTERM under the aftermath of load: must exit 0.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let mut exit = None;
+    for _ in 0..200 {
+        if let Ok(Some(st)) = proxy.0.try_wait() {
+            exit = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    if let Some(path) = &args.csv {
+        let mut csv = String::from("t_s,rss_kb,fds,threads,requests\n");
+        for s in samples.iter().chain([&idle]) {
+            csv.push_str(&format!(
+                "{:.1},{},{},{},{}\n",
+                s.t, s.rss_kb, s.fds, s.threads, s.requests
+            ));
+        }
+        std::fs::write(path, csv)?;
+    }
+
+    // Verdict over the samples after the warm-up: second half vs first half.
+    let steady: Vec<Sample> = samples
+        .iter()
+        .copied()
+        .filter(|s| s.t >= args.warmup as f64)
+        .collect();
+    anyhow::ensure!(
+        steady.len() >= 4,
+        "too few samples after the warm-up: run longer"
+    );
+    let (w1, w2) = steady.split_at(steady.len() / 2);
+    let rss1 = median(w1.iter().map(|s| s.rss_kb).collect());
+    let rss2 = median(w2.iter().map(|s| s.rss_kb).collect());
+    let fd1 = w1.iter().map(|s| s.fds).max().unwrap_or(0);
+    let fd2 = w2.iter().map(|s| s.fds).max().unwrap_or(0);
+    let th1 = w1.iter().map(|s| s.threads).max().unwrap_or(0);
+    let th2 = w2.iter().map(|s| s.threads).max().unwrap_or(0);
+    let rss_slack = (rss1 / 10).max(8 * 1024);
+    let fd_slack = 8 + args.concurrency as u64 / 4;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let secs = args.duration as f64;
+    println!();
+    println!(
+        "traffic: {} requests ({:.0}/s): {} ok, {} expected errors, {} refused by the concurrency limit, \
+         {} deliberate disconnects, {} unexpected",
+        n(&counters.requests),
+        n(&counters.requests) as f64 / secs,
+        n(&counters.ok),
+        n(&counters.expected_errors),
+        n(&counters.limited),
+        n(&counters.disconnects),
+        n(&counters.unexpected),
+    );
+    println!(
+        "rss: start {} KiB, steady first half median {rss1} KiB, second half {rss2} KiB \
+         (slope {:+.0} KiB/min), idle {} KiB",
+        start.rss_kb,
+        slope_per_min(&steady, |s| s.rss_kb as f64),
+        idle.rss_kb
+    );
+    println!(
+        "fds: start {}, max first half {fd1}, second half {fd2}, idle {}",
+        start.fds, idle.fds
+    );
+    println!(
+        "threads: start {}, max first half {th1}, second half {th2}, idle {}",
+        start.threads, idle.threads
+    );
+    println!("active streams after the run: {active_streams}");
+    println!(
+        "exit after SIGTERM: {}",
+        exit.map(|e| e.to_string())
+            .unwrap_or_else(|| "did not exit".into())
+    );
+    let mut ok = true;
+    let mut fail = |why: String| {
+        println!("FAIL: {why}");
+        ok = false;
+    };
+    if rss2 > rss1 + rss_slack {
+        fail(format!(
+            "RSS grew from {rss1} to {rss2} KiB (slack {rss_slack})"
+        ));
+    }
+    if fd2 > fd1 + fd_slack {
+        fail(format!(
+            "open descriptors grew from {fd1} to {fd2} (slack {fd_slack})"
+        ));
+    }
+    if idle.fds > fd1.max(fd2) {
+        fail(format!(
+            "{} descriptors open when idle, more than under load",
+            idle.fds
+        ));
+    }
+    if th2 > th1 + 4 {
+        fail(format!("threads grew from {th1} to {th2}"));
+    }
+    if active_streams != 0.0 {
+        fail(format!(
+            "{active_streams} streams still counted as active when idle"
+        ));
+    }
+    if n(&counters.unexpected) > 0 {
+        fail(format!("{} unexpected outcomes", n(&counters.unexpected)));
+    }
+    if !exit.is_some_and(|e| e.success()) {
+        fail("the proxy did not exit 0 on SIGTERM".into());
+    }
+    if ok {
+        println!("PASS");
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("logs kept in {}", dir.display());
+    }
+    Ok(ok)
+}
