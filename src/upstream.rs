@@ -245,7 +245,14 @@ pub fn request_headers(
     match mode {
         Mode::Passthrough => {
             for (k, v) in client {
-                if is_hop_by_hop(k) || k == "x-api-key" || k == header::AUTHORIZATION {
+                // `accept-encoding` stays behind so responses arrive uncompressed and
+                // their usage can be metered; their content is unchanged, and the
+                // loopback leg gains nothing from compression.
+                if is_hop_by_hop(k)
+                    || k == "x-api-key"
+                    || k == header::AUTHORIZATION
+                    || k == header::ACCEPT_ENCODING
+                {
                     continue;
                 }
                 h.append(k.clone(), v.clone());
@@ -396,6 +403,7 @@ mod tests {
             ("authorization", "Bearer proxy-token"),
             ("x-custom", "1"),
             ("anthropic-beta", "x"),
+            ("accept-encoding", "gzip, br"),
         ]);
         let h = request_headers(
             Mode::Passthrough,
@@ -406,6 +414,7 @@ mod tests {
         );
         assert!(h.get("connection").is_none());
         assert!(h.get("authorization").is_none());
+        assert!(h.get("accept-encoding").is_none());
         assert_eq!(h["x-custom"], "1");
         assert_eq!(h["anthropic-beta"], "x");
         assert_eq!(h["x-api-key"], "sk-ant-api-s");
