@@ -485,6 +485,7 @@ enum Conversion {
 struct ChatInfo {
     client_model: String,
     include_usage: bool,
+    legacy_functions: bool,
 }
 
 /// Which usage tap reads the relayed body.
@@ -597,6 +598,7 @@ fn prepare(
                 conversion: Conversion::Chat(ChatInfo {
                     client_model: converted.client_model,
                     include_usage: converted.include_usage,
+                    legacy_functions: converted.legacy_functions,
                 }),
             }
         }
@@ -766,7 +768,8 @@ async fn convert_chat_response(
             chat.client_model,
             chat.include_usage,
             created,
-        );
+        )
+        .legacy_functions(chat.legacy_functions);
         let mut f = flight.take();
         if let Some(f) = f.as_mut() {
             f.begin_stream();
@@ -794,7 +797,12 @@ async fn convert_chat_response(
                 f.observe(&mut tap, &body);
                 f.end(&mut tap);
             }
-            match convert::response::messages_to_chat(&body, &chat.client_model, created) {
+            match convert::response::messages_to_chat_with(
+                &body,
+                &chat.client_model,
+                created,
+                chat.legacy_functions,
+            ) {
                 Ok(json) => json_response(status, &upstream_headers, json),
                 Err(e) => ProxyError::new(
                     ErrorKind::BadGateway,

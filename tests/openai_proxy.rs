@@ -462,3 +462,56 @@ async fn mid_stream_error_becomes_error_frame_then_done() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn legacy_functions_get_function_call_answers() {
+    let env = env().await;
+    for mode in ["", "/min", "/pt"] {
+        let mut body = chat("weather [sim:tools]", false);
+        body["functions"] = json!([
+            {"name":"get_weather","parameters":{"type":"object","properties":{"location":{"type":"string"}}}}
+        ]);
+        let v = json_of(
+            env.post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
+                .await,
+        )
+        .await;
+        let msg = &v["choices"][0]["message"];
+        assert_eq!(
+            v["choices"][0]["finish_reason"], "function_call",
+            "{mode}: {v}"
+        );
+        assert_eq!(msg["function_call"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(msg["function_call"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["location"], "New York, NY");
+        assert!(msg.get("tool_calls").is_none());
+
+        body["stream"] = json!(true);
+        let resp = env
+            .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
+            .await;
+        let (chunks, done) = chunks(&resp.text().await.unwrap());
+        assert!(done);
+        let mut name = None;
+        let mut streamed = String::new();
+        for c in &chunks {
+            let d = &c["choices"][0]["delta"];
+            assert!(d.get("tool_calls").is_none(), "{mode}: {c}");
+            if let Some(fc) = d.get("function_call") {
+                if let Some(n) = fc["name"].as_str() {
+                    assert!(name.replace(n.to_owned()).is_none(), "named once");
+                }
+                streamed.push_str(fc["arguments"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(name.as_deref(), Some("get_weather"));
+        assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), args);
+        let finish: Vec<&Value> = chunks
+            .iter()
+            .map(|c| &c["choices"][0]["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finish, vec![&json!("function_call")]);
+    }
+}

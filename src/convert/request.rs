@@ -95,6 +95,9 @@ pub struct ConvertedRequest {
     pub stream: bool,
     /// `stream_options.include_usage` (only meaningful when `stream`).
     pub include_usage: bool,
+    /// The request declared legacy `functions` (and no `tools`): answer with the
+    /// legacy `function_call` field and finish reason instead of `tool_calls`.
+    pub legacy_functions: bool,
 }
 
 /// A request the proxy refuses: always HTTP 400, type `invalid_request_error`.
@@ -183,6 +186,7 @@ pub fn chat_to_messages(
         upstream_model: upstream_model.to_owned(),
         stream,
         include_usage,
+        legacy_functions: req.functions.is_some() && req.tools.is_none(),
     })
 }
 

@@ -119,6 +119,18 @@ pub fn messages_to_chat(
     client_model: &str,
     created: u64,
 ) -> Result<Vec<u8>, serde_json::Error> {
+    messages_to_chat_with(body, client_model, created, false)
+}
+
+/// [`messages_to_chat`], answering a request that used legacy `functions` when
+/// `legacy_functions`: the first `tool_use` becomes `message.function_call`
+/// (legacy calls are one at a time) and `tool_use` finishes as `function_call`.
+pub fn messages_to_chat_with(
+    body: &[u8],
+    client_model: &str,
+    created: u64,
+    legacy_functions: bool,
+) -> Result<Vec<u8>, serde_json::Error> {
     let msg: AnthropicMessage = serde_json::from_slice(body)?;
     let mut out = Vec::with_capacity(body.len() + 256);
 
@@ -207,11 +219,24 @@ pub fn messages_to_chat(
     // tool calls
     let mut first = true;
     let mut args = String::new();
-    for b in msg
+    let mut tool_uses = msg
         .content
         .iter()
-        .filter(|b| b.kind.as_deref() == Some("tool_use"))
-    {
+        .filter(|b| b.kind.as_deref() == Some("tool_use"));
+    if legacy_functions {
+        if let Some(b) = tool_uses.next() {
+            out.extend_from_slice(br#","function_call":{"name":"#);
+            write_json_str(&mut out, b.name.as_deref().unwrap_or(""));
+            out.extend_from_slice(br#","arguments":"#);
+            match b.input {
+                Some(raw) => minify_json_into(raw.get(), &mut args),
+                None => args.push_str("{}"),
+            }
+            write_json_str(&mut out, &args);
+            out.push(b'}');
+        }
+    }
+    for b in tool_uses.filter(|_| !legacy_functions) {
         out.extend_from_slice(if first {
             br#","tool_calls":[{"id":"#
         } else {
@@ -235,9 +260,14 @@ pub fn messages_to_chat(
     }
 
     out.extend_from_slice(br#"},"logprobs":null,"finish_reason":"#);
+    let finish = finish_reason(msg.stop_reason.as_deref().unwrap_or("end_turn"));
     write_json_str(
         &mut out,
-        finish_reason(msg.stop_reason.as_deref().unwrap_or("end_turn")),
+        if legacy_functions && finish == "tool_calls" {
+            "function_call"
+        } else {
+            finish
+        },
     );
     out.extend_from_slice(br#"}],"usage":"#);
     let mut usage = Usage::default();

@@ -100,6 +100,8 @@ pub struct ChatStreamConverter {
     finish_sent: bool,
     done: bool,
     usage: Usage,
+    /// Answer a legacy `functions` request: `function_call` deltas for the first call.
+    legacy_functions: bool,
 }
 
 impl ChatStreamConverter {
@@ -134,7 +136,15 @@ impl ChatStreamConverter {
             finish_sent: false,
             done: false,
             usage: Usage::default(),
+            legacy_functions: false,
         }
+    }
+
+    /// Streams the first tool call as legacy `function_call` deltas (and finishes
+    /// with `function_call`), for requests that used legacy `functions`.
+    pub fn legacy_functions(mut self, on: bool) -> Self {
+        self.legacy_functions = on;
+        self
     }
 
     /// True once `[DONE]` has been written.
@@ -260,6 +270,11 @@ impl ChatStreamConverter {
             return;
         }
         if let Some(f) = self.finish {
+            let f = if self.legacy_functions && f == "tool_calls" {
+                "function_call"
+            } else {
+                f
+            };
             self.ensure_role(out);
             self.chunk_start(out);
             out.extend_from_slice(b"{}");
@@ -312,11 +327,17 @@ impl ChatStreamConverter {
     fn tool_args(&mut self, index: u32, args: &str, out: &mut Vec<u8>) {
         self.ensure_role(out);
         self.chunk_start(out);
-        out.extend_from_slice(br#"{"tool_calls":[{"index":"#);
-        out.extend_from_slice(index.to_string().as_bytes());
-        out.extend_from_slice(br#","function":{"arguments":"#);
-        write_json_str(out, args);
-        out.extend_from_slice(b"}}]}");
+        if self.legacy_functions {
+            out.extend_from_slice(br#"{"function_call":{"arguments":"#);
+            write_json_str(out, args);
+            out.extend_from_slice(b"}}");
+        } else {
+            out.extend_from_slice(br#"{"tool_calls":[{"index":"#);
+            out.extend_from_slice(index.to_string().as_bytes());
+            out.extend_from_slice(br#","function":{"arguments":"#);
+            write_json_str(out, args);
+            out.extend_from_slice(b"}}]}");
+        }
         self.chunk_end(out, None);
     }
 
@@ -342,18 +363,26 @@ impl ChatStreamConverter {
                 }
                 BlockState::Text
             }
+            // Legacy `functions` answers carry one call: later ones are dropped.
+            Some("tool_use") if self.legacy_functions && self.tool_calls > 0 => BlockState::Other,
             Some("tool_use") => {
                 let k = self.tool_calls;
                 self.tool_calls = self.tool_calls.saturating_add(1);
                 self.ensure_role(out);
                 self.chunk_start(out);
-                out.extend_from_slice(br#"{"tool_calls":[{"index":"#);
-                out.extend_from_slice(k.to_string().as_bytes());
-                out.extend_from_slice(br#","id":"#);
-                write_json_str(out, b.id.as_deref().unwrap_or(""));
-                out.extend_from_slice(br#","type":"function","function":{"name":"#);
-                write_json_str(out, b.name.as_deref().unwrap_or(""));
-                out.extend_from_slice(br#","arguments":""}}]}"#);
+                if self.legacy_functions {
+                    out.extend_from_slice(br#"{"function_call":{"name":"#);
+                    write_json_str(out, b.name.as_deref().unwrap_or(""));
+                    out.extend_from_slice(br#","arguments":""}}"#);
+                } else {
+                    out.extend_from_slice(br#"{"tool_calls":[{"index":"#);
+                    out.extend_from_slice(k.to_string().as_bytes());
+                    out.extend_from_slice(br#","id":"#);
+                    write_json_str(out, b.id.as_deref().unwrap_or(""));
+                    out.extend_from_slice(br#","type":"function","function":{"name":"#);
+                    write_json_str(out, b.name.as_deref().unwrap_or(""));
+                    out.extend_from_slice(br#","arguments":""}}]}"#);
+                }
                 self.chunk_end(out, None);
                 let start_input = b
                     .input

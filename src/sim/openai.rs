@@ -100,7 +100,8 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
             converted.client_model.clone(),
             converted.include_usage,
             created,
-        );
+        )
+        .legacy_functions(converted.legacy_functions);
         let mut parser = convert::SseParser::new();
         let mut chunks = Vec::new();
         for ev in generate::sse_events(&message, &dir) {
@@ -117,10 +118,11 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
         }
         super::sse_response(state, chunks, dir.gap_ms)
     } else {
-        match convert::response::messages_to_chat(
+        match convert::response::messages_to_chat_with(
             message.to_json().as_bytes(),
             &converted.client_model,
             created,
+            converted.legacy_functions,
         ) {
             Ok(json) => {
                 let mut resp = Response::new(axum::body::Body::from(json));
