@@ -26,7 +26,7 @@ use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
 use crate::observability::tap::Tap;
 use crate::observability::{InFlight, MeteredBody};
 use crate::server::AppState;
-use crate::upstream::{self, StreamLimits, StreamNext, UpstreamAuth};
+use crate::upstream::{self, StreamLimits, StreamNext, StreamWatch, UpstreamAuth};
 
 /// The three ways ccproxy relays a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -698,10 +698,10 @@ fn sse_relay(
     limits: StreamLimits,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let upstream = resp.bytes_stream();
-    futures_util::stream::unfold(Some((upstream, limits)), |st| async move {
-        let (mut up, mut limits) = st?;
-        match limits.next(&mut up).await {
-            StreamNext::Chunk(chunk) => Some((Ok(chunk), Some((up, limits)))),
+    futures_util::stream::unfold(Some((upstream, limits.watch())), |st| async move {
+        let (mut up, mut watch) = st?;
+        match watch.next(&mut up).await {
+            StreamNext::Chunk(chunk) => Some((Ok(chunk), Some((up, watch)))),
             StreamNext::Broken(why) => {
                 tracing::warn!(reason = %why, "stream ended early");
                 let frame = format!(
@@ -818,7 +818,7 @@ async fn convert_chat_response(
 
 struct ChatStreamState<S> {
     upstream: S,
-    limits: StreamLimits,
+    watch: StreamWatch,
     parser: convert::SseParser,
     conv: convert::stream::ChatStreamConverter,
     flight: Option<InFlight>,
@@ -834,7 +834,7 @@ fn chat_stream(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let st = ChatStreamState {
         upstream: resp.bytes_stream(),
-        limits,
+        watch: limits.watch(),
         parser: convert::SseParser::new(),
         conv,
         flight,
@@ -846,7 +846,7 @@ fn chat_stream(
                 return None;
             }
             let mut out = Vec::new();
-            match st.limits.next(&mut st.upstream).await {
+            match st.watch.next(&mut st.upstream).await {
                 StreamNext::Chunk(chunk) => {
                     let conv = &mut st.conv;
                     let mut metered = st.flight.as_mut().map(|f| &mut f.metered);

@@ -19,7 +19,7 @@ use crate::guard::{Guard, Verdict};
 use crate::observability::usage::{
     DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter, dashboard,
 };
-use crate::observability::{Observer, SinkFn, prom};
+use crate::observability::{LogStyle, Observer, SinkFn, prom};
 use crate::pipeline::{self, Mode, Route};
 use crate::sim::SimHandle;
 use crate::upstream::StreamLimits;
@@ -222,10 +222,16 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     let sink = usage
         .clone()
         .map(|w| -> SinkFn { Box::new(move |r| w.record(r)) });
+    let log_style = if settings.log_format == "json" {
+        LogStyle::Json
+    } else {
+        LogStyle::Pretty
+    };
     let observer = Observer::start(
         16 * 1024,
         Box::new(move |model, tokens| prices.cost(model, tokens)),
         sink,
+        log_style,
     );
     let guard = Guard {
         loopback_only: crate::guard::is_loopback_host(&settings.host),

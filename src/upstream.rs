@@ -39,6 +39,8 @@ impl std::fmt::Debug for UpstreamAuth {
 pub struct Upstream {
     client: reqwest::Client,
     base: String,
+    /// The base parsed once; each request only sets path and query on a clone.
+    base_url: reqwest::Url,
     header_timeout: Duration,
 }
 
@@ -47,13 +49,17 @@ impl Upstream {
         base: String,
         connect_timeout: Duration,
         header_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, std::io::Error> {
         let client = crate::http::client_builder()
             .connect_timeout(connect_timeout)
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(std::io::Error::other)?;
+        let base_url = reqwest::Url::parse(&base).map_err(std::io::Error::other)?;
         Ok(Upstream {
             client,
             base,
+            base_url,
             header_timeout,
         })
     }
@@ -75,13 +81,14 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, ProxyError> {
-        let mut url = String::with_capacity(self.base.len() + path.len() + 32);
-        url.push_str(&self.base);
-        url.push_str(path);
-        if let Some(q) = query {
-            url.push('?');
-            url.push_str(q);
+        let mut url = self.base_url.clone();
+        let base_path = self.base_url.path().trim_end_matches('/');
+        if base_path.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{base_path}{path}"));
         }
+        url.set_query(query);
         let mut rb = self.client.request(method.clone(), url).headers(headers);
         if method != Method::GET && method != Method::HEAD || !body.is_empty() {
             rb = rb.body(body);
@@ -118,31 +125,71 @@ pub struct StreamLimits {
 }
 
 impl StreamLimits {
+    /// The per-stream watcher that applies these limits.
+    pub fn watch(&self) -> StreamWatch {
+        let mut shutdown = self.shutdown.clone();
+        let ended = Box::pin(async move {
+            // A dropped sender (no server) never ends streams.
+            if shutdown.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+        StreamWatch {
+            idle: self.idle,
+            last_chunk: tokio::time::Instant::now(),
+            timer: Box::pin(tokio::time::sleep(self.idle)),
+            ended,
+        }
+    }
+}
+
+/// One stream's idle timer and shutdown signal. The timer is not re-armed per
+/// chunk: each chunk only notes its time, and a timer that fires early is
+/// pushed to the real deadline.
+pub struct StreamWatch {
+    idle: Duration,
+    last_chunk: tokio::time::Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    ended: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl StreamWatch {
     /// The next chunk of `up`, unless the upstream stays silent too long or the
     /// server is ending its streams.
     pub async fn next<S>(&mut self, up: &mut S) -> StreamNext
     where
         S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
     {
-        let shutdown = &mut self.shutdown;
-        let ended = async {
-            // A dropped sender (no server) never ends streams.
-            if shutdown.wait_for(|v| *v).await.is_err() {
-                std::future::pending::<()>().await;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut self.ended => {
+                    return StreamNext::Broken("ccproxy is shutting down".to_owned());
+                }
+                r = up.next() => {
+                    return match r {
+                        Some(Ok(b)) => {
+                            self.last_chunk = tokio::time::Instant::now();
+                            StreamNext::Chunk(b)
+                        }
+                        Some(Err(e)) => StreamNext::Broken(format!(
+                            "upstream connection lost: {}",
+                            error_chain(&e)
+                        )),
+                        None => StreamNext::End,
+                    };
+                }
+                () = &mut self.timer => {
+                    let deadline = self.last_chunk + self.idle;
+                    if tokio::time::Instant::now() >= deadline {
+                        return StreamNext::Broken(format!(
+                            "the upstream sent nothing for {} s; the stream was ended",
+                            self.idle.as_secs_f64()
+                        ));
+                    }
+                    self.timer.as_mut().reset(deadline);
+                }
             }
-        };
-        tokio::select! {
-            biased;
-            () = ended => StreamNext::Broken("ccproxy is shutting down".to_owned()),
-            r = tokio::time::timeout(self.idle, up.next()) => match r {
-                Err(_) => StreamNext::Broken(format!(
-                    "the upstream sent nothing for {} s; the stream was ended",
-                    self.idle.as_secs_f64()
-                )),
-                Ok(Some(Ok(b))) => StreamNext::Chunk(b),
-                Ok(Some(Err(e))) => StreamNext::Broken(format!("upstream connection lost: {}", error_chain(&e))),
-                Ok(None) => StreamNext::End,
-            },
         }
     }
 }

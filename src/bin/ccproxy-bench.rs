@@ -142,6 +142,10 @@ struct RunArgs {
     /// Print only the summary line of each arm.
     #[arg(long)]
     quiet: bool,
+    /// Close an arm's connections after each of its segments (for thousands of connections:
+    /// the arms' pools would otherwise add up against the open-file limit).
+    #[arg(long)]
+    close_between: bool,
 }
 
 struct ArmSpec {
@@ -415,6 +419,9 @@ async fn run(args: RunArgs) -> Result<()> {
             }
             r.rounds.push(f);
             r.all.merge(seg);
+            if args.close_between {
+                r.pool.close();
+            }
         }
     }
     report(&args, &plan, &mut runs)

@@ -44,7 +44,10 @@ pub struct UsageRecord {
 }
 
 pub mod prom;
+mod reqlog;
 pub mod tap;
+
+pub use reqlog::LogStyle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 
 use tap::{Metered, Tap};
 
@@ -83,11 +86,16 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn start(capacity: usize, cost: CostFn, sink: Option<SinkFn>) -> Arc<Observer> {
+    pub fn start(
+        capacity: usize,
+        cost: CostFn,
+        sink: Option<SinkFn>,
+        log: LogStyle,
+    ) -> Arc<Observer> {
         let (tx, rx) = sync_channel(capacity);
         let spawned = std::thread::Builder::new()
             .name("ccproxy-observer".into())
-            .spawn(move || observer_loop(rx, cost, sink));
+            .spawn(move || observer_loop(rx, cost, sink, log));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the observer thread; requests will not be logged");
         }
@@ -131,7 +139,9 @@ impl Observer {
     }
 }
 
-fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>) {
+fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>, log: LogStyle) {
+    let mut metrics = reqlog::MetricCache::default();
+    let mut line = String::with_capacity(512);
     while let Ok(msg) = rx.recv() {
         let mut f = match msg {
             Msg::Finished(f) => f,
@@ -144,82 +154,16 @@ fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>) {
         if let Some(model) = r.model.as_deref() {
             r.cost_usd = cost(model, &r.tokens);
         }
-        record_metrics(r);
-        log_request(&f);
+        metrics.record(r);
+        if tracing::enabled!(target: "ccproxy::request", tracing::Level::INFO) {
+            reqlog::write_line(&mut line, &f, log);
+            use std::io::Write as _;
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
         if let Some(sink) = sink.as_mut() {
             sink(f.record);
         }
     }
-}
-
-fn record_metrics(r: &UsageRecord) {
-    let mode = r.mode.clone();
-    let dialect = r.dialect.clone();
-    counter!("ccproxy_requests_total", "mode" => mode.clone(), "dialect" => dialect.clone(),
-        "status" => prom::status_class(r.status))
-    .increment(1);
-    histogram!("ccproxy_request_duration_seconds", "mode" => mode.clone(), "dialect" => dialect.clone())
-        .record(r.duration_ms / 1000.0);
-    histogram!("ccproxy_proxy_overhead_seconds", "mode" => mode.clone(), "dialect" => dialect.clone())
-        .record(r.proxy_ms / 1000.0);
-    if let Some(t) = r.ttft_ms {
-        histogram!("ccproxy_ttft_seconds", "mode" => mode, "dialect" => dialect).record(t / 1000.0);
-    }
-    let family = prom::model_family(r.model.as_deref());
-    for (kind, n) in [
-        ("input", r.tokens.input),
-        ("output", r.tokens.output),
-        ("cache_read", r.tokens.cache_read),
-        ("cache_write", r.tokens.cache_write),
-    ] {
-        if n > 0 {
-            counter!("ccproxy_tokens_total", "model" => family.clone(), "kind" => kind)
-                .increment(n);
-        }
-    }
-    if let Some(c) = r.cost_usd {
-        gauge!("ccproxy_cost_usd_total", "model" => family).increment(c);
-    }
-    let upstream_kind = match (r.upstream_status, r.status) {
-        (None, 502) => Some("connect"),
-        (None, 504) => Some("timeout"),
-        (Some(429), _) => Some("rate_limited"),
-        (Some(529), _) => Some("overloaded"),
-        (Some(s), _) if s >= 500 => Some("server_error"),
-        (Some(_), _) if r.error.is_some() && r.status < 400 => Some("stream_error"),
-        _ => None,
-    };
-    if let Some(kind) = upstream_kind {
-        counter!("ccproxy_upstream_errors_total", "kind" => kind).increment(1);
-    }
-}
-
-fn log_request(f: &Finished) {
-    let r = &f.record;
-    tracing::info!(
-        target: "ccproxy::request",
-        request_id = %r.request_id,
-        mode = %r.mode,
-        dialect = %r.dialect,
-        route = f.route,
-        model = r.model.as_deref().unwrap_or("-"),
-        stream = r.stream,
-        status = r.status,
-        upstream_status = r.upstream_status,
-        upstream_request_id = f.upstream_request_id.as_deref().unwrap_or("-"),
-        duration_ms = format_args!("{:.2}", r.duration_ms),
-        ttft_ms = r.ttft_ms.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into()),
-        proxy_ms = format_args!("{:.3}", r.proxy_ms),
-        input_tokens = r.tokens.input,
-        output_tokens = r.tokens.output,
-        cache_read_tokens = r.tokens.cache_read,
-        cache_write_tokens = r.tokens.cache_write,
-        cost_usd = r.cost_usd.map(|c| format!("{c:.6}")).unwrap_or_else(|| "-".into()),
-        credential = r.credential.as_deref().unwrap_or("-"),
-        abandoned = r.abandoned,
-        error = r.error.as_deref().unwrap_or("-"),
-        "request"
-    );
 }
 
 /// One request in flight. Dropping it finishes it: logged, metered and stored,

@@ -149,7 +149,12 @@ impl Tap {
         match self {
             Tap::AnthropicJson(buf) => {
                 m.first_content = true;
-                if let Ok(msg) = serde_json::from_slice::<AnthropicMessage>(buf) {
+                if let Some(quick) = quick_anthropic_usage(buf) {
+                    quick.0.apply(&mut m.tokens);
+                    if quick.1.is_some() {
+                        m.model = quick.1;
+                    }
+                } else if let Ok(msg) = serde_json::from_slice::<AnthropicMessage>(buf) {
                     if let Some(u) = &msg.usage {
                         u.apply(&mut m.tokens);
                     }
@@ -172,6 +177,40 @@ impl Tap {
             _ => {}
         }
     }
+}
+
+/// Reads `usage` and `model` of a Messages response without parsing its content:
+/// Anthropic writes `usage` as the last top-level key and `model` near the start,
+/// and keys inside content can only appear before `usage`. Falls back (`None`)
+/// to a full parse when the body is shaped otherwise.
+fn quick_anthropic_usage(buf: &[u8]) -> Option<(AnthropicUsage, Option<String>)> {
+    let at = memchr::memmem::rfind(buf, b"\"usage\"")?;
+    let rest = &buf[at + 7..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let mut it =
+        serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<AnthropicUsage>();
+    let usage = it.next()?.ok()?;
+    // Only what follows can be the closing brace of the message.
+    let tail = &rest[colon + 1 + it.byte_offset()..];
+    if !tail.iter().all(|b| b.is_ascii_whitespace() || *b == b'}') {
+        return None;
+    }
+    // `model` is trusted only before `content` (a tool input may have a `model` key).
+    let model_at = memchr::memmem::find(buf, b"\"model\"")?;
+    if memchr::memmem::find(buf, b"\"content\"").is_some_and(|c| c < model_at) {
+        return None;
+    }
+    let after = &buf[model_at + 7..];
+    let colon = after.iter().position(|b| !b.is_ascii_whitespace())?;
+    if after[colon] != b':' {
+        return None;
+    }
+    let mut it = serde_json::Deserializer::from_slice(&after[colon + 1..]).into_iter::<String>();
+    let model = it.next()?.ok();
+    Some((usage, model))
 }
 
 /// Reads one Anthropic SSE event.
@@ -254,6 +293,31 @@ mod tests {
         tap.push(&raw, &mut m);
         tap.finish(&mut m);
         assert_eq!((m.tokens.input, m.tokens.output), (24, 40));
+    }
+
+    #[test]
+    fn quick_path_reads_api_ordered_bodies_and_refuses_doubtful_ones() {
+        let body = br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"tool_use","id":"t","name":"f","input":{"usage":{"input_tokens":999},"model":"no"}}],"stop_reason":"tool_use","usage":{"input_tokens":12,"output_tokens":3,"cache_read_input_tokens":4}}"#;
+        let (u, model) = quick_anthropic_usage(body).unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_input_tokens),
+            (Some(12), Some(3), Some(4))
+        );
+        assert_eq!(model.as_deref(), Some("claude-x"));
+        // usage not last: no quick answer.
+        assert!(
+            quick_anthropic_usage(br#"{"usage":{"input_tokens":1},"model":"m","x":1}"#).is_none()
+        );
+        // model after content: no quick answer.
+        assert!(
+            quick_anthropic_usage(br#"{"content":[],"model":"m","usage":{"input_tokens":1}}"#)
+                .is_none()
+        );
+        let mut tap = Tap::anthropic(false);
+        let mut m = Metered::default();
+        tap.push(body, &mut m);
+        tap.finish(&mut m);
+        assert_eq!(m.tokens.input, 12);
     }
 
     #[test]

@@ -177,6 +177,15 @@ impl Pool {
         Ok(p)
     }
 
+    /// Drops the open connections (HTTP/1.1); they reopen on next use.
+    pub fn close(&mut self) {
+        for l in &mut self.links {
+            if let Some(Link::H1(c)) = l {
+                *c = None;
+            }
+        }
+    }
+
     fn resize(&mut self, arm: &Arm, concurrency: usize) {
         while self.links.len() < concurrency {
             let i = self.links.len();
@@ -291,6 +300,8 @@ async fn worker(
                 seg.err_io += 1;
                 seg.note_error(format!("{}: {e:#}", arm.name));
                 link = reset_link(arm, link);
+                // No hot loop on a refused or failed connection.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
             Ok(Ok(x)) => x,

@@ -368,10 +368,16 @@ impl UsageWriter {
     }
 }
 
+/// How long the writer gathers records into one transaction.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn writer_loop(mut store: UsageStore, rx: Receiver<Msg>, shared: &Shared) {
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(64);
     let mut acks: Vec<mpsc::Sender<()>> = Vec::new();
     while let Ok(first) = rx.recv() {
+        // Collect for a short window so a busy proxy writes one transaction per
+        // window, not one per request; a flush request ends the window at once.
+        let deadline = std::time::Instant::now() + BATCH_WINDOW;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -383,10 +389,11 @@ fn writer_loop(mut store: UsageStore, rx: Receiver<Msg>, shared: &Shared) {
                     shared.wait_unstalled();
                 }
             }
-            if batch.len() >= MAX_BATCH {
+            if batch.len() >= MAX_BATCH || !acks.is_empty() {
                 break;
             }
-            next = rx.try_recv().ok();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            next = rx.recv_timeout(left).ok();
         }
         write_batch(&mut store, &mut batch, &mut acks, shared);
     }
