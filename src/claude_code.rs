@@ -227,7 +227,7 @@ fn write_key(out: &mut Vec<u8>, k: &str) {
 /// blocks. Only bodies with 4 or more occurrences are parsed to count exactly.
 pub fn cache_control_count(body: &[u8], obj: &RawObject<'_>) -> Result<usize, ShapeError> {
     let quick = memmem::find_iter(body, b"\"cache_control\"").count();
-    if quick < MAX_CACHE_CONTROL_BLOCKS {
+    if quick < MAX_CACHE_CONTROL_BLOCKS && !has_escaped_ascii_letter(body) {
         return Ok(quick);
     }
     let mut n = 0;
@@ -238,6 +238,18 @@ pub fn cache_control_count(body: &[u8], obj: &RawObject<'_>) -> Result<usize, Sh
         }
     }
     Ok(n)
+}
+
+/// Whether the body spells an ASCII letter or `_` as a `\u00XX` escape: then a
+/// key such as `cache_control` could be hidden from the byte search.
+fn has_escaped_ascii_letter(body: &[u8]) -> bool {
+    memmem::find_iter(body, b"\\u00").any(|i| {
+        let hex = body
+            .get(i + 4..i + 6)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+    })
 }
 
 fn count_in(v: &serde_json::Value) -> usize {
@@ -352,6 +364,20 @@ mod tests {
                 {"type":"text","text":"y","cache_control":{"type":"ephemeral"}}]}]
         }));
         assert!(s.identity_cached);
+    }
+
+    #[test]
+    fn escaped_keys_are_counted() {
+        // Four blocks, one key spelled with an escape: no cache_control on the identity.
+        let body = br#"{"system":[{"type":"text","text":"A","cache_control":{"type":"ephemeral"}}],
+            "messages":[{"role":"user","content":[
+              {"type":"text","text":"x","cache_control":{"type":"ephemeral"}},
+              {"type":"text","text":"y","cache_control":{"type":"ephemeral"}},
+              {"type":"text","text":"z","cache\u005fcontrol":{"type":"ephemeral"}}]}]}"#;
+        let (_, s) = shape_request(body).unwrap();
+        assert!(s.identity_added && !s.identity_cached);
+        // Ordinary control-character escapes keep the fast path correct.
+        assert!(!has_escaped_ascii_letter(br#"{"text":"a\u001b[0m"}"#));
     }
 
     #[test]
