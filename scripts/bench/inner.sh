@@ -6,6 +6,7 @@
 #   BENCH_ROOT=... BENCH_FIXTURE=... [BENCH_QUICK=1] [BENCH_PEERS=0] [BENCH_PROFILE=0] \
 #     unshare -n bash scripts/bench/inner.sh OUT
 set -euo pipefail
+main() {
 OUT=$1
 ROOT=${BENCH_ROOT:-$PWD}
 cd "$ROOT"
@@ -17,7 +18,7 @@ BIN=$ROOT/target/release
 BENCH=$BIN/ccproxy-bench
 KEY=sk-ant-api03-bench-key
 U=http://127.0.0.1
-SIM_PORT=18001 PROXY_PORT=18002 CCA_PORT=18003 LITE_PORT=18004 LEAN_PORT=18005 RELAY_PORT=18009
+SIM_PORT=18001 PROXY_PORT=18002 CCA_PORT=18003 LITE_PORT=18004 LEAN_PORT=18005 FRESH_PORT=18006 RELAY_PORT=18009
 
 ip link set lo up
 # Loopback only: refuse to go on if any other interface is up.
@@ -143,6 +144,14 @@ bench s4-ttft-c1 "${ALL9[@]}" "${REF[@]}" -c 1 --stream --deltas 64 --requests $
 note "== 4b: inter-event gaps, c=1 (16 deltas, 5 ms apart)"
 bench s4-gap-c1 "${ALL9[@]}" -c 1 --stream --deltas 16 --gap-ms 5 --requests $N4B --rounds $R4B --warmup 2
 note "== 4c: concurrent 20 ms-paced streams (64 deltas)"
+# A fresh ccproxy process (same settings), so that its peak RSS is that of this load alone.
+env -i PATH=/usr/bin:/bin HOME="$PHOME" XDG_CONFIG_HOME="$PHOME/.config" ANTHROPIC_API_KEY=$KEY \
+  "$BIN/ccproxy" serve --config "$PHOME/ccproxy.toml" --host 127.0.0.1 --port $FRESH_PORT \
+  --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-streams.log" 2>&1 &
+FRESH=$!
+PIDS+=("$FRESH")
+wait_port $FRESH_PORT $FRESH || { echo "ccproxy (streams) did not start" >&2; exit 1; }
+"$BENCH" proc --pid "$FRESH" --label ccproxy-streams-idle --out "$RES" >/dev/null
 for n in $STEPS; do
   # Above ~9 000 streams an HTTP/1.1 client leg would need more than the 20 000 open files
   # this machine allows a process (ccproxy holds both legs): the client leg uses h2c there.
@@ -151,12 +160,16 @@ for n in $STEPS; do
   rounds=1
   [ "$n" = 1000 ] && [ "$QUICK" = 0 ] && rounds=3
   ramp=$(python3 -c "print(min(1.0, $n / 2000))")
-  bench "s4-streams-$n" --arm "$D_ANTH$h2" --arm "$PT_ANTH$h2" \
-    --arm "name=ccproxy-full-openai,url=$U:$PROXY_PORT/openai/v1/chat/completions,body=openai,base=direct-anthropic,$P$h2" \
+  bench "s4-streams-$n" --arm "$D_ANTH$h2" \
+    --arm "name=ccproxy-pt-anthropic,url=$U:$FRESH_PORT/pt/v1/messages,base=direct-anthropic,pid=$FRESH$h2" \
+    --arm "name=ccproxy-full-openai,url=$U:$FRESH_PORT/openai/v1/chat/completions,body=openai,base=direct-anthropic,pid=$FRESH$h2" \
+    --arm "name=ref-tcp-relay,url=$U:$RELAY_PORT/v1/messages,base=direct-anthropic,pid=$RELAY$h2" \
     -c "$n" --stream --deltas 64 --gap-ms 20 --ramp-secs "$ramp" --seconds $HOLD --rounds $rounds \
-    --stall-ms 500 --timeout-secs 30
+    --stall-ms 500 --timeout-secs 30 --close-between
 done
 "$BENCH" proc --pid "$PROXY" --label ccproxy-after-load --out "$RES" >/dev/null
+"$BENCH" proc --pid "$FRESH" --label ccproxy-streams-after --out "$RES" >/dev/null
+kill "$FRESH" 2>/dev/null || true
 
 # --- scenario 5: conversion micro-benchmarks ----------------------------------------------
 note "== 5: conversion micro-benchmarks"
@@ -182,9 +195,9 @@ if [ "${BENCH_PROFILE:-1}" = 1 ] && command -v perf >/dev/null 2>&1; then
     "$BENCH" run --scenario "profile-$name" --arm "$(echo "$arm" | sed 's/,base=[^,]*//')" -c 32 \
       --seconds 3.2 --rounds 1 --quiet --cc-fixture "$FIXTURE" >/dev/null 2>&1 || true
     wait $PERF || true
-    perf report -i "$OUT/perf-$name.data" --no-children --sort symbol --stdio 2>/dev/null |
+    perf report -i "$OUT/perf-$name.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
       grep -v '^#' | grep -v '^$' | grep '%' | head -40 >"$OUT/perf-$name.txt" || true
-    perf report -i "$OUT/perf-$name.data" --no-children --sort dso --stdio 2>/dev/null |
+    perf report -i "$OUT/perf-$name.data" --no-children --sort dso --stdio -g none 2>/dev/null |
       grep -v '^#' | grep -v '^$' | grep '%' | head -10 >"$OUT/perf-$name-dso.txt" || true
     rm -f "$OUT/perf-$name.data"
   done
@@ -220,3 +233,5 @@ if [ "${BENCH_PEERS:-1}" = 1 ]; then
   done
 fi
 note "== done"
+}
+main "$@"

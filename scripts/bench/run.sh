@@ -15,6 +15,7 @@
 # Raw results stay in target/bench/run-<UTC stamp>/ (target/bench/latest links to the last).
 # --quick: a few rounds only, for checking the suite itself (figures too noisy to publish).
 set -euo pipefail
+main() {
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
@@ -113,3 +114,5 @@ echo $(( $(date +%s) - T0 )) >"$OUT/elapsed_s"
 python3 scripts/bench/report.py "$OUT" >"$ROOT/BENCHMARKS.md.tmp"
 mv "$ROOT/BENCHMARKS.md.tmp" "$ROOT/BENCHMARKS.md"
 echo "== wrote BENCHMARKS.md (raw results: $OUT)"
+}
+main "$@"
