@@ -465,24 +465,33 @@ async fn upstream_error_statuses_429_529_500() {
 async fn client_disconnect_cancels_the_upstream_within_100ms() {
     let env = api_env().await;
     // Short gaps (the upstream writes often) and long ones (it is silent when
-    // the client leaves): the proxy must notice the client either way.
+    // the client leaves): the proxy must notice the client either way. On a
+    // loaded machine one attempt may be late; a real delay fails all three.
     for gap in [20, 1000] {
         let text = format!("[sim:gap={gap}] [sim:endless]");
         for (path, body, _) in all_routes(&text, true, false) {
-            let before = env.sim_state().streams_cancelled.load(Ordering::SeqCst);
-            let resp = env.post(&path, None, &body).await;
-            assert_eq!(resp.status(), 200);
-            let mut stream = resp.bytes_stream();
-            stream.next().await.unwrap().unwrap();
-            drop(stream);
-            let took = wait_until(Duration::from_secs(3), || {
-                env.sim_state().streams_cancelled.load(Ordering::SeqCst) > before
-            })
-            .await;
-            let took = took.unwrap_or_else(|| panic!("{path} gap={gap}: upstream never cancelled"));
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let cancelled = &env.sim_state().streams_cancelled;
+                let before = cancelled.load(Ordering::SeqCst);
+                let resp = env.post(&path, None, &body).await;
+                assert_eq!(resp.status(), 200);
+                let mut stream = resp.bytes_stream();
+                stream.next().await.unwrap().unwrap();
+                drop(stream);
+                let took = wait_until(Duration::from_secs(3), || {
+                    cancelled.load(Ordering::SeqCst) > before
+                })
+                .await
+                .unwrap_or_else(|| panic!("{path} gap={gap}: upstream never cancelled"));
+                times.push(took);
+                if took <= Duration::from_millis(100) {
+                    break;
+                }
+            }
             assert!(
-                took <= Duration::from_millis(100),
-                "{path} gap={gap}: upstream cancelled after {took:?}"
+                times.iter().any(|t| *t <= Duration::from_millis(100)),
+                "{path} gap={gap}: upstream cancelled after {times:?}"
             );
         }
     }
@@ -793,58 +802,88 @@ async fn retries_never_after_bytes_nor_for_500_or_timeouts() {
     assert_eq!(upstream_messages(&env), 3);
 }
 
-/// A request refused before its body was read (413 here) must not leave a
-/// keep-alive connection that the client reuses and finds closed: the refusal
-/// should carry `connection: close` (or the body should be drained).
+/// A request refused before its body was read must either say
+/// `connection: close` or leave the connection usable: otherwise a pooling
+/// client reuses a connection the proxy is closing, and an unrelated request
+/// fails (seen in the soak as "connection closed before message completed").
 #[tokio::test]
 #[ignore = "bug: early refusals close the connection without `connection: close` (see report)"]
-async fn early_refusals_do_not_poison_keep_alive_connections() {
+async fn early_refusals_say_connection_close_or_keep_the_connection() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
-        max_body_bytes: Some(1024),
+        auth_token: Some(PROXY_TOKEN),
+        max_body_bytes: Some(1024 * 1024),
         ..Opts::default()
     })
     .await;
-    let client = ccproxy::http::client_builder()
-        .pool_max_idle_per_host(1)
-        .build()
-        .unwrap();
-    let big = serde_json::to_vec(&message(&"x".repeat(4 * 1024 * 1024), false)).unwrap();
-    let small = serde_json::to_vec(&message("hi", false)).unwrap();
-    let mut failures = Vec::new();
-    for i in 0..20 {
-        match client
-            .post(env.url("/v1/messages"))
-            .header("content-type", "application/json")
-            .body(big.clone())
-            .send()
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let cases: [(&str, &str, u16); 3] = [
+        ("x-api-key: wrong\r\n", "/v1/messages", 401),
+        (
+            "x-api-key: proxy-token-for-tests-7f3a9c\r\norigin: https://evil.example\r\n",
+            "/v1/messages",
+            403,
+        ),
+        (
+            "x-api-key: proxy-token-for-tests-7f3a9c\r\n",
+            "/v1/messages",
+            413,
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (extra, path, want) in cases {
+        let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n",
+            big.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // The whole body goes out (it may not all be accepted).
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(&big)).await;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
-        {
-            Ok(r) => {
-                if r.status() != 413 {
-                    failures.push(format!("{i}: oversized got {}", r.status()));
-                }
-                if let Some(c) = r.headers().get("connection") {
-                    assert_eq!(c, "close");
-                }
-                let _ = r.bytes().await;
-            }
-            Err(e) => failures.push(format!("{i}: oversized: {e:?}")),
+            .unwrap()
+            .unwrap_or(0);
+        let resp = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(resp.starts_with(&format!("http/1.1 {want}")), "{resp}");
+        if resp.contains("\r\nconnection: close\r\n") {
+            continue;
         }
-        match client
-            .post(env.url("/v1/messages"))
-            .header("content-type", "application/json")
-            .header("anthropic-version", "2023-06-01")
-            .body(small.clone())
-            .send()
+        // No close announced: the connection must serve the next request.
+        let next =
+            format!("GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {PROXY_TOKEN}\r\n\r\n");
+        let _ = s.write_all(next.as_bytes()).await;
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
-        {
-            Ok(r) if r.status() == 200 => {
-                let _ = r.bytes().await;
-            }
-            Ok(r) => failures.push(format!("{i}: next request got {}", r.status())),
-            Err(e) => failures.push(format!("{i}: next request failed: {e:?}")),
+            .map(|r| r.unwrap_or(0))
+            .unwrap_or(0);
+        let resp = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        if !resp.starts_with("http/1.1 200") {
+            problems.push(format!(
+                "{want}: no `connection: close`, yet the connection was closed ({:?})",
+                resp.lines().next()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// A client that sends half a request head and then nothing (slowloris) must
+/// not hold a connection forever. hyper's 30 s header-read timeout only works
+/// with a timer, which `axum::serve` does not set.
+#[tokio::test]
+#[ignore = "missing feature: no header-read / idle-connection timeout (see report); takes 40 s"]
+async fn partial_request_head_is_dropped() {
+    let env = api_env().await;
+    let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    s.write_all(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let r = tokio::time::timeout(Duration::from_secs(40), s.read(&mut buf)).await;
+    assert!(
+        r.is_ok(),
+        "the connection with a partial head was still open after 40 s"
+    );
 }

@@ -1309,3 +1309,21 @@ fn fuzz_http_routes() {
     assert_eq!(health.status, 200);
     drop(env);
 }
+
+/// Shaping must not take a request over Anthropic's 4 `cache_control` blocks,
+/// however the client spelled the key (`cache\u005fcontrol` is the same key).
+#[test]
+#[ignore = "bug (minor): the quick cache_control count misses escaped keys (see report)"]
+fn shaping_counts_escaped_cache_control_keys() {
+    let block = r#"{"type":"text","text":"x","cache\u005fcontrol":{"type":"ephemeral"}}"#;
+    let body = format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":9,"system":[{block},{block}],"messages":[{{"role":"user","content":[{block},{block}]}}]}}"#
+    );
+    let (out, _) = ccproxy::claude_code::shape_request(body.as_bytes()).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let n = ["system", "messages", "tools"]
+        .iter()
+        .map(|k| count_cache_control(&v[*k]))
+        .sum::<usize>();
+    assert!(n <= 4, "{n} cache_control blocks after shaping");
+}

@@ -488,6 +488,9 @@ fn write_creds(path: &std::path::Path, expires_in_ms: i64, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// method, path, body, extra headers
+type Call = (&'static str, String, Vec<u8>, Vec<(&'static str, String)>);
+
 /// Every kind of request a client can make, with `key` as its credential;
 /// returns everything the client saw (status lines, headers, bodies).
 async fn exercise(base: &str, key: Option<&str>, host_port: u16) -> String {
@@ -495,7 +498,7 @@ async fn exercise(base: &str, key: Option<&str>, host_port: u16) -> String {
     let mut seen = String::new();
     let msg = |t: &str, s: bool| serde_json::to_vec(&message(t, s)).unwrap();
     let cht = |t: &str, s: bool| serde_json::to_vec(&chat(t, s)).unwrap();
-    let mut calls: Vec<(&str, String, Vec<u8>, Vec<(&str, String)>)> = Vec::new();
+    let mut calls: Vec<Call> = Vec::new();
     for mode in ["", "/min", "/pt"] {
         for (text, stream) in [
             ("hi", false),
