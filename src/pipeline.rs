@@ -229,6 +229,8 @@ async fn run(
     //    one forced refresh and one retry.
     let path = prepared.path.as_str();
     let sent = Instant::now();
+    // Non-stream answers must be complete by then (streams have their idle timeout).
+    let deadline = tokio::time::Instant::from_std(sent) + state.settings.upstream_timeout;
     let mut attempt = 0;
     let mut pending_headers = Some(headers);
     let mut resp = loop {
@@ -293,6 +295,26 @@ async fn run(
 
     // 6. Respond.
     match prepared.conversion {
+        Conversion::None if !is_event_stream(resp.headers()) => {
+            // Non-stream answers are read whole first (they are small): a
+            // connection that breaks mid-body becomes a 502, not a truncated 200.
+            let status = resp.status();
+            let mut headers = upstream::response_headers(ctx.mode, resp.headers(), false);
+            let body = read_upstream_body(resp, deadline).await?;
+            let waited = sent.elapsed();
+            head.upstream = Some(waited);
+            if let Some(f) = flight.as_mut() {
+                f.upstream_head = Some(waited);
+                let mut tap = prepared.tap.tap(false);
+                f.observe(&mut tap, &body);
+                f.end(&mut tap);
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            let mut out = Response::new(Body::from(body));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            Ok(out)
+        }
         Conversion::None => Ok(relay(
             ctx.mode,
             resp,
@@ -301,13 +323,16 @@ async fn run(
             state.stream_limits.clone(),
         )),
         Conversion::Chat(chat) => {
-            Ok(convert_chat_response(resp, chat, flight, state.stream_limits.clone()).await)
+            Ok(
+                convert_chat_response(resp, chat, flight, state.stream_limits.clone(), deadline)
+                    .await,
+            )
         }
         Conversion::Models => {
             if let Some(f) = flight.as_mut() {
                 f.completed = true;
             }
-            Ok(convert_models_response(state, resp).await)
+            Ok(convert_models_response(state, resp, deadline).await)
         }
     }
 }
@@ -496,6 +521,16 @@ enum Meter {
     OpenAi,
 }
 
+impl Meter {
+    fn tap(self, is_sse: bool) -> Tap {
+        match self {
+            Meter::None => Tap::None,
+            Meter::Anthropic => Tap::anthropic(is_sse),
+            Meter::OpenAi => Tap::openai(is_sse),
+        }
+    }
+}
+
 struct Prepared {
     /// The model the request names (when it was read), for usage records.
     model: Option<String>,
@@ -638,8 +673,8 @@ fn read_head(body: &[u8]) -> Result<RequestHead, ProxyError> {
     }
 }
 
-/// Relays the upstream response: status, the headers the mode keeps, and the body
-/// chunk by chunk as it arrives (never buffered whole), through a usage tap.
+/// Relays an upstream event stream: status, the headers the mode keeps, and the
+/// events as they arrive (never buffered whole), through a usage tap.
 fn relay(
     mode: Mode,
     resp: reqwest::Response,
@@ -648,35 +683,20 @@ fn relay(
     limits: StreamLimits,
 ) -> Response {
     let status = resp.status();
-    let is_sse = is_event_stream(resp.headers());
-    let headers = upstream::response_headers(mode, resp.headers(), !is_sse);
-    let tap = match meter {
-        Meter::None => Tap::None,
-        Meter::Anthropic => Tap::anthropic(is_sse),
-        Meter::OpenAi => Tap::openai(is_sse),
-    };
+    let headers = upstream::response_headers(mode, resp.headers(), false);
     let body = match flight.take() {
         Some(mut f) => {
-            if is_sse {
-                f.begin_stream();
-                f.record.stream = true;
-            }
+            f.begin_stream();
+            f.record.stream = true;
             f.record.status = status.as_u16();
             f.record.proxy_ms = f.proxy_ms();
-            if is_sse {
-                Body::from_stream(MeteredBody::new(
-                    Box::pin(sse_relay(resp, limits)),
-                    tap,
-                    f,
-                    None,
-                ))
-            } else {
-                let len = resp.content_length();
-                Body::from_stream(MeteredBody::new(Box::pin(resp.bytes_stream()), tap, f, len))
-            }
+            Body::from_stream(MeteredBody::new(
+                Box::pin(sse_relay(resp, limits)),
+                meter.tap(true),
+                f,
+            ))
         }
-        None if is_sse => Body::from_stream(sse_relay(resp, limits)),
-        None => Body::from_stream(resp.bytes_stream()),
+        None => Body::from_stream(sse_relay(resp, limits)),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -715,9 +735,29 @@ fn sse_relay(
     })
 }
 
-/// Reads a whole (non-streaming) upstream body, bounded.
-async fn read_upstream_body(resp: reqwest::Response) -> Result<Bytes, ProxyError> {
-    resp.bytes().await.map_err(|e| upstream::map_send_error(&e))
+/// Reads a whole (non-streaming) upstream body. A connection that breaks
+/// before the end is a 502 (a timeout, 504).
+async fn read_upstream_body(
+    resp: reqwest::Response,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, ProxyError> {
+    let Ok(read) = tokio::time::timeout_at(deadline, resp.bytes()).await else {
+        return Err(ProxyError::new(
+            ErrorKind::GatewayTimeout,
+            ErrorSource::Upstream,
+            "the upstream did not finish its response in time (upstream_timeout_secs)",
+        ));
+    };
+    read.map_err(|e| {
+        let mut err = upstream::map_send_error(&e);
+        if err.kind == ErrorKind::BadGateway {
+            err.message = format!(
+                "the upstream connection broke before the end of its response: {}",
+                err.message.trim_start_matches("upstream unreachable: ")
+            );
+        }
+        err
+    })
 }
 
 fn json_response(status: StatusCode, upstream_headers: &HeaderMap, body: Vec<u8>) -> Response {
@@ -746,11 +786,12 @@ async fn convert_chat_response(
     chat: ChatInfo,
     flight: &mut Option<InFlight>,
     limits: StreamLimits,
+    deadline: tokio::time::Instant,
 ) -> Response {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
     if !status.is_success() {
-        return match read_upstream_body(resp).await {
+        return match read_upstream_body(resp, deadline).await {
             Ok(body) => {
                 if let Some(f) = flight.as_mut() {
                     f.completed = true;
@@ -790,7 +831,7 @@ async fn convert_chat_response(
         }
         return out;
     }
-    match read_upstream_body(resp).await {
+    match read_upstream_body(resp, deadline).await {
         Ok(body) => {
             if let Some(f) = flight.as_mut() {
                 let mut tap = Tap::anthropic(false);
@@ -902,10 +943,14 @@ fn unix_now() -> u64 {
 
 /// `/openai/v1/models` in full and minimal modes: the upstream's models in
 /// OpenAI's list shape, plus the configured aliases.
-async fn convert_models_response(state: &AppState, resp: reqwest::Response) -> Response {
+async fn convert_models_response(
+    state: &AppState,
+    resp: reqwest::Response,
+    deadline: tokio::time::Instant,
+) -> Response {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
-    let body = match read_upstream_body(resp).await {
+    let body = match read_upstream_body(resp, deadline).await {
         Ok(b) => b,
         Err(e) => return e.into_response(Dialect::OpenAi),
     };

@@ -6,7 +6,12 @@
 //! ```text
 //! ccproxy-soak [--ccproxy PATH] [--duration SECS] [--concurrency N]
 //!              [--sample-every SECS] [--warmup SECS] [--csv FILE]
+//!              [--proxy-arg ARG]... [--proxy-env KEY=VALUE]...
 //! ```
+//!
+//! `--proxy-arg`/`--proxy-env` pass extra arguments and environment to
+//! `ccproxy serve` (e.g. `--proxy-arg --no-usage` to see what usage recording
+//! costs in memory).
 //!
 //! The traffic: the three modes in both dialects, JSON and streams, tools,
 //! thinking, upstream errors (400/429/500/529), mid-stream errors, resets,
@@ -36,12 +41,16 @@ struct Args {
     sample_every: u64,
     warmup: u64,
     csv: Option<PathBuf>,
+    /// Extra arguments and environment for `ccproxy serve` (attribution runs).
+    proxy_args: Vec<String>,
+    proxy_env: Vec<(String, String)>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: ccproxy-soak [--ccproxy PATH] [--duration SECS] [--concurrency N] \
-         [--sample-every SECS] [--warmup SECS] [--csv FILE]"
+         [--sample-every SECS] [--warmup SECS] [--csv FILE] [--proxy-arg ARG]... \
+         [--proxy-env KEY=VALUE]..."
     );
     std::process::exit(2)
 }
@@ -58,6 +67,8 @@ fn parse_args() -> Args {
         sample_every: 2,
         warmup: 10,
         csv: None,
+        proxy_args: Vec::new(),
+        proxy_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +81,12 @@ fn parse_args() -> Args {
             "--sample-every" => a.sample_every = num(val()).max(1),
             "--warmup" => a.warmup = num(val()),
             "--csv" => a.csv = Some(PathBuf::from(val())),
+            "--proxy-arg" => a.proxy_args.push(val()),
+            "--proxy-env" => {
+                let kv = val();
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
+                a.proxy_env.push((k.to_owned(), v.to_owned()));
+            }
             _ => usage(),
         }
     }
@@ -127,6 +144,8 @@ struct Counters {
     expected_errors: AtomicU64,
     limited: AtomicU64,
     disconnects: AtomicU64,
+    /// Requests that failed on a stale keep-alive connection (see `transport_error`).
+    stale: AtomicU64,
     unexpected: AtomicU64,
 }
 
@@ -204,8 +223,7 @@ async fn one(client: &reqwest::Client, base: &str, rng: &mut rand::rngs::StdRng,
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                c.unexpected.fetch_add(1, Ordering::Relaxed);
-                eprintln!("transport error on {path} {marker}: {}", chain(&e));
+                transport_error(c, &e, &format!("{path} {marker}"));
                 return;
             }
         };
@@ -270,9 +288,7 @@ async fn one(client: &reqwest::Client, base: &str, rng: &mut rand::rngs::StdRng,
                     c.disconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(r) => record(r.status().as_u16(), &[200]),
-                Err(_) => {
-                    c.unexpected.fetch_add(1, Ordering::Relaxed);
-                }
+                Err(e) => transport_error(c, &e, &path),
             }
         }
         4 => {
@@ -402,10 +418,22 @@ async fn outcome(r: reqwest::Result<reqwest::Response>, want: &[u16], c: &Counte
                 c.expected_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Err(e) => {
-            c.unexpected.fetch_add(1, Ordering::Relaxed);
-            eprintln!("transport error: {}", chain(&e));
-        }
+        Err(e) => transport_error(c, &e, "request"),
+    }
+}
+
+/// Counts a transport error. A request sent on a pooled connection that the
+/// proxy closed after refusing an earlier request early (without saying
+/// `connection: close`: a known, reported bug) is counted apart.
+fn transport_error(c: &Counters, e: &reqwest::Error, what: &str) {
+    let text = chain(e);
+    if text.contains("error writing a body to connection")
+        || text.contains("connection closed before message completed")
+    {
+        c.stale.fetch_add(1, Ordering::Relaxed);
+    } else {
+        c.unexpected.fetch_add(1, Ordering::Relaxed);
+        eprintln!("transport error on {what}: {text}");
     }
 }
 
@@ -515,6 +543,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .arg("--config")
         .arg(&config)
         .args(["--log-level", "warn"])
+        .args(&args.proxy_args)
+        .envs(args.proxy_env.iter().map(|(k, v)| (k, v)))
         .env("ANTHROPIC_API_KEY", API_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(&log)?))
@@ -557,7 +587,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         workers.push(tokio::spawn(async move {
             let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(i as u64 + 1);
             while !stop.load(Ordering::Relaxed) {
+                let limited = counters.limited.load(Ordering::Relaxed);
                 one(&client, &base, &mut rng, &counters).await;
+                // Refused by the concurrency limit: back off a little, as a
+                // client honouring retry-after would (without waiting 1 s).
+                if counters.limited.load(Ordering::Relaxed) > limited {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
             }
         }));
     }
@@ -643,13 +679,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     println!();
     println!(
         "traffic: {} requests ({:.0}/s): {} ok, {} expected errors, {} refused by the concurrency limit, \
-         {} deliberate disconnects, {} unexpected",
+         {} deliberate disconnects, {} failed on a stale keep-alive connection (known bug), {} unexpected",
         n(&counters.requests),
         n(&counters.requests) as f64 / secs,
         n(&counters.ok),
         n(&counters.expected_errors),
         n(&counters.limited),
         n(&counters.disconnects),
+        n(&counters.stale),
         n(&counters.unexpected),
     );
     println!(

@@ -286,19 +286,14 @@ pub struct MeteredBody<S> {
     inner: S,
     tap: Tap,
     flight: Option<InFlight>,
-    /// The body's declared length: HTTP stacks stop polling once it is reached.
-    expected_len: Option<u64>,
-    received: u64,
 }
 
 impl<S> MeteredBody<S> {
-    pub fn new(inner: S, tap: Tap, flight: InFlight, expected_len: Option<u64>) -> Self {
+    pub fn new(inner: S, tap: Tap, flight: InFlight) -> Self {
         MeteredBody {
             inner,
             tap,
             flight: Some(flight),
-            expected_len,
-            received: 0,
         }
     }
 }
@@ -306,12 +301,11 @@ impl<S> MeteredBody<S> {
 impl<S> Drop for MeteredBody<S> {
     fn drop(&mut self) {
         if let Some(mut flight) = self.flight.take() {
-            // Dropped before the end was polled: complete if every declared
-            // byte was relayed, else the client went away (abandoned).
-            let complete = self.expected_len == Some(self.received);
+            // Dropped before its end: the client went away (abandoned); keep
+            // what the tap read of what was delivered.
             self.tap.finish(&mut flight.metered);
             flight.note_content();
-            flight.completed = complete;
+            flight.completed = false;
         }
     }
 }
@@ -332,10 +326,7 @@ where
         if let std::task::Poll::Ready(item) = &polled {
             if let Some(flight) = this.flight.as_mut() {
                 match item {
-                    Some(Ok(chunk)) => {
-                        this.received += chunk.len() as u64;
-                        flight.observe(&mut this.tap, chunk);
-                    }
+                    Some(Ok(chunk)) => flight.observe(&mut this.tap, chunk),
                     Some(Err(e)) => flight.record.error = Some(e.to_string()),
                     None => {
                         flight.end(&mut this.tap);
