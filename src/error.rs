@@ -174,6 +174,18 @@ impl ProxyError {
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // Refusals may come before the request body was read: the connection
+        // then cannot be reused, and saying so keeps pooling clients from
+        // sending their next request into a closing connection.
+        if matches!(
+            self.kind,
+            ErrorKind::Authentication
+                | ErrorKind::Forbidden
+                | ErrorKind::TooLarge
+                | ErrorKind::Overloaded
+        ) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

@@ -806,7 +806,6 @@ async fn retries_never_after_bytes_nor_for_500_or_timeouts() {
 /// client reuses a connection the proxy is closing, and an unrelated request
 /// fails (seen in the soak as "connection closed before message completed").
 #[tokio::test]
-#[ignore = "bug: early refusals close the connection without `connection: close` (see report)"]
 async fn early_refusals_say_connection_close_or_keep_the_connection() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
