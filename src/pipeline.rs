@@ -124,7 +124,28 @@ pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request
         route.name(),
     ));
     let mut head = HeadTiming::default();
-    let mut resp = match run(&state, &ctx, req, &mut flight, &mut head).await {
+    // When the shutdown grace period ends, a request still waiting for the
+    // upstream gets a clean 503 rather than a closed connection.
+    let mut shutdown = state.stream_limits.shutdown.clone();
+    let ended = async move {
+        if shutdown.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        r = run(&state, &ctx, req, &mut flight, &mut head) => r,
+        () = ended => {
+            let mut e = ProxyError::new(
+                ErrorKind::Overloaded,
+                ErrorSource::Internal,
+                "ccproxy is shutting down; retry the request",
+            );
+            e.retry_after = Some(1);
+            Err(e)
+        }
+    };
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             if let Some(f) = flight.as_mut() {

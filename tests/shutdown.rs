@@ -273,7 +273,6 @@ fn a_client_that_leaves_mid_stream_is_still_recorded() {
 /// After the grace period a non-streaming request still waiting for the
 /// upstream should get an error response in its dialect, not a closed connection.
 #[test]
-#[ignore = "missing feature: pending non-stream requests are cut without a response when the grace period ends (see report)"]
 fn after_the_grace_period_pending_requests_get_an_error_response() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, port) = serve(dir.path(), "shutdown_grace_secs = 1\n", &[]);
