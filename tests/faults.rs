@@ -726,8 +726,8 @@ async fn oversized_headers_are_refused_cleanly() {
     );
 }
 
-/// ISSUE 7 "total request time for non-streaming calls": once the upstream's head
-/// has arrived, a non-streaming body that stalls is not bounded by any timeout.
+/// Issue 7 "total request time for non-streaming calls": a non-streaming answer
+/// whose body stalls after the head is bounded by `upstream_timeout` (504).
 #[tokio::test]
 async fn stalled_non_stream_body_is_bounded() {
     let env = TestEnv::start(Opts {

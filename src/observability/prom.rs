@@ -24,6 +24,17 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .install_recorder()
                 .ok()?;
             describe();
+            // Without an exporter task nothing drains histogram samples between
+            // scrapes: do the exporter's upkeep here, or memory grows unscraped.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("ccproxy-metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                });
             Some(handle)
         })
         .as_ref()
