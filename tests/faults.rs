@@ -904,3 +904,48 @@ async fn partial_request_head_is_dropped() {
         "the connection with a partial head was still open after 40 s"
     );
 }
+
+/// A client whose body is still on its way when the proxy refuses the request
+/// (401, 403) receives the refusal, not a broken pipe, although the proxy
+/// answers (and closes) before reading the body.
+#[tokio::test]
+async fn early_refusal_reaches_a_client_still_sending_its_body() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        auth_token: Some(PROXY_TOKEN),
+        ..Opts::default()
+    })
+    .await;
+    let body = serde_json::to_vec(&message("hi", false)).unwrap();
+    let mut failures = Vec::new();
+    for (token, origin, want) in [
+        ("wrong-token", None, 401u16),
+        (PROXY_TOKEN, Some("https://evil.example"), 403),
+    ] {
+        for i in 0..5 {
+            let (a, b) = body.split_at(body.len() / 2);
+            let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(a.to_vec()), Ok(b.to_vec())];
+            // The body comes 50 ms after the head, in two pieces.
+            let slow = futures_util::stream::iter(parts).then(|p| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                p
+            });
+            let mut rb = env
+                .client
+                .post(env.url("/v1/messages"))
+                .header("content-type", "application/json")
+                .header("content-length", body.len())
+                .header("x-api-key", token)
+                .body(reqwest::Body::wrap_stream(slow));
+            if let Some(o) = origin {
+                rb = rb.header("origin", o);
+            }
+            match rb.send().await {
+                Ok(r) if r.status().as_u16() == want => {}
+                Ok(r) => failures.push(format!("{want} #{i}: got {}", r.status())),
+                Err(e) => failures.push(format!("{want} #{i}: {e:?}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
