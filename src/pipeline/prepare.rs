@@ -223,57 +223,66 @@ mod tests {
         .unwrap()
     }
 
-    /// (route, mode, method, client path, body) → (upstream method, path, meter,
-    /// keep query, model read, stream read, conversion kind, body untouched).
+    /// One row: the request in, and what must go upstream.
+    struct Case {
+        route: Route,
+        mode: Mode,
+        method: Method,
+        path: &'static str,
+        body: &'static str,
+        up: (Method, &'static str),
+        meter: Meter,
+        keep_query: bool,
+        model: Option<&'static str>,
+        stream: bool,
+        conversion: &'static str,
+        body_untouched: bool,
+    }
+
+    #[rustfmt::skip]
+    #[allow(clippy::too_many_arguments)] // one row of the table, positionally
+    fn case(route: Route, mode: Mode, method: Method, path: &'static str, body: &'static str,
+            up: (Method, &'static str), meter: Meter, keep_query: bool, model: Option<&'static str>,
+            stream: bool, conversion: &'static str, body_untouched: bool) -> Case {
+        Case { route, mode, method, path, body, up, meter, keep_query, model, stream, conversion, body_untouched }
+    }
+
     #[test]
     fn table() {
+        use Method as M;
         use Mode::*;
         use Route::*;
+        let sonnet = Some("claude-sonnet-4-5");
+        let mapped = Some("claude-sonnet-5");
         #[rustfmt::skip]
-        let cases: &[(Route, Mode, Method, &str, &str, Method, &str, Meter, bool, Option<&str>, bool, &str, bool)] = &[
-            (Messages, Full, Method::POST, "/v1/messages", MSG, Method::POST, "/v1/messages", Meter::Anthropic, true, Some("claude-sonnet-4-5"), true, "none", false),
-            (Messages, Minimal, Method::POST, "/min/v1/messages", MSG, Method::POST, "/v1/messages", Meter::Anthropic, true, Some("claude-sonnet-4-5"), true, "none", true),
-            (Messages, Passthrough, Method::POST, "/pt/v1/messages", MSG, Method::POST, "/v1/messages", Meter::Anthropic, true, None, false, "none", true),
-            (CountTokens, Minimal, Method::POST, "/min/v1/messages/count_tokens", MSG, Method::POST, "/v1/messages/count_tokens", Meter::None, true, Some("claude-sonnet-4-5"), true, "none", true),
-            (Models, Full, Method::GET, "/v1/models", "", Method::GET, "/v1/models", Meter::None, true, None, false, "none", true),
-            (Relay, Passthrough, Method::DELETE, "/pt/v1/files/f_1", "", Method::DELETE, "/v1/files/f_1", Meter::None, true, None, false, "none", true),
-            (ChatCompletions, Full, Method::POST, "/openai/v1/chat/completions", CHAT, Method::POST, "/v1/messages", Meter::Anthropic, false, Some("claude-sonnet-5"), true, "chat", false),
-            (ChatCompletions, Minimal, Method::POST, "/min/openai/v1/chat/completions", CHAT, Method::POST, "/v1/messages", Meter::Anthropic, false, Some("claude-sonnet-5"), true, "chat", false),
-            (ChatCompletions, Passthrough, Method::POST, "/pt/openai/v1/chat/completions", CHAT, Method::POST, "/v1/chat/completions", Meter::OpenAi, true, None, false, "none", true),
-            (OpenAiModels, Full, Method::GET, "/openai/v1/models", "", Method::GET, "/v1/models", Meter::None, false, None, false, "models", true),
-            (OpenAiModels, Passthrough, Method::GET, "/pt/openai/v1/models", "", Method::GET, "/v1/models", Meter::None, true, None, false, "none", true),
+        let cases = [
+            case(Messages, Full, M::POST, "/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, sonnet, true, "none", false),
+            case(Messages, Minimal, M::POST, "/min/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, sonnet, true, "none", true),
+            case(Messages, Passthrough, M::POST, "/pt/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, None, false, "none", true),
+            case(CountTokens, Minimal, M::POST, "/min/v1/messages/count_tokens", MSG, (M::POST, "/v1/messages/count_tokens"), Meter::None, true, sonnet, true, "none", true),
+            case(Models, Full, M::GET, "/v1/models", "", (M::GET, "/v1/models"), Meter::None, true, None, false, "none", true),
+            case(Relay, Passthrough, M::DELETE, "/pt/v1/files/f_1", "", (M::DELETE, "/v1/files/f_1"), Meter::None, true, None, false, "none", true),
+            case(ChatCompletions, Full, M::POST, "/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
+            case(ChatCompletions, Minimal, M::POST, "/min/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
+            case(ChatCompletions, Passthrough, M::POST, "/pt/openai/v1/chat/completions", CHAT, (M::POST, "/v1/chat/completions"), Meter::OpenAi, true, None, false, "none", true),
+            case(OpenAiModels, Full, M::GET, "/openai/v1/models", "", (M::GET, "/v1/models"), Meter::None, false, None, false, "models", true),
+            case(OpenAiModels, Passthrough, M::GET, "/pt/openai/v1/models", "", (M::GET, "/v1/models"), Meter::None, true, None, false, "none", true),
         ];
-        for (
-            route,
-            mode,
-            method,
-            path,
-            body,
-            up_method,
-            up_path,
-            meter,
-            keep_query,
-            model,
-            stream,
-            conv,
-            untouched,
-        ) in cases
-        {
-            let case = format!("{route:?} {mode:?}");
-            let p = run(*route, *mode, method.clone(), path, body);
-            assert_eq!(p.method, *up_method, "{case}");
-            assert_eq!(p.path, *up_path, "{case}");
-            assert_eq!(p.meter, *meter, "{case}");
-            assert_eq!(p.keep_query, *keep_query, "{case}");
-            assert_eq!(p.model.as_deref(), *model, "{case}");
-            assert_eq!(p.stream, *stream, "{case}");
+        for c in cases {
+            let name = format!("{:?} {:?}", c.route, c.mode);
+            let p = run(c.route, c.mode, c.method, c.path, c.body);
+            assert_eq!((p.method, p.path.as_str()), c.up, "{name}");
+            assert_eq!(p.meter, c.meter, "{name}");
+            assert_eq!(p.keep_query, c.keep_query, "{name}");
+            assert_eq!(p.model.as_deref(), c.model, "{name}");
+            assert_eq!(p.stream, c.stream, "{name}");
             let kind = match p.conversion {
                 Conversion::None => "none",
                 Conversion::Chat(_) => "chat",
                 Conversion::Models => "models",
             };
-            assert_eq!(kind, *conv, "{case}");
-            assert_eq!(p.body == body.as_bytes(), *untouched, "{case}");
+            assert_eq!(kind, c.conversion, "{name}");
+            assert_eq!(p.body == c.body.as_bytes(), c.body_untouched, "{name}");
         }
     }
 
