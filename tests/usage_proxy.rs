@@ -203,7 +203,10 @@ async fn reset_mid_body_is_recorded_as_an_upstream_failure(path: &str, body: ser
     let row = &rows[0];
     assert_eq!(row.status, 502, "{row:?}");
     assert_eq!(row.upstream_status, Some(200), "{row:?}");
-    assert!(!row.abandoned, "an upstream failure is not an abandoned request: {row:?}");
+    assert!(
+        !row.abandoned,
+        "an upstream failure is not an abandoned request: {row:?}"
+    );
     let error = row.error.as_deref().unwrap_or_default();
     assert!(
         error.contains("the upstream connection broke before the end of its response"),
