@@ -50,6 +50,8 @@ pub enum ErrorKind {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    /// The client did not send its request in time.
+    RequestTimeout,
     TooLarge,
     RateLimited,
     /// The account has no credit left (Anthropic `billing_error`).
@@ -88,6 +90,12 @@ const fn table(kind: ErrorKind) -> (u16, &'static str, &'static str, Option<&'st
             "invalid_request_error",
             "invalid_request_error",
             Some("method_not_allowed"),
+        ),
+        RequestTimeout => (
+            408,
+            "invalid_request_error",
+            "invalid_request_error",
+            Some("request_timeout"),
         ),
         TooLarge => (
             413,
@@ -352,6 +360,7 @@ impl ProxyError {
                 ErrorKind::Authentication
                     | ErrorKind::Forbidden
                     | ErrorKind::TooLarge
+                    | ErrorKind::RequestTimeout
                     | ErrorKind::Overloaded
             )
         {

@@ -27,19 +27,23 @@ pub use ctx::RequestCtx;
 pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, prepare};
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 
 use crate::access;
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::routes::{Mode, Route};
 use crate::state::AppState;
 use crate::upstream;
+
+/// The longest a request body may stall (no bytes) before the request fails with 408.
+const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The entry point for every proxied route.
 pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request) -> Response {
@@ -69,7 +73,8 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let client_token = access::check_proxied(state.proxy_token.as_ref(), &parts.headers)?;
 
     // body, within the configured limit.
-    let body = read_body(body, &parts.headers, state.settings.max_body_bytes).await?;
+    let limit = state.settings.max_body_bytes;
+    let body = read_body(body, &parts.headers, limit, BODY_STALL_TIMEOUT).await?;
 
     // credential for the upstream.
     let chosen = credential::choose(state, ctx.mode, client_token).await?;
@@ -121,8 +126,14 @@ async fn shutdown_over(state: &AppState) {
 }
 
 /// Reads the request body within `limit` bytes (413 past it, also when the
-/// declared length already says so).
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+/// declared length already says so). A body that stalls — no bytes for `stall` —
+/// is a 408 (the connection closes, and the request's concurrency slot frees).
+async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    stall: Duration,
+) -> Result<Bytes, ProxyError> {
     let too_large = || {
         ProxyError::new(
             ErrorKind::TooLarge,
@@ -137,11 +148,29 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if crate::error::caused_by::<http_body_util::LengthLimitError>(&e) {
-            too_large()
-        } else {
-            ProxyError::invalid("could not read the request body").with_cause(e)
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    ErrorKind::RequestTimeout,
+                    Origin::Client,
+                    format!(
+                        "the request body stalled: nothing arrived for {} s",
+                        stall.as_secs_f64()
+                    ),
+                ));
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(f)) => {
+                f.map_err(|e| ProxyError::invalid("could not read the request body").with_cause(e))?
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
         }
-    })
+    }
 }

@@ -11,9 +11,8 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
-use axum::serve::ListenerExt;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::access::{self, Verdict};
 use crate::config::{Settings, UpstreamTarget};
@@ -25,11 +24,16 @@ use crate::routes::{self, Dialect, Mode, Route, Verb};
 use crate::sim::SimHandle;
 pub use crate::state::{AppState, credentials_config};
 
+mod conn;
+pub use conn::ConnLimits;
+
 /// A server ready to accept connections, and the simulated upstream it may own.
 pub struct Server {
     pub state: Arc<AppState>,
     pub listener: TcpListener,
     pub sim: Option<SimHandle>,
+    /// Limits on client connections (timeouts, how many).
+    pub limits: ConnLimits,
 }
 
 impl Server {
@@ -64,10 +68,13 @@ impl Server {
                 anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.host, settings.port)
             })?;
         let state = crate::state::build_state(settings, base)?;
+        let limits = ConnLimits::default();
+        conn::raise_open_file_limit(limits.max_connections);
         Ok(Server {
             state: Arc::new(state),
             listener,
             sim,
+            limits,
         })
     }
 
@@ -88,39 +95,24 @@ impl Server {
         let state = self.state.clone();
         let app = router(self.state.clone());
         let _sim = self.sim;
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let (stopping_tx, mut stopping_rx) = watch::channel(false);
-        let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-            let _ = stopping_tx.send(true);
-        };
-        let serve = std::future::IntoFuture::into_future(
-            axum::serve(listener, app).with_graceful_shutdown(signal),
-        );
+        let limits = self.limits.clone();
+        let graceful = GracefulShutdown::new();
+        conn::accept_loop(self.listener, app, &limits, &graceful, shutdown).await;
+        tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+        let all_closed = graceful.shutdown();
+        tokio::pin!(all_closed);
         let grace = state.settings.shutdown_grace;
-        let deadline = async move {
-            let _ = stopping_rx.wait_for(|v| *v).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::pin!(serve);
-        let result = tokio::select! {
-            r = &mut serve => r,
-            () = deadline => {
-                tracing::warn!(
-                    grace_secs = grace.as_secs_f64(),
-                    "grace period over: ending open streams"
-                );
-                let _ = state.end_streams.send(true);
-                // Give the error events a moment to reach the clients.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut serve).await;
-                Ok(())
-            }
-        };
+        if tokio::time::timeout(grace, &mut all_closed).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs_f64(),
+                "grace period over: ending open streams"
+            );
+            let _ = state.end_streams.send(true);
+            // Give the error events a moment to reach the clients.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut all_closed).await;
+        }
         flush_records(&state).await;
-        result
+        Ok(())
     }
 }
 
