@@ -46,6 +46,7 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
         id: completion_id(&message.id),
         model: &call.model,
         created,
+        legacy: call.legacy,
     };
     if call.stream {
         let chunks = answer.chunks(call.include_usage, dir.error_midstream);
@@ -70,6 +71,8 @@ struct ChatCall {
     include_usage: bool,
     /// Declared tool (or legacy function) names, in order.
     tools: Vec<String>,
+    /// Legacy `functions` and no `tools`: answer with `function_call` (the first call only).
+    legacy: bool,
     /// Text of the last user turn (user messages and the tool results that follow them).
     user_text: String,
     tool_result: Option<String>,
@@ -149,6 +152,7 @@ fn read_request(body: &[u8]) -> Result<ChatCall, Invalid> {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         tools: tool_names(obj),
+        legacy: obj.contains_key("functions") && !obj.contains_key("tools"),
         user_text,
         tool_result,
     })
@@ -305,6 +309,7 @@ struct Answer<'a> {
     id: String,
     model: &'a str,
     created: u64,
+    legacy: bool,
 }
 
 impl Answer<'_> {
@@ -318,22 +323,34 @@ impl Answer<'_> {
                 Block::Thinking { thinking, .. } => {
                     message["reasoning_content"] = Value::from(thinking.as_str());
                 }
-                Block::ToolUse { id, name, input } => calls.push(json!({
-                    "id": id, "type": "function",
-                    "function": {"name": name, "arguments": input},
-                })),
+                Block::ToolUse { id, name, input } => calls.push((id, name, input)),
             }
         }
-        if !calls.is_empty() {
-            message["tool_calls"] = Value::Array(calls);
+        if self.legacy {
+            if let Some((_, name, input)) = calls.first() {
+                message["function_call"] = json!({"name": name, "arguments": input});
+            }
+        } else if !calls.is_empty() {
+            let calls = calls.iter().map(|(id, name, input)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": input}})
+            });
+            message["tool_calls"] = calls.collect();
         }
         json!({
             "id": self.id, "object": "chat.completion", "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "message": message, "logprobs": null,
-                         "finish_reason": finish_reason_for(&self.m.stop_reason)}],
+                         "finish_reason": self.finish_reason()}],
             "usage": usage_json(&self.m.tokens),
         })
+    }
+
+    /// The finish reason; a legacy answer finishes its call as `function_call`.
+    fn finish_reason(&self) -> &'static str {
+        match finish_reason_for(&self.m.stop_reason) {
+            "tool_calls" if self.legacy => "function_call",
+            f => f,
+        }
     }
 
     /// One `chat.completion.chunk` frame.
@@ -373,13 +390,12 @@ impl Answer<'_> {
                     }
                 }
                 Block::ToolUse { id, name, input } => {
-                    self.push_tool_call(&mut out, tool_index, id, name, input);
+                    self.push_tool_call(&mut out, tool_index, (id, name, input));
                     tool_index += 1;
                 }
             }
         }
-        let finish = finish_reason_for(&self.m.stop_reason);
-        out.push(self.chunk(json!({}), Some(finish)));
+        out.push(self.chunk(json!({}), Some(self.finish_reason())));
         if include_usage {
             out.push(frame(&json!({
                 "id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -390,25 +406,28 @@ impl Answer<'_> {
         out
     }
 
-    /// The call's head (id, name, empty arguments), then its argument fragments.
-    fn push_tool_call(
-        &self,
-        out: &mut Vec<Bytes>,
-        index: usize,
-        id: &str,
-        name: &str,
-        input: &str,
-    ) {
-        out.push(self.chunk(
-            json!({"tool_calls": [{"index": index, "id": id, "type": "function",
-                                   "function": {"name": name, "arguments": ""}}]}),
-            None,
-        ));
+    /// The call's head (id, name, empty arguments), then its argument fragments. A legacy answer
+    /// streams only its first call, as `function_call` deltas.
+    fn push_tool_call(&self, out: &mut Vec<Bytes>, index: usize, call: (&str, &str, &str)) {
+        let (id, name, input) = call;
+        type Fragment = fn(usize, &str) -> Value;
+        let (head, fragment): (Value, Fragment) = if self.legacy {
+            if index > 0 {
+                return;
+            }
+            let head = json!({"function_call": {"name": name, "arguments": ""}});
+            (head, |_, p| json!({"function_call": {"arguments": p}}))
+        } else {
+            let head = json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                                              "function": {"name": name, "arguments": ""}}]});
+            (
+                head,
+                |k, p| json!({"tool_calls": [{"index": k, "function": {"arguments": p}}]}),
+            )
+        };
+        out.push(self.chunk(head, None));
         for piece in generate::input_pieces(input) {
-            out.push(self.chunk(
-                json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
-                None,
-            ));
+            out.push(self.chunk(fragment(index, piece), None));
         }
     }
 }
@@ -531,6 +550,7 @@ mod tests {
             id: completion_id(&m.id),
             model: "gpt-4o",
             created: 1,
+            legacy: false,
         };
         let c = a.completion();
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
@@ -567,6 +587,7 @@ mod tests {
             id: completion_id(&m.id),
             model: "gpt-4o",
             created: 1,
+            legacy: false,
         };
         let frames = data(&a.chunks(false, dir.error_midstream));
         assert_eq!(frames.last().unwrap()["error"]["code"], "overloaded");
