@@ -139,6 +139,14 @@ fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> RequestErr
     RequestError::new(param, "invalid_value", what)
 }
 
+fn missing(param: impl Into<String>) -> RequestError {
+    RequestError::new(
+        param,
+        "missing_required_parameter",
+        "missing required field",
+    )
+}
+
 /// Converts a `chat.completions` request body into an Anthropic Messages request body.
 pub fn chat_to_messages(
     body: &[u8],
@@ -398,11 +406,7 @@ fn declared_tools<'b>(
                 ));
             }
             let Some(f) = &t.function else {
-                return Err(RequestError::new(
-                    format!("tools[{i}].function"),
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing(format!("tools[{i}].function")));
             };
             tools.push(tool_def(f, || format!("tools[{i}].function.name"))?);
         }
@@ -588,11 +592,7 @@ fn tool_def<'b>(
     let name = match f.name.as_deref() {
         Some(n) if !n.is_empty() => n,
         _ => {
-            return Err(RequestError::new(
-                name_param(),
-                "missing_required_parameter",
-                "missing required field",
-            ));
+            return Err(missing(name_param()));
         }
     };
     // `{}` (or no schema) means "no parameters"; Anthropic requires `"type":"object"`.
@@ -672,11 +672,7 @@ pub fn response_format_instruction(
         ))),
         Some("json_schema") => {
             let Some(js) = &rf.json_schema else {
-                return Err(RequestError::new(
-                    "response_format.json_schema",
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing("response_format.json_schema"));
             };
             let mut s = String::from(
                 "Respond with a single valid JSON value that conforms to the JSON Schema",
@@ -758,11 +754,7 @@ fn convert_messages<'b>(messages: &'b [Message<'_>]) -> Result<Conversation<'b>,
     };
     for (i, m) in messages.iter().enumerate() {
         let Some(role) = m.role.as_deref() else {
-            return Err(RequestError::new(
-                format!("messages[{i}].role"),
-                "missing_required_parameter",
-                "missing required field",
-            ));
+            return Err(missing(format!("messages[{i}].role")));
         };
         match role {
             "system" | "developer" => conv.system_message(m, i)?,
@@ -866,11 +858,7 @@ impl<'b> Conversation<'b> {
         let id = match m.tool_call_id.as_deref() {
             Some(id) if !id.is_empty() => id,
             _ => {
-                return Err(RequestError::new(
-                    param(),
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing(param()));
             }
         };
         if !self.call_ids.contains(id) {
@@ -952,11 +940,7 @@ fn tool_call<'b>(
     let id = match c.id.as_deref() {
         Some(id) if !id.is_empty() => id,
         _ => {
-            return Err(RequestError::new(
-                p("id"),
-                "missing_required_parameter",
-                "missing required field",
-            ));
+            return Err(missing(p("id")));
         }
     };
     if let Some(k) = c.kind.as_deref()
@@ -969,11 +953,7 @@ fn tool_call<'b>(
         ));
     }
     let Some(f) = &c.function else {
-        return Err(RequestError::new(
-            p("function"),
-            "missing_required_parameter",
-            "missing required field",
-        ));
+        return Err(missing(p("function")));
     };
     let pf = |x: &str| format!("messages[{i}].tool_calls[{j}].function.{x}");
     let (name, input) = function_call(f, &pf)?;
@@ -982,11 +962,7 @@ fn tool_call<'b>(
 
 fn bad_part(i: usize, j: usize, kind: Option<&str>, why: &str) -> RequestError {
     match kind {
-        None => RequestError::new(
-            format!("messages[{i}].content[{j}].type"),
-            "missing_required_parameter",
-            "missing required field",
-        ),
+        None => missing(format!("messages[{i}].content[{j}].type")),
         Some(k) => RequestError::new(
             format!("messages[{i}].content[{j}].type"),
             "unsupported_value",
@@ -996,13 +972,9 @@ fn bad_part(i: usize, j: usize, kind: Option<&str>, why: &str) -> RequestError {
 }
 
 fn text_of<'p, 'a>(p: &'p Part<'a>, i: usize, j: usize) -> Result<&'p Str<'a>, RequestError> {
-    p.text.as_ref().ok_or_else(|| {
-        RequestError::new(
-            format!("messages[{i}].content[{j}].text"),
-            "missing_required_parameter",
-            "missing required field",
-        )
-    })
+    p.text
+        .as_ref()
+        .ok_or_else(|| missing(format!("messages[{i}].content[{j}].text")))
 }
 
 /// Anthropic rejects empty and whitespace-only text blocks: they are skipped.
@@ -1027,11 +999,7 @@ fn user_part<'b>(
         Some("image_url") => {
             let param = || format!("messages[{i}].content[{j}].image_url.url");
             let Some(url) = p.image_url.as_ref().and_then(|u| u.url.as_deref()) else {
-                return Err(RequestError::new(
-                    param(),
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing(param()));
             };
             blocks.push(Block::Image {
                 source: image_source(url, param)?,
@@ -1041,11 +1009,7 @@ fn user_part<'b>(
         Some("file") => {
             let param = |f: &str| format!("messages[{i}].content[{j}].file.{f}");
             let Some(f) = &p.file else {
-                return Err(RequestError::new(
-                    format!("messages[{i}].content[{j}].file"),
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing(format!("messages[{i}].content[{j}].file")));
             };
             let Some(data) = f.file_data.as_deref() else {
                 let what = if f.file_id.is_some() {
@@ -1169,11 +1133,7 @@ fn function_call<'b>(
     let name = match f.name.as_deref() {
         Some(n) if !n.is_empty() => n,
         _ => {
-            return Err(RequestError::new(
-                p("name"),
-                "missing_required_parameter",
-                "missing required field",
-            ));
+            return Err(missing(p("name")));
         }
     };
     let not_object = || invalid(p("arguments"), "must be a JSON object encoded as a string");

@@ -534,6 +534,16 @@ mod tests {
         (generate::respond(Some("gpt-4o"), &[], &dir, 400, 7), dir)
     }
 
+    fn answer(m: &SimMessage2) -> Answer<'_> {
+        Answer {
+            m,
+            id: completion_id(&m.id),
+            model: "gpt-4o",
+            created: 1,
+            legacy: false,
+        }
+    }
+
     fn data(frames: &[Bytes]) -> Vec<Value> {
         frames
             .iter()
@@ -545,13 +555,7 @@ mod tests {
     #[test]
     fn completion_and_stream_say_the_same() {
         let (m, dir) = answer_for("hi [sim:thinking] [sim:tools] [sim:cache]");
-        let a = Answer {
-            m: &m,
-            id: completion_id(&m.id),
-            model: "gpt-4o",
-            created: 1,
-            legacy: false,
-        };
+        let a = answer(&m);
         let c = a.completion();
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 8192);
@@ -582,13 +586,7 @@ mod tests {
     #[test]
     fn midstream_error_ends_the_stream() {
         let (m, dir) = answer_for("hi [sim:error-midstream]");
-        let a = Answer {
-            m: &m,
-            id: completion_id(&m.id),
-            model: "gpt-4o",
-            created: 1,
-            legacy: false,
-        };
+        let a = answer(&m);
         let frames = data(&a.chunks(false, dir.error_midstream));
         assert_eq!(frames.last().unwrap()["error"]["code"], "overloaded");
         assert_eq!(frames.len(), 3);
