@@ -117,53 +117,63 @@ pub struct Shaped {
 /// `cache_control` only while the request stays within 4 cache_control blocks.
 pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
     let obj = RawObject::parse(body)?;
-    let system = obj.get("system").filter(|v| v.get() != "null");
-    let model = obj
-        .get("model")
-        .and_then(|m| serde_json::from_str::<String>(m.get()).ok());
-    let stream = obj.get("stream").is_some_and(|s| s.get() == "true");
-    let not_added = || Shaped {
+    let mut shaped = Shaped {
         identity_added: false,
         identity_cached: false,
-        model: model.clone(),
-        stream,
+        model: obj
+            .get("model")
+            .and_then(|m| serde_json::from_str::<String>(m.get()).ok()),
+        stream: obj.get("stream").is_some_and(|s| s.get() == "true"),
     };
-
-    let new_system: Option<String> = match system {
+    let system = obj.get("system").filter(|v| v.get() != "null");
+    let rest = match system {
         None => None,
-        Some(raw) => {
-            let text = raw.get();
-            match text.as_bytes().first() {
-                Some(b'"') => {
-                    let s: Cow<str> = serde_json::from_str(text)?;
-                    if s == IDENTITY {
-                        return Ok((body.to_vec(), not_added()));
-                    }
-                    Some(if s.is_empty() {
-                        String::new()
-                    } else {
-                        format!(r#"{{"type":"text","text":{text}}}"#)
-                    })
-                }
-                Some(b'[') => {
-                    let blocks: Vec<&RawValue> = serde_json::from_str(text)?;
-                    if let Some(first) = blocks.first() {
-                        if let Ok(tb) = serde_json::from_str::<TextBlock>(first.get()) {
-                            if tb.kind == Some("text") && tb.text.as_deref() == Some(IDENTITY) {
-                                return Ok((body.to_vec(), not_added()));
-                            }
-                        }
-                    }
-                    // The raw array without its brackets.
-                    let inner = text[1..text.len() - 1].trim();
-                    Some(inner.to_owned())
-                }
-                _ => return Err(ShapeError::SystemType),
-            }
-        }
+        Some(raw) => match system_after_identity(raw)? {
+            Some(rest) => Some(rest),
+            None => return Ok((body.to_vec(), shaped)),
+        },
     };
-
     let cached = cache_control_count(body, &obj)? < MAX_CACHE_CONTROL_BLOCKS;
+    let system_json = system_with_identity(cached, rest.as_deref());
+    shaped.identity_added = true;
+    shaped.identity_cached = cached;
+    Ok((with_system(body.len(), &obj, &system_json), shaped))
+}
+
+/// The blocks of a (non-null) `system` to keep after the identity block, as the inside of a JSON
+/// array (empty for none); `None` when the identity already comes first.
+fn system_after_identity(raw: &RawValue) -> Result<Option<String>, ShapeError> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: Cow<str> = serde_json::from_str(text)?;
+            if s == IDENTITY {
+                return Ok(None);
+            }
+            Ok(Some(if s.is_empty() {
+                String::new()
+            } else {
+                format!(r#"{{"type":"text","text":{text}}}"#)
+            }))
+        }
+        Some(b'[') => {
+            let blocks: Vec<&RawValue> = serde_json::from_str(text)?;
+            if let Some(first) = blocks.first()
+                && let Ok(tb) = serde_json::from_str::<TextBlock>(first.get())
+                && tb.kind == Some("text")
+                && tb.text.as_deref() == Some(IDENTITY)
+            {
+                return Ok(None);
+            }
+            // The raw array without its brackets.
+            Ok(Some(text[1..text.len() - 1].trim().to_owned()))
+        }
+        _ => Err(ShapeError::SystemType),
+    }
+}
+
+/// `[identity, rest…]`; the identity block carries `cache_control` when `cached`.
+fn system_with_identity(cached: bool, rest: Option<&str>) -> String {
     let identity = if cached {
         IDENTITY_BLOCK_CACHED
     } else {
@@ -172,13 +182,17 @@ pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
     let mut system_json = String::with_capacity(identity.len() + 2);
     system_json.push('[');
     system_json.push_str(identity);
-    if let Some(rest) = new_system.as_deref().filter(|r| !r.is_empty()) {
+    if let Some(rest) = rest.filter(|r| !r.is_empty()) {
         system_json.push(',');
         system_json.push_str(rest);
     }
     system_json.push(']');
+    system_json
+}
 
-    let mut out = Vec::with_capacity(body.len() + system_json.len() + 16);
+/// The object again, byte for byte, with `system` replaced (or added last).
+fn with_system(body_len: usize, obj: &RawObject<'_>, system_json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body_len + system_json.len() + 16);
     out.push(b'{');
     let mut wrote_system = false;
     let mut first = true;
@@ -203,15 +217,7 @@ pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
         out.extend_from_slice(system_json.as_bytes());
     }
     out.push(b'}');
-    Ok((
-        out,
-        Shaped {
-            identity_added: true,
-            identity_cached: cached,
-            model,
-            stream,
-        },
-    ))
+    out
 }
 
 fn write_key(out: &mut Vec<u8>, k: &str) {

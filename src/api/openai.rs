@@ -1,59 +1,25 @@
 //! OpenAI Chat Completions wire types (the request side), borrowed from the request body.
 //!
 //! These types are deliberately lenient containers: every field is optional and validated by
-//! [`crate::convert::request`], which knows the JSON path of each value and can therefore name the
-//! offending field in its 400 answers. Strings borrow from the body when they contain no escapes
-//! ([`Str`]); JSON that is only forwarded (tool schemas, `cache_control`) stays a [`RawValue`] and is
+//! the converter (`convert::request`), which knows the JSON path of each value and can therefore
+//! name the offending field in its 400 answers. Strings borrow from the body when they contain no
+//! escapes ([`Str`]); JSON that is only forwarded (tool schemas, `cache_control`) stays a [`RawValue`] and is
 //! never re-parsed. Unknown fields are ignored.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::Deref;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// A JSON string that borrows from the input when it can (no escape sequences) and owns otherwise.
-///
-/// `Option<Cow<'a, str>>` does not borrow with serde's derive; this newtype does.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Str<'a>(pub Cow<'a, str>);
-
-impl Deref for Str<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Str<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V(PhantomData))
-    }
-}
+pub use super::Str;
 
 /// `POST /v1/chat/completions` request body.
 ///
 /// Fields that are accepted and deliberately ignored are not declared here (see
-/// [`crate::convert::request`] for the list).
+/// `convert::request` for the list).
 #[derive(Debug, Default, Deserialize)]
 pub struct ChatCompletionRequest<'a> {
     #[serde(borrow, default)]
@@ -121,7 +87,7 @@ pub struct Message<'a> {
     pub tool_call_id: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub refusal: Option<Str<'a>>,
-    /// Thinking blocks given back by the client (see [`crate::convert::response`]).
+    /// Thinking blocks given back by the client (see `convert::response`).
     #[serde(borrow, default)]
     pub thinking_blocks: Option<Vec<ThinkingBlock<'a>>>,
 }

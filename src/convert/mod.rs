@@ -22,37 +22,22 @@ pub use response::{error_to_openai, messages_to_chat, openai_error_body};
 pub use sse::SseParser;
 pub use stream::ChatStreamConverter;
 
-/// Token usage as reported by Anthropic (for metering).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_input_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-}
+use crate::api::anthropic::Tokens;
 
-impl Usage {
-    /// OpenAI's `prompt_tokens`: Anthropic's `input_tokens` excludes cached tokens, OpenAI's does not.
-    pub fn prompt_tokens(&self) -> u64 {
-        self.input_tokens
-            .saturating_add(self.cache_read_input_tokens)
-            .saturating_add(self.cache_creation_input_tokens)
-    }
-
-    /// Appends OpenAI's `usage` object.
-    pub(crate) fn write_openai(&self, out: &mut Vec<u8>) {
-        use std::io::Write as _;
-        let prompt = self.prompt_tokens();
-        // Writing to a Vec cannot fail.
-        let _ = write!(
-            out,
-            r#"{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},"prompt_tokens_details":{{"cached_tokens":{}}}}}"#,
-            prompt,
-            self.output_tokens,
-            prompt.saturating_add(self.output_tokens),
-            self.cache_read_input_tokens
-        );
-    }
+/// Appends OpenAI's `usage` object for `t`: `prompt_tokens` includes cached tokens (Anthropic's
+/// `input_tokens` does not), `cached_tokens` are the cache reads.
+pub(crate) fn write_openai_usage(t: &Tokens, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let prompt = t.prompt();
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        r#"{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},"prompt_tokens_details":{{"cached_tokens":{}}}}}"#,
+        prompt,
+        t.output,
+        prompt.saturating_add(t.output),
+        t.cache_read
+    );
 }
 
 /// Anthropic `stop_reason` → OpenAI `finish_reason`.
@@ -134,14 +119,14 @@ mod tests {
 
     #[test]
     fn usage_json() {
-        let u = Usage {
-            input_tokens: 10,
-            output_tokens: 5,
-            cache_read_input_tokens: 100,
-            cache_creation_input_tokens: 7,
+        let u = Tokens {
+            input: 10,
+            output: 5,
+            cache_read: 100,
+            cache_write: 7,
         };
         let mut out = Vec::new();
-        u.write_openai(&mut out);
+        write_openai_usage(&u, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,

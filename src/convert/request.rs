@@ -65,14 +65,16 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use serde::Serialize;
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
-use super::models::{ModelAliases, ThinkingMode, model_caps};
+use super::models::{ModelAliases, ModelCaps, ThinkingMode, model_caps};
+use crate::api::anthropic::{
+    Block, MessagesRequest, Metadata, OutputConfig, Source, System, Thinking, ToolChoice,
+    ToolChoiceKind, ToolDef, ToolInput, Turn,
+};
 use crate::api::openai::{
-    ChatCompletionRequest, Content, FunctionCall, Message, Part, ResponseFormat, Stop, Str,
-    ThinkingBlock, ToolChoice,
+    self, ChatCompletionRequest, Content, FunctionCall, Message, Part, ResponseFormat, Stop, Str,
+    ThinkingBlock, ToolCall,
 };
 
 /// Conversion settings.
@@ -135,6 +137,14 @@ impl RequestError {
 
 fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> RequestError {
     RequestError::new(param, "invalid_value", what)
+}
+
+fn missing(param: impl Into<String>) -> RequestError {
+    RequestError::new(
+        param,
+        "missing_required_parameter",
+        "missing required field",
+    )
 }
 
 /// Converts a `chat.completions` request body into an Anthropic Messages request body.
@@ -224,323 +234,6 @@ fn parse_error(body: &[u8], e: serde_json::Error) -> RequestError {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output types (Anthropic Messages request), borrowed from the parsed request.
-
-#[derive(Serialize)]
-struct MessagesRequest<'b> {
-    model: &'b str,
-    max_tokens: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<System<'b>>,
-    messages: Vec<Turn<'b>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    stop_sequences: Vec<&'b str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f64>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    tools: Vec<ToolDef<'b>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ToolChoiceOut<'b>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    thinking: Option<ThinkingOut>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    output_config: Option<OutputConfig>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Metadata<'b>>,
-}
-
-struct System<'b>(Vec<Block<'b>>);
-
-impl Serialize for System<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serialize_content(&self.0, s)
-    }
-}
-
-/// One message of the Anthropic conversation.
-struct Turn<'b> {
-    role: &'static str,
-    content: Vec<Block<'b>>,
-    /// Leading `tool_result` blocks (they must come first in a user turn).
-    results: usize,
-}
-
-impl Serialize for Turn<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct C<'a, 'b>(&'a [Block<'b>]);
-        impl Serialize for C<'_, '_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                serialize_content(self.0, s)
-            }
-        }
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("role", self.role)?;
-        m.serialize_entry("content", &C(&self.content))?;
-        m.end()
-    }
-}
-
-/// A single plain text block is sent as a string (as clients usually write it).
-fn serialize_content<S: Serializer>(blocks: &[Block<'_>], s: S) -> Result<S::Ok, S::Error> {
-    if let [
-        Block::Text {
-            text,
-            cache_control: None,
-        },
-    ] = blocks
-    {
-        return s.serialize_str(text);
-    }
-    let mut seq = s.serialize_seq(Some(blocks.len()))?;
-    for b in blocks {
-        seq.serialize_element(b)?;
-    }
-    seq.end()
-}
-
-enum Block<'b> {
-    Text {
-        text: Cow<'b, str>,
-        cache_control: Option<&'b RawValue>,
-    },
-    Image {
-        source: Source<'b>,
-        cache_control: Option<&'b RawValue>,
-    },
-    /// A PDF.
-    Document {
-        source: Source<'b>,
-        title: Option<&'b str>,
-        cache_control: Option<&'b RawValue>,
-    },
-    ToolUse {
-        id: Cow<'b, str>,
-        name: &'b str,
-        input: Input<'b>,
-    },
-    ToolResult {
-        tool_use_id: Cow<'b, str>,
-        content: Vec<Block<'b>>,
-        cache_control: Option<&'b RawValue>,
-    },
-    Thinking {
-        thinking: &'b str,
-        signature: &'b str,
-    },
-    RedactedThinking {
-        data: &'b str,
-    },
-}
-
-enum Source<'b> {
-    Base64 { media_type: &'b str, data: &'b str },
-    Url(&'b str),
-}
-
-enum Input<'b> {
-    Borrowed(&'b RawValue),
-    Owned(Box<RawValue>),
-    Empty,
-}
-
-impl Serialize for Source<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        match self {
-            Source::Base64 { media_type, data } => {
-                m.serialize_entry("type", "base64")?;
-                m.serialize_entry("media_type", media_type)?;
-                m.serialize_entry("data", data)?;
-            }
-            Source::Url(u) => {
-                m.serialize_entry("type", "url")?;
-                m.serialize_entry("url", u)?;
-            }
-        }
-        m.end()
-    }
-}
-
-impl Serialize for Input<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Input::Borrowed(r) => r.serialize(s),
-            Input::Owned(r) => r.serialize(s),
-            Input::Empty => s.serialize_map(Some(0))?.end(),
-        }
-    }
-}
-
-impl Serialize for Block<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        match self {
-            Block::Text {
-                text,
-                cache_control,
-            } => {
-                m.serialize_entry("type", "text")?;
-                m.serialize_entry("text", text)?;
-                if let Some(c) = cache_control {
-                    m.serialize_entry("cache_control", c)?;
-                }
-            }
-            Block::Image {
-                source,
-                cache_control,
-            } => {
-                m.serialize_entry("type", "image")?;
-                m.serialize_entry("source", source)?;
-                if let Some(c) = cache_control {
-                    m.serialize_entry("cache_control", c)?;
-                }
-            }
-            Block::Document {
-                source,
-                title,
-                cache_control,
-            } => {
-                m.serialize_entry("type", "document")?;
-                m.serialize_entry("source", source)?;
-                if let Some(t) = title {
-                    m.serialize_entry("title", t)?;
-                }
-                if let Some(c) = cache_control {
-                    m.serialize_entry("cache_control", c)?;
-                }
-            }
-            Block::ToolUse { id, name, input } => {
-                m.serialize_entry("type", "tool_use")?;
-                m.serialize_entry("id", id)?;
-                m.serialize_entry("name", name)?;
-                m.serialize_entry("input", input)?;
-            }
-            Block::ToolResult {
-                tool_use_id,
-                content,
-                cache_control,
-            } => {
-                m.serialize_entry("type", "tool_result")?;
-                m.serialize_entry("tool_use_id", tool_use_id)?;
-                if !content.is_empty() {
-                    struct C<'a, 'b>(&'a [Block<'b>]);
-                    impl Serialize for C<'_, '_> {
-                        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                            serialize_content(self.0, s)
-                        }
-                    }
-                    m.serialize_entry("content", &C(content))?;
-                }
-                if let Some(c) = cache_control {
-                    m.serialize_entry("cache_control", c)?;
-                }
-            }
-            Block::Thinking {
-                thinking,
-                signature,
-            } => {
-                m.serialize_entry("type", "thinking")?;
-                m.serialize_entry("thinking", thinking)?;
-                m.serialize_entry("signature", signature)?;
-            }
-            Block::RedactedThinking { data } => {
-                m.serialize_entry("type", "redacted_thinking")?;
-                m.serialize_entry("data", data)?;
-            }
-        }
-        m.end()
-    }
-}
-
-struct ToolDef<'b> {
-    name: &'b str,
-    description: Option<&'b str>,
-    /// None: the default empty object schema.
-    input_schema: Option<&'b RawValue>,
-}
-
-impl Serialize for ToolDef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Empty {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            properties: serde_json::Map<String, serde_json::Value>,
-        }
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("name", self.name)?;
-        if let Some(d) = self.description {
-            m.serialize_entry("description", d)?;
-        }
-        match self.input_schema {
-            Some(r) => m.serialize_entry("input_schema", r)?,
-            None => m.serialize_entry(
-                "input_schema",
-                &Empty {
-                    kind: "object",
-                    properties: serde_json::Map::new(),
-                },
-            )?,
-        }
-        m.end()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChoiceKind<'b> {
-    None,
-    Auto,
-    Any,
-    Tool(&'b str),
-}
-
-struct ToolChoiceOut<'b> {
-    kind: ChoiceKind<'b>,
-    disable_parallel: bool,
-}
-
-impl Serialize for ToolChoiceOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        match self.kind {
-            ChoiceKind::None => m.serialize_entry("type", "none")?,
-            ChoiceKind::Auto => m.serialize_entry("type", "auto")?,
-            ChoiceKind::Any => m.serialize_entry("type", "any")?,
-            ChoiceKind::Tool(n) => {
-                m.serialize_entry("type", "tool")?;
-                m.serialize_entry("name", n)?;
-            }
-        }
-        if self.disable_parallel && self.kind != ChoiceKind::None {
-            m.serialize_entry("disable_parallel_tool_use", &true)?;
-        }
-        m.end()
-    }
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum ThinkingOut {
-    Enabled { budget_tokens: u32 },
-    Adaptive,
-    Disabled,
-}
-
-#[derive(Serialize)]
-struct OutputConfig {
-    effort: &'static str,
-}
-
-#[derive(Serialize)]
-struct Metadata<'b> {
-    user_id: &'b str,
-}
-
-// ---------------------------------------------------------------------------------------------
 // Building.
 
 const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
@@ -576,37 +269,98 @@ impl Effort {
     }
 }
 
+/// Builds the Messages request: each step validates and converts one part of the request.
 fn build<'b>(
     req: &'b ChatCompletionRequest<'_>,
     model: &'b str,
     stream: bool,
     default_max_tokens: u32,
 ) -> Result<MessagesRequest<'b>, RequestError> {
-    if let Some(n) = req.n
-        && n != 1
+    check_n(req)?;
+    let max_tokens = max_tokens(req, default_max_tokens)?;
+    let effort = reasoning_effort(req)?;
+    let messages = required_messages(req)?;
+    // Tools first: tool_choice validation needs their names.
+    let mut tools = declared_tools(req)?;
+    let Conversation {
+        mut system,
+        mut turns,
+        history_tools,
+        ..
+    } = convert_messages(messages)?;
+    trim_prefill(&mut turns)?;
+    let tool_choice = resolve_tool_choice(req, &mut tools, history_tools)?;
+    let forced = matches!(
+        tool_choice.as_ref().map(|c| c.kind),
+        Some(ToolChoiceKind::Any | ToolChoiceKind::Tool(_))
+    );
+    let caps = model_caps(model);
+    let blocked = forced || lacks_required_thinking(&turns);
+    let (thinking, output_config, max_tokens) =
+        thinking(caps.thinking, effort, blocked, max_tokens);
+    let (temperature, top_p) = sampling(req, &caps, thinking.as_ref());
+    if let Some(rf) = &req.response_format
+        && let Some(text) = response_format_instruction(rf)?
     {
-        return Err(RequestError::new(
+        system.push(Block::Text {
+            text: Cow::Owned(text),
+            cache_control: None,
+        });
+    }
+    let user_id = req.user.as_deref().or(req.safety_identifier.as_deref());
+    Ok(MessagesRequest {
+        model,
+        max_tokens,
+        system: (!system.is_empty()).then_some(System(system)),
+        messages: turns,
+        stop_sequences: stop_sequences(req),
+        temperature,
+        top_p,
+        stream,
+        tools,
+        tool_choice,
+        thinking,
+        output_config,
+        metadata: user_id
+            .filter(|u| !u.is_empty())
+            .map(|u| Metadata { user_id: u }),
+    })
+}
+
+/// Only `n` = 1 is supported.
+fn check_n(req: &ChatCompletionRequest<'_>) -> Result<(), RequestError> {
+    match req.n {
+        Some(n) if n != 1 => Err(RequestError::new(
             "n",
             "unsupported_value",
             format_args!("only n=1 is supported (got {n})"),
-        ));
+        )),
+        _ => Ok(()),
     }
-    let (max_param, max_tokens) = match (req.max_completion_tokens, req.max_tokens) {
+}
+
+/// `max_completion_tokens` ∨ `max_tokens` ∨ the default; at least 1.
+fn max_tokens(req: &ChatCompletionRequest<'_>, default: u32) -> Result<u32, RequestError> {
+    let (param, max_tokens) = match (req.max_completion_tokens, req.max_tokens) {
         (Some(m), _) => ("max_completion_tokens", m),
         (None, Some(m)) => ("max_tokens", m),
-        (None, None) => ("", default_max_tokens.max(1)),
+        (None, None) => ("", default.max(1)),
     };
     if max_tokens == 0 {
-        return Err(invalid(max_param, "must be at least 1"));
+        return Err(invalid(param, "must be at least 1"));
     }
-    let effort = match req.reasoning_effort.as_deref() {
-        None => None,
-        Some("none") => Some(Effort::None),
-        Some("minimal") => Some(Effort::Minimal),
-        Some("low") => Some(Effort::Low),
-        Some("medium") => Some(Effort::Medium),
-        Some("high") => Some(Effort::High),
-        Some("xhigh") => Some(Effort::XHigh),
+    Ok(max_tokens)
+}
+
+fn reasoning_effort(req: &ChatCompletionRequest<'_>) -> Result<Option<Effort>, RequestError> {
+    Ok(Some(match req.reasoning_effort.as_deref() {
+        None => return Ok(None),
+        Some("none") => Effort::None,
+        Some("minimal") => Effort::Minimal,
+        Some("low") => Effort::Low,
+        Some("medium") => Effort::Medium,
+        Some("high") => Effort::High,
+        Some("xhigh") => Effort::XHigh,
         Some(other) => {
             return Err(invalid(
                 "reasoning_effort",
@@ -615,8 +369,12 @@ fn build<'b>(
                 ),
             ));
         }
-    };
+    }))
+}
 
+fn required_messages<'b, 'a>(
+    req: &'b ChatCompletionRequest<'a>,
+) -> Result<&'b [Message<'a>], RequestError> {
     let Some(messages) = &req.messages else {
         return Err(RequestError::new(
             "messages",
@@ -627,8 +385,13 @@ fn build<'b>(
     if messages.is_empty() {
         return Err(invalid("messages", "must contain at least one message"));
     }
+    Ok(messages)
+}
 
-    // Tools first: tool_choice validation needs their names.
+/// `tools`, then legacy `functions`.
+fn declared_tools<'b>(
+    req: &'b ChatCompletionRequest<'_>,
+) -> Result<Vec<ToolDef<'b>>, RequestError> {
     let mut tools: Vec<ToolDef<'b>> = Vec::new();
     if let Some(ts) = &req.tools {
         tools.reserve(ts.len());
@@ -643,11 +406,7 @@ fn build<'b>(
                 ));
             }
             let Some(f) = &t.function else {
-                return Err(RequestError::new(
-                    format!("tools[{i}].function"),
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing(format!("tools[{i}].function")));
             };
             tools.push(tool_def(f, || format!("tools[{i}].function.name"))?);
         }
@@ -657,46 +416,51 @@ fn build<'b>(
             tools.push(tool_def(f, || format!("functions[{i}].name"))?);
         }
     }
+    Ok(tools)
+}
 
-    let conv = convert_messages(messages)?;
-    let Conversation {
-        system,
-        mut turns,
-        history_tools,
-    } = conv;
-    if turns.is_empty() {
-        return Err(invalid(
+/// A final assistant turn (prefill) may not end with whitespace: trims it, dropping what becomes
+/// empty. Fails when no turn is left.
+fn trim_prefill(turns: &mut Vec<Turn<'_>>) -> Result<(), RequestError> {
+    let no_turn = || {
+        invalid(
             "messages",
             "must contain at least one non-empty user or assistant message",
-        ));
+        )
+    };
+    if turns.is_empty() {
+        return Err(no_turn());
     }
-    // A final assistant turn (prefill) may not end with whitespace.
-    if let Some(last) = turns.last_mut()
-        && last.role == "assistant"
-    {
-        if let Some(Block::Text { text, .. }) = last.content.last_mut() {
-            let trimmed = text.trim_end().len();
-            if trimmed == 0 {
-                last.content.pop();
-            } else if trimmed < text.len() {
-                match text {
-                    Cow::Borrowed(s) => *s = &s[..trimmed],
-                    Cow::Owned(s) => s.truncate(trimmed),
-                }
-            }
-        }
-        if last.content.is_empty() {
-            turns.pop();
-            if turns.is_empty() {
-                return Err(invalid(
-                    "messages",
-                    "must contain at least one non-empty user or assistant message",
-                ));
+    let Some(last) = turns.last_mut().filter(|t| t.role == "assistant") else {
+        return Ok(());
+    };
+    if let Some(Block::Text { text, .. }) = last.content.last_mut() {
+        let trimmed = text.trim_end().len();
+        if trimmed == 0 {
+            last.content.pop();
+        } else if trimmed < text.len() {
+            match text {
+                Cow::Borrowed(s) => *s = &s[..trimmed],
+                Cow::Owned(s) => s.truncate(trimmed),
             }
         }
     }
+    if last.content.is_empty() {
+        turns.pop();
+        if turns.is_empty() {
+            return Err(no_turn());
+        }
+    }
+    Ok(())
+}
 
-    // tool_choice / function_call.
+/// `tool_choice` (or legacy `function_call`) and `parallel_tool_calls`. When the request defines
+/// no tools but the history calls some, those are declared (open schema) with choice `none`.
+fn resolve_tool_choice<'b>(
+    req: &'b ChatCompletionRequest<'_>,
+    tools: &mut Vec<ToolDef<'b>>,
+    history_tools: Vec<&'b str>,
+) -> Result<Option<ToolChoice<'b>>, RequestError> {
     let choice_src = match (&req.tool_choice, &req.function_call) {
         (Some(c), _) => Some(("tool_choice", c)),
         (None, Some(c)) => Some(("function_call", c)),
@@ -706,7 +470,7 @@ fn build<'b>(
         None => None,
         Some((param, c)) => Some(tool_choice(param, c)?),
     };
-    if let Some(ChoiceKind::Tool(name)) = choice
+    if let Some(ToolChoiceKind::Tool(name)) = choice
         && !tools.iter().any(|t| t.name == name)
     {
         let param = match choice_src {
@@ -719,75 +483,85 @@ fn build<'b>(
         ));
     }
     if tools.is_empty() && !history_tools.is_empty() {
-        for name in history_tools {
-            tools.push(ToolDef {
-                name,
-                description: None,
-                input_schema: None,
-            });
-        }
-        choice = Some(ChoiceKind::None);
+        tools.extend(history_tools.into_iter().map(|name| ToolDef {
+            name,
+            description: None,
+            input_schema: None,
+        }));
+        choice = Some(ToolChoiceKind::None);
     }
-    let tool_choice = if tools.is_empty() {
-        None
-    } else {
-        let disable_parallel = req.parallel_tool_calls == Some(false);
-        match choice {
-            Some(kind) => Some(ToolChoiceOut {
-                kind,
-                disable_parallel,
-            }),
-            None if disable_parallel => Some(ToolChoiceOut {
-                kind: ChoiceKind::Auto,
-                disable_parallel,
-            }),
-            None => None,
-        }
-    };
-    let forced = matches!(
-        tool_choice.as_ref().map(|c| c.kind),
-        Some(ChoiceKind::Any | ChoiceKind::Tool(_))
-    );
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    let disable_parallel = req.parallel_tool_calls == Some(false);
+    Ok(match choice {
+        Some(kind) => Some(ToolChoice {
+            kind,
+            disable_parallel,
+        }),
+        None if disable_parallel => Some(ToolChoice {
+            kind: ToolChoiceKind::Auto,
+            disable_parallel,
+        }),
+        None => None,
+    })
+}
 
-    // Thinking.
-    let caps = model_caps(model);
-    let blocked = forced || lacks_required_thinking(&turns);
-    let mut max_tokens = max_tokens;
+/// `thinking`, `output_config` and the (possibly raised) `max_tokens` for the model's thinking
+/// mode (module docs, [Thinking](#thinking)). `blocked`: thinking must stay off.
+fn thinking(
+    mode: ThinkingMode,
+    effort: Option<Effort>,
+    blocked: bool,
+    max_tokens: u32,
+) -> (Option<Thinking>, Option<OutputConfig>, u32) {
     let want = effort.filter(|e| *e != Effort::None);
     let adaptive = |e: Effort| {
         (
-            Some(ThinkingOut::Adaptive),
+            Some(Thinking::Adaptive),
             Some(OutputConfig {
                 effort: e.adaptive_effort(),
             }),
+            max_tokens,
         )
     };
-    let (thinking, output_config) = match (caps.thinking, want) {
+    match (mode, want) {
         // Cannot be turned off: only the effort can be chosen.
         (ThinkingMode::AlwaysOn, Some(e)) => adaptive(e),
-        (ThinkingMode::AlwaysOn, None) => (None, None),
+        (ThinkingMode::AlwaysOn, None) => (None, None, max_tokens),
         (ThinkingMode::AdaptiveOnly, _) if blocked || effort == Some(Effort::None) => {
-            (Some(ThinkingOut::Disabled), None)
+            (Some(Thinking::Disabled), None, max_tokens)
         }
-        (_, None) => (None, None),
-        (_, Some(_)) if blocked => (None, None),
+        (_, None) => (None, None, max_tokens),
+        (_, Some(_)) if blocked => (None, None, max_tokens),
         (ThinkingMode::Adaptive | ThinkingMode::AdaptiveOnly, Some(e)) => adaptive(e),
         (ThinkingMode::Budget, Some(e)) => {
             let budget = e.budget();
-            if max_tokens <= budget {
-                max_tokens = budget.saturating_add(max_tokens);
-            }
+            let max_tokens = if max_tokens <= budget {
+                budget.saturating_add(max_tokens)
+            } else {
+                max_tokens
+            };
             (
-                Some(ThinkingOut::Enabled {
+                Some(Thinking::Enabled {
                     budget_tokens: budget,
                 }),
                 None,
+                max_tokens,
             )
         }
-    };
-    let thinking_on = match &thinking {
-        Some(ThinkingOut::Enabled { .. } | ThinkingOut::Adaptive) => true,
-        Some(ThinkingOut::Disabled) => false,
+    }
+}
+
+/// (`temperature`, `top_p`): dropped with thinking on and for models that reject them.
+fn sampling(
+    req: &ChatCompletionRequest<'_>,
+    caps: &ModelCaps,
+    thinking: Option<&Thinking>,
+) -> (Option<f64>, Option<f64>) {
+    let thinking_on = match thinking {
+        Some(Thinking::Enabled { .. } | Thinking::Adaptive) => true,
+        Some(Thinking::Disabled) => false,
         None => matches!(
             caps.thinking,
             ThinkingMode::AdaptiveOnly | ThinkingMode::AlwaysOn
@@ -798,66 +572,27 @@ fn build<'b>(
         .temperature
         .filter(|_| sampling)
         .map(|t| t.clamp(0.0, 1.0));
-    let top_p = req.top_p.filter(|_| sampling);
+    (temperature, req.top_p.filter(|_| sampling))
+}
 
-    let stop_sequences = match &req.stop {
+/// `stop`, empty strings dropped.
+fn stop_sequences<'b>(req: &'b ChatCompletionRequest<'_>) -> Vec<&'b str> {
+    match &req.stop {
         None => Vec::new(),
-        Some(Stop::One(s)) => {
-            if s.is_empty() {
-                Vec::new()
-            } else {
-                vec![&**s]
-            }
-        }
+        Some(Stop::One(s)) if s.is_empty() => Vec::new(),
+        Some(Stop::One(s)) => vec![&**s],
         Some(Stop::Many(v)) => v.iter().filter(|s| !s.is_empty()).map(|s| &**s).collect(),
-    };
-
-    let mut system = system;
-    if let Some(rf) = &req.response_format
-        && let Some(text) = response_format_instruction(rf)?
-    {
-        system.push(Block::Text {
-            text: Cow::Owned(text),
-            cache_control: None,
-        });
     }
-
-    let user_id = req.user.as_deref().or(req.safety_identifier.as_deref());
-    Ok(MessagesRequest {
-        model,
-        max_tokens,
-        system: if system.is_empty() {
-            None
-        } else {
-            Some(System(system))
-        },
-        messages: turns,
-        stop_sequences,
-        temperature,
-        top_p,
-        stream,
-        tools,
-        tool_choice,
-        thinking,
-        output_config,
-        metadata: user_id
-            .filter(|u| !u.is_empty())
-            .map(|u| Metadata { user_id: u }),
-    })
 }
 
 fn tool_def<'b>(
-    f: &'b crate::api::openai::FunctionDef<'_>,
+    f: &'b openai::FunctionDef<'_>,
     name_param: impl FnOnce() -> String,
 ) -> Result<ToolDef<'b>, RequestError> {
     let name = match f.name.as_deref() {
         Some(n) if !n.is_empty() => n,
         _ => {
-            return Err(RequestError::new(
-                name_param(),
-                "missing_required_parameter",
-                "missing required field",
-            ));
+            return Err(missing(name_param()));
         }
     };
     // `{}` (or no schema) means "no parameters"; Anthropic requires `"type":"object"`.
@@ -873,12 +608,15 @@ fn tool_def<'b>(
     })
 }
 
-fn tool_choice<'b>(param: &str, c: &'b ToolChoice<'_>) -> Result<ChoiceKind<'b>, RequestError> {
-    let mode = |m: &str, p: String| -> Result<ChoiceKind<'b>, RequestError> {
+fn tool_choice<'b>(
+    param: &str,
+    c: &'b openai::ToolChoice<'_>,
+) -> Result<ToolChoiceKind<'b>, RequestError> {
+    let mode = |m: &str, p: String| -> Result<ToolChoiceKind<'b>, RequestError> {
         match m {
-            "none" => Ok(ChoiceKind::None),
-            "auto" => Ok(ChoiceKind::Auto),
-            "required" | "any" => Ok(ChoiceKind::Any),
+            "none" => Ok(ToolChoiceKind::None),
+            "auto" => Ok(ToolChoiceKind::Auto),
+            "required" | "any" => Ok(ToolChoiceKind::Any),
             other => Err(invalid(
                 p,
                 format_args!("unknown value {other:?} (expected none, auto or required)"),
@@ -886,15 +624,15 @@ fn tool_choice<'b>(param: &str, c: &'b ToolChoice<'_>) -> Result<ChoiceKind<'b>,
         }
     };
     match c {
-        ToolChoice::Mode(m) => mode(m, param.to_owned()),
-        ToolChoice::Object(o) => {
+        openai::ToolChoice::Mode(m) => mode(m, param.to_owned()),
+        openai::ToolChoice::Object(o) => {
             let name = o
                 .function
                 .as_ref()
                 .and_then(|f| f.name.as_deref())
                 .or(o.name.as_deref());
             if let Some(n) = name {
-                return Ok(ChoiceKind::Tool(n));
+                return Ok(ToolChoiceKind::Tool(n));
             }
             if o.kind.as_deref() == Some("allowed_tools")
                 && let Some(m) = o.allowed_tools.as_ref().and_then(|a| a.mode.as_deref())
@@ -934,11 +672,7 @@ pub fn response_format_instruction(
         ))),
         Some("json_schema") => {
             let Some(js) = &rf.json_schema else {
-                return Err(RequestError::new(
-                    "response_format.json_schema",
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing("response_format.json_schema"));
             };
             let mut s = String::from(
                 "Respond with a single valid JSON value that conforms to the JSON Schema",
@@ -977,6 +711,10 @@ struct Conversation<'b> {
     turns: Vec<Turn<'b>>,
     /// Names of tools called in the history (in first-use order), for requests without `tools`.
     history_tools: Vec<&'b str>,
+    /// Ids of the assistant tool calls so far (a `tool` message must answer one).
+    call_ids: HashSet<&'b str>,
+    /// Id given to the last legacy `function_call`, answered by the next `function` message.
+    last_legacy: Option<String>,
 }
 
 /// Appends blocks as a turn of `role`, merging with the previous turn of the same role;
@@ -1005,199 +743,25 @@ fn push_turn<'b>(turns: &mut Vec<Turn<'b>>, role: &'static str, blocks: Vec<Bloc
     }
 }
 
+/// The messages as Anthropic's `system` and turns, one message at a time by role.
 fn convert_messages<'b>(messages: &'b [Message<'_>]) -> Result<Conversation<'b>, RequestError> {
-    let mut system: Vec<Block<'b>> = Vec::new();
-    let mut turns: Vec<Turn<'b>> = Vec::with_capacity(messages.len());
-    let mut call_ids: HashSet<&'b str> = HashSet::new();
-    let mut history_tools: Vec<&'b str> = Vec::new();
-    let mut last_legacy: Option<String> = None;
-
+    let mut conv = Conversation {
+        system: Vec::new(),
+        turns: Vec::with_capacity(messages.len()),
+        history_tools: Vec::new(),
+        call_ids: HashSet::new(),
+        last_legacy: None,
+    };
     for (i, m) in messages.iter().enumerate() {
         let Some(role) = m.role.as_deref() else {
-            return Err(RequestError::new(
-                format!("messages[{i}].role"),
-                "missing_required_parameter",
-                "missing required field",
-            ));
+            return Err(missing(format!("messages[{i}].role")));
         };
         match role {
-            "system" | "developer" => match &m.content {
-                None => {}
-                Some(Content::Text(t)) => push_text(&mut system, t, None),
-                Some(Content::Parts(parts)) => {
-                    for (j, p) in parts.iter().enumerate() {
-                        match p.kind.as_deref() {
-                            Some("text") => {
-                                push_text(&mut system, text_of(p, i, j)?, p.cache_control)
-                            }
-                            other => {
-                                return Err(bad_part(
-                                    i,
-                                    j,
-                                    other,
-                                    "system and developer messages accept only text parts",
-                                ));
-                            }
-                        }
-                    }
-                }
-            },
-            "user" => {
-                let mut blocks = Vec::new();
-                match &m.content {
-                    None => {}
-                    Some(Content::Text(t)) => push_text(&mut blocks, t, None),
-                    Some(Content::Parts(parts)) => {
-                        for (j, p) in parts.iter().enumerate() {
-                            user_part(&mut blocks, p, i, j)?;
-                        }
-                    }
-                }
-                push_turn(&mut turns, "user", blocks);
-            }
-            "assistant" => {
-                let mut blocks = Vec::new();
-                if let Some(tbs) = &m.thinking_blocks {
-                    for tb in tbs {
-                        thinking_block(&mut blocks, tb);
-                    }
-                }
-                match &m.content {
-                    None => {
-                        if let Some(r) = &m.refusal {
-                            push_text(&mut blocks, r, None);
-                        }
-                    }
-                    Some(Content::Text(t)) => push_text(&mut blocks, t, None),
-                    Some(Content::Parts(parts)) => {
-                        for (j, p) in parts.iter().enumerate() {
-                            match p.kind.as_deref() {
-                                Some("text") => {
-                                    push_text(&mut blocks, text_of(p, i, j)?, p.cache_control)
-                                }
-                                Some("refusal") => {
-                                    if let Some(r) = &p.refusal {
-                                        push_text(&mut blocks, r, None);
-                                    }
-                                }
-                                other => {
-                                    return Err(bad_part(
-                                        i,
-                                        j,
-                                        other,
-                                        "assistant messages accept only text and refusal parts",
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                }
-                if let Some(calls) = &m.tool_calls {
-                    for (j, c) in calls.iter().enumerate() {
-                        let p = |f: &str| format!("messages[{i}].tool_calls[{j}].{f}");
-                        let id = match c.id.as_deref() {
-                            Some(id) if !id.is_empty() => id,
-                            _ => {
-                                return Err(RequestError::new(
-                                    p("id"),
-                                    "missing_required_parameter",
-                                    "missing required field",
-                                ));
-                            }
-                        };
-                        if let Some(k) = c.kind.as_deref()
-                            && k != "function"
-                        {
-                            return Err(RequestError::new(
-                                p("type"),
-                                "unsupported_value",
-                                format_args!("unsupported tool call type {k:?}"),
-                            ));
-                        }
-                        let Some(f) = &c.function else {
-                            return Err(RequestError::new(
-                                p("function"),
-                                "missing_required_parameter",
-                                "missing required field",
-                            ));
-                        };
-                        let pf = |x: &str| format!("messages[{i}].tool_calls[{j}].function.{x}");
-                        let (name, input) = function_call(f, &pf)?;
-                        call_ids.insert(id);
-                        if !history_tools.contains(&name) {
-                            history_tools.push(name);
-                        }
-                        blocks.push(Block::ToolUse {
-                            id: sanitize_id(id),
-                            name,
-                            input,
-                        });
-                    }
-                }
-                if let Some(f) = &m.function_call {
-                    let p = |x: &str| format!("messages[{i}].function_call.{x}");
-                    let (name, input) = function_call(f, &p)?;
-                    let id = format!("call_legacy_{i}");
-                    last_legacy = Some(id.clone());
-                    if !history_tools.contains(&name) {
-                        history_tools.push(name);
-                    }
-                    blocks.push(Block::ToolUse {
-                        id: Cow::Owned(id),
-                        name,
-                        input,
-                    });
-                }
-                push_turn(&mut turns, "assistant", blocks);
-            }
-            "tool" => {
-                let id = match m.tool_call_id.as_deref() {
-                    Some(id) if !id.is_empty() => id,
-                    _ => {
-                        return Err(RequestError::new(
-                            format!("messages[{i}].tool_call_id"),
-                            "missing_required_parameter",
-                            "missing required field",
-                        ));
-                    }
-                };
-                if !call_ids.contains(id) {
-                    return Err(invalid(
-                        format!("messages[{i}].tool_call_id"),
-                        format_args!(
-                            "{id:?} does not match any tool call of an earlier assistant message"
-                        ),
-                    ));
-                }
-                let content = tool_content(m, i)?;
-                push_turn(
-                    &mut turns,
-                    "user",
-                    vec![Block::ToolResult {
-                        tool_use_id: sanitize_id(id),
-                        content,
-                        cache_control: None,
-                    }],
-                );
-            }
-            "function" => {
-                let Some(id) = last_legacy.take() else {
-                    return Err(invalid(
-                        format!("messages[{i}].role"),
-                        "a function message must follow an assistant message with a function_call",
-                    ));
-                };
-                let content = tool_content(m, i)?;
-                push_turn(
-                    &mut turns,
-                    "user",
-                    vec![Block::ToolResult {
-                        tool_use_id: Cow::Owned(id),
-                        content,
-                        cache_control: None,
-                    }],
-                );
-            }
+            "system" | "developer" => conv.system_message(m, i)?,
+            "user" => conv.user_message(m, i)?,
+            "assistant" => conv.assistant_message(m, i)?,
+            "tool" => conv.tool_message(m, i)?,
+            "function" => conv.function_message(m, i)?,
             other => {
                 return Err(invalid(
                     format!("messages[{i}].role"),
@@ -1208,20 +772,197 @@ fn convert_messages<'b>(messages: &'b [Message<'_>]) -> Result<Conversation<'b>,
             }
         }
     }
-    Ok(Conversation {
-        system,
-        turns,
-        history_tools,
-    })
+    Ok(conv)
+}
+
+impl<'b> Conversation<'b> {
+    /// `system` / `developer`: text appended to `system`, in order.
+    fn system_message(&mut self, m: &'b Message<'_>, i: usize) -> Result<(), RequestError> {
+        match &m.content {
+            None => {}
+            Some(Content::Text(t)) => push_text(&mut self.system, t, None),
+            Some(Content::Parts(parts)) => {
+                for (j, p) in parts.iter().enumerate() {
+                    if p.kind.as_deref() != Some("text") {
+                        return Err(bad_part(
+                            i,
+                            j,
+                            p.kind.as_deref(),
+                            "system and developer messages accept only text parts",
+                        ));
+                    }
+                    push_text(&mut self.system, text_of(p, i, j)?, p.cache_control);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn user_message(&mut self, m: &'b Message<'_>, i: usize) -> Result<(), RequestError> {
+        let mut blocks = Vec::new();
+        match &m.content {
+            None => {}
+            Some(Content::Text(t)) => push_text(&mut blocks, t, None),
+            Some(Content::Parts(parts)) => {
+                for (j, p) in parts.iter().enumerate() {
+                    user_part(&mut blocks, p, i, j)?;
+                }
+            }
+        }
+        push_turn(&mut self.turns, "user", blocks);
+        Ok(())
+    }
+
+    /// Thinking blocks first, then text, then tool calls (and a legacy function call).
+    fn assistant_message(&mut self, m: &'b Message<'_>, i: usize) -> Result<(), RequestError> {
+        let mut blocks = Vec::new();
+        for tb in m.thinking_blocks.iter().flatten() {
+            thinking_block(&mut blocks, tb);
+        }
+        assistant_content(&mut blocks, m, i)?;
+        for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+            let (id, name, input) = tool_call(c, i, j)?;
+            self.call_ids.insert(id);
+            self.note_history_tool(name);
+            blocks.push(Block::ToolUse {
+                id: sanitize_id(id),
+                name,
+                input,
+            });
+        }
+        if let Some(f) = &m.function_call {
+            let p = |x: &str| format!("messages[{i}].function_call.{x}");
+            let (name, input) = function_call(f, &p)?;
+            let id = format!("call_legacy_{i}");
+            self.last_legacy = Some(id.clone());
+            self.note_history_tool(name);
+            blocks.push(Block::ToolUse {
+                id: Cow::Owned(id),
+                name,
+                input,
+            });
+        }
+        push_turn(&mut self.turns, "assistant", blocks);
+        Ok(())
+    }
+
+    fn note_history_tool(&mut self, name: &'b str) {
+        if !self.history_tools.contains(&name) {
+            self.history_tools.push(name);
+        }
+    }
+
+    /// A `tool_result` answering an earlier assistant tool call.
+    fn tool_message(&mut self, m: &'b Message<'_>, i: usize) -> Result<(), RequestError> {
+        let param = || format!("messages[{i}].tool_call_id");
+        let id = match m.tool_call_id.as_deref() {
+            Some(id) if !id.is_empty() => id,
+            _ => {
+                return Err(missing(param()));
+            }
+        };
+        if !self.call_ids.contains(id) {
+            return Err(invalid(
+                param(),
+                format_args!("{id:?} does not match any tool call of an earlier assistant message"),
+            ));
+        }
+        self.push_result(sanitize_id(id), tool_content(m, i)?);
+        Ok(())
+    }
+
+    /// Legacy: the result of the preceding assistant `function_call`.
+    fn function_message(&mut self, m: &'b Message<'_>, i: usize) -> Result<(), RequestError> {
+        let Some(id) = self.last_legacy.take() else {
+            return Err(invalid(
+                format!("messages[{i}].role"),
+                "a function message must follow an assistant message with a function_call",
+            ));
+        };
+        self.push_result(Cow::Owned(id), tool_content(m, i)?);
+        Ok(())
+    }
+
+    fn push_result(&mut self, tool_use_id: Cow<'b, str>, content: Vec<Block<'b>>) {
+        let result = Block::ToolResult {
+            tool_use_id,
+            content,
+            cache_control: None,
+        };
+        push_turn(&mut self.turns, "user", vec![result]);
+    }
+}
+
+/// An assistant message's `content` (or `refusal`) as text blocks.
+fn assistant_content<'b>(
+    blocks: &mut Vec<Block<'b>>,
+    m: &'b Message<'_>,
+    i: usize,
+) -> Result<(), RequestError> {
+    match &m.content {
+        None => {
+            if let Some(r) = &m.refusal {
+                push_text(blocks, r, None);
+            }
+        }
+        Some(Content::Text(t)) => push_text(blocks, t, None),
+        Some(Content::Parts(parts)) => {
+            for (j, p) in parts.iter().enumerate() {
+                match p.kind.as_deref() {
+                    Some("text") => push_text(blocks, text_of(p, i, j)?, p.cache_control),
+                    Some("refusal") => {
+                        if let Some(r) = &p.refusal {
+                            push_text(blocks, r, None);
+                        }
+                    }
+                    other => {
+                        return Err(bad_part(
+                            i,
+                            j,
+                            other,
+                            "assistant messages accept only text and refusal parts",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// (id, name, input) of an assistant `tool_calls` entry.
+fn tool_call<'b>(
+    c: &'b ToolCall<'_>,
+    i: usize,
+    j: usize,
+) -> Result<(&'b str, &'b str, ToolInput<'b>), RequestError> {
+    let p = |f: &str| format!("messages[{i}].tool_calls[{j}].{f}");
+    let id = match c.id.as_deref() {
+        Some(id) if !id.is_empty() => id,
+        _ => {
+            return Err(missing(p("id")));
+        }
+    };
+    if let Some(k) = c.kind.as_deref()
+        && k != "function"
+    {
+        return Err(RequestError::new(
+            p("type"),
+            "unsupported_value",
+            format_args!("unsupported tool call type {k:?}"),
+        ));
+    }
+    let Some(f) = &c.function else {
+        return Err(missing(p("function")));
+    };
+    let pf = |x: &str| format!("messages[{i}].tool_calls[{j}].function.{x}");
+    let (name, input) = function_call(f, &pf)?;
+    Ok((id, name, input))
 }
 
 fn bad_part(i: usize, j: usize, kind: Option<&str>, why: &str) -> RequestError {
     match kind {
-        None => RequestError::new(
-            format!("messages[{i}].content[{j}].type"),
-            "missing_required_parameter",
-            "missing required field",
-        ),
+        None => missing(format!("messages[{i}].content[{j}].type")),
         Some(k) => RequestError::new(
             format!("messages[{i}].content[{j}].type"),
             "unsupported_value",
@@ -1231,13 +972,9 @@ fn bad_part(i: usize, j: usize, kind: Option<&str>, why: &str) -> RequestError {
 }
 
 fn text_of<'p, 'a>(p: &'p Part<'a>, i: usize, j: usize) -> Result<&'p Str<'a>, RequestError> {
-    p.text.as_ref().ok_or_else(|| {
-        RequestError::new(
-            format!("messages[{i}].content[{j}].text"),
-            "missing_required_parameter",
-            "missing required field",
-        )
-    })
+    p.text
+        .as_ref()
+        .ok_or_else(|| missing(format!("messages[{i}].content[{j}].text")))
 }
 
 /// Anthropic rejects empty and whitespace-only text blocks: they are skipped.
@@ -1262,11 +999,7 @@ fn user_part<'b>(
         Some("image_url") => {
             let param = || format!("messages[{i}].content[{j}].image_url.url");
             let Some(url) = p.image_url.as_ref().and_then(|u| u.url.as_deref()) else {
-                return Err(RequestError::new(
-                    param(),
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing(param()));
             };
             blocks.push(Block::Image {
                 source: image_source(url, param)?,
@@ -1276,11 +1009,7 @@ fn user_part<'b>(
         Some("file") => {
             let param = |f: &str| format!("messages[{i}].content[{j}].file.{f}");
             let Some(f) = &p.file else {
-                return Err(RequestError::new(
-                    format!("messages[{i}].content[{j}].file"),
-                    "missing_required_parameter",
-                    "missing required field",
-                ));
+                return Err(missing(format!("messages[{i}].content[{j}].file")));
             };
             let Some(data) = f.file_data.as_deref() else {
                 let what = if f.file_id.is_some() {
@@ -1400,29 +1129,25 @@ fn thinking_block<'b>(blocks: &mut Vec<Block<'b>>, tb: &'b ThinkingBlock<'_>) {
 fn function_call<'b>(
     f: &'b FunctionCall<'_>,
     p: &dyn Fn(&str) -> String,
-) -> Result<(&'b str, Input<'b>), RequestError> {
+) -> Result<(&'b str, ToolInput<'b>), RequestError> {
     let name = match f.name.as_deref() {
         Some(n) if !n.is_empty() => n,
         _ => {
-            return Err(RequestError::new(
-                p("name"),
-                "missing_required_parameter",
-                "missing required field",
-            ));
+            return Err(missing(p("name")));
         }
     };
     let not_object = || invalid(p("arguments"), "must be a JSON object encoded as a string");
     let input = match f.arguments {
-        None => Input::Empty,
+        None => ToolInput::Empty,
         Some(raw) => {
             let r = raw.get();
             match r.as_bytes().first() {
-                Some(b'{') => Input::Borrowed(raw),
-                Some(b'n') => Input::Empty, // null
+                Some(b'{') => ToolInput::Borrowed(raw),
+                Some(b'n') => ToolInput::Empty, // null
                 Some(b'"') => {
                     let s: String = serde_json::from_str(r).map_err(|_| not_object())?;
                     if s.trim().is_empty() {
-                        Input::Empty
+                        ToolInput::Empty
                     } else {
                         let v = RawValue::from_string(s).map_err(|e| {
                             let mut what = e.to_string();
@@ -1434,7 +1159,7 @@ fn function_call<'b>(
                         if !v.get().trim_start().starts_with('{') {
                             return Err(not_object());
                         }
-                        Input::Owned(v)
+                        ToolInput::Owned(v)
                     }
                 }
                 _ => return Err(not_object()),

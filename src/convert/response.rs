@@ -12,95 +12,8 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
-use super::{Usage, finish_reason, minify_json_into, write_json_str};
-use crate::api::openai::Str;
-
-// ---------------------------------------------------------------------------------------------
-// Upstream (Anthropic) types, shared with the stream converter. Flat structs: `RawValue` does not
-// work inside internally tagged enums, and flat structs tolerate unknown block types.
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct AnthropicMessage<'a> {
-    #[serde(borrow, default)]
-    pub id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub content: Vec<AnthropicBlock<'a>>,
-    #[serde(borrow, default)]
-    pub stop_reason: Option<Str<'a>>,
-    #[serde(default)]
-    pub usage: Option<AnthropicUsage>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct AnthropicBlock<'a> {
-    #[serde(rename = "type", borrow, default)]
-    pub kind: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub text: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub name: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub input: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub thinking: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub signature: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub data: Option<Str<'a>>,
-}
-
-/// Usage fields; absent ones stay `None` (message_delta usage is cumulative and partial).
-#[derive(Debug, Default, Deserialize, Clone, Copy)]
-pub(crate) struct AnthropicUsage {
-    #[serde(default)]
-    pub input_tokens: Option<u64>,
-    #[serde(default)]
-    pub output_tokens: Option<u64>,
-    #[serde(default)]
-    pub cache_read_input_tokens: Option<u64>,
-    #[serde(default)]
-    pub cache_creation_input_tokens: Option<u64>,
-}
-
-impl AnthropicUsage {
-    /// Merges reported values into `u` (counts only grow; output is the latest report).
-    pub(crate) fn merge_into(&self, u: &mut Usage) {
-        if let Some(v) = self.input_tokens {
-            u.input_tokens = u.input_tokens.max(v);
-        }
-        if let Some(v) = self.cache_read_input_tokens {
-            u.cache_read_input_tokens = u.cache_read_input_tokens.max(v);
-        }
-        if let Some(v) = self.cache_creation_input_tokens {
-            u.cache_creation_input_tokens = u.cache_creation_input_tokens.max(v);
-        }
-        if let Some(v) = self.output_tokens {
-            u.output_tokens = v;
-        }
-    }
-}
-
-/// `{"type":"error","error":{"type":"…","message":"…"}}`.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct AnthropicErrorBody<'a> {
-    #[serde(borrow, default)]
-    pub error: Option<AnthropicError<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct AnthropicError<'a> {
-    #[serde(rename = "type", borrow, default)]
-    pub kind: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    pub message: Option<Str<'a>>,
-}
-
-// ---------------------------------------------------------------------------------------------
+use super::{finish_reason, minify_json_into, write_json_str, write_openai_usage};
+use crate::api::anthropic::{ContentBlock, ErrorBody, Message, Tokens};
 
 /// A new `chatcmpl-…` id.
 pub(crate) fn new_completion_id() -> String {
@@ -131,30 +44,65 @@ pub fn messages_to_chat_with(
     created: u64,
     legacy_functions: bool,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let msg: AnthropicMessage = serde_json::from_slice(body)?;
+    let msg: Message = serde_json::from_slice(body)?;
     let mut out = Vec::with_capacity(body.len() + 256);
+    write_completion_head(&mut out, msg.id.as_deref(), client_model, created);
+    out.extend_from_slice(br#","choices":[{"index":0,"message":{"role":"assistant","content":"#);
+    match joined_text(&msg.content) {
+        Some(c) => write_json_str(&mut out, &c),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","refusal":null"#);
+    write_reasoning(&mut out, &msg.content);
+    if legacy_functions {
+        write_legacy_function_call(&mut out, &msg.content);
+    } else {
+        write_tool_calls(&mut out, &msg.content);
+    }
+    out.extend_from_slice(br#"},"logprobs":null,"finish_reason":"#);
+    let finish = finish_reason(msg.stop_reason.as_deref().unwrap_or("end_turn"));
+    write_json_str(
+        &mut out,
+        if legacy_functions && finish == "tool_calls" {
+            "function_call"
+        } else {
+            finish
+        },
+    );
+    out.extend_from_slice(br#"}],"usage":"#);
+    let mut usage = Tokens::default();
+    if let Some(u) = &msg.usage {
+        u.merge_into(&mut usage);
+    }
+    write_openai_usage(&usage, &mut out);
+    out.push(b'}');
+    Ok(out)
+}
 
+/// `{"id":…,"object":"chat.completion","created":…,"model":…` — the id is `chatcmpl-` and the
+/// Anthropic message id without `msg_` (a fresh one when there is none).
+fn write_completion_head(out: &mut Vec<u8>, msg_id: Option<&str>, model: &str, created: u64) {
     out.extend_from_slice(br#"{"id":"#);
-    let id = match msg.id.as_deref() {
+    let id = match msg_id {
         Some(id) if !id.is_empty() => {
             format!("chatcmpl-{}", id.strip_prefix("msg_").unwrap_or(id))
         }
         _ => new_completion_id(),
     };
-    write_json_str(&mut out, &id);
+    write_json_str(out, &id);
     out.extend_from_slice(br#","object":"chat.completion","created":"#);
     out.extend_from_slice(created.to_string().as_bytes());
     out.extend_from_slice(br#","model":"#);
-    write_json_str(&mut out, client_model);
-    out.extend_from_slice(br#","choices":[{"index":0,"message":{"role":"assistant","content":"#);
+    write_json_str(out, model);
+}
 
-    // content
-    let mut texts = msg
-        .content
+/// The text blocks, concatenated; `None` when there is none.
+fn joined_text<'b>(content: &'b [ContentBlock<'_>]) -> Option<Cow<'b, str>> {
+    let mut texts = content
         .iter()
         .filter(|b| b.kind.as_deref() == Some("text"))
         .filter_map(|b| b.text.as_deref());
-    let content: Option<Cow<str>> = match (texts.next(), texts.next()) {
+    match (texts.next(), texts.next()) {
         (None, _) => None,
         (Some(a), None) => Some(Cow::Borrowed(a)),
         (Some(a), Some(b)) => {
@@ -164,17 +112,14 @@ pub fn messages_to_chat_with(
             texts.for_each(|t| s.push_str(t));
             Some(Cow::Owned(s))
         }
-    };
-    match &content {
-        Some(c) => write_json_str(&mut out, c),
-        None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(br#","refusal":null"#);
+}
 
-    // reasoning
+/// `,"reasoning_content":…` (the thinking text) and `,"thinking_blocks":[…]` (module docs).
+fn write_reasoning(out: &mut Vec<u8>, content: &[ContentBlock<'_>]) {
     let mut reasoning: Option<String> = None;
     let mut has_thinking_blocks = false;
-    for b in &msg.content {
+    for b in content {
         match b.kind.as_deref() {
             Some("thinking") => {
                 has_thinking_blocks = true;
@@ -188,95 +133,83 @@ pub fn messages_to_chat_with(
     }
     if let Some(r) = &reasoning {
         out.extend_from_slice(br#","reasoning_content":"#);
-        write_json_str(&mut out, r);
+        write_json_str(out, r);
     }
-    if has_thinking_blocks {
-        out.extend_from_slice(br#","thinking_blocks":["#);
-        let mut first = true;
-        for b in &msg.content {
-            let kind = b.kind.as_deref();
-            if !matches!(kind, Some("thinking" | "redacted_thinking")) {
-                continue;
-            }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            if kind == Some("thinking") {
-                out.extend_from_slice(br#"{"type":"thinking","thinking":"#);
-                write_json_str(&mut out, b.thinking.as_deref().unwrap_or(""));
-                out.extend_from_slice(br#","signature":"#);
-                write_json_str(&mut out, b.signature.as_deref().unwrap_or(""));
-            } else {
-                out.extend_from_slice(br#"{"type":"redacted_thinking","data":"#);
-                write_json_str(&mut out, b.data.as_deref().unwrap_or(""));
-            }
-            out.push(b'}');
-        }
-        out.push(b']');
+    if !has_thinking_blocks {
+        return;
     }
-
-    // tool calls
-    let mut first = true;
-    let mut args = String::new();
-    let mut tool_uses = msg
-        .content
+    out.extend_from_slice(br#","thinking_blocks":["#);
+    let thinking = content
         .iter()
-        .filter(|b| b.kind.as_deref() == Some("tool_use"));
-    if legacy_functions {
-        if let Some(b) = tool_uses.next() {
-            out.extend_from_slice(br#","function_call":{"name":"#);
-            write_json_str(&mut out, b.name.as_deref().unwrap_or(""));
-            out.extend_from_slice(br#","arguments":"#);
-            match b.input {
-                Some(raw) => minify_json_into(raw.get(), &mut args),
-                None => args.push_str("{}"),
-            }
-            write_json_str(&mut out, &args);
-            out.push(b'}');
+        .filter(|b| matches!(b.kind.as_deref(), Some("thinking" | "redacted_thinking")));
+    for (k, b) in thinking.enumerate() {
+        if k > 0 {
+            out.push(b',');
         }
+        if b.kind.as_deref() == Some("thinking") {
+            out.extend_from_slice(br#"{"type":"thinking","thinking":"#);
+            write_json_str(out, b.thinking.as_deref().unwrap_or(""));
+            out.extend_from_slice(br#","signature":"#);
+            write_json_str(out, b.signature.as_deref().unwrap_or(""));
+        } else {
+            out.extend_from_slice(br#"{"type":"redacted_thinking","data":"#);
+            write_json_str(out, b.data.as_deref().unwrap_or(""));
+        }
+        out.push(b'}');
     }
-    for b in tool_uses.filter(|_| !legacy_functions) {
+    out.push(b']');
+}
+
+fn tool_uses<'c, 'a>(
+    content: &'c [ContentBlock<'a>],
+) -> impl Iterator<Item = &'c ContentBlock<'a>> {
+    content
+        .iter()
+        .filter(|b| b.kind.as_deref() == Some("tool_use"))
+}
+
+/// `name` and compact `arguments` of a `tool_use` block: `,"name":…,"arguments":…` without the
+/// leading comma.
+fn write_function(out: &mut Vec<u8>, b: &ContentBlock<'_>, args: &mut String) {
+    out.extend_from_slice(br#""name":"#);
+    write_json_str(out, b.name.as_deref().unwrap_or(""));
+    out.extend_from_slice(br#","arguments":"#);
+    args.clear();
+    match b.input {
+        Some(raw) => minify_json_into(raw.get(), args),
+        None => args.push_str("{}"),
+    }
+    write_json_str(out, args);
+}
+
+/// Legacy answer: the first `tool_use` as `,"function_call":{…}`.
+fn write_legacy_function_call(out: &mut Vec<u8>, content: &[ContentBlock<'_>]) {
+    if let Some(b) = tool_uses(content).next() {
+        out.extend_from_slice(br#","function_call":{"#);
+        write_function(out, b, &mut String::new());
+        out.push(b'}');
+    }
+}
+
+/// `,"tool_calls":[…]`, absent when there is no `tool_use` block.
+fn write_tool_calls(out: &mut Vec<u8>, content: &[ContentBlock<'_>]) {
+    let mut args = String::new();
+    let mut first = true;
+    for b in tool_uses(content) {
         out.extend_from_slice(if first {
             br#","tool_calls":[{"id":"#
         } else {
             br#",{"id":"#
         });
         first = false;
-        write_json_str(&mut out, b.id.as_deref().unwrap_or(""));
-        out.extend_from_slice(br#","type":"function","function":{"name":"#);
-        write_json_str(&mut out, b.name.as_deref().unwrap_or(""));
-        out.extend_from_slice(br#","arguments":"#);
-        args.clear();
-        match b.input {
-            Some(raw) => minify_json_into(raw.get(), &mut args),
-            None => args.push_str("{}"),
-        }
-        write_json_str(&mut out, &args);
+        write_json_str(out, b.id.as_deref().unwrap_or(""));
+        out.extend_from_slice(br#","type":"function","function":{"#);
+        write_function(out, b, &mut args);
         out.extend_from_slice(b"}}");
     }
     if !first {
         out.push(b']');
     }
-
-    out.extend_from_slice(br#"},"logprobs":null,"finish_reason":"#);
-    let finish = finish_reason(msg.stop_reason.as_deref().unwrap_or("end_turn"));
-    write_json_str(
-        &mut out,
-        if legacy_functions && finish == "tool_calls" {
-            "function_call"
-        } else {
-            finish
-        },
-    );
-    out.extend_from_slice(br#"}],"usage":"#);
-    let mut usage = Usage::default();
-    if let Some(u) = &msg.usage {
-        u.merge_into(&mut usage);
-    }
-    usage.write_openai(&mut out);
-    out.push(b'}');
-    Ok(out)
 }
 
 /// Anthropic error type → (OpenAI `type`, OpenAI `code`).
@@ -321,7 +254,7 @@ pub(crate) fn openai_error_kind(
 /// trimmed to 500 bytes.
 pub fn error_to_openai(status: u16, anthropic_error_body: &[u8]) -> (u16, Vec<u8>) {
     let out_status = if status == 529 { 503 } else { status };
-    let parsed: Option<AnthropicErrorBody> = serde_json::from_slice(anthropic_error_body).ok();
+    let parsed: Option<ErrorBody> = serde_json::from_slice(anthropic_error_body).ok();
     let (kind, message) = match parsed.as_ref().and_then(|p| p.error.as_ref()) {
         Some(e) => (
             e.kind.as_deref().unwrap_or(""),

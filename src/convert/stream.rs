@@ -21,52 +21,11 @@
 //!
 //! One `chatcmpl-…` id and one `created` for the whole stream. Events after the end are ignored.
 
-use super::response::{AnthropicBlock, AnthropicUsage, openai_error_kind, write_openai_error};
-use super::{Usage, finish_reason, minify_json, write_json_str};
-use crate::api::openai::Str;
-use serde::Deserialize;
+use super::response::{openai_error_kind, write_openai_error};
+use super::{finish_reason, minify_json, write_json_str, write_openai_usage};
+use crate::api::anthropic::{StreamEvent, Tokens};
 
 pub use super::sse::SseParser;
-
-#[derive(Debug, Default, Deserialize)]
-struct Event<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Str<'a>>,
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(default)]
-    message: Option<StartMessage>,
-    #[serde(borrow, default)]
-    content_block: Option<AnthropicBlock<'a>>,
-    #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
-    #[serde(default)]
-    usage: Option<AnthropicUsage>,
-    #[serde(borrow, default)]
-    error: Option<super::response::AnthropicError<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct StartMessage {
-    #[serde(default)]
-    usage: Option<AnthropicUsage>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Delta<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    text: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    partial_json: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    thinking: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    signature: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    stop_reason: Option<Str<'a>>,
-}
 
 #[derive(Debug)]
 enum BlockState {
@@ -99,7 +58,7 @@ pub struct ChatStreamConverter {
     finish: Option<&'static str>,
     finish_sent: bool,
     done: bool,
-    usage: Usage,
+    usage: Tokens,
     /// Answer a legacy `functions` request: `function_call` deltas for the first call.
     legacy_functions: bool,
 }
@@ -135,7 +94,7 @@ impl ChatStreamConverter {
             finish: None,
             finish_sent: false,
             done: false,
-            usage: Usage::default(),
+            usage: Tokens::default(),
             legacy_functions: false,
         }
     }
@@ -153,7 +112,7 @@ impl ChatStreamConverter {
     }
 
     /// Tokens reported so far (input from `message_start`, output from `message_delta`).
-    pub fn usage(&self) -> Usage {
+    pub fn usage(&self) -> Tokens {
         self.usage
     }
 
@@ -163,7 +122,7 @@ impl ChatStreamConverter {
         if self.done {
             return;
         }
-        let ev: Event = match serde_json::from_slice(data) {
+        let ev: StreamEvent = match serde_json::from_slice(data) {
             Ok(ev) => ev,
             Err(_) => {
                 if event == "error" {
@@ -258,7 +217,7 @@ impl ChatStreamConverter {
         if self.include_usage {
             out.extend_from_slice(&self.head);
             out.extend_from_slice(br#""choices":[],"usage":"#);
-            self.usage.write_openai(out);
+            write_openai_usage(&self.usage, out);
             out.extend_from_slice(b"}\n\n");
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
@@ -349,7 +308,7 @@ impl ChatStreamConverter {
             .map(|(_, s)| s)
     }
 
-    fn block_start(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
+    fn block_start(&mut self, ev: &StreamEvent<'_>, out: &mut Vec<u8>) {
         let index = ev.index.unwrap_or(0);
         let Some(b) = &ev.content_block else {
             return;
@@ -422,7 +381,7 @@ impl ChatStreamConverter {
         self.blocks.push((index, state));
     }
 
-    fn block_delta(&mut self, ev: &Event<'_>, out: &mut Vec<u8>) {
+    fn block_delta(&mut self, ev: &StreamEvent<'_>, out: &mut Vec<u8>) {
         let index = ev.index.unwrap_or(0);
         let Some(d) = &ev.delta else {
             return;
@@ -578,11 +537,11 @@ mod tests {
         assert!(c.is_done());
         assert_eq!(
             c.usage(),
-            crate::convert::Usage {
-                input_tokens: 24,
-                output_tokens: 41,
-                cache_read_input_tokens: 0,
-                cache_creation_input_tokens: 0
+            Tokens {
+                input: 24,
+                output: 41,
+                cache_read: 0,
+                cache_write: 0
             }
         );
         // One chunk per upstream text delta, unchanged; role first; ping dropped.
@@ -824,7 +783,7 @@ mod tests {
             &mut out,
         );
         assert_eq!(frames(&out).len(), 1);
-        assert_eq!(c.usage().input_tokens, 3);
+        assert_eq!(c.usage().input, 3);
     }
 
     #[test]

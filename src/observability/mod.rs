@@ -3,14 +3,8 @@
 
 pub mod usage;
 
-/// Token counts of one request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Tokens {
-    pub input: u64,
-    pub output: u64,
-    pub cache_read: u64,
-    pub cache_write: u64,
-}
+/// Token counts of one request (the crate's one usage type).
+pub use crate::api::anthropic::Tokens;
 
 /// One finished request, as the usage store keeps it. Contains no secrets.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

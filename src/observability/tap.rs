@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::Tokens;
+use crate::api::anthropic::{Message, StreamEvent, Tokens, WireUsage};
 use crate::convert::SseParser;
 
 /// The largest non-stream body the tap keeps to read its usage.
@@ -27,55 +27,6 @@ pub enum Tap {
     AnthropicJson(Vec<u8>),
     OpenAiSse(Box<SseParser>),
     OpenAiJson(Vec<u8>),
-}
-
-#[derive(Deserialize, Default)]
-struct AnthropicUsage {
-    #[serde(default)]
-    input_tokens: Option<u64>,
-    #[serde(default)]
-    output_tokens: Option<u64>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-}
-
-impl AnthropicUsage {
-    fn apply(&self, t: &mut Tokens) {
-        if let Some(v) = self.input_tokens {
-            t.input = v;
-        }
-        if let Some(v) = self.output_tokens {
-            t.output = v;
-        }
-        if let Some(v) = self.cache_read_input_tokens {
-            t.cache_read = v;
-        }
-        if let Some(v) = self.cache_creation_input_tokens {
-            t.cache_write = v;
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct AnthropicMessage {
-    model: Option<String>,
-    usage: Option<AnthropicUsage>,
-}
-
-#[derive(Deserialize)]
-struct AnthropicEvent {
-    message: Option<AnthropicMessage>,
-    usage: Option<AnthropicUsage>,
-    error: Option<ErrorBody>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -150,17 +101,12 @@ impl Tap {
             Tap::AnthropicJson(buf) => {
                 m.first_content = true;
                 if let Some(quick) = quick_anthropic_usage(buf) {
-                    quick.0.apply(&mut m.tokens);
+                    quick.0.merge_into(&mut m.tokens);
                     if quick.1.is_some() {
                         m.model = quick.1;
                     }
-                } else if let Ok(msg) = serde_json::from_slice::<AnthropicMessage>(buf) {
-                    if let Some(u) = &msg.usage {
-                        u.apply(&mut m.tokens);
-                    }
-                    if msg.model.is_some() {
-                        m.model = msg.model;
-                    }
+                } else if let Ok(msg) = serde_json::from_slice::<Message>(buf) {
+                    on_anthropic_message(&msg, m);
                 }
             }
             Tap::OpenAiJson(buf) => {
@@ -183,15 +129,14 @@ impl Tap {
 /// Anthropic writes `usage` as the last top-level key and `model` near the start,
 /// and keys inside content can only appear before `usage`. Falls back (`None`)
 /// to a full parse when the body is shaped otherwise.
-fn quick_anthropic_usage(buf: &[u8]) -> Option<(AnthropicUsage, Option<String>)> {
+fn quick_anthropic_usage(buf: &[u8]) -> Option<(WireUsage, Option<String>)> {
     let at = memchr::memmem::rfind(buf, b"\"usage\"")?;
     let rest = &buf[at + 7..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     if rest[colon] != b':' {
         return None;
     }
-    let mut it =
-        serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<AnthropicUsage>();
+    let mut it = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<WireUsage>();
     let usage = it.next()?.ok()?;
     // Only what follows can be the closing brace of the message.
     let tail = &rest[colon + 1 + it.byte_offset()..];
@@ -213,28 +158,33 @@ fn quick_anthropic_usage(buf: &[u8]) -> Option<(AnthropicUsage, Option<String>)>
     Some((usage, model))
 }
 
+/// Usage and model of a Messages response (or of the `message` of `message_start`).
+fn on_anthropic_message(msg: &Message<'_>, m: &mut Metered) {
+    if let Some(u) = &msg.usage {
+        u.merge_into(&mut m.tokens);
+    }
+    if let Some(model) = msg.model.as_deref() {
+        m.model = Some(model.to_owned());
+    }
+}
+
 /// Reads one Anthropic SSE event.
 pub fn on_anthropic_event(event: &str, data: &[u8], m: &mut Metered) {
     match event {
         "content_block_delta" | "content_block_start" => m.first_content = true,
         "message_start" | "message_delta" | "error" => {
-            if let Ok(ev) = serde_json::from_slice::<AnthropicEvent>(data) {
-                if let Some(msg) = ev.message {
-                    if let Some(u) = &msg.usage {
-                        u.apply(&mut m.tokens);
-                    }
-                    if msg.model.is_some() {
-                        m.model = msg.model;
-                    }
+            if let Ok(ev) = serde_json::from_slice::<StreamEvent>(data) {
+                if let Some(msg) = &ev.message {
+                    on_anthropic_message(msg, m);
                 }
                 if let Some(u) = ev.usage {
-                    u.apply(&mut m.tokens);
+                    u.merge_into(&mut m.tokens);
                 }
                 if let Some(e) = ev.error {
                     m.stream_error = Some(format!(
                         "{}: {}",
-                        e.kind.unwrap_or_default(),
-                        e.message.unwrap_or_default()
+                        e.kind.as_deref().unwrap_or_default(),
+                        e.message.as_deref().unwrap_or_default()
                     ));
                 }
             }

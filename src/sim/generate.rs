@@ -1,41 +1,16 @@
 //! What the simulated upstream answers: the message, and its SSE rendering in
 //! the real event order.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use axum::body::Bytes;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-#[derive(Deserialize)]
-pub struct SimRequest<'a> {
-    #[serde(borrow)]
-    pub model: Option<Cow<'a, str>>,
-    pub max_tokens: Option<u64>,
-    #[serde(borrow)]
-    pub messages: Option<Vec<SimMessage<'a>>>,
-    #[serde(borrow)]
-    pub system: Option<&'a RawValue>,
-    #[serde(borrow)]
-    pub tools: Option<Vec<SimTool<'a>>>,
-    pub stream: Option<bool>,
-}
+use crate::api::anthropic::{ReceivedRequest, Tokens};
 
-#[derive(Deserialize)]
-pub struct SimMessage<'a> {
-    #[serde(borrow)]
-    pub role: Cow<'a, str>,
-    #[serde(borrow)]
-    pub content: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-pub struct SimTool<'a> {
-    #[serde(borrow)]
-    pub name: Option<Cow<'a, str>>,
-}
+/// A Messages request as the simulated upstream reads it.
+pub type SimRequest<'a> = ReceivedRequest<'a>;
 
 /// Scenario switches read from the last user message.
 #[derive(Debug, Default, Clone)]
@@ -67,13 +42,23 @@ impl Directives {
             .messages
             .as_ref()
             .and_then(|m| m.iter().rev().find(|m| m.role == "user"));
-        let mut d = Directives::default();
-        if let Some(msg) = last_user {
-            let (text, tool_result) = flatten_content(msg.content);
-            d.tool_result = tool_result;
-            d.parse_markers(&text);
-            d.user_text = text;
+        match last_user {
+            Some(msg) => {
+                let (text, tool_result) = flatten_content(msg.content);
+                Directives::from_turn(text, tool_result)
+            }
+            None => Directives::default(),
         }
+    }
+
+    /// From the text of the last user turn and of the tool results in it.
+    pub fn from_turn(text: String, tool_result: Option<String>) -> Self {
+        let mut d = Directives {
+            tool_result,
+            ..Directives::default()
+        };
+        d.parse_markers(&text);
+        d.user_text = text;
         d
     }
 
@@ -166,16 +151,28 @@ pub struct SimMessage2 {
     pub model: String,
     pub blocks: Vec<Block>,
     pub stop_reason: String,
-    pub input_tokens: u64,
-    pub cache_creation: u64,
-    pub cache_read: u64,
-    pub output_tokens: u64,
+    pub tokens: Tokens,
     /// How many text deltas a streamed text block is cut into.
     pub deltas: usize,
 }
 
-/// Builds the answer to a Messages request.
-pub fn respond(req: &SimRequest<'_>, dir: &Directives, body_len: usize, n: u64) -> SimMessage2 {
+/// The names of the request's tools, in order.
+pub fn tool_names<'r>(req: &'r SimRequest<'_>) -> Vec<&'r str> {
+    req.tools
+        .iter()
+        .flatten()
+        .filter_map(|t| t.name.as_deref())
+        .collect()
+}
+
+/// Builds the answer to a request for `model` declaring `tools` (names).
+pub fn respond(
+    model: Option<&str>,
+    tools: &[&str],
+    dir: &Directives,
+    body_len: usize,
+    n: u64,
+) -> SimMessage2 {
     let mut blocks = Vec::new();
     if dir.thinking {
         blocks.push(Block::Thinking {
@@ -203,17 +200,7 @@ pub fn respond(req: &SimRequest<'_>, dir: &Directives, body_len: usize, n: u64) 
     blocks.push(Block::Text(text));
     let mut stop_reason = dir.stop.clone().unwrap_or_else(|| "end_turn".to_owned());
     if dir.tools && dir.tool_result.is_none() {
-        let names: Vec<String> = req
-            .tools
-            .as_ref()
-            .map(|t| {
-                t.iter()
-                    .filter_map(|t| t.name.as_deref().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let name =
-            |i: usize, default: &str| names.get(i).cloned().unwrap_or_else(|| default.to_owned());
+        let name = |i: usize, default: &str| tools.get(i).copied().unwrap_or(default).to_owned();
         blocks.push(Block::ToolUse {
             id: format!("toolu_sim{n:012x}a"),
             name: name(0, "get_weather"),
@@ -240,17 +227,15 @@ pub fn respond(req: &SimRequest<'_>, dir: &Directives, body_len: usize, n: u64) 
     let (cache_creation, cache_read) = if dir.cache { (2048, 8192) } else { (0, 0) };
     SimMessage2 {
         id: format!("msg_sim{n:016x}"),
-        model: req
-            .model
-            .as_deref()
-            .unwrap_or("claude-sonnet-4-5")
-            .to_owned(),
+        model: model.unwrap_or("claude-sonnet-4-5").to_owned(),
         blocks,
         stop_reason,
-        input_tokens: estimate_tokens(body_len),
-        cache_creation,
-        cache_read,
-        output_tokens,
+        tokens: Tokens {
+            input: estimate_tokens(body_len),
+            output: output_tokens,
+            cache_read,
+            cache_write: cache_creation,
+        },
         deltas,
     }
 }
@@ -268,11 +253,12 @@ fn truncate(s: &str, max: usize) -> &str {
 
 impl SimMessage2 {
     fn usage(&self, output_tokens: u64) -> Value {
+        let t = &self.tokens;
         json!({
-            "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": self.cache_creation,
-            "cache_read_input_tokens": self.cache_read,
-            "cache_creation": {"ephemeral_5m_input_tokens": self.cache_creation, "ephemeral_1h_input_tokens": 0},
+            "input_tokens": t.input,
+            "cache_creation_input_tokens": t.cache_write,
+            "cache_read_input_tokens": t.cache_read,
+            "cache_creation": {"ephemeral_5m_input_tokens": t.cache_write, "ephemeral_1h_input_tokens": 0},
             "output_tokens": output_tokens,
             "service_tier": "standard",
         })
@@ -303,7 +289,7 @@ impl SimMessage2 {
             "content": self.blocks.iter().map(Self::block_json).collect::<Vec<_>>(),
             "stop_reason": self.stop_reason,
             "stop_sequence": null,
-            "usage": self.usage(self.output_tokens),
+            "usage": self.usage(self.tokens.output),
         })
         .to_string()
     }
@@ -335,7 +321,7 @@ fn split_into(s: &str, n: usize) -> Vec<&str> {
 
 /// Splits `s` on every `tok ` boundary when the text is made of benchmark tokens,
 /// else into `n` pieces.
-fn text_pieces(s: &str, n: usize) -> Vec<&str> {
+pub fn text_pieces(s: &str, n: usize) -> Vec<&str> {
     if s.starts_with("tok0 ") {
         return s.split_inclusive(' ').collect();
     }
@@ -354,16 +340,9 @@ pub fn sse_events(m: &SimMessage2, dir: &Directives) -> Vec<Bytes> {
         }}),
     ));
     for (i, b) in m.blocks.iter().enumerate() {
-        let start = match b {
-            Block::Text(_) => json!({"type":"text","text":""}),
-            Block::Thinking { .. } => json!({"type":"thinking","thinking":"","signature":""}),
-            Block::ToolUse { id, name, .. } => {
-                json!({"type":"tool_use","id":id,"name":name,"input":{}})
-            }
-        };
         ev.push(event(
             "content_block_start",
-            &json!({"type":"content_block_start","index":i,"content_block":start}),
+            &json!({"type":"content_block_start","index":i,"content_block":block_start_json(b)}),
         ));
         if i == 0 {
             ev.push(Bytes::from_static(
@@ -376,61 +355,98 @@ pub fn sse_events(m: &SimMessage2, dir: &Directives) -> Vec<Bytes> {
                 ));
             }
         }
-        let delta = |d: Value| {
-            event(
-                "content_block_delta",
-                &json!({"type":"content_block_delta","index":i,"delta":d}),
-            )
-        };
-        match b {
-            Block::Text(t) => {
-                for (k, piece) in text_pieces(t, m.deltas).into_iter().enumerate() {
-                    ev.push(delta(json!({"type":"text_delta","text":piece})));
-                    if dir.error_midstream && k == 0 {
-                        ev.push(event(
-                            "error",
-                            &json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
-                        ));
-                        return ev;
-                    }
-                }
-            }
-            Block::Thinking {
-                thinking,
-                signature,
-            } => {
-                for piece in split_into(thinking, 3) {
-                    ev.push(delta(json!({"type":"thinking_delta","thinking":piece})));
-                }
-                ev.push(delta(
-                    json!({"type":"signature_delta","signature":signature}),
-                ));
-            }
-            Block::ToolUse { input, .. } => {
-                ev.push(delta(json!({"type":"input_json_delta","partial_json":""})));
-                // Seven-byte fragments: splits keys, numbers and multi-byte text mid-token.
-                for piece in split_into(input, input.len().div_ceil(7)) {
-                    ev.push(delta(
-                        json!({"type":"input_json_delta","partial_json":piece}),
-                    ));
-                }
-            }
+        if !push_block_deltas(&mut ev, i, b, m.deltas, dir) {
+            return ev;
         }
         ev.push(event(
             "content_block_stop",
             &json!({"type":"content_block_stop","index":i}),
         ));
     }
+    let t = &m.tokens;
     ev.push(event(
         "message_delta",
         &json!({"type":"message_delta","delta":{"stop_reason":m.stop_reason,"stop_sequence":null},
-                "usage": {"input_tokens": m.input_tokens, "cache_creation_input_tokens": m.cache_creation,
-                          "cache_read_input_tokens": m.cache_read, "output_tokens": m.output_tokens}}),
+                "usage": {"input_tokens": t.input, "cache_creation_input_tokens": t.cache_write,
+                          "cache_read_input_tokens": t.cache_read, "output_tokens": t.output}}),
     ));
     if !dir.no_stop {
         ev.push(event("message_stop", &json!({"type":"message_stop"})));
     }
     ev
+}
+
+/// The `content_block` of a `content_block_start` event: the block, empty.
+fn block_start_json(b: &Block) -> Value {
+    match b {
+        Block::Text(_) => json!({"type":"text","text":""}),
+        Block::Thinking { .. } => json!({"type":"thinking","thinking":"","signature":""}),
+        Block::ToolUse { id, name, .. } => {
+            json!({"type":"tool_use","id":id,"name":name,"input":{}})
+        }
+    }
+}
+
+/// Pushes the `content_block_delta` events of block `i`. False when the stream broke
+/// (`[sim:error-midstream]`: an error event after the first text delta ends it).
+fn push_block_deltas(
+    ev: &mut Vec<Bytes>,
+    i: usize,
+    b: &Block,
+    deltas: usize,
+    dir: &Directives,
+) -> bool {
+    let delta = |d: Value| {
+        event(
+            "content_block_delta",
+            &json!({"type":"content_block_delta","index":i,"delta":d}),
+        )
+    };
+    match b {
+        Block::Text(t) => {
+            for (k, piece) in text_pieces(t, deltas).into_iter().enumerate() {
+                ev.push(delta(json!({"type":"text_delta","text":piece})));
+                if dir.error_midstream && k == 0 {
+                    ev.push(event(
+                        "error",
+                        &json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
+                    ));
+                    return false;
+                }
+            }
+        }
+        Block::Thinking {
+            thinking,
+            signature,
+        } => {
+            for piece in thinking_pieces(thinking) {
+                ev.push(delta(json!({"type":"thinking_delta","thinking":piece})));
+            }
+            ev.push(delta(
+                json!({"type":"signature_delta","signature":signature}),
+            ));
+        }
+        Block::ToolUse { input, .. } => {
+            ev.push(delta(json!({"type":"input_json_delta","partial_json":""})));
+            for piece in input_pieces(input) {
+                ev.push(delta(
+                    json!({"type":"input_json_delta","partial_json":piece}),
+                ));
+            }
+        }
+    }
+    true
+}
+
+/// How a thinking text is streamed: three pieces.
+pub fn thinking_pieces(s: &str) -> Vec<&str> {
+    split_into(s, 3)
+}
+
+/// How tool input JSON is streamed: seven-byte fragments, which split keys, numbers and
+/// multi-byte text mid-token.
+pub fn input_pieces(s: &str) -> Vec<&str> {
+    split_into(s, s.len().div_ceil(7))
 }
 
 #[cfg(test)]
@@ -460,7 +476,7 @@ mod tests {
         let body =
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:tools]"}]}"#;
         let (r, d) = req(body);
-        let m = respond(&r, &d, body.len(), 1);
+        let m = respond(r.model.as_deref(), &tool_names(&r), &d, body.len(), 1);
         let events = sse_events(&m, &d);
         let mut args = String::new();
         for e in &events {
@@ -480,7 +496,7 @@ mod tests {
     fn benchmark_deltas_count() {
         let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:deltas=64]"}]}"#;
         let (r, d) = req(body);
-        let m = respond(&r, &d, body.len(), 1);
+        let m = respond(r.model.as_deref(), &tool_names(&r), &d, body.len(), 1);
         let n = sse_events(&m, &d)
             .iter()
             .filter(|e| e.starts_with(b"event: content_block_delta"))

@@ -466,7 +466,13 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
         }
     }
     let id = state.next_id();
-    let message = generate::respond(&req, &dir, body.len(), id);
+    let message = generate::respond(
+        req.model.as_deref(),
+        &generate::tool_names(&req),
+        &dir,
+        body.len(),
+        id,
+    );
     if dir.faults.active() {
         return if req.stream.unwrap_or(false) {
             let events = generate::sse_events(&message, &dir);
