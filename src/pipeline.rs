@@ -217,7 +217,7 @@ async fn run(
     let client_token = check_access(state, &parts.headers)?;
 
     // 2. Body, within the configured limit.
-    let body = read_body(body, &parts.headers, state.settings.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, state.settings.limits.max_body_bytes).await?;
 
     // 3. Credentials for the upstream.
     let (auth, source, oauth_token) = resolve_credential(state, ctx.mode, client_token).await?;
@@ -241,7 +241,7 @@ async fn run(
             &parts.headers,
             auth,
             has_body,
-            &state.settings.cli_version,
+            &state.settings.upstream.cli_version,
         )
     };
     let headers = headers_for(&auth);
@@ -251,12 +251,12 @@ async fn run(
     let path = prepared.path.as_str();
     let sent = Instant::now();
     // Non-stream answers must be complete by then (streams have their idle timeout).
-    let deadline = tokio::time::Instant::from_std(sent) + state.settings.upstream_timeout;
+    let deadline = tokio::time::Instant::from_std(sent) + state.settings.upstream.timeout;
     let mut attempt = 0;
     let mut pending_headers = Some(headers);
     let mut resp = loop {
         // Clone the headers only while another attempt may follow.
-        let headers = if attempt < state.settings.retries {
+        let headers = if attempt < state.settings.retries.max_retries {
             pending_headers.clone().unwrap_or_default()
         } else {
             pending_headers.take().unwrap_or_default()
@@ -366,12 +366,12 @@ fn retry_delay(
     attempt: u32,
     result: &Result<reqwest::Response, ProxyError>,
 ) -> Option<Duration> {
-    if attempt >= settings.retries {
+    if attempt >= settings.retries.max_retries {
         return None;
     }
     let retry_after = match result {
         Err(e) if e.kind == ErrorKind::BadGateway => None,
-        Ok(r) if r.status().as_u16() == 529 || (r.status() == 429 && settings.retry_429) => r
+        Ok(r) if r.status().as_u16() == 529 || (r.status() == 429 && settings.retries.on_429) => r
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
@@ -381,12 +381,12 @@ fn retry_delay(
         _ => return None,
     };
     if let Some(wait) = retry_after {
-        return (wait <= settings.retry_max_wait).then_some(wait);
+        return (wait <= settings.retries.max_wait).then_some(wait);
     }
     // Exponential backoff from 250 ms with full jitter in [50%, 100%].
     let base = Duration::from_millis(250).saturating_mul(1 << attempt.min(6));
     let jitter = 0.5 + rand::random::<f64>() * 0.5;
-    Some(base.mul_f64(jitter).min(settings.retry_max_wait))
+    Some(base.mul_f64(jitter).min(settings.retries.max_wait))
 }
 
 /// Checks the proxy token. Returns the client's own credential candidate
@@ -476,6 +476,7 @@ async fn resolve_credential(
     let server_key = || {
         state
             .settings
+            .credentials
             .api_key
             .as_ref()
             .map(|k| UpstreamAuth::ApiKey(k.expose().to_owned()))
@@ -627,7 +628,7 @@ fn prepare(
         }
         (Route::ChatCompletions, mode) => {
             let opts = convert::request::ConvertOptions {
-                default_max_tokens: state.settings.default_max_tokens,
+                default_max_tokens: state.settings.upstream.default_max_tokens,
                 aliases: &state.aliases,
             };
             let converted = convert::request::chat_to_messages(&body, &opts).map_err(|e| {
@@ -824,7 +825,7 @@ async fn convert_chat_response(
             Err(e) => e.into_response(Dialect::OpenAi),
         };
     }
-    let created = unix_now();
+    let created = crate::util::time::now_secs();
     if is_event_stream(&upstream_headers) {
         let conv = convert::stream::ChatStreamConverter::new(
             chat.client_model,
@@ -955,13 +956,6 @@ fn chat_stream(
     })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// `/openai/v1/models` in full and minimal modes: the upstream's models in
 /// OpenAI's list shape, plus the configured aliases.
 async fn convert_models_response(
@@ -982,7 +976,7 @@ async fn convert_models_response(
     }
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let mut data: Vec<serde_json::Value> = Vec::new();
-    let created = unix_now();
+    let created = crate::util::time::now_secs();
     if let Some(items) = v["data"].as_array() {
         for m in items {
             if let Some(id) = m["id"].as_str() {
@@ -1021,14 +1015,7 @@ fn parse_rfc3339_seconds(s: &str) -> Option<u64> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
         return None;
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::util::time::days_from_civil(y, mo, d);
     u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se).ok()
 }
 

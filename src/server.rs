@@ -57,15 +57,7 @@ pub struct AppState {
 
 /// The credentials configuration implied by the settings.
 pub fn credentials_config(settings: &Settings) -> CredentialsConfig {
-    let mut cfg = CredentialsConfig::new(
-        settings.config_dir.join("credentials.json"),
-        settings.home_dir.clone(),
-    );
-    cfg.credentials_file = settings.credentials_file.clone();
-    cfg.token_url = settings.oauth_token_url.clone();
-    cfg.client_id = settings.oauth_client_id.clone();
-    cfg.refresh_skew = settings.refresh_skew;
-    cfg
+    settings.credentials_config()
 }
 
 /// A server ready to accept connections, and the simulated upstream it may own.
@@ -78,33 +70,37 @@ pub struct Server {
 impl Server {
     /// Binds the listener, starts the simulated upstream if asked, loads credentials.
     pub async fn bind(mut settings: Settings) -> anyhow::Result<Server> {
-        let (base, sim) = match &settings.upstream {
+        let (base, sim) = match &settings.upstream.target {
             UpstreamTarget::Url(u) => (u.clone(), None),
             UpstreamTarget::Sim => {
                 let sim = crate::sim::start(SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
                 // The try-it path works without any account: the simulated
                 // upstream accepts any well-formed key, so provide one.
-                if settings.api_key.is_none() {
-                    settings.api_key = Some(crate::config::Secret::new(SIM_API_KEY));
+                if settings.credentials.api_key.is_none() {
+                    settings.credentials.api_key = Some(crate::config::Secret::new(SIM_API_KEY));
                 }
                 (sim.url(), Some(sim))
             }
         };
-        if !crate::guard::is_loopback_host(&settings.host)
-            && settings.auth_token.is_none()
-            && !settings.allow_open
+        if !crate::guard::is_loopback_host(&settings.server.host)
+            && settings.server.auth_token.is_none()
+            && !settings.server.allow_open
         {
             anyhow::bail!(
                 "refusing to listen on {} without a proxy token: anyone who can reach it could use \
                  your Claude account. Set --auth-token (or CCPROXY_AUTH_TOKEN), or pass --allow-open \
                  to run an open proxy on purpose",
-                settings.host
+                settings.server.host
             );
         }
-        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .await
             .map_err(|e| {
-                anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.host, settings.port)
+                anyhow::anyhow!(
+                    "cannot listen on {}:{}: {e}",
+                    settings.server.host,
+                    settings.server.port
+                )
             })?;
         let state = build_state(settings, base)?;
         Ok(Server {
@@ -143,7 +139,7 @@ impl Server {
         let serve = std::future::IntoFuture::into_future(
             axum::serve(listener, app).with_graceful_shutdown(signal),
         );
-        let grace = state.settings.shutdown_grace;
+        let grace = state.settings.server.shutdown_grace;
         let deadline = async move {
             let _ = stopping_rx.wait_for(|v| *v).await;
             tokio::time::sleep(grace).await;
@@ -183,8 +179,8 @@ async fn flush_records(state: &Arc<AppState>) {
 pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<AppState> {
     let upstream = Upstream::new(
         upstream_base,
-        settings.connect_timeout,
-        settings.upstream_timeout,
+        settings.upstream.connect_timeout,
+        settings.upstream.timeout,
     )?;
     let (oauth, oauth_error) =
         match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {
@@ -201,6 +197,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     let auth_token_digest = settings
+        .server
         .auth_token
         .as_ref()
         .map(|t| Sha256::digest(t.expose().as_bytes()).into());
@@ -208,8 +205,8 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     let _ = prom::handle();
     let prices = PriceTable::with_overrides(&settings.prices)
         .map_err(|e| anyhow::anyhow!("invalid [prices] in the config file: {e}"))?;
-    let usage = if settings.usage_enabled {
-        match UsageStore::open(&settings.usage_db) {
+    let usage = if settings.usage.enabled {
+        match UsageStore::open(&settings.usage.db) {
             Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
             Err(e) => {
                 tracing::error!(error = %e, "usage recording is off: the usage database cannot be used");
@@ -222,7 +219,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     let sink = usage
         .clone()
         .map(|w| -> SinkFn { Box::new(move |r| w.record(r)) });
-    let log_style = if settings.log_format == "json" {
+    let log_style = if settings.logging.format == crate::config::LogFormat::Json {
         LogStyle::Json
     } else {
         LogStyle::Pretty
@@ -234,14 +231,14 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         log_style,
     );
     let guard = Guard {
-        loopback_only: crate::guard::is_loopback_host(&settings.host),
-        cors_origins: settings.cors_origins.clone(),
+        loopback_only: crate::guard::is_loopback_host(&settings.server.host),
+        cors_origins: settings.server.cors_origins.clone(),
     };
-    let limiter = (settings.max_concurrent_requests > 0)
-        .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
+    let limiter = (settings.limits.max_concurrent_requests > 0)
+        .then(|| Arc::new(Semaphore::new(settings.limits.max_concurrent_requests)));
     let (end_streams, shutdown_rx) = watch::channel(false);
     let stream_limits = StreamLimits {
-        idle: settings.stream_idle_timeout,
+        idle: settings.upstream.stream_idle_timeout,
         shutdown: shutdown_rx,
     };
     Ok(AppState {
@@ -347,7 +344,7 @@ async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next)
                     ErrorSource::Internal,
                     format!(
                         "ccproxy is serving its maximum of {} concurrent requests; retry shortly",
-                        state.settings.max_concurrent_requests
+                        state.settings.limits.max_concurrent_requests
                     ),
                 );
                 e.retry_after = Some(1);
@@ -429,7 +426,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "last_refresh_error": s.last_refresh_error,
         })
     });
-    let active = match (&oauth, &state.settings.api_key) {
+    let active = match (&oauth, &state.settings.credentials.api_key) {
         (Some(o), _) if o["expired"] == false => "oauth",
         (_, Some(_)) => "api_key",
         (Some(_), None) => "oauth_expired",
@@ -445,7 +442,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "active": active,
             "oauth": oauth,
             "oauth_error": state.oauth_error,
-            "server_api_key": state.settings.api_key.is_some(),
+            "server_api_key": state.settings.credentials.api_key.is_some(),
         },
     });
     axum::Json(body).into_response()

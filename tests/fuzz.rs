@@ -1232,7 +1232,7 @@ fn fuzz_http_routes() {
         api_key: Some(common::API_KEY),
         max_body_bytes: Some(64 * 1024),
         upstream_timeout: Some(Duration::from_secs(5)),
-        tweak: Some(|s| s.stream_idle_timeout = Duration::from_secs(5)),
+        tweak: Some(|s| s.upstream.stream_idle_timeout = Duration::from_secs(5)),
         ..common::Opts::default()
     }));
     let addr = env.addr.to_string();

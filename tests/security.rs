@@ -266,7 +266,7 @@ async fn allowed_origin_gets_cors_headers_and_a_working_preflight() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         auth_token: Some(PROXY_TOKEN),
-        tweak: Some(|s| s.cors_origins = vec!["http://localhost:3000".into()]),
+        tweak: Some(|s| s.server.cors_origins = vec!["http://localhost:3000".into()]),
         ..Opts::default()
     })
     .await;

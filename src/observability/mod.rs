@@ -190,10 +190,7 @@ impl InFlight {
         dialect: &str,
         route: &'static str,
     ) -> InFlight {
-        let ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let ts_ms = crate::util::time::now_ms();
         InFlight {
             observer,
             record: UsageRecord {

@@ -91,10 +91,7 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
     }
     let id = super::next_id(&state);
     let message = generate::respond(&req, &dir, body.len(), id);
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = crate::util::time::now_secs();
     if converted.stream {
         let mut conv = convert::stream::ChatStreamConverter::new(
             converted.client_model.clone(),
