@@ -1,4 +1,5 @@
 //! Black-box tests of the built binary: config init/show, sim, serve.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

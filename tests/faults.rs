@@ -2,6 +2,7 @@
 //! each test asserts exactly what the client sees, in both dialects where the
 //! fault applies. Faults come from the simulated upstream's fault markers
 //! (`src/sim/faults.rs`) or from a dead / mute upstream port.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 mod support;

@@ -7,6 +7,7 @@
 //! Bounded for the normal test run (about a minute on 2 cores, debug build).
 //! Longer runs: `CCPROXY_FUZZ_CASES=N cargo test --release --test fuzz`
 //! (N cases for every pure property, N/5 for the HTTP ones); see README.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 mod support;

@@ -1,5 +1,6 @@
 //! Optional retries: only before the first byte, only for connection failures,
 //! 529 and (when enabled) 429, honouring retry-after.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Who may use the proxy, and what it may reveal: the non-loopback refusal,
 //! DNS-rebinding (Host) and drive-by (Origin/CORS) protection, the proxy token
 //! (wrong lengths), secrets in every output, and credentials-file permissions.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 mod support;

@@ -1,5 +1,6 @@
 //! Test harness: a simulated upstream and a ccproxy server on loopback ports.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
