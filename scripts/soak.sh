@@ -14,10 +14,10 @@ duration=${1:-300}
 concurrency=${2:-16}
 profile=${PROFILE:-release}
 if [ "$profile" = release ]; then
-    cargo build --release --bin ccproxy --bin ccproxy-soak
+    cargo build --release -p ccproxy -p ccproxy-soak
     dir=target/release
 else
-    cargo build --bin ccproxy --bin ccproxy-soak
+    cargo build -p ccproxy -p ccproxy-soak
     dir=target/debug
 fi
 warmup=$((duration / 6))

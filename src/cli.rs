@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,14 +42,48 @@ pub struct UsageArgs {
     #[arg(long, default_value = "24h")]
     pub since: String,
     /// Group rows by this.
-    #[arg(long, value_parser = ["model", "day", "hour", "mode"], default_value = "model")]
-    pub by: String,
+    #[arg(long, value_enum, default_value = "model")]
+    pub by: UsageGrouping,
     /// Output format.
-    #[arg(long, value_parser = ["table", "json", "csv"], default_value = "table")]
-    pub format: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
     /// Usage database (default: the configured one).
     #[arg(long, env = "CCPROXY_USAGE_DB")]
     pub db: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// How `ccproxy usage` groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsageGrouping {
+    Model,
+    Day,
+    Hour,
+    Mode,
+}
+
+/// Output format of `ccproxy usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 /// Settings shared by every command that reads the configuration.
@@ -91,8 +125,8 @@ pub struct ServeArgs {
     pub auth_token: Option<String>,
 
     /// Log format.
-    #[arg(long, env = "CCPROXY_LOG_FORMAT", value_parser = ["pretty", "json"])]
-    pub log_format: Option<String>,
+    #[arg(long, env = "CCPROXY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// Log level or filter (RUST_LOG syntax).
     #[arg(long, env = "CCPROXY_LOG_LEVEL")]

@@ -1,23 +1,31 @@
 //! Effective settings: flag > environment > TOML file > default.
 //!
 //! clap already resolves "flag > environment" for each option; this module fills
-//! what is still unset from the TOML file and then from defaults.
+//! what is still unset from the TOML file and then from defaults. The file keys
+//! stay flat (`port = 8000`, `retries = 2`); in memory the settings are grouped
+//! by concern, and each group's `Default` is the one place its defaults live.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use clap::ValueEnum as _;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::{CommonArgs, ServeArgs};
+use crate::credentials::{
+    CredentialsConfig, DEFAULT_CLIENT_ID, DEFAULT_REFRESH_SKEW, DEFAULT_TOKEN_URL,
+};
+
+pub use crate::cli::LogFormat;
 
 pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
-pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";
-pub const DEFAULT_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 /// The Claude Code version ccproxy identifies as in full mode (`user-agent`).
 pub const DEFAULT_CLI_VERSION: &str = "2.1.197";
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+/// The usage database's file name inside the data directory.
+pub const USAGE_DB_FILE: &str = "usage.db";
 
 /// A secret string: never printed by Debug or Display.
 #[derive(Clone, PartialEq, Eq)]
@@ -66,6 +74,19 @@ pub enum UpstreamTarget {
     Sim,
 }
 
+/// One `[prices."<prefix>"]` table of the config file. Fields left out keep the
+/// built-in price of the longest built-in prefix that matches `<prefix>`; for
+/// a prefix with no built-in match, `input` and `output` are required and the
+/// cache prices default to 1.25× (write) and 0.1× (read) the input price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceOverride {
+    pub input: Option<f64>,
+    pub output: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub cache_read: Option<f64>,
+}
+
 /// The TOML configuration file. Unknown keys are an error, so typos are caught.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,51 +121,185 @@ pub struct FileConfig {
     #[serde(default)]
     pub model_aliases: BTreeMap<String, String>,
     #[serde(default)]
-    pub prices: BTreeMap<String, crate::observability::usage::PriceOverride>,
+    pub prices: BTreeMap<String, PriceOverride>,
 }
 
-#[derive(Debug, Clone)]
+/// All effective settings, grouped by concern.
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub credentials: CredentialSettings,
+    pub limits: Limits,
+    pub retries: RetrySettings,
+    pub logging: LogSettings,
+    pub usage: UsageSettings,
+    /// OpenAI model names mapped to Claude models.
+    pub model_aliases: BTreeMap<String, String>,
+    /// Price overrides by model-name prefix.
+    pub prices: BTreeMap<String, PriceOverride>,
+    pub paths: Paths,
+}
+
+/// The listening socket and who may use it.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
     pub host: String,
     pub port: u16,
-    pub upstream: UpstreamTarget,
+    /// The proxy token clients must present.
     pub auth_token: Option<Secret>,
+    /// Listen on a non-loopback address without a proxy token.
+    pub allow_open: bool,
+    /// Browser origins allowed to call the proxy (CORS allow-list).
+    pub cors_origins: Vec<String>,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: "127.0.0.1".to_owned(),
+            port: 8000,
+            auth_token: None,
+            allow_open: false,
+            cors_origins: Vec::new(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The upstream and how requests to it are made.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub target: UpstreamTarget,
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream's response headers.
+    pub timeout: Duration,
+    /// Longest silence tolerated from the upstream in the middle of a stream.
+    pub stream_idle_timeout: Duration,
+    /// The Claude Code version full mode identifies as.
+    pub cli_version: String,
+    /// `max_tokens` for OpenAI requests that do not set one.
+    pub default_max_tokens: u32,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            target: UpstreamTarget::Url(DEFAULT_UPSTREAM.to_owned()),
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(600),
+            stream_idle_timeout: Duration::from_secs(300),
+            cli_version: DEFAULT_CLI_VERSION.to_owned(),
+            default_max_tokens: 4096,
+        }
+    }
+}
+
+/// Server-side credentials: an API key, or a Claude subscription's OAuth tokens.
+#[derive(Debug, Clone)]
+pub struct CredentialSettings {
     pub api_key: Option<Secret>,
     pub credentials_file: Option<PathBuf>,
     pub oauth_token_url: String,
     pub oauth_client_id: String,
     pub refresh_skew: Duration,
+}
+
+impl Default for CredentialSettings {
+    fn default() -> Self {
+        CredentialSettings {
+            api_key: None,
+            credentials_file: None,
+            oauth_token_url: DEFAULT_TOKEN_URL.to_owned(),
+            oauth_client_id: DEFAULT_CLIENT_ID.to_owned(),
+            refresh_skew: DEFAULT_REFRESH_SKEW,
+        }
+    }
+}
+
+/// Bounds on what one request and the whole server may take.
+#[derive(Debug, Clone)]
+pub struct Limits {
     pub max_body_bytes: usize,
-    pub cli_version: String,
-    pub default_max_tokens: u32,
-    pub connect_timeout: Duration,
-    /// Longest wait for the upstream's response headers.
-    pub upstream_timeout: Duration,
-    pub log_format: String,
-    pub log_level: String,
-    /// Listen on a non-loopback address without a proxy token.
-    pub allow_open: bool,
-    /// Browser origins allowed to call the proxy (CORS allow-list).
-    pub cors_origins: Vec<String>,
     /// Requests served at once; more get 503 with `retry-after` (0 = unlimited).
     pub max_concurrent_requests: usize,
-    /// Longest silence tolerated from the upstream in the middle of a stream.
-    pub stream_idle_timeout: Duration,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    pub shutdown_grace: Duration,
-    /// Retries before the first byte reaches the client (connection failures, 529,
-    /// and 429 when `retry_429`); 0 = one upstream request per client request.
-    pub retries: u32,
-    pub retry_429: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY,
+            max_concurrent_requests: 4096,
+        }
+    }
+}
+
+/// Retries before the first byte reaches the client (connection failures, 529,
+/// and 429 when `on_429`); `max_retries = 0` = one upstream request per client request.
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    pub max_retries: u32,
+    pub on_429: bool,
     /// A `retry-after` longer than this is not waited for: the error goes to the client.
-    pub retry_max_wait: Duration,
+    pub max_wait: Duration,
+}
+
+impl RetrySettings {
+    /// The most retries the configuration may ask for.
+    pub const CAP: u32 = 10;
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_retries: 0,
+            on_429: false,
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A level or an `EnvFilter` directive (RUST_LOG syntax).
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Usage recording.
+#[derive(Debug, Clone)]
+pub struct UsageSettings {
     /// Record usage in the SQLite store.
-    pub usage_enabled: bool,
-    pub usage_db: PathBuf,
-    pub model_aliases: BTreeMap<String, String>,
-    pub prices: BTreeMap<String, crate::observability::usage::PriceOverride>,
+    pub enabled: bool,
+    pub db: PathBuf,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        UsageSettings {
+            enabled: true,
+            db: data_dir().join(USAGE_DB_FILE),
+        }
+    }
+}
+
+/// Where ccproxy's files are.
+#[derive(Debug, Clone, Default)]
+pub struct Paths {
     /// The configuration file that was (or would be) read.
-    pub config_path: PathBuf,
+    pub config_file: PathBuf,
     /// ccproxy's own configuration directory (own credentials store lives here).
     pub config_dir: PathBuf,
     pub home_dir: Option<PathBuf>,
@@ -173,18 +328,18 @@ pub fn home_dir() -> Option<PathBuf> {
 
 /// `$XDG_CONFIG_HOME/ccproxy`, else `~/.config/ccproxy`.
 pub fn config_dir() -> PathBuf {
-    let base = env_nonempty("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| home_dir().map(|h| h.join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("ccproxy")
+    xdg_dir("XDG_CONFIG_HOME", ".config")
 }
 
 /// `$XDG_DATA_HOME/ccproxy`, else `~/.local/share/ccproxy`.
 pub fn data_dir() -> PathBuf {
-    let base = env_nonempty("XDG_DATA_HOME")
+    xdg_dir("XDG_DATA_HOME", ".local/share")
+}
+
+fn xdg_dir(var: &str, under_home: &str) -> PathBuf {
+    let base = env_nonempty(var)
         .map(PathBuf::from)
-        .or_else(|| home_dir().map(|h| h.join(".local/share")))
+        .or_else(|| home_dir().map(|h| h.join(under_home)))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("ccproxy")
 }
@@ -206,6 +361,14 @@ pub fn read_file_config(path: &Path, explicit: bool) -> Result<FileConfig, Confi
     }
 }
 
+fn secs(v: Option<u64>, default: Duration) -> Duration {
+    v.map_or(default, Duration::from_secs)
+}
+
+fn secret(v: Option<String>) -> Option<Secret> {
+    v.filter(|t| !t.is_empty()).map(Secret::new)
+}
+
 impl Settings {
     /// Resolves the settings for a command that only needs the common options.
     pub fn from_common(common: &CommonArgs) -> Result<Settings, ConfigError> {
@@ -217,197 +380,352 @@ impl Settings {
 
     pub fn resolve(args: &ServeArgs) -> Result<Settings, ConfigError> {
         let config_dir = config_dir();
-        let (config_path, explicit) = match &args.common.config {
+        let (config_file, explicit) = match &args.common.config {
             Some(p) => (p.clone(), true),
             None => (config_dir.join("config.toml"), false),
         };
-        let file = read_file_config(&config_path, explicit)?;
-        Self::merge(args, file, config_path, config_dir)
+        let file = read_file_config(&config_file, explicit)?;
+        let paths = Paths {
+            config_file,
+            config_dir,
+            home_dir: home_dir(),
+        };
+        Self::merge(args, file, paths)
     }
 
+    /// Fills each group from the flags (clap has already applied the
+    /// environment), then the file, then the group's defaults.
     fn merge(
         args: &ServeArgs,
-        file: FileConfig,
-        config_path: PathBuf,
-        config_dir: PathBuf,
+        mut file: FileConfig,
+        paths: Paths,
     ) -> Result<Settings, ConfigError> {
-        let upstream_raw = args
-            .upstream_url
-            .clone()
-            .or(file.upstream_url)
-            .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
-        let upstream = parse_upstream(&upstream_raw)?;
-        let log_format = args
-            .log_format
-            .clone()
-            .or(file.log_format)
-            .unwrap_or_else(|| "pretty".to_owned());
-        if log_format != "pretty" && log_format != "json" {
-            return Err(ConfigError::Invalid {
-                name: "log_format",
-                message: format!("{log_format:?} (expected pretty or json)"),
-            });
+        Ok(Settings {
+            server: ServerSettings::merge(args, &mut file),
+            upstream: UpstreamSettings::merge(args, &mut file)?,
+            logging: LogSettings::merge(args, &mut file)?,
+            limits: Limits::merge(&file)?,
+            credentials: CredentialSettings::merge(args, &mut file),
+            retries: RetrySettings::merge(&file),
+            usage: UsageSettings::merge(args, &mut file),
+            model_aliases: std::mem::take(&mut file.model_aliases),
+            prices: std::mem::take(&mut file.prices),
+            paths,
+        })
+    }
+
+    /// The upstream base URL as text (for display).
+    pub fn upstream_display(&self) -> &str {
+        match &self.upstream.target {
+            UpstreamTarget::Url(u) => u,
+            UpstreamTarget::Sim => "sim",
         }
-        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+    }
+
+    /// The credentials configuration implied by the settings.
+    pub fn credentials_config(&self) -> CredentialsConfig {
+        let mut cfg = CredentialsConfig::new(
+            self.paths.config_dir.join("credentials.json"),
+            self.paths.home_dir.clone(),
+        );
+        let c = &self.credentials;
+        cfg.credentials_file = c.credentials_file.clone();
+        cfg.token_url = c.oauth_token_url.clone();
+        cfg.client_id = c.oauth_client_id.clone();
+        cfg.refresh_skew = c.refresh_skew;
+        cfg
+    }
+}
+
+impl ServerSettings {
+    fn merge(args: &ServeArgs, file: &mut FileConfig) -> Self {
+        let d = Self::default();
+        ServerSettings {
+            host: args.host.clone().or(file.host.take()).unwrap_or(d.host),
+            port: args.port.or(file.port).unwrap_or(d.port),
+            auth_token: secret(
+                args.auth_token
+                    .clone()
+                    .or_else(|| env_nonempty("AUTH_TOKEN"))
+                    .or(file.auth_token.take()),
+            ),
+            allow_open: args.allow_open || file.allow_open.unwrap_or(d.allow_open),
+            cors_origins: env_nonempty("CCPROXY_CORS_ORIGINS")
+                .map(|v| split_list(&v))
+                .unwrap_or_else(|| std::mem::take(&mut file.cors_origins)),
+            shutdown_grace: secs(file.shutdown_grace_secs, d.shutdown_grace),
+        }
+    }
+}
+
+/// `a, b,,c` → `["a", "b", "c"]`.
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|o| o.trim().to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
+}
+
+impl UpstreamSettings {
+    fn merge(args: &ServeArgs, file: &mut FileConfig) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let target = match args.upstream_url.clone().or(file.upstream_url.take()) {
+            Some(raw) => parse_upstream(&raw)?,
+            None => d.target,
+        };
+        Ok(UpstreamSettings {
+            target,
+            connect_timeout: secs(file.connect_timeout_secs, d.connect_timeout),
+            timeout: secs(file.upstream_timeout_secs, d.timeout),
+            stream_idle_timeout: secs(file.stream_idle_timeout_secs, d.stream_idle_timeout),
+            cli_version: file.cli_version.take().unwrap_or(d.cli_version),
+            default_max_tokens: file.default_max_tokens.unwrap_or(d.default_max_tokens),
+        })
+    }
+}
+
+impl CredentialSettings {
+    fn merge(args: &ServeArgs, file: &mut FileConfig) -> Self {
+        let d = Self::default();
+        CredentialSettings {
+            api_key: secret(env_nonempty("ANTHROPIC_API_KEY").or(file.api_key.take())),
+            credentials_file: args
+                .common
+                .credentials_file
+                .clone()
+                .or(file.credentials_file.take()),
+            oauth_token_url: args
+                .common
+                .oauth_token_url
+                .clone()
+                .or(file.oauth_token_url.take())
+                .unwrap_or(d.oauth_token_url),
+            oauth_client_id: env_nonempty("CCPROXY_OAUTH_CLIENT_ID")
+                .or(file.oauth_client_id.take())
+                .unwrap_or(d.oauth_client_id),
+            refresh_skew: secs(file.refresh_skew_secs, d.refresh_skew),
+        }
+    }
+}
+
+impl Limits {
+    fn merge(file: &FileConfig) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let max_body_bytes = file.max_body_bytes.unwrap_or(d.max_body_bytes);
         if max_body_bytes == 0 {
             return Err(ConfigError::Invalid {
                 name: "max_body_bytes",
                 message: "must be greater than 0".into(),
             });
         }
-        Ok(Settings {
-            host: args
-                .host
-                .clone()
-                .or(file.host)
-                .unwrap_or_else(|| "127.0.0.1".to_owned()),
-            port: args.port.or(file.port).unwrap_or(8000),
-            upstream,
-            auth_token: args
-                .auth_token
-                .clone()
-                .or_else(|| env_nonempty("AUTH_TOKEN"))
-                .or(file.auth_token)
-                .filter(|t| !t.is_empty())
-                .map(Secret::new),
-            api_key: env_nonempty("ANTHROPIC_API_KEY")
-                .or(file.api_key)
-                .filter(|t| !t.is_empty())
-                .map(Secret::new),
-            credentials_file: args
-                .common
-                .credentials_file
-                .clone()
-                .or(file.credentials_file),
-            oauth_token_url: args
-                .common
-                .oauth_token_url
-                .clone()
-                .or(file.oauth_token_url)
-                .unwrap_or_else(|| DEFAULT_TOKEN_URL.to_owned()),
-            oauth_client_id: env_nonempty("CCPROXY_OAUTH_CLIENT_ID")
-                .or(file.oauth_client_id)
-                .unwrap_or_else(|| DEFAULT_CLIENT_ID.to_owned()),
-            refresh_skew: Duration::from_secs(file.refresh_skew_secs.unwrap_or(300)),
+        Ok(Limits {
             max_body_bytes,
-            cli_version: file
-                .cli_version
-                .unwrap_or_else(|| DEFAULT_CLI_VERSION.to_owned()),
-            default_max_tokens: file.default_max_tokens.unwrap_or(4096),
-            connect_timeout: Duration::from_secs(file.connect_timeout_secs.unwrap_or(10)),
-            upstream_timeout: Duration::from_secs(file.upstream_timeout_secs.unwrap_or(600)),
-            log_format,
-            log_level: args
-                .log_level
-                .clone()
-                .or(file.log_level)
-                .or_else(|| env_nonempty("RUST_LOG"))
-                .unwrap_or_else(|| "info".to_owned()),
-            allow_open: args.allow_open || file.allow_open.unwrap_or(false),
-            cors_origins: env_nonempty("CCPROXY_CORS_ORIGINS")
-                .map(|v| {
-                    v.split(',')
-                        .map(|o| o.trim().to_owned())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
-                .unwrap_or(file.cors_origins),
-            max_concurrent_requests: file.max_concurrent_requests.unwrap_or(4096),
-            stream_idle_timeout: Duration::from_secs(file.stream_idle_timeout_secs.unwrap_or(300)),
-            shutdown_grace: Duration::from_secs(file.shutdown_grace_secs.unwrap_or(30)),
-            retries: file.retries.unwrap_or(0).min(10),
-            retry_429: file.retry_429.unwrap_or(false),
-            retry_max_wait: Duration::from_secs(file.retry_max_wait_secs.unwrap_or(30)),
-            usage_enabled: !args.no_usage && file.usage.unwrap_or(true),
-            usage_db: args
-                .usage_db
-                .clone()
-                .or(file.usage_db)
-                .unwrap_or_else(|| data_dir().join("usage.db")),
-            model_aliases: file.model_aliases,
-            prices: file.prices,
-            config_path,
-            config_dir,
-            home_dir: home_dir(),
+            max_concurrent_requests: file
+                .max_concurrent_requests
+                .unwrap_or(d.max_concurrent_requests),
         })
     }
+}
 
-    /// The upstream base URL as text (for display).
-    pub fn upstream_display(&self) -> &str {
-        match &self.upstream {
-            UpstreamTarget::Url(u) => u,
-            UpstreamTarget::Sim => "sim",
+impl RetrySettings {
+    fn merge(file: &FileConfig) -> Self {
+        let d = Self::default();
+        RetrySettings {
+            max_retries: file.retries.unwrap_or(d.max_retries).min(Self::CAP),
+            on_429: file.retry_429.unwrap_or(d.on_429),
+            max_wait: secs(file.retry_max_wait_secs, d.max_wait),
         }
     }
+}
 
-    /// The effective settings as TOML-like text, secrets masked.
+impl LogSettings {
+    fn merge(args: &ServeArgs, file: &mut FileConfig) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let format = match (args.log_format, file.log_format.take()) {
+            (Some(f), _) => f,
+            (None, Some(s)) => {
+                LogFormat::from_str(&s, false).map_err(|_| ConfigError::Invalid {
+                    name: "log_format",
+                    message: format!("{s:?} (expected pretty or json)"),
+                })?
+            }
+            (None, None) => d.format,
+        };
+        Ok(LogSettings {
+            format,
+            level: args
+                .log_level
+                .clone()
+                .or(file.log_level.take())
+                .or_else(|| env_nonempty("RUST_LOG"))
+                .unwrap_or(d.level),
+        })
+    }
+}
+
+impl UsageSettings {
+    fn merge(args: &ServeArgs, file: &mut FileConfig) -> Self {
+        let d = Self::default();
+        UsageSettings {
+            enabled: !args.no_usage && file.usage.unwrap_or(d.enabled),
+            db: args
+                .usage_db
+                .clone()
+                .or(file.usage_db.take())
+                .unwrap_or(d.db),
+        }
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn quoted_path(p: &Path) -> String {
+    quoted(&p.display().to_string())
+}
+
+fn shown_secret(s: &Option<Secret>) -> String {
+    match s {
+        Some(s) => quoted(&s.masked()),
+        None => "(not set)".to_owned(),
+    }
+}
+
+impl Settings {
+    /// Every effective setting as `(file key, value)`, values in TOML-like form, secrets masked.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![("config_file", quoted_path(&self.paths.config_file))];
+        v.extend(self.server.entries());
+        v.push(("upstream_url", quoted(self.upstream_display())));
+        v.extend(self.upstream.entries());
+        v.extend(self.credentials.entries());
+        v.extend(self.limits.entries());
+        v.extend(self.retries.entries());
+        v.extend(self.logging.entries());
+        v.extend(self.usage.entries());
+        v
+    }
+
+    /// The effective settings as aligned TOML-like text, secrets masked.
     pub fn show(&self) -> String {
-        let opt_secret = |s: &Option<Secret>| match s {
-            Some(s) => format!("{:?}", s.masked()),
-            None => "(not set)".to_owned(),
-        };
+        let entries = self.entries();
+        let width = entries.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
-        let mut line = |k: &str, v: String| {
-            out.push_str(&format!("{k:<22} = {v}\n"));
-        };
-        line(
-            "config_file",
-            format!("{:?}", self.config_path.display().to_string()),
-        );
-        line("host", format!("{:?}", self.host));
-        line("port", self.port.to_string());
-        line("upstream_url", format!("{:?}", self.upstream_display()));
-        line("auth_token", opt_secret(&self.auth_token));
-        line("api_key", opt_secret(&self.api_key));
-        line(
-            "credentials_file",
-            match &self.credentials_file {
-                Some(p) => format!("{:?}", p.display().to_string()),
-                None => "(auto-discover)".to_owned(),
-            },
-        );
-        line("oauth_token_url", format!("{:?}", self.oauth_token_url));
-        line("oauth_client_id", format!("{:?}", self.oauth_client_id));
-        line("refresh_skew_secs", self.refresh_skew.as_secs().to_string());
-        line("max_body_bytes", self.max_body_bytes.to_string());
-        line("cli_version", format!("{:?}", self.cli_version));
-        line("default_max_tokens", self.default_max_tokens.to_string());
-        line(
-            "connect_timeout_secs",
-            self.connect_timeout.as_secs().to_string(),
-        );
-        line(
-            "upstream_timeout_secs",
-            self.upstream_timeout.as_secs().to_string(),
-        );
-        line("log_format", format!("{:?}", self.log_format));
-        line("log_level", format!("{:?}", self.log_level));
-        line("allow_open", self.allow_open.to_string());
-        line("cors_origins", format!("{:?}", self.cors_origins));
-        line(
-            "max_concurrent_requests",
-            self.max_concurrent_requests.to_string(),
-        );
-        line(
-            "stream_idle_timeout_secs",
-            self.stream_idle_timeout.as_secs().to_string(),
-        );
-        line(
-            "shutdown_grace_secs",
-            self.shutdown_grace.as_secs().to_string(),
-        );
-        line("usage", self.usage_enabled.to_string());
-        line(
-            "usage_db",
-            format!("{:?}", self.usage_db.display().to_string()),
-        );
+        for (k, v) in &entries {
+            out.push_str(&format!("{k:<width$} = {v}\n"));
+        }
         if !self.model_aliases.is_empty() {
             out.push_str("\n[model_aliases]\n");
             for (k, v) in &self.model_aliases {
                 out.push_str(&format!("{k:?} = {v:?}\n"));
             }
         }
+        for (prefix, p) in &self.prices {
+            out.push_str(&format!("\n[prices.{prefix:?}]\n"));
+            let fields = [
+                ("input", p.input),
+                ("output", p.output),
+                ("cache_write", p.cache_write),
+                ("cache_read", p.cache_read),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    out.push_str(&format!("{k:<11} = {v}\n"));
+                }
+            }
+        }
         out
+    }
+}
+
+impl ServerSettings {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("host", quoted(&self.host)),
+            ("port", self.port.to_string()),
+            ("auth_token", shown_secret(&self.auth_token)),
+            ("allow_open", self.allow_open.to_string()),
+            ("cors_origins", format!("{:?}", self.cors_origins)),
+            (
+                "shutdown_grace_secs",
+                self.shutdown_grace.as_secs().to_string(),
+            ),
+        ]
+    }
+}
+
+impl UpstreamSettings {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "connect_timeout_secs",
+                self.connect_timeout.as_secs().to_string(),
+            ),
+            ("upstream_timeout_secs", self.timeout.as_secs().to_string()),
+            (
+                "stream_idle_timeout_secs",
+                self.stream_idle_timeout.as_secs().to_string(),
+            ),
+            ("cli_version", quoted(&self.cli_version)),
+            ("default_max_tokens", self.default_max_tokens.to_string()),
+        ]
+    }
+}
+
+impl CredentialSettings {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        let file = match &self.credentials_file {
+            Some(p) => quoted_path(p),
+            None => "(auto-discover)".to_owned(),
+        };
+        vec![
+            ("api_key", shown_secret(&self.api_key)),
+            ("credentials_file", file),
+            ("oauth_token_url", quoted(&self.oauth_token_url)),
+            ("oauth_client_id", quoted(&self.oauth_client_id)),
+            ("refresh_skew_secs", self.refresh_skew.as_secs().to_string()),
+        ]
+    }
+}
+
+impl Limits {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("max_body_bytes", self.max_body_bytes.to_string()),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests.to_string(),
+            ),
+        ]
+    }
+}
+
+impl RetrySettings {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("retries", self.max_retries.to_string()),
+            ("retry_429", self.on_429.to_string()),
+            ("retry_max_wait_secs", self.max_wait.as_secs().to_string()),
+        ]
+    }
+}
+
+impl LogSettings {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("log_format", quoted(self.format.as_str())),
+            ("log_level", quoted(&self.level)),
+        ]
+    }
+}
+
+impl UsageSettings {
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("usage", self.enabled.to_string()),
+            ("usage_db", quoted_path(&self.db)),
+        ]
     }
 }
 
@@ -535,9 +853,42 @@ mod tests {
             port: Some(9100),
             ..ServeArgs::default()
         };
-        let s = Settings::merge(&args, file, "x".into(), "d".into()).unwrap();
-        assert_eq!(s.port, 9100);
-        assert_eq!(s.host, "0.0.0.0");
+        let s = Settings::merge(&args, file, Paths::default()).unwrap();
+        assert_eq!(s.server.port, 9100);
+        assert_eq!(s.server.host, "0.0.0.0");
+    }
+
+    #[test]
+    fn defaults_come_from_each_group() {
+        let s = Settings::merge(
+            &ServeArgs::default(),
+            FileConfig::default(),
+            Paths::default(),
+        )
+        .unwrap();
+        assert_eq!(s.server.port, ServerSettings::default().port);
+        assert_eq!(s.upstream.target, UpstreamSettings::default().target);
+        assert_eq!(s.limits.max_body_bytes, DEFAULT_MAX_BODY);
+        assert_eq!(s.retries.max_retries, 0);
+        assert_eq!(s.logging.format, LogFormat::Pretty);
+        assert_eq!(s.credentials.oauth_token_url, DEFAULT_TOKEN_URL);
+        assert_eq!(s.credentials.refresh_skew, DEFAULT_REFRESH_SKEW);
+    }
+
+    #[test]
+    fn file_values_are_checked_and_capped() {
+        let file: FileConfig = toml::from_str("retries = 99\nlog_format = \"json\"").unwrap();
+        let s = Settings::merge(&ServeArgs::default(), file, Paths::default()).unwrap();
+        assert_eq!(s.retries.max_retries, RetrySettings::CAP);
+        assert_eq!(s.logging.format, LogFormat::Json);
+        let file: FileConfig = toml::from_str("log_format = \"xml\"").unwrap();
+        let err = Settings::merge(&ServeArgs::default(), file, Paths::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting log_format: \"xml\" (expected pretty or json)"
+        );
+        let file: FileConfig = toml::from_str("max_body_bytes = 0").unwrap();
+        assert!(Settings::merge(&ServeArgs::default(), file, Paths::default()).is_err());
     }
 
     #[test]

@@ -22,3 +22,4 @@ pub mod server;
 pub mod sim;
 pub mod state;
 pub mod upstream;
+pub mod util;

@@ -43,23 +43,15 @@ pub struct AppState {
 
 /// The credentials configuration implied by the settings.
 pub fn credentials_config(settings: &Settings) -> CredentialsConfig {
-    let mut cfg = CredentialsConfig::new(
-        settings.config_dir.join("credentials.json"),
-        settings.home_dir.clone(),
-    );
-    cfg.credentials_file = settings.credentials_file.clone();
-    cfg.token_url = settings.oauth_token_url.clone();
-    cfg.client_id = settings.oauth_client_id.clone();
-    cfg.refresh_skew = settings.refresh_skew;
-    cfg
+    settings.credentials_config()
 }
 
 /// Builds the state for an upstream at `upstream_base`.
 pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<AppState> {
     let upstream = Upstream::new(
         upstream_base,
-        settings.connect_timeout,
-        settings.upstream_timeout,
+        settings.upstream.connect_timeout,
+        settings.upstream.timeout,
     )?;
     let (oauth, oauth_error) =
         match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {
@@ -77,18 +69,19 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     );
     let (observer, usage) = start_observer(&settings)?;
     let guard = Guard {
-        loopback_only: crate::access::is_loopback_host(&settings.host),
-        cors_origins: settings.cors_origins.clone(),
+        loopback_only: crate::access::is_loopback_host(&settings.server.host),
+        cors_origins: settings.server.cors_origins.clone(),
     };
-    let limiter = (settings.max_concurrent_requests > 0)
-        .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
+    let limiter = (settings.limits.max_concurrent_requests > 0)
+        .then(|| Arc::new(Semaphore::new(settings.limits.max_concurrent_requests)));
     let (end_streams, shutdown_rx) = watch::channel(false);
     let stream_limits = StreamLimits {
-        idle: settings.stream_idle_timeout,
+        idle: settings.upstream.stream_idle_timeout,
         shutdown: shutdown_rx,
     };
     Ok(AppState {
         proxy_token: settings
+            .server
             .auth_token
             .as_ref()
             .map(|t| ProxyToken::new(t.expose())),
@@ -112,8 +105,8 @@ fn start_observer(settings: &Settings) -> anyhow::Result<(Arc<Observer>, Option<
     let _ = prom::handle();
     let prices = PriceTable::with_overrides(&settings.prices)
         .map_err(|e| anyhow::anyhow!("invalid [prices] in the config file: {e}"))?;
-    let usage = if settings.usage_enabled {
-        match UsageStore::open(&settings.usage_db) {
+    let usage = if settings.usage.enabled {
+        match UsageStore::open(&settings.usage.db) {
             Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
             Err(e) => {
                 tracing::error!(error = %e, "usage recording is off: the usage database cannot be used");
@@ -126,7 +119,7 @@ fn start_observer(settings: &Settings) -> anyhow::Result<(Arc<Observer>, Option<
     let sink = usage
         .clone()
         .map(|w| -> SinkFn { Box::new(move |r| w.record(r)) });
-    let log_style = if settings.log_format == "json" {
+    let log_style = if settings.logging.format == crate::config::LogFormat::Json {
         LogStyle::Json
     } else {
         LogStyle::Pretty

@@ -2,6 +2,8 @@
 //! cycle (test code included), so every module points only down. Run it alone
 //! with `cargo test --test architecture`; on failure it prints the cycle.
 
+#![allow(clippy::unwrap_used)] // a test: a failure should panic
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

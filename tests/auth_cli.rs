@@ -1,5 +1,6 @@
 //! `ccproxy auth …` through the built binary against a standalone simulated
 //! upstream, and a grep of everything the server logs for secrets.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;

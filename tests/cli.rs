@@ -1,4 +1,5 @@
 //! Black-box tests of the built binary: config init/show, sim, serve.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -133,7 +134,7 @@ fn config_show_applies_precedence_and_masks_secrets() {
         out
     };
     let out = show(&[], &[]);
-    assert!(out.contains("port                   = 9000"), "{out}");
+    assert!(out.contains("port                     = 9000"), "{out}");
     assert!(out.contains("\"127.0.0.2\""));
     assert!(out.contains("\"gpt-x\" = \"claude-haiku-4-5\""));
     assert!(!out.contains("from-file-secret"), "{out}");
@@ -152,6 +153,88 @@ fn config_show_applies_precedence_and_masks_secrets() {
     // AUTH_TOKEN is accepted too.
     let out = show(&[("AUTH_TOKEN", "another-proxy-secret-1234")], &[]);
     assert!(out.contains("…1234") && !out.contains("another-proxy-secret"));
+}
+
+#[test]
+fn config_show_prints_every_setting_aligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "retries = 3\nretry_429 = true\nmax_body_bytes = 1000\nstream_idle_timeout_secs = 7\n\
+         [prices.\"claude-x\"]\ninput = 1.5\noutput = 2.0\n",
+    )
+    .unwrap();
+    let (ok, out, err) = stdout_of(
+        cmd(dir.path())
+            .args(["config", "show", "--config", file.to_str().unwrap()])
+            .args(["--log-format", "json", "--upstream-url", "sim"])
+            .env("CCPROXY_AUTH_TOKEN", "proxy-secret-token-abcdefgh"),
+    );
+    assert!(ok, "{err}");
+    let settings: Vec<&str> = out.lines().take_while(|l| !l.is_empty()).collect();
+    // Every key of the config file (tables aside) appears, with its value.
+    for key in [
+        "host",
+        "port",
+        "upstream_url",
+        "auth_token",
+        "api_key",
+        "credentials_file",
+        "oauth_token_url",
+        "oauth_client_id",
+        "refresh_skew_secs",
+        "max_body_bytes",
+        "cli_version",
+        "default_max_tokens",
+        "connect_timeout_secs",
+        "upstream_timeout_secs",
+        "log_format",
+        "log_level",
+        "allow_open",
+        "cors_origins",
+        "max_concurrent_requests",
+        "stream_idle_timeout_secs",
+        "shutdown_grace_secs",
+        "retries",
+        "retry_429",
+        "retry_max_wait_secs",
+        "usage",
+        "usage_db",
+    ] {
+        assert!(
+            settings
+                .iter()
+                .any(|l| l.split(" = ").next().map(str::trim_end) == Some(key)),
+            "{key} missing from:\n{out}"
+        );
+    }
+    // Aligned: every `=` in the same column.
+    let columns: Vec<usize> = settings.iter().filter_map(|l| l.find(" = ")).collect();
+    assert_eq!(columns.len(), settings.len(), "{out}");
+    assert!(columns.windows(2).all(|w| w[0] == w[1]), "{out}");
+    let value = |key: &str| {
+        settings
+            .iter()
+            .find(|l| l.split(" = ").next().map(str::trim_end) == Some(key))
+            .and_then(|l| l.split_once(" = "))
+            .map(|(_, v)| v.to_owned())
+            .unwrap()
+    };
+    assert_eq!(value("retries"), "3");
+    assert_eq!(value("retry_429"), "true");
+    assert_eq!(value("retry_max_wait_secs"), "30");
+    assert_eq!(value("max_body_bytes"), "1000");
+    assert_eq!(value("stream_idle_timeout_secs"), "7");
+    assert_eq!(value("log_format"), "\"json\"");
+    assert_eq!(value("upstream_url"), "\"sim\"");
+    assert_eq!(value("api_key"), "(not set)");
+    assert!(!out.contains("proxy-secret-token"), "{out}");
+    assert!(value("auth_token").contains("…efgh"), "{out}");
+    assert!(
+        out.contains("[prices.\"claude-x\"]\ninput       = 1.5\noutput      = 2\n"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! each test asserts exactly what the client sees, in both dialects where the
 //! fault applies. Faults come from the simulated upstream's fault markers
 //! (`src/sim/faults.rs`) or from a dead / mute upstream port.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 mod support;
@@ -261,7 +262,7 @@ async fn reset_mid_body() {
 async fn silent_upstream_mid_stream_hits_the_idle_timeout() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
-        tweak: Some(|s| s.stream_idle_timeout = Duration::from_millis(400)),
+        tweak: Some(|s| s.upstream.stream_idle_timeout = Duration::from_millis(400)),
         ..Opts::default()
     })
     .await;
@@ -567,7 +568,7 @@ async fn slow_client_backpressure_reaches_the_upstream() {
 async fn concurrency_limit_refuses_the_third_request_in_the_clients_dialect() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
-        tweak: Some(|s| s.max_concurrent_requests = 2),
+        tweak: Some(|s| s.limits.max_concurrent_requests = 2),
         ..Opts::default()
     })
     .await;
@@ -733,7 +734,7 @@ async fn stalled_non_stream_body_is_bounded() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         upstream_timeout: Some(Duration::from_millis(500)),
-        tweak: Some(|s| s.stream_idle_timeout = Duration::from_millis(500)),
+        tweak: Some(|s| s.upstream.stream_idle_timeout = Duration::from_millis(500)),
         ..Opts::default()
     })
     .await;
@@ -766,8 +767,8 @@ async fn retries_never_after_bytes_nor_for_500_or_timeouts() {
         api_key: Some(API_KEY),
         upstream_timeout: Some(Duration::from_millis(300)),
         tweak: Some(|s| {
-            s.retries = 3;
-            s.retry_429 = true;
+            s.retries.max_retries = 3;
+            s.retries.on_429 = true;
         }),
         ..Opts::default()
     })
@@ -811,7 +812,7 @@ async fn early_refusals_say_connection_close_or_keep_the_connection() {
         api_key: Some(API_KEY),
         auth_token: Some(PROXY_TOKEN),
         max_body_bytes: Some(1024 * 1024),
-        tweak: Some(|s| s.max_concurrent_requests = 1),
+        tweak: Some(|s| s.limits.max_concurrent_requests = 1),
         ..Opts::default()
     })
     .await;

@@ -1,5 +1,6 @@
 //! Replays real recorded Anthropic exchanges (`../shared/fixtures/anthropic/`)
 //! from a loopback upstream and checks that the proxy relays them byte for byte.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

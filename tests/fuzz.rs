@@ -7,6 +7,7 @@
 //! Bounded for the normal test run (about a minute on 2 cores, debug build).
 //! Longer runs: `CCPROXY_FUZZ_CASES=N cargo test --release --test fuzz`
 //! (N cases for every pure property, N/5 for the HTTP ones); see README.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 mod support;
@@ -1232,7 +1233,7 @@ fn fuzz_http_routes() {
         api_key: Some(common::API_KEY),
         max_body_bytes: Some(64 * 1024),
         upstream_timeout: Some(Duration::from_secs(5)),
-        tweak: Some(|s| s.stream_idle_timeout = Duration::from_secs(5)),
+        tweak: Some(|s| s.upstream.stream_idle_timeout = Duration::from_secs(5)),
         ..common::Opts::default()
     }));
     let addr = env.addr.to_string();

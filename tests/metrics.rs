@@ -1,5 +1,6 @@
 //! Prometheus metrics after known traffic. This test binary holds exactly one
 //! test: the metrics recorder is process-wide.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

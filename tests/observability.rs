@@ -1,4 +1,5 @@
 //! Request ids and timing headers on every response.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! OpenAI Chat Completions through each mode, over real sockets, against the
 //! simulated upstream.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

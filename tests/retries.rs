@@ -1,5 +1,6 @@
 //! Optional retries: only before the first byte, only for connection failures,
 //! 529 and (when enabled) 429, honouring retry-after.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 
@@ -31,7 +32,7 @@ async fn no_retries_by_default() {
 async fn retries_529_then_succeeds() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
-        tweak: Some(|s| s.retries = 2),
+        tweak: Some(|s| s.retries.max_retries = 2),
         ..Opts::default()
     })
     .await;
@@ -67,7 +68,7 @@ async fn retries_529_then_succeeds() {
 async fn never_retries_other_4xx_and_429_only_when_enabled() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
-        tweak: Some(|s| s.retries = 3),
+        tweak: Some(|s| s.retries.max_retries = 3),
         ..Opts::default()
     })
     .await;
@@ -86,9 +87,9 @@ async fn never_retries_other_4xx_and_429_only_when_enabled() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         tweak: Some(|s| {
-            s.retries = 3;
-            s.retry_429 = true;
-            s.retry_max_wait = std::time::Duration::from_secs(2);
+            s.retries.max_retries = 3;
+            s.retries.on_429 = true;
+            s.retries.max_wait = std::time::Duration::from_secs(2);
         }),
         ..Opts::default()
     })
@@ -116,7 +117,7 @@ async fn connection_failures_are_retried_then_502() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         upstream_url: Some(format!("http://{dead}")),
-        tweak: Some(|s| s.retries = 2),
+        tweak: Some(|s| s.retries.max_retries = 2),
         ..Opts::default()
     })
     .await;

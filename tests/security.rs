@@ -1,6 +1,7 @@
 //! Who may use the proxy, and what it may reveal: the non-loopback refusal,
 //! DNS-rebinding (Host) and drive-by (Origin/CORS) protection, the proxy token
 //! (wrong lengths), secrets in every output, and credentials-file permissions.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 mod support;
@@ -266,7 +267,7 @@ async fn allowed_origin_gets_cors_headers_and_a_working_preflight() {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         auth_token: Some(PROXY_TOKEN),
-        tweak: Some(|s| s.cors_origins = vec!["http://localhost:3000".into()]),
+        tweak: Some(|s| s.server.cors_origins = vec!["http://localhost:3000".into()]),
         ..Opts::default()
     })
     .await;

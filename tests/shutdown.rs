@@ -2,6 +2,7 @@
 //! in-flight requests and streams finish within `shutdown_grace_secs`, then end
 //! the streams still open with an error event, and exit 0. Also: a client that
 //! disconnects mid-stream is still recorded (the request log line).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 mod support;

@@ -1,5 +1,6 @@
 //! Usage rows recorded by the running proxy (stream, non-stream, error,
 //! abandoned stream, OpenAI), and the usage API and dashboard it serves.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod common;
 

@@ -3,7 +3,7 @@
 # `valgrind --tool=callgrind` (stable on a noisy machine, unlike timings).
 #
 #   scripts/bench/profile.sh [REQUESTS]      (default 2000; needs a release build:
-#                                            cargo build --release --bins)
+#                                            cargo build --release -p ccproxy -p ccproxy-bench)
 #
 # Runs inside `unshare -n` like run.sh: the simulated upstream natively, ccproxy under
 # callgrind (all threads: request path, logger, usage writer). Counters are zeroed before each

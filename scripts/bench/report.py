@@ -121,7 +121,7 @@ w(f"| build | {machine.get('rustc', '?')}, `--release` (thin LTO), commit {machi
 w("| network | everything (upstream, proxies, load client) in one `unshare -n` namespace: loopback only |")
 w("| upstream | `ccproxy sim` (standalone), HTTP/1.1, keep-alive |")
 w("| ccproxy | `ccproxy serve` with default settings (log level `info`: one log line per request; usage database on) except `max_concurrent_requests = 16384` (default 4 096, for scenario 4c); server API key, no subscription credentials |")
-w("| load client | `ccproxy-bench` (`src/bin/ccproxy-bench.rs`): hand-written HTTP/1.1 client, keep-alive, `TCP_NODELAY`, one connection per worker |")
+w("| load client | `ccproxy-bench` (`tools/bench`): hand-written HTTP/1.1 client, keep-alive, `TCP_NODELAY`, one connection per worker |")
 if machine.get("quick"):
     w("| **quick run** | `--quick`: few rounds; figures are indicative only |")
 w("")

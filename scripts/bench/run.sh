@@ -51,7 +51,7 @@ CMD="scripts/bench/run.sh${*:+ $*}"
 T0=$(date +%s)
 
 echo "== build (release, once)"
-cargo build --release --bins --benches --message-format=json-render-diagnostics >"$OUT/build.jsonl"
+cargo build --release -p ccproxy -p ccproxy-bench --bins --benches --message-format=json-render-diagnostics >"$OUT/build.jsonl"
 CONVERT_BENCH=$(python3 - "$OUT/build.jsonl" <<'EOF'
 import json, sys
 exe = ""

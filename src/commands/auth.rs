@@ -274,3 +274,149 @@ fn logout(
     }
     Ok(EXIT_OK)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The `auth` command against a loopback mock token endpoint (the credential
+    //! tests' fixtures, used one way: commands → credentials).
+
+    use super::{AuthAction, run_with_io};
+    use crate::credentials::CredentialsConfig;
+    use crate::credentials::now_ms;
+    use crate::credentials::tests::mock::MockTokenServer;
+    use crate::credentials::tests::{
+        Env, OLD_ACCESS, doc, http, login_options, secs, setup_claude, write_json,
+    };
+
+    async fn run_cmd(action: AuthAction, cfg: &CredentialsConfig) -> (i32, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with_io(
+            action,
+            cfg.clone(),
+            http(),
+            &login_options(),
+            std::io::Cursor::new(""),
+            &mut out,
+            &mut err,
+        )
+        .await
+        .expect("runs");
+        (
+            code,
+            String::from_utf8(out).expect("utf8"),
+            String::from_utf8(err).expect("utf8"),
+        )
+    }
+
+    #[tokio::test]
+    async fn auth_status_refresh_and_logout() {
+        let mock = MockTokenServer::start().await;
+        let env = Env::new(&mock.url);
+
+        let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
+        assert_eq!(code, 1);
+        assert!(
+            out.contains(".claude/.credentials.json") && out.contains("ccproxy auth login"),
+            "{out}"
+        );
+
+        setup_claude(&env, &mock, now_ms() + secs(3 * 3600));
+        let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("Claude Code credentials file"), "{out}");
+        assert!(
+            out.contains("sk-ant-oat01-…WXYZ") && !out.contains(OLD_ACCESS),
+            "{out}"
+        );
+        assert!(out.contains("in 2h 59m") && out.contains(" UTC)"), "{out}");
+        assert!(
+            out.contains("Subscription:   max") && out.contains("user:inference user:profile"),
+            "{out}"
+        );
+        assert_eq!(mock.refresh_calls(), 0);
+
+        let (code, out, _) = run_cmd(AuthAction::Refresh, &env.cfg).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("Refreshed") && out.contains("in 7h 59m"),
+            "{out}"
+        );
+        assert_eq!(mock.refresh_calls(), 1);
+        for s in mock.issued_tokens() {
+            assert!(!out.contains(&s));
+        }
+
+        // Expired with a dead refresh token: not usable.
+        write_json(
+            &env.claude_file(),
+            &doc(OLD_ACCESS, Some("sk-ant-ort01-dead"), now_ms() - secs(120)),
+        );
+        let (code, out, err) = run_cmd(AuthAction::Status, &env.cfg).await;
+        assert_eq!(code, 3, "{out}{err}");
+        assert!(
+            out.contains("expired 2m") && err.contains("ccproxy auth login"),
+            "{out}{err}"
+        );
+        let (code, _, err) = run_cmd(AuthAction::Refresh, &env.cfg).await;
+        assert_eq!(code, 4);
+        assert!(
+            err.contains("invalid_grant") && err.contains("ccproxy auth login"),
+            "{err}"
+        );
+
+        // Expired but refreshable: status refreshes like a request would.
+        setup_claude(&env, &mock, now_ms() - secs(120));
+        let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("refreshed just now"), "{out}");
+
+        // Invalid file.
+        std::fs::write(env.claude_file(), b"{").expect("write");
+        let (code, _, err) = run_cmd(AuthAction::Status, &env.cfg).await;
+        assert_eq!(code, 2);
+        assert!(err.contains(".credentials.json"), "{err}");
+
+        // Logout removes only the own store.
+        setup_claude(&env, &mock, now_ms() + secs(3600));
+        write_json(
+            &env.cfg.own_store,
+            &doc("sk-ant-oat01-own-store-token", None, now_ms() + secs(3600)),
+        );
+        let (code, out, _) = run_cmd(AuthAction::Logout, &env.cfg).await;
+        assert_eq!(code, 0);
+        assert!(!env.cfg.own_store.exists());
+        assert!(
+            env.claude_file().exists(),
+            "Claude Code's file is never removed"
+        );
+        assert!(
+            out.contains("never removed") && out.contains("will still find credentials"),
+            "{out}"
+        );
+        let (code, out, _) = run_cmd(AuthAction::Logout, &env.cfg).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("nothing removed"), "{out}");
+
+        // Explicit file given: left alone too.
+        let mut cfg = env.cfg.clone();
+        cfg.credentials_file = Some(env.claude_file());
+        let (code, out, _) = run_cmd(AuthAction::Logout, &cfg).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("Left") && env.claude_file().exists(), "{out}");
+
+        // Explicit file missing.
+        cfg.credentials_file = Some(env.dir.path().join("missing.json"));
+        let (code, _, err) = run_cmd(AuthAction::Status, &cfg).await;
+        assert_eq!(code, 1);
+        assert!(err.contains("missing.json"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn auth_login_command() {
+        let mock = MockTokenServer::start().await;
+        let env = Env::new(&mock.url);
+        let (code, _, err) = run_cmd(AuthAction::Login { no_browser: true }, &env.cfg).await;
+        assert_eq!(code, 5);
+        assert!(err.contains("no code"), "{err}");
+    }
+}

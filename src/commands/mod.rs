@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 
-use crate::cli::{AuthCommand, Cli, Command, ConfigCommand, ServeArgs, SimArgs};
+use crate::cli::{AuthCommand, Cli, Command, ConfigCommand, LogFormat, ServeArgs, SimArgs};
 use crate::config::{CONFIG_TEMPLATE, Settings};
 use crate::server::Server;
 
@@ -24,7 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Some(Command::Config(ConfigCommand::Init { common, force })) => {
             let settings = Settings::from_common(&common)?;
-            let path = settings.config_path;
+            let path = settings.paths.config_file;
             if path.exists() && !force {
                 anyhow::bail!(
                     "{} already exists; pass --force to overwrite it",
@@ -42,12 +42,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Some(Command::Usage(args)) => {
             let settings = Settings::from_common(&args.common)?;
-            let code = usage::run(&args, settings.usage_db)?;
+            let code = usage::run(&args, settings.usage.db)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Auth(args)) => {
             let settings = Settings::from_common(&args.common.into())?;
-            let cfg = crate::server::credentials_config(&settings);
+            let cfg = settings.credentials_config();
             let action = match args.action {
                 AuthCommand::Login { no_browser } => auth::AuthAction::Login { no_browser },
                 AuthCommand::Status => auth::AuthAction::Status,
@@ -61,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// Installs the tracing subscriber (pretty or JSON lines on stderr).
-pub fn init_logging(format: &str, level: &str) {
+pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
@@ -69,7 +69,7 @@ pub fn init_logging(format: &str, level: &str) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
+    let _ = if format == LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()
@@ -78,7 +78,7 @@ pub fn init_logging(format: &str, level: &str) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let settings = Settings::resolve(&args)?;
-    init_logging(&settings.log_format, &settings.log_level);
+    init_logging(settings.logging.format, &settings.logging.level);
     let server = Server::bind(settings).await?;
     let addr = server.local_addr()?;
     let state = server.state.clone();
@@ -86,7 +86,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         listen = %addr,
         upstream = state.upstream.base(),
         oauth = state.oauth.is_some(),
-        server_api_key = state.settings.api_key.is_some(),
+        server_api_key = state.settings.credentials.api_key.is_some(),
         auth_required = state.proxy_token.is_some(),
         "ccproxy listening: Anthropic base http://{addr}/v1, OpenAI base http://{addr}/openai/v1"
     );
@@ -96,7 +96,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
 }
 
 async fn sim(args: SimArgs) -> anyhow::Result<u8> {
-    init_logging("pretty", "info");
+    init_logging(LogFormat::Pretty, "info");
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid address {}:{}", args.host, args.port))?;

@@ -5,23 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cli::UsageArgs;
+use crate::cli::{ReportFormat as Format, UsageArgs, UsageGrouping};
 use crate::observability::usage::report::{self, GroupBy, Report, UsageReader};
 
-/// Output format of the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Table,
-    Json,
-    Csv,
-}
-
-fn parse_format(s: &str) -> anyhow::Result<Format> {
-    match s {
-        "table" => Ok(Format::Table),
-        "json" => Ok(Format::Json),
-        "csv" => Ok(Format::Csv),
-        other => anyhow::bail!("invalid --format {other:?}: expected table, json or csv"),
+fn group_by(g: UsageGrouping) -> GroupBy {
+    match g {
+        UsageGrouping::Model => GroupBy::Model,
+        UsageGrouping::Day => GroupBy::Day,
+        UsageGrouping::Hour => GroupBy::Hour,
+        UsageGrouping::Mode => GroupBy::Mode,
     }
 }
 
@@ -31,10 +23,10 @@ fn parse_format(s: &str) -> anyhow::Result<Format> {
 /// the note goes to stderr).
 pub fn run(args: &UsageArgs, default_db: PathBuf) -> anyhow::Result<i32> {
     let since = report::parse_since(&args.since)?;
-    let by: GroupBy = args.by.parse().map_err(anyhow::Error::msg)?;
-    let format = parse_format(&args.format)?;
+    let by = group_by(args.by);
+    let format = args.format;
     let path = args.db.clone().unwrap_or(default_db);
-    let since_ms = report::since_ms(since, crate::observability::usage::now_ms());
+    let since_ms = report::since_ms(since, crate::util::time::now_ms());
 
     let reader = UsageReader::open(&path)?;
     let report = match &reader {

@@ -18,12 +18,14 @@ pub mod manager;
 pub mod store;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+pub use crate::util::time::{format_relative, format_utc, now_ms};
 
 use subtle::ConstantTimeEq;
 
@@ -304,65 +306,5 @@ fn describe_expiry(expired_at_ms: Option<i64>) -> String {
         Some(ms) if ms <= now_ms() => format!("expired at {}", format_utc(ms)),
         Some(ms) => format!("(valid until {}) was rejected", format_utc(ms)),
         None => "was rejected".to_owned(),
-    }
-}
-
-/// Wall-clock time in epoch milliseconds.
-pub fn now_ms() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(_) => 0,
-    }
-}
-
-/// `2026-01-02 03:04:05 UTC` (proleptic Gregorian, no time-zone database needed).
-pub fn format_utc(epoch_ms: i64) -> String {
-    let secs = epoch_ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days, in i64 with a sane range guard.
-    if !(-100_000_000..=100_000_000).contains(&days) {
-        return format!("{epoch_ms} ms since the epoch");
-    }
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
-}
-
-/// `in 7h 59m` / `3m 10s ago` for a signed distance from now in milliseconds.
-pub fn format_relative(delta_ms: i64) -> String {
-    let abs = delta_ms.unsigned_abs() / 1000;
-    let (d, h, m, s) = (
-        abs / 86_400,
-        (abs % 86_400) / 3600,
-        (abs % 3600) / 60,
-        abs % 60,
-    );
-    let body = if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else if m > 0 {
-        format!("{m}m {s}s")
-    } else {
-        format!("{s}s")
-    };
-    if delta_ms >= 0 {
-        format!("in {body}")
-    } else {
-        format!("{body} ago")
     }
 }

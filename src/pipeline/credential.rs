@@ -114,6 +114,7 @@ async fn full_mode(state: &AppState, client: Option<UpstreamAuth>) -> Result<Cho
 fn server_key(state: &AppState) -> Option<UpstreamAuth> {
     state
         .settings
+        .credentials
         .api_key
         .as_ref()
         .map(|k| UpstreamAuth::ApiKey(k.expose().to_owned()))

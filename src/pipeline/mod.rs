@@ -73,7 +73,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let client_token = access::check_proxied(state.proxy_token.as_ref(), &parts.headers)?;
 
     // body, within the configured limit.
-    let limit = state.settings.max_body_bytes;
+    let limit = state.settings.limits.max_body_bytes;
     let body = read_body(body, &parts.headers, limit, BODY_STALL_TIMEOUT).await?;
 
     // credential for the upstream.
@@ -81,7 +81,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
 
     // prepare the upstream request by route and mode.
     let opts = PrepareOptions {
-        default_max_tokens: state.settings.default_max_tokens,
+        default_max_tokens: state.settings.upstream.default_max_tokens,
         aliases: &state.aliases,
     };
     let p = prepare(
@@ -99,7 +99,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let has_body = !p.body.is_empty();
     let settings = &state.settings;
     let headers_for = |auth: &upstream::UpstreamAuth| {
-        let cli = &settings.cli_version;
+        let cli = &settings.upstream.cli_version;
         upstream::request_headers(ctx.mode, &parts.headers, auth, has_body, cli)
     };
     let sent = Instant::now();
@@ -111,7 +111,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         mode: ctx.mode,
         limits: &state.stream_limits,
         aliases: &state.aliases,
-        deadline: tokio::time::Instant::from_std(sent) + settings.upstream_timeout,
+        deadline: tokio::time::Instant::from_std(sent) + settings.upstream.timeout,
         sent,
     };
     respond::respond(ctx, r, resp, p.conversion, p.meter).await

@@ -90,7 +90,7 @@ async fn chat_whole(
     let json = convert::response::messages_to_chat_with(
         &body,
         &chat.client_model,
-        unix_now(),
+        crate::util::time::now_secs(),
         chat.legacy_functions,
     )
     .map_err(|e| {
@@ -115,7 +115,7 @@ fn chat_stream(
     let conv = convert::stream::ChatStreamConverter::new(
         chat.client_model,
         chat.include_usage,
-        unix_now(),
+        crate::util::time::now_secs(),
     )
     .legacy_functions(chat.legacy_functions);
     let record = ctx.stream_started(status.as_u16());
@@ -147,7 +147,8 @@ async fn models(
     if !status.is_success() {
         return Ok(upstream_error(status, &upstream_headers, &body));
     }
-    let list = convert::model_list::models_to_openai(&body, r.aliases, unix_now());
+    let list =
+        convert::model_list::models_to_openai(&body, r.aliases, crate::util::time::now_secs());
     Ok(json_response(StatusCode::OK, &upstream_headers, list))
 }
 
@@ -219,13 +220,6 @@ fn is_event_stream(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// How a relayed stream's bytes reach the client.

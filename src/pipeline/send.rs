@@ -26,7 +26,7 @@ pub async fn send(
     let mut attempt = 0;
     let resp = loop {
         // Clone the headers only while another attempt may follow.
-        let headers = if attempt < settings.retries {
+        let headers = if attempt < settings.retries.max_retries {
             pending_headers.clone().unwrap_or_default()
         } else {
             pending_headers.take().unwrap_or_default()
@@ -84,12 +84,12 @@ fn retry_delay(
     attempt: u32,
     result: &Result<reqwest::Response, ProxyError>,
 ) -> Option<Duration> {
-    if attempt >= settings.retries {
+    if attempt >= settings.retries.max_retries {
         return None;
     }
     let retry_after = match result {
         Err(e) if e.kind == ErrorKind::BadGateway => None,
-        Ok(r) if r.status().as_u16() == 529 || (r.status() == 429 && settings.retry_429) => r
+        Ok(r) if r.status().as_u16() == 529 || (r.status() == 429 && settings.retries.on_429) => r
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
@@ -99,10 +99,10 @@ fn retry_delay(
         _ => return None,
     };
     if let Some(wait) = retry_after {
-        return (wait <= settings.retry_max_wait).then_some(wait);
+        return (wait <= settings.retries.max_wait).then_some(wait);
     }
     // Exponential backoff from 250 ms with full jitter in [50%, 100%].
     let base = Duration::from_millis(250).saturating_mul(1 << attempt.min(6));
     let jitter = 0.5 + rand::random::<f64>() * 0.5;
-    Some(base.mul_f64(jitter).min(settings.retry_max_wait))
+    Some(base.mul_f64(jitter).min(settings.retries.max_wait))
 }

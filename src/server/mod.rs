@@ -39,33 +39,38 @@ pub struct Server {
 impl Server {
     /// Binds the listener, starts the simulated upstream if asked, loads credentials.
     pub async fn bind(mut settings: Settings) -> anyhow::Result<Server> {
-        let (base, sim) = match &settings.upstream {
+        let (base, sim) = match &settings.upstream.target {
             UpstreamTarget::Url(u) => (u.clone(), None),
             UpstreamTarget::Sim => {
                 let sim = crate::sim::start(SocketAddr::from(([127, 0, 0, 1], 0)), false).await?;
                 // The try-it path works without any account: the simulated
                 // upstream accepts any well-formed key, so provide one.
-                if settings.api_key.is_none() {
-                    settings.api_key = Some(crate::config::Secret::new(crate::state::SIM_API_KEY));
+                if settings.credentials.api_key.is_none() {
+                    settings.credentials.api_key =
+                        Some(crate::config::Secret::new(crate::state::SIM_API_KEY));
                 }
                 (sim.url(), Some(sim))
             }
         };
-        if !access::is_loopback_host(&settings.host)
-            && settings.auth_token.is_none()
-            && !settings.allow_open
+        if !access::is_loopback_host(&settings.server.host)
+            && settings.server.auth_token.is_none()
+            && !settings.server.allow_open
         {
             anyhow::bail!(
                 "refusing to listen on {} without a proxy token: anyone who can reach it could use \
                  your Claude account. Set --auth-token (or CCPROXY_AUTH_TOKEN), or pass --allow-open \
                  to run an open proxy on purpose",
-                settings.host
+                settings.server.host
             );
         }
-        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .await
             .map_err(|e| {
-                anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.host, settings.port)
+                anyhow::anyhow!(
+                    "cannot listen on {}:{}: {e}",
+                    settings.server.host,
+                    settings.server.port
+                )
             })?;
         let state = crate::state::build_state(settings, base)?;
         let limits = ConnLimits::default();
@@ -101,7 +106,7 @@ impl Server {
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");
         let all_closed = graceful.shutdown();
         tokio::pin!(all_closed);
-        let grace = state.settings.shutdown_grace;
+        let grace = state.settings.server.shutdown_grace;
         if tokio::time::timeout(grace, &mut all_closed).await.is_err() {
             tracing::warn!(
                 grace_secs = grace.as_secs_f64(),
@@ -169,7 +174,7 @@ async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next)
                 return ProxyError::unavailable(
                     format!(
                         "ccproxy is serving its maximum of {} concurrent requests; retry shortly",
-                        state.settings.max_concurrent_requests
+                        state.settings.limits.max_concurrent_requests
                     ),
                     1,
                 )
@@ -264,7 +269,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "last_refresh_error": s.last_refresh_error,
         })
     });
-    let active = match (&oauth, &state.settings.api_key) {
+    let active = match (&oauth, &state.settings.credentials.api_key) {
         (Some(o), _) if o["expired"] == false => "oauth",
         (_, Some(_)) => "api_key",
         (Some(_), None) => "oauth_expired",
@@ -280,7 +285,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "active": active,
             "oauth": oauth,
             "oauth_error": state.oauth_error,
-            "server_api_key": state.settings.api_key.is_some(),
+            "server_api_key": state.settings.credentials.api_key.is_some(),
         },
     });
     axum::Json(body).into_response()

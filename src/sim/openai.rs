@@ -37,10 +37,7 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
     let id = super::next_id(&state);
     let tools: Vec<&str> = call.tools.iter().map(String::as_str).collect();
     let message = generate::respond(Some(&call.model), &tools, &dir, body.len(), id);
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = crate::util::time::now_secs();
     let answer = Answer {
         m: &message,
         id: completion_id(&message.id),

@@ -1,5 +1,6 @@
 //! Test harness: a simulated upstream and a ccproxy server on loopback ports.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,29 +78,29 @@ impl TestEnv {
         args.common.config = Some(config);
         let mut settings = Settings::resolve(&args).expect("settings");
         // Hermetic: no credentials from the real environment.
-        settings.home_dir = Some(dir.path().join("home"));
-        settings.config_dir = dir.path().join("config");
-        settings.api_key = opts.api_key.map(Secret::new);
-        settings.auth_token = opts.auth_token.map(Secret::new);
-        settings.oauth_token_url = format!("{}/v1/oauth/token", sim.url());
+        settings.paths.home_dir = Some(dir.path().join("home"));
+        settings.paths.config_dir = dir.path().join("config");
+        settings.credentials.api_key = opts.api_key.map(Secret::new);
+        settings.server.auth_token = opts.auth_token.map(Secret::new);
+        settings.credentials.oauth_token_url = format!("{}/v1/oauth/token", sim.url());
         if let Some(skew) = opts.refresh_skew {
-            settings.refresh_skew = skew;
+            settings.credentials.refresh_skew = skew;
         }
         if let Some(creds) = &opts.credentials {
             let path = dir.path().join("credentials.json");
             std::fs::write(&path, serde_json::to_vec_pretty(creds).unwrap()).unwrap();
-            settings.credentials_file = Some(path);
+            settings.credentials.credentials_file = Some(path);
         }
         if let Some(n) = opts.max_body_bytes {
-            settings.max_body_bytes = n;
+            settings.limits.max_body_bytes = n;
         }
         if let Some(t) = opts.upstream_timeout {
-            settings.upstream_timeout = t;
+            settings.upstream.timeout = t;
         }
         if let Some(u) = &opts.upstream_url {
-            settings.upstream = UpstreamTarget::Url(u.clone());
+            settings.upstream.target = UpstreamTarget::Url(u.clone());
         }
-        settings.usage_db = dir.path().join("usage.db");
+        settings.usage.db = dir.path().join("usage.db");
         if let Some(tweak) = opts.tweak {
             tweak(&mut settings);
         }

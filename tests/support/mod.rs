@@ -2,6 +2,7 @@
 //! fuzz): envelopes, SSE/OpenAI chunk parsing, a raw HTTP/1.1 client, and the
 //! built binary run as a child process.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Tests of the credential lifecycle against a loopback mock token endpoint.
 
-mod mock;
+pub(crate) mod mock;
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -14,10 +14,10 @@ use super::store::{self, parse_document};
 use super::*;
 use mock::{CLIENT_ID, MockTokenServer};
 
-const OLD_ACCESS: &str = "sk-ant-oat01-original-access-token-0123456789abcdefWXYZ";
+pub(crate) const OLD_ACCESS: &str = "sk-ant-oat01-original-access-token-0123456789abcdefWXYZ";
 const OLD_REFRESH: &str = "sk-ant-ort01-original-refresh-token-0123456789abcdef";
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     crate::http::client_builder().build().expect("client")
 }
 
@@ -35,13 +35,13 @@ fn fast_tuning() -> Tuning {
     }
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    cfg: CredentialsConfig,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) cfg: CredentialsConfig,
 }
 
 impl Env {
-    fn new(token_url: &str) -> Self {
+    pub(crate) fn new(token_url: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
@@ -61,7 +61,7 @@ impl Env {
         Self { dir, cfg }
     }
 
-    fn claude_file(&self) -> PathBuf {
+    pub(crate) fn claude_file(&self) -> PathBuf {
         self.cfg.claude_code_files()[0].clone()
     }
 
@@ -77,7 +77,7 @@ impl Env {
 }
 
 /// A Claude Code style document with unknown keys at both levels.
-fn doc(access: &str, refresh: Option<&str>, expires_at_ms: i64) -> Value {
+pub(crate) fn doc(access: &str, refresh: Option<&str>, expires_at_ms: i64) -> Value {
     let mut oauth = json!({
         "accessToken": access,
         "expiresAt": expires_at_ms,
@@ -95,7 +95,7 @@ fn doc(access: &str, refresh: Option<&str>, expires_at_ms: i64) -> Value {
     })
 }
 
-fn write_json(path: &Path, v: &Value) {
+pub(crate) fn write_json(path: &Path, v: &Value) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, serde_json::to_vec(v).expect("json")).expect("write");
     set_mode(path, 0o600);
@@ -117,7 +117,7 @@ fn read_json(path: &Path) -> Value {
 
 /// Writes the Claude Code file with a token expiring at `expires_at` whose refresh token the mock
 /// accepts.
-fn setup_claude(env: &Env, mock: &MockTokenServer, expires_at: i64) {
+pub(crate) fn setup_claude(env: &Env, mock: &MockTokenServer, expires_at: i64) {
     mock.allow_refresh(OLD_REFRESH);
     write_json(
         &env.claude_file(),
@@ -125,7 +125,7 @@ fn setup_claude(env: &Env, mock: &MockTokenServer, expires_at: i64) {
     );
 }
 
-fn secs(n: i64) -> i64 {
+pub(crate) fn secs(n: i64) -> i64 {
     n * 1000
 }
 
@@ -1145,7 +1145,7 @@ impl std::io::Write for SharedOut {
     }
 }
 
-fn login_options() -> LoginOptions {
+pub(crate) fn login_options() -> LoginOptions {
     LoginOptions {
         authorize_url: "https://claude.example/oauth/authorize".to_owned(),
         open_browser: false,
@@ -1320,143 +1320,4 @@ fn parses_pasted_codes() {
         login::parse_pasted("https://console.anthropic.com/oauth/code/callback?code=a%2Bb&state=s"),
         Some(("a+b".into(), Some("s".into())))
     );
-}
-
-// ---------- the `auth` command ----------
-
-async fn run_cmd(
-    action: crate::commands::auth::AuthAction,
-    cfg: &CredentialsConfig,
-) -> (i32, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = crate::commands::auth::run_with_io(
-        action,
-        cfg.clone(),
-        http(),
-        &login_options(),
-        std::io::Cursor::new(""),
-        &mut out,
-        &mut err,
-    )
-    .await
-    .expect("runs");
-    (
-        code,
-        String::from_utf8(out).expect("utf8"),
-        String::from_utf8(err).expect("utf8"),
-    )
-}
-
-#[tokio::test]
-async fn auth_status_refresh_and_logout() {
-    use crate::commands::auth::AuthAction;
-    let mock = MockTokenServer::start().await;
-    let env = Env::new(&mock.url);
-
-    let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
-    assert_eq!(code, 1);
-    assert!(
-        out.contains(".claude/.credentials.json") && out.contains("ccproxy auth login"),
-        "{out}"
-    );
-
-    setup_claude(&env, &mock, now_ms() + secs(3 * 3600));
-    let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("Claude Code credentials file"), "{out}");
-    assert!(
-        out.contains("sk-ant-oat01-…WXYZ") && !out.contains(OLD_ACCESS),
-        "{out}"
-    );
-    assert!(out.contains("in 2h 59m") && out.contains(" UTC)"), "{out}");
-    assert!(
-        out.contains("Subscription:   max") && out.contains("user:inference user:profile"),
-        "{out}"
-    );
-    assert_eq!(mock.refresh_calls(), 0);
-
-    let (code, out, _) = run_cmd(AuthAction::Refresh, &env.cfg).await;
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("Refreshed") && out.contains("in 7h 59m"),
-        "{out}"
-    );
-    assert_eq!(mock.refresh_calls(), 1);
-    for s in mock.issued_tokens() {
-        assert!(!out.contains(&s));
-    }
-
-    // Expired with a dead refresh token: not usable.
-    write_json(
-        &env.claude_file(),
-        &doc(OLD_ACCESS, Some("sk-ant-ort01-dead"), now_ms() - secs(120)),
-    );
-    let (code, out, err) = run_cmd(AuthAction::Status, &env.cfg).await;
-    assert_eq!(code, 3, "{out}{err}");
-    assert!(
-        out.contains("expired 2m") && err.contains("ccproxy auth login"),
-        "{out}{err}"
-    );
-    let (code, _, err) = run_cmd(AuthAction::Refresh, &env.cfg).await;
-    assert_eq!(code, 4);
-    assert!(
-        err.contains("invalid_grant") && err.contains("ccproxy auth login"),
-        "{err}"
-    );
-
-    // Expired but refreshable: status refreshes like a request would.
-    setup_claude(&env, &mock, now_ms() - secs(120));
-    let (code, out, _) = run_cmd(AuthAction::Status, &env.cfg).await;
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("refreshed just now"), "{out}");
-
-    // Invalid file.
-    std::fs::write(env.claude_file(), b"{").expect("write");
-    let (code, _, err) = run_cmd(AuthAction::Status, &env.cfg).await;
-    assert_eq!(code, 2);
-    assert!(err.contains(".credentials.json"), "{err}");
-
-    // Logout removes only the own store.
-    setup_claude(&env, &mock, now_ms() + secs(3600));
-    write_json(
-        &env.cfg.own_store,
-        &doc("sk-ant-oat01-own-store-token", None, now_ms() + secs(3600)),
-    );
-    let (code, out, _) = run_cmd(AuthAction::Logout, &env.cfg).await;
-    assert_eq!(code, 0);
-    assert!(!env.cfg.own_store.exists());
-    assert!(
-        env.claude_file().exists(),
-        "Claude Code's file is never removed"
-    );
-    assert!(
-        out.contains("never removed") && out.contains("will still find credentials"),
-        "{out}"
-    );
-    let (code, out, _) = run_cmd(AuthAction::Logout, &env.cfg).await;
-    assert_eq!(code, 0);
-    assert!(out.contains("nothing removed"), "{out}");
-
-    // Explicit file given: left alone too.
-    let mut cfg = env.cfg.clone();
-    cfg.credentials_file = Some(env.claude_file());
-    let (code, out, _) = run_cmd(AuthAction::Logout, &cfg).await;
-    assert_eq!(code, 0);
-    assert!(out.contains("Left") && env.claude_file().exists(), "{out}");
-
-    // Explicit file missing.
-    cfg.credentials_file = Some(env.dir.path().join("missing.json"));
-    let (code, _, err) = run_cmd(AuthAction::Status, &cfg).await;
-    assert_eq!(code, 1);
-    assert!(err.contains("missing.json"), "{err}");
-}
-
-#[tokio::test]
-async fn auth_login_command() {
-    use crate::commands::auth::AuthAction;
-    let mock = MockTokenServer::start().await;
-    let env = Env::new(&mock.url);
-    let (code, _, err) = run_cmd(AuthAction::Login { no_browser: true }, &env.cfg).await;
-    assert_eq!(code, 5);
-    assert!(err.contains("no code"), "{err}");
 }

@@ -27,9 +27,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
+use super::UsageError;
 use super::report::{self, Group, GroupBy, Stats, UsageReader};
-use super::{UsageError, now_ms};
 use crate::observability::{Tokens, UsageRecord};
+use crate::util::time::now_ms;
 
 /// The page, compiled in.
 pub const PAGE_HTML: &str = include_str!("dashboard.html");

@@ -26,14 +26,14 @@ pub use report::{GroupBy, Report};
 pub use store::{UsageStore, UsageWriter};
 
 /// File name of the usage database inside ccproxy's data directory.
-pub const DB_FILE_NAME: &str = "usage.db";
+pub use crate::config::USAGE_DB_FILE as DB_FILE_NAME;
 
 /// Default queue capacity of a [`UsageWriter`].
 pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
 
 /// `$XDG_DATA_HOME/ccproxy/usage.db` (else `~/.local/share/ccproxy/usage.db`).
 pub fn default_db_path() -> PathBuf {
-    crate::config::data_dir().join(DB_FILE_NAME)
+    crate::config::UsageSettings::default().db
 }
 
 /// Why the usage database could not be opened, migrated, written or read.
@@ -66,12 +66,4 @@ impl UsageError {
         let path = path.to_owned();
         move |source| UsageError::Sqlite { path, source }
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -52,18 +52,8 @@ impl Price {
     }
 }
 
-/// One `[prices."<prefix>"]` table of the config file. Fields left out keep the
-/// built-in price of the longest built-in prefix that matches `<prefix>`; for
-/// a prefix with no built-in match, `input` and `output` are required and the
-/// cache prices default to 1.25× (write) and 0.1× (read) the input price.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceOverride {
-    pub input: Option<f64>,
-    pub output: Option<f64>,
-    pub cache_write: Option<f64>,
-    pub cache_read: Option<f64>,
-}
+/// One `[prices."<prefix>"]` table of the config file (the file format is the config's).
+pub use crate::config::PriceOverride;
 
 /// A `[prices]` entry that cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -13,19 +13,6 @@
 //!
 //! Output: one JSON line per arm (appended to `--out`) and a human summary on stdout.
 
-#[path = "ccproxy-bench/bodies.rs"]
-mod bodies;
-#[path = "ccproxy-bench/http1.rs"]
-mod http1;
-#[path = "ccproxy-bench/load.rs"]
-mod load;
-#[path = "ccproxy-bench/procfs.rs"]
-mod procfs;
-#[path = "ccproxy-bench/sse.rs"]
-mod sse;
-#[path = "ccproxy-bench/stats.rs"]
-mod stats;
-
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +22,9 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use bodies::{BodyKind, BodySpec};
-use load::{Arm, Plan, Pool, Seg};
+use ccproxy_bench::bodies::{BodyKind, BodySpec};
+use ccproxy_bench::load::{Arm, Plan, Pool, Seg};
+use ccproxy_bench::{load, procfs, stats};
 
 const DEFAULT_KEY: &str = "sk-ant-api03-bench-key";
 

@@ -22,7 +22,7 @@
 //! and models.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -167,181 +167,157 @@ fn chat(text: &str, stream: bool) -> Value {
                         {"role": "user", "content": text}]})
 }
 
-/// One request of a random scenario; returns whether its outcome was expected.
+/// The request scenarios chosen by weight: (marker, expected statuses when not
+/// streaming, weight). The remaining weight goes to [`other`].
+const SCENARIOS: &[(&str, &[u16], u32)] = &[
+    ("hello", &[200], 30),
+    ("[sim:tools]", &[200], 8),
+    ("[sim:thinking]", &[200], 5),
+    ("[sim:cache] [sim:deltas=64]", &[200], 5),
+    ("[sim:status=400]", &[400], 3),
+    ("[sim:status=429]", &[429], 3),
+    ("[sim:status=500]", &[500], 2),
+    ("[sim:status=529]", &[529, 503], 3),
+    ("[sim:error-midstream]", &[200], 3),
+    ("[sim:reset-midstream]", &[200, 502], 3),
+    ("[sim:malformed-sse]", &[200], 2),
+    ("[sim:bad-json-event]", &[200], 2),
+    ("[sim:no-stop]", &[200], 2),
+    ("[sim:unknown-event]", &[200], 2),
+    ("[sim:silent=1500]", &[200], 1),
+    ("[sim:delay=2500]", &[504], 1),
+    ("[sim:deltas=300] [sim:delta-size=2048]", &[200], 2),
+];
+/// The weight of the scenarios in [`other`].
+const OTHER_WEIGHT: u32 = 14;
+
+/// What every request of one call to [`one`] shares.
+#[derive(Clone, Copy)]
+struct Pick {
+    mode: &'static str,
+    openai: bool,
+    stream: bool,
+}
+
+impl Pick {
+    fn path(self) -> String {
+        if self.openai {
+            format!("{}/openai/v1/chat/completions", self.mode)
+        } else {
+            format!("{}/v1/messages", self.mode)
+        }
+    }
+
+    fn body(self, text: &str, stream: bool) -> Value {
+        if self.openai {
+            chat(text, stream)
+        } else {
+            msg(text, stream)
+        }
+    }
+}
+
+/// Counts a response status against the expected ones.
+fn record(c: &Counters, status: u16, expected: &[u16]) {
+    if status == 503 && !expected.contains(&503) {
+        c.limited.fetch_add(1, Ordering::Relaxed);
+    } else if !expected.contains(&status) {
+        c.unexpected.fetch_add(1, Ordering::Relaxed);
+        eprintln!("unexpected status {status} (expected {expected:?})");
+    } else if status == 200 {
+        c.ok.fetch_add(1, Ordering::Relaxed);
+    } else {
+        c.expected_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One request of a random scenario; counts whether its outcome was expected.
 async fn one(client: &reqwest::Client, base: &str, rng: &mut rand::rngs::StdRng, c: &Counters) {
-    let mode = ["", "/min", "/pt"][rng.random_range(0..3)];
-    let openai = rng.random_bool(0.4);
-    let stream = rng.random_bool(0.5);
-    // (marker, expected statuses when not streaming)
-    let scenarios: &[(&str, &[u16], u32)] = &[
-        ("hello", &[200], 30),
-        ("[sim:tools]", &[200], 8),
-        ("[sim:thinking]", &[200], 5),
-        ("[sim:cache] [sim:deltas=64]", &[200], 5),
-        ("[sim:status=400]", &[400], 3),
-        ("[sim:status=429]", &[429], 3),
-        ("[sim:status=500]", &[500], 2),
-        ("[sim:status=529]", &[529, 503], 3),
-        ("[sim:error-midstream]", &[200], 3),
-        ("[sim:reset-midstream]", &[200, 502], 3),
-        ("[sim:malformed-sse]", &[200], 2),
-        ("[sim:bad-json-event]", &[200], 2),
-        ("[sim:no-stop]", &[200], 2),
-        ("[sim:unknown-event]", &[200], 2),
-        ("[sim:silent=1500]", &[200], 1),
-        ("[sim:delay=2500]", &[504], 1),
-        ("[sim:deltas=300] [sim:delta-size=2048]", &[200], 2),
-    ];
-    let total: u32 = scenarios.iter().map(|s| s.2).sum::<u32>() + 14;
+    let p = Pick {
+        mode: ["", "/min", "/pt"][rng.random_range(0..3)],
+        openai: rng.random_bool(0.4),
+        stream: rng.random_bool(0.5),
+    };
+    let total: u32 = SCENARIOS.iter().map(|s| s.2).sum::<u32>() + OTHER_WEIGHT;
     let mut pick = rng.random_range(0..total);
     c.requests.fetch_add(1, Ordering::Relaxed);
-    let record = |status: u16, expected: &[u16]| {
-        if status == 503 && !expected.contains(&503) {
-            c.limited.fetch_add(1, Ordering::Relaxed);
-        } else if !expected.contains(&status) {
-            c.unexpected.fetch_add(1, Ordering::Relaxed);
-            eprintln!("unexpected status {status} (expected {expected:?})");
-        } else if status == 200 {
-            c.ok.fetch_add(1, Ordering::Relaxed);
-        } else {
-            c.expected_errors.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    for (marker, expected, weight) in scenarios {
+    for (marker, expected, weight) in SCENARIOS {
         if pick >= *weight {
             pick -= weight;
             continue;
         }
-        let (path, body) = if openai {
-            (
-                format!("{mode}/openai/v1/chat/completions"),
-                chat(marker, stream),
-            )
-        } else {
-            (format!("{mode}/v1/messages"), msg(marker, stream))
-        };
-        let resp = client
-            .post(format!("{base}{path}"))
-            .header("anthropic-version", "2023-06-01")
-            .json(&body)
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                transport_error(c, &e, &format!("{path} {marker}"));
-                return;
-            }
-        };
-        let status = resp.status().as_u16();
-        // Streams answer 200 and carry their errors inside; a reset
-        // non-stream Anthropic body is cut (that is its expected outcome).
-        let slow = marker.contains("delta-size");
-        let mut body = resp.bytes_stream();
-        let mut broken = false;
-        while let Some(chunk) = body.next().await {
-            if chunk.is_err() {
-                broken = true;
-                break;
-            }
-            if slow {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-        let cut_expected = marker.contains("reset") && !openai && !stream;
-        if broken && !cut_expected {
-            c.unexpected.fetch_add(1, Ordering::Relaxed);
-            eprintln!("broken body on {path} {marker}");
+        return marked(client, base, p, marker, expected, c).await;
+    }
+    other(client, base, rng, p, pick % OTHER_WEIGHT, c).await;
+}
+
+/// A message request carrying a simulated-upstream marker.
+async fn marked(
+    client: &reqwest::Client,
+    base: &str,
+    p: Pick,
+    marker: &str,
+    expected: &[u16],
+    c: &Counters,
+) {
+    let (openai, stream) = (p.openai, p.stream);
+    let (path, body) = (p.path(), p.body(marker, stream));
+    let resp = client
+        .post(format!("{base}{path}"))
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            transport_error(c, &e, &format!("{path} {marker}"));
             return;
         }
-        // A stream request that got its head answers 200 (errors come inside).
-        let expected: Vec<u16> = if stream && expected.contains(&200) {
-            vec![200]
-        } else {
-            expected.to_vec()
-        };
-        record(status, &expected);
+    };
+    let status = resp.status().as_u16();
+    // Streams answer 200 and carry their errors inside; a reset
+    // non-stream Anthropic body is cut (that is its expected outcome).
+    let slow = marker.contains("delta-size");
+    let mut body = resp.bytes_stream();
+    let mut broken = false;
+    while let Some(chunk) = body.next().await {
+        if chunk.is_err() {
+            broken = true;
+            break;
+        }
+        if slow {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let cut_expected = marker.contains("reset") && !openai && !stream;
+    if broken && !cut_expected {
+        c.unexpected.fetch_add(1, Ordering::Relaxed);
+        eprintln!("broken body on {path} {marker}");
         return;
     }
-    // The rest: disconnects, refusals, other routes.
-    match pick % 14 {
-        0..=3 => {
-            // Client leaves mid-stream.
-            let path = if openai {
-                format!("{mode}/openai/v1/chat/completions")
-            } else {
-                format!("{mode}/v1/messages")
-            };
-            let body = if openai {
-                chat("[sim:endless] [sim:gap=5]", true)
-            } else {
-                msg("[sim:endless] [sim:gap=5]", true)
-            };
-            match client
-                .post(format!("{base}{path}"))
-                .header("anthropic-version", "2023-06-01")
-                .json(&body)
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => {
-                    let mut s = r.bytes_stream();
-                    for _ in 0..rng.random_range(1..20) {
-                        if s.next().await.is_none() {
-                            break;
-                        }
-                    }
-                    c.disconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(r) => record(r.status().as_u16(), &[200]),
-                Err(e) => transport_error(c, &e, &path),
-            }
-        }
-        4 => {
-            let r = client
-                .post(format!("{base}{mode}/v1/messages"))
-                .body("{not json")
-                .send()
-                .await;
-            outcome(r, &[400], c).await;
-        }
-        5 => {
-            let r = client.get(format!("{base}/v1/nothing-here")).send().await;
-            outcome(r, &[404], c).await;
-        }
-        6 => {
-            let r = client
-                .delete(format!("{base}{mode}/v1/messages"))
-                .send()
-                .await;
-            outcome(r, &[405], c).await;
-        }
-        7 => {
-            let r = client
-                .post(format!("{base}/v1/messages"))
-                .header("origin", "https://evil.example")
-                .json(&msg("hi", false))
-                .send()
-                .await;
-            outcome(r, &[403], c).await;
-        }
-        8 => {
-            // Refused before the body is read: the proxy closes the connection
-            // without saying so (reported), so this one is not pooled.
-            let big = "x".repeat(MAX_BODY + 1024);
-            let Ok(once) = ccproxy::http::client_builder()
-                .pool_max_idle_per_host(0)
-                .build()
-            else {
-                return;
-            };
-            let r = once
-                .post(format!("{base}{mode}/v1/messages"))
-                .json(&msg(&big, false))
-                .send()
-                .await;
-            outcome(r, &[413], c).await;
-        }
+    // A stream request that got its head answers 200 (errors come inside).
+    let expected: Vec<u16> = if stream && expected.contains(&200) {
+        vec![200]
+    } else {
+        expected.to_vec()
+    };
+    record(c, status, &expected);
+}
+
+/// Disconnects, refusals and the other routes.
+async fn other(
+    client: &reqwest::Client,
+    base: &str,
+    rng: &mut rand::rngs::StdRng,
+    p: Pick,
+    which: u32,
+    c: &Counters,
+) {
+    let mode = p.mode;
+    match which {
+        0..=3 => leave_mid_stream(client, base, rng, p, c).await,
+        4..=8 => refusal(client, base, mode, which, c).await,
         9 => {
             let r = client
                 .post(format!("{base}{mode}/v1/messages/count_tokens"))
@@ -352,7 +328,7 @@ async fn one(client: &reqwest::Client, base: &str, rng: &mut rand::rngs::StdRng,
             outcome(r, &[200], c).await;
         }
         10 => {
-            let path = if openai {
+            let path = if p.openai {
                 "/openai/v1/models"
             } else {
                 "/v1/models"
@@ -407,6 +383,89 @@ async fn one(client: &reqwest::Client, base: &str, rng: &mut rand::rngs::StdRng,
                 Ok(r) => outcome(r, &[200], c).await,
             }
         }
+    }
+}
+
+/// Client leaves mid-stream.
+async fn leave_mid_stream(
+    client: &reqwest::Client,
+    base: &str,
+    rng: &mut rand::rngs::StdRng,
+    p: Pick,
+    c: &Counters,
+) {
+    let path = p.path();
+    let body = p.body("[sim:endless] [sim:gap=5]", true);
+    match client
+        .post(format!("{base}{path}"))
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status() == 200 => {
+            let mut s = r.bytes_stream();
+            for _ in 0..rng.random_range(1..20) {
+                if s.next().await.is_none() {
+                    break;
+                }
+            }
+            c.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(r) => record(c, r.status().as_u16(), &[200]),
+        Err(e) => transport_error(c, &e, &path),
+    }
+}
+
+/// Requests the proxy refuses (400, 404, 405, 403, 413).
+async fn refusal(client: &reqwest::Client, base: &str, mode: &str, which: u32, c: &Counters) {
+    match which {
+        4 => {
+            let r = client
+                .post(format!("{base}{mode}/v1/messages"))
+                .body("{not json")
+                .send()
+                .await;
+            outcome(r, &[400], c).await;
+        }
+        5 => {
+            let r = client.get(format!("{base}/v1/nothing-here")).send().await;
+            outcome(r, &[404], c).await;
+        }
+        6 => {
+            let r = client
+                .delete(format!("{base}{mode}/v1/messages"))
+                .send()
+                .await;
+            outcome(r, &[405], c).await;
+        }
+        7 => {
+            let r = client
+                .post(format!("{base}/v1/messages"))
+                .header("origin", "https://evil.example")
+                .json(&msg("hi", false))
+                .send()
+                .await;
+            outcome(r, &[403], c).await;
+        }
+        8 => {
+            // Refused before the body is read: the proxy closes the connection
+            // without saying so (reported), so this one is not pooled.
+            let big = "x".repeat(MAX_BODY + 1024);
+            let Ok(once) = ccproxy::http::client_builder()
+                .pool_max_idle_per_host(0)
+                .build()
+            else {
+                return;
+            };
+            let r = once
+                .post(format!("{base}{mode}/v1/messages"))
+                .json(&msg(&big, false))
+                .send()
+                .await;
+            outcome(r, &[413], c).await;
+        }
+        _ => {}
     }
 }
 
@@ -506,19 +565,57 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Environment for a child `ccproxy`: nothing from ours but `PATH`, and its own
+/// home, config and data directories under `dir`.
+fn hermetic(c: &mut Command, dir: &Path) {
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.join("home"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_DATA_HOME", dir.join("data"));
+}
+
 async fn run(args: Args) -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("ccproxy-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let hermetic = |c: &mut Command| {
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", dir.join("home"))
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env("XDG_DATA_HOME", dir.join("data"));
-    };
-    // The simulated upstream, in its own process.
+    let (_sim, upstream) = start_sim(&args, &dir)?;
+    let proxy = start_proxy(&args, &dir, &upstream).await?;
+    let t0 = Instant::now();
+    let pid = proxy.pid;
+    let start = sample(pid, t0, 0).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"))?;
+    println!(
+        "soak: ccproxy {} pid {pid}, {} s, {} clients, limit {}, samples every {} s (warm-up {} s)",
+        args.ccproxy.display(),
+        args.duration,
+        args.concurrency,
+        args.concurrency,
+        args.sample_every,
+        args.warmup
+    );
+    println!(
+        "at start: rss {} KiB, fds {}, threads {}",
+        start.rss_kb, start.fds, start.threads
+    );
+    let counters = Arc::new(Counters::default());
+    let samples = load(&args, &proxy, t0, start, &counters).await?;
+    let after = aftermath(proxy, t0, &counters).await?;
+    if let Some(path) = &args.csv {
+        write_csv(path, &samples, &after.idle)?;
+    }
+    let ok = verdict(&args, &start, &samples, &after, &counters)?;
+    if ok {
+        println!("PASS");
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("logs kept in {}", dir.display());
+    }
+    Ok(ok)
+}
+
+/// The simulated upstream, in its own process; returns it and its URL.
+fn start_sim(args: &Args, dir: &Path) -> anyhow::Result<(Kid, String)> {
     let mut c = Command::new(&args.ccproxy);
-    hermetic(&mut c);
+    hermetic(&mut c, dir);
     let mut sim = c
         .args(["sim", "--port", "0"])
         .stdout(Stdio::piped())
@@ -526,11 +623,26 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", args.ccproxy.display()))?;
     let mut line = String::new();
-    BufReader::new(sim.stdout.take().expect("piped")).read_line(&mut line)?;
-    let _sim = Kid(sim);
+    let stdout = sim
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let sim = Kid(sim);
+    BufReader::new(stdout).read_line(&mut line)?;
     let upstream = line.trim().rsplit(' ').next().unwrap_or("").to_owned();
     anyhow::ensure!(upstream.starts_with("http://"), "sim did not start: {line}");
+    Ok((sim, upstream))
+}
 
+/// The proxy under test, listening.
+struct Proxy {
+    kid: Kid,
+    pid: u32,
+    base: String,
+    log: PathBuf,
+}
+
+async fn start_proxy(args: &Args, dir: &Path, upstream: &str) -> anyhow::Result<Proxy> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -546,14 +658,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     )?;
     let log = dir.join("proxy.log");
     let mut c = Command::new(&args.ccproxy);
-    hermetic(&mut c);
+    hermetic(&mut c, dir);
     let proxy = c
         .args([
             "serve",
             "--port",
             &port.to_string(),
             "--upstream-url",
-            &upstream,
+            upstream,
         ])
         .arg("--config")
         .arg(&config)
@@ -565,8 +677,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .stderr(Stdio::from(std::fs::File::create(&log)?))
         .spawn()?;
     let pid = proxy.id();
-    let mut proxy = Kid(proxy);
-    let base = format!("http://127.0.0.1:{port}");
+    let kid = Kid(proxy);
     let t_start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(
@@ -575,56 +686,50 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let t0 = Instant::now();
-    let start = sample(pid, t0, 0).ok_or_else(|| anyhow::anyhow!("cannot read /proc/{pid}"))?;
-    println!(
-        "soak: ccproxy {} pid {pid}, {} s, {} clients, limit {limit}, samples every {} s (warm-up {} s)",
-        args.ccproxy.display(),
-        args.duration,
-        args.concurrency,
-        args.sample_every,
-        args.warmup
-    );
-    println!(
-        "at start: rss {} KiB, fds {}, threads {}",
-        start.rss_kb, start.fds, start.threads
-    );
+    Ok(Proxy {
+        kid,
+        pid,
+        base: format!("http://127.0.0.1:{port}"),
+        log,
+    })
+}
 
-    let counters = Arc::new(Counters::default());
+/// Runs the clients for the duration, sampling the proxy; returns the samples.
+async fn load(
+    args: &Args,
+    proxy: &Proxy,
+    t0: Instant,
+    start: Sample,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<Vec<Sample>> {
     let stop = Arc::new(AtomicBool::new(false));
     let client = ccproxy::http::client_builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let mut workers = Vec::new();
-    for i in 0..args.concurrency {
-        let (client, base, counters, stop) =
-            (client.clone(), base.clone(), counters.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(i as u64 + 1);
-            while !stop.load(Ordering::Relaxed) {
-                let limited = counters.limited.load(Ordering::Relaxed);
-                one(&client, &base, &mut rng, &counters).await;
-                // Refused by the concurrency limit: back off a little, as a
-                // client honouring retry-after would (without waiting 1 s).
-                if counters.limited.load(Ordering::Relaxed) > limited {
-                    tokio::time::sleep(Duration::from_millis(25)).await;
-                }
-            }
-        }));
-    }
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                i,
+                client.clone(),
+                proxy.base.clone(),
+                counters.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
     let mut samples = vec![start];
     let end = t0 + Duration::from_secs(args.duration);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(args.sample_every)).await;
         if args.scrape {
-            if let Ok(r) = client.get(format!("{base}/metrics")).send().await {
+            if let Ok(r) = client.get(format!("{}/metrics", proxy.base)).send().await {
                 let _ = r.bytes().await;
             }
         }
-        let Some(s) = sample(pid, t0, counters.requests.load(Ordering::Relaxed)) else {
+        let Some(s) = sample(proxy.pid, t0, counters.requests.load(Ordering::Relaxed)) else {
             anyhow::bail!(
                 "the proxy died: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                std::fs::read_to_string(&proxy.log).unwrap_or_default()
             );
         };
         println!(
@@ -637,14 +742,46 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(40), w).await;
     }
-    drop(client);
+    Ok(samples)
+}
+
+/// One client: requests until `stop`.
+async fn client_loop(
+    i: usize,
+    client: reqwest::Client,
+    base: String,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(i as u64 + 1);
+    while !stop.load(Ordering::Relaxed) {
+        let limited = counters.limited.load(Ordering::Relaxed);
+        one(&client, &base, &mut rng, &counters).await;
+        // Refused by the concurrency limit: back off a little, as a
+        // client honouring retry-after would (without waiting 1 s).
+        if counters.limited.load(Ordering::Relaxed) > limited {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// What the proxy looks like once the load is over.
+struct After {
+    idle: Sample,
+    active_streams: f64,
+    exit: Option<std::process::ExitStatus>,
+}
+
+/// The idle sample, the active-streams gauge, then SIGTERM and the exit status.
+async fn aftermath(mut proxy: Proxy, t0: Instant, counters: &Counters) -> anyhow::Result<After> {
     // Idle: client connections closed, streams over.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = proxy.pid;
     let idle = sample(pid, t0, counters.requests.load(Ordering::Relaxed))
         .ok_or_else(|| anyhow::anyhow!("the proxy died"))?;
     let metrics = ccproxy::http::client_builder()
         .build()?
-        .get(format!("{base}/metrics"))
+        .get(format!("{}/metrics", proxy.base))
         .send()
         .await?
         .text()
@@ -657,82 +794,93 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .status();
     let mut exit = None;
     for _ in 0..200 {
-        if let Ok(Some(st)) = proxy.0.try_wait() {
+        if let Ok(Some(st)) = proxy.kid.0.try_wait() {
             exit = Some(st);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(After {
+        idle,
+        active_streams,
+        exit,
+    })
+}
 
-    if let Some(path) = &args.csv {
-        let mut csv = String::from("t_s,rss_kb,fds,threads,requests\n");
-        for s in samples.iter().chain([&idle]) {
-            csv.push_str(&format!(
-                "{:.1},{},{},{},{}\n",
-                s.t, s.rss_kb, s.fds, s.threads, s.requests
-            ));
-        }
-        std::fs::write(path, csv)?;
+fn write_csv(path: &Path, samples: &[Sample], idle: &Sample) -> std::io::Result<()> {
+    let mut csv = String::from("t_s,rss_kb,fds,threads,requests\n");
+    for s in samples.iter().chain([idle]) {
+        csv.push_str(&format!(
+            "{:.1},{},{},{},{}\n",
+            s.t, s.rss_kb, s.fds, s.threads, s.requests
+        ));
     }
+    std::fs::write(path, csv)
+}
 
+/// The samples after the warm-up, halved: medians and maxima of each half.
+#[derive(Clone, Copy)]
+struct Halves {
+    rss1: u64,
+    rss2: u64,
+    fd1: u64,
+    fd2: u64,
+    th1: u64,
+    th2: u64,
+    /// Least-squares RSS slope over the steady samples, KiB/min.
+    rss_slope: f64,
+}
+
+fn halves(samples: &[Sample], warmup: u64) -> anyhow::Result<Halves> {
     // Verdict over the samples after the warm-up: second half vs first half.
     let steady: Vec<Sample> = samples
         .iter()
         .copied()
-        .filter(|s| s.t >= args.warmup as f64)
+        .filter(|s| s.t >= warmup as f64)
         .collect();
     anyhow::ensure!(
         steady.len() >= 4,
         "too few samples after the warm-up: run longer"
     );
     let (w1, w2) = steady.split_at(steady.len() / 2);
-    let rss1 = median(w1.iter().map(|s| s.rss_kb).collect());
-    let rss2 = median(w2.iter().map(|s| s.rss_kb).collect());
-    let fd1 = w1.iter().map(|s| s.fds).max().unwrap_or(0);
-    let fd2 = w2.iter().map(|s| s.fds).max().unwrap_or(0);
-    let th1 = w1.iter().map(|s| s.threads).max().unwrap_or(0);
-    let th2 = w2.iter().map(|s| s.threads).max().unwrap_or(0);
+    Ok(Halves {
+        rss1: median(w1.iter().map(|s| s.rss_kb).collect()),
+        rss2: median(w2.iter().map(|s| s.rss_kb).collect()),
+        fd1: w1.iter().map(|s| s.fds).max().unwrap_or(0),
+        fd2: w2.iter().map(|s| s.fds).max().unwrap_or(0),
+        th1: w1.iter().map(|s| s.threads).max().unwrap_or(0),
+        th2: w2.iter().map(|s| s.threads).max().unwrap_or(0),
+        rss_slope: slope_per_min(&steady, |s| s.rss_kb as f64),
+    })
+}
+
+/// Prints the summary and the failures; true when the run passes.
+fn verdict(
+    args: &Args,
+    start: &Sample,
+    samples: &[Sample],
+    after: &After,
+    counters: &Counters,
+) -> anyhow::Result<bool> {
+    let h = halves(samples, args.warmup)?;
+    print_summary(args, start, &h, after, counters);
+    let Halves {
+        rss1,
+        rss2,
+        fd1,
+        fd2,
+        th1,
+        th2,
+        rss_slope,
+    } = h;
+    let (idle, active_streams, exit) = (&after.idle, after.active_streams, after.exit);
     // Allocator noise is about ±1.5 MiB between samples; medians over halves
     // and the least-squares slope see through it. A leak of even 0.3 MiB/min
     // (0.4 GiB a day) fails.
     let rss_slack = (rss1 / 20).max(2 * 1024);
-    let rss_slope = slope_per_min(&steady, |s| s.rss_kb as f64);
     let max_slope = 300.0;
     let fd_slack = 8 + args.concurrency as u64 / 4;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let secs = args.duration as f64;
-    println!();
-    println!(
-        "traffic: {} requests ({:.0}/s): {} ok, {} expected errors, {} refused by the concurrency limit, \
-         {} deliberate disconnects, {} closed while the client was still sending (reported), {} unexpected",
-        n(&counters.requests),
-        n(&counters.requests) as f64 / secs,
-        n(&counters.ok),
-        n(&counters.expected_errors),
-        n(&counters.limited),
-        n(&counters.disconnects),
-        n(&counters.stale),
-        n(&counters.unexpected),
-    );
-    println!(
-        "rss: start {} KiB, steady first half median {rss1} KiB, second half {rss2} KiB \
-         (slope {:+.0} KiB/min), idle {} KiB",
-        start.rss_kb, rss_slope, idle.rss_kb
-    );
-    println!(
-        "fds: start {}, max first half {fd1}, second half {fd2}, idle {}",
-        start.fds, idle.fds
-    );
-    println!(
-        "threads: start {}, max first half {th1}, second half {th2}, idle {}",
-        start.threads, idle.threads
-    );
-    println!("active streams after the run: {active_streams}");
-    println!(
-        "exit after SIGTERM: {}",
-        exit.map(|e| e.to_string())
-            .unwrap_or_else(|| "did not exit".into())
-    );
     let mut ok = true;
     let mut fail = |why: String| {
         println!("FAIL: {why}");
@@ -773,11 +921,52 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if !exit.is_some_and(|e| e.success()) {
         fail("the proxy did not exit 0 on SIGTERM".into());
     }
-    if ok {
-        println!("PASS");
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        println!("logs kept in {}", dir.display());
-    }
     Ok(ok)
+}
+
+fn print_summary(args: &Args, start: &Sample, h: &Halves, after: &After, counters: &Counters) {
+    let Halves {
+        rss1,
+        rss2,
+        fd1,
+        fd2,
+        th1,
+        th2,
+        rss_slope,
+    } = *h;
+    let (idle, active_streams, exit) = (&after.idle, after.active_streams, after.exit);
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let secs = args.duration as f64;
+    println!();
+    println!(
+        "traffic: {} requests ({:.0}/s): {} ok, {} expected errors, {} refused by the concurrency limit, \
+         {} deliberate disconnects, {} closed while the client was still sending (reported), {} unexpected",
+        n(&counters.requests),
+        n(&counters.requests) as f64 / secs,
+        n(&counters.ok),
+        n(&counters.expected_errors),
+        n(&counters.limited),
+        n(&counters.disconnects),
+        n(&counters.stale),
+        n(&counters.unexpected),
+    );
+    println!(
+        "rss: start {} KiB, steady first half median {rss1} KiB, second half {rss2} KiB \
+         (slope {:+.0} KiB/min), idle {} KiB",
+        start.rss_kb, rss_slope, idle.rss_kb
+    );
+    println!(
+        "fds: start {}, max first half {fd1}, second half {fd2}, idle {}",
+        start.fds, idle.fds
+    );
+    println!(
+        "threads: start {}, max first half {th1}, second half {th2}, idle {}",
+        start.threads, idle.threads
+    );
+    println!("active streams after the run: {active_streams}");
+    println!(
+        "exit after SIGTERM: {}",
+        exit.map(|e| e.to_string())
+            .unwrap_or_else(|| "did not exit".into())
+    );
 }

@@ -6,7 +6,7 @@
 //! - full-mode shaping of the ~80 KB Claude Code request (`claude_code::shape_request`);
 //! - Anthropic response → `chat.completion` (`convert::messages_to_chat`).
 //!
-//! `cargo bench --bench convert` (or `scripts/bench/run.sh`, which records the figures).
+//! `cargo bench -p ccproxy-bench --bench convert` (or `scripts/bench/run.sh`, which records the figures).
 //! Under `cargo test` every benchmark runs once, as a smoke test.
 
 use std::fmt::Write as _;
@@ -15,9 +15,7 @@ use ccproxy::convert::{self, ChatStreamConverter, ConvertOptions, ModelAliases, 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
 
-#[allow(dead_code)]
-#[path = "../src/bin/ccproxy-bench/bodies.rs"]
-mod bodies;
+use ccproxy_bench::bodies;
 
 fn main() {
     divan::main();
@@ -25,7 +23,7 @@ fn main() {
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/clients/claude_code_api_key.request.json"
+    "/../../../shared/fixtures/clients/claude_code_api_key.request.json"
 );
 
 fn spec(size: &str) -> bodies::BodySpec {

@@ -1,0 +1,3 @@
+//! Small leaf helpers with no dependency on the rest of the crate.
+
+pub mod time;
