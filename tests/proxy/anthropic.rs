@@ -1,31 +1,11 @@
 //! The Anthropic Messages API through each mode, over real sockets, against the
 //! simulated upstream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-const IDENTITY: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
-
-async fn json_of(resp: reqwest::Response) -> Value {
-    let bytes = resp.bytes().await.unwrap();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
-}
-
-fn assert_anthropic_error(v: &Value, kind: &str) {
-    assert_eq!(v["type"], "error", "{v}");
-    assert_eq!(v["error"]["type"], kind, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty())
-    );
-}
 
 #[tokio::test]
 async fn health_reports_state_without_secrets() {

@@ -2,12 +2,10 @@
 //! single flight under load, forced refresh after an upstream 401, and a long
 //! run across many token lifetimes, all against the simulated token endpoint.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 fn read_creds(env: &TestEnv) -> Value {

@@ -1,12 +1,10 @@
 //! Usage rows recorded by the running proxy (stream, non-stream, error,
 //! abandoned stream, OpenAI), and the usage API and dashboard it serves.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::*;
 use ccproxy::observability::UsageRecord;
-use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 

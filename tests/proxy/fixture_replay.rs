@@ -1,16 +1,14 @@
 //! Replays real recorded Anthropic exchanges (`../shared/fixtures/anthropic/`)
 //! from a loopback upstream and checks that the proxy relays them byte for byte.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::support::*;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
 

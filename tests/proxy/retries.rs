@@ -1,17 +1,7 @@
 //! Optional retries: only before the first byte, only for connection failures,
 //! 529 and (when enabled) 429, honouring retry-after.
 
-mod common;
-
-use common::*;
-
-fn upstream_messages(env: &TestEnv) -> usize {
-    env.sim_state()
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/v1/messages")
-        .count()
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn no_retries_by_default() {
@@ -24,7 +14,7 @@ async fn no_retries_by_default() {
         .post("/v1/messages", None, &message("[sim:flaky=1:529]", false))
         .await;
     assert_eq!(resp.status(), 529);
-    assert_eq!(upstream_messages(&env), 1);
+    assert_eq!(env.upstream_messages(), 1);
 }
 
 #[tokio::test]
@@ -51,7 +41,7 @@ async fn retries_529_then_succeeds() {
         resp.bytes().await.unwrap();
     }
     assert_eq!(
-        upstream_messages(&env),
+        env.upstream_messages(),
         9,
         "two failures and a success each"
     );
@@ -60,7 +50,7 @@ async fn retries_529_then_succeeds() {
         .post("/v1/messages", None, &message("[sim:flaky=5:529] x", false))
         .await;
     assert_eq!(resp.status(), 529);
-    assert_eq!(upstream_messages(&env), 12);
+    assert_eq!(env.upstream_messages(), 12);
 }
 
 #[tokio::test]
@@ -81,7 +71,7 @@ async fn never_retries_other_4xx_and_429_only_when_enabled() {
             .await;
         assert_eq!(resp.status().as_u16(), status);
     }
-    assert_eq!(upstream_messages(&env), 5);
+    assert_eq!(env.upstream_messages(), 5);
 
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
@@ -97,14 +87,14 @@ async fn never_retries_other_4xx_and_429_only_when_enabled() {
         .post("/v1/messages", None, &message("[sim:flaky=1:429]", false))
         .await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(upstream_messages(&env), 2);
+    assert_eq!(env.upstream_messages(), 2);
     // retry-after (7 s) longer than the maximum wait: not retried.
     let resp = env
         .post("/v1/messages", None, &message("[sim:status=429]", false))
         .await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "7");
-    assert_eq!(upstream_messages(&env), 3);
+    assert_eq!(env.upstream_messages(), 3);
 }
 
 #[tokio::test]

@@ -1,22 +1,11 @@
 //! OpenAI Chat Completions through each mode, over real sockets, against the
 //! simulated upstream.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::{Value, json};
 
-const IDENTITY: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
-
-async fn env() -> TestEnv {
-    TestEnv::start(Opts {
-        api_key: Some(API_KEY),
-        ..Opts::default()
-    })
-    .await
-}
-
-fn chat(text: &str, stream: bool) -> Value {
+/// A chat request with a system message and a user message `text`.
+fn chat_with_system(text: &str, stream: bool) -> Value {
     json!({
         "model": "gpt-4o",
         "stream": stream,
@@ -36,51 +25,15 @@ fn tools() -> Value {
     ])
 }
 
-async fn json_of(resp: reqwest::Response) -> Value {
-    let bytes = resp.bytes().await.unwrap();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
-}
-
-/// The JSON data of each `data:` line, and whether `[DONE]` ended the stream.
-fn chunks(body: &str) -> (Vec<Value>, bool) {
-    let mut out = Vec::new();
-    let mut done = false;
-    for line in body.lines() {
-        if let Some(d) = line.strip_prefix("data: ") {
-            if d == "[DONE]" {
-                done = true;
-            } else {
-                assert!(!done, "data after [DONE]");
-                out.push(serde_json::from_str(d).unwrap());
-            }
-        }
-    }
-    (out, done)
-}
-
-fn assert_openai_error(v: &Value, param: Option<&str>) {
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{v}"
-    );
-    assert!(v["error"]["type"].is_string(), "{v}");
-    if let Some(p) = param {
-        assert_eq!(v["error"]["param"], p, "{v}");
-    }
-}
-
 #[tokio::test]
 async fn non_stream_chat_in_full_and_minimal() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     for (mode, shaped) in [("", true), ("/full", true), ("/min", false)] {
         let resp = env
             .post(
                 &format!("{mode}/openai/v1/chat/completions"),
                 Some("dummy"),
-                &chat("hello", false),
+                &chat_with_system("hello", false),
             )
             .await;
         assert_eq!(resp.status(), 200, "{mode}");
@@ -118,12 +71,12 @@ async fn non_stream_chat_in_full_and_minimal() {
 
 #[tokio::test]
 async fn usage_counts_cache_tokens_in_prompt_tokens() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     let resp = env
         .post(
             "/openai/v1/chat/completions",
             None,
-            &chat("[sim:cache]", false),
+            &chat_with_system("[sim:cache]", false),
         )
         .await;
     let v = json_of(resp).await;
@@ -137,9 +90,9 @@ async fn usage_counts_cache_tokens_in_prompt_tokens() {
 
 #[tokio::test]
 async fn stream_chunks_are_faithful() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     for mode in ["", "/min", "/pt"] {
-        let mut body = chat("[sim:deltas=5]", true);
+        let mut body = chat_with_system("[sim:deltas=5]", true);
         body["stream_options"] = json!({"include_usage": true});
         let resp = env
             .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
@@ -151,7 +104,7 @@ async fn stream_chunks_are_faithful() {
                 .unwrap()
                 .starts_with("text/event-stream")
         );
-        let (chunks, done) = chunks(&resp.text().await.unwrap());
+        let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
         assert!(done, "{mode}: ends with [DONE]");
         let id = chunks[0]["id"].as_str().unwrap();
         assert!(chunks.iter().all(|c| c["id"] == id), "{mode}: one id");
@@ -181,9 +134,9 @@ async fn stream_chunks_are_faithful() {
 
 #[tokio::test]
 async fn parallel_tool_calls_non_stream_and_stream() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     for mode in ["", "/min", "/pt"] {
-        let mut body = chat("weather and distance [sim:tools]", false);
+        let mut body = chat_with_system("weather and distance [sim:tools]", false);
         body["tools"] = tools();
         let v = json_of(
             env.post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
@@ -202,7 +155,7 @@ async fn parallel_tool_calls_non_stream_and_stream() {
         let resp = env
             .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
             .await;
-        let (chunks, done) = chunks(&resp.text().await.unwrap());
+        let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
         assert!(done);
         let mut announced = Vec::new();
         let mut args = [String::new(), String::new()];
@@ -245,8 +198,8 @@ async fn parallel_tool_calls_non_stream_and_stream() {
 
 #[tokio::test]
 async fn tool_loop_round_trip() {
-    let env = env().await;
-    let mut body = chat("weather please [sim:tools]", false);
+    let env = TestEnv::with_api_key().await;
+    let mut body = chat_with_system("weather please [sim:tools]", false);
     body["tools"] = tools();
     let v = json_of(env.post("/openai/v1/chat/completions", None, &body).await).await;
     let msg = v["choices"][0]["message"].clone();
@@ -284,7 +237,7 @@ async fn tool_loop_round_trip() {
 
 #[tokio::test]
 async fn images_are_converted() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
     let body = json!({"model":"gpt-4o-mini","messages":[{"role":"user","content":[
         {"type":"text","text":"what is this"},
@@ -310,7 +263,7 @@ async fn images_are_converted() {
 
 #[tokio::test]
 async fn passthrough_relays_bytes_to_upstream_chat_completions() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     let raw = br#"{"model":"gpt-4o",  "messages":[{"role":"user","content":"hi"}]}"#;
     let resp = env
         .client
@@ -331,7 +284,7 @@ async fn passthrough_relays_bytes_to_upstream_chat_completions() {
 
 #[tokio::test]
 async fn models_in_openai_shape() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     for mode in ["", "/min"] {
         let v = json_of(
             env.client
@@ -363,7 +316,7 @@ async fn models_in_openai_shape() {
 
 #[tokio::test]
 async fn bad_requests_get_openai_errors_naming_the_field() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     let cases: Vec<(Value, Option<&str>)> = vec![
         (json!({"model":"gpt-4o"}), Some("messages")),
         (json!({"model":"gpt-4o","messages":[]}), Some("messages")),
@@ -392,7 +345,10 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
                 .await;
             assert_eq!(resp.status(), 400, "{body}");
             let v = json_of(resp).await;
-            assert_openai_error(&v, *param);
+            assert_openai_error(&v, None);
+            if let Some(p) = param {
+                assert_eq!(v["error"]["param"], *p, "{v}");
+            }
             if *param == Some("n") {
                 assert!(v["error"]["code"].is_string(), "specific code kept: {v}");
             }
@@ -415,13 +371,13 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
 
 #[tokio::test]
 async fn upstream_errors_map_to_openai_envelope() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     for (marker, status) in [("429", 429), ("529", 503), ("400", 400), ("500", 500)] {
         let resp = env
             .post(
                 "/openai/v1/chat/completions",
                 None,
-                &chat(&format!("[sim:status={marker}]"), false),
+                &chat_with_system(&format!("[sim:status={marker}]"), false),
             )
             .await;
         assert_eq!(resp.status().as_u16(), status, "{marker}");
@@ -441,17 +397,17 @@ async fn upstream_errors_map_to_openai_envelope() {
 
 #[tokio::test]
 async fn mid_stream_error_becomes_error_frame_then_done() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     let resp = env
         .post(
             "/openai/v1/chat/completions",
             None,
-            &chat("[sim:error-midstream]", true),
+            &chat_with_system("[sim:error-midstream]", true),
         )
         .await;
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.unwrap();
-    let (chunks, done) = chunks(&body);
+    let (chunks, done) = openai_chunks(&body);
     assert!(done);
     let last = chunks.last().unwrap();
     assert!(
@@ -465,9 +421,9 @@ async fn mid_stream_error_becomes_error_frame_then_done() {
 
 #[tokio::test]
 async fn legacy_functions_get_function_call_answers() {
-    let env = env().await;
+    let env = TestEnv::with_api_key().await;
     for mode in ["", "/min", "/pt"] {
-        let mut body = chat("weather [sim:tools]", false);
+        let mut body = chat_with_system("weather [sim:tools]", false);
         body["functions"] = json!([
             {"name":"get_weather","parameters":{"type":"object","properties":{"location":{"type":"string"}}}}
         ]);
@@ -491,7 +447,7 @@ async fn legacy_functions_get_function_call_answers() {
         let resp = env
             .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
             .await;
-        let (chunks, done) = chunks(&resp.text().await.unwrap());
+        let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
         assert!(done);
         let mut name = None;
         let mut streamed = String::new();

@@ -2,15 +2,11 @@
 //! DNS-rebinding (Host) and drive-by (Origin/CORS) protection, the proxy token
 //! (wrong lengths), secrets in every output, and credentials-file permissions.
 
-mod common;
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 // ---------------------------------------------------------------- listening address
 

@@ -1,8 +1,6 @@
 //! Request ids and timing headers on every response.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -3,16 +3,12 @@
 //! the streams still open with an error event, and exit 0. Also: a client that
 //! disconnects mid-stream is still recorded (the request log line).
 
-mod common;
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{message, parse_sse};
-use support::*;
+use crate::support::*;
 
 /// Starts `ccproxy serve --upstream-url sim` with this config file content.
 fn serve(dir: &Path, config: &str, extra: &[&str]) -> (Proc, u16) {
