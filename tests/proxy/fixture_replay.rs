@@ -93,8 +93,7 @@ async fn replay_upstream() -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn recorded_exchanges_relay_byte_for_byte_in_every_mode() {
+async fn recorded_exchanges_relay_byte_for_byte_in_every_mode(mode: &str) {
     let upstream = replay_upstream().await;
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
@@ -104,7 +103,7 @@ async fn recorded_exchanges_relay_byte_for_byte_in_every_mode() {
     .await;
     for name in NAMES {
         let f = load(name);
-        for mode in ["/pt", "/min", ""] {
+        {
             let resp = env
                 .post(&format!("{mode}/v1/messages"), None, &f.request)
                 .await;
@@ -128,3 +127,9 @@ async fn recorded_exchanges_relay_byte_for_byte_in_every_mode() {
         }
     }
 }
+
+cases!(recorded_exchanges_relay_byte_for_byte_in_every_mode {
+    pt: ("/pt"),
+    min: ("/min"),
+    full: ("")
+});

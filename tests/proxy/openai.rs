@@ -25,49 +25,52 @@ fn tools() -> Value {
     ])
 }
 
-#[tokio::test]
-async fn non_stream_chat_in_full_and_minimal() {
+async fn non_stream_chat_in_full_and_minimal(mode: &str, shaped: bool) {
     let env = TestEnv::with_api_key().await;
-    for (mode, shaped) in [("", true), ("/full", true), ("/min", false)] {
-        let resp = env
-            .post(
-                &format!("{mode}/openai/v1/chat/completions"),
-                Some("dummy"),
-                &chat_with_system("hello", false),
-            )
-            .await;
-        assert_eq!(resp.status(), 200, "{mode}");
-        let v = json_of(resp).await;
-        assert_eq!(v["object"], "chat.completion");
-        assert_eq!(
-            v["model"], "gpt-4o",
-            "reports the model the client asked for"
-        );
-        assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
-        assert_eq!(v["choices"][0]["message"]["role"], "assistant");
-        assert!(
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .contains("hello")
-        );
-        assert_eq!(v["choices"][0]["finish_reason"], "stop");
-        let u = &v["usage"];
-        assert_eq!(
-            u["total_tokens"].as_u64().unwrap(),
-            u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
-        );
-        let up = env.sim_state().last_request().unwrap();
-        assert_eq!(up.path, "/v1/messages");
-        assert_eq!(up.header("x-api-key"), Some(API_KEY));
-        let sent = up.json();
-        assert!(sent["model"].as_str().unwrap().starts_with("claude-"));
-        let system = serde_json::to_string(&sent["system"]).unwrap();
-        assert!(system.contains("Be brief."));
-        assert_eq!(system.contains(IDENTITY), shaped, "{mode}: {system}");
-        assert_eq!(up.header("x-app").is_some(), shaped);
-    }
+    let resp = env
+        .post(
+            &format!("{mode}/openai/v1/chat/completions"),
+            Some("dummy"),
+            &chat_with_system("hello", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{mode}");
+    let v = json_of(resp).await;
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        v["model"], "gpt-4o",
+        "reports the model the client asked for"
+    );
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("hello")
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    let up = env.sim_state().last_request().unwrap();
+    assert_eq!(up.path, "/v1/messages");
+    assert_eq!(up.header("x-api-key"), Some(API_KEY));
+    let sent = up.json();
+    assert!(sent["model"].as_str().unwrap().starts_with("claude-"));
+    let system = serde_json::to_string(&sent["system"]).unwrap();
+    assert!(system.contains("Be brief."));
+    assert_eq!(system.contains(IDENTITY), shaped, "{mode}: {system}");
+    assert_eq!(up.header("x-app").is_some(), shaped);
 }
+
+cases!(non_stream_chat_in_full_and_minimal {
+    full: ("", true),
+    full_prefix: ("/full", true),
+    min: ("/min", false)
+});
 
 #[tokio::test]
 async fn usage_counts_cache_tokens_in_prompt_tokens() {
@@ -88,113 +91,119 @@ async fn usage_counts_cache_tokens_in_prompt_tokens() {
     );
 }
 
-#[tokio::test]
-async fn stream_chunks_are_faithful() {
+async fn stream_chunks_are_faithful(mode: &str) {
     let env = TestEnv::with_api_key().await;
-    for mode in ["", "/min", "/pt"] {
-        let mut body = chat_with_system("[sim:deltas=5]", true);
-        body["stream_options"] = json!({"include_usage": true});
-        let resp = env
-            .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
-            .await;
-        assert_eq!(resp.status(), 200, "{mode}");
-        assert!(
-            resp.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/event-stream")
-        );
-        let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
-        assert!(done, "{mode}: ends with [DONE]");
-        let id = chunks[0]["id"].as_str().unwrap();
-        assert!(chunks.iter().all(|c| c["id"] == id), "{mode}: one id");
-        assert!(
-            chunks
-                .iter()
-                .all(|c| c["object"] == "chat.completion.chunk")
-        );
-        assert!(chunks.iter().all(|c| c["model"] == "gpt-4o"));
-        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-        let text: String = chunks
-            .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-            .collect();
-        assert_eq!(text, "tok0 tok1 tok2 tok3 tok4 ", "{mode}");
-        let finish: Vec<&Value> = chunks
-            .iter()
-            .map(|c| &c["choices"][0]["finish_reason"])
-            .filter(|f| !f.is_null())
-            .collect();
-        assert_eq!(finish, vec![&json!("stop")]);
-        let last = chunks.last().unwrap();
-        assert_eq!(last["choices"], json!([]), "{mode}: usage chunk last");
-        assert!(last["usage"]["completion_tokens"].as_u64().unwrap() > 0);
-    }
-}
-
-#[tokio::test]
-async fn parallel_tool_calls_non_stream_and_stream() {
-    let env = TestEnv::with_api_key().await;
-    for mode in ["", "/min", "/pt"] {
-        let mut body = chat_with_system("weather and distance [sim:tools]", false);
-        body["tools"] = tools();
-        let v = json_of(
-            env.post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
-                .await,
-        )
+    let mut body = chat_with_system("[sim:deltas=5]", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = env
+        .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
         .await;
-        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{mode}");
-        let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
-        assert_eq!(calls.len(), 2);
-        assert_eq!(calls[0]["function"]["name"], "get_weather");
-        let args0: Value =
-            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
-        assert_eq!(args0["location"], "New York, NY");
-
-        body["stream"] = json!(true);
-        let resp = env
-            .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
-            .await;
-        let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
-        assert!(done);
-        let mut announced = Vec::new();
-        let mut args = [String::new(), String::new()];
-        for c in &chunks {
-            for tc in c["choices"][0]["delta"]["tool_calls"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                let i = tc["index"].as_u64().unwrap() as usize;
-                if let Some(id) = tc["id"].as_str() {
-                    announced.push((
-                        i,
-                        id.to_owned(),
-                        tc["function"]["name"].as_str().unwrap().to_owned(),
-                    ));
-                }
-                args[i].push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
-            }
-        }
-        assert_eq!(announced.len(), 2, "{mode}: each call announced once");
-        assert_eq!((announced[0].0, announced[1].0), (0, 1));
-        assert!(!announced[0].1.is_empty() && announced[0].1 != announced[1].1);
-        assert_eq!(announced[0].2, "get_weather");
-        assert_eq!(announced[1].2, "calculate_distance");
-        for (i, a) in args.iter().enumerate() {
-            let streamed: Value = serde_json::from_str(a).unwrap();
-            let whole: Value =
-                serde_json::from_str(calls[i]["function"]["arguments"].as_str().unwrap()).unwrap();
-            assert_eq!(streamed, whole, "{mode}: call {i}");
-        }
-        let finish: Vec<&Value> = chunks
+    assert_eq!(resp.status(), 200, "{mode}");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
+    assert!(done, "{mode}: ends with [DONE]");
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(chunks.iter().all(|c| c["id"] == id), "{mode}: one id");
+    assert!(
+        chunks
             .iter()
-            .map(|c| &c["choices"][0]["finish_reason"])
-            .filter(|f| !f.is_null())
-            .collect();
-        assert_eq!(finish, vec![&json!("tool_calls")]);
-    }
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert!(chunks.iter().all(|c| c["model"] == "gpt-4o"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "tok0 tok1 tok2 tok3 tok4 ", "{mode}");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec![&json!("stop")]);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "{mode}: usage chunk last");
+    assert!(last["usage"]["completion_tokens"].as_u64().unwrap() > 0);
 }
+
+cases!(stream_chunks_are_faithful {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn parallel_tool_calls_non_stream_and_stream(mode: &str) {
+    let env = TestEnv::with_api_key().await;
+    let mut body = chat_with_system("weather and distance [sim:tools]", false);
+    body["tools"] = tools();
+    let v = json_of(
+        env.post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
+            .await,
+    )
+    .await;
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls", "{mode}");
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let args0: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args0["location"], "New York, NY");
+
+    body["stream"] = json!(true);
+    let resp = env
+        .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
+        .await;
+    let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
+    assert!(done);
+    let mut announced = Vec::new();
+    let mut args = [String::new(), String::new()];
+    for c in &chunks {
+        for tc in c["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let i = tc["index"].as_u64().unwrap() as usize;
+            if let Some(id) = tc["id"].as_str() {
+                announced.push((
+                    i,
+                    id.to_owned(),
+                    tc["function"]["name"].as_str().unwrap().to_owned(),
+                ));
+            }
+            args[i].push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!(announced.len(), 2, "{mode}: each call announced once");
+    assert_eq!((announced[0].0, announced[1].0), (0, 1));
+    assert!(!announced[0].1.is_empty() && announced[0].1 != announced[1].1);
+    assert_eq!(announced[0].2, "get_weather");
+    assert_eq!(announced[1].2, "calculate_distance");
+    for (i, a) in args.iter().enumerate() {
+        let streamed: Value = serde_json::from_str(a).unwrap();
+        let whole: Value =
+            serde_json::from_str(calls[i]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(streamed, whole, "{mode}: call {i}");
+    }
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec![&json!("tool_calls")]);
+}
+
+cases!(parallel_tool_calls_non_stream_and_stream {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
 
 #[tokio::test]
 async fn tool_loop_round_trip() {
@@ -282,31 +291,28 @@ async fn passthrough_relays_bytes_to_upstream_chat_completions() {
     assert_eq!(up.header("x-api-key"), Some(CLIENT_KEY));
 }
 
-#[tokio::test]
-async fn models_in_openai_shape() {
+async fn models_in_openai_shape(mode: &str) {
     let env = TestEnv::with_api_key().await;
-    for mode in ["", "/min"] {
-        let v = json_of(
-            env.client
-                .get(env.url(&format!("{mode}/openai/v1/models")))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(v["object"], "list");
-        let data = v["data"].as_array().unwrap();
-        assert!(
-            data.iter()
-                .all(|m| m["object"] == "model" && m["id"].is_string())
-        );
-        let sonnet = data
-            .iter()
-            .find(|m| m["id"] == "claude-sonnet-4-5-20250929")
-            .unwrap();
-        assert_eq!(sonnet["created"], 1_759_104_000, "the model's own date");
-        assert!(data.iter().any(|m| m["id"] == "gpt-4o"), "aliases listed");
-    }
+    let v = json_of(
+        env.client
+            .get(env.url(&format!("{mode}/openai/v1/models")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().unwrap();
+    assert!(
+        data.iter()
+            .all(|m| m["object"] == "model" && m["id"].is_string())
+    );
+    let sonnet = data
+        .iter()
+        .find(|m| m["id"] == "claude-sonnet-4-5-20250929")
+        .unwrap();
+    assert_eq!(sonnet["created"], 1_759_104_000, "the model's own date");
+    assert!(data.iter().any(|m| m["id"] == "gpt-4o"), "aliases listed");
     let v = json_of(env.client.get(env.url("/v1/models")).send().await.unwrap()).await;
     assert_eq!(
         v["data"][0]["type"], "model",
@@ -314,8 +320,12 @@ async fn models_in_openai_shape() {
     );
 }
 
-#[tokio::test]
-async fn bad_requests_get_openai_errors_naming_the_field() {
+cases!(models_in_openai_shape {
+    full: (""),
+    min: ("/min")
+});
+
+async fn bad_requests_get_openai_errors_naming_the_field(mode: &str) {
     let env = TestEnv::with_api_key().await;
     let cases: Vec<(Value, Option<&str>)> = vec![
         (json!({"model":"gpt-4o"}), Some("messages")),
@@ -338,36 +348,39 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
             None,
         ),
     ];
-    for mode in ["", "/min"] {
-        for (body, param) in &cases {
-            let resp = env
-                .post(&format!("{mode}/openai/v1/chat/completions"), None, body)
-                .await;
-            assert_eq!(resp.status(), 400, "{body}");
-            let v = json_of(resp).await;
-            assert_openai_error(&v, None);
-            if let Some(p) = param {
-                assert_eq!(v["error"]["param"], *p, "{v}");
-            }
-            if *param == Some("n") {
-                assert!(v["error"]["code"].is_string(), "specific code kept: {v}");
-            }
-        }
+    for (body, param) in &cases {
         let resp = env
-            .client
-            .post(env.url(&format!("{mode}/openai/v1/chat/completions")))
-            .body("{not json")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 400);
-        assert_openai_error(&json_of(resp).await, None);
+            .post(&format!("{mode}/openai/v1/chat/completions"), None, body)
+            .await;
+        assert_eq!(resp.status(), 400, "{body}");
+        let v = json_of(resp).await;
+        assert_openai_error(&v, None);
+        if let Some(p) = param {
+            assert_eq!(v["error"]["param"], *p, "{v}");
+        }
+        if *param == Some("n") {
+            assert!(v["error"]["code"].is_string(), "specific code kept: {v}");
+        }
     }
+    let resp = env
+        .client
+        .post(env.url(&format!("{mode}/openai/v1/chat/completions")))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_openai_error(&json_of(resp).await, None);
     assert!(
         env.sim_state().requests().is_empty(),
         "bad requests never reach upstream"
     );
 }
+
+cases!(bad_requests_get_openai_errors_naming_the_field {
+    full: (""),
+    min: ("/min")
+});
 
 #[tokio::test]
 async fn upstream_errors_map_to_openai_envelope() {
@@ -419,55 +432,58 @@ async fn mid_stream_error_becomes_error_frame_then_done() {
     );
 }
 
-#[tokio::test]
-async fn legacy_functions_get_function_call_answers() {
+async fn legacy_functions_get_function_call_answers(mode: &str) {
     let env = TestEnv::with_api_key().await;
-    for mode in ["", "/min", "/pt"] {
-        let mut body = chat_with_system("weather [sim:tools]", false);
-        body["functions"] = json!([
-            {"name":"get_weather","parameters":{"type":"object","properties":{"location":{"type":"string"}}}}
-        ]);
-        let v = json_of(
-            env.post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
-                .await,
-        )
-        .await;
-        let msg = &v["choices"][0]["message"];
-        assert_eq!(
-            v["choices"][0]["finish_reason"], "function_call",
-            "{mode}: {v}"
-        );
-        assert_eq!(msg["function_call"]["name"], "get_weather");
-        let args: Value =
-            serde_json::from_str(msg["function_call"]["arguments"].as_str().unwrap()).unwrap();
-        assert_eq!(args["location"], "New York, NY");
-        assert!(msg.get("tool_calls").is_none());
+    let mut body = chat_with_system("weather [sim:tools]", false);
+    body["functions"] = json!([
+        {"name":"get_weather","parameters":{"type":"object","properties":{"location":{"type":"string"}}}}
+    ]);
+    let v = json_of(
+        env.post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
+            .await,
+    )
+    .await;
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(
+        v["choices"][0]["finish_reason"], "function_call",
+        "{mode}: {v}"
+    );
+    assert_eq!(msg["function_call"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(msg["function_call"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args["location"], "New York, NY");
+    assert!(msg.get("tool_calls").is_none());
 
-        body["stream"] = json!(true);
-        let resp = env
-            .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
-            .await;
-        let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
-        assert!(done);
-        let mut name = None;
-        let mut streamed = String::new();
-        for c in &chunks {
-            let d = &c["choices"][0]["delta"];
-            assert!(d.get("tool_calls").is_none(), "{mode}: {c}");
-            if let Some(fc) = d.get("function_call") {
-                if let Some(n) = fc["name"].as_str() {
-                    assert!(name.replace(n.to_owned()).is_none(), "named once");
-                }
-                streamed.push_str(fc["arguments"].as_str().unwrap_or(""));
+    body["stream"] = json!(true);
+    let resp = env
+        .post(&format!("{mode}/openai/v1/chat/completions"), None, &body)
+        .await;
+    let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
+    assert!(done);
+    let mut name = None;
+    let mut streamed = String::new();
+    for c in &chunks {
+        let d = &c["choices"][0]["delta"];
+        assert!(d.get("tool_calls").is_none(), "{mode}: {c}");
+        if let Some(fc) = d.get("function_call") {
+            if let Some(n) = fc["name"].as_str() {
+                assert!(name.replace(n.to_owned()).is_none(), "named once");
             }
+            streamed.push_str(fc["arguments"].as_str().unwrap_or(""));
         }
-        assert_eq!(name.as_deref(), Some("get_weather"));
-        assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), args);
-        let finish: Vec<&Value> = chunks
-            .iter()
-            .map(|c| &c["choices"][0]["finish_reason"])
-            .filter(|f| !f.is_null())
-            .collect();
-        assert_eq!(finish, vec![&json!("function_call")]);
     }
+    assert_eq!(name.as_deref(), Some("get_weather"));
+    assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), args);
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec![&json!("function_call")]);
 }
+
+cases!(legacy_functions_get_function_call_answers {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
