@@ -1,6 +1,11 @@
 #![forbid(unsafe_code)]
 //! ccproxy: a proxy that lets Anthropic Messages API and OpenAI Chat Completions clients use Claude.
+//!
+//! Layers, each pointing only down (checked by `tests/architecture.rs`):
+//! `commands`/`cli` → `server` → `pipeline` → `state` → (`upstream`, `credentials`,
+//! `observability`, `access`) → `error` → (`convert`, `claude_code`) → (`api`, `routes`).
 
+pub mod access;
 pub mod api;
 pub mod claude_code;
 pub mod cli;
@@ -9,10 +14,11 @@ pub mod config;
 pub mod convert;
 pub mod credentials;
 pub mod error;
-pub mod guard;
 pub mod http;
 pub mod observability;
 pub mod pipeline;
+pub mod routes;
 pub mod server;
 pub mod sim;
+pub mod state;
 pub mod upstream;

@@ -1,72 +1,29 @@
-//! The HTTP server: application state, the router, and serving.
+//! The HTTP server: the router (from the route table), admission (Host/Origin
+//! guard, concurrency limit), operational endpoints, and serving with graceful
+//! shutdown. Application state lives in `state.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
 use axum::serve::ListenerExt;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+use crate::access::{self, Verdict};
 use crate::config::{Settings, UpstreamTarget};
-use crate::convert::models::ModelAliases;
-use crate::credentials::{CredentialsConfig, OAuthManager};
-use crate::error::{Dialect, ErrorKind, ErrorSource, ProxyError};
-use crate::guard::{Guard, Verdict};
-use crate::observability::usage::{
-    DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter, dashboard,
-};
-use crate::observability::{LogStyle, Observer, SinkFn, prom};
-use crate::pipeline::{self, Mode, Route};
+use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::observability::prom;
+use crate::observability::usage::dashboard;
+use crate::pipeline;
+use crate::routes::{self, Dialect, Mode, Route, Verb};
 use crate::sim::SimHandle;
-use crate::upstream::StreamLimits;
-use crate::upstream::Upstream;
-use axum::body::Body;
-use axum::middleware::Next;
-use tokio::sync::{Semaphore, watch};
-
-/// The API key used with `--upstream-url sim` when none is configured.
-pub const SIM_API_KEY: &str = "sk-ant-api03-simulated-upstream-key";
-
-/// Everything a request needs, shared by all requests.
-pub struct AppState {
-    pub settings: Settings,
-    pub upstream: Upstream,
-    pub oauth: Option<Arc<OAuthManager>>,
-    /// Why subscription credentials could not be loaded, if they could not.
-    pub oauth_error: Option<String>,
-    pub aliases: ModelAliases,
-    /// SHA-256 of the proxy token: compared in constant time, and never kept in clear here.
-    pub auth_token_digest: Option<[u8; 32]>,
-    /// Logs, meters and stores finished requests off the request path.
-    pub observer: Arc<Observer>,
-    /// Host/Origin policy.
-    pub guard: Guard,
-    /// At most this many requests at once (`None`: unlimited).
-    pub limiter: Option<Arc<Semaphore>>,
-    /// Idle timeout and shutdown signal for relayed streams.
-    pub stream_limits: StreamLimits,
-    /// Set to `true` when the shutdown grace period is over: streams end.
-    pub end_streams: watch::Sender<bool>,
-    /// The usage store's writer (`None` when disabled or unavailable).
-    pub usage: Option<UsageWriter>,
-}
-
-/// The credentials configuration implied by the settings.
-pub fn credentials_config(settings: &Settings) -> CredentialsConfig {
-    let mut cfg = CredentialsConfig::new(
-        settings.config_dir.join("credentials.json"),
-        settings.home_dir.clone(),
-    );
-    cfg.credentials_file = settings.credentials_file.clone();
-    cfg.token_url = settings.oauth_token_url.clone();
-    cfg.client_id = settings.oauth_client_id.clone();
-    cfg.refresh_skew = settings.refresh_skew;
-    cfg
-}
+pub use crate::state::{AppState, credentials_config};
 
 /// A server ready to accept connections, and the simulated upstream it may own.
 pub struct Server {
@@ -85,12 +42,12 @@ impl Server {
                 // The try-it path works without any account: the simulated
                 // upstream accepts any well-formed key, so provide one.
                 if settings.api_key.is_none() {
-                    settings.api_key = Some(crate::config::Secret::new(SIM_API_KEY));
+                    settings.api_key = Some(crate::config::Secret::new(crate::state::SIM_API_KEY));
                 }
                 (sim.url(), Some(sim))
             }
         };
-        if !crate::guard::is_loopback_host(&settings.host)
+        if !access::is_loopback_host(&settings.host)
             && settings.auth_token.is_none()
             && !settings.allow_open
         {
@@ -106,7 +63,7 @@ impl Server {
             .map_err(|e| {
                 anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.host, settings.port)
             })?;
-        let state = build_state(settings, base)?;
+        let state = crate::state::build_state(settings, base)?;
         Ok(Server {
             state: Arc::new(state),
             listener,
@@ -180,135 +137,18 @@ async fn flush_records(state: &Arc<AppState>) {
     .await;
 }
 
-pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<AppState> {
-    let upstream = Upstream::new(
-        upstream_base,
-        settings.connect_timeout,
-        settings.upstream_timeout,
-    )?;
-    let (oauth, oauth_error) =
-        match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {
-            Ok(m) => (m, None),
-            Err(e) => {
-                tracing::warn!(error = %e, "Claude subscription credentials are not usable");
-                (None, Some(e.to_string()))
-            }
-        };
-    let aliases = ModelAliases::with_defaults().with_overrides(
-        settings
-            .model_aliases
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    let auth_token_digest = settings
-        .auth_token
-        .as_ref()
-        .map(|t| Sha256::digest(t.expose().as_bytes()).into());
-    // Installs the process-wide metrics recorder before any request is metered.
-    let _ = prom::handle();
-    let prices = PriceTable::with_overrides(&settings.prices)
-        .map_err(|e| anyhow::anyhow!("invalid [prices] in the config file: {e}"))?;
-    let usage = if settings.usage_enabled {
-        match UsageStore::open(&settings.usage_db) {
-            Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
-            Err(e) => {
-                tracing::error!(error = %e, "usage recording is off: the usage database cannot be used");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let sink = usage
-        .clone()
-        .map(|w| -> SinkFn { Box::new(move |r| w.record(r)) });
-    let log_style = if settings.log_format == "json" {
-        LogStyle::Json
-    } else {
-        LogStyle::Pretty
-    };
-    let observer = Observer::start(
-        16 * 1024,
-        Box::new(move |model, tokens| prices.cost(model, tokens)),
-        sink,
-        log_style,
-    );
-    let guard = Guard {
-        loopback_only: crate::guard::is_loopback_host(&settings.host),
-        cors_origins: settings.cors_origins.clone(),
-    };
-    let limiter = (settings.max_concurrent_requests > 0)
-        .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
-    let (end_streams, shutdown_rx) = watch::channel(false);
-    let stream_limits = StreamLimits {
-        idle: settings.stream_idle_timeout,
-        shutdown: shutdown_rx,
-    };
-    Ok(AppState {
-        settings,
-        upstream,
-        oauth,
-        oauth_error,
-        aliases,
-        auth_token_digest,
-        observer,
-        guard,
-        limiter,
-        stream_limits,
-        end_streams,
-        usage,
-    })
-}
-
-/// The mode prefixes and the mode each selects.
-pub const PREFIXES: &[(&str, Mode)] = &[
-    ("", Mode::Full),
-    ("/full", Mode::Full),
-    ("/min", Mode::Minimal),
-    ("/pt", Mode::Passthrough),
-];
-
-fn route_is_get(route: Route) -> bool {
-    matches!(route, Route::Models | Route::OpenAiModels)
-}
-
-fn method_not_allowed(dialect: Dialect, req: Request) -> Response {
-    ProxyError::new(
-        ErrorKind::MethodNotAllowed,
-        ErrorSource::Downstream,
-        format!(
-            "method {} is not allowed on {}",
-            req.method(),
-            req.uri().path()
-        ),
-    )
-    .into_response(dialect)
-}
-
+/// The router: operational endpoints, then every proxied route of the table in
+/// [`crate::routes`], each answering its method (any other gets 405 in the
+/// route's dialect); anything else is a 404 in the dialect its path suggests.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut r = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/dashboard", get(dashboard_page))
         .route("/api/usage", get(api_usage));
-    for &(prefix, mode) in PREFIXES {
-        let routes: [(&str, Route); 5] = [
-            ("/v1/messages", Route::Messages),
-            ("/v1/messages/count_tokens", Route::CountTokens),
-            ("/v1/models", Route::Models),
-            ("/openai/v1/chat/completions", Route::ChatCompletions),
-            ("/openai/v1/models", Route::OpenAiModels),
-        ];
-        for (path, route) in routes {
-            r = r.route(&format!("{prefix}{path}"), endpoint(mode, route));
-        }
+    for (path, mode, entry) in routes::table() {
+        r = r.route(&path, endpoint(mode, entry.route, entry.verb));
     }
-    r = r.route(
-        "/pt/v1/{*rest}",
-        any(|State(state): State<Arc<AppState>>, req: Request| {
-            pipeline::handle(state, Mode::Passthrough, Route::Relay, req)
-        }),
-    );
     r.fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -317,23 +157,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn dialect_of(path: &str) -> Dialect {
-    if path.contains("/openai/") {
-        Dialect::OpenAi
-    } else {
-        Dialect::Anthropic
-    }
-}
-
 /// Before routing: the Host/Origin guard (and CORS preflight), then the
 /// concurrency limit, held until the response body is done.
 async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let dialect = dialect_of(req.uri().path());
+    let dialect = Dialect::of_path(req.uri().path());
     let cors = match state.guard.check(req.method(), req.headers()) {
         Ok(Verdict::Allow(cors)) => cors,
         Ok(Verdict::Respond(resp)) => return resp,
         Err(e) => {
-            tracing::warn!(error = %e.message, "request refused by the guard");
+            tracing::warn!(error = %e.message(), "request refused by the guard");
             return e.into_response(dialect);
         }
     };
@@ -342,21 +174,19 @@ async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next)
         Some(sem) => match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                let mut e = ProxyError::new(
-                    ErrorKind::Overloaded,
-                    ErrorSource::Internal,
+                return ProxyError::unavailable(
                     format!(
                         "ccproxy is serving its maximum of {} concurrent requests; retry shortly",
                         state.settings.max_concurrent_requests
                     ),
-                );
-                e.retry_after = Some(1);
-                return e.into_response(dialect);
+                    1,
+                )
+                .into_response(dialect);
             }
         },
     };
     let mut resp = next.run(req).await;
-    crate::guard::add_cors(&mut resp, cors);
+    access::add_cors(&mut resp, cors);
     match permit {
         None => resp,
         Some(permit) => resp.map(|body| {
@@ -395,22 +225,35 @@ impl http_body::Body for Permitted {
 }
 
 /// One proxied endpoint: its method goes to the pipeline, any other gets 405.
-fn endpoint(mode: Mode, route: Route) -> MethodRouter<Arc<AppState>> {
+fn endpoint(mode: Mode, route: Route, verb: Verb) -> MethodRouter<Arc<AppState>> {
     let handler = move |State(state): State<Arc<AppState>>, req: Request| {
         pipeline::handle(state, mode, route, req)
     };
     let dialect = route.dialect();
-    let mr = if route_is_get(route) {
-        get(handler)
-    } else {
-        post(handler)
+    let mr = match verb {
+        Verb::Get => get(handler),
+        Verb::Post => post(handler),
+        Verb::Any => return any(handler),
     };
     mr.fallback(move |req: Request| async move { method_not_allowed(dialect, req) })
 }
 
+fn method_not_allowed(dialect: Dialect, req: Request) -> Response {
+    ProxyError::new(
+        ErrorKind::MethodNotAllowed,
+        Origin::Client,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+    .into_response(dialect)
+}
+
 async fn not_found(req: Request) -> Response {
     let path = req.uri().path();
-    let dialect = dialect_of(path);
+    let dialect = Dialect::of_path(path);
     ProxyError::not_found(format!(
         "no route for {} {path}; see the README for the routes of each mode",
         req.method()
@@ -440,7 +283,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": state.settings.upstream_display(),
         "upstream_base": state.upstream.base(),
-        "auth_required": state.auth_token_digest.is_some(),
+        "auth_required": state.proxy_token.is_some(),
         "credentials": {
             "active": active,
             "oauth": oauth,
@@ -451,26 +294,17 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(body).into_response()
 }
 
-/// Checks the proxy token on operational endpoints (metrics, usage, dashboard):
-/// header `x-api-key` / `Authorization: Bearer`, or `?token=` for browsers.
+/// The proxy token on operational endpoints (metrics, usage, dashboard).
 fn ops_access(state: &AppState, req: &Request) -> Result<(), ProxyError> {
-    let Some(expected) = state.auth_token_digest else {
-        return Ok(());
-    };
-    let from_query =
+    let query_token =
         axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
             .ok()
             .and_then(|q| q.0.get("token").cloned());
-    let presented = crate::pipeline::presented_token(req.headers())
-        .map(str::to_owned)
-        .or(from_query);
-    if crate::pipeline::token_matches(presented.as_deref(), &expected) {
-        Ok(())
-    } else {
-        Err(ProxyError::auth(
-            "invalid or missing proxy token: send it as x-api-key, Authorization: Bearer, or ?token=",
-        ))
-    }
+    access::check_ops(
+        state.proxy_token.as_ref(),
+        req.headers(),
+        query_token.as_deref(),
+    )
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use bytes::Bytes;
 
 use crate::claude_code::{self, DEFAULT_ANTHROPIC_VERSION};
-use crate::error::{ErrorKind, ErrorSource, ProxyError};
-use crate::pipeline::Mode;
+use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::routes::Mode;
 
 /// The credential that goes upstream with one request.
 #[derive(Clone)]
@@ -95,10 +95,10 @@ impl Upstream {
         }
         match tokio::time::timeout(self.header_timeout, rb.send()).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(map_send_error(&e)),
+            Ok(Err(e)) => Err(map_send_error(e)),
             Err(_) => Err(ProxyError::new(
                 ErrorKind::GatewayTimeout,
-                ErrorSource::Upstream,
+                Origin::Upstream,
                 format!(
                     "upstream did not answer within {} s",
                     self.header_timeout.as_secs_f64()
@@ -111,8 +111,8 @@ impl Upstream {
 /// What waiting for the next piece of an upstream stream gave.
 pub enum StreamNext {
     Chunk(Bytes),
-    /// The stream cannot go on: the message says why (for the client's error event).
-    Broken(String),
+    /// The stream cannot go on: the error says why (for the client's error event).
+    Broken(ProxyError),
     End,
 }
 
@@ -164,7 +164,11 @@ impl StreamWatch {
             tokio::select! {
                 biased;
                 () = &mut self.ended => {
-                    return StreamNext::Broken("ccproxy is shutting down".to_owned());
+                    return StreamNext::Broken(ProxyError::new(
+                        ErrorKind::Internal,
+                        Origin::Proxy,
+                        "ccproxy is shutting down",
+                    ));
                 }
                 r = up.next() => {
                     return match r {
@@ -172,9 +176,9 @@ impl StreamWatch {
                             self.last_chunk = tokio::time::Instant::now();
                             StreamNext::Chunk(b)
                         }
-                        Some(Err(e)) => StreamNext::Broken(format!(
-                            "upstream connection lost: {}",
-                            error_chain(&e)
+                        Some(Err(e)) => StreamNext::Broken(transport_error(
+                            e,
+                            "upstream connection lost",
                         )),
                         None => StreamNext::End,
                     };
@@ -182,9 +186,13 @@ impl StreamWatch {
                 () = &mut self.timer => {
                     let deadline = self.last_chunk + self.idle;
                     if tokio::time::Instant::now() >= deadline {
-                        return StreamNext::Broken(format!(
-                            "the upstream sent nothing for {} s; the stream was ended",
-                            self.idle.as_secs_f64()
+                        return StreamNext::Broken(ProxyError::new(
+                            ErrorKind::GatewayTimeout,
+                            Origin::Upstream,
+                            format!(
+                                "the upstream sent nothing for {} s; the stream was ended",
+                                self.idle.as_secs_f64()
+                            ),
                         ));
                     }
                     self.timer.as_mut().reset(deadline);
@@ -195,35 +203,22 @@ impl StreamWatch {
 }
 
 /// A transport error sending upstream: 504 for timeouts, 502 otherwise.
-pub fn map_send_error(e: &reqwest::Error) -> ProxyError {
-    let detail = error_chain(e);
+pub fn map_send_error(e: reqwest::Error) -> ProxyError {
     if e.is_timeout() {
         ProxyError::new(
             ErrorKind::GatewayTimeout,
-            ErrorSource::Upstream,
-            format!("upstream timed out: {detail}"),
+            Origin::Upstream,
+            "upstream timed out",
         )
+        .with_cause(e)
     } else {
-        ProxyError::new(
-            ErrorKind::BadGateway,
-            ErrorSource::Upstream,
-            format!("upstream unreachable: {detail}"),
-        )
+        transport_error(e, "upstream unreachable")
     }
 }
 
-/// The innermost causes of an error, joined; reqwest's own text is too vague.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
+/// A broken upstream connection (502), with what was happening and its cause.
+pub fn transport_error(e: reqwest::Error, doing: &str) -> ProxyError {
+    ProxyError::new(ErrorKind::BadGateway, Origin::Upstream, doing).with_cause(e)
 }
 
 /// Headers never relayed in either direction (RFC 9110 §7.6.1) plus ones the

@@ -87,7 +87,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         upstream = state.upstream.base(),
         oauth = state.oauth.is_some(),
         server_api_key = state.settings.api_key.is_some(),
-        auth_required = state.auth_token_digest.is_some(),
+        auth_required = state.proxy_token.is_some(),
         "ccproxy listening: Anthropic base http://{addr}/v1, OpenAI base http://{addr}/openai/v1"
     );
     server.run(shutdown_signal()).await?;

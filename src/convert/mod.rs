@@ -9,6 +9,7 @@
 //! - [`sse`]: an incremental SSE parser shared by the stream path and the tests.
 //! - [`models`]: model aliases and per-model capabilities.
 
+pub mod model_list;
 pub mod models;
 pub mod request;
 pub mod response;

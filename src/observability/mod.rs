@@ -54,8 +54,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::Stream;
 use metrics::{counter, gauge};
 
 use tap::{Metered, Tap};
@@ -166,19 +164,33 @@ fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>, log:
     }
 }
 
-/// One request in flight. Dropping it finishes it: logged, metered and stored,
-/// also when the client went away mid-stream (marked abandoned).
+/// How a request ended, as far as its record is concerned. A record is in
+/// exactly one of these states, so it cannot say both "abandoned" and "failed".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Still going; a record dropped in this state was abandoned by the client.
+    Pending,
+    /// The upstream's answer reached its end (whatever its status).
+    Completed,
+    /// The request failed with an error (recorded with its message).
+    Failed,
+}
+
+/// The usage record of one request in flight, changed only through named
+/// transitions. Dropping it finishes it (the one place records are finished):
+/// logged, metered and stored, also when the client went away mid-stream
+/// (recorded as abandoned, with the tokens of what was delivered).
 pub struct InFlight {
     observer: Arc<Observer>,
-    pub record: UsageRecord,
-    pub route: &'static str,
-    pub t0: Instant,
-    pub upstream_request_id: Option<String>,
-    /// How long the upstream took to answer with its head.
-    pub upstream_head: Option<Duration>,
-    pub metered: Metered,
-    /// The body (or the whole response) completed.
-    pub completed: bool,
+    record: UsageRecord,
+    route: &'static str,
+    t0: Instant,
+    upstream_request_id: Option<String>,
+    /// How long the upstream took to answer with its head (or whole body).
+    upstream_wait: Option<Duration>,
+    tap: Tap,
+    metered: Metered,
+    outcome: Outcome,
     streaming: bool,
 }
 
@@ -190,14 +202,10 @@ impl InFlight {
         dialect: &str,
         route: &'static str,
     ) -> InFlight {
-        let ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
         InFlight {
             observer,
             record: UsageRecord {
-                ts_ms,
+                ts_ms: now_ms(),
                 request_id,
                 mode: mode.to_owned(),
                 dialect: dialect.to_owned(),
@@ -206,53 +214,114 @@ impl InFlight {
             route,
             t0: Instant::now(),
             upstream_request_id: None,
-            upstream_head: None,
+            upstream_wait: None,
+            tap: Tap::None,
             metered: Metered::default(),
-            completed: false,
+            outcome: Outcome::Pending,
             streaming: false,
         }
     }
 
-    /// Milliseconds since the request started.
-    pub fn elapsed_ms(&self) -> f64 {
-        self.t0.elapsed().as_secs_f64() * 1000.0
+    /// The request was read and prepared: what it asks for, and whose credential goes upstream.
+    pub fn identified(&mut self, model: Option<String>, stream: bool, credential: &str) {
+        self.record.model = model;
+        self.record.stream = stream;
+        self.record.credential = Some(credential.to_owned());
     }
 
-    /// The proxy's own time so far: everything but the wait for the upstream's head.
-    pub fn proxy_ms(&self) -> f64 {
-        let upstream = self
-            .upstream_head
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0);
-        (self.elapsed_ms() - upstream).max(0.0)
+    /// The upstream answered with its head after `waited`.
+    pub fn upstream_answered(&mut self, status: u16, waited: Duration, request_id: Option<String>) {
+        self.upstream_wait = Some(waited);
+        self.record.upstream_status = Some(status);
+        self.record.status = status;
+        self.upstream_request_id = request_id;
     }
 
-    /// Marks the start of a relayed stream (counted in the active-streams gauge).
-    pub fn begin_stream(&mut self) {
+    /// The upstream's whole (non-stream) body was read after `waited`.
+    pub fn upstream_read(&mut self, waited: Duration) {
+        self.upstream_wait = Some(waited);
+    }
+
+    /// How long the upstream took (head, or whole body when read whole).
+    pub fn upstream_wait(&self) -> Option<Duration> {
+        self.upstream_wait
+    }
+
+    /// Meters the upstream's body with `tap` from now on.
+    pub fn meter_with(&mut self, tap: Tap) {
+        self.tap = tap;
+    }
+
+    /// The response head goes to the client with `status`.
+    pub fn responded(&mut self, status: u16) {
+        self.record.status = status;
+        self.record.proxy_ms = self.proxy_ms();
+    }
+
+    /// A stream starts relaying to the client (counted in the active-streams gauge).
+    pub fn stream_started(&mut self, status: u16) {
         if !self.streaming {
             self.streaming = true;
             gauge!("ccproxy_active_streams").increment(1.0);
         }
+        self.record.stream = true;
+        self.responded(status);
     }
 
-    /// Notes the first content event now, if not yet noted.
+    /// A chunk of the upstream body passed (fed to the tap; notes the first content).
+    pub fn observe(&mut self, chunk: &[u8]) {
+        self.tap.push(chunk, &mut self.metered);
+        self.note_content();
+    }
+
+    /// One parsed Anthropic event passed (for streams the pipeline parses itself).
+    pub fn observe_event(&mut self, event: &str, data: &[u8]) {
+        tap::on_anthropic_event(event, data, &mut self.metered);
+    }
+
+    /// Notes the first content event now, if it came and was not yet noted.
     pub fn note_content(&mut self) {
         if self.record.ttft_ms.is_none() && self.metered.first_content {
             self.record.ttft_ms = Some(self.elapsed_ms());
         }
     }
 
-    /// Feeds a chunk of the upstream body through a tap.
-    pub fn observe(&mut self, tap: &mut Tap, chunk: &[u8]) {
-        tap.push(chunk, &mut self.metered);
+    /// The upstream's answer reached its end.
+    pub fn completed(&mut self) {
+        self.finish_tap();
+        if self.outcome == Outcome::Pending {
+            self.outcome = Outcome::Completed;
+        }
+    }
+
+    /// The request failed: the error's status and message are recorded, and its
+    /// origin counted (`ccproxy_errors_total`).
+    pub fn failed(&mut self, e: &crate::error::ProxyError) {
+        self.finish_tap();
+        self.outcome = Outcome::Failed;
+        self.record.status = e.status().as_u16();
+        self.record.error = Some(e.message().into_owned());
+        counter!("ccproxy_errors_total", "origin" => e.origin.name()).increment(1);
+    }
+
+    fn finish_tap(&mut self) {
+        let mut tap = std::mem::replace(&mut self.tap, Tap::None);
+        tap.finish(&mut self.metered);
         self.note_content();
     }
 
-    /// The upstream body ended.
-    pub fn end(&mut self, tap: &mut Tap) {
-        tap.finish(&mut self.metered);
-        self.note_content();
-        self.completed = true;
+    /// Milliseconds since the request started.
+    fn elapsed_ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// The proxy's own time so far: everything but the wait for the upstream.
+    fn proxy_ms(&self) -> f64 {
+        let upstream = self
+            .upstream_wait
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        (self.elapsed_ms() - upstream).max(0.0)
     }
 }
 
@@ -261,6 +330,8 @@ impl Drop for InFlight {
         if self.streaming {
             gauge!("ccproxy_active_streams").decrement(1.0);
         }
+        // A body cut short keeps what the tap read of what was delivered.
+        self.finish_tap();
         let mut record = std::mem::take(&mut self.record);
         record.duration_ms = self.elapsed_ms();
         record.tokens = self.metered.tokens;
@@ -272,7 +343,7 @@ impl Drop for InFlight {
         if record.error.is_none() {
             record.error = self.metered.stream_error.take();
         }
-        record.abandoned = !self.completed;
+        record.abandoned = self.outcome == Outcome::Pending;
         self.observer.submit(Finished {
             record,
             route: self.route,
@@ -281,61 +352,10 @@ impl Drop for InFlight {
     }
 }
 
-/// A relayed body that feeds a tap and finishes its request when it ends or is dropped.
-pub struct MeteredBody<S> {
-    inner: S,
-    tap: Tap,
-    flight: Option<InFlight>,
-}
-
-impl<S> MeteredBody<S> {
-    pub fn new(inner: S, tap: Tap, flight: InFlight) -> Self {
-        MeteredBody {
-            inner,
-            tap,
-            flight: Some(flight),
-        }
-    }
-}
-
-impl<S> Drop for MeteredBody<S> {
-    fn drop(&mut self) {
-        if let Some(mut flight) = self.flight.take() {
-            // Dropped before its end: the client went away (abandoned); keep
-            // what the tap read of what was delivered.
-            self.tap.finish(&mut flight.metered);
-            flight.note_content();
-            flight.completed = false;
-        }
-    }
-}
-
-impl<S, E> Stream for MeteredBody<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    type Item = Result<Bytes, E>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_next(cx);
-        if let std::task::Poll::Ready(item) = &polled {
-            if let Some(flight) = this.flight.as_mut() {
-                match item {
-                    Some(Ok(chunk)) => flight.observe(&mut this.tap, chunk),
-                    Some(Err(e)) => flight.record.error = Some(e.to_string()),
-                    None => {
-                        flight.end(&mut this.tap);
-                        // Finish now rather than when the body is dropped.
-                        this.flight = None;
-                    }
-                }
-            }
-        }
-        polled
-    }
+/// Now, in milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

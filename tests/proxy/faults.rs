@@ -56,7 +56,7 @@ async fn refused_connection_is_502_in_the_clients_dialect() {
             assert!(t0.elapsed() < Duration::from_secs(2), "{path}");
             let v = json_of(resp).await;
             if openai {
-                assert_openai_error(&v, "api_error");
+                assert_openai_error(&v, "server_error");
                 assert_eq!(v["error"]["code"], "upstream_unreachable");
             } else {
                 assert_anthropic_error(&v, "api_error");
@@ -92,7 +92,7 @@ async fn upstream_that_never_sends_headers_is_504() {
         assert!(t0.elapsed() < Duration::from_secs(2), "{path}");
         let v = json_of(resp).await;
         if openai {
-            assert_openai_error(&v, "api_error");
+            assert_openai_error(&v, "server_error");
             assert_eq!(v["error"]["code"], "upstream_timeout");
         } else {
             assert_anthropic_error(&v, "api_error");
@@ -203,7 +203,7 @@ async fn reset_mid_body() {
             .await;
         assert_eq!(resp.status(), 502, "{base}");
         let v = json_of(resp).await;
-        assert_openai_error(&v, "api_error");
+        assert_openai_error(&v, "server_error");
     }
     // Non-stream, relayed (Anthropic): the proxy reads the whole answer before
     // it answers, so a break mid-body is a clean 502, never a truncated 200.
@@ -569,7 +569,7 @@ async fn concurrency_limit_refuses_the_third_request_in_the_clients_dialect() {
         assert_eq!(refused.headers()["retry-after"], "1");
         let v = json_of(refused).await;
         if openai {
-            assert_openai_error(&v, "api_error");
+            assert_openai_error(&v, "server_error");
             assert_eq!(v["error"]["code"], "overloaded");
         } else {
             assert_anthropic_error(&v, "overloaded_error");

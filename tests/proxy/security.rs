@@ -446,16 +446,13 @@ async fn proxy_token_of_any_wrong_length_is_401() {
         assert!(r.headers.iter().all(|(_, v)| !v.contains(PROXY_TOKEN)));
     }
     // The comparison itself, directly.
-    let digest: [u8; 32] = {
-        use sha2::Digest;
-        sha2::Sha256::digest(PROXY_TOKEN.as_bytes()).into()
-    };
-    assert!(ccproxy::pipeline::token_matches(Some(PROXY_TOKEN), &digest));
+    let token = ccproxy::access::ProxyToken::new(PROXY_TOKEN);
+    assert!(token.matches(Some(PROXY_TOKEN)));
     for t in &wrong {
-        assert!(!ccproxy::pipeline::token_matches(Some(t), &digest));
+        assert!(!token.matches(Some(t)));
     }
-    assert!(!ccproxy::pipeline::token_matches(None, &digest));
-    assert!(!ccproxy::pipeline::token_matches(Some(""), &digest));
+    assert!(!token.matches(None));
+    assert!(!token.matches(Some("")));
 }
 
 // ---------------------------------------------------------------- secrets in outputs

@@ -184,3 +184,44 @@ async fn usage_api_and_dashboard_require_the_proxy_token() {
         );
     }
 }
+
+/// An upstream that breaks in the middle of a non-stream body is a failure of
+/// the upstream, on both dialects: the client gets a 502 in its dialect, and the
+/// usage record says 502 with the error, not that the client walked away.
+async fn reset_mid_body_is_recorded_as_an_upstream_failure(path: &str, body: serde_json::Value) {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        ..Opts::default()
+    })
+    .await;
+    let r = env.post(path, None, &body).await;
+    assert_eq!(r.status(), 502, "{path}");
+    r.bytes().await.unwrap();
+    let rows = rows(&env, 1).await;
+    let row = &rows[0];
+    assert_eq!(row.status, 502, "{row:?}");
+    assert_eq!(row.upstream_status, Some(200), "{row:?}");
+    assert!(
+        !row.abandoned,
+        "an upstream failure is not an abandoned request: {row:?}"
+    );
+    let error = row.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("the upstream connection broke before the end of its response"),
+        "{row:?}"
+    );
+}
+
+#[tokio::test]
+async fn reset_mid_body_is_an_upstream_failure_anthropic() {
+    let body = message("[sim:reset-midstream]", false);
+    reset_mid_body_is_recorded_as_an_upstream_failure("/min/v1/messages", body).await;
+}
+
+#[tokio::test]
+async fn reset_mid_body_is_an_upstream_failure_openai() {
+    let body = json!({"model": "gpt-4o", "stream": false,
+        "messages": [{"role": "user", "content": "[sim:reset-midstream]"}]});
+    reset_mid_body_is_recorded_as_an_upstream_failure("/min/openai/v1/chat/completions", body)
+        .await;
+}

@@ -1,5 +1,8 @@
-//! Local-attack surface: who may talk to a proxy that holds a subscription token.
+//! Access: who may talk to a proxy that holds a subscription token.
 //!
+//! - The proxy token: when configured, every proxied and operational request must
+//!   present it (`x-api-key` or `Authorization: Bearer`); only its SHA-256 digest
+//!   is kept, and presented tokens are compared with it in constant time.
 //! - DNS rebinding: when bound to loopback, a request whose `Host` is not a
 //!   loopback name or address is refused (a rebound name still carries the
 //!   attacker's host name).
@@ -12,8 +15,94 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use crate::error::{ErrorKind, ErrorSource, ProxyError};
+use crate::error::{ErrorKind, Origin, ProxyError};
+
+/// The proxy token, kept only as its SHA-256 digest.
+#[derive(Clone)]
+pub struct ProxyToken {
+    digest: [u8; 32],
+}
+
+impl ProxyToken {
+    pub fn new(token: &str) -> ProxyToken {
+        ProxyToken {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+
+    /// Compares a presented token in constant time: both are hashed first, so
+    /// neither the content nor the length leaks through timing.
+    pub fn matches(&self, presented: Option<&str>) -> bool {
+        presented.is_some_and(|p| {
+            let got: [u8; 32] = Sha256::digest(p.as_bytes()).into();
+            bool::from(got.ct_eq(&self.digest))
+        })
+    }
+}
+
+impl std::fmt::Debug for ProxyToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyToken(****)")
+    }
+}
+
+/// The token a client presented: `x-api-key`, else `Authorization: Bearer`.
+pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if !v.is_empty() {
+            return Some(v);
+        }
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Checks the proxy token of a proxied request. Returns the client's own
+/// credential candidate (its `x-api-key` or bearer value) when the proxy is open;
+/// with a proxy token, the presented value is the token and is never forwarded.
+pub fn check_proxied(
+    token: Option<&ProxyToken>,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ProxyError> {
+    let presented = presented_token(headers);
+    match token {
+        None => Ok(presented.map(str::to_owned)),
+        Some(t) if t.matches(presented) => Ok(None),
+        Some(_) => Err(ProxyError::auth(
+            "invalid or missing proxy token: send the token ccproxy was started with as x-api-key or Authorization: Bearer",
+        )),
+    }
+}
+
+/// Checks the proxy token on operational endpoints (metrics, usage, dashboard):
+/// the headers of [`presented_token`], or `?token=` (percent-decoded) for browsers.
+pub fn check_ops(
+    token: Option<&ProxyToken>,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(), ProxyError> {
+    let Some(t) = token else {
+        return Ok(());
+    };
+    if t.matches(presented_token(headers).or(query_token)) {
+        Ok(())
+    } else {
+        Err(ProxyError::auth(
+            "invalid or missing proxy token: send it as x-api-key, Authorization: Bearer, or ?token=",
+        ))
+    }
+}
 
 /// The request-admission policy derived from the settings.
 #[derive(Debug, Clone, Default)]
@@ -118,7 +207,7 @@ impl Guard {
 }
 
 fn forbidden(message: String) -> ProxyError {
-    ProxyError::new(ErrorKind::Forbidden, ErrorSource::Downstream, message)
+    ProxyError::new(ErrorKind::Forbidden, Origin::Client, message)
 }
 
 /// Adds the CORS response headers for an allowed origin.
@@ -144,6 +233,22 @@ mod tests {
             h.insert(*k, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn proxy_token_compares_digests() {
+        let t = ProxyToken::new("secret-token");
+        assert!(t.matches(Some("secret-token")));
+        assert!(!t.matches(Some("secret-token ")));
+        assert!(!t.matches(None));
+        assert!(!format!("{t:?}").contains("secret"));
+        let h = headers(&[("authorization", "Bearer secret-token")]);
+        assert_eq!(check_proxied(Some(&t), &h).unwrap(), None);
+        assert!(check_proxied(Some(&t), &HeaderMap::new()).is_err());
+        let open = check_proxied(None, &headers(&[("x-api-key", "sk-ant-api-x")]));
+        assert_eq!(open.unwrap().as_deref(), Some("sk-ant-api-x"));
+        assert!(check_ops(Some(&t), &HeaderMap::new(), Some("secret-token")).is_ok());
+        assert!(check_ops(Some(&t), &HeaderMap::new(), Some("nope")).is_err());
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! The one per-request context (pingora's `CTX`): what the request is, and its
+//! usage record, which changes only through the named transitions below.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+
+use crate::error::ProxyError;
+use crate::observability::{InFlight, Observer};
+use crate::routes::{Dialect, Mode, Route};
+
+/// Carried through every phase of one request.
+pub struct RequestCtx {
+    pub mode: Mode,
+    pub route: Route,
+    pub dialect: Dialect,
+    pub request_id: String,
+    t0: Instant,
+    /// The usage record, until a streaming body takes it over.
+    record: Option<InFlight>,
+    /// Time spent waiting for the upstream (for `server-timing`).
+    upstream_wait: Option<Duration>,
+}
+
+impl RequestCtx {
+    pub fn new(observer: Arc<Observer>, mode: Mode, route: Route, headers: &HeaderMap) -> Self {
+        let dialect = route.dialect();
+        let request_id = request_id(headers);
+        let record = InFlight::new(
+            observer,
+            request_id.clone(),
+            mode.name(),
+            dialect.name(),
+            route.name(),
+        );
+        RequestCtx {
+            mode,
+            route,
+            dialect,
+            request_id,
+            t0: Instant::now(),
+            record: Some(record),
+            upstream_wait: None,
+        }
+    }
+
+    fn record(&mut self) -> Option<&mut InFlight> {
+        self.record.as_mut()
+    }
+
+    /// The request was prepared: model, stream, and whose credential goes upstream.
+    pub fn identified(&mut self, model: Option<String>, stream: bool, credential: &str) {
+        if let Some(r) = self.record() {
+            r.identified(model, stream, credential);
+        }
+    }
+
+    /// The upstream answered with its head.
+    pub fn upstream_answered(&mut self, resp: &reqwest::Response, waited: Duration) {
+        self.upstream_wait = Some(waited);
+        let id = resp
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(r) = self.record() {
+            r.upstream_answered(resp.status().as_u16(), waited, id);
+        }
+    }
+
+    /// The upstream's whole body was read after `waited` (non-stream answers).
+    pub fn upstream_read(&mut self, waited: Duration) {
+        self.upstream_wait = Some(waited);
+        if let Some(r) = self.record() {
+            r.upstream_read(waited);
+        }
+    }
+
+    /// A whole body passed: metered with `tap`, and the answer complete.
+    pub fn completed_with(&mut self, tap: crate::observability::tap::Tap, body: &[u8]) {
+        if let Some(r) = self.record() {
+            r.meter_with(tap);
+            r.observe(body);
+            r.completed();
+        }
+    }
+
+    /// The answer is complete (nothing to meter).
+    pub fn completed(&mut self) {
+        if let Some(r) = self.record() {
+            r.completed();
+        }
+    }
+
+    /// The request failed with `e`.
+    pub fn failed(&mut self, e: &ProxyError) {
+        if let Some(r) = self.record() {
+            r.failed(e);
+        }
+    }
+
+    /// A stream starts: the record goes with the body, which finishes it.
+    pub fn stream_started(&mut self, status: u16) -> Option<InFlight> {
+        let mut r = self.record.take()?;
+        r.stream_started(status);
+        Some(r)
+    }
+
+    /// The response head leaves: the record (unless a stream took it) is
+    /// finished here, and the response gets `x-request-id` and `server-timing`.
+    pub fn finish(mut self, resp: &mut Response) {
+        if let Some(mut r) = self.record.take() {
+            r.responded(resp.status().as_u16());
+        }
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            h.insert("x-request-id", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.server_timing()) {
+            h.insert("server-timing", v);
+        }
+    }
+
+    fn server_timing(&self) -> String {
+        let total = self.t0.elapsed();
+        match self.upstream_wait {
+            Some(up) => format!(
+                "upstream;dur={:.3}, proxy;dur={:.3}",
+                up.as_secs_f64() * 1000.0,
+                total.saturating_sub(up).as_secs_f64() * 1000.0
+            ),
+            None => format!("proxy;dur={:.3}", total.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+/// The client's `x-request-id` when it is reasonable, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
+            return v.to_owned();
+        }
+    }
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(rand::random);
+    format!(
+        "req_{prefix:08x}{:012x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,147 @@
+//! The request flow, top to bottom, in one place. Each phase is one call into
+//! one module (named after pingora's `ProxyHttp` phases):
+//!
+//! ```text
+//! access     proxy token (access.rs)                         → the client's own credential, if open
+//! body       read within the limit                           → 413 past it
+//! credential subscription / client key / server key          (credential.rs)
+//! prepare    pure: (route, mode, request) → upstream request  (prepare.rs)
+//! send       one request; retries before the first byte;      (send.rs)
+//!            one retry after a forced OAuth refresh
+//! respond    relay bytes | read whole | convert JSON | convert stream   (respond.rs)
+//! log        the usage record, owned by the one context and   (ctx.rs; finished on drop,
+//!            changed only by named transitions                  off the request path)
+//! ```
+//!
+//! An error at any phase stops the request and is rendered once, in the
+//! client's dialect (`error.rs`), after the record notes it.
+
+mod credential;
+mod ctx;
+mod prepare;
+mod respond;
+mod send;
+
+pub use credential::CredentialSource;
+pub use ctx::RequestCtx;
+pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, prepare};
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use bytes::Bytes;
+
+use crate::access;
+use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::routes::{Mode, Route};
+use crate::state::AppState;
+use crate::upstream;
+
+/// The entry point for every proxied route.
+pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request) -> Response {
+    let mut ctx = RequestCtx::new(state.observer.clone(), mode, route, req.headers());
+    let result = tokio::select! {
+        biased;
+        r = run(&state, &mut ctx, req) => r,
+        // When the shutdown grace period ends, a request still waiting for the
+        // upstream gets a clean 503 rather than a closed connection.
+        () = shutdown_over(&state) => Err(ProxyError::unavailable(
+            "ccproxy is shutting down; retry the request",
+            1,
+        )),
+    };
+    let mut resp = result.unwrap_or_else(|e| {
+        ctx.failed(&e);
+        e.into_response(ctx.dialect)
+    });
+    ctx.finish(&mut resp);
+    resp
+}
+
+async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Response, ProxyError> {
+    let (parts, body) = req.into_parts();
+
+    // access: the proxy token, when one is configured.
+    let client_token = access::check_proxied(state.proxy_token.as_ref(), &parts.headers)?;
+
+    // body, within the configured limit.
+    let body = read_body(body, &parts.headers, state.settings.max_body_bytes).await?;
+
+    // credential for the upstream.
+    let chosen = credential::choose(state, ctx.mode, client_token).await?;
+
+    // prepare the upstream request by route and mode.
+    let opts = PrepareOptions {
+        default_max_tokens: state.settings.default_max_tokens,
+        aliases: &state.aliases,
+    };
+    let p = prepare(
+        ctx.route,
+        ctx.mode,
+        &parts.method,
+        parts.uri.path(),
+        body,
+        &opts,
+    )?;
+    ctx.identified(p.model.clone(), p.stream, chosen.source.name());
+
+    // send: one upstream request (with the retries `send` allows).
+    let query = p.keep_query.then(|| parts.uri.query()).flatten();
+    let has_body = !p.body.is_empty();
+    let settings = &state.settings;
+    let headers_for = |auth: &upstream::UpstreamAuth| {
+        let cli = &settings.cli_version;
+        upstream::request_headers(ctx.mode, &parts.headers, auth, has_body, cli)
+    };
+    let sent = Instant::now();
+    let resp = send::send(state, &p, query, &chosen, headers_for).await?;
+    ctx.upstream_answered(&resp, sent.elapsed());
+
+    // respond: relay, read whole, or convert.
+    let r = respond::Respond {
+        mode: ctx.mode,
+        limits: &state.stream_limits,
+        aliases: &state.aliases,
+        deadline: tokio::time::Instant::from_std(sent) + settings.upstream_timeout,
+        sent,
+    };
+    respond::respond(ctx, r, resp, p.conversion, p.meter).await
+}
+
+/// Completes when the server's shutdown grace period is over (never without a server).
+async fn shutdown_over(state: &AppState) {
+    let mut shutdown = state.stream_limits.shutdown.clone();
+    if shutdown.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Reads the request body within `limit` bytes (413 past it, also when the
+/// declared length already says so).
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::TooLarge,
+            Origin::Client,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::error::caused_by::<http_body_util::LengthLimitError>(&e) {
+            too_large()
+        } else {
+            ProxyError::invalid("could not read the request body").with_cause(e)
+        }
+    })
+}

@@ -1,0 +1,333 @@
+//! The `prepare` phase: a pure function of (route, mode, request) that decides
+//! the upstream request (method, path, body) and what to do with its answer
+//! (relay, meter, convert). No I/O; tested with a table below.
+
+use axum::http::Method;
+use bytes::Bytes;
+
+use crate::claude_code;
+use crate::convert;
+use crate::convert::models::ModelAliases;
+use crate::error::ProxyError;
+use crate::observability::tap::Tap;
+use crate::routes::{Mode, Route};
+
+/// What `prepare` needs besides the request.
+pub struct PrepareOptions<'a> {
+    /// `max_tokens` for converted requests that set none.
+    pub default_max_tokens: u32,
+    pub aliases: &'a ModelAliases,
+}
+
+/// What to do with the upstream's answer.
+#[derive(Debug, PartialEq)]
+pub enum Conversion {
+    /// Relay it (streams as they come; other answers read whole, then sent).
+    None,
+    /// Anthropic Messages → OpenAI Chat Completions.
+    Chat(ChatInfo),
+    /// Anthropic model list → OpenAI model list (with the aliases).
+    Models,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ChatInfo {
+    pub client_model: String,
+    pub include_usage: bool,
+    pub legacy_functions: bool,
+}
+
+/// Which usage tap reads a relayed body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meter {
+    None,
+    Anthropic,
+    OpenAi,
+}
+
+impl Meter {
+    pub fn tap(self, is_sse: bool) -> Tap {
+        match self {
+            Meter::None => Tap::None,
+            Meter::Anthropic => Tap::anthropic(is_sse),
+            Meter::OpenAi => Tap::openai(is_sse),
+        }
+    }
+}
+
+/// The upstream request, and how to answer.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The model the request names (when it was read), for usage records.
+    pub model: Option<String>,
+    pub stream: bool,
+    pub meter: Meter,
+    pub method: Method,
+    /// Upstream path.
+    pub path: String,
+    /// Whether the client's query string goes upstream.
+    pub keep_query: bool,
+    pub body: Bytes,
+    pub conversion: Conversion,
+}
+
+impl Prepared {
+    fn relay(method: &Method, path: &str, body: Bytes, meter: Meter) -> Prepared {
+        Prepared {
+            model: None,
+            stream: false,
+            meter,
+            method: method.clone(),
+            path: path.to_owned(),
+            keep_query: true,
+            body,
+            conversion: Conversion::None,
+        }
+    }
+
+    fn get(path: &str, conversion: Conversion) -> Prepared {
+        Prepared {
+            keep_query: conversion == Conversion::None,
+            conversion,
+            ..Prepared::relay(&Method::GET, path, Bytes::new(), Meter::None)
+        }
+    }
+}
+
+/// Decides the upstream request for `route` in `mode`.
+pub fn prepare(
+    route: Route,
+    mode: Mode,
+    method: &Method,
+    client_path: &str,
+    body: Bytes,
+    opts: &PrepareOptions,
+) -> Result<Prepared, ProxyError> {
+    Ok(match (route, mode) {
+        (Route::Messages, _) => messages(mode, method, "/v1/messages", body, Meter::Anthropic)?,
+        (Route::CountTokens, _) => {
+            messages(mode, method, "/v1/messages/count_tokens", body, Meter::None)?
+        }
+        (Route::Models, _) => Prepared::get("/v1/models", Conversion::None),
+        // Any other /v1/* path (passthrough): the mode prefix comes off.
+        (Route::Relay, _) => {
+            let path = client_path.strip_prefix("/pt").unwrap_or(client_path);
+            Prepared::relay(method, path, body, Meter::None)
+        }
+        (Route::ChatCompletions, Mode::Passthrough) => {
+            Prepared::relay(method, "/v1/chat/completions", body, Meter::OpenAi)
+        }
+        (Route::ChatCompletions, _) => chat(mode, &body, opts)?,
+        (Route::OpenAiModels, Mode::Passthrough) => Prepared::get("/v1/models", Conversion::None),
+        (Route::OpenAiModels, _) => Prepared::get("/v1/models", Conversion::Models),
+    })
+}
+
+/// Messages and count_tokens: shaped in full mode, read in minimal, untouched in passthrough.
+fn messages(
+    mode: Mode,
+    method: &Method,
+    path: &str,
+    body: Bytes,
+    meter: Meter,
+) -> Result<Prepared, ProxyError> {
+    Ok(match mode {
+        Mode::Full => {
+            let (shaped, info) = claude_code::shape_request(&body)?;
+            let mut p = Prepared::relay(method, path, Bytes::from(shaped), meter);
+            p.model = info.model;
+            p.stream = info.stream;
+            p
+        }
+        Mode::Minimal => {
+            let head = read_head(&body)?;
+            let mut p = Prepared::relay(method, path, body, meter);
+            p.model = head.model;
+            p.stream = head.stream.unwrap_or(false);
+            p
+        }
+        Mode::Passthrough => Prepared::relay(method, path, body, meter),
+    })
+}
+
+/// OpenAI Chat Completions converted to a Messages request (then shaped in full mode).
+fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, ProxyError> {
+    let convert_opts = convert::request::ConvertOptions {
+        default_max_tokens: opts.default_max_tokens,
+        aliases: opts.aliases,
+    };
+    let converted = convert::request::chat_to_messages(body, &convert_opts)?;
+    let out = if mode == Mode::Full {
+        Bytes::from(claude_code::shape_request(&converted.body)?.0)
+    } else {
+        Bytes::from(converted.body)
+    };
+    Ok(Prepared {
+        model: Some(converted.upstream_model),
+        stream: converted.stream,
+        meter: Meter::Anthropic,
+        method: Method::POST,
+        path: "/v1/messages".to_owned(),
+        keep_query: false,
+        body: out,
+        conversion: Conversion::Chat(ChatInfo {
+            client_model: converted.client_model,
+            include_usage: converted.include_usage,
+            legacy_functions: converted.legacy_functions,
+        }),
+    })
+}
+
+/// The few top-level fields minimal mode reads (the rest is validated and skipped).
+#[derive(serde::Deserialize)]
+struct RequestHead {
+    model: Option<String>,
+    stream: Option<bool>,
+}
+
+fn read_head(body: &[u8]) -> Result<RequestHead, ProxyError> {
+    match serde_json::from_slice::<RequestHead>(body) {
+        Ok(h) => Ok(h),
+        // Valid JSON that is not an object of this shape: the upstream judges it.
+        Err(e) if e.is_data() => Ok(RequestHead {
+            model: None,
+            stream: None,
+        }),
+        Err(e) => Err(ProxyError::invalid(format!("invalid JSON body: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    const MSG: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    const CHAT: &str =
+        r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+    fn run(route: Route, mode: Mode, method: Method, path: &str, body: &str) -> Prepared {
+        let aliases = ModelAliases::with_defaults();
+        let opts = PrepareOptions {
+            default_max_tokens: 4096,
+            aliases: &aliases,
+        };
+        prepare(
+            route,
+            mode,
+            &method,
+            path,
+            Bytes::from(body.to_owned()),
+            &opts,
+        )
+        .unwrap()
+    }
+
+    /// One row: the request in, and what must go upstream.
+    struct Case {
+        route: Route,
+        mode: Mode,
+        method: Method,
+        path: &'static str,
+        body: &'static str,
+        up: (Method, &'static str),
+        meter: Meter,
+        keep_query: bool,
+        model: Option<&'static str>,
+        stream: bool,
+        conversion: &'static str,
+        body_untouched: bool,
+    }
+
+    #[rustfmt::skip]
+    #[allow(clippy::too_many_arguments)] // one row of the table, positionally
+    fn case(route: Route, mode: Mode, method: Method, path: &'static str, body: &'static str,
+            up: (Method, &'static str), meter: Meter, keep_query: bool, model: Option<&'static str>,
+            stream: bool, conversion: &'static str, body_untouched: bool) -> Case {
+        Case { route, mode, method, path, body, up, meter, keep_query, model, stream, conversion, body_untouched }
+    }
+
+    #[test]
+    fn table() {
+        use Method as M;
+        use Mode::*;
+        use Route::*;
+        let sonnet = Some("claude-sonnet-4-5");
+        let mapped = Some("claude-sonnet-5");
+        #[rustfmt::skip]
+        let cases = [
+            case(Messages, Full, M::POST, "/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, sonnet, true, "none", false),
+            case(Messages, Minimal, M::POST, "/min/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, sonnet, true, "none", true),
+            case(Messages, Passthrough, M::POST, "/pt/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, None, false, "none", true),
+            case(CountTokens, Minimal, M::POST, "/min/v1/messages/count_tokens", MSG, (M::POST, "/v1/messages/count_tokens"), Meter::None, true, sonnet, true, "none", true),
+            case(Models, Full, M::GET, "/v1/models", "", (M::GET, "/v1/models"), Meter::None, true, None, false, "none", true),
+            case(Relay, Passthrough, M::DELETE, "/pt/v1/files/f_1", "", (M::DELETE, "/v1/files/f_1"), Meter::None, true, None, false, "none", true),
+            case(ChatCompletions, Full, M::POST, "/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
+            case(ChatCompletions, Minimal, M::POST, "/min/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
+            case(ChatCompletions, Passthrough, M::POST, "/pt/openai/v1/chat/completions", CHAT, (M::POST, "/v1/chat/completions"), Meter::OpenAi, true, None, false, "none", true),
+            case(OpenAiModels, Full, M::GET, "/openai/v1/models", "", (M::GET, "/v1/models"), Meter::None, false, None, false, "models", true),
+            case(OpenAiModels, Passthrough, M::GET, "/pt/openai/v1/models", "", (M::GET, "/v1/models"), Meter::None, true, None, false, "none", true),
+        ];
+        for c in cases {
+            let name = format!("{:?} {:?}", c.route, c.mode);
+            let p = run(c.route, c.mode, c.method, c.path, c.body);
+            assert_eq!((p.method, p.path.as_str()), c.up, "{name}");
+            assert_eq!(p.meter, c.meter, "{name}");
+            assert_eq!(p.keep_query, c.keep_query, "{name}");
+            assert_eq!(p.model.as_deref(), c.model, "{name}");
+            assert_eq!(p.stream, c.stream, "{name}");
+            let kind = match p.conversion {
+                Conversion::None => "none",
+                Conversion::Chat(_) => "chat",
+                Conversion::Models => "models",
+            };
+            assert_eq!(kind, c.conversion, "{name}");
+            assert_eq!(p.body == c.body.as_bytes(), c.body_untouched, "{name}");
+        }
+    }
+
+    #[test]
+    fn full_mode_shapes_the_system_prompt() {
+        let p = run(
+            Route::Messages,
+            Mode::Full,
+            Method::POST,
+            "/v1/messages",
+            MSG,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["system"][0]["text"], claude_code::IDENTITY);
+    }
+
+    #[test]
+    fn invalid_bodies_are_client_errors() {
+        let aliases = ModelAliases::with_defaults();
+        let opts = PrepareOptions {
+            default_max_tokens: 4096,
+            aliases: &aliases,
+        };
+        for (route, mode, body) in [
+            (Route::Messages, Mode::Full, "{nope"),
+            (Route::Messages, Mode::Minimal, "{nope"),
+            (
+                Route::ChatCompletions,
+                Mode::Minimal,
+                r#"{"model":"gpt-4o"}"#,
+            ),
+        ] {
+            let e = prepare(route, mode, &Method::POST, "/", Bytes::from(body), &opts).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidRequest, "{route:?} {mode:?}");
+            assert_eq!(e.origin, crate::error::Origin::Client);
+        }
+        // Passthrough judges nothing.
+        let p = prepare(
+            Route::Messages,
+            Mode::Passthrough,
+            &Method::POST,
+            "/pt/v1/messages",
+            Bytes::from("{nope"),
+            &opts,
+        );
+        assert!(p.is_ok());
+    }
+}

@@ -1,0 +1,335 @@
+//! The `respond` phase: the upstream's answer to the client. Event streams are
+//! relayed (or converted) event by event, never buffered whole; other answers
+//! are read whole first, so a connection that breaks mid-body is an error, not a
+//! truncated success.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::Stream;
+
+use super::ctx::RequestCtx;
+use super::prepare::{ChatInfo, Conversion, Meter};
+use crate::convert;
+use crate::convert::models::ModelAliases;
+use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::observability::InFlight;
+use crate::observability::tap::Tap;
+use crate::routes::{Dialect, Mode};
+use crate::upstream::{self, StreamLimits, StreamNext, StreamWatch};
+
+/// What the respond phase needs besides the upstream's answer.
+pub struct Respond<'a> {
+    pub mode: Mode,
+    pub limits: &'a StreamLimits,
+    pub aliases: &'a ModelAliases,
+    /// Non-stream answers must be complete by then.
+    pub deadline: tokio::time::Instant,
+    pub sent: std::time::Instant,
+}
+
+pub async fn respond(
+    ctx: &mut RequestCtx,
+    r: Respond<'_>,
+    resp: reqwest::Response,
+    conversion: Conversion,
+    meter: Meter,
+) -> Result<Response, ProxyError> {
+    let sse = is_event_stream(resp.headers());
+    match conversion {
+        Conversion::None if sse => {
+            let status = resp.status();
+            let headers = upstream::response_headers(r.mode, resp.headers(), false);
+            let record = ctx.stream_started(status.as_u16()).map(|mut rec| {
+                rec.meter_with(meter.tap(true));
+                rec
+            });
+            let body = relay_stream(resp, r.limits.watch(), record, Relay::Raw);
+            Ok(response(status, headers, Body::from_stream(body)))
+        }
+        Conversion::None => relay_whole(ctx, &r, resp, meter).await,
+        Conversion::Chat(chat) if resp.status().is_success() && sse => {
+            Ok(chat_stream(ctx, &r, resp, chat))
+        }
+        Conversion::Chat(chat) => chat_whole(ctx, &r, resp, chat).await,
+        Conversion::Models => models(ctx, &r, resp).await,
+    }
+}
+
+/// A non-stream answer relayed as it is (headers filtered by mode).
+async fn relay_whole(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    meter: Meter,
+) -> Result<Response, ProxyError> {
+    let status = resp.status();
+    let mut headers = upstream::response_headers(r.mode, resp.headers(), false);
+    let body = read_whole(ctx, r, resp).await?;
+    ctx.completed_with(meter.tap(false), &body);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Ok(response(status, headers, Body::from(body)))
+}
+
+/// A Messages answer (or error) converted to Chat Completions JSON.
+async fn chat_whole(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    chat: ChatInfo,
+) -> Result<Response, ProxyError> {
+    let status = resp.status();
+    let upstream_headers = resp.headers().clone();
+    let body = read_whole(ctx, r, resp).await?;
+    if !status.is_success() {
+        ctx.completed();
+        return Ok(upstream_error(status, &upstream_headers, &body));
+    }
+    ctx.completed_with(Tap::anthropic(false), &body);
+    let json = convert::response::messages_to_chat_with(
+        &body,
+        &chat.client_model,
+        unix_now(),
+        chat.legacy_functions,
+    )
+    .map_err(|e| {
+        ProxyError::new(
+            ErrorKind::BadGateway,
+            Origin::Upstream,
+            format!("upstream sent a response that is not a valid message: {e}"),
+        )
+    })?;
+    Ok(json_response(status, &upstream_headers, json))
+}
+
+/// A Messages event stream converted to Chat Completions chunks as events arrive.
+fn chat_stream(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    chat: ChatInfo,
+) -> Response {
+    let status = resp.status();
+    let request_id = resp.headers().get("request-id").cloned();
+    let conv = convert::stream::ChatStreamConverter::new(
+        chat.client_model,
+        chat.include_usage,
+        unix_now(),
+    )
+    .legacy_functions(chat.legacy_functions);
+    let record = ctx.stream_started(status.as_u16());
+    let relay = Relay::Chat(Box::new((convert::SseParser::new(), conv)));
+    let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Some(v) = request_id {
+        headers.insert("request-id", v);
+    }
+    response(status, headers, body)
+}
+
+/// `/openai/v1/models` in full and minimal modes: the upstream's models in
+/// OpenAI's list shape, plus the configured aliases.
+async fn models(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+) -> Result<Response, ProxyError> {
+    let status = resp.status();
+    let upstream_headers = resp.headers().clone();
+    let body = read_whole(ctx, r, resp).await?;
+    ctx.completed();
+    if !status.is_success() {
+        return Ok(upstream_error(status, &upstream_headers, &body));
+    }
+    let list = convert::model_list::models_to_openai(&body, r.aliases, unix_now());
+    Ok(json_response(StatusCode::OK, &upstream_headers, list))
+}
+
+/// Reads a whole (non-streaming) upstream body. A connection that breaks
+/// before the end is a 502; one that does not finish by the deadline, a 504.
+async fn read_whole(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+) -> Result<Bytes, ProxyError> {
+    let Ok(read) = tokio::time::timeout_at(r.deadline, resp.bytes()).await else {
+        return Err(ProxyError::new(
+            ErrorKind::GatewayTimeout,
+            Origin::Upstream,
+            "the upstream did not finish its response in time (upstream_timeout_secs)",
+        ));
+    };
+    let body = read.map_err(|e| {
+        upstream::transport_error(
+            e,
+            "the upstream connection broke before the end of its response",
+        )
+    })?;
+    ctx.upstream_read(r.sent.elapsed());
+    Ok(body)
+}
+
+/// An upstream error answer on an OpenAI route: the OpenAI envelope, with the
+/// upstream's request id, `retry-after` and rate-limit headers.
+fn upstream_error(status: StatusCode, upstream_headers: &HeaderMap, body: &[u8]) -> Response {
+    let e = ProxyError::from_upstream_response(status.as_u16(), body);
+    let mut resp = e.into_response(Dialect::OpenAi);
+    copy_upstream_headers(upstream_headers, resp.headers_mut());
+    resp
+}
+
+fn json_response(status: StatusCode, upstream_headers: &HeaderMap, body: Vec<u8>) -> Response {
+    let mut headers = HeaderMap::new();
+    copy_upstream_headers(upstream_headers, &mut headers);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response(status, headers, Body::from(body))
+}
+
+/// The upstream headers a converted answer keeps.
+fn copy_upstream_headers(upstream: &HeaderMap, h: &mut HeaderMap) {
+    for name in ["request-id", "retry-after"] {
+        if let Some(v) = upstream.get(name) {
+            h.insert(name, v.clone());
+        }
+    }
+    for (k, v) in upstream {
+        if k.as_str().starts_with("anthropic-ratelimit-") {
+            h.append(k.clone(), v.clone());
+        }
+    }
+}
+
+fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+fn is_event_stream(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// How a relayed stream's bytes reach the client.
+enum Relay {
+    /// As they are (the record's tap meters them); errors as Anthropic events.
+    Raw,
+    /// Parsed and converted to OpenAI chunks; errors as OpenAI error chunks.
+    Chat(Box<(convert::SseParser, convert::stream::ChatStreamConverter)>),
+}
+
+struct StreamState<S> {
+    upstream: S,
+    watch: StreamWatch,
+    /// The usage record, finished when the stream ends (or, if the client goes
+    /// away first, when the body is dropped: abandoned).
+    record: Option<InFlight>,
+    relay: Relay,
+    done: bool,
+}
+
+/// Relays an upstream event stream. If the upstream breaks, goes silent, or the
+/// server is ending its streams, the client gets the error event of its dialect
+/// and the record says why.
+fn relay_stream(
+    resp: reqwest::Response,
+    watch: StreamWatch,
+    record: Option<InFlight>,
+    relay: Relay,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    let st = StreamState {
+        upstream: resp.bytes_stream(),
+        watch,
+        record,
+        relay,
+        done: false,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let out = match st.watch.next(&mut st.upstream).await {
+                StreamNext::Chunk(chunk) => st.on_chunk(chunk),
+                StreamNext::Broken(e) => st.on_broken(e),
+                StreamNext::End => st.on_end(),
+            };
+            if !out.is_empty() {
+                return Some((Ok(out), st));
+            }
+        }
+    })
+}
+
+impl<S> StreamState<S> {
+    fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
+        let Relay::Chat(chat) = &mut self.relay else {
+            if let Some(r) = self.record.as_mut() {
+                r.observe(&chunk);
+            }
+            return chunk;
+        };
+        let (parser, conv) = &mut **chat;
+        let mut out = Vec::new();
+        let mut record = self.record.as_mut();
+        parser.push(&chunk, |event, data| {
+            if let Some(r) = record.as_deref_mut() {
+                r.observe_event(event, data);
+            }
+            conv.on_event(event, data, &mut out)
+        });
+        if let Some(r) = self.record.as_mut() {
+            r.note_content();
+        }
+        if conv.is_done() {
+            self.finish_ok();
+        }
+        Bytes::from(out)
+    }
+
+    fn on_broken(&mut self, e: ProxyError) -> Bytes {
+        tracing::warn!(reason = %e.message(), "stream ended early");
+        self.done = true;
+        if let Some(mut r) = self.record.take() {
+            r.failed(&e);
+        }
+        e.stream_event(match self.relay {
+            Relay::Raw => Dialect::Anthropic,
+            Relay::Chat(_) => Dialect::OpenAi,
+        })
+    }
+
+    fn on_end(&mut self) -> Bytes {
+        let mut out = Vec::new();
+        if let Relay::Chat(chat) = &mut self.relay {
+            chat.1.finish(&mut out);
+        }
+        self.finish_ok();
+        Bytes::from(out)
+    }
+
+    fn finish_ok(&mut self) {
+        self.done = true;
+        if let Some(mut r) = self.record.take() {
+            r.completed();
+        }
+    }
+}

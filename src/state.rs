@@ -1,0 +1,141 @@
+//! Application state: everything a request needs, shared by all requests, and
+//! its construction from the settings. Points only down (config, upstream,
+//! credentials, observability, access); the server and the pipeline read it.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::access::{Guard, ProxyToken};
+use crate::config::Settings;
+use crate::convert::models::ModelAliases;
+use crate::credentials::{CredentialsConfig, OAuthManager};
+use crate::observability::usage::{DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter};
+use crate::observability::{LogStyle, Observer, SinkFn, prom};
+use crate::upstream::{StreamLimits, Upstream};
+
+/// The API key used with `--upstream-url sim` when none is configured.
+pub const SIM_API_KEY: &str = "sk-ant-api03-simulated-upstream-key";
+
+/// Everything a request needs, shared by all requests.
+pub struct AppState {
+    pub settings: Settings,
+    pub upstream: Upstream,
+    pub oauth: Option<Arc<OAuthManager>>,
+    /// Why subscription credentials could not be loaded, if they could not.
+    pub oauth_error: Option<String>,
+    pub aliases: ModelAliases,
+    /// The proxy token (its digest), when one is configured.
+    pub proxy_token: Option<ProxyToken>,
+    /// Logs, meters and stores finished requests off the request path.
+    pub observer: Arc<Observer>,
+    /// Host/Origin policy.
+    pub guard: Guard,
+    /// At most this many requests at once (`None`: unlimited).
+    pub limiter: Option<Arc<Semaphore>>,
+    /// Idle timeout and shutdown signal for relayed streams.
+    pub stream_limits: StreamLimits,
+    /// Set to `true` when the shutdown grace period is over: streams end.
+    pub end_streams: watch::Sender<bool>,
+    /// The usage store's writer (`None` when disabled or unavailable).
+    pub usage: Option<UsageWriter>,
+}
+
+/// The credentials configuration implied by the settings.
+pub fn credentials_config(settings: &Settings) -> CredentialsConfig {
+    let mut cfg = CredentialsConfig::new(
+        settings.config_dir.join("credentials.json"),
+        settings.home_dir.clone(),
+    );
+    cfg.credentials_file = settings.credentials_file.clone();
+    cfg.token_url = settings.oauth_token_url.clone();
+    cfg.client_id = settings.oauth_client_id.clone();
+    cfg.refresh_skew = settings.refresh_skew;
+    cfg
+}
+
+/// Builds the state for an upstream at `upstream_base`.
+pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<AppState> {
+    let upstream = Upstream::new(
+        upstream_base,
+        settings.connect_timeout,
+        settings.upstream_timeout,
+    )?;
+    let (oauth, oauth_error) =
+        match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {
+            Ok(m) => (m, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "Claude subscription credentials are not usable");
+                (None, Some(e.to_string()))
+            }
+        };
+    let aliases = ModelAliases::with_defaults().with_overrides(
+        settings
+            .model_aliases
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    let (observer, usage) = start_observer(&settings)?;
+    let guard = Guard {
+        loopback_only: crate::access::is_loopback_host(&settings.host),
+        cors_origins: settings.cors_origins.clone(),
+    };
+    let limiter = (settings.max_concurrent_requests > 0)
+        .then(|| Arc::new(Semaphore::new(settings.max_concurrent_requests)));
+    let (end_streams, shutdown_rx) = watch::channel(false);
+    let stream_limits = StreamLimits {
+        idle: settings.stream_idle_timeout,
+        shutdown: shutdown_rx,
+    };
+    Ok(AppState {
+        proxy_token: settings
+            .auth_token
+            .as_ref()
+            .map(|t| ProxyToken::new(t.expose())),
+        settings,
+        upstream,
+        oauth,
+        oauth_error,
+        aliases,
+        observer,
+        guard,
+        limiter,
+        stream_limits,
+        end_streams,
+        usage,
+    })
+}
+
+/// The observer thread (logs, metrics, cost) and the usage store it feeds.
+fn start_observer(settings: &Settings) -> anyhow::Result<(Arc<Observer>, Option<UsageWriter>)> {
+    // Installs the process-wide metrics recorder before any request is metered.
+    let _ = prom::handle();
+    let prices = PriceTable::with_overrides(&settings.prices)
+        .map_err(|e| anyhow::anyhow!("invalid [prices] in the config file: {e}"))?;
+    let usage = if settings.usage_enabled {
+        match UsageStore::open(&settings.usage_db) {
+            Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
+            Err(e) => {
+                tracing::error!(error = %e, "usage recording is off: the usage database cannot be used");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let sink = usage
+        .clone()
+        .map(|w| -> SinkFn { Box::new(move |r| w.record(r)) });
+    let log_style = if settings.log_format == "json" {
+        LogStyle::Json
+    } else {
+        LogStyle::Pretty
+    };
+    let observer = Observer::start(
+        16 * 1024,
+        Box::new(move |model, tokens| prices.cost(model, tokens)),
+        sink,
+        log_style,
+    );
+    Ok((observer, usage))
+}
