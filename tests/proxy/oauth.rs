@@ -1,14 +1,11 @@
 //! Subscription credentials through the running proxy: refresh ahead of expiry,
 //! single flight under load, forced refresh after an upstream 401, and a long
 //! run across many token lifetimes, all against the simulated token endpoint.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
 
 fn read_creds(env: &TestEnv) -> Value {

@@ -7,10 +7,6 @@
 //! Bounded for the normal test run (about a minute on 2 cores, debug build).
 //! Longer runs: `CCPROXY_FUZZ_CASES=N cargo test --release --test fuzz`
 //! (N cases for every pure property, N/5 for the HTTP ones); see README.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-mod support;
 
 use std::time::Duration;
 
@@ -602,7 +598,7 @@ fn check_chat_to_messages(body: &[u8]) -> Result<(), TestCaseError> {
         Err(e) => {
             prop_assert!(!e.message.is_empty());
             let v: Value = serde_json::from_slice(&e.to_openai_body()).unwrap();
-            prop_assert!(support::is_openai_envelope(&v), "{v}");
+            prop_assert!(crate::support::is_openai_envelope(&v), "{v}");
         }
     }
     Ok(())
@@ -680,7 +676,7 @@ fn check_openai_stream(out: &[u8]) -> Result<(), TestCaseError> {
         let v: Value = serde_json::from_str(data)
             .map_err(|e| TestCaseError::fail(format!("bad chunk JSON {e}: {data}")))?;
         if v.get("error").is_some() {
-            prop_assert!(support::is_openai_envelope(&v), "{v}");
+            prop_assert!(crate::support::is_openai_envelope(&v), "{v}");
             error_seen = true;
         } else {
             prop_assert_eq!(&v["object"], "chat.completion.chunk");
@@ -1063,7 +1059,7 @@ fn fuzz_response_converters() {
                 let (code, out) = convert::error_to_openai(status, &body);
                 prop_assert!(code == status || (status == 529 && code == 503));
                 let v: Value = serde_json::from_slice(&out).unwrap();
-                prop_assert!(support::is_openai_envelope(&v), "{v}");
+                prop_assert!(crate::support::is_openai_envelope(&v), "{v}");
                 prop_assert!(v["error"]["message"].as_str().unwrap().len() <= 1024);
                 Ok(())
             },
@@ -1166,7 +1162,11 @@ fn http_body() -> impl Strategy<Value = Vec<u8>> {
 
 /// Checks one HTTP exchange: a response came, and errors are envelopes in the
 /// route's dialect; streams are well-formed.
-fn check_http(method: &str, path: &str, r: &support::RawResponse) -> Result<(), TestCaseError> {
+fn check_http(
+    method: &str,
+    path: &str,
+    r: &crate::support::RawResponse,
+) -> Result<(), TestCaseError> {
     prop_assert!((100..600).contains(&r.status), "status {}", r.status);
     prop_assert!(
         r.status != 500 || !r.body.is_empty(),
@@ -1196,16 +1196,22 @@ fn check_http(method: &str, path: &str, r: &support::RawResponse) -> Result<(), 
             ))
         })?;
         if openai {
-            prop_assert!(support::is_openai_envelope(&v), "{method} {path}: {v}");
+            prop_assert!(
+                crate::support::is_openai_envelope(&v),
+                "{method} {path}: {v}"
+            );
         } else {
-            prop_assert!(support::is_anthropic_envelope(&v), "{method} {path}: {v}");
+            prop_assert!(
+                crate::support::is_anthropic_envelope(&v),
+                "{method} {path}: {v}"
+            );
         }
     } else if ctype.starts_with("text/event-stream") {
         let text = r.text();
         if openai {
             prop_assert!(text.ends_with("data: [DONE]\n\n"), "{path}: {text}");
         } else {
-            let events = common::parse_sse(&text);
+            let events = crate::support::parse_sse(&text);
             let last = events.last().map(|(n, _)| n.as_str()).unwrap_or("");
             prop_assert!(
                 matches!(last, "message_stop" | "error" | "message_delta"),
@@ -1229,12 +1235,12 @@ fn fuzz_http_routes() {
         .enable_all()
         .build()
         .unwrap();
-    let env = rt.block_on(common::TestEnv::start(common::Opts {
-        api_key: Some(common::API_KEY),
+    let env = rt.block_on(crate::support::TestEnv::start(crate::support::Opts {
+        api_key: Some(crate::support::API_KEY),
         max_body_bytes: Some(64 * 1024),
         upstream_timeout: Some(Duration::from_secs(5)),
         tweak: Some(|s| s.upstream.stream_idle_timeout = Duration::from_secs(5)),
-        ..common::Opts::default()
+        ..crate::support::Opts::default()
     }));
     let addr = env.addr.to_string();
     let method = prop_oneof![
@@ -1272,9 +1278,9 @@ fn fuzz_http_routes() {
                 req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
                 let mut bytes = req.into_bytes();
                 bytes.extend_from_slice(&body);
-                let r = support::raw_http(&addr, &bytes, Duration::from_secs(10)).map_err(|e| {
-                    TestCaseError::fail(format!("{method} {path}: no response: {e}"))
-                })?;
+                let r = crate::support::raw_http(&addr, &bytes, Duration::from_secs(10)).map_err(
+                    |e| TestCaseError::fail(format!("{method} {path}: no response: {e}")),
+                )?;
                 check_http(method, &path, &r)
             },
         )
@@ -1296,14 +1302,14 @@ fn fuzz_http_routes() {
             let addr = addr.clone();
             let t0 = std::time::Instant::now();
             // An incomplete head may be waited on: the client gives up first.
-            let _ = support::raw_http(&addr, &bytes, Duration::from_millis(300));
+            let _ = crate::support::raw_http(&addr, &bytes, Duration::from_millis(300));
             prop_assert!(t0.elapsed() < Duration::from_secs(3));
             Ok(())
         })
         .unwrap();
-    let health = support::raw_http(
+    let health = crate::support::raw_http(
         &addr,
-        &support::raw_request("GET", "/health", "127.0.0.1", &[], b""),
+        &crate::support::raw_request("GET", "/health", "127.0.0.1", &[], b""),
         Duration::from_secs(5),
     )
     .unwrap();

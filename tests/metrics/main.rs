@@ -1,12 +1,16 @@
 //! Prometheus metrics after known traffic. This test binary holds exactly one
-//! test: the metrics recorder is process-wide.
+//! test: the metrics recorder is process-wide, and `ccproxy_requests_total` is
+//! labelled by mode, dialect and status only, so exact counts (not even deltas)
+//! cannot hold while other tests send traffic in the same process.
+
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use serde_json::json;
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -1,18 +1,7 @@
 //! Optional retries: only before the first byte, only for connection failures,
 //! 529 and (when enabled) 429, honouring retry-after.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
-
-use common::*;
-
-fn upstream_messages(env: &TestEnv) -> usize {
-    env.sim_state()
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/v1/messages")
-        .count()
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn no_retries_by_default() {
@@ -25,44 +14,39 @@ async fn no_retries_by_default() {
         .post("/v1/messages", None, &message("[sim:flaky=1:529]", false))
         .await;
     assert_eq!(resp.status(), 529);
-    assert_eq!(upstream_messages(&env), 1);
+    assert_eq!(env.upstream_messages(), 1);
 }
 
-#[tokio::test]
-async fn retries_529_then_succeeds() {
+async fn retries_529_then_succeeds(mode: &str, stream: bool) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         tweak: Some(|s| s.retries.max_retries = 2),
         ..Opts::default()
     })
     .await;
-    for (i, (mode, stream)) in [("", false), ("/min", true), ("/pt", false)]
-        .iter()
-        .enumerate()
-    {
-        let text = format!("[sim:flaky=2:529] {i}");
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                None,
-                &message(&text, *stream),
-            )
-            .await;
-        assert_eq!(resp.status(), 200, "{mode}");
-        resp.bytes().await.unwrap();
-    }
-    assert_eq!(
-        upstream_messages(&env),
-        9,
-        "two failures and a success each"
-    );
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages"),
+            None,
+            &message("[sim:flaky=2:529] 0", stream),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{mode}");
+    resp.bytes().await.unwrap();
+    assert_eq!(env.upstream_messages(), 3, "two failures and a success");
     // More failures than retries: the last error reaches the client.
     let resp = env
         .post("/v1/messages", None, &message("[sim:flaky=5:529] x", false))
         .await;
     assert_eq!(resp.status(), 529);
-    assert_eq!(upstream_messages(&env), 12);
+    assert_eq!(env.upstream_messages(), 6);
 }
+
+cases!(retries_529_then_succeeds {
+    full: ("", false),
+    min_stream: ("/min", true),
+    pt: ("/pt", false),
+});
 
 #[tokio::test]
 async fn never_retries_other_4xx_and_429_only_when_enabled() {
@@ -82,7 +66,7 @@ async fn never_retries_other_4xx_and_429_only_when_enabled() {
             .await;
         assert_eq!(resp.status().as_u16(), status);
     }
-    assert_eq!(upstream_messages(&env), 5);
+    assert_eq!(env.upstream_messages(), 5);
 
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
@@ -98,14 +82,14 @@ async fn never_retries_other_4xx_and_429_only_when_enabled() {
         .post("/v1/messages", None, &message("[sim:flaky=1:429]", false))
         .await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(upstream_messages(&env), 2);
+    assert_eq!(env.upstream_messages(), 2);
     // retry-after (7 s) longer than the maximum wait: not retried.
     let resp = env
         .post("/v1/messages", None, &message("[sim:status=429]", false))
         .await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "7");
-    assert_eq!(upstream_messages(&env), 3);
+    assert_eq!(env.upstream_messages(), 3);
 }
 
 #[tokio::test]

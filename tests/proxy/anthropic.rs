@@ -1,32 +1,11 @@
 //! The Anthropic Messages API through each mode, over real sockets, against the
 //! simulated upstream.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-const IDENTITY: &str = "You are Claude Code, Anthropic's official CLI for Claude.";
-
-async fn json_of(resp: reqwest::Response) -> Value {
-    let bytes = resp.bytes().await.unwrap();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
-}
-
-fn assert_anthropic_error(v: &Value, kind: &str) {
-    assert_eq!(v["type"], "error", "{v}");
-    assert_eq!(v["error"]["type"], kind, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty())
-    );
-}
 
 #[tokio::test]
 async fn health_reports_state_without_secrets() {
@@ -50,47 +29,49 @@ async fn health_reports_state_without_secrets() {
     assert_eq!(v["auth_required"], true);
 }
 
-#[tokio::test]
-async fn full_mode_shapes_request_as_claude_code_with_api_key() {
+async fn full_mode_shapes_request_as_claude_code_with_api_key(path: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
-    for path in ["/v1/messages", "/full/v1/messages"] {
-        let mut body = message("hello", false);
-        body["system"] = json!("Be brief.");
-        body["future_field"] = json!({"kept": [1, 2, 3]});
-        let resp = env.post(path, Some("dummy"), &body).await;
-        assert_eq!(resp.status(), 200);
-        assert!(resp.headers().get("request-id").is_some());
-        let v = json_of(resp).await;
-        assert_eq!(v["type"], "message");
-        assert_eq!(v["content"][0]["type"], "text");
+    let mut body = message("hello", false);
+    body["system"] = json!("Be brief.");
+    body["future_field"] = json!({"kept": [1, 2, 3]});
+    let resp = env.post(path, Some("dummy"), &body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("request-id").is_some());
+    let v = json_of(resp).await;
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["type"], "text");
 
-        let up = env.sim_state().last_request().unwrap();
-        assert_eq!(up.header("x-api-key"), Some(API_KEY));
-        assert_eq!(up.header("authorization"), None);
-        assert_eq!(up.header("anthropic-beta"), Some("claude-code-20250219"));
-        assert_eq!(up.header("anthropic-version"), Some("2023-06-01"));
-        assert_eq!(up.header("x-app"), Some("cli"));
-        assert_eq!(
-            up.header("anthropic-dangerous-direct-browser-access"),
-            Some("true")
-        );
-        assert!(up.header("user-agent").unwrap().starts_with("claude-cli/"));
-        assert!(
-            up.header("user-agent")
-                .unwrap()
-                .ends_with(" (external, cli)")
-        );
-        let sent = up.json();
-        assert_eq!(sent["system"][0]["text"], IDENTITY);
-        assert_eq!(sent["system"][0]["cache_control"]["type"], "ephemeral");
-        assert_eq!(sent["system"][1], json!({"type":"text","text":"Be brief."}));
-        assert_eq!(sent["future_field"], json!({"kept": [1, 2, 3]}));
-    }
+    let up = env.sim_state().last_request().unwrap();
+    assert_eq!(up.header("x-api-key"), Some(API_KEY));
+    assert_eq!(up.header("authorization"), None);
+    assert_eq!(up.header("anthropic-beta"), Some("claude-code-20250219"));
+    assert_eq!(up.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(up.header("x-app"), Some("cli"));
+    assert_eq!(
+        up.header("anthropic-dangerous-direct-browser-access"),
+        Some("true")
+    );
+    assert!(up.header("user-agent").unwrap().starts_with("claude-cli/"));
+    assert!(
+        up.header("user-agent")
+            .unwrap()
+            .ends_with(" (external, cli)")
+    );
+    let sent = up.json();
+    assert_eq!(sent["system"][0]["text"], IDENTITY);
+    assert_eq!(sent["system"][0]["cache_control"]["type"], "ephemeral");
+    assert_eq!(sent["system"][1], json!({"type":"text","text":"Be brief."}));
+    assert_eq!(sent["future_field"], json!({"kept": [1, 2, 3]}));
 }
+
+cases!(full_mode_shapes_request_as_claude_code_with_api_key {
+    full: ("/v1/messages"),
+    full_prefix: ("/full/v1/messages")
+});
 
 #[tokio::test]
 async fn full_mode_prefers_subscription_over_client_api_key() {
@@ -168,10 +149,9 @@ async fn client_credentials_are_forwarded_correctly() {
     );
 }
 
-#[tokio::test]
-async fn placeholder_keys_are_never_forwarded() {
+async fn placeholder_keys_are_never_forwarded(mode: &str) {
     let env = TestEnv::start(Opts::default()).await;
-    for mode in ["", "/min", "/pt"] {
+    {
         let resp = env
             .post(
                 &format!("{mode}/v1/messages"),
@@ -193,7 +173,7 @@ async fn placeholder_keys_are_never_forwarded() {
         ..Opts::default()
     })
     .await;
-    for mode in ["", "/min", "/pt"] {
+    {
         let resp = env
             .post(
                 &format!("{mode}/v1/messages"),
@@ -207,29 +187,37 @@ async fn placeholder_keys_are_never_forwarded() {
     }
 }
 
-#[tokio::test]
-async fn minimal_and_passthrough_never_use_subscription() {
+cases!(placeholder_keys_are_never_forwarded {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn minimal_and_passthrough_never_use_subscription(mode: &str) {
     let env = TestEnv::start(Opts {
         credentials: Some(claude_credentials(OAUTH_TOKEN, REFRESH_TOKEN, 3_600_000)),
         ..Opts::default()
     })
     .await;
-    for mode in ["/min", "/pt"] {
-        let resp = env
-            .post(&format!("{mode}/v1/messages"), None, &message("hi", false))
-            .await;
-        assert_eq!(resp.status(), 401);
-        let v = json_of(resp).await;
-        assert_anthropic_error(&v, "authentication_error");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("only in full mode")
-        );
-    }
+    let resp = env
+        .post(&format!("{mode}/v1/messages"), None, &message("hi", false))
+        .await;
+    assert_eq!(resp.status(), 401);
+    let v = json_of(resp).await;
+    assert_anthropic_error(&v, "authentication_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only in full mode")
+    );
     assert!(env.sim_state().requests().is_empty());
 }
+
+cases!(minimal_and_passthrough_never_use_subscription {
+    min: ("/min"),
+    pt: ("/pt")
+});
 
 #[tokio::test]
 async fn minimal_mode_sends_body_bytes_unchanged() {
@@ -313,19 +301,14 @@ async fn passthrough_relays_other_v1_paths() {
     assert_eq!(up.query.as_deref(), Some("limit=2"));
 }
 
-#[tokio::test]
-async fn proxy_token_is_required_and_never_forwarded() {
+async fn proxy_token_is_required_and_never_forwarded(mode: &str, key: Option<&str>) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         auth_token: Some(PROXY_TOKEN),
         ..Opts::default()
     })
     .await;
-    for (mode, key) in [
-        ("", None),
-        ("/min", Some("wrong")),
-        ("/pt", Some("proxy-token-for-tests-7f3a9")),
-    ] {
+    {
         let resp = env
             .post(&format!("{mode}/v1/messages"), key, &message("hi", false))
             .await;
@@ -335,7 +318,7 @@ async fn proxy_token_is_required_and_never_forwarded() {
         assert!(!v.to_string().contains(PROXY_TOKEN));
     }
     assert!(env.sim_state().requests().is_empty());
-    for mode in ["", "/min", "/pt"] {
+    {
         let resp = env
             .post(
                 &format!("{mode}/v1/messages"),
@@ -374,90 +357,104 @@ async fn proxy_token_is_required_and_never_forwarded() {
     assert_eq!(v["error"]["type"], "authentication_error");
 }
 
-#[tokio::test]
-async fn streaming_in_each_mode_relays_events_in_order() {
+// The wrong token differs per mode: none, another value, one character short.
+cases!(proxy_token_is_required_and_never_forwarded {
+    full: ("", None),
+    min: ("/min", Some("wrong")),
+    pt: ("/pt", Some("proxy-token-for-tests-7f3a9")),
+});
+
+async fn streaming_in_each_mode_relays_events_in_order(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
-    for mode in ["", "/full", "/min", "/pt"] {
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                None,
-                &message("[sim:tools] [sim:unknown-event]", true),
-            )
-            .await;
-        assert_eq!(resp.status(), 200);
-        assert!(
-            resp.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/event-stream")
-        );
-        let body = resp.text().await.unwrap();
-        let events = parse_sse(&body);
-        let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
-        assert_eq!(names.first(), Some(&"message_start"), "{mode}");
-        assert_eq!(names.last(), Some(&"message_stop"), "{mode}");
-        assert!(
-            names.contains(&"sim_future_event"),
-            "unknown events forwarded"
-        );
-        assert!(names.contains(&"ping"));
-        // Tool arguments reassemble into the exact JSON.
-        let args: String = events
-            .iter()
-            .filter(|(_, d)| d["index"] == 1 && d["delta"]["type"] == "input_json_delta")
-            .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap().to_owned())
-            .collect();
-        let parsed: Value = serde_json::from_str(&args).unwrap();
-        assert_eq!(parsed["location"], "New York, NY");
-    }
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages"),
+            None,
+            &message("[sim:tools] [sim:unknown-event]", true),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let body = resp.text().await.unwrap();
+    let events = parse_sse(&body);
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{mode}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{mode}");
+    assert!(
+        names.contains(&"sim_future_event"),
+        "unknown events forwarded"
+    );
+    assert!(names.contains(&"ping"));
+    // Tool arguments reassemble into the exact JSON.
+    let args: String = events
+        .iter()
+        .filter(|(_, d)| d["index"] == 1 && d["delta"]["type"] == "input_json_delta")
+        .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap().to_owned())
+        .collect();
+    let parsed: Value = serde_json::from_str(&args).unwrap();
+    assert_eq!(parsed["location"], "New York, NY");
 }
 
-#[tokio::test]
-async fn stream_is_relayed_as_it_arrives_not_buffered() {
+cases!(streaming_in_each_mode_relays_events_in_order {
+    full: (""),
+    full_prefix: ("/full"),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn stream_is_relayed_as_it_arrives_not_buffered(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
-    for mode in ["", "/min", "/pt"] {
-        let before = env
-            .sim_state()
+    let before = env
+        .sim_state()
+        .streams_completed
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages"),
+            None,
+            &message("[sim:gap=150] [sim:deltas=10]", true),
+        )
+        .await;
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    // The upstream has not finished its stream when the first event arrives.
+    assert_eq!(
+        env.sim_state()
             .streams_completed
-            .load(std::sync::atomic::Ordering::SeqCst);
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                None,
-                &message("[sim:gap=150] [sim:deltas=10]", true),
-            )
-            .await;
-        let mut stream = resp.bytes_stream();
-        let first = stream.next().await.unwrap().unwrap();
-        assert!(String::from_utf8_lossy(&first).contains("message_start"));
-        // The upstream has not finished its stream when the first event arrives.
-        assert_eq!(
-            env.sim_state()
-                .streams_completed
-                .load(std::sync::atomic::Ordering::SeqCst),
-            before,
-            "the first event arrived only after the whole upstream stream ({mode})"
-        );
-        while let Some(chunk) = stream.next().await {
-            chunk.unwrap();
-        }
-        assert_eq!(
-            env.sim_state()
-                .streams_completed
-                .load(std::sync::atomic::Ordering::SeqCst),
-            before + 1
-        );
+            .load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "the first event arrived only after the whole upstream stream ({mode})"
+    );
+    while let Some(chunk) = stream.next().await {
+        chunk.unwrap();
     }
+    assert_eq!(
+        env.sim_state()
+            .streams_completed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
 }
+
+cases!(stream_is_relayed_as_it_arrives_not_buffered {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
 
 #[tokio::test]
 async fn client_disconnect_cancels_upstream_stream() {
@@ -492,31 +489,33 @@ async fn client_disconnect_cancels_upstream_stream() {
     );
 }
 
-#[tokio::test]
-async fn mid_stream_error_reaches_client_as_error_event() {
+async fn mid_stream_error_reaches_client_as_error_event(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
-    for mode in ["", "/min", "/pt"] {
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                None,
-                &message("[sim:error-midstream]", true),
-            )
-            .await;
-        assert_eq!(resp.status(), 200);
-        let events = parse_sse(&resp.text().await.unwrap());
-        let (name, data) = events.last().unwrap();
-        assert_eq!(name, "error");
-        assert_eq!(data["error"]["type"], "overloaded_error");
-    }
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages"),
+            None,
+            &message("[sim:error-midstream]", true),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let events = parse_sse(&resp.text().await.unwrap());
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["type"], "overloaded_error");
 }
 
-#[tokio::test]
-async fn upstream_errors_keep_status_body_and_headers() {
+cases!(mid_stream_error_reaches_client_as_error_event {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn upstream_errors_keep_status_body_and_headers(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
@@ -528,7 +527,7 @@ async fn upstream_errors_keep_status_body_and_headers() {
         (500, "api_error"),
         (403, "permission_error"),
     ] {
-        for mode in ["", "/min", "/pt"] {
+        {
             let resp = env
                 .post(
                     &format!("{mode}/v1/messages"),
@@ -553,53 +552,59 @@ async fn upstream_errors_keep_status_body_and_headers() {
     }
 }
 
-#[tokio::test]
-async fn exactly_one_upstream_request_per_client_request() {
+cases!(upstream_errors_keep_status_body_and_headers {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn exactly_one_upstream_request_per_client_request(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
     let mut n = 0;
-    for mode in ["", "/min", "/pt"] {
-        for text in ["hi", "[sim:status=529]", "[sim:status=500]"] {
-            for stream in [false, true] {
-                let _ = env
-                    .post(&format!("{mode}/v1/messages"), None, &message(text, stream))
-                    .await
-                    .bytes()
-                    .await;
-                n += 1;
-                assert_eq!(env.sim_state().requests().len(), n);
-            }
+    for text in ["hi", "[sim:status=529]", "[sim:status=500]"] {
+        for stream in [false, true] {
+            let _ = env
+                .post(&format!("{mode}/v1/messages"), None, &message(text, stream))
+                .await
+                .bytes()
+                .await;
+            n += 1;
+            assert_eq!(env.sim_state().requests().len(), n);
         }
     }
 }
 
-#[tokio::test]
-async fn malformed_json_is_a_400_in_full_and_minimal() {
+cases!(exactly_one_upstream_request_per_client_request {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn malformed_json_is_a_400_in_full_and_minimal(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
-    for mode in ["", "/full", "/min"] {
-        for body in [&b"{not json"[..], b"", b"[1,2", b"\"x\""] {
-            let resp = env
-                .client
-                .post(env.url(&format!("{mode}/v1/messages")))
-                .body(body.to_vec())
-                .send()
-                .await
-                .unwrap();
-            // A JSON scalar/array is valid JSON for minimal but not an object for full.
-            if mode == "/min" && body == b"\"x\"" {
-                continue;
-            }
-            assert_eq!(resp.status(), 400, "mode {mode} body {body:?}");
-            let v = json_of(resp).await;
-            assert_anthropic_error(&v, "invalid_request_error");
+    for body in [&b"{not json"[..], b"", b"[1,2", b"\"x\""] {
+        let resp = env
+            .client
+            .post(env.url(&format!("{mode}/v1/messages")))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        // A JSON scalar/array is valid JSON for minimal but not an object for full.
+        if mode == "/min" && body == b"\"x\"" {
+            continue;
         }
+        assert_eq!(resp.status(), 400, "mode {mode} body {body:?}");
+        let v = json_of(resp).await;
+        assert_anthropic_error(&v, "invalid_request_error");
     }
     let resp = env
         .post("/v1/messages", None, &json!({"system": 5, "messages": []}))
@@ -626,8 +631,13 @@ async fn malformed_json_is_a_400_in_full_and_minimal() {
     );
 }
 
-#[tokio::test]
-async fn oversized_body_is_413() {
+cases!(malformed_json_is_a_400_in_full_and_minimal {
+    full: (""),
+    full_prefix: ("/full"),
+    min: ("/min")
+});
+
+async fn oversized_body_is_413(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         max_body_bytes: Some(1024),
@@ -635,11 +645,9 @@ async fn oversized_body_is_413() {
     })
     .await;
     let big = message(&"x".repeat(4096), false);
-    for mode in ["", "/min", "/pt"] {
-        let resp = env.post(&format!("{mode}/v1/messages"), None, &big).await;
-        assert_eq!(resp.status(), 413);
-        assert_anthropic_error(&json_of(resp).await, "request_too_large");
-    }
+    let resp = env.post(&format!("{mode}/v1/messages"), None, &big).await;
+    assert_eq!(resp.status(), 413);
+    assert_anthropic_error(&json_of(resp).await, "request_too_large");
     // Chunked (no content-length) bodies are limited too.
     let stream =
         futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 512])));
@@ -654,8 +662,13 @@ async fn oversized_body_is_413() {
     assert!(env.sim_state().requests().is_empty());
 }
 
-#[tokio::test]
-async fn unknown_route_is_404_and_wrong_method_405() {
+cases!(oversized_body_is_413 {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn unknown_route_is_404_and_wrong_method_405(path: &str) {
     let env = TestEnv::start(Opts::default()).await;
     let resp = env.client.get(env.url("/v2/nothing")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
@@ -668,11 +681,9 @@ async fn unknown_route_is_404_and_wrong_method_405() {
         .unwrap();
     assert_eq!(resp.status(), 404);
     assert!(json_of(resp).await["error"]["message"].is_string());
-    for path in ["/v1/messages", "/min/v1/messages", "/pt/v1/messages"] {
-        let resp = env.client.get(env.url(path)).send().await.unwrap();
-        assert_eq!(resp.status(), 405, "{path}");
-        assert_anthropic_error(&json_of(resp).await, "invalid_request_error");
-    }
+    let resp = env.client.get(env.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 405, "{path}");
+    assert_anthropic_error(&json_of(resp).await, "invalid_request_error");
     let resp = env
         .client
         .delete(env.url("/v1/models"))
@@ -694,8 +705,13 @@ async fn unknown_route_is_404_and_wrong_method_405() {
     assert_eq!(resp.status(), 404);
 }
 
-#[tokio::test]
-async fn upstream_unreachable_is_502_and_slow_upstream_504() {
+cases!(unknown_route_is_404_and_wrong_method_405 {
+    full: ("/v1/messages"),
+    min: ("/min/v1/messages"),
+    pt: ("/pt/v1/messages")
+});
+
+async fn upstream_unreachable_is_502_and_slow_upstream_504(mode: &str) {
     // A port that was just free: connection refused.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -707,13 +723,11 @@ async fn upstream_unreachable_is_502_and_slow_upstream_504() {
         ..Opts::default()
     })
     .await;
-    for mode in ["", "/min", "/pt"] {
-        let resp = env
-            .post(&format!("{mode}/v1/messages"), None, &message("hi", false))
-            .await;
-        assert_eq!(resp.status(), 502);
-        assert_anthropic_error(&json_of(resp).await, "api_error");
-    }
+    let resp = env
+        .post(&format!("{mode}/v1/messages"), None, &message("hi", false))
+        .await;
+    assert_eq!(resp.status(), 502);
+    assert_anthropic_error(&json_of(resp).await, "api_error");
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         upstream_timeout: Some(Duration::from_millis(300)),
@@ -734,42 +748,52 @@ async fn upstream_unreachable_is_502_and_slow_upstream_504() {
     );
 }
 
-#[tokio::test]
-async fn count_tokens_and_models_in_each_mode() {
+cases!(upstream_unreachable_is_502_and_slow_upstream_504 {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
+async fn count_tokens_and_models_in_each_mode(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
-    for mode in ["", "/full", "/min", "/pt"] {
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages/count_tokens"),
-                None,
-                &json!({
-                    "model": "claude-sonnet-4-5", "messages": [{"role":"user","content":"count me"}]
-                }),
-            )
-            .await;
-        assert_eq!(resp.status(), 200, "{mode}");
-        assert!(json_of(resp).await["input_tokens"].as_u64().unwrap() > 0);
-        assert_eq!(
-            env.sim_state().last_request().unwrap().path,
-            "/v1/messages/count_tokens"
-        );
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages/count_tokens"),
+            None,
+            &json!({
+                "model": "claude-sonnet-4-5", "messages": [{"role":"user","content":"count me"}]
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{mode}");
+    assert!(json_of(resp).await["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        env.sim_state().last_request().unwrap().path,
+        "/v1/messages/count_tokens"
+    );
 
-        let resp = env
-            .client
-            .get(env.url(&format!("{mode}/v1/models")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let v = json_of(resp).await;
-        assert!(v["data"].as_array().unwrap().len() >= 3);
-        assert_eq!(v["data"][0]["type"], "model");
-    }
+    let resp = env
+        .client
+        .get(env.url(&format!("{mode}/v1/models")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v = json_of(resp).await;
+    assert!(v["data"].as_array().unwrap().len() >= 3);
+    assert_eq!(v["data"][0]["type"], "model");
 }
+
+cases!(count_tokens_and_models_in_each_mode {
+    full: (""),
+    full_prefix: ("/full"),
+    min: ("/min"),
+    pt: ("/pt")
+});
 
 #[tokio::test]
 async fn claude_code_requests_go_through_full_mode() {
@@ -838,37 +862,40 @@ async fn expired_subscription_without_refresh_is_a_clear_401() {
     assert!(!msg.contains(OAUTH_TOKEN));
 }
 
-#[tokio::test]
-async fn client_disconnect_cancels_pending_non_stream_request() {
+async fn client_disconnect_cancels_pending_non_stream_request(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
-    for (i, mode) in ["", "/min", "/pt"].iter().enumerate() {
-        let client = ccproxy::http::client_builder()
-            .timeout(Duration::from_millis(200))
-            .build()
-            .unwrap();
-        let err = client
-            .post(env.url(&format!("{mode}/v1/messages")))
-            .header("anthropic-version", "2023-06-01")
-            .json(&message("[sim:delay=5000]", false))
-            .send()
-            .await
-            .unwrap_err();
-        assert!(err.is_timeout());
-        let cancelled = &env.sim_state().requests_cancelled;
-        for _ in 0..100 {
-            if cancelled.load(std::sync::atomic::Ordering::SeqCst) == i as u64 + 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let client = ccproxy::http::client_builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = client
+        .post(env.url(&format!("{mode}/v1/messages")))
+        .header("anthropic-version", "2023-06-01")
+        .json(&message("[sim:delay=5000]", false))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    let cancelled = &env.sim_state().requests_cancelled;
+    for _ in 0..100 {
+        if cancelled.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            break;
         }
-        assert_eq!(
-            cancelled.load(std::sync::atomic::Ordering::SeqCst),
-            i as u64 + 1,
-            "{mode}"
-        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        cancelled.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{mode}"
+    );
 }
+
+cases!(client_disconnect_cancels_pending_non_stream_request {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});

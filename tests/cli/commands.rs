@@ -1,22 +1,10 @@
 //! Black-box tests of the built binary: config init/show, sim, serve.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use crate::support::*;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ccproxy");
-
-/// A command with a hermetic environment rooted at `dir`.
-fn cmd(dir: &std::path::Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir.join("home"))
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env("XDG_DATA_HOME", dir.join("data"));
-    c
-}
 
 fn stdout_of(c: &mut Command) -> (bool, String, String) {
     let out = c.output().expect("binary runs");
@@ -25,22 +13,6 @@ fn stdout_of(c: &mut Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn wait_health(port: u16) -> serde_json::Value {

@@ -2,33 +2,14 @@
 //! each test asserts exactly what the client sees, in both dialects where the
 //! fault applies. Faults come from the simulated upstream's fault markers
 //! (`src/sim/faults.rs`) or from a dead / mute upstream port.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures_util::StreamExt;
 use serde_json::Value;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn api_env() -> TestEnv {
-    TestEnv::start(Opts {
-        api_key: Some(API_KEY),
-        ..Opts::default()
-    })
-    .await
-}
-
-async fn json_of(resp: reqwest::Response) -> Value {
-    let bytes = resp.bytes().await.unwrap();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
-}
 
 /// Every (path, body, dialect-is-openai) combination for a marker text.
 fn all_routes(text: &str, stream: bool, with_pt_openai: bool) -> Vec<(String, Value, bool)> {
@@ -51,14 +32,6 @@ fn all_routes(text: &str, stream: bool, with_pt_openai: bool) -> Vec<(String, Va
         ));
     }
     v
-}
-
-fn upstream_messages(env: &TestEnv) -> usize {
-    env.sim_state()
-        .requests()
-        .iter()
-        .filter(|r| r.path == "/v1/messages")
-        .count()
 }
 
 // ---------------------------------------------------------------- connection faults
@@ -126,7 +99,7 @@ async fn upstream_that_never_sends_headers_is_504() {
         }
     }
     // The abandoned upstream requests were cancelled, not left running.
-    let n = upstream_messages(&env) as u64;
+    let n = env.upstream_messages() as u64;
     let cancelled = &env.sim_state().requests_cancelled;
     assert!(
         wait_until(Duration::from_secs(2), || cancelled.load(Ordering::SeqCst)
@@ -170,7 +143,7 @@ async fn upstream_that_never_sends_headers_is_504() {
 
 #[tokio::test]
 async fn reset_mid_body() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     // Streams: what came is relayed, then an error event (Anthropic) or an error
     // chunk and [DONE] (OpenAI); the body then ends cleanly.
     for (path, body, openai) in all_routes("[sim:reset-midstream]", true, false) {
@@ -313,7 +286,7 @@ async fn silent_upstream_mid_stream_hits_the_idle_timeout() {
 
 #[tokio::test]
 async fn stream_without_message_stop() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     for (path, body, openai) in all_routes("[sim:no-stop]", true, false) {
         let resp = env.post(&path, None, &body).await;
         assert_eq!(resp.status(), 200);
@@ -363,7 +336,7 @@ async fn stream_without_message_stop() {
 
 #[tokio::test]
 async fn malformed_sse_and_invalid_json_events() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     for (marker, injected) in [
         ("[sim:malformed-sse]", ccproxy::sim::faults::MALFORMED_SSE),
         ("[sim:bad-json-event]", ccproxy::sim::faults::BAD_JSON_EVENT),
@@ -416,7 +389,7 @@ async fn malformed_sse_and_invalid_json_events() {
 
 #[tokio::test]
 async fn upstream_error_statuses_429_529_500() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     for (status, kind, openai_status) in [
         (429u16, "rate_limit_error", 429u16),
         (529, "overloaded_error", 503),
@@ -457,14 +430,14 @@ async fn upstream_error_statuses_429_529_500() {
         }
     }
     // Exactly one upstream request each: no hidden retries by default.
-    assert_eq!(upstream_messages(&env), 3 * 2 * 5);
+    assert_eq!(env.upstream_messages(), 3 * 2 * 5);
 }
 
 // ---------------------------------------------------------------- client faults
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_within_100ms() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     // Short gaps (the upstream writes often) and long ones (it is silent when
     // the client leaves): the proxy must notice the client either way. On a
     // loaded machine one attempt may be late; a real delay fails all three.
@@ -515,7 +488,7 @@ async fn read_at_least(s: &mut tokio::net::TcpStream, n: usize) -> usize {
 
 #[tokio::test]
 async fn slow_client_backpressure_reaches_the_upstream() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     // An endless stream of 16 KiB deltas. The client reads 256 KiB, then stops.
     let marker = "[sim:endless] [sim:delta-size=16384]";
     for (path, body) in [
@@ -678,7 +651,7 @@ async fn body_over_the_limit_is_413_with_or_without_content_length() {
         assert_eq!(resp.status(), 413, "{path} (chunked)");
     }
     assert_eq!(
-        upstream_messages(&env),
+        env.upstream_messages(),
         0,
         "nothing oversized went upstream"
     );
@@ -686,7 +659,7 @@ async fn body_over_the_limit_is_413_with_or_without_content_length() {
 
 #[tokio::test]
 async fn oversized_headers_are_refused_cleanly() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     let addr = env.addr.to_string();
     let body = serde_json::to_vec(&message("hi", false)).unwrap();
     let cases: Vec<Vec<(String, String)>> = vec![
@@ -718,7 +691,7 @@ async fn oversized_headers_are_refused_cleanly() {
         // 431 Request Header Fields Too Large, or the connection closed without an answer.
         assert!(matches!(status, Some(431) | None), "got {status:?}");
     }
-    assert_eq!(upstream_messages(&env), 0);
+    assert_eq!(env.upstream_messages(), 0);
     assert_eq!(
         env.post("/v1/messages", None, &message("hi", false))
             .await
@@ -785,7 +758,7 @@ async fn retries_never_after_bytes_nor_for_500_or_timeouts() {
         let resp = env.post("/v1/messages", None, &message(text, stream)).await;
         assert_eq!(resp.status().as_u16(), status, "{text}");
         let _ = resp.bytes().await;
-        assert_eq!(upstream_messages(&env), 1, "{text}: retried");
+        assert_eq!(env.upstream_messages(), 1, "{text}: retried");
     }
     // OpenAI routes retry too (before the first byte): 529 twice, then success.
     env.sim_state().clear_requests();
@@ -799,7 +772,7 @@ async fn retries_never_after_bytes_nor_for_500_or_timeouts() {
     assert_eq!(resp.status(), 200);
     let (_, done) = openai_chunks(&resp.text().await.unwrap());
     assert!(done);
-    assert_eq!(upstream_messages(&env), 3);
+    assert_eq!(env.upstream_messages(), 3);
 }
 
 /// A request refused before its body was read must either say
@@ -893,7 +866,7 @@ async fn early_refusals_say_connection_close_or_keep_the_connection() {
 #[tokio::test]
 #[ignore = "missing feature: no header-read / idle-connection timeout (see report); takes 40 s"]
 async fn partial_request_head_is_dropped() {
-    let env = api_env().await;
+    let env = TestEnv::with_api_key().await;
     let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
     s.write_all(b"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n")
         .await

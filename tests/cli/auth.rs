@@ -1,50 +1,15 @@
 //! `ccproxy auth …` through the built binary against a standalone simulated
 //! upstream, and a grep of everything the server logs for secrets.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ccproxy");
+use crate::support::*;
+
 const ACCESS: &str = "sk-ant-oat01-cli-test-access-token-QWERTY";
 const REFRESH: &str = "sk-ant-ort01-cli-test-refresh-token-ASDFGH";
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cmd(dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir.join("home"))
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .env("XDG_DATA_HOME", dir.join("data"));
-    c
-}
-
-/// Starts `ccproxy sim` on a free port; returns its base URL.
-fn start_sim(dir: &Path) -> (Killed, String) {
-    let mut child = cmd(dir)
-        .args(["sim", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    (Killed(child), url)
-}
 
 fn write_creds(path: &Path, expires_in_ms: i64) {
     let now = std::time::SystemTime::now()

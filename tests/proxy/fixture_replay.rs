@@ -1,17 +1,14 @@
 //! Replays real recorded Anthropic exchanges (`../shared/fixtures/anthropic/`)
 //! from a loopback upstream and checks that the proxy relays them byte for byte.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::support::*;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -96,8 +93,7 @@ async fn replay_upstream() -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn recorded_exchanges_relay_byte_for_byte_in_every_mode() {
+async fn recorded_exchanges_relay_byte_for_byte_in_every_mode(mode: &str) {
     let upstream = replay_upstream().await;
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
@@ -107,7 +103,7 @@ async fn recorded_exchanges_relay_byte_for_byte_in_every_mode() {
     .await;
     for name in NAMES {
         let f = load(name);
-        for mode in ["/pt", "/min", ""] {
+        {
             let resp = env
                 .post(&format!("{mode}/v1/messages"), None, &f.request)
                 .await;
@@ -131,3 +127,9 @@ async fn recorded_exchanges_relay_byte_for_byte_in_every_mode() {
         }
     }
 }
+
+cases!(recorded_exchanges_relay_byte_for_byte_in_every_mode {
+    pt: ("/pt"),
+    min: ("/min"),
+    full: ("")
+});

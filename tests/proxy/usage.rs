@@ -1,13 +1,10 @@
 //! Usage rows recorded by the running proxy (stream, non-stream, error,
 //! abandoned stream, OpenAI), and the usage API and dashboard it serves.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
 
 use std::time::Duration;
 
+use crate::support::*;
 use ccproxy::observability::UsageRecord;
-use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -215,16 +212,11 @@ async fn reset_mid_body_is_recorded_as_an_upstream_failure(path: &str, body: ser
     );
 }
 
-#[tokio::test]
-async fn reset_mid_body_is_an_upstream_failure_anthropic() {
-    let body = message("[sim:reset-midstream]", false);
-    reset_mid_body_is_recorded_as_an_upstream_failure("/min/v1/messages", body).await;
-}
-
-#[tokio::test]
-async fn reset_mid_body_is_an_upstream_failure_openai() {
-    let body = json!({"model": "gpt-4o", "stream": false,
-        "messages": [{"role": "user", "content": "[sim:reset-midstream]"}]});
-    reset_mid_body_is_recorded_as_an_upstream_failure("/min/openai/v1/chat/completions", body)
-        .await;
-}
+cases!(reset_mid_body_is_recorded_as_an_upstream_failure {
+    anthropic: ("/min/v1/messages", message("[sim:reset-midstream]", false)),
+    openai: (
+        "/min/openai/v1/chat/completions",
+        json!({"model": "gpt-4o", "stream": false,
+            "messages": [{"role": "user", "content": "[sim:reset-midstream]"}]}),
+    ),
+});

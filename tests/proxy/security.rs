@@ -1,17 +1,12 @@
 //! Who may use the proxy, and what it may reveal: the non-loopback refusal,
 //! DNS-rebinding (Host) and drive-by (Origin/CORS) protection, the proxy token
 //! (wrong lengths), secrets in every output, and credentials-file permissions.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 // ---------------------------------------------------------------- listening address
 

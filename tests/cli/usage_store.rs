@@ -1,7 +1,6 @@
 //! The usage store (round trip, migrations, corrupt and locked files, the
 //! non-blocking queue), the price table, and the `ccproxy usage` report run
 //! through the built binary.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,4 @@
-//! Test harness: a simulated upstream and a ccproxy server on loopback ports.
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+//! ccproxy started in process on a loopback port against the simulated upstream.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -161,34 +159,22 @@ impl Drop for TestEnv {
     }
 }
 
-/// A small Messages request whose last user text is `text`.
-pub fn message(text: &str, stream: bool) -> serde_json::Value {
-    serde_json::json!({
-        "model": "claude-sonnet-4-5",
-        "max_tokens": 256,
-        "stream": stream,
-        "messages": [{"role": "user", "content": text}]
-    })
-}
-
-/// Parses an SSE body into (event, data JSON) pairs.
-pub fn parse_sse(body: &str) -> Vec<(String, serde_json::Value)> {
-    let mut out = Vec::new();
-    for frame in body.split("\n\n") {
-        let mut event = String::new();
-        let mut data = String::new();
-        for line in frame.lines() {
-            if let Some(e) = line.strip_prefix("event: ") {
-                event = e.to_owned();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                data.push_str(d);
-            }
-        }
-        if data.is_empty() {
-            continue;
-        }
-        let v = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
-        out.push((event, v));
+impl TestEnv {
+    /// A server with an API key and default settings.
+    pub async fn with_api_key() -> TestEnv {
+        TestEnv::start(Opts {
+            api_key: Some(API_KEY),
+            ..Opts::default()
+        })
+        .await
     }
-    out
+
+    /// How many requests reached the upstream's `/v1/messages`.
+    pub fn upstream_messages(&self) -> usize {
+        self.sim_state()
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/messages")
+            .count()
+    }
 }

@@ -5,7 +5,6 @@
 //! or `$CHROMIUM` pointing at a Chromium binary. Without one it is skipped with
 //! a message, except under CI (`CI` set), where it fails.
 //! `CCPROXY_DASHBOARD_SCREENSHOT=/tmp/dash.png` also saves a screenshot.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -1,9 +1,6 @@
 //! Request ids and timing headers on every response.
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use serde_json::json;
 
 #[tokio::test]

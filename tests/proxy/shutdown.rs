@@ -2,18 +2,13 @@
 //! in-flight requests and streams finish within `shutdown_grace_secs`, then end
 //! the streams still open with an error event, and exit 0. Also: a client that
 //! disconnects mid-stream is still recorded (the request log line).
-#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
-
-mod common;
-mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{message, parse_sse};
-use support::*;
+use crate::support::*;
 
 /// Starts `ccproxy serve --upstream-url sim` with this config file content.
 fn serve(dir: &Path, config: &str, extra: &[&str]) -> (Proc, u16) {

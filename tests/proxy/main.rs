@@ -1,0 +1,20 @@
+//! In-process integration tests: ccproxy started on a loopback port against the
+//! simulated upstream, over real sockets (plus the converters' fuzz properties).
+//! One binary, one module per concern; shared helpers live in `tests/support`.
+
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod anthropic;
+mod faults;
+mod fixture_replay;
+mod fuzz;
+mod oauth;
+mod observability;
+mod openai;
+mod retries;
+mod security;
+mod shutdown;
+mod usage;
