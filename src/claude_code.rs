@@ -93,6 +93,12 @@ pub enum ShapeError {
     SystemType,
 }
 
+impl From<ShapeError> for crate::error::ProxyError {
+    fn from(e: ShapeError) -> Self {
+        crate::error::ProxyError::invalid(e.to_string())
+    }
+}
+
 #[derive(Deserialize)]
 struct TextBlock<'a> {
     #[serde(rename = "type")]

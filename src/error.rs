@@ -273,11 +273,20 @@ impl ProxyError {
             ),
             None => (String::new(), body_text(status, body)),
         };
-        let kind = ErrorKind::from_anthropic(&kind, status);
-        let mut e = Self::new(kind, Origin::Upstream, message);
+        let mut e = Self::from_upstream_error(&kind, message, status);
         let out = if status == 529 { 503 } else { status };
         e.status = StatusCode::from_u16(out).ok();
         e
+    }
+
+    /// An upstream error of Anthropic type `kind` (from a response answered with
+    /// `status`, or an `error` event of a stream, where `status` is the stream's).
+    pub fn from_upstream_error(kind: &str, message: impl Into<String>, status: u16) -> Self {
+        Self::new(
+            ErrorKind::from_anthropic(kind, status),
+            Origin::Upstream,
+            message,
+        )
     }
 
     /// The message the client reads: what happened, then its cause.
@@ -390,21 +399,6 @@ impl std::error::Error for ProxyError {
     }
 }
 
-impl From<crate::convert::RequestError> for ProxyError {
-    fn from(e: crate::convert::RequestError) -> Self {
-        let mut pe = ProxyError::invalid(e.message);
-        pe.param = e.param;
-        pe.code = e.code;
-        pe
-    }
-}
-
-impl From<crate::claude_code::ShapeError> for ProxyError {
-    fn from(e: crate::claude_code::ShapeError) -> Self {
-        ProxyError::invalid(e.to_string())
-    }
-}
-
 /// An error and its causes, joined with `: ` (repeats left out): the text a
 /// person needs, where a library's own top-level message is too vague.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -493,6 +487,40 @@ mod tests {
         assert_eq!(a["error"]["type"], b["error"]["type"]);
         assert_eq!(b["error"]["message"], "boom");
         assert_eq!(relayed.status(), 500);
+    }
+
+    /// Anthropic error type (and status) → OpenAI status, type and code.
+    #[test]
+    fn upstream_errors_in_the_openai_envelope() {
+        #[rustfmt::skip]
+        let cases: [(u16, &str, u16, &str, Option<&str>); 12] = [
+            (400, "invalid_request_error", 400, "invalid_request_error", None),
+            (401, "authentication_error", 401, "authentication_error", Some("invalid_api_key")),
+            (403, "permission_error", 403, "permission_error", Some("forbidden")),
+            (404, "not_found_error", 404, "invalid_request_error", Some("not_found")),
+            (413, "request_too_large", 413, "invalid_request_error", Some("request_too_large")),
+            (429, "rate_limit_error", 429, "rate_limit_error", Some("rate_limit_exceeded")),
+            (500, "api_error", 500, "server_error", None),
+            (529, "overloaded_error", 503, "server_error", Some("overloaded")),
+            (402, "billing_error", 402, "insufficient_quota", Some("insufficient_quota")),
+            (504, "timeout_error", 504, "server_error", Some("upstream_timeout")),
+            (418, "teapot_error", 418, "invalid_request_error", None),
+            (502, "weird", 502, "server_error", None),
+        ];
+        for (status, atype, want_status, otype, code) in cases {
+            let body =
+                serde_json::json!({"type": "error", "error": {"type": atype, "message": "boom"}});
+            let e = ProxyError::from_upstream_response(status, body.to_string().as_bytes());
+            assert_eq!(e.status(), want_status, "{atype}");
+            assert_eq!(
+                json(&e.body(Dialect::OpenAi)),
+                serde_json::json!({"error": {"message": "boom", "type": otype, "param": null, "code": code}}),
+                "{atype}"
+            );
+        }
+        let long = "é".repeat(400);
+        let e = ProxyError::from_upstream_response(500, long.as_bytes());
+        assert!(e.message().len() <= 500);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod stream;
 
 pub use models::ModelAliases;
 pub use request::{ConvertOptions, ConvertedRequest, RequestError, chat_to_messages};
-pub use response::{error_to_openai, messages_to_chat, openai_error_body};
+pub use response::messages_to_chat;
 pub use sse::SseParser;
 pub use stream::ChatStreamConverter;
 

@@ -114,6 +114,15 @@ pub struct RequestError {
     pub code: Option<&'static str>,
 }
 
+impl From<RequestError> for crate::error::ProxyError {
+    fn from(e: RequestError) -> Self {
+        let mut pe = crate::error::ProxyError::invalid(e.message);
+        pe.param = e.param;
+        pe.code = e.code;
+        pe
+    }
+}
+
 impl RequestError {
     fn new(param: impl Into<String>, code: &'static str, what: impl std::fmt::Display) -> Self {
         let param = param.into();
@@ -122,16 +131,6 @@ impl RequestError {
             param: Some(param),
             code: Some(code),
         }
-    }
-
-    /// The OpenAI error envelope for this error.
-    pub fn to_openai_body(&self) -> Vec<u8> {
-        super::response::openai_error_body(
-            &self.message,
-            "invalid_request_error",
-            self.param.as_deref(),
-            self.code,
-        )
     }
 }
 
@@ -2117,7 +2116,9 @@ mod tests {
             if code != "invalid_json" {
                 assert!(!e.message.contains(" at line "), "{}", e.message);
             }
-            let env: Value = serde_json::from_slice(&e.to_openai_body()).unwrap();
+            let body =
+                crate::error::ProxyError::from(e.clone()).body(crate::routes::Dialect::OpenAi);
+            let env: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(env["error"]["type"], "invalid_request_error");
             assert_eq!(env["error"]["message"], e.message.as_str());
         }

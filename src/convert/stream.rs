@@ -21,9 +21,10 @@
 //!
 //! One `chatcmpl-…` id and one `created` for the whole stream. Events after the end are ignored.
 
-use super::response::{openai_error_kind, write_openai_error};
 use super::{finish_reason, minify_json, write_json_str, write_openai_usage};
 use crate::api::anthropic::{StreamEvent, Tokens};
+use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::routes::Dialect;
 
 pub use super::sse::SseParser;
 
@@ -132,7 +133,8 @@ impl ChatStreamConverter {
                     } else {
                         msg.trim()
                     };
-                    self.fail_with(msg, "server_error", None, out);
+                    let e = ProxyError::new(ErrorKind::Internal, Origin::Upstream, msg);
+                    self.fail_with(&e, out);
                 }
                 return;
             }
@@ -167,8 +169,7 @@ impl ChatStreamConverter {
                     ),
                     None => ("", "upstream stream error"),
                 };
-                let (t, code) = openai_error_kind(etype, 500);
-                self.fail_with(msg, t, code, out);
+                self.fail_with(&ProxyError::from_upstream_error(etype, msg, 500), out);
             }
             _ => {} // ping, unknown
         }
@@ -182,12 +183,12 @@ impl ChatStreamConverter {
             return;
         }
         if !self.started && !self.role_sent {
-            self.fail_with(
+            let e = ProxyError::new(
+                ErrorKind::Internal,
+                Origin::Upstream,
                 "the upstream stream ended before a response started",
-                "server_error",
-                None,
-                out,
             );
+            self.fail_with(&e, out);
             return;
         }
         // Close open tool calls so their arguments are complete JSON where possible.
@@ -198,17 +199,17 @@ impl ChatStreamConverter {
         self.end(out);
     }
 
-    /// Ends the stream with an OpenAI error frame then `[DONE]` (e.g. the upstream connection broke).
-    pub fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+    /// Ends the stream with `e` (the upstream broke, or the server is ending its
+    /// streams), unless it already ended.
+    pub fn abort(&mut self, e: &ProxyError, out: &mut Vec<u8>) {
         if !self.done {
-            self.fail_with(message, "server_error", None, out);
+            self.fail_with(e, out);
         }
     }
 
-    fn fail_with(&mut self, message: &str, kind: &str, code: Option<&str>, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"data: ");
-        write_openai_error(out, message, kind, None, code);
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    /// Ends the stream with the error chunk of the OpenAI dialect, then `[DONE]`.
+    fn fail_with(&mut self, e: &ProxyError, out: &mut Vec<u8>) {
+        out.extend_from_slice(&e.stream_event(Dialect::OpenAi));
         self.done = true;
     }
 
@@ -824,24 +825,7 @@ mod tests {
         let len = out.len();
         c.finish(&mut out);
         c.on_event("message_stop", br#"{"type":"message_stop"}"#, &mut out);
-        c.fail("late", &mut out);
         assert_eq!(out.len(), len);
-    }
-
-    #[test]
-    fn fail_emits_error_then_done() {
-        let mut c = conv(false);
-        let mut out = Vec::new();
-        c.on_event(
-            "message_start",
-            br#"{"type":"message_start","message":{}}"#,
-            &mut out,
-        );
-        c.fail("upstream connection lost", &mut out);
-        let fs = frames(&out);
-        assert_eq!(fs[1]["error"]["message"], "upstream connection lost");
-        assert_eq!(fs[2], "[DONE]");
-        assert!(c.is_done());
     }
 
     #[test]

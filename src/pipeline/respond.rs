@@ -305,10 +305,14 @@ impl<S> StreamState<S> {
         if let Some(mut r) = self.record.take() {
             r.failed(&e);
         }
-        e.stream_event(match self.relay {
-            Relay::Raw => Dialect::Anthropic,
-            Relay::Chat(_) => Dialect::OpenAi,
-        })
+        match &mut self.relay {
+            Relay::Raw => e.stream_event(Dialect::Anthropic),
+            Relay::Chat(chat) => {
+                let mut out = Vec::new();
+                chat.1.abort(&e, &mut out);
+                Bytes::from(out)
+            }
+        }
     }
 
     fn on_end(&mut self) -> Bytes {

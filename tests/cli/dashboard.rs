@@ -12,11 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use ccproxy::observability::usage::{PriceTable, UsageStore, dashboard};
+use ccproxy::observability::usage::{PriceTable, UsageStore};
 use ccproxy::observability::{Tokens, UsageRecord};
 use serde_json::Value;
 
@@ -136,32 +133,31 @@ fn seed(path: &Path) -> Vec<UsageRecord> {
     rows
 }
 
-async fn require_token(req: Request, next: Next) -> Response {
-    if req.uri().path() == "/api/usage" {
-        let ok = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            == Some(format!("Bearer {TOKEN}").as_str());
-        if !ok {
-            return (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// Serves the dashboard routes over `db` on 127.0.0.1:0; `/api/usage` requires
-/// the bearer token, as the real router does when a proxy token is configured.
+/// Starts the real server (on the simulated upstream) with its usage store at
+/// `db` (`None`: usage recording off) on 127.0.0.1:0; with `with_token`, the
+/// proxy token guards the dashboard and `/api/usage`, as in production.
 async fn serve(db: Option<PathBuf>, with_token: bool) -> SocketAddr {
-    let mut app = dashboard::router(db);
-    if with_token {
-        app = app.layer(middleware::from_fn(require_token));
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut args = ccproxy::cli::ServeArgs {
+        host: Some("127.0.0.1".into()),
+        port: Some(0),
+        upstream_url: Some("sim".into()),
+        ..ccproxy::cli::ServeArgs::default()
+    };
+    args.common.config = Some(config);
+    let mut settings = ccproxy::config::Settings::resolve(&args).unwrap();
+    settings.paths.home_dir = Some(dir.join("home"));
+    settings.paths.config_dir = dir.join("config");
+    settings.server.auth_token = with_token.then(|| ccproxy::config::Secret::new(TOKEN));
+    match db {
+        Some(path) => settings.usage.db = path,
+        None => settings.usage.enabled = false,
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let server = ccproxy::server::Server::bind(settings).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(std::future::pending()));
     addr
 }
 
@@ -187,17 +183,20 @@ async fn get_json(addr: SocketAddr, query: &str) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn page_is_self_contained() {
-    let res = dashboard::page();
+    let addr = serve(None, false).await;
+    let res = client()
+        .get(format!("http://{addr}/dashboard"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
     let headers = res.headers().clone();
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.starts_with("default-src 'none'"), "{csp}");
     assert!(csp.contains("connect-src 'self'"), "{csp}");
     assert_eq!(headers["referrer-policy"], "no-referrer");
-    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let html = String::from_utf8(body.to_vec()).unwrap();
+    let html = res.text().await.unwrap();
     assert!(html.starts_with("<!doctype html>"));
     // No external resource of any kind: the only URL is the SVG namespace name.
     let svg_ns = "http://www.w3.org/2000/svg";
@@ -334,6 +333,17 @@ async fn api_usage_reports_totals_series_models_and_recent() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+/// `/api/usage`'s handler called directly over a store path no server opened.
+async fn direct_api(db: PathBuf) -> (StatusCode, Value) {
+    use ccproxy::observability::usage::dashboard::{ApiQuery, api_usage};
+    let resp = api_usage(Some(db), ApiQuery::default()).await;
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
 #[tokio::test]
 async fn api_usage_without_a_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -342,23 +352,29 @@ async fn api_usage_without_a_store() {
     let (status, body) = get_json(addr, "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["type"], "usage_disabled");
-    // Enabled but nothing written yet: empty, and the file is not created.
+    // A store path with no database yet (the API reading a store no server has
+    // opened): empty, and the file is not created.
     let db = dir.path().join("later.db");
-    let addr = serve(Some(db.clone()), false).await;
-    let (status, body) = get_json(addr, "").await;
+    let (status, body) = direct_api(db.clone()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["recorded"], false);
     assert_eq!(body["totals"]["requests"], 0);
     assert!(!db.exists());
-    // Corrupt: 500 naming the file.
-    std::fs::write(&db, vec![0x5A; 4096]).unwrap();
+    // Enabled in a running server, nothing recorded yet: empty totals.
+    let addr = serve(Some(db.clone()), false).await;
     let (status, body) = get_json(addr, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["totals"]["requests"], 0);
+    // Corrupt: 500 naming the file.
+    let bad = dir.path().join("corrupt.db");
+    std::fs::write(&bad, vec![0x5A; 4096]).unwrap();
+    let (status, body) = direct_api(bad).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("later.db")
+            .contains("corrupt.db")
     );
 }
 
@@ -534,17 +550,16 @@ async fn dashboard_renders_in_headless_chromium() {
     let models_chart = section(&dom, "chart-models", "</svg>");
     assert!(models_chart.contains("claude-opus-4-5-20251101"));
 
-    // Without the token the API refuses, and the page says how to fix it.
+    // Without the token the server refuses the page, and says how to fix it.
     let url = format!("http://{addr}/dashboard");
     let chromium2 = chromium.clone();
     let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&chromium2, &url, None))
         .await
         .unwrap();
-    assert!(dom.contains("<body data-state=\"error\""), "{dom}");
+    assert!(!dom.contains("data-state=\"ready\""), "{dom}");
     assert!(
-        text_of(&dom, "banner").contains("/dashboard?token="),
-        "{}",
-        text_of(&dom, "banner")
+        dom.contains("authentication_error") && dom.contains("?token="),
+        "{dom}"
     );
 
     if let Some(png) = std::env::var_os("CCPROXY_DASHBOARD_SCREENSHOT") {

@@ -597,7 +597,8 @@ fn check_chat_to_messages(body: &[u8]) -> Result<(), TestCaseError> {
         }
         Err(e) => {
             prop_assert!(!e.message.is_empty());
-            let v: Value = serde_json::from_slice(&e.to_openai_body()).unwrap();
+            let body = ccproxy::error::ProxyError::from(e).body(ccproxy::routes::Dialect::OpenAi);
+            let v: Value = serde_json::from_slice(&body).unwrap();
             prop_assert!(crate::support::is_openai_envelope(&v), "{v}");
         }
     }
@@ -978,13 +979,20 @@ fn fuzz_chat_stream_converter() {
             for (name, data) in &events {
                 conv.on_event(name, data, &mut out);
             }
+            let lost = |m: &str| {
+                ccproxy::error::ProxyError::new(
+                    ccproxy::error::ErrorKind::BadGateway,
+                    ccproxy::error::Origin::Upstream,
+                    m,
+                )
+            };
             match ending {
                 0 => conv.finish(&mut out),
-                1 => conv.fail("upstream connection lost", &mut out),
+                1 => conv.abort(&lost("upstream connection lost"), &mut out),
                 _ => {
                     conv.finish(&mut out);
                     conv.finish(&mut out);
-                    conv.fail("again", &mut out);
+                    conv.abort(&lost("again"), &mut out);
                 }
             }
             prop_assert!(conv.is_done());
@@ -1056,8 +1064,10 @@ fn fuzz_response_converters() {
                 ],
             ),
             |(status, body)| {
-                let (code, out) = convert::error_to_openai(status, &body);
+                let e = ccproxy::error::ProxyError::from_upstream_response(status, &body);
+                let code = e.status().as_u16();
                 prop_assert!(code == status || (status == 529 && code == 503));
+                let out = e.body(ccproxy::routes::Dialect::OpenAi);
                 let v: Value = serde_json::from_slice(&out).unwrap();
                 prop_assert!(crate::support::is_openai_envelope(&v), "{v}");
                 prop_assert!(v["error"]["message"].as_str().unwrap().len() <= 1024);

@@ -21,10 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use axum::Json;
-use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use super::UsageError;
@@ -314,22 +312,6 @@ pub async fn api_usage(db_path: Option<PathBuf>, query: ApiQuery) -> Response {
         }
         Err(e) => ApiError::Internal(e.to_string()).into_response(),
     }
-}
-
-/// A router with `GET /dashboard` and `GET /api/usage` over `db_path`, with no
-/// access check of its own (wrap it in the proxy-token layer before merging).
-pub fn router(db_path: Option<PathBuf>) -> axum::Router {
-    axum::Router::new()
-        .route("/dashboard", get(|| async { page() }))
-        .route(
-            "/api/usage",
-            get(
-                |State(path): State<Option<PathBuf>>, Query(q): Query<ApiQuery>| async move {
-                    api_usage(path, q).await
-                },
-            ),
-        )
-        .with_state(db_path)
 }
 
 #[cfg(test)]
