@@ -111,6 +111,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub cors_origins: Vec<String>,
     pub max_concurrent_requests: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub body_read_timeout_secs: Option<u64>,
     pub stream_idle_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub retries: Option<u32>,
@@ -225,6 +228,13 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Requests served at once; more get 503 with `retry-after` (0 = unlimited).
     pub max_concurrent_requests: usize,
+    /// Client connections open at once; more are closed at once (0 = unlimited).
+    pub max_connections: usize,
+    /// The longest a connection may wait for a complete request head: a client
+    /// sending it slowly, or idling between keep-alive requests, is disconnected.
+    pub header_read_timeout: Duration,
+    /// The longest a request body may stall (no bytes) before the request fails with 408.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -232,6 +242,9 @@ impl Default for Limits {
         Limits {
             max_body_bytes: DEFAULT_MAX_BODY,
             max_concurrent_requests: 4096,
+            max_connections: 16_384,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -518,11 +531,30 @@ impl Limits {
                 message: "must be greater than 0".into(),
             });
         }
+        let secs = |v: Option<u64>, name: &'static str, default: Duration| match v {
+            Some(0) => Err(ConfigError::Invalid {
+                name,
+                message: "must be greater than 0".into(),
+            }),
+            Some(n) => Ok(Duration::from_secs(n)),
+            None => Ok(default),
+        };
         Ok(Limits {
             max_body_bytes,
             max_concurrent_requests: file
                 .max_concurrent_requests
                 .unwrap_or(d.max_concurrent_requests),
+            max_connections: file.max_connections.unwrap_or(d.max_connections),
+            header_read_timeout: secs(
+                file.header_read_timeout_secs,
+                "header_read_timeout_secs",
+                d.header_read_timeout,
+            )?,
+            body_read_timeout: secs(
+                file.body_read_timeout_secs,
+                "body_read_timeout_secs",
+                d.body_read_timeout,
+            )?,
         })
     }
 }
@@ -697,6 +729,15 @@ impl Limits {
                 "max_concurrent_requests",
                 self.max_concurrent_requests.to_string(),
             ),
+            ("max_connections", self.max_connections.to_string()),
+            (
+                "header_read_timeout_secs",
+                self.header_read_timeout.as_secs().to_string(),
+            ),
+            (
+                "body_read_timeout_secs",
+                self.body_read_timeout.as_secs().to_string(),
+            ),
         ]
     }
 }
@@ -803,6 +844,17 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 
 # Requests served at once; more get 503 with retry-after (0 = unlimited).
 # max_concurrent_requests = 4096
+
+# Client connections open at once; more are closed at once (0 = unlimited).
+# The soft open-file limit is raised to the hard limit at startup.
+# max_connections = 16384
+
+# Slow or idle clients: a request head must arrive complete within
+# header_read_timeout_secs of the moment the connection waits for it (this is
+# also how long an idle keep-alive connection stays open); a request body that
+# sends nothing for body_read_timeout_secs fails with 408.
+# header_read_timeout_secs = 30
+# body_read_timeout_secs = 30
 
 # Longest silence from the upstream in the middle of a stream before the client
 # gets an error event and the stream ends.

@@ -5,7 +5,7 @@
 //! pass buffers.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
@@ -120,74 +120,16 @@ pub async fn login(
 ) -> Result<LoginOutcome, CredentialError> {
     let pkce = Pkce::generate();
     let url = authorize_url(&opts.authorize_url, &cfg.client_id, &pkce)?;
-    let io_err = |e: std::io::Error| CredentialError::Login(format!("terminal I/O failed: {e}"));
-    writeln!(
-        output,
-        "Open this URL in a browser and log in with your Claude account:\n\n{url}\n"
-    )
-    .map_err(io_err)?;
-    if opts.open_browser && open_browser(&url) {
-        writeln!(output, "(A browser window was opened.)").map_err(io_err)?;
-    }
-    let (code, state) = loop {
-        write!(output, "Paste the code shown after login (code#state): ").map_err(io_err)?;
-        output.flush().map_err(io_err)?;
-        let mut line = String::new();
-        if input.read_line(&mut line).map_err(io_err)? == 0 {
-            return Err(CredentialError::Login("no code was entered".to_owned()));
-        }
-        match parse_pasted(&line) {
-            Some(parsed) => break parsed,
-            None => continue,
-        }
-    };
-    let Some(state) = state else {
-        return Err(CredentialError::Login(
-            "expected `code#state` (the whole value shown by the page); start again with `ccproxy auth login`"
-                .to_owned(),
-        ));
-    };
-    if state != pkce.state {
-        return Err(CredentialError::Login(
-            "the pasted state does not belong to this login attempt; start again with `ccproxy auth login`"
-                .to_owned(),
-        ));
-    }
-    let endpoint = TokenEndpoint::new(
-        http,
-        cfg.token_url.clone(),
-        cfg.client_id.clone(),
-        TOKEN_REQUEST_TIMEOUT,
-    );
-    let grant = endpoint
-        .exchange_code(&code, &state, &pkce.verifier, REDIRECT_URI)
-        .await
-        .map_err(|e| CredentialError::Login(format!("exchanging the code failed: {e}")))?;
-    let now = now_ms();
-    let expires_at_ms = grant
-        .expires_in
-        .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
-    let creds = OAuthCreds {
-        access_token: AccessToken::new(grant.access_token),
-        refresh_token: grant.refresh_token,
-        expires_at_ms,
-        scopes: grant
-            .scopes
-            .unwrap_or_else(|| LOGIN_SCOPES.split_whitespace().map(str::to_owned).collect()),
-        subscription_type: None,
-    };
+    show_authorize_url(&url, opts.open_browser, &mut output)?;
+    let (code, state) = read_code(&mut input, &mut output)?;
+    let state = check_state(state, &pkce)?;
+    let creds = exchange_code(cfg, http, &code, &state, &pkce).await?;
     let path = cfg.login_target().to_path_buf();
-    let (p, c) = (path.clone(), creds.clone());
-    tokio::task::spawn_blocking(move || store::save_login(&p, &c))
-        .await
-        .map_err(|e| CredentialError::Write {
-            path: path.clone(),
-            reason: e.to_string(),
-        })??;
+    save_creds(&path, &creds).await?;
     info!(path = %path.display(), "saved Claude OAuth credentials from login");
     let outcome = LoginOutcome {
         path,
-        expires_at_ms,
+        expires_at_ms: creds.expires_at_ms,
         masked_token: creds.access_token.masked(),
         scopes: creds.scopes,
     };
@@ -202,6 +144,106 @@ pub async fn login(
     )
     .map_err(io_err)?;
     Ok(outcome)
+}
+
+fn io_err(e: std::io::Error) -> CredentialError {
+    CredentialError::Login(format!("terminal I/O failed: {e}"))
+}
+
+/// Prints the authorize URL, and opens a browser on it when asked.
+fn show_authorize_url(
+    url: &str,
+    open: bool,
+    output: &mut impl Write,
+) -> Result<(), CredentialError> {
+    writeln!(
+        output,
+        "Open this URL in a browser and log in with your Claude account:\n\n{url}\n"
+    )
+    .map_err(io_err)?;
+    if open && open_browser(url) {
+        writeln!(output, "(A browser window was opened.)").map_err(io_err)?;
+    }
+    Ok(())
+}
+
+/// Prompts until a non-blank paste; an error at end of input.
+fn read_code(
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+) -> Result<(String, Option<String>), CredentialError> {
+    loop {
+        write!(output, "Paste the code shown after login (code#state): ").map_err(io_err)?;
+        output.flush().map_err(io_err)?;
+        let mut line = String::new();
+        if input.read_line(&mut line).map_err(io_err)? == 0 {
+            return Err(CredentialError::Login("no code was entered".to_owned()));
+        }
+        if let Some(parsed) = parse_pasted(&line) {
+            return Ok(parsed);
+        }
+    }
+}
+
+/// The pasted state, which must be present and belong to this login attempt.
+fn check_state(state: Option<String>, pkce: &Pkce) -> Result<String, CredentialError> {
+    let Some(state) = state else {
+        return Err(CredentialError::Login(
+            "expected `code#state` (the whole value shown by the page); start again with `ccproxy auth login`"
+                .to_owned(),
+        ));
+    };
+    if state != pkce.state {
+        return Err(CredentialError::Login(
+            "the pasted state does not belong to this login attempt; start again with `ccproxy auth login`"
+                .to_owned(),
+        ));
+    }
+    Ok(state)
+}
+
+/// Exchanges the authorization code at the token URL for credentials.
+async fn exchange_code(
+    cfg: &CredentialsConfig,
+    http: reqwest::Client,
+    code: &str,
+    state: &str,
+    pkce: &Pkce,
+) -> Result<OAuthCreds, CredentialError> {
+    let endpoint = TokenEndpoint::new(
+        http,
+        cfg.token_url.clone(),
+        cfg.client_id.clone(),
+        TOKEN_REQUEST_TIMEOUT,
+    );
+    let grant = endpoint
+        .exchange_code(code, state, &pkce.verifier, REDIRECT_URI)
+        .await
+        .map_err(|e| CredentialError::Login(format!("exchanging the code failed: {e}")))?;
+    let now = now_ms();
+    let expires_at_ms = grant
+        .expires_in
+        .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    Ok(OAuthCreds {
+        access_token: AccessToken::new(grant.access_token),
+        refresh_token: grant.refresh_token,
+        expires_at_ms,
+        scopes: grant
+            .scopes
+            .unwrap_or_else(|| LOGIN_SCOPES.split_whitespace().map(str::to_owned).collect()),
+        subscription_type: None,
+    })
+}
+
+/// Saves `creds` to `path` on a blocking thread.
+async fn save_creds(path: &Path, creds: &OAuthCreds) -> Result<(), CredentialError> {
+    let (p, c) = (path.to_path_buf(), creds.clone());
+    tokio::task::spawn_blocking(move || store::save_login(&p, &c))
+        .await
+        .map_err(|e| CredentialError::Write {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
 }
 
 /// Splits what the user pasted into `(code, state)`. Accepts `code#state`, a bare code (state

@@ -12,6 +12,7 @@
 //!   tokens rotate: not writing them back would log Claude Code out.
 //! - Failures back off exponentially (honouring `Retry-After`); until expiry the current token is used.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tracing::{debug, error, info, warn};
 
-use super::endpoint::{EndpointErrorKind, Grant, TokenEndpoint};
+use super::endpoint::{EndpointError, EndpointErrorKind, Grant, TokenEndpoint};
 use super::store::{Loaded, OAuthCreds, Source};
 use super::{
     AccessToken, CredentialError, CredentialsConfig, OAuthStatus, SourceInfo, SourceKind,
@@ -427,14 +428,7 @@ impl OAuthManager {
         flight.last_attempt = Some(Instant::now());
         let mut cur = match self.reread().await {
             Reread::Found { root, creds } => self.merge_from_source(root, creds, false),
-            Reread::Gone => {
-                let err = CredentialError::Removed {
-                    origin: self.info.description.clone(),
-                };
-                warn!(source = %self.info, "the credentials were removed; not refreshing them");
-                self.record_failure(flight, &err, None);
-                return self.fallback(&self.snapshot(), now_ms(), mode, rejected, err);
-            }
+            Reread::Gone => return self.source_removed(flight, mode, rejected),
             Reread::Unreadable(e) => {
                 warn!(error = %e, "cannot re-read the credentials; refreshing the copy in memory");
                 self.snapshot()
@@ -447,70 +441,125 @@ impl OAuthManager {
         }
         let mut reread_after_rejection = true;
         loop {
-            let Some(refresh_token) = cur.creds.refresh_token.clone() else {
-                let err = CredentialError::NoRefreshToken {
-                    origin: self.info.description.clone(),
-                };
-                self.record_failure(flight, &err, None);
-                return self.fallback(&cur, now_ms(), mode, rejected, err);
+            let refresh_token = match self.refresh_token_to_send(flight, &cur, mode, rejected) {
+                ControlFlow::Continue(token) => token,
+                ControlFlow::Break(result) => return result,
             };
-            if mode != Mode::Forced
-                && flight.dead_refresh_token.as_ref() == Some(&refresh_token)
-                && let Some(err) = flight.last_error.clone()
-            {
-                // The endpoint already rejected this refresh token; only a new login helps.
-                self.bump_backoff(flight, None);
-                return self.fallback(&cur, now_ms(), mode, rejected, err);
-            }
-            debug!(source = %self.info, url = %self.endpoint.url(), "refreshing the Claude OAuth token");
-            let outcome = self.endpoint.refresh(&refresh_token).await;
-            let result_label = match &outcome {
-                Ok(_) => "ok",
-                Err(e) if e.kind == EndpointErrorKind::InvalidGrant => "invalid_grant",
-                Err(_) => "error",
-            };
-            metrics::counter!("ccproxy_oauth_refreshes_total", "result" => result_label)
-                .increment(1);
-            match outcome {
+            let e = match self.post_refresh(&refresh_token).await {
                 Ok(grant) => return Ok(self.on_grant(flight, &cur, grant).await),
-                Err(e) => {
-                    if e.kind == EndpointErrorKind::InvalidGrant && reread_after_rejection {
-                        reread_after_rejection = false;
-                        // Claude Code may have rotated the refresh token since we read it.
-                        if let Reread::Found { root, creds } = self.reread().await
-                            && creds.refresh_token.as_ref() != Some(&refresh_token)
-                        {
-                            info!(source = %self.info, "the refresh token was rotated by another process; using the new one");
-                            cur = self.merge_from_source(root, creds, true);
-                            if mode != Mode::Forced && self.usable(&cur, now_ms(), rejected) {
-                                self.record_success(flight);
-                                return Ok(cur.creds.access_token.clone());
-                            }
-                            continue;
-                        }
+                Err(e) => e,
+            };
+            if e.kind == EndpointErrorKind::InvalidGrant && reread_after_rejection {
+                reread_after_rejection = false;
+                if let Some(rotated) = self.rotated_elsewhere(&refresh_token).await {
+                    cur = rotated;
+                    if mode != Mode::Forced && self.usable(&cur, now_ms(), rejected) {
+                        self.record_success(flight);
+                        return Ok(cur.creds.access_token.clone());
                     }
-                    if e.kind == EndpointErrorKind::InvalidGrant {
-                        flight.dead_refresh_token = Some(refresh_token);
-                    }
-                    let retry_after = e.retry_after;
-                    let err = CredentialError::Endpoint(e);
-                    let now = now_ms();
-                    match cur.creds.expires_at_ms {
-                        Some(exp) if now < exp && mode == Mode::Ahead => warn!(
-                            source = %self.info,
-                            error = %err,
-                            "could not refresh the Claude OAuth token; using the current one until it expires at {}",
-                            format_utc(exp)
-                        ),
-                        _ => {
-                            error!(source = %self.info, error = %err, "could not refresh the Claude OAuth token")
-                        }
-                    }
-                    self.record_failure(flight, &err, retry_after);
-                    return self.fallback(&cur, now, mode, rejected, err);
+                    continue;
                 }
             }
+            return self.refresh_failed(flight, &cur, mode, rejected, refresh_token, e);
         }
+    }
+
+    /// The source no longer holds credentials: refreshing them would resurrect a logout.
+    fn source_removed(
+        &self,
+        flight: &mut Flight,
+        mode: Mode,
+        rejected: Option<&AccessToken>,
+    ) -> Result<AccessToken, CredentialError> {
+        let err = CredentialError::Removed {
+            origin: self.info.description.clone(),
+        };
+        warn!(source = %self.info, "the credentials were removed; not refreshing them");
+        self.record_failure(flight, &err, None);
+        self.fallback(&self.snapshot(), now_ms(), mode, rejected, err)
+    }
+
+    /// The refresh token to POST, or (`Break`) the attempt's result when there is none worth
+    /// sending: no refresh token at all, or one the endpoint already rejected.
+    fn refresh_token_to_send(
+        &self,
+        flight: &mut Flight,
+        cur: &Current,
+        mode: Mode,
+        rejected: Option<&AccessToken>,
+    ) -> ControlFlow<Result<AccessToken, CredentialError>, super::Secret> {
+        let Some(refresh_token) = cur.creds.refresh_token.clone() else {
+            let err = CredentialError::NoRefreshToken {
+                origin: self.info.description.clone(),
+            };
+            self.record_failure(flight, &err, None);
+            return ControlFlow::Break(self.fallback(cur, now_ms(), mode, rejected, err));
+        };
+        if mode != Mode::Forced
+            && flight.dead_refresh_token.as_ref() == Some(&refresh_token)
+            && let Some(err) = flight.last_error.clone()
+        {
+            // The endpoint already rejected this refresh token; only a new login helps.
+            self.bump_backoff(flight, None);
+            return ControlFlow::Break(self.fallback(cur, now_ms(), mode, rejected, err));
+        }
+        ControlFlow::Continue(refresh_token)
+    }
+
+    /// One POST to the token endpoint, counted in `ccproxy_oauth_refreshes_total`.
+    async fn post_refresh(&self, refresh_token: &super::Secret) -> Result<Grant, EndpointError> {
+        debug!(source = %self.info, url = %self.endpoint.url(), "refreshing the Claude OAuth token");
+        let outcome = self.endpoint.refresh(refresh_token).await;
+        let result_label = match &outcome {
+            Ok(_) => "ok",
+            Err(e) if e.kind == EndpointErrorKind::InvalidGrant => "invalid_grant",
+            Err(_) => "error",
+        };
+        metrics::counter!("ccproxy_oauth_refreshes_total", "result" => result_label).increment(1);
+        outcome
+    }
+
+    /// After `invalid_grant`: Claude Code may have rotated the refresh token since we read it.
+    /// The credentials adopted from the source when it now holds a different refresh token.
+    async fn rotated_elsewhere(&self, rejected_token: &super::Secret) -> Option<Arc<Current>> {
+        if let Reread::Found { root, creds } = self.reread().await
+            && creds.refresh_token.as_ref() != Some(rejected_token)
+        {
+            info!(source = %self.info, "the refresh token was rotated by another process; using the new one");
+            return Some(self.merge_from_source(root, creds, true));
+        }
+        None
+    }
+
+    /// The endpoint refused the refresh: remember a rejected refresh token, log, back off, fall back.
+    fn refresh_failed(
+        &self,
+        flight: &mut Flight,
+        cur: &Current,
+        mode: Mode,
+        rejected: Option<&AccessToken>,
+        refresh_token: super::Secret,
+        e: EndpointError,
+    ) -> Result<AccessToken, CredentialError> {
+        if e.kind == EndpointErrorKind::InvalidGrant {
+            flight.dead_refresh_token = Some(refresh_token);
+        }
+        let retry_after = e.retry_after;
+        let err = CredentialError::Endpoint(e);
+        let now = now_ms();
+        match cur.creds.expires_at_ms {
+            Some(exp) if now < exp && mode == Mode::Ahead => warn!(
+                source = %self.info,
+                error = %err,
+                "could not refresh the Claude OAuth token; using the current one until it expires at {}",
+                format_utc(exp)
+            ),
+            _ => {
+                error!(source = %self.info, error = %err, "could not refresh the Claude OAuth token")
+            }
+        }
+        self.record_failure(flight, &err, retry_after);
+        self.fallback(cur, now, mode, rejected, err)
     }
 
     async fn on_grant(&self, flight: &mut Flight, cur: &Current, grant: Grant) -> AccessToken {

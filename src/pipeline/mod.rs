@@ -42,9 +42,6 @@ use crate::routes::{Mode, Route};
 use crate::state::AppState;
 use crate::upstream;
 
-/// The longest a request body may stall (no bytes) before the request fails with 408.
-const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The entry point for every proxied route.
 pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request) -> Response {
     let mut ctx = RequestCtx::new(state.observer.clone(), mode, route, req.headers());
@@ -74,7 +71,8 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
 
     // body, within the configured limit.
     let limit = state.settings.limits.max_body_bytes;
-    let body = read_body(body, &parts.headers, limit, BODY_STALL_TIMEOUT).await?;
+    let stall = state.settings.limits.body_read_timeout;
+    let body = read_body(body, &parts.headers, limit, stall).await?;
 
     // credential for the upstream.
     let chosen = credential::choose(state, ctx.mode, client_token).await?;

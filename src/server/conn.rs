@@ -23,22 +23,13 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-/// Limits on client connections.
+/// Limits on client connections (from `settings.limits`).
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
     /// The longest a connection may wait for a complete request head.
     pub header_read_timeout: Duration,
     /// Client connections open at once (`0`: unlimited).
     pub max_connections: usize,
-}
-
-impl Default for ConnLimits {
-    fn default() -> Self {
-        ConnLimits {
-            header_read_timeout: Duration::from_secs(30),
-            max_connections: 16_384,
-        }
-    }
 }
 
 /// Raises the soft open-file limit to the hard limit (each proxied request may

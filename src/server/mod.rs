@@ -72,8 +72,11 @@ impl Server {
                     settings.server.port
                 )
             })?;
+        let limits = ConnLimits {
+            header_read_timeout: settings.limits.header_read_timeout,
+            max_connections: settings.limits.max_connections,
+        };
         let state = crate::state::build_state(settings, base)?;
-        let limits = ConnLimits::default();
         conn::raise_open_file_limit(limits.max_connections);
         Ok(Server {
             state: Arc::new(state),

@@ -8,6 +8,7 @@
 mod support;
 
 mod anthropic;
+mod connections;
 mod faults;
 mod fixture_replay;
 mod fuzz;

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::UsageError;
-use super::report::{self, Group, GroupBy, Stats, UsageReader};
+use super::report::{self, Group, GroupBy, Row, Stats, UsageReader};
 use crate::observability::{Tokens, UsageRecord};
 use crate::util::time::now_ms;
 
@@ -188,89 +188,21 @@ pub fn usage_data(path: &Path, q: &ApiQuery, now: i64) -> Result<UsageData, ApiE
     let since =
         report::parse_since(&since_text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since_ms = report::since_ms(since, now);
-    let requested = match q.by.as_deref().unwrap_or("auto") {
-        "auto" | "" => None,
-        other => Some(bucket_named(other).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "invalid by {other:?}: expected 5m, hour, day or auto"
-            ))
-        })?),
-    };
+    let requested = requested_bucket(q.by.as_deref().unwrap_or("auto"))?;
     let tz = i64::from(q.tz_offset.unwrap_or(0).clamp(-14 * 60, 14 * 60)) * MINUTE_MS;
     let recent_limit = q.recent.unwrap_or(DEFAULT_RECENT).min(MAX_RECENT);
 
     let reader = UsageReader::open(path)?;
-    let (rows, mut recent) = match &reader {
-        Some(r) => (
-            r.rows(since_ms, GroupBy::Model)?,
-            r.recent(since_ms, recent_limit)?,
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
-    for r in &mut recent {
-        if let Some(e) = &r.error {
-            r.error = Some(truncate_chars(e, MAX_ERROR_CHARS));
-        }
-    }
+    let (rows, recent) = read_rows(reader.as_ref(), since_ms, recent_limit)?;
 
     // The series spans [since, now]; for `all`, from the first row.
     let first = since_ms
         .or_else(|| rows.first().map(|r| r.ts_ms))
         .unwrap_or(now)
         .min(now);
-    let span = now - first;
-    let (mut bucket, mut size) = requested.unwrap_or(if span <= 3 * HOUR_MS {
-        ("5m", 5 * MINUTE_MS)
-    } else if span <= 7 * DAY_MS {
-        ("hour", HOUR_MS)
-    } else {
-        ("day", DAY_MS)
-    });
-    if span / size >= MAX_BUCKETS && size < DAY_MS {
-        (bucket, size) = ("day", DAY_MS);
-    }
-    let mut start = bucket_start(first, size, tz);
-    let end = bucket_start(now, size, tz);
-    if (end - start) / size >= MAX_BUCKETS {
-        start = end - (MAX_BUCKETS - 1) * size;
-    }
-    let n = usize::try_from((end - start) / size + 1).unwrap_or(1);
-    let mut series: Vec<SeriesPoint> = (0..n)
-        .map(|i| SeriesPoint {
-            start_ms: start + i64::try_from(i).unwrap_or(0) * size,
-            ..SeriesPoint::default()
-        })
-        .collect();
-    for r in &rows {
-        let b = bucket_start(r.ts_ms, size, tz);
-        let Ok(i) = usize::try_from((b - start) / size) else {
-            continue;
-        };
-        let Some(p) = series.get_mut(i) else { continue };
-        p.requests += 1;
-        if r.status >= 400 {
-            p.errors += 1;
-        }
-        if r.abandoned {
-            p.abandoned += 1;
-        }
-        p.tokens.input = p.tokens.input.saturating_add(r.tokens.input);
-        p.tokens.output = p.tokens.output.saturating_add(r.tokens.output);
-        p.tokens.cache_read = p.tokens.cache_read.saturating_add(r.tokens.cache_read);
-        p.tokens.cache_write = p.tokens.cache_write.saturating_add(r.tokens.cache_write);
-        p.cost_usd += r.cost_usd.unwrap_or(0.0);
-    }
-
-    let (totals, mut by_model) = report::aggregate(&rows, |r| r.key.clone());
-    let (_, mut by_mode) = report::aggregate(&rows, |r| r.mode.clone());
-    let by_requests = |a: &Group, b: &Group| {
-        b.stats
-            .requests
-            .cmp(&a.stats.requests)
-            .then_with(|| a.key.cmp(&b.key))
-    };
-    by_model.sort_by(by_requests);
-    by_mode.sort_by(by_requests);
+    let (bucket, size) = pick_bucket(requested, now - first);
+    let series = time_series(&rows, first, now, size, tz);
+    let (totals, by_model, by_mode) = groups(&rows);
     Ok(UsageData {
         generated_ms: now,
         since: if since.is_none() {
@@ -289,6 +221,112 @@ pub fn usage_data(path: &Path, q: &ApiQuery, now: i64) -> Result<UsageData, ApiE
         by_mode,
         recent,
     })
+}
+
+/// The `by` parameter: `None` for `auto` (or empty), else a named bucket.
+fn requested_bucket(by: &str) -> Result<Option<(&'static str, i64)>, ApiError> {
+    match by {
+        "auto" | "" => Ok(None),
+        other => Ok(Some(bucket_named(other).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid by {other:?}: expected 5m, hour, day or auto"
+            ))
+        })?)),
+    }
+}
+
+/// The rows since `since_ms` and the newest `recent_limit` requests (their errors shortened);
+/// both empty without a database.
+fn read_rows(
+    reader: Option<&UsageReader>,
+    since_ms: Option<i64>,
+    recent_limit: usize,
+) -> Result<(Vec<Row>, Vec<UsageRecord>), ApiError> {
+    let (rows, mut recent) = match reader {
+        Some(r) => (
+            r.rows(since_ms, GroupBy::Model)?,
+            r.recent(since_ms, recent_limit)?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    for r in &mut recent {
+        if let Some(e) = &r.error {
+            r.error = Some(truncate_chars(e, MAX_ERROR_CHARS));
+        }
+    }
+    Ok((rows, recent))
+}
+
+/// The bucket for a series spanning `span` ms: the requested one, else chosen by the span; days
+/// when a finer bucket would need [`MAX_BUCKETS`] or more.
+fn pick_bucket(requested: Option<(&'static str, i64)>, span: i64) -> (&'static str, i64) {
+    let (bucket, size) = requested.unwrap_or(if span <= 3 * HOUR_MS {
+        ("5m", 5 * MINUTE_MS)
+    } else if span <= 7 * DAY_MS {
+        ("hour", HOUR_MS)
+    } else {
+        ("day", DAY_MS)
+    });
+    if span / size >= MAX_BUCKETS && size < DAY_MS {
+        return ("day", DAY_MS);
+    }
+    (bucket, size)
+}
+
+/// One point per bucket from the one holding `first` to the one holding `now` (at most
+/// [`MAX_BUCKETS`], the newest kept), with the rows added up into them.
+fn time_series(rows: &[Row], first: i64, now: i64, size: i64, tz: i64) -> Vec<SeriesPoint> {
+    let mut start = bucket_start(first, size, tz);
+    let end = bucket_start(now, size, tz);
+    if (end - start) / size >= MAX_BUCKETS {
+        start = end - (MAX_BUCKETS - 1) * size;
+    }
+    let n = usize::try_from((end - start) / size + 1).unwrap_or(1);
+    let mut series: Vec<SeriesPoint> = (0..n)
+        .map(|i| SeriesPoint {
+            start_ms: start + i64::try_from(i).unwrap_or(0) * size,
+            ..SeriesPoint::default()
+        })
+        .collect();
+    for r in rows {
+        let b = bucket_start(r.ts_ms, size, tz);
+        let Ok(i) = usize::try_from((b - start) / size) else {
+            continue;
+        };
+        let Some(p) = series.get_mut(i) else { continue };
+        add_to_point(p, r);
+    }
+    series
+}
+
+fn add_to_point(p: &mut SeriesPoint, r: &Row) {
+    p.requests += 1;
+    if r.status >= 400 {
+        p.errors += 1;
+    }
+    if r.abandoned {
+        p.abandoned += 1;
+    }
+    p.tokens.input = p.tokens.input.saturating_add(r.tokens.input);
+    p.tokens.output = p.tokens.output.saturating_add(r.tokens.output);
+    p.tokens.cache_read = p.tokens.cache_read.saturating_add(r.tokens.cache_read);
+    p.tokens.cache_write = p.tokens.cache_write.saturating_add(r.tokens.cache_write);
+    p.cost_usd += r.cost_usd.unwrap_or(0.0);
+}
+
+/// The totals, and the groups by model and by mode, most requests first.
+fn groups(rows: &[Row]) -> (Stats, Vec<Group>, Vec<Group>) {
+    let (totals, mut by_model) = report::aggregate(rows, |r| r.key.clone());
+    let (_, mut by_mode) = report::aggregate(rows, |r| r.mode.clone());
+    let by_requests = |a: &Group, b: &Group| {
+        b.stats
+            .requests
+            .cmp(&a.stats.requests)
+            .then_with(|| a.key.cmp(&b.key))
+    };
+    by_model.sort_by(by_requests);
+    by_mode.sort_by(by_requests);
+    (totals, by_model, by_mode)
 }
 
 /// `GET /api/usage`: `db_path` is the enabled store's database (`None` when

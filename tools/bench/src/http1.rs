@@ -119,81 +119,20 @@ impl Conn {
     /// Sends one complete request (head and body in `req`) and reads the whole response.
     pub async fn roundtrip(&mut self, req: &[u8], sink: &mut dyn BodySink) -> io::Result<Head> {
         self.stream.write_all(req).await?;
-        // Head.
-        let head_end = loop {
-            if let Some(i) = memchr::memmem::find(&self.buf[self.pos..self.len], b"\r\n\r\n") {
-                break self.pos + i;
-            }
-            if self.len - self.pos > MAX_HEAD {
-                return Err(bad("response head too large"));
-            }
-            self.fill_or_eof().await?;
-        };
+        let head_end = self.head_end().await?;
         let at = self.last_read;
         let head = std::str::from_utf8(&self.buf[self.pos..head_end])
             .map_err(|_| bad("response head is not UTF-8"))?;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("bad status line"))?;
-        let mut content_length: Option<usize> = None;
-        let mut chunked = false;
-        for l in lines {
-            let Some((k, v)) = l.split_once(':') else {
-                continue;
-            };
-            let v = v.trim();
-            if k.eq_ignore_ascii_case("content-length") {
-                content_length = v.parse().ok();
-            } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = v.to_ascii_lowercase().contains("chunked");
-            } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
-                self.closed = true;
-            }
+        let (status, framing, close) = parse_head(head)?;
+        if close {
+            self.closed = true;
         }
         self.pos = head_end + 4;
-        // Body.
-        if chunked {
-            loop {
-                let (s, e) = self.line().await?;
-                let size_txt =
-                    std::str::from_utf8(&self.buf[s..e]).map_err(|_| bad("chunk size"))?;
-                let size_txt = size_txt.split(';').next().unwrap_or("").trim();
-                let size =
-                    usize::from_str_radix(size_txt, 16).map_err(|_| bad("bad chunk size"))?;
-                if size == 0 {
-                    // Trailers until an empty line.
-                    loop {
-                        let (s, e) = self.line().await?;
-                        if s == e {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                self.body_bytes(size, sink).await?;
-                let (s, e) = self.line().await?;
-                if s != e {
-                    return Err(bad("chunk not followed by CRLF"));
-                }
-            }
-        } else if let Some(n) = content_length {
-            self.body_bytes(n, sink).await?;
-        } else if status != 204 && status != 304 {
-            // Body runs to EOF.
-            loop {
-                if self.pos < self.len {
-                    sink.data(&self.buf[self.pos..self.len], self.last_read);
-                    self.pos = self.len;
-                }
-                if self.fill().await? == 0 {
-                    break;
-                }
-            }
-            self.closed = true;
+        match framing {
+            Framing::Chunked => self.chunked_body(sink).await?,
+            Framing::Length(n) => self.body_bytes(n, sink).await?,
+            Framing::ToEof if status != 204 && status != 304 => self.body_to_eof(sink).await?,
+            Framing::ToEof => {}
         }
         if self.pos == self.len {
             self.pos = 0;
@@ -201,6 +140,100 @@ impl Conn {
         }
         Ok(Head { status, at })
     }
+
+    /// Reads until the buffer holds the whole response head; returns where it ends (at its
+    /// closing CRLF CRLF).
+    async fn head_end(&mut self) -> io::Result<usize> {
+        loop {
+            if let Some(i) = memchr::memmem::find(&self.buf[self.pos..self.len], b"\r\n\r\n") {
+                return Ok(self.pos + i);
+            }
+            if self.len - self.pos > MAX_HEAD {
+                return Err(bad("response head too large"));
+            }
+            self.fill_or_eof().await?;
+        }
+    }
+
+    /// Delivers a chunked body to the sink (trailers skipped).
+    async fn chunked_body(&mut self, sink: &mut dyn BodySink) -> io::Result<()> {
+        loop {
+            let (s, e) = self.line().await?;
+            let size_txt = std::str::from_utf8(&self.buf[s..e]).map_err(|_| bad("chunk size"))?;
+            let size_txt = size_txt.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_txt, 16).map_err(|_| bad("bad chunk size"))?;
+            if size == 0 {
+                // Trailers until an empty line.
+                loop {
+                    let (s, e) = self.line().await?;
+                    if s == e {
+                        return Ok(());
+                    }
+                }
+            }
+            self.body_bytes(size, sink).await?;
+            let (s, e) = self.line().await?;
+            if s != e {
+                return Err(bad("chunk not followed by CRLF"));
+            }
+        }
+    }
+
+    /// Delivers a body that runs to EOF; the connection is closed afterwards.
+    async fn body_to_eof(&mut self, sink: &mut dyn BodySink) -> io::Result<()> {
+        loop {
+            if self.pos < self.len {
+                sink.data(&self.buf[self.pos..self.len], self.last_read);
+                self.pos = self.len;
+            }
+            if self.fill().await? == 0 {
+                break;
+            }
+        }
+        self.closed = true;
+        Ok(())
+    }
+}
+
+/// How a response body is delimited.
+enum Framing {
+    Chunked,
+    Length(usize),
+    /// Neither: the body (if the status has one) runs to EOF.
+    ToEof,
+}
+
+/// The status, the body framing, and whether the server said `connection: close`.
+fn parse_head(head: &str) -> io::Result<(u16, Framing, bool)> {
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut close = false;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("content-length") {
+            content_length = v.parse().ok();
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = v.to_ascii_lowercase().contains("chunked");
+        } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
+            close = true;
+        }
+    }
+    let framing = match (chunked, content_length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::ToEof,
+    };
+    Ok((status, framing, close))
 }
 
 /// Host, port and path of an `http://` URL.

@@ -255,28 +255,7 @@ async fn worker(
     let mut seg = Seg::default();
     let mut track = SseTrack::new();
     let mut plain = PlainSink::default();
-    loop {
-        // The next request, if any is left.
-        let due = if let Some(rate) = plan.rate {
-            let k = shared.ticket.fetch_add(1, Ordering::Relaxed);
-            if plan.requests.is_some_and(|n| k >= n) {
-                break;
-            }
-            let due = shared.start + Duration::from_secs_f64(k as f64 / rate);
-            if shared.deadline.is_some_and(|d| due >= d) {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
-            Some(due)
-        } else {
-            if shared.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 {
-                break;
-            }
-            if shared.deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            None
-        };
+    while let Some(due) = next_due(plan, shared).await {
         seg.requests += 1;
         let sink: &mut dyn BodySink = if plan.stream {
             track.reset();
@@ -322,32 +301,62 @@ async fn worker(
         seg.ttfb
             .push(head.1.saturating_duration_since(t0).as_nanos() as u64);
         if plan.stream {
-            if let Some(f) = track.first_content {
-                seg.ttft
-                    .push(f.saturating_duration_since(t0).as_nanos() as u64);
-            }
-            seg.gaps.extend_from_slice(&track.gaps_ns);
-            seg.events.push(track.events);
-            let want = plan.deltas.unwrap_or(0);
-            if !track.done || track.tokens < want || track.first_content.is_none() {
-                seg.lost += 1;
-                seg.note_error(format!(
-                    "{}: stream lost events: {} of {want} tokens, end seen: {}",
-                    arm.name, track.tokens, track.done
-                ));
-            }
-            if track.reordered {
-                seg.reordered += 1;
-            }
-            if track.max_gap_ns > plan.stall.as_nanos() as u64 {
-                seg.stalled += 1;
-            }
-            if track.error_event {
-                seg.error_events += 1;
-            }
+            record_stream(&mut seg, arm, plan, &track, t0);
         }
     }
     (seg, link)
+}
+
+/// Takes the next request, if any is left: `Some(Some(due))` at a fixed rate (after sleeping
+/// until it is due; latency counts from then), `Some(None)` in a closed loop, `None` when done.
+async fn next_due(plan: &Plan, shared: &Shared) -> Option<Option<Instant>> {
+    if let Some(rate) = plan.rate {
+        let k = shared.ticket.fetch_add(1, Ordering::Relaxed);
+        if plan.requests.is_some_and(|n| k >= n) {
+            return None;
+        }
+        let due = shared.start + Duration::from_secs_f64(k as f64 / rate);
+        if shared.deadline.is_some_and(|d| due >= d) {
+            return None;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        Some(Some(due))
+    } else {
+        if shared.remaining.fetch_sub(1, Ordering::Relaxed) <= 0 {
+            return None;
+        }
+        if shared.deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        Some(None)
+    }
+}
+
+/// Records what a complete stream delivered (first content, gaps, events) and what went wrong.
+fn record_stream(seg: &mut Seg, arm: &Arm, plan: &Plan, track: &SseTrack, t0: Instant) {
+    if let Some(f) = track.first_content {
+        seg.ttft
+            .push(f.saturating_duration_since(t0).as_nanos() as u64);
+    }
+    seg.gaps.extend_from_slice(&track.gaps_ns);
+    seg.events.push(track.events);
+    let want = plan.deltas.unwrap_or(0);
+    if !track.done || track.tokens < want || track.first_content.is_none() {
+        seg.lost += 1;
+        seg.note_error(format!(
+            "{}: stream lost events: {} of {want} tokens, end seen: {}",
+            arm.name, track.tokens, track.done
+        ));
+    }
+    if track.reordered {
+        seg.reordered += 1;
+    }
+    if track.max_gap_ns > plan.stall.as_nanos() as u64 {
+        seg.stalled += 1;
+    }
+    if track.error_event {
+        seg.error_events += 1;
+    }
 }
 
 fn reset_link(arm: &Arm, link: Option<Link>) -> Option<Link> {

@@ -271,74 +271,16 @@ fn rss_sampler(pids: Vec<u32>) -> (Arc<AtomicBool>, Arc<AtomicU64>, tokio::task:
 
 async fn run(args: RunArgs) -> Result<()> {
     ccproxy::http::install_crypto_provider();
-    let spec = BodySpec {
-        size: args.body_size.clone(),
-        cc_fixture: args.cc_fixture.clone(),
-        model: args.model.clone(),
-        stream: args.stream,
-        deltas: args.deltas,
-        gap_ms: args.gap_ms,
-        delay_ms: args.delay_ms,
-    };
+    let spec = body_spec(&args);
     if args.requests.is_none() && args.seconds.is_none() {
         return Err(anyhow!("give --requests or --seconds"));
     }
-    let plan = Plan {
-        concurrency: args.concurrency.max(1),
-        requests: args.requests,
-        duration: args.seconds.map(Duration::from_secs_f64),
-        rate: args.rate,
-        ramp: Duration::from_secs_f64(args.ramp_secs),
-        stream: args.stream,
-        deltas: if args.stream { args.deltas } else { None },
-        stall: Duration::from_millis(args.stall_ms),
-        timeout: Duration::from_secs_f64(args.timeout_secs),
-    };
+    let plan = plan_of(&args);
     let mut runs: Vec<ArmRun> = Vec::new();
     for s in &args.arms {
-        let a = parse_arm(s)?;
-        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-        if a.body != BodyKind::OpenAi {
-            headers.push(("anthropic-version".to_owned(), "2023-06-01".to_owned()));
-        }
-        headers.push((
-            "accept".to_owned(),
-            if args.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }
-            .to_owned(),
-        ));
-        headers.extend(a.auth.clone());
-        headers.extend(a.headers.clone());
-        let body = spec.build(a.body)?;
-        let arm = Arc::new(Arm::new(
-            a.name, a.base, a.body, a.url, a.h2, a.pid, headers, body,
-        )?);
-        let pool = Pool::new(&arm, plan.concurrency, args.h2_streams_per_conn)?;
-        runs.push(ArmRun {
-            arm,
-            pool,
-            rounds: Vec::new(),
-            all: Seg::default(),
-            cpu_ticks: 0,
-            sim_ticks: 0,
-            rss_peak_kb: 0,
-            rss_before_kb: 0,
-            wall: Duration::ZERO,
-        });
+        runs.push(arm_run(&args, &spec, &plan, parse_arm(s)?)?);
     }
-    for r in &runs {
-        if let Some(b) = &r.arm.base {
-            if !runs.iter().any(|x| &x.arm.name == b) {
-                return Err(anyhow!(
-                    "arm {}: base {b} is not an arm of this run",
-                    r.arm.name
-                ));
-            }
-        }
-    }
+    check_bases(&runs)?;
     for r in &mut runs {
         r.rss_before_kb = r
             .arm
@@ -346,24 +288,7 @@ async fn run(args: RunArgs) -> Result<()> {
             .map(|p| procfs::rss_kb(&procfs::tree(p)))
             .unwrap_or(0);
     }
-    // Warm-up: connections opened, caches and allocators warm; nothing recorded.
-    if args.warmup > 0 {
-        let mut wp = plan.clone();
-        wp.requests = Some(args.warmup);
-        wp.duration = None;
-        wp.rate = None;
-        wp.ramp = Duration::ZERO;
-        for r in &mut runs {
-            let seg = load::run_segment(&r.arm, &wp, &mut r.pool).await;
-            if seg.ok == 0 {
-                return Err(anyhow!(
-                    "arm {}: warm-up failed: {}",
-                    r.arm.name,
-                    seg.first_error.unwrap_or_default()
-                ));
-            }
-        }
-    }
+    warm_up(args.warmup, &plan, &mut runs).await?;
     let n = runs.len();
     for round in 0..args.rounds {
         let order: Vec<usize> = if round % 2 == 0 {
@@ -373,37 +298,9 @@ async fn run(args: RunArgs) -> Result<()> {
         };
         for i in order {
             let r = &mut runs[i];
-            let pids = r.arm.pid.map(procfs::tree).unwrap_or_default();
-            let sim_pids = args.sim_pid.map(procfs::tree).unwrap_or_default();
-            let (stop, peak, h) = rss_sampler(pids.clone());
-            let cpu0 = procfs::cpu_ticks(&pids);
-            let sim0 = procfs::cpu_ticks(&sim_pids);
-            let mut seg = load::run_segment(&r.arm, &plan, &mut r.pool).await;
-            let cpu = procfs::cpu_ticks(&pids).saturating_sub(cpu0);
-            let sim = procfs::cpu_ticks(&sim_pids).saturating_sub(sim0);
-            stop.store(true, Ordering::Relaxed);
-            let _ = h.await;
-            r.rss_peak_kb = r.rss_peak_kb.max(peak.load(Ordering::Relaxed));
-            r.cpu_ticks += cpu;
-            r.sim_ticks += sim;
-            r.wall += seg.wall;
-            let f = fig(&mut seg, (!pids.is_empty()).then_some(cpu));
+            let (seg, f) = measure_segment(r, &plan, args.sim_pid).await;
             if !args.quiet {
-                println!(
-                    "  round {:>2} {:<22} n={:<6} err={:<4} p50={:>9.1}µs p99={:>9.1}µs{} rps={:>8.0}",
-                    round + 1,
-                    r.arm.name,
-                    seg.requests,
-                    seg.errors() + seg.lost,
-                    f.p50,
-                    f.p99,
-                    if plan.stream {
-                        format!(" ttft50={:>9.1}µs gap99={:>9.1}µs", f.ttft_p50, f.gap_p99)
-                    } else {
-                        String::new()
-                    },
-                    f.rps
-                );
+                print_round(round, &r.arm.name, &seg, &f, plan.stream);
             }
             r.rounds.push(f);
             r.all.merge(seg);
@@ -415,23 +312,147 @@ async fn run(args: RunArgs) -> Result<()> {
     report(&args, &plan, &mut runs)
 }
 
+fn body_spec(args: &RunArgs) -> BodySpec {
+    BodySpec {
+        size: args.body_size.clone(),
+        cc_fixture: args.cc_fixture.clone(),
+        model: args.model.clone(),
+        stream: args.stream,
+        deltas: args.deltas,
+        gap_ms: args.gap_ms,
+        delay_ms: args.delay_ms,
+    }
+}
+
+fn plan_of(args: &RunArgs) -> Plan {
+    Plan {
+        concurrency: args.concurrency.max(1),
+        requests: args.requests,
+        duration: args.seconds.map(Duration::from_secs_f64),
+        rate: args.rate,
+        ramp: Duration::from_secs_f64(args.ramp_secs),
+        stream: args.stream,
+        deltas: if args.stream { args.deltas } else { None },
+        stall: Duration::from_millis(args.stall_ms),
+        timeout: Duration::from_secs_f64(args.timeout_secs),
+    }
+}
+
+/// An arm ready to run: its request built and its connections set up.
+fn arm_run(args: &RunArgs, spec: &BodySpec, plan: &Plan, a: ArmSpec) -> Result<ArmRun> {
+    let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    if a.body != BodyKind::OpenAi {
+        headers.push(("anthropic-version".to_owned(), "2023-06-01".to_owned()));
+    }
+    headers.push((
+        "accept".to_owned(),
+        if args.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }
+        .to_owned(),
+    ));
+    headers.extend(a.auth.clone());
+    headers.extend(a.headers.clone());
+    let body = spec.build(a.body)?;
+    let arm = Arc::new(Arm::new(
+        a.name, a.base, a.body, a.url, a.h2, a.pid, headers, body,
+    )?);
+    let pool = Pool::new(&arm, plan.concurrency, args.h2_streams_per_conn)?;
+    Ok(ArmRun {
+        arm,
+        pool,
+        rounds: Vec::new(),
+        all: Seg::default(),
+        cpu_ticks: 0,
+        sim_ticks: 0,
+        rss_peak_kb: 0,
+        rss_before_kb: 0,
+        wall: Duration::ZERO,
+    })
+}
+
+/// Every `base=` names an arm of this run.
+fn check_bases(runs: &[ArmRun]) -> Result<()> {
+    for r in runs {
+        if let Some(b) = &r.arm.base {
+            if !runs.iter().any(|x| &x.arm.name == b) {
+                return Err(anyhow!(
+                    "arm {}: base {b} is not an arm of this run",
+                    r.arm.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Warm-up: connections opened, caches and allocators warm; nothing recorded.
+async fn warm_up(warmup: u64, plan: &Plan, runs: &mut [ArmRun]) -> Result<()> {
+    if warmup == 0 {
+        return Ok(());
+    }
+    let mut wp = plan.clone();
+    wp.requests = Some(warmup);
+    wp.duration = None;
+    wp.rate = None;
+    wp.ramp = Duration::ZERO;
+    for r in runs {
+        let seg = load::run_segment(&r.arm, &wp, &mut r.pool).await;
+        if seg.ok == 0 {
+            return Err(anyhow!(
+                "arm {}: warm-up failed: {}",
+                r.arm.name,
+                seg.first_error.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One segment of an arm, metered: its CPU time, the simulator's, peak RSS and wall time are
+/// added to the arm's totals. Returns the segment and its round figures.
+async fn measure_segment(r: &mut ArmRun, plan: &Plan, sim_pid: Option<u32>) -> (Seg, RoundFig) {
+    let pids = r.arm.pid.map(procfs::tree).unwrap_or_default();
+    let sim_pids = sim_pid.map(procfs::tree).unwrap_or_default();
+    let (stop, peak, h) = rss_sampler(pids.clone());
+    let cpu0 = procfs::cpu_ticks(&pids);
+    let sim0 = procfs::cpu_ticks(&sim_pids);
+    let mut seg = load::run_segment(&r.arm, plan, &mut r.pool).await;
+    let cpu = procfs::cpu_ticks(&pids).saturating_sub(cpu0);
+    let sim = procfs::cpu_ticks(&sim_pids).saturating_sub(sim0);
+    stop.store(true, Ordering::Relaxed);
+    let _ = h.await;
+    r.rss_peak_kb = r.rss_peak_kb.max(peak.load(Ordering::Relaxed));
+    r.cpu_ticks += cpu;
+    r.sim_ticks += sim;
+    r.wall += seg.wall;
+    let f = fig(&mut seg, (!pids.is_empty()).then_some(cpu));
+    (seg, f)
+}
+
+fn print_round(round: usize, name: &str, seg: &Seg, f: &RoundFig, stream: bool) {
+    println!(
+        "  round {:>2} {:<22} n={:<6} err={:<4} p50={:>9.1}µs p99={:>9.1}µs{} rps={:>8.0}",
+        round + 1,
+        name,
+        seg.requests,
+        seg.errors() + seg.lost,
+        f.p50,
+        f.p99,
+        if stream {
+            format!(" ttft50={:>9.1}µs gap99={:>9.1}µs", f.ttft_p50, f.gap_p99)
+        } else {
+            String::new()
+        },
+        f.rps
+    );
+}
+
 fn report(args: &RunArgs, plan: &Plan, runs: &mut [ArmRun]) -> Result<()> {
     let mut lines = Vec::new();
-    // Pooled base medians, for the slow-sample (Nagle) check.
-    let base_p50: Vec<(String, f64, f64)> = runs
-        .iter()
-        .map(|r| {
-            let mut l = r.all.latency.clone();
-            let mut t = r.all.ttft.clone();
-            l.sort_unstable();
-            t.sort_unstable();
-            (
-                r.arm.name.clone(),
-                stats::pct_us(&l, 0.5),
-                stats::pct_us(&t, 0.5),
-            )
-        })
-        .collect();
+    let base_p50 = pooled_medians(runs);
     let rounds_of: Vec<(String, Vec<RoundFig>)> = runs
         .iter()
         .map(|r| (r.arm.name.clone(), r.rounds.clone()))
@@ -450,152 +471,9 @@ fn report(args: &RunArgs, plan: &Plan, runs: &mut [ArmRun]) -> Result<()> {
         "cpu µs/rq"
     );
     for r in runs.iter_mut() {
-        let rounds = &r.rounds;
-        let col = |f: fn(&RoundFig) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
-        let mut added = json!({});
-        let mut slow35 = Value::Null;
-        let mut rps_ratio = Value::Null;
-        if let Some(base) = &r.arm.base {
-            if let Some((_, b)) = rounds_of.iter().find(|(n, _)| n == base) {
-                let diff = |f: fn(&RoundFig) -> f64| -> Value {
-                    let d: Vec<f64> = rounds.iter().zip(b).map(|(x, y)| f(x) - f(y)).collect();
-                    stats::spread(&d)
-                };
-                added = json!({
-                    "p50_us": diff(|f| f.p50),
-                    "p99_us": diff(|f| f.p99),
-                    "ttfb_p50_us": diff(|f| f.ttfb_p50),
-                    "ttft_p50_us": diff(|f| f.ttft_p50),
-                    "ttft_p99_us": diff(|f| f.ttft_p99),
-                    "gap_p99_us": diff(|f| f.gap_p99),
-                });
-                let ratio: Vec<f64> = rounds.iter().zip(b).map(|(x, y)| x.rps / y.rps).collect();
-                rps_ratio = stats::spread(&ratio);
-            }
-            if let Some((_, lp50, tp50)) = base_p50.iter().find(|(n, _, _)| n == base) {
-                // Samples 35 ms or more above the baseline's median: the signature of a
-                // delayed-ACK/Nagle stall (40 ms on Linux).
-                let (samples, m) = if plan.stream {
-                    (&r.all.ttft, *tp50)
-                } else {
-                    (&r.all.latency, *lp50)
-                };
-                let limit = ((m + 35_000.0) * 1000.0) as u64;
-                slow35 = json!(samples.iter().filter(|&&x| x >= limit).count());
-            }
-        }
-        let seg = &mut r.all;
-        let events: Vec<f64> = seg.events.iter().map(|&e| e as f64).collect();
-        let ev_mean = if events.is_empty() {
-            Value::Null
-        } else {
-            json!((events.iter().sum::<f64>() / events.len() as f64 * 10.0).round() / 10.0)
-        };
-        let cpu_us = if r.arm.pid.is_some() && seg.requests > 0 {
-            json!((r.cpu_ticks as f64 * 1e6 / procfs::CLK_TCK as f64 / seg.requests as f64).round())
-        } else {
-            Value::Null
-        };
-        let sim_cpu_us = if args.sim_pid.is_some() && seg.requests > 0 {
-            json!((r.sim_ticks as f64 * 1e6 / procfs::CLK_TCK as f64 / seg.requests as f64).round())
-        } else {
-            Value::Null
-        };
-        let line = json!({
-            "kind": "arm",
-            "scenario": args.scenario,
-            "arm": r.arm.name,
-            "base": r.arm.base,
-            "url": r.arm.url,
-            "body": r.arm.kind.name(),
-            "body_size": args.body_size,
-            "request_bytes": r.arm.body.len(),
-            "h2": r.arm.h2,
-            "stream": plan.stream,
-            "deltas": plan.deltas,
-            "gap_ms": args.gap_ms,
-            "concurrency": plan.concurrency,
-            "rate": plan.rate,
-            "rounds": args.rounds,
-            "requests": seg.requests,
-            "ok": seg.ok,
-            "errors": {"io": seg.err_io, "status": seg.err_status, "timeout": seg.err_timeout},
-            "first_error": seg.first_error,
-            "lost": seg.lost,
-            "reordered": seg.reordered,
-            "stalled": seg.stalled,
-            "error_events": seg.error_events,
-            "latency_us": stats::dist(&mut seg.latency),
-            "ttfb_us": stats::dist(&mut seg.ttfb),
-            "ttft_us": stats::dist(&mut seg.ttft),
-            "gap_us": stats::dist(&mut seg.gaps),
-            "events_per_stream_mean": ev_mean,
-            "round": {
-                "p50_us": col(|f| f.p50), "p99_us": col(|f| f.p99),
-                "ttft_p50_us": col(|f| f.ttft_p50), "ttft_p99_us": col(|f| f.ttft_p99),
-                "gap_p99_us": col(|f| f.gap_p99), "rps": col(|f| f.rps),
-                "cpu_us_per_req": col(|f| f.cpu_us_per_req),
-            },
-            "p50_us": stats::spread(&col(|f| f.p50)),
-            "p99_us": stats::spread(&col(|f| f.p99)),
-            "ttft_p50_us": stats::spread(&col(|f| f.ttft_p50)),
-            "ttft_p99_us": stats::spread(&col(|f| f.ttft_p99)),
-            "gap_p99_us": stats::spread(&col(|f| f.gap_p99)),
-            "rps": stats::spread(&col(|f| f.rps)),
-            "rps_ratio_to_base": rps_ratio,
-            "cpu_us_per_req": cpu_us,
-            "cpu_us_per_req_rounds": stats::spread(&col(|f| f.cpu_us_per_req)),
-            "sim_cpu_us_per_req": sim_cpu_us,
-            "rss_before_kb": r.rss_before_kb,
-            "rss_peak_kb": r.rss_peak_kb,
-            "wall_s": (r.wall.as_secs_f64() * 100.0).round() / 100.0,
-            "added": added,
-            "slow35": slow35,
-        });
-        let a = |k: &str| -> String {
-            let v = &line["added"][k];
-            if v.is_null() {
-                "-".to_owned()
-            } else {
-                format!("{} [{}..{}]", v["median"], v["min"], v["max"])
-            }
-        };
-        println!(
-            "{:<22} {:>7} {:>5} {:>5} {:>10} {:>10} {:>16} {:>16} {:>9} {:>9}",
-            r.arm.name,
-            seg.ok,
-            seg.errors(),
-            seg.lost + seg.reordered + seg.stalled,
-            line["p50_us"]["median"].to_string(),
-            line["p99_us"]["median"].to_string(),
-            a("p50_us"),
-            a("p99_us"),
-            line["rps"]["median"].to_string(),
-            line["cpu_us_per_req"].to_string(),
-        );
-        if plan.stream {
-            println!(
-                "{:<22} ttft p50 {} p99 {} (added p50 {} p99 {}); gap p99 {} (added {}); events/stream {}; lost {} reordered {} stalled {}",
-                "",
-                line["ttft_p50_us"]["median"],
-                line["ttft_p99_us"]["median"],
-                a("ttft_p50_us"),
-                a("ttft_p99_us"),
-                line["gap_p99_us"]["median"],
-                a("gap_p99_us"),
-                line["events_per_stream_mean"],
-                seg.lost,
-                seg.reordered,
-                seg.stalled
-            );
-        }
-        if let Some(e) = &seg.first_error {
-            println!(
-                "{:<22} first error: {}",
-                "",
-                e.chars().take(300).collect::<String>()
-            );
-        }
+        let vs_base = compare_with_base(r, plan, &rounds_of, &base_p50);
+        let line = arm_line(args, plan, r, vs_base);
+        print_arm(&r.arm.name, &r.all, &line, plan.stream);
         lines.push(line);
     }
     if let Some(path) = &args.out {
@@ -609,6 +487,210 @@ fn report(args: &RunArgs, plan: &Plan, runs: &mut [ArmRun]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pooled medians (latency, ttft) of each arm, for the slow-sample (Nagle) check.
+fn pooled_medians(runs: &[ArmRun]) -> Vec<(String, f64, f64)> {
+    runs.iter()
+        .map(|r| {
+            let mut l = r.all.latency.clone();
+            let mut t = r.all.ttft.clone();
+            l.sort_unstable();
+            t.sort_unstable();
+            (
+                r.arm.name.clone(),
+                stats::pct_us(&l, 0.5),
+                stats::pct_us(&t, 0.5),
+            )
+        })
+        .collect()
+}
+
+/// An arm's figures against its base: the per-round added figures, the slow-sample count and
+/// the per-round throughput ratio (null without a base).
+struct VsBase {
+    added: Value,
+    slow35: Value,
+    rps_ratio: Value,
+}
+
+fn compare_with_base(
+    r: &ArmRun,
+    plan: &Plan,
+    rounds_of: &[(String, Vec<RoundFig>)],
+    base_p50: &[(String, f64, f64)],
+) -> VsBase {
+    let mut vs = VsBase {
+        added: json!({}),
+        slow35: Value::Null,
+        rps_ratio: Value::Null,
+    };
+    let Some(base) = &r.arm.base else {
+        return vs;
+    };
+    let rounds = &r.rounds;
+    if let Some((_, b)) = rounds_of.iter().find(|(n, _)| n == base) {
+        let diff = |f: fn(&RoundFig) -> f64| -> Value {
+            let d: Vec<f64> = rounds.iter().zip(b).map(|(x, y)| f(x) - f(y)).collect();
+            stats::spread(&d)
+        };
+        vs.added = json!({
+            "p50_us": diff(|f| f.p50),
+            "p99_us": diff(|f| f.p99),
+            "ttfb_p50_us": diff(|f| f.ttfb_p50),
+            "ttft_p50_us": diff(|f| f.ttft_p50),
+            "ttft_p99_us": diff(|f| f.ttft_p99),
+            "gap_p99_us": diff(|f| f.gap_p99),
+        });
+        let ratio: Vec<f64> = rounds.iter().zip(b).map(|(x, y)| x.rps / y.rps).collect();
+        vs.rps_ratio = stats::spread(&ratio);
+    }
+    if let Some((_, lp50, tp50)) = base_p50.iter().find(|(n, _, _)| n == base) {
+        // Samples 35 ms or more above the baseline's median: the signature of a
+        // delayed-ACK/Nagle stall (40 ms on Linux).
+        let (samples, m) = if plan.stream {
+            (&r.all.ttft, *tp50)
+        } else {
+            (&r.all.latency, *lp50)
+        };
+        let limit = ((m + 35_000.0) * 1000.0) as u64;
+        vs.slow35 = json!(samples.iter().filter(|&&x| x >= limit).count());
+    }
+    vs
+}
+
+/// Mean events per stream, to one decimal (null without streams).
+fn events_mean(events: &[u32]) -> Value {
+    let events: Vec<f64> = events.iter().map(|&e| e as f64).collect();
+    if events.is_empty() {
+        Value::Null
+    } else {
+        json!((events.iter().sum::<f64>() / events.len() as f64 * 10.0).round() / 10.0)
+    }
+}
+
+/// CPU microseconds per request from clock ticks (null when not metered or no requests).
+fn cpu_us_per_req(metered: bool, ticks: u64, requests: u64) -> Value {
+    if metered && requests > 0 {
+        json!((ticks as f64 * 1e6 / procfs::CLK_TCK as f64 / requests as f64).round())
+    } else {
+        Value::Null
+    }
+}
+
+/// The per-round columns of an arm.
+fn round_columns(rounds: &[RoundFig]) -> Value {
+    let col = |f: fn(&RoundFig) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
+    json!({
+        "p50_us": col(|f| f.p50), "p99_us": col(|f| f.p99),
+        "ttft_p50_us": col(|f| f.ttft_p50), "ttft_p99_us": col(|f| f.ttft_p99),
+        "gap_p99_us": col(|f| f.gap_p99), "rps": col(|f| f.rps),
+        "cpu_us_per_req": col(|f| f.cpu_us_per_req),
+    })
+}
+
+/// The JSON line of one arm (sorts its pooled samples).
+fn arm_line(args: &RunArgs, plan: &Plan, r: &mut ArmRun, vs: VsBase) -> Value {
+    let rounds = &r.rounds;
+    let col = |f: fn(&RoundFig) -> f64| -> Vec<f64> { rounds.iter().map(f).collect() };
+    let seg = &mut r.all;
+    let ev_mean = events_mean(&seg.events);
+    let cpu_us = cpu_us_per_req(r.arm.pid.is_some(), r.cpu_ticks, seg.requests);
+    let sim_cpu_us = cpu_us_per_req(args.sim_pid.is_some(), r.sim_ticks, seg.requests);
+    json!({
+        "kind": "arm",
+        "scenario": args.scenario,
+        "arm": r.arm.name,
+        "base": r.arm.base,
+        "url": r.arm.url,
+        "body": r.arm.kind.name(),
+        "body_size": args.body_size,
+        "request_bytes": r.arm.body.len(),
+        "h2": r.arm.h2,
+        "stream": plan.stream,
+        "deltas": plan.deltas,
+        "gap_ms": args.gap_ms,
+        "concurrency": plan.concurrency,
+        "rate": plan.rate,
+        "rounds": args.rounds,
+        "requests": seg.requests,
+        "ok": seg.ok,
+        "errors": {"io": seg.err_io, "status": seg.err_status, "timeout": seg.err_timeout},
+        "first_error": seg.first_error,
+        "lost": seg.lost,
+        "reordered": seg.reordered,
+        "stalled": seg.stalled,
+        "error_events": seg.error_events,
+        "latency_us": stats::dist(&mut seg.latency),
+        "ttfb_us": stats::dist(&mut seg.ttfb),
+        "ttft_us": stats::dist(&mut seg.ttft),
+        "gap_us": stats::dist(&mut seg.gaps),
+        "events_per_stream_mean": ev_mean,
+        "round": round_columns(rounds),
+        "p50_us": stats::spread(&col(|f| f.p50)),
+        "p99_us": stats::spread(&col(|f| f.p99)),
+        "ttft_p50_us": stats::spread(&col(|f| f.ttft_p50)),
+        "ttft_p99_us": stats::spread(&col(|f| f.ttft_p99)),
+        "gap_p99_us": stats::spread(&col(|f| f.gap_p99)),
+        "rps": stats::spread(&col(|f| f.rps)),
+        "rps_ratio_to_base": vs.rps_ratio,
+        "cpu_us_per_req": cpu_us,
+        "cpu_us_per_req_rounds": stats::spread(&col(|f| f.cpu_us_per_req)),
+        "sim_cpu_us_per_req": sim_cpu_us,
+        "rss_before_kb": r.rss_before_kb,
+        "rss_peak_kb": r.rss_peak_kb,
+        "wall_s": (r.wall.as_secs_f64() * 100.0).round() / 100.0,
+        "added": vs.added,
+        "slow35": vs.slow35,
+    })
+}
+
+/// The human summary of one arm.
+fn print_arm(name: &str, seg: &Seg, line: &Value, stream: bool) {
+    let a = |k: &str| -> String {
+        let v = &line["added"][k];
+        if v.is_null() {
+            "-".to_owned()
+        } else {
+            format!("{} [{}..{}]", v["median"], v["min"], v["max"])
+        }
+    };
+    println!(
+        "{:<22} {:>7} {:>5} {:>5} {:>10} {:>10} {:>16} {:>16} {:>9} {:>9}",
+        name,
+        seg.ok,
+        seg.errors(),
+        seg.lost + seg.reordered + seg.stalled,
+        line["p50_us"]["median"].to_string(),
+        line["p99_us"]["median"].to_string(),
+        a("p50_us"),
+        a("p99_us"),
+        line["rps"]["median"].to_string(),
+        line["cpu_us_per_req"].to_string(),
+    );
+    if stream {
+        println!(
+            "{:<22} ttft p50 {} p99 {} (added p50 {} p99 {}); gap p99 {} (added {}); events/stream {}; lost {} reordered {} stalled {}",
+            "",
+            line["ttft_p50_us"]["median"],
+            line["ttft_p99_us"]["median"],
+            a("ttft_p50_us"),
+            a("ttft_p99_us"),
+            line["gap_p99_us"]["median"],
+            a("gap_p99_us"),
+            line["events_per_stream_mean"],
+            seg.lost,
+            seg.reordered,
+            seg.stalled
+        );
+    }
+    if let Some(e) = &seg.first_error {
+        println!(
+            "{:<22} first error: {}",
+            "",
+            e.chars().take(300).collect::<String>()
+        );
+    }
 }
 
 fn proc_info(pid: u32, label: &str, out: Option<&str>) -> Result<()> {
