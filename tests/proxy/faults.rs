@@ -150,19 +150,28 @@ cases!(upstream_that_never_sends_headers_is_504 {
 
 async fn reset_mid_body(base: &str) {
     let env = TestEnv::with_api_key().await;
-    // Streams: what came is relayed, then an error event (Anthropic) or an error
-    // chunk and [DONE] (OpenAI); the body then ends cleanly.
+    // Streams: what came is relayed, then an error event (full and minimal,
+    // Anthropic) or an error chunk without [DONE] (OpenAI); the body then ends
+    // cleanly. Passthrough invents nothing: the client's response is cut too.
     let (path, body, openai) = route(base, "[sim:reset-midstream]", true);
     let resp = env.post(&path, None, &body).await;
     assert_eq!(resp.status(), 200, "{path}");
-    let text = resp.text().await.expect("the client's stream ends cleanly");
-    if openai {
-        let (chunks, done) = openai_chunks(&text);
-        assert!(done, "{path}: {text}");
-        let last = chunks.last().unwrap();
-        assert_eq!(last["error"]["type"], "server_error", "{text}");
+    if base == "/pt" {
+        let (got, cut) = body_until_cut(resp).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(cut, "{path}: the client's response was not cut: {text}");
+        assert!(text.contains("content_block_delta"), "{path}: {text}");
         assert!(
-            last["error"]["message"]
+            !text.contains("event: error"),
+            "{path}: bytes were invented: {text}"
+        );
+    } else if openai {
+        let text = resp.text().await.expect("the client's stream ends cleanly");
+        let (chunks, _) = openai_chunks(&text);
+        let err = openai_stream_error(&text);
+        assert_eq!(err["error"]["type"], "server_error", "{text}");
+        assert!(
+            err["error"]["message"]
                 .as_str()
                 .unwrap()
                 .contains("upstream connection lost"),
@@ -173,6 +182,7 @@ async fn reset_mid_body(base: &str) {
             "the first delta was relayed"
         );
     } else {
+        let text = resp.text().await.expect("the client's stream ends cleanly");
         let events = parse_sse(&text);
         let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -240,16 +250,25 @@ async fn silent_upstream_mid_stream_hits_the_idle_timeout(base: &str) {
     let t0 = Instant::now();
     let resp = env.post(&path, None, &body).await;
     assert_eq!(resp.status(), 200, "{path}");
-    let text = resp.text().await.expect("the stream ends cleanly");
+    let (got, cut) = body_until_cut(resp).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
     let took = t0.elapsed();
     assert!(
         took >= Duration::from_millis(400) && took < Duration::from_secs(3),
         "{path}: ended after {took:?}"
     );
-    if openai {
-        let (chunks, done) = openai_chunks(&text);
-        assert!(done, "{text}");
-        let msg = chunks.last().unwrap()["error"]["message"].as_str().unwrap();
+    // Passthrough cuts the client's response; the other modes end it cleanly
+    // with the error of the client's dialect.
+    assert_eq!(cut, base == "/pt", "{path}: {text}");
+    if base == "/pt" {
+        assert!(
+            !text.contains("event: error"),
+            "{path}: bytes were invented: {text}"
+        );
+        assert!(text.contains("content_block_delta"), "{path}: {text}");
+    } else if openai {
+        let err = openai_stream_error(&text);
+        let msg = err["error"]["message"].as_str().unwrap();
         assert!(msg.contains("sent nothing for 0.4 s"), "{msg}");
     } else {
         let events = parse_sse(&text);
@@ -294,10 +313,12 @@ async fn stream_without_message_stop(base: &str) {
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     if openai {
-        // A finish reason, then [DONE]: the client ends normally.
-        let (chunks, done) = openai_chunks(&text);
-        assert!(done, "{text}");
-        assert!(chunks.iter().all(|c| c.get("error").is_none()), "{text}");
+        // What came is relayed (the finish reason included), then an error
+        // chunk and no [DONE]: the client must not take it for a whole answer.
+        let (chunks, _) = openai_chunks(&text);
+        let err = openai_stream_error(&text);
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("message_stop"), "{msg}");
         let finish: Vec<&Value> = chunks
             .iter()
             .map(|c| &c["choices"][0]["finish_reason"])
@@ -329,7 +350,7 @@ cases!(stream_without_message_stop {
 #[tokio::test]
 async fn stream_without_message_stop_still_sends_the_usage_chunk() {
     let env = TestEnv::with_api_key().await;
-    // With include_usage: the usage chunk still comes before [DONE].
+    // With include_usage: the usage chunk still comes, before the error chunk.
     let mut body = chat("[sim:no-stop]", true);
     body["stream_options"] = serde_json::json!({"include_usage": true});
     let text = env
@@ -338,14 +359,10 @@ async fn stream_without_message_stop_still_sends_the_usage_chunk() {
         .text()
         .await
         .unwrap();
-    let (chunks, done) = openai_chunks(&text);
-    assert!(done);
-    assert!(
-        chunks.last().unwrap()["usage"]["completion_tokens"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
+    let (chunks, _) = openai_chunks(&text);
+    openai_stream_error(&text);
+    let usage = &chunks[chunks.len() - 2]["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{text}");
 }
 
 async fn malformed_sse_and_invalid_json_events(base: &str) {
