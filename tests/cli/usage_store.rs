@@ -806,3 +806,118 @@ fn cli_reports_a_corrupt_database_as_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&dbs), "{err}");
 }
+
+/// A model name that sets the terminal's title and colour, among other
+/// control characters (C0, DEL, C1).
+const EVIL_MODEL: &str = "evil\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{7f}\u{9b}2J\r\nx";
+
+/// No control character but the line ends: nothing can drive a terminal.
+fn assert_no_control(out: &str) {
+    let bad: Vec<char> = out
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(bad.is_empty(), "control characters {bad:?} in:\n{out}");
+}
+
+/// Rows for the footnote: one request of an unpriced model with tokens (the only
+/// one to count), a model listing, failures with and without a model, and a priced one.
+fn seed_footnote(path: &Path) {
+    let t = tokens(10, 5, 0, 0);
+    let none = tokens(0, 0, 0, 0);
+    let rows = [
+        row(
+            "u1",
+            DAY0,
+            Some(EVIL_MODEL),
+            "full",
+            200,
+            t,
+            100.0,
+            None,
+            false,
+        ),
+        row(
+            "l1",
+            DAY0 + 1,
+            None,
+            "passthrough",
+            200,
+            none,
+            5.0,
+            None,
+            false,
+        ),
+        row(
+            "f1",
+            DAY0 + 2,
+            Some("mystery-model"),
+            "full",
+            529,
+            none,
+            50.0,
+            None,
+            false,
+        ),
+        row("f2", DAY0 + 3, None, "full", 401, none, 1.0, None, false),
+        row(
+            "p1",
+            DAY0 + 4,
+            Some("claude-sonnet-4-5"),
+            "full",
+            200,
+            t,
+            100.0,
+            None,
+            false,
+        ),
+    ];
+    assert!(rows[0].cost_usd.is_none() && rows[2].cost_usd.is_none());
+    UsageStore::open(path).unwrap().insert(&rows).unwrap();
+}
+
+/// `ccproxy usage` escapes control characters of client-chosen strings in the
+/// table and the CSV (JSON is escaped by serde and keeps the name as it was).
+#[test]
+fn usage_escapes_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    seed_footnote(&db);
+    let s = Seeded { dir, db };
+    let escaped = r"evil\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{7f}\u{9b}2J\u{d}\u{a}x";
+    for format in ["table", "csv"] {
+        let out = usage(&s, "model", format);
+        assert_no_control(&out);
+        assert!(out.contains(escaped), "{format}:\n{out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&usage(&s, "model", "json")).unwrap();
+    assert!(
+        json["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["key"] == EVIL_MODEL),
+        "{json:#}"
+    );
+}
+
+/// The footnote counts only requests with a model and tokens but no price:
+/// not model listings, not failed requests.
+#[test]
+fn usage_footnote_counts_only_unpriced_requests_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    seed_footnote(&db);
+    let s = Seeded { dir, db };
+    let table = usage(&s, "mode", "table");
+    assert!(
+        table.contains("* cost leaves out 1 request(s) whose model has no known price"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&usage(&s, "model", "json")).unwrap();
+    assert_eq!(json["totals"]["requests"], 5);
+    assert_eq!(json["totals"]["cost_unknown"], 1, "{json:#}");
+    let csv = usage(&s, "model", "csv");
+    let total = csv.lines().find(|l| l.starts_with("TOTAL,")).unwrap();
+    assert_eq!(total.split(',').nth(10), Some("1"), "{csv}");
+}
