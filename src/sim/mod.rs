@@ -33,6 +33,8 @@
 
 pub mod faults;
 pub mod generate;
+#[cfg(test)]
+mod http_tests;
 mod openai;
 pub mod tools;
 

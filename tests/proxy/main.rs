@@ -18,4 +18,5 @@ mod openai;
 mod retries;
 mod security;
 mod shutdown;
+mod sim_tools;
 mod usage;
