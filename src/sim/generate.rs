@@ -255,7 +255,7 @@ pub fn respond(
         )
     };
     // A forced tool choice prefills the turn: the answer starts with the call.
-    if !(calls.forced && !calls.calls.is_empty()) {
+    if !calls.forced || calls.calls.is_empty() {
         blocks.push(Block::Text(text));
     }
     let mut stop_reason = dir.stop.clone().unwrap_or_else(|| "end_turn".to_owned());

@@ -234,16 +234,14 @@ fn tool_choice(obj: &Map<String, Value>, tools: &[(String, Value)]) -> Result<Ch
             &format!("'{param}' is only allowed when 'tools' are specified"),
         ));
     }
-    if let Choice::Tool(name) = &choice {
-        if !tools.iter().any(|(n, _)| n == name) {
-            return Err(Invalid::new(
-                name_param,
-                "invalid_value",
-                &super::tools::not_declared(name),
-            ));
-        }
+    match &choice {
+        Choice::Tool(name) if !tools.iter().any(|(n, _)| n == name) => Err(Invalid::new(
+            name_param,
+            "invalid_value",
+            &super::tools::not_declared(name),
+        )),
+        _ => Ok(choice),
     }
-    Ok(choice)
 }
 
 /// Checks the messages and returns the text of the last user turn and of its tool results.

@@ -207,13 +207,13 @@ impl Generator<'_> {
         };
         self.budget = self.budget.saturating_sub(1);
         let exhausted = self.budget == 0 || depth >= MAX_DEPTH;
-        if !exhausted {
-            if let Some(target) = s.get("$ref").and_then(Value::as_str).and_then(|r| {
-                r.strip_prefix('#')
-                    .and_then(|pointer| self.root.pointer(pointer))
-            }) {
-                return self.value(name, target, depth + 1);
-            }
+        let target = s
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|pointer| self.root.pointer(pointer));
+        if let (Some(target), false) = (target, exhausted) {
+            return self.value(name, target, depth + 1);
         }
         if let Some(c) = s.get("const") {
             return c.clone();
@@ -393,8 +393,11 @@ fn string_for(name: &str, s: &Map<String, Value>) -> Value {
     Value::String(out)
 }
 
-/// The bounds of a number schema: (lowest, highest), each with whether it is exclusive.
-fn bounds(s: &Map<String, Value>) -> (Option<(f64, bool)>, Option<(f64, bool)>) {
+/// A bound of a number schema and whether it is exclusive.
+type Bound = Option<(f64, bool)>;
+
+/// The bounds of a number schema: (lowest, highest).
+fn bounds(s: &Map<String, Value>) -> (Bound, Bound) {
     let num = |k: &str| s.get(k).and_then(Value::as_f64);
     let lo = num("minimum")
         .map(|v| (v, false))
@@ -405,7 +408,7 @@ fn bounds(s: &Map<String, Value>) -> (Option<(f64, bool)>, Option<(f64, bool)>) 
     (lo, hi)
 }
 
-fn fits(v: f64, lo: Option<(f64, bool)>, hi: Option<(f64, bool)>) -> bool {
+fn fits(v: f64, lo: Bound, hi: Bound) -> bool {
     let above = lo.is_none_or(|(b, x)| if x { v > b } else { v >= b });
     let below = hi.is_none_or(|(b, x)| if x { v < b } else { v <= b });
     above && below
@@ -570,7 +573,8 @@ mod tests {
 
     #[test]
     fn the_choice_decides_the_calls() {
-        let cases: &[(Choice, bool, bool, bool, &[&str], bool)] = &[
+        type Case = (Choice, bool, bool, bool, &'static [&'static str], bool);
+        let cases: &[Case] = &[
             // choice, parallel, asked, answering → calls, forced
             (Choice::Auto, true, false, false, &[], false),
             (Choice::Auto, true, true, false, &["a", "b"], false),
