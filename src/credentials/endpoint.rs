@@ -234,17 +234,11 @@ impl TokenEndpoint {
     }
 }
 
+/// What lies under a transport error (its causes), trimmed and cleaned for logs.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = err.source();
-    while let Some(e) = cur {
-        parts.push(e.to_string());
-        cur = e.source();
-    }
-    if parts.is_empty() {
-        "connection failed".to_owned()
-    } else {
-        sanitize(&parts.join(": "), &[], 200)
+    match err.source() {
+        Some(cause) => sanitize(&crate::error::chain(cause), &[], 200),
+        None => "connection failed".to_owned(),
     }
 }
 

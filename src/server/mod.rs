@@ -18,7 +18,7 @@ use crate::access::{self, Verdict};
 use crate::config::{Settings, UpstreamTarget};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::observability::prom;
-use crate::observability::usage::dashboard;
+use crate::observability::usage::{UsageHealth, dashboard};
 use crate::pipeline;
 use crate::routes::{self, Dialect, Mode, Route, Verb};
 use crate::sim::SimHandle;
@@ -141,11 +141,12 @@ async fn flush_records(state: &Arc<AppState>) {
 /// [`crate::routes`], each answering its method (any other gets 405 in the
 /// route's dialect); anything else is a 404 in the dialect its path suggests.
 pub fn router(state: Arc<AppState>) -> Router {
+    let ops_405 = |req: Request| async move { method_not_allowed(Dialect::Anthropic, req) };
     let mut r = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/dashboard", get(dashboard_page))
-        .route("/api/usage", get(api_usage));
+        .route("/health", get(health).fallback(ops_405))
+        .route("/metrics", get(metrics).fallback(ops_405))
+        .route("/dashboard", get(dashboard_page).fallback(ops_405))
+        .route("/api/usage", get(api_usage).fallback(ops_405));
     for (path, mode, entry) in routes::table() {
         r = r.route(&path, endpoint(mode, entry.route, entry.verb));
     }
@@ -161,7 +162,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// concurrency limit, held until the response body is done.
 async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let dialect = Dialect::of_path(req.uri().path());
-    let cors = match state.guard.check(req.method(), req.headers()) {
+    let cors = match state
+        .guard
+        .check(req.method(), req.version(), req.headers())
+    {
         Ok(Verdict::Allow(cors)) => cors,
         Ok(Verdict::Respond(resp)) => return resp,
         Err(e) => {
@@ -278,8 +282,13 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         (Some(_), None) => "oauth_expired",
         (None, None) => "client",
     };
+    let usage = match &state.usage {
+        Some(w) => w.health(),
+        None => UsageHealth::disabled(&state.settings.usage.db),
+    };
     let body = serde_json::json!({
-        "status": "ok",
+        // Degraded: the proxy serves, but something it owns (the usage store) fails.
+        "status": if usage.healthy { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": state.settings.upstream_display(),
         "upstream_base": state.upstream.base(),
@@ -290,6 +299,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "oauth_error": state.oauth_error,
             "server_api_key": state.settings.credentials.api_key.is_some(),
         },
+        "usage": usage,
     });
     axum::Json(body).into_response()
 }
@@ -336,6 +346,5 @@ async fn api_usage(
     if let Err(e) = ops_access(&state, &req) {
         return e.into_response(Dialect::Anthropic);
     }
-    let db = state.usage.as_ref().map(|w| w.path().to_path_buf());
-    dashboard::api_usage(db, query).await
+    dashboard::api_usage_of(state.usage.as_ref(), query).await
 }
