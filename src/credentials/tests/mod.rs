@@ -284,9 +284,8 @@ proptest::proptest! {
         o.insert("n".into(), json!(n));
         o.insert("scopes".into(), json!(scopes));
         let v = json!({"claudeAiOauth": o});
-        if let Ok(d) = parse_document(&serde_json::to_vec(&v).expect("json")) {
-            if let Some(c) = d.creds { let _ = (mask_secret(c.access_token.secret()), c.expires_at_ms.map(format_utc)); }
-        }
+        if let Ok(d) = parse_document(&serde_json::to_vec(&v).expect("json"))
+            && let Some(c) = d.creds { let _ = (mask_secret(c.access_token.secret()), c.expires_at_ms.map(format_utc)); }
     }
 }
 
