@@ -38,7 +38,7 @@ pub use request::{
     ConvertedResponsesRequest, ItemResolver, NoStore, input_items, responses_to_messages,
 };
 pub use response::messages_to_response;
-// pub use stream::{EventSink, JsonEvents, ResponsesStreamConverter};
+pub use stream::{EventSink, JsonEvents, ResponsesStreamConverter};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
