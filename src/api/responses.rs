@@ -292,10 +292,11 @@ pub struct WebSearchFilters<'a> {
 
 /// `tool_choice`: `none` | `auto` | `required`, or an object: `{"type":"function"|"custom",
 /// "name"}`, `{"type":"allowed_tools","mode","tools"}`, `{"type":"web_search"…}`.
-#[derive(Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
 pub enum ToolChoice<'a> {
-    Mode(Str<'a>),
-    Object(ToolChoiceObject<'a>),
+    Mode(#[serde(borrow)] Str<'a>),
+    Object(#[serde(borrow)] ToolChoiceObject<'a>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,29 +307,6 @@ pub struct ToolChoiceObject<'a> {
     pub name: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub mode: Option<Str<'a>>,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for ToolChoice<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = ToolChoice<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an object")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(ToolChoice::Mode(Str(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(ToolChoice::Mode(Str(Cow::Owned(v.to_owned()))))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                ToolChoiceObject::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(ToolChoice::Object)
-            }
-        }
-        d.deserialize_any(V(PhantomData))
-    }
 }
 
 /// `reasoning`: `effort` (`none` … `xhigh`), `summary` (`auto` | `concise` | `detailed`;
