@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 
 use crate::error::{ErrorKind, Origin, ProxyError};
@@ -38,30 +39,68 @@ pub async fn read(
         drain(body).await;
         return Err(too_large());
     }
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let mut gathered = Gathered::default();
     loop {
-        let frame = match tokio::time::timeout(stall, body.frame()).await {
-            Err(_) => {
-                return Err(ProxyError::new(
-                    ErrorKind::RequestTimeout,
-                    Origin::Client,
-                    format!(
-                        "the request body stalled: nothing arrived for {} s",
-                        stall.as_secs_f64()
-                    ),
-                ));
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(f)) => {
-                f.map_err(|e| ProxyError::invalid("could not read the request body").with_cause(e))?
-            }
+        // A timer is armed only when the next piece is not there yet.
+        let next = match body.frame().now_or_never() {
+            Some(next) => next,
+            None => tokio::time::timeout(stall, body.frame())
+                .await
+                .map_err(|_| stalled(stall))?,
         };
+        let Some(frame) = next else {
+            return Ok(gathered.finish());
+        };
+        let frame = frame
+            .map_err(|e| ProxyError::invalid("could not read the request body").with_cause(e))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            if gathered.len + data.len() > limit {
                 drain(body).await;
                 return Err(too_large());
             }
-            buf.extend_from_slice(&data);
+            gathered.push(data, declared);
+        }
+    }
+}
+
+fn stalled(stall: Duration) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::RequestTimeout,
+        Origin::Client,
+        format!(
+            "the request body stalled: nothing arrived for {} s",
+            stall.as_secs_f64()
+        ),
+    )
+}
+
+/// A body's pieces: one piece (the usual case) is kept as it is, without a copy.
+#[derive(Default)]
+struct Gathered {
+    first: Option<Bytes>,
+    more: Option<bytes::BytesMut>,
+    len: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes, declared: Option<u64>) {
+        self.len += data.len();
+        match (&mut self.more, self.first.take()) {
+            (Some(b), _) => b.extend_from_slice(&data),
+            (None, None) => self.first = Some(data),
+            (None, Some(head)) => {
+                let mut b = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+                b.extend_from_slice(&head);
+                b.extend_from_slice(&data);
+                self.more = Some(b);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self.more {
+            Some(b) => b.freeze(),
+            None => self.first.unwrap_or_default(),
         }
     }
 }
@@ -103,23 +142,17 @@ pub fn check_nesting(body: &[u8]) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Whether brackets outside strings nest deeper than `max` (one pass, no parsing).
+/// Whether brackets outside strings nest deeper than `max` (one pass, no
+/// parsing). String contents — most of a large body — are skipped with memchr.
 fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => match string_end(body, i + 1) {
+                Some(end) => i = end,
+                None => return false,
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -129,8 +162,23 @@ fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
+}
+
+/// The index of the quote that closes the string whose content starts at `from`.
+fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', &body[from..])?;
+        if body[at] == b'"' {
+            return Some(at);
+        }
+        from = at + 2; // an escape: skip the escaped byte
+        if from > body.len() {
+            return None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +199,32 @@ mod tests {
         assert!(!json_depth_exceeds(escaped_quote.as_bytes(), 128));
         let deep_object = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
         assert!(json_depth_exceeds(deep_object.as_bytes(), 128));
+    }
+
+    /// The scan agrees with the real depth of parsed JSON (strings with brackets,
+    /// escaped quotes and backslashes included).
+    #[test]
+    fn depth_matches_parsed_json() {
+        fn depth(v: &serde_json::Value) -> usize {
+            match v {
+                serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+                serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        for text in [
+            r#"{"a":[1,{"b":"]]]}}}\"[[["}],"c":"\\"}"#,
+            r#"[[["x\\\"{{{"]],{}]"#,
+            r#"{"s":"\u005b[","t":[[[]]]}"#,
+            r#""just a string [[[""#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            let d = depth(&v);
+            assert!(!json_depth_exceeds(text.as_bytes(), d), "{text}");
+            if d > 0 {
+                assert!(json_depth_exceeds(text.as_bytes(), d - 1), "{text}");
+            }
+        }
     }
 
     #[test]
