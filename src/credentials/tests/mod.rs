@@ -948,18 +948,20 @@ async fn background_refresh_keeps_serving_for_many_token_lifetimes() {
     assert!(refreshes <= 12, "no refresh storm: {refreshes}");
     assert!(distinct.len() >= 6);
     assert!(served > 100);
-    // The file always holds the live refresh token, so Claude Code keeps working.
-    let rt = read_json(&env.claude_file())["claudeAiOauth"]["refreshToken"]
-        .as_str()
-        .expect("rt")
-        .to_owned();
-    assert!(mock.valid_refresh_tokens().contains(&rt));
     // The task ends when the manager is dropped.
     drop(m);
     tokio::time::timeout(Duration::from_secs(3), bg)
         .await
         .expect("ends")
         .expect("join");
+    // Once no refresh is under way, the file holds the live refresh token, so
+    // Claude Code keeps working. (Read while a refresh is in flight, it may still
+    // hold the token just rotated away, for the moment until the write.)
+    let rt = read_json(&env.claude_file())["claudeAiOauth"]["refreshToken"]
+        .as_str()
+        .expect("rt")
+        .to_owned();
+    assert!(mock.valid_refresh_tokens().contains(&rt));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
