@@ -173,11 +173,7 @@ fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
 fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
     loop {
         let at = from + memchr::memchr(b'"', &body[from..])?;
-        let backslashes = body[..at]
-            .iter()
-            .rev()
-            .take_while(|&&b| b == b'\\')
-            .count();
+        let backslashes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
         if backslashes % 2 == 0 {
             return Some(at);
         }
