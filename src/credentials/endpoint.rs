@@ -238,7 +238,11 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = Vec::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = err.source();
     while let Some(e) = cur {
-        parts.push(e.to_string());
+        // Some errors repeat their cause's text in their own message: keep it once.
+        let t = e.to_string();
+        if !parts.iter().any(|p: &String| p.contains(&t)) {
+            parts.push(t);
+        }
         cur = e.source();
     }
     if parts.is_empty() {
