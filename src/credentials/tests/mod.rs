@@ -829,7 +829,7 @@ async fn stale_temporary_files_of_ours_are_removed_at_startup() {
             format!(".{name}.tmp-abc-00ff00ff00ff00ff"),
             format!("{name}.tmp-4242-00ff00ff00ff00ff"),
             format!(".{name}.tmp-4242-00ff00ff00ff00ff.bak"),
-            format!(".other.json.tmp-4242-00ff00ff00ff00ff"),
+            ".other.json.tmp-4242-00ff00ff00ff00ff".to_owned(),
             "notes.txt".to_owned(),
         ] {
             let p = dir.join(other);
