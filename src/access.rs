@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -123,14 +123,23 @@ pub fn is_loopback_host(host: &str) -> bool {
     h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The host part of a `Host` header value (`name`, `name:port`, `[v6]:port`).
-fn host_name(value: &str) -> &str {
+/// The host part of a `Host` header value (`name`, `name:port`, `[v6]`,
+/// `[v6]:port`); `None` when the value has any other shape (`[::1].evil.com`,
+/// `[::1]evil.com:80`, an empty or non-numeric port).
+fn host_name(value: &str) -> Option<&str> {
+    let is_port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     if let Some(rest) = value.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        let (inside, after) = rest.split_once(']')?;
+        return match after.strip_prefix(':') {
+            None if after.is_empty() => Some(inside),
+            Some(port) if is_port(port) => Some(inside),
+            _ => None,
+        };
     }
-    match value.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => value,
+    match value.split_once(':') {
+        None => Some(value),
+        Some((h, port)) if is_port(port) && !h.is_empty() => Some(h),
+        Some(_) => None,
     }
 }
 
@@ -151,11 +160,16 @@ impl Guard {
 
     /// Checks a request's `Host` and `Origin`. Errors render in the route's dialect
     /// by the caller; preflights are answered here.
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<Verdict, ProxyError> {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    pub fn check(
+        &self,
+        method: &Method,
+        version: Version,
+        headers: &HeaderMap,
+    ) -> Result<Verdict, ProxyError> {
+        let host = one_host(version, headers)?;
         if self.loopback_only {
             if let Some(h) = host {
-                if !is_loopback_host(host_name(h)) {
+                if !host_name(h).is_some_and(is_loopback_host) {
                     return Err(forbidden(format!(
                         "Host {h:?} is not a loopback name: ccproxy listens on loopback and refuses other \
                          host names (DNS rebinding protection)"
@@ -203,6 +217,28 @@ impl Guard {
             return Ok(Verdict::Respond(resp));
         }
         Ok(Verdict::Allow(Some(origin.clone())))
+    }
+}
+
+/// The request's one `Host`: two are refused, and so is none on HTTP/1.1
+/// (RFC 9112 §3.2); HTTP/2 carries the authority in the request line instead.
+fn one_host(version: Version, headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
+    let mut all = headers.get_all(header::HOST).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(ProxyError::invalid(
+            "the request has more than one Host header",
+        ));
+    }
+    match first {
+        None if version == Version::HTTP_11 => Err(ProxyError::invalid(
+            "the request has no Host header (required in HTTP/1.1)",
+        )),
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ProxyError::invalid("the Host header is not visible ASCII")),
     }
 }
 
@@ -271,8 +307,50 @@ mod tests {
         ] {
             assert!(!is_loopback_host(h), "{h}");
         }
-        assert_eq!(host_name("[::1]:8000"), "::1");
-        assert_eq!(host_name("localhost:8000"), "localhost");
+        assert_eq!(host_name("[::1]:8000"), Some("::1"));
+        assert_eq!(host_name("[::1]"), Some("::1"));
+        assert_eq!(host_name("localhost:8000"), Some("localhost"));
+        assert_eq!(host_name("localhost"), Some("localhost"));
+        for bad in [
+            "[::1].evil.com",
+            "[::1]evil.com:80",
+            "[::1]:",
+            "[::1",
+            "localhost:",
+            "localhost:80x",
+            ":80",
+            "a:1:2",
+        ] {
+            assert_eq!(host_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_headers_must_be_one_and_well_formed() {
+        let g = Guard {
+            loopback_only: true,
+            cors_origins: vec![],
+        };
+        let get = Method::GET;
+        for bad in ["[::1].evil.com", "[::1]evil.com:80"] {
+            let e = g
+                .check(&get, Version::HTTP_11, &headers(&[("host", bad)]))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} passed"));
+            assert_eq!(e.kind, ErrorKind::Forbidden, "{bad}");
+        }
+        let mut two = HeaderMap::new();
+        two.append(header::HOST, HeaderValue::from_static("127.0.0.1"));
+        two.append(header::HOST, HeaderValue::from_static("evil.example"));
+        let e = g.check(&get, Version::HTTP_11, &two).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        let e = g
+            .check(&get, Version::HTTP_11, &HeaderMap::new())
+            .err()
+            .unwrap();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        // HTTP/2 names the authority in the request line.
+        assert!(g.check(&get, Version::HTTP_2, &HeaderMap::new()).is_ok());
     }
 
     #[test]
@@ -283,16 +361,25 @@ mod tests {
         };
         let get = Method::GET;
         assert!(
-            g.check(&get, &headers(&[("host", "127.0.0.1:8000")]))
-                .is_ok()
-        );
-        assert!(
-            g.check(&get, &headers(&[("host", "evil.example:8000")]))
-                .is_err()
+            g.check(
+                &get,
+                Version::HTTP_11,
+                &headers(&[("host", "127.0.0.1:8000")])
+            )
+            .is_ok()
         );
         assert!(
             g.check(
                 &get,
+                Version::HTTP_11,
+                &headers(&[("host", "evil.example:8000")])
+            )
+            .is_err()
+        );
+        assert!(
+            g.check(
+                &get,
+                Version::HTTP_11,
                 &headers(&[
                     ("host", "localhost:8000"),
                     ("origin", "https://evil.example")
@@ -303,6 +390,7 @@ mod tests {
         assert!(matches!(
             g.check(
                 &get,
+                Version::HTTP_11,
                 &headers(&[
                     ("host", "localhost:8000"),
                     ("origin", "http://localhost:3000")
@@ -313,6 +401,7 @@ mod tests {
         assert!(matches!(
             g.check(
                 &get,
+                Version::HTTP_11,
                 &headers(&[
                     ("host", "localhost:8000"),
                     ("origin", "http://localhost:8000")
@@ -323,6 +412,7 @@ mod tests {
         assert!(matches!(
             g.check(
                 &Method::OPTIONS,
+                Version::HTTP_11,
                 &headers(&[
                     ("host", "localhost:8000"),
                     ("origin", "http://localhost:3000")

@@ -329,7 +329,8 @@ impl ProxyError {
     }
 
     /// The bytes that end a stream already under way with this error:
-    /// Anthropic's `event: error` frame; OpenAI's error chunk then `[DONE]`.
+    /// Anthropic's `event: error` frame; OpenAI's error chunk, without `[DONE]`
+    /// (which would tell the client the answer is complete).
     pub fn stream_event(&self, dialect: Dialect) -> Bytes {
         let body = self.body(dialect);
         let mut out = Vec::with_capacity(body.len() + 32);
@@ -342,7 +343,7 @@ impl ProxyError {
             Dialect::OpenAi => {
                 out.extend_from_slice(b"data: ");
                 out.extend_from_slice(&body);
-                out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+                out.extend_from_slice(b"\n\n");
             }
         }
         Bytes::from(out)
@@ -548,6 +549,7 @@ mod tests {
         assert!(a.ends_with(b"}\n\n"));
         let o = e.stream_event(Dialect::OpenAi);
         assert!(o.starts_with(b"data: {\"error\""));
-        assert!(o.ends_with(b"\n\ndata: [DONE]\n\n"));
+        assert!(o.ends_with(b"}\n\n"));
+        assert!(!o.windows(6).any(|w| w == b"[DONE]"));
     }
 }

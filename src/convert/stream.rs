@@ -175,28 +175,24 @@ impl ChatStreamConverter {
         }
     }
 
-    /// Ends the stream: called once when the upstream ends, normally or not. Unless already done,
-    /// appends the finish chunk (when the stop reason is known and was not sent), the usage chunk
-    /// (if asked) and `[DONE]`. If nothing at all came from upstream, an error frame instead.
+    /// Ends the stream: called once when the upstream ends. After `message_stop`
+    /// nothing is left to do. Otherwise the answer is incomplete, and the client
+    /// must not take it for a whole one: the usage chunk (if asked, with what was
+    /// counted) then an error chunk, and no `[DONE]`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.done {
             return;
         }
-        if !self.started && !self.role_sent {
-            let e = ProxyError::new(
-                ErrorKind::Internal,
-                Origin::Upstream,
-                "the upstream stream ended before a response started",
-            );
-            self.fail_with(&e, out);
-            return;
-        }
-        // Close open tool calls so their arguments are complete JSON where possible.
-        let open: Vec<u64> = self.blocks.iter().map(|(i, _)| *i).collect();
-        for i in open {
-            self.block_stop(i, out);
-        }
-        self.end(out);
+        let why = if !self.started && !self.role_sent {
+            "the upstream stream ended before a response started"
+        } else {
+            if self.include_usage {
+                self.usage_chunk(out);
+            }
+            "the upstream stream ended before message_stop: the answer is incomplete"
+        };
+        let e = ProxyError::new(ErrorKind::Internal, Origin::Upstream, why);
+        self.fail_with(&e, out);
     }
 
     /// Ends the stream with `e` (the upstream broke, or the server is ending its
@@ -216,13 +212,18 @@ impl ChatStreamConverter {
     fn end(&mut self, out: &mut Vec<u8>) {
         self.send_finish(out);
         if self.include_usage {
-            out.extend_from_slice(&self.head);
-            out.extend_from_slice(br#""choices":[],"usage":"#);
-            write_openai_usage(&self.usage, out);
-            out.extend_from_slice(b"}\n\n");
+            self.usage_chunk(out);
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
         self.done = true;
+    }
+
+    /// The chunk with `choices: []` and the usage so far (`stream_options.include_usage`).
+    fn usage_chunk(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(br#""choices":[],"usage":"#);
+        write_openai_usage(&self.usage, out);
+        out.extend_from_slice(b"}\n\n");
     }
 
     fn send_finish(&mut self, out: &mut Vec<u8>) {
@@ -751,11 +752,13 @@ mod tests {
         let mut c = conv(true);
         let fs = frames(&run(&mut c, &[&evs]));
         assert!(c.is_done());
-        let n = fs.len();
-        assert_eq!(fs[n - 1], "[DONE]");
         assert_eq!(
-            fs[n - 2],
-            json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded"}})
+            fs.last().unwrap(),
+            &json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded"}})
+        );
+        assert!(
+            fs.iter().all(|f| f != "[DONE]"),
+            "an error ends without [DONE]"
         );
         assert!(
             !fs.iter()
@@ -765,7 +768,7 @@ mod tests {
         let mut c = conv(false);
         let fs = frames(&run(&mut c, &[b"event: error\ndata: upstream broke\n\n"]));
         assert_eq!(fs[0]["error"]["message"], "upstream broke");
-        assert_eq!(fs[1], "[DONE]");
+        assert_eq!(fs.len(), 1);
     }
 
     #[test]
@@ -789,7 +792,9 @@ mod tests {
 
     #[test]
     fn finish_without_message_stop() {
-        // Ended after message_delta: finish_reason known.
+        // Ended after message_delta: the finish reason went out, then the usage
+        // chunk (asked for) and an error chunk; no [DONE], which would say the
+        // answer is whole.
         let evs = events(&[
             json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
             json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
@@ -801,24 +806,26 @@ mod tests {
         let n = fs.len();
         assert_eq!(fs[n - 3]["choices"][0]["finish_reason"], "stop");
         assert_eq!(fs[n - 2]["usage"]["completion_tokens"], 2);
-        assert_eq!(fs[n - 1], "[DONE]");
-        // Cut in the middle of a tool call without any fragment: the call is completed with {}.
+        let message = fs[n - 1]["error"]["message"].as_str().unwrap();
+        assert!(message.contains("message_stop"), "{message}");
+        assert!(fs.iter().all(|f| f != "[DONE]"));
+        // Cut in the middle of a tool call: no finish reason, an error, no [DONE].
         let evs = events(&[
             json!({"type": "message_start", "message": {"usage": {"input_tokens": 1}}}),
             json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}),
         ]);
         let fs = frames(&run(&mut conv(false), &[&evs]));
-        assert_eq!(args_by_index(&fs), ["{}"]);
         assert!(fs.iter().all(|f| {
             f["choices"][0]
                 .get("finish_reason")
                 .is_none_or(Value::is_null)
         }));
-        assert_eq!(fs.last().unwrap(), "[DONE]");
+        assert!(fs.last().unwrap()["error"]["message"].is_string());
+        assert!(fs.iter().all(|f| f != "[DONE]"));
         // Nothing at all: an error frame.
         let fs = frames(&run(&mut conv(false), &[]));
         assert!(fs[0]["error"]["message"].is_string());
-        assert_eq!(fs[1], "[DONE]");
+        assert_eq!(fs.len(), 1);
         // finish twice, and events after the end, add nothing.
         let mut c = conv(false);
         let mut out = run(&mut c, &[&evs]);
@@ -1157,8 +1164,18 @@ mod tests {
                 c.finish(&mut out);
                 prop_assert!(c.is_done());
                 let fs = frames(&out);
-                prop_assert_eq!(fs.last().unwrap(), &Value::from("[DONE]"));
-                prop_assert_eq!(fs.iter().filter(|f| **f == "[DONE]").count(), 1);
+                // A whole answer ends with [DONE]; any other ends with one error
+                // chunk and no [DONE].
+                let last = fs.last().unwrap();
+                let dones = fs.iter().filter(|f| **f == "[DONE]").count();
+                if last == &Value::from("[DONE]") {
+                    prop_assert_eq!(dones, 1);
+                    prop_assert!(fs.iter().all(|f| f.get("error").is_none()));
+                } else {
+                    prop_assert!(last["error"]["message"].is_string(), "{last}");
+                    prop_assert_eq!(dones, 0);
+                    prop_assert_eq!(fs.iter().filter(|f| f.get("error").is_some()).count(), 1);
+                }
                 // Tool-call indices are dense and announced once each.
                 let mut announced = 0u64;
                 for f in &fs {

@@ -234,21 +234,11 @@ impl TokenEndpoint {
     }
 }
 
+/// What lies under a transport error (its causes), trimmed and cleaned for logs.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = err.source();
-    while let Some(e) = cur {
-        // Some errors repeat their cause's text in their own message: keep it once.
-        let t = e.to_string();
-        if !parts.iter().any(|p: &String| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = e.source();
-    }
-    if parts.is_empty() {
-        "connection failed".to_owned()
-    } else {
-        sanitize(&parts.join(": "), &[], 200)
+    match err.source() {
+        Some(cause) => sanitize(&crate::error::chain(cause), &[], 200),
+        None => "connection failed".to_owned(),
     }
 }
 

@@ -16,6 +16,7 @@
 //! An error at any phase stops the request and is rendered once, in the
 //! client's dialect (`error.rs`), after the record notes it.
 
+mod body;
 mod credential;
 mod ctx;
 mod prepare;
@@ -27,17 +28,13 @@ pub use ctx::RequestCtx;
 pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, prepare};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, header};
 use axum::response::Response;
-use bytes::Bytes;
-use http_body_util::BodyExt;
 
 use crate::access;
-use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::error::ProxyError;
 use crate::routes::{Mode, Route};
 use crate::state::AppState;
 use crate::upstream;
@@ -72,7 +69,8 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     // body, within the configured limit.
     let limit = state.settings.limits.max_body_bytes;
     let stall = state.settings.limits.body_read_timeout;
-    let body = read_body(body, &parts.headers, limit, stall).await?;
+    let body = body::read(body, &parts.headers, limit, stall).await?;
+    body::check_nesting(&body)?;
 
     // credential for the upstream.
     let chosen = credential::choose(state, ctx.mode, client_token).await?;
@@ -120,55 +118,5 @@ async fn shutdown_over(state: &AppState) {
     let mut shutdown = state.stream_limits.shutdown.clone();
     if shutdown.wait_for(|v| *v).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-/// Reads the request body within `limit` bytes (413 past it, also when the
-/// declared length already says so). A body that stalls — no bytes for `stall` —
-/// is a 408 (the connection closes, and the request's concurrency slot frees).
-async fn read_body(
-    mut body: Body,
-    headers: &HeaderMap,
-    limit: usize,
-    stall: Duration,
-) -> Result<Bytes, ProxyError> {
-    let too_large = || {
-        ProxyError::new(
-            ErrorKind::TooLarge,
-            Origin::Client,
-            format!("request body exceeds the limit of {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    loop {
-        let frame = match tokio::time::timeout(stall, body.frame()).await {
-            Err(_) => {
-                return Err(ProxyError::new(
-                    ErrorKind::RequestTimeout,
-                    Origin::Client,
-                    format!(
-                        "the request body stalled: nothing arrived for {} s",
-                        stall.as_secs_f64()
-                    ),
-                ));
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(f)) => {
-                f.map_err(|e| ProxyError::invalid("could not read the request body").with_cause(e))?
-            }
-        };
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&data);
-        }
     }
 }

@@ -45,7 +45,12 @@ pub async fn respond(
                 rec.meter_with(meter.tap(true));
                 rec
             });
-            let body = relay_stream(resp, r.limits.watch(), record, Relay::Raw);
+            let relay = if r.mode == Mode::Passthrough {
+                Relay::Passthrough
+            } else {
+                Relay::Raw
+            };
+            let body = relay_stream(resp, r.limits.watch(), record, relay);
             Ok(response(status, headers, Body::from_stream(body)))
         }
         Conversion::None => relay_whole(ctx, &r, resp, meter).await,
@@ -226,6 +231,9 @@ fn is_event_stream(h: &HeaderMap) -> bool {
 enum Relay {
     /// As they are (the record's tap meters them); errors as Anthropic events.
     Raw,
+    /// As they are, and nothing else: when the upstream breaks, the client's
+    /// response is cut too (no final chunk), as it would be without the proxy.
+    Passthrough,
     /// Parsed and converted to OpenAI chunks; errors as OpenAI error chunks.
     Chat(Box<(convert::SseParser, convert::stream::ChatStreamConverter)>),
 }
@@ -263,7 +271,11 @@ fn relay_stream(
             }
             let out = match st.watch.next(&mut st.upstream).await {
                 StreamNext::Chunk(chunk) => st.on_chunk(chunk),
-                StreamNext::Broken(e) => st.on_broken(e),
+                StreamNext::Broken(e) => match st.on_broken(e) {
+                    Ok(bytes) => bytes,
+                    // Aborts the client's response: it sees an incomplete body.
+                    Err(cut) => return Some((Err(cut), st)),
+                },
                 StreamNext::End => st.on_end(),
             };
             if !out.is_empty() {
@@ -299,20 +311,21 @@ impl<S> StreamState<S> {
         Bytes::from(out)
     }
 
-    fn on_broken(&mut self, e: ProxyError) -> Bytes {
+    fn on_broken(&mut self, e: ProxyError) -> Result<Bytes, std::io::Error> {
         tracing::warn!(reason = %e.message(), "stream ended early");
         self.done = true;
         if let Some(mut r) = self.record.take() {
             r.failed(&e);
         }
-        match &mut self.relay {
+        Ok(match &mut self.relay {
             Relay::Raw => e.stream_event(Dialect::Anthropic),
+            Relay::Passthrough => return Err(std::io::Error::other(e.message().into_owned())),
             Relay::Chat(chat) => {
                 let mut out = Vec::new();
                 chat.1.abort(&e, &mut out);
                 Bytes::from(out)
             }
-        }
+        })
     }
 
     fn on_end(&mut self) -> Bytes {

@@ -141,11 +141,12 @@ async fn flush_records(state: &Arc<AppState>) {
 /// [`crate::routes`], each answering its method (any other gets 405 in the
 /// route's dialect); anything else is a 404 in the dialect its path suggests.
 pub fn router(state: Arc<AppState>) -> Router {
+    let ops_405 = |req: Request| async move { method_not_allowed(Dialect::Anthropic, req) };
     let mut r = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/dashboard", get(dashboard_page))
-        .route("/api/usage", get(api_usage));
+        .route("/health", get(health).fallback(ops_405))
+        .route("/metrics", get(metrics).fallback(ops_405))
+        .route("/dashboard", get(dashboard_page).fallback(ops_405))
+        .route("/api/usage", get(api_usage).fallback(ops_405));
     for (path, mode, entry) in routes::table() {
         r = r.route(&path, endpoint(mode, entry.route, entry.verb));
     }
@@ -161,7 +162,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// concurrency limit, held until the response body is done.
 async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let dialect = Dialect::of_path(req.uri().path());
-    let cors = match state.guard.check(req.method(), req.headers()) {
+    let cors = match state
+        .guard
+        .check(req.method(), req.version(), req.headers())
+    {
         Ok(Verdict::Allow(cors)) => cors,
         Ok(Verdict::Respond(resp)) => return resp,
         Err(e) => {

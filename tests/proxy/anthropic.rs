@@ -151,18 +151,16 @@ async fn client_credentials_are_forwarded_correctly() {
 
 async fn placeholder_keys_are_never_forwarded(mode: &str) {
     let env = TestEnv::start(Opts::default()).await;
-    {
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                Some("dummy"),
-                &message("hi", false),
-            )
-            .await;
-        assert_eq!(resp.status(), 401, "mode {mode}");
-        let v = json_of(resp).await;
-        assert_anthropic_error(&v, "authentication_error");
-    }
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages"),
+            Some("dummy"),
+            &message("hi", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 401, "mode {mode}");
+    let v = json_of(resp).await;
+    assert_anthropic_error(&v, "authentication_error");
     assert!(
         env.sim_state().requests().is_empty(),
         "nothing reached upstream"
@@ -173,18 +171,16 @@ async fn placeholder_keys_are_never_forwarded(mode: &str) {
         ..Opts::default()
     })
     .await;
-    {
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                Some("dummy"),
-                &message("hi", false),
-            )
-            .await;
-        assert_eq!(resp.status(), 200);
-        let up = env.sim_state().last_request().unwrap();
-        assert_eq!(up.header("x-api-key"), Some(API_KEY), "mode {mode}");
-    }
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages"),
+            Some("dummy"),
+            &message("hi", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let up = env.sim_state().last_request().unwrap();
+    assert_eq!(up.header("x-api-key"), Some(API_KEY), "mode {mode}");
 }
 
 cases!(placeholder_keys_are_never_forwarded {
@@ -308,36 +304,32 @@ async fn proxy_token_is_required_and_never_forwarded(mode: &str, key: Option<&st
         ..Opts::default()
     })
     .await;
-    {
-        let resp = env
-            .post(&format!("{mode}/v1/messages"), key, &message("hi", false))
-            .await;
-        assert_eq!(resp.status(), 401);
-        let v = json_of(resp).await;
-        assert_anthropic_error(&v, "authentication_error");
-        assert!(!v.to_string().contains(PROXY_TOKEN));
-    }
+    let resp = env
+        .post(&format!("{mode}/v1/messages"), key, &message("hi", false))
+        .await;
+    assert_eq!(resp.status(), 401);
+    let v = json_of(resp).await;
+    assert_anthropic_error(&v, "authentication_error");
+    assert!(!v.to_string().contains(PROXY_TOKEN));
     assert!(env.sim_state().requests().is_empty());
-    {
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                Some(PROXY_TOKEN),
-                &message("hi", false),
-            )
-            .await;
-        assert_eq!(resp.status(), 200, "mode {mode}");
-        let resp = env
-            .client
-            .post(env.url(&format!("{mode}/v1/messages")))
-            .bearer_auth(PROXY_TOKEN)
-            .header("anthropic-version", "2023-06-01")
-            .json(&message("hi", false))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "mode {mode}");
-    }
+    let resp = env
+        .post(
+            &format!("{mode}/v1/messages"),
+            Some(PROXY_TOKEN),
+            &message("hi", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "mode {mode}");
+    let resp = env
+        .client
+        .post(env.url(&format!("{mode}/v1/messages")))
+        .bearer_auth(PROXY_TOKEN)
+        .header("anthropic-version", "2023-06-01")
+        .json(&message("hi", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "mode {mode}");
     for up in env.sim_state().requests() {
         for (k, v) in &up.headers {
             assert!(!v.contains(PROXY_TOKEN), "proxy token forwarded in {k}");
@@ -527,28 +519,26 @@ async fn upstream_errors_keep_status_body_and_headers(mode: &str) {
         (500, "api_error"),
         (403, "permission_error"),
     ] {
-        {
-            let resp = env
-                .post(
-                    &format!("{mode}/v1/messages"),
-                    None,
-                    &message(&format!("[sim:status={status}]"), false),
-                )
-                .await;
-            assert_eq!(resp.status().as_u16(), status);
-            if status == 429 {
-                assert_eq!(resp.headers()["retry-after"], "7");
-                assert!(
-                    resp.headers()
-                        .get("anthropic-ratelimit-requests-remaining")
-                        .is_some()
-                );
-            }
-            assert_eq!(resp.headers()["request-id"], "req_sim_error");
-            let v = json_of(resp).await;
-            assert_anthropic_error(&v, kind);
-            assert_eq!(v["error"]["message"], format!("Simulated error {status}"));
+        let resp = env
+            .post(
+                &format!("{mode}/v1/messages"),
+                None,
+                &message(&format!("[sim:status={status}]"), false),
+            )
+            .await;
+        assert_eq!(resp.status().as_u16(), status);
+        if status == 429 {
+            assert_eq!(resp.headers()["retry-after"], "7");
+            assert!(
+                resp.headers()
+                    .get("anthropic-ratelimit-requests-remaining")
+                    .is_some()
+            );
         }
+        assert_eq!(resp.headers()["request-id"], "req_sim_error");
+        let v = json_of(resp).await;
+        assert_anthropic_error(&v, kind);
+        assert_eq!(v["error"]["message"], format!("Simulated error {status}"));
     }
 }
 

@@ -1,6 +1,7 @@
 //! Upstream and client faults, and the request limits, through real sockets:
 //! each test asserts exactly what the client sees, in both dialects where the
-//! fault applies. Faults come from the simulated upstream's fault markers
+//! fault applies, one named case per mode × dialect (`anthropic_min`,
+//! `openai_full`, …). Faults come from the simulated upstream's fault markers
 //! (`src/sim/faults.rs`) or from a dead / mute upstream port.
 
 use std::sync::atomic::Ordering;
@@ -11,33 +12,24 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Every (path, body, dialect-is-openai) combination for a marker text.
-fn all_routes(text: &str, stream: bool, with_pt_openai: bool) -> Vec<(String, Value, bool)> {
-    let mut v: Vec<(String, Value, bool)> = ANTHROPIC_MODES
-        .iter()
-        .map(|m| (format!("{m}/v1/messages"), message(text, stream), false))
-        .collect();
-    for base in OPENAI_CONVERTING {
-        v.push((
+/// The (path, body, dialect-is-openai) of a request with `text` under `base`:
+/// `""`, `/min`, `/pt` are the Anthropic modes (`/v1/messages`); `/openai`,
+/// `/min/openai`, `/pt/openai` the OpenAI ones (`/v1/chat/completions`).
+fn route(base: &str, text: &str, stream: bool) -> (String, Value, bool) {
+    if base.ends_with("/openai") {
+        (
             format!("{base}/v1/chat/completions"),
             chat(text, stream),
             true,
-        ));
+        )
+    } else {
+        (format!("{base}/v1/messages"), message(text, stream), false)
     }
-    if with_pt_openai {
-        v.push((
-            "/pt/openai/v1/chat/completions".into(),
-            chat(text, stream),
-            true,
-        ));
-    }
-    v
 }
 
 // ---------------------------------------------------------------- connection faults
 
-#[tokio::test]
-async fn refused_connection_is_502_in_the_clients_dialect() {
+async fn refused_connection_is_502_in_the_clients_dialect(base: &str) {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -49,31 +41,39 @@ async fn refused_connection_is_502_in_the_clients_dialect() {
     })
     .await;
     for stream in [false, true] {
-        for (path, body, openai) in all_routes("hi", stream, true) {
-            let t0 = Instant::now();
-            let resp = env.post(&path, None, &body).await;
-            assert_eq!(resp.status(), 502, "{path}");
-            assert!(t0.elapsed() < Duration::from_secs(2), "{path}");
-            let v = json_of(resp).await;
-            if openai {
-                assert_openai_error(&v, "server_error");
-                assert_eq!(v["error"]["code"], "upstream_unreachable");
-            } else {
-                assert_anthropic_error(&v, "api_error");
-            }
-            assert!(
-                v["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("upstream unreachable"),
-                "{v}"
-            );
+        let (path, body, openai) = route(base, "hi", stream);
+        let t0 = Instant::now();
+        let resp = env.post(&path, None, &body).await;
+        assert_eq!(resp.status(), 502, "{path}");
+        assert!(t0.elapsed() < Duration::from_secs(2), "{path}");
+        let v = json_of(resp).await;
+        if openai {
+            assert_openai_error(&v, "server_error");
+            assert_eq!(v["error"]["code"], "upstream_unreachable");
+        } else {
+            assert_anthropic_error(&v, "api_error");
         }
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream unreachable"),
+            "{v}"
+        );
     }
 }
 
-#[tokio::test]
-async fn upstream_that_never_sends_headers_is_504() {
+cases!(refused_connection_is_502_in_the_clients_dialect {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+    openai_pt: ("/pt/openai"),
+});
+
+/// `streams`: whether the delayed request is sent without and with `stream`.
+async fn upstream_that_never_sends_headers_is_504(base: &str, streams: &[bool]) {
     // Two kinds of mute upstream: the simulated one waiting before its head, and
     // a socket that accepts connections and never answers at all.
     let env = TestEnv::start(Opts {
@@ -82,10 +82,8 @@ async fn upstream_that_never_sends_headers_is_504() {
         ..Opts::default()
     })
     .await;
-    for (path, body, openai) in all_routes("[sim:delay=5000]", false, true)
-        .into_iter()
-        .chain(all_routes("[sim:delay=5000]", true, false))
-    {
+    for &stream in streams {
+        let (path, body, openai) = route(base, "[sim:delay=5000]", stream);
         let t0 = Instant::now();
         let resp = env.post(&path, None, &body).await;
         assert_eq!(resp.status(), 504, "{path}");
@@ -125,103 +123,105 @@ async fn upstream_that_never_sends_headers_is_504() {
         ..Opts::default()
     })
     .await;
-    for (path, body, openai) in all_routes("hi", true, true) {
-        let resp = env.post(&path, None, &body).await;
-        assert_eq!(resp.status(), 504, "{path}");
-        let v = json_of(resp).await;
-        assert!(
-            if openai {
-                is_openai_envelope(&v)
-            } else {
-                is_anthropic_envelope(&v)
-            },
-            "{path}: {v}"
-        );
-    }
+    let (path, body, openai) = route(base, "hi", true);
+    let resp = env.post(&path, None, &body).await;
+    assert_eq!(resp.status(), 504, "{path}");
+    let v = json_of(resp).await;
+    assert!(
+        if openai {
+            is_openai_envelope(&v)
+        } else {
+            is_anthropic_envelope(&v)
+        },
+        "{path}: {v}"
+    );
     held.abort();
 }
 
-#[tokio::test]
-async fn reset_mid_body() {
+// (The simulated OpenAI endpoint behind /pt/openai is not asked to stream a delayed answer.)
+cases!(upstream_that_never_sends_headers_is_504 {
+    anthropic_full: ("", &[false, true]),
+    anthropic_min: ("/min", &[false, true]),
+    anthropic_pt: ("/pt", &[false, true]),
+    openai_full: ("/openai", &[false, true]),
+    openai_min: ("/min/openai", &[false, true]),
+    openai_pt: ("/pt/openai", &[false]),
+});
+
+async fn reset_mid_body(base: &str) {
     let env = TestEnv::with_api_key().await;
-    // Streams: what came is relayed, then an error event (Anthropic) or an error
-    // chunk and [DONE] (OpenAI); the body then ends cleanly.
-    for (path, body, openai) in all_routes("[sim:reset-midstream]", true, false) {
-        let resp = env.post(&path, None, &body).await;
-        assert_eq!(resp.status(), 200, "{path}");
+    // Streams: what came is relayed, then an error event (full and minimal,
+    // Anthropic) or an error chunk without [DONE] (OpenAI); the body then ends
+    // cleanly. Passthrough invents nothing: the client's response is cut too.
+    let (path, body, openai) = route(base, "[sim:reset-midstream]", true);
+    let resp = env.post(&path, None, &body).await;
+    assert_eq!(resp.status(), 200, "{path}");
+    if base == "/pt" {
+        let (got, cut) = body_until_cut(resp).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(cut, "{path}: the client's response was not cut: {text}");
+        assert!(text.contains("content_block_delta"), "{path}: {text}");
+        assert!(
+            !text.contains("event: error"),
+            "{path}: bytes were invented: {text}"
+        );
+    } else if openai {
         let text = resp.text().await.expect("the client's stream ends cleanly");
-        if openai {
-            let (chunks, done) = openai_chunks(&text);
-            assert!(done, "{path}: {text}");
-            let last = chunks.last().unwrap();
-            assert_eq!(last["error"]["type"], "server_error", "{text}");
-            assert!(
-                last["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("upstream connection lost"),
-                "{text}"
-            );
-            assert!(
-                !openai_text(&chunks).is_empty(),
-                "the first delta was relayed"
-            );
-        } else {
-            let events = parse_sse(&text);
-            let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(
-                names,
-                [
-                    "message_start",
-                    "content_block_start",
-                    "ping",
-                    "content_block_delta",
-                    "error"
-                ],
-                "{path}"
-            );
-            let (_, err) = events.last().unwrap();
-            assert_eq!(err["type"], "error");
-            assert_eq!(err["error"]["type"], "api_error");
-            assert!(
-                err["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("upstream connection lost"),
-                "{err}"
-            );
-        }
+        let (chunks, _) = openai_chunks(&text);
+        let err = openai_stream_error(&text);
+        assert_eq!(err["error"]["type"], "server_error", "{text}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream connection lost"),
+            "{text}"
+        );
+        assert!(
+            !openai_text(&chunks).is_empty(),
+            "the first delta was relayed"
+        );
+    } else {
+        let text = resp.text().await.expect("the client's stream ends cleanly");
+        let events = parse_sse(&text);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "ping",
+                "content_block_delta",
+                "error"
+            ],
+            "{path}"
+        );
+        let (_, err) = events.last().unwrap();
+        assert_eq!(err["type"], "error");
+        assert_eq!(err["error"]["type"], "api_error");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream connection lost"),
+            "{err}"
+        );
     }
-    // Non-stream, converted (OpenAI): the proxy reads the whole body first → 502.
-    for base in OPENAI_CONVERTING {
-        let resp = env
-            .post(
-                &format!("{base}/v1/chat/completions"),
-                None,
-                &chat("[sim:reset-midstream]", false),
-            )
-            .await;
-        assert_eq!(resp.status(), 502, "{base}");
-        let v = json_of(resp).await;
+    let (path, body, openai) = route(base, "[sim:reset-midstream]", false);
+    let resp = env.post(&path, None, &body).await;
+    assert_eq!(resp.status(), 502, "{path}");
+    let v = json_of(resp).await;
+    if openai {
+        // Non-stream, converted (OpenAI): the proxy reads the whole body first → 502.
         assert_openai_error(&v, "server_error");
-    }
-    // Non-stream, relayed (Anthropic): the proxy reads the whole answer before
-    // it answers, so a break mid-body is a clean 502, never a truncated 200.
-    for mode in ANTHROPIC_MODES {
-        let resp = env
-            .post(
-                &format!("{mode}/v1/messages"),
-                None,
-                &message("[sim:reset-midstream]", false),
-            )
-            .await;
-        assert_eq!(resp.status(), 502, "{mode}");
-        let v = json_of(resp).await;
-        assert_eq!(v["type"], "error", "{mode}: {v}");
-        assert_eq!(v["error"]["type"], "api_error", "{mode}: {v}");
+    } else {
+        // Non-stream, relayed (Anthropic): the proxy reads the whole answer before
+        // it answers, so a break mid-body is a clean 502, never a truncated 200.
+        assert_eq!(v["type"], "error", "{path}: {v}");
+        assert_eq!(v["error"]["type"], "api_error", "{path}: {v}");
         assert!(
             v["error"]["message"].as_str().unwrap().contains("broke"),
-            "{mode}: {v}"
+            "{path}: {v}"
         );
     }
     // The proxy is unharmed.
@@ -229,93 +229,128 @@ async fn reset_mid_body() {
     assert_eq!(resp.status(), 200);
 }
 
+cases!(reset_mid_body {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+});
+
 // ---------------------------------------------------------------- stream content faults
 
-#[tokio::test]
-async fn silent_upstream_mid_stream_hits_the_idle_timeout() {
+async fn silent_upstream_mid_stream_hits_the_idle_timeout(base: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         tweak: Some(|s| s.upstream.stream_idle_timeout = Duration::from_millis(400)),
         ..Opts::default()
     })
     .await;
-    for (path, body, openai) in all_routes("[sim:silent=5000]", true, false) {
-        let t0 = Instant::now();
-        let resp = env.post(&path, None, &body).await;
-        assert_eq!(resp.status(), 200, "{path}");
-        let text = resp.text().await.expect("the stream ends cleanly");
-        let took = t0.elapsed();
+    let (path, body, openai) = route(base, "[sim:silent=5000]", true);
+    let t0 = Instant::now();
+    let resp = env.post(&path, None, &body).await;
+    assert_eq!(resp.status(), 200, "{path}");
+    let (got, cut) = body_until_cut(resp).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{path}: ended after {took:?}"
+    );
+    // Passthrough cuts the client's response; the other modes end it cleanly
+    // with the error of the client's dialect.
+    assert_eq!(cut, base == "/pt", "{path}: {text}");
+    if base == "/pt" {
         assert!(
-            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
-            "{path}: ended after {took:?}"
+            !text.contains("event: error"),
+            "{path}: bytes were invented: {text}"
         );
-        if openai {
-            let (chunks, done) = openai_chunks(&text);
-            assert!(done, "{text}");
-            let msg = chunks.last().unwrap()["error"]["message"].as_str().unwrap();
-            assert!(msg.contains("sent nothing for 0.4 s"), "{msg}");
-        } else {
-            let events = parse_sse(&text);
-            let (name, err) = events.last().unwrap();
-            assert_eq!(name, "error", "{text}");
-            assert_eq!(err["error"]["type"], "api_error");
-            assert!(
-                err["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("sent nothing for 0.4 s"),
-                "{err}"
-            );
-            assert!(events.iter().any(|(n, _)| n == "content_block_delta"));
-        }
+        assert!(text.contains("content_block_delta"), "{path}: {text}");
+    } else if openai {
+        let err = openai_stream_error(&text);
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("sent nothing for 0.4 s"), "{msg}");
+    } else {
+        let events = parse_sse(&text);
+        let (name, err) = events.last().unwrap();
+        assert_eq!(name, "error", "{text}");
+        assert_eq!(err["error"]["type"], "api_error");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("sent nothing for 0.4 s"),
+            "{err}"
+        );
+        assert!(events.iter().any(|(n, _)| n == "content_block_delta"));
     }
     // Silence shorter than the limit is tolerated: the stream completes.
-    for (path, body, openai) in all_routes("[sim:silent=150]", true, false) {
-        let text = env.post(&path, None, &body).await.text().await.unwrap();
-        if openai {
-            let (chunks, done) = openai_chunks(&text);
-            assert!(
-                done && chunks.iter().all(|c| c.get("error").is_none()),
-                "{text}"
-            );
-        } else {
-            assert_eq!(parse_sse(&text).last().unwrap().0, "message_stop", "{path}");
-        }
+    let (path, body, openai) = route(base, "[sim:silent=150]", true);
+    let text = env.post(&path, None, &body).await.text().await.unwrap();
+    if openai {
+        let (chunks, done) = openai_chunks(&text);
+        assert!(
+            done && chunks.iter().all(|c| c.get("error").is_none()),
+            "{text}"
+        );
+    } else {
+        assert_eq!(parse_sse(&text).last().unwrap().0, "message_stop", "{path}");
     }
 }
 
-#[tokio::test]
-async fn stream_without_message_stop() {
+cases!(silent_upstream_mid_stream_hits_the_idle_timeout {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+});
+
+async fn stream_without_message_stop(base: &str) {
     let env = TestEnv::with_api_key().await;
-    for (path, body, openai) in all_routes("[sim:no-stop]", true, false) {
-        let resp = env.post(&path, None, &body).await;
-        assert_eq!(resp.status(), 200);
-        let text = resp.text().await.unwrap();
-        if openai {
-            // A finish reason, then [DONE]: the client ends normally.
-            let (chunks, done) = openai_chunks(&text);
-            assert!(done, "{text}");
-            assert!(chunks.iter().all(|c| c.get("error").is_none()), "{text}");
-            let finish: Vec<&Value> = chunks
+    let (path, body, openai) = route(base, "[sim:no-stop]", true);
+    let resp = env.post(&path, None, &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    if openai {
+        // What came is relayed (the finish reason included), then an error
+        // chunk and no [DONE]: the client must not take it for a whole answer.
+        let (chunks, _) = openai_chunks(&text);
+        let err = openai_stream_error(&text);
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("message_stop"), "{msg}");
+        let finish: Vec<&Value> = chunks
+            .iter()
+            .map(|c| &c["choices"][0]["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finish, [&Value::from("stop")], "{text}");
+    } else {
+        // Relayed as it came: ends after message_delta, nothing invented.
+        let events = parse_sse(&text);
+        let (name, last) = events.last().unwrap();
+        assert_eq!(name, "message_delta", "{path}");
+        assert_eq!(last["delta"]["stop_reason"], "end_turn");
+        assert!(
+            events
                 .iter()
-                .map(|c| &c["choices"][0]["finish_reason"])
-                .filter(|f| !f.is_null())
-                .collect();
-            assert_eq!(finish, [&Value::from("stop")], "{text}");
-        } else {
-            // Relayed as it came: ends after message_delta, nothing invented.
-            let events = parse_sse(&text);
-            let (name, last) = events.last().unwrap();
-            assert_eq!(name, "message_delta", "{path}");
-            assert_eq!(last["delta"]["stop_reason"], "end_turn");
-            assert!(
-                events
-                    .iter()
-                    .all(|(n, _)| n != "message_stop" && n != "error")
-            );
-        }
+                .all(|(n, _)| n != "message_stop" && n != "error")
+        );
     }
-    // With include_usage: the usage chunk still comes before [DONE].
+}
+
+cases!(stream_without_message_stop {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+});
+
+#[tokio::test]
+async fn stream_without_message_stop_still_sends_the_usage_chunk() {
+    let env = TestEnv::with_api_key().await;
+    // With include_usage: the usage chunk still comes, before the error chunk.
     let mut body = chat("[sim:no-stop]", true);
     body["stream_options"] = serde_json::json!({"include_usage": true});
     let text = env
@@ -324,47 +359,29 @@ async fn stream_without_message_stop() {
         .text()
         .await
         .unwrap();
-    let (chunks, done) = openai_chunks(&text);
-    assert!(done);
-    assert!(
-        chunks.last().unwrap()["usage"]["completion_tokens"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
+    let (chunks, _) = openai_chunks(&text);
+    openai_stream_error(&text);
+    let usage = &chunks[chunks.len() - 2]["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{text}");
 }
 
-#[tokio::test]
-async fn malformed_sse_and_invalid_json_events() {
+async fn malformed_sse_and_invalid_json_events(base: &str) {
     let env = TestEnv::with_api_key().await;
     for (marker, injected) in [
         ("[sim:malformed-sse]", ccproxy::sim::faults::MALFORMED_SSE),
         ("[sim:bad-json-event]", ccproxy::sim::faults::BAD_JSON_EVENT),
     ] {
-        // Anthropic routes relay the bytes unchanged, in every mode.
-        for mode in ANTHROPIC_MODES {
-            let resp = env
-                .post(&format!("{mode}/v1/messages"), None, &message(marker, true))
-                .await;
-            assert_eq!(resp.status(), 200);
-            let body = resp.bytes().await.unwrap();
-            assert!(
-                memchr::memmem::find(&body, injected).is_some(),
-                "{mode}{marker}: the broken frame was not relayed byte for byte"
-            );
-            let text = String::from_utf8_lossy(&body);
-            assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
-        }
-        // OpenAI conversion skips what it cannot read and ends properly.
-        for base in OPENAI_CONVERTING {
-            let resp = env
-                .post(
-                    &format!("{base}/v1/chat/completions"),
-                    None,
-                    &chat(&format!("{marker} hello"), true),
-                )
-                .await;
-            assert_eq!(resp.status(), 200);
+        // (The OpenAI request says more after the marker: its text is checked.)
+        let text = if base.ends_with("/openai") {
+            format!("{marker} hello")
+        } else {
+            marker.to_owned()
+        };
+        let (path, body, openai) = route(base, &text, true);
+        let resp = env.post(&path, None, &body).await;
+        assert_eq!(resp.status(), 200);
+        if openai {
+            // OpenAI conversion skips what it cannot read and ends properly.
             let text = resp.text().await.unwrap();
             let (chunks, done) = openai_chunks(&text);
             assert!(done, "{text}");
@@ -377,6 +394,15 @@ async fn malformed_sse_and_invalid_json_events() {
                 .find(|c| !c["choices"][0]["finish_reason"].is_null())
                 .unwrap();
             assert_eq!(last_choice["choices"][0]["finish_reason"], "stop");
+        } else {
+            // Anthropic routes relay the bytes unchanged, in every mode.
+            let body = resp.bytes().await.unwrap();
+            assert!(
+                memchr::memmem::find(&body, injected).is_some(),
+                "{path} {marker}: the broken frame was not relayed byte for byte"
+            );
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
         }
     }
     assert_eq!(
@@ -387,8 +413,17 @@ async fn malformed_sse_and_invalid_json_events() {
     );
 }
 
-#[tokio::test]
-async fn upstream_error_statuses_429_529_500() {
+cases!(malformed_sse_and_invalid_json_events {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+});
+
+/// `upstream`: the upstream messages the simulated service records for the 6
+/// requests (its OpenAI endpoint, behind /pt/openai, records none).
+async fn upstream_error_statuses_429_529_500(base: &str, upstream: usize) {
     let env = TestEnv::with_api_key().await;
     for (status, kind, openai_status) in [
         (429u16, "rate_limit_error", 429u16),
@@ -396,80 +431,92 @@ async fn upstream_error_statuses_429_529_500() {
         (500, "api_error", 500),
     ] {
         for stream in [false, true] {
-            for (path, body, openai) in all_routes(&format!("[sim:status={status}]"), stream, true)
-            {
-                let resp = env.post(&path, None, &body).await;
-                let want = if openai { openai_status } else { status };
-                assert_eq!(resp.status().as_u16(), want, "{path} stream={stream}");
-                assert!(
-                    resp.headers()["content-type"]
-                        .to_str()
-                        .unwrap()
-                        .starts_with("application/json"),
-                    "an error before the stream is JSON, not SSE"
-                );
-                // (The simulated upstream's own OpenAI endpoint, behind /pt/openai,
-                // does not send retry-after.)
-                if status == 429 && !path.starts_with("/pt/openai") {
-                    assert_eq!(resp.headers()["retry-after"], "7", "{path}");
-                }
-                let v = json_of(resp).await;
-                if openai {
-                    let (want_type, want_code) = match status {
-                        429 => ("rate_limit_error", Value::from("rate_limit_exceeded")),
-                        529 => ("server_error", Value::from("overloaded")),
-                        _ => ("server_error", Value::Null),
-                    };
-                    assert_openai_error(&v, want_type);
-                    assert_eq!(v["error"]["code"], want_code, "{path}: {v}");
-                } else {
-                    assert_anthropic_error(&v, kind);
-                    assert_eq!(v["error"]["message"], format!("Simulated error {status}"));
-                }
+            let (path, body, openai) = route(base, &format!("[sim:status={status}]"), stream);
+            let resp = env.post(&path, None, &body).await;
+            let want = if openai { openai_status } else { status };
+            assert_eq!(resp.status().as_u16(), want, "{path} stream={stream}");
+            assert!(
+                resp.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json"),
+                "an error before the stream is JSON, not SSE"
+            );
+            // (The simulated upstream's own OpenAI endpoint, behind /pt/openai,
+            // does not send retry-after.)
+            if status == 429 && !path.starts_with("/pt/openai") {
+                assert_eq!(resp.headers()["retry-after"], "7", "{path}");
+            }
+            let v = json_of(resp).await;
+            if openai {
+                let (want_type, want_code) = match status {
+                    429 => ("rate_limit_error", Value::from("rate_limit_exceeded")),
+                    529 => ("server_error", Value::from("overloaded")),
+                    _ => ("server_error", Value::Null),
+                };
+                assert_openai_error(&v, want_type);
+                assert_eq!(v["error"]["code"], want_code, "{path}: {v}");
+            } else {
+                assert_anthropic_error(&v, kind);
+                assert_eq!(v["error"]["message"], format!("Simulated error {status}"));
             }
         }
     }
     // Exactly one upstream request each: no hidden retries by default.
-    assert_eq!(env.upstream_messages(), 3 * 2 * 5);
+    assert_eq!(env.upstream_messages(), upstream);
 }
+
+cases!(upstream_error_statuses_429_529_500 {
+    anthropic_full: ("", 3 * 2),
+    anthropic_min: ("/min", 3 * 2),
+    anthropic_pt: ("/pt", 3 * 2),
+    openai_full: ("/openai", 3 * 2),
+    openai_min: ("/min/openai", 3 * 2),
+    openai_pt: ("/pt/openai", 0),
+});
 
 // ---------------------------------------------------------------- client faults
 
-#[tokio::test]
-async fn client_disconnect_cancels_the_upstream_within_100ms() {
+async fn client_disconnect_cancels_the_upstream_within_100ms(base: &str) {
     let env = TestEnv::with_api_key().await;
     // Short gaps (the upstream writes often) and long ones (it is silent when
     // the client leaves): the proxy must notice the client either way. On a
     // loaded machine one attempt may be late; a real delay fails all three.
     for gap in [20, 1000] {
-        let text = format!("[sim:gap={gap}] [sim:endless]");
-        for (path, body, _) in all_routes(&text, true, false) {
-            let mut times = Vec::new();
-            for _ in 0..3 {
-                let cancelled = &env.sim_state().streams_cancelled;
-                let before = cancelled.load(Ordering::SeqCst);
-                let resp = env.post(&path, None, &body).await;
-                assert_eq!(resp.status(), 200);
-                let mut stream = resp.bytes_stream();
-                stream.next().await.unwrap().unwrap();
-                drop(stream);
-                let took = wait_until(Duration::from_secs(3), || {
-                    cancelled.load(Ordering::SeqCst) > before
-                })
-                .await
-                .unwrap_or_else(|| panic!("{path} gap={gap}: upstream never cancelled"));
-                times.push(took);
-                if took <= Duration::from_millis(100) {
-                    break;
-                }
+        let (path, body, _) = route(base, &format!("[sim:gap={gap}] [sim:endless]"), true);
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let cancelled = &env.sim_state().streams_cancelled;
+            let before = cancelled.load(Ordering::SeqCst);
+            let resp = env.post(&path, None, &body).await;
+            assert_eq!(resp.status(), 200);
+            let mut stream = resp.bytes_stream();
+            stream.next().await.unwrap().unwrap();
+            drop(stream);
+            let took = wait_until(Duration::from_secs(3), || {
+                cancelled.load(Ordering::SeqCst) > before
+            })
+            .await
+            .unwrap_or_else(|| panic!("{path} gap={gap}: upstream never cancelled"));
+            times.push(took);
+            if took <= Duration::from_millis(100) {
+                break;
             }
-            assert!(
-                times.iter().any(|t| *t <= Duration::from_millis(100)),
-                "{path} gap={gap}: upstream cancelled after {times:?}"
-            );
         }
+        assert!(
+            times.iter().any(|t| *t <= Duration::from_millis(100)),
+            "{path} gap={gap}: upstream cancelled after {times:?}"
+        );
     }
 }
+
+cases!(client_disconnect_cancels_the_upstream_within_100ms {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+});
 
 /// Reads from a raw connection until `n` body bytes or more arrived.
 async fn read_at_least(s: &mut tokio::net::TcpStream, n: usize) -> usize {
@@ -486,95 +533,103 @@ async fn read_at_least(s: &mut tokio::net::TcpStream, n: usize) -> usize {
     got
 }
 
-#[tokio::test]
-async fn slow_client_backpressure_reaches_the_upstream() {
+async fn slow_client_backpressure_reaches_the_upstream(base: &str) {
     let env = TestEnv::with_api_key().await;
     // An endless stream of 16 KiB deltas. The client reads 256 KiB, then stops.
-    let marker = "[sim:endless] [sim:delta-size=16384]";
-    for (path, body) in [
-        ("/v1/messages", message(marker, true)),
-        ("/openai/v1/chat/completions", chat(marker, true)),
-    ] {
-        let sent = || env.sim_state().stream_bytes_sent.load(Ordering::SeqCst);
-        let start = sent();
-        let body = serde_json::to_vec(&body).unwrap();
-        let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(&body).await.unwrap();
-        let read = read_at_least(&mut s, 256 * 1024).await;
-        // The client stalls: the upstream must stall too, soon and for good.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let a = sent() - start;
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let b = sent() - start;
-        assert!(
-            b - a <= 2 * 16 * 1024,
-            "{path}: the upstream kept sending while the client read nothing ({a} → {b} bytes)"
-        );
-        assert!(
-            b < 48 * 1024 * 1024,
-            "{path}: {b} bytes in flight for a client that read {read}: unbounded buffering"
-        );
-        eprintln!("{path}: client read {read} B; upstream sent {a} B, then {b} B");
-        // Reading again resumes the upstream: read more than it had sent.
-        read_at_least(&mut s, b as usize + 1024 * 1024 - read).await;
-        assert!(sent() - start > b, "{path}: the upstream resumed");
-        drop(s);
-    }
-    // Both endless streams were cancelled once their clients left.
+    let (path, body, _) = route(base, "[sim:endless] [sim:delta-size=16384]", true);
+    let sent = || env.sim_state().stream_bytes_sent.load(Ordering::SeqCst);
+    let start = sent();
+    let body = serde_json::to_vec(&body).unwrap();
+    let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nanthropic-version: 2023-06-01\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let read = read_at_least(&mut s, 256 * 1024).await;
+    // The client stalls: the upstream must stall too, soon and for good.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let a = sent() - start;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let b = sent() - start;
+    assert!(
+        b - a <= 2 * 16 * 1024,
+        "{path}: the upstream kept sending while the client read nothing ({a} → {b} bytes)"
+    );
+    assert!(
+        b < 48 * 1024 * 1024,
+        "{path}: {b} bytes in flight for a client that read {read}: unbounded buffering"
+    );
+    eprintln!("{path}: client read {read} B; upstream sent {a} B, then {b} B");
+    // Reading again resumes the upstream: read more than it had sent.
+    read_at_least(&mut s, b as usize + 1024 * 1024 - read).await;
+    assert!(sent() - start > b, "{path}: the upstream resumed");
+    drop(s);
+    // The endless stream was cancelled once its client left.
     let cancelled = &env.sim_state().streams_cancelled;
     assert!(
         wait_until(Duration::from_secs(2), || cancelled.load(Ordering::SeqCst)
-            == 2)
+            == 1)
         .await
         .is_some()
     );
 }
 
+cases!(slow_client_backpressure_reaches_the_upstream {
+    anthropic_full: (""),
+    openai_full: ("/openai"),
+});
+
 // ---------------------------------------------------------------- limits
 
-#[tokio::test]
-async fn concurrency_limit_refuses_the_third_request_in_the_clients_dialect() {
+async fn concurrency_limit_refuses_the_third_request_in_the_clients_dialect(base: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         tweak: Some(|s| s.limits.max_concurrent_requests = 2),
         ..Opts::default()
     })
     .await;
-    for (path, body, openai) in [
-        ("/v1/messages", message("[sim:delay=700]", false), false),
-        (
-            "/openai/v1/chat/completions",
-            chat("[sim:delay=700]", false),
-            true,
-        ),
-    ] {
-        let sends = (0..3).map(|i| {
-            let env = &env;
-            let body = body.clone();
-            async move {
-                // Stagger so that the two first are surely in flight.
-                tokio::time::sleep(Duration::from_millis(100 * i)).await;
-                env.post(path, None, &body).await
-            }
-        });
-        let resps = futures_util::future::join_all(sends).await;
-        let statuses: Vec<u16> = resps.iter().map(|r| r.status().as_u16()).collect();
-        assert_eq!(statuses, [200, 200, 503], "{path}");
-        let refused = resps.into_iter().nth(2).unwrap();
-        assert_eq!(refused.headers()["retry-after"], "1");
-        let v = json_of(refused).await;
-        if openai {
-            assert_openai_error(&v, "server_error");
-            assert_eq!(v["error"]["code"], "overloaded");
-        } else {
-            assert_anthropic_error(&v, "overloaded_error");
+    let (path, body, openai) = route(base, "[sim:delay=700]", false);
+    let sends = (0..3).map(|i| {
+        let env = &env;
+        let path = &path;
+        let body = body.clone();
+        async move {
+            // Stagger so that the two first are surely in flight.
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            env.post(path, None, &body).await
         }
+    });
+    let resps = futures_util::future::join_all(sends).await;
+    let statuses: Vec<u16> = resps.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 503], "{path}");
+    let refused = resps.into_iter().nth(2).unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let v = json_of(refused).await;
+    if openai {
+        assert_openai_error(&v, "server_error");
+        assert_eq!(v["error"]["code"], "overloaded");
+    } else {
+        assert_anthropic_error(&v, "overloaded_error");
     }
+}
+
+cases!(
+    concurrency_limit_refuses_the_third_request_in_the_clients_dialect {
+        anthropic_full: (""),
+        openai_full: ("/openai"),
+    }
+);
+
+#[tokio::test]
+async fn streams_hold_their_concurrency_permit_until_the_body_ends() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        tweak: Some(|s| s.limits.max_concurrent_requests = 2),
+        ..Opts::default()
+    })
+    .await;
     // Streams hold their permit until the body ends; leaving frees it.
     let s1 = env
         .post(
@@ -607,8 +662,7 @@ async fn concurrency_limit_refuses_the_third_request_in_the_clients_dialect() {
     drop(s2);
 }
 
-#[tokio::test]
-async fn body_over_the_limit_is_413_with_or_without_content_length() {
+async fn body_over_the_limit_is_413_with_or_without_content_length(base: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         max_body_bytes: Some(1024),
@@ -616,46 +670,54 @@ async fn body_over_the_limit_is_413_with_or_without_content_length() {
     })
     .await;
     let big = "x".repeat(4096);
-    for (path, body, openai) in all_routes(&big, false, true) {
-        let bytes = serde_json::to_vec(&body).unwrap();
-        // Declared length.
-        let resp = env
-            .client
-            .post(env.url(&path))
-            .header("content-type", "application/json")
-            .body(bytes.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 413, "{path}");
-        let v = json_of(resp).await;
-        if openai {
-            assert_openai_error(&v, "invalid_request_error");
-            assert_eq!(v["error"]["code"], "request_too_large");
-        } else {
-            assert_anthropic_error(&v, "request_too_large");
-        }
-        // Chunked, no length: counted as it arrives.
-        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-            bytes.chunks(512).map(|c| Ok(c.to_vec())).collect();
-        let resp = env
-            .client
-            .post(env.url(&path))
-            .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                chunks,
-            )))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 413, "{path} (chunked)");
+    let (path, body, openai) = route(base, &big, false);
+    let bytes = serde_json::to_vec(&body).unwrap();
+    // Declared length.
+    let resp = env
+        .client
+        .post(env.url(&path))
+        .header("content-type", "application/json")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413, "{path}");
+    let v = json_of(resp).await;
+    if openai {
+        assert_openai_error(&v, "invalid_request_error");
+        assert_eq!(v["error"]["code"], "request_too_large");
+    } else {
+        assert_anthropic_error(&v, "request_too_large");
     }
+    // Chunked, no length: counted as it arrives.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(512).map(|c| Ok(c.to_vec())).collect();
+    let resp = env
+        .client
+        .post(env.url(&path))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413, "{path} (chunked)");
     assert_eq!(
         env.upstream_messages(),
         0,
         "nothing oversized went upstream"
     );
 }
+
+cases!(body_over_the_limit_is_413_with_or_without_content_length {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+    openai_pt: ("/pt/openai"),
+});
 
 #[tokio::test]
 async fn oversized_headers_are_refused_cleanly() {
@@ -702,8 +764,7 @@ async fn oversized_headers_are_refused_cleanly() {
 
 /// Issue 7 "total request time for non-streaming calls": a non-streaming answer
 /// whose body stalls after the head is bounded by `upstream_timeout` (504).
-#[tokio::test]
-async fn stalled_non_stream_body_is_bounded() {
+async fn stalled_non_stream_body_is_bounded(base: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         upstream_timeout: Some(Duration::from_millis(500)),
@@ -711,26 +772,33 @@ async fn stalled_non_stream_body_is_bounded() {
         ..Opts::default()
     })
     .await;
-    for (path, body, openai) in all_routes("[sim:silent=8000]", false, false) {
-        let t0 = Instant::now();
-        let resp = env.post(&path, None, &body).await;
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await;
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "{path}: a stalled non-stream body held the client for {:?}",
-            t0.elapsed()
-        );
-        if openai {
-            assert_eq!(status, 504, "{path}");
-            assert!(is_openai_envelope(
-                &serde_json::from_slice(&body.unwrap()).unwrap()
-            ));
-        } else {
-            assert!(status == 504 || body.is_err(), "{path}");
-        }
+    let (path, body, openai) = route(base, "[sim:silent=8000]", false);
+    let t0 = Instant::now();
+    let resp = env.post(&path, None, &body).await;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "{path}: a stalled non-stream body held the client for {:?}",
+        t0.elapsed()
+    );
+    if openai {
+        assert_eq!(status, 504, "{path}");
+        assert!(is_openai_envelope(
+            &serde_json::from_slice(&body.unwrap()).unwrap()
+        ));
+    } else {
+        assert!(status == 504 || body.is_err(), "{path}");
     }
 }
+
+cases!(stalled_non_stream_body_is_bounded {
+    anthropic_full: (""),
+    anthropic_min: ("/min"),
+    anthropic_pt: ("/pt"),
+    openai_full: ("/openai"),
+    openai_min: ("/min/openai"),
+});
 
 // ---------------------------------------------------------------- retries (lead's keys)
 

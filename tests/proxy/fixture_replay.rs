@@ -103,28 +103,26 @@ async fn recorded_exchanges_relay_byte_for_byte_in_every_mode(mode: &str) {
     .await;
     for name in NAMES {
         let f = load(name);
-        {
-            let resp = env
-                .post(&format!("{mode}/v1/messages"), None, &f.request)
-                .await;
-            assert_eq!(resp.status().as_u16(), f.status, "{name} {mode}");
-            for (k, v) in &f.headers {
-                if k.starts_with("anthropic-ratelimit") || k == "content-type" {
-                    assert_eq!(resp.headers()[k.as_str()], v.as_str(), "{name} {mode} {k}");
-                }
+        let resp = env
+            .post(&format!("{mode}/v1/messages"), None, &f.request)
+            .await;
+        assert_eq!(resp.status().as_u16(), f.status, "{name} {mode}");
+        for (k, v) in &f.headers {
+            if k.starts_with("anthropic-ratelimit") || k == "content-type" {
+                assert_eq!(resp.headers()[k.as_str()], v.as_str(), "{name} {mode} {k}");
             }
-            // Read it as the stream it is, then compare the bytes.
-            let mut got = Vec::new();
-            let mut s = resp.bytes_stream();
-            while let Some(chunk) = s.next().await {
-                got.extend_from_slice(&chunk.unwrap());
-            }
-            assert_eq!(
-                String::from_utf8_lossy(&got),
-                String::from_utf8_lossy(&f.body),
-                "{name} through {mode:?}"
-            );
         }
+        // Read it as the stream it is, then compare the bytes.
+        let mut got = Vec::new();
+        let mut s = resp.bytes_stream();
+        while let Some(chunk) = s.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&f.body),
+            "{name} through {mode:?}"
+        );
     }
 }
 

@@ -659,11 +659,18 @@ fn check_shape(body: &[u8]) -> Result<(), TestCaseError> {
 fn check_openai_stream(out: &[u8]) -> Result<(), TestCaseError> {
     let text =
         std::str::from_utf8(out).map_err(|_| TestCaseError::fail("stream output is not UTF-8"))?;
-    prop_assert!(
-        text.ends_with("data: [DONE]\n\n"),
-        "no [DONE] at the end: {text}"
-    );
     let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+    // A whole answer ends with [DONE]; a failed one with its one error chunk.
+    let last = frames.last().copied().unwrap_or_default();
+    let failed = last.starts_with("data: {\"error\"");
+    prop_assert!(
+        failed || text.ends_with("data: [DONE]\n\n"),
+        "neither [DONE] nor an error at the end: {text}"
+    );
+    prop_assert!(
+        !(failed && text.contains("[DONE]")),
+        "[DONE] in a failed stream: {text}"
+    );
     let mut error_seen = false;
     for (i, f) in frames.iter().enumerate() {
         let data = f

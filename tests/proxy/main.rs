@@ -12,6 +12,7 @@ mod connections;
 mod faults;
 mod fixture_replay;
 mod fuzz;
+mod hardening;
 mod oauth;
 mod observability;
 mod openai;

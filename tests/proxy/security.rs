@@ -106,21 +106,15 @@ fn cors_headers(r: &RawResponse) -> Vec<&(String, String)> {
         .collect()
 }
 
-/// The routes a page could reach, with a body, and whether they answer in OpenAI's dialect.
-fn routes() -> Vec<(&'static str, &'static str, Vec<u8>, bool)> {
-    let msg = serde_json::to_vec(&message("hi", false)).unwrap();
-    let chat = serde_json::to_vec(&chat("hi", false)).unwrap();
-    vec![
-        ("POST", "/v1/messages", msg.clone(), false),
-        ("POST", "/min/v1/messages", msg.clone(), false),
-        ("POST", "/pt/v1/messages", msg, false),
-        ("POST", "/openai/v1/chat/completions", chat.clone(), true),
-        ("POST", "/pt/openai/v1/chat/completions", chat, true),
-        ("GET", "/v1/models", vec![], false),
-        ("GET", "/openai/v1/models", vec![], true),
-        ("GET", "/health", vec![], false),
-        ("GET", "/metrics", vec![], false),
-    ]
+/// The body a page could send with `method` to `path` (a route it could reach).
+fn page_body(method: &str, path: &str) -> Vec<u8> {
+    if method == "GET" {
+        vec![]
+    } else if path.ends_with("/chat/completions") {
+        serde_json::to_vec(&chat("hi", false)).unwrap()
+    } else {
+        serde_json::to_vec(&message("hi", false)).unwrap()
+    }
 }
 
 fn assert_forbidden(r: &RawResponse, openai: bool, what: &str) {
@@ -134,14 +128,15 @@ fn assert_forbidden(r: &RawResponse, openai: bool, what: &str) {
     }
 }
 
-#[tokio::test]
-async fn foreign_host_names_are_refused() {
+/// `openai`: whether the route answers in OpenAI's dialect.
+async fn foreign_host_names_are_refused(method: &str, path: &str, openai: bool) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
     let port = env.addr.port();
+    let body = page_body(method, path);
     for host in [
         "evil.example".to_owned(),
         format!("evil.example:{port}"),
@@ -149,21 +144,42 @@ async fn foreign_host_names_are_refused() {
         format!("127.0.0.1.nip.io:{port}"),
         "192.168.1.10".into(),
     ] {
-        for (method, path, body, openai) in routes() {
-            let r = raw(&env, raw_request(method, path, &host, &[], &body)).await;
-            assert_forbidden(&r, openai, &format!("Host {host} {path}"));
-            assert!(
-                r.json()["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("DNS rebinding")
-            );
-        }
+        let r = raw(&env, raw_request(method, path, &host, &[], &body)).await;
+        assert_forbidden(&r, openai, &format!("Host {host} {path}"));
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("DNS rebinding")
+        );
     }
     assert!(
         env.sim_state().requests().is_empty(),
         "nothing went upstream"
     );
+}
+
+// The routes a page could reach.
+cases!(foreign_host_names_are_refused {
+    anthropic_full: ("POST", "/v1/messages", false),
+    anthropic_min: ("POST", "/min/v1/messages", false),
+    anthropic_pt: ("POST", "/pt/v1/messages", false),
+    openai_full: ("POST", "/openai/v1/chat/completions", true),
+    openai_pt: ("POST", "/pt/openai/v1/chat/completions", true),
+    anthropic_models: ("GET", "/v1/models", false),
+    openai_models: ("GET", "/openai/v1/models", true),
+    health: ("GET", "/health", false),
+    metrics: ("GET", "/metrics", false),
+});
+
+#[tokio::test]
+async fn local_host_names_are_accepted() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        ..Opts::default()
+    })
+    .await;
+    let port = env.addr.port();
     for host in [
         format!("127.0.0.1:{port}"),
         format!("localhost:{port}"),
@@ -189,58 +205,80 @@ async fn foreign_host_names_are_refused() {
     assert_eq!(r.status, 200);
 }
 
-#[tokio::test]
-async fn foreign_origins_are_refused_without_cors_headers() {
+/// `openai`: whether the route answers in OpenAI's dialect.
+async fn foreign_origins_are_refused_without_cors_headers(method: &str, path: &str, openai: bool) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         ..Opts::default()
     })
     .await;
     let host = format!("127.0.0.1:{}", env.addr.port());
+    let body = page_body(method, path);
     for origin in ["https://evil.example", "null", "http://localhost:3000"] {
-        for (method, path, body, openai) in routes() {
-            // A "simple" request a page can send without a preflight.
-            let r = raw(
-                &env,
-                raw_request(
-                    method,
-                    path,
-                    &host,
-                    &[("origin", origin), ("content-type", "text/plain")],
-                    &body,
-                ),
-            )
-            .await;
-            assert_forbidden(&r, openai, &format!("Origin {origin} {path}"));
-            assert!(
-                cors_headers(&r).is_empty(),
-                "{origin} {path}: {:?}",
-                r.headers
-            );
-            // The preflight gets nothing a browser would accept either.
-            let r = raw(
-                &env,
-                raw_request(
-                    "OPTIONS",
-                    path,
-                    &host,
-                    &[
-                        ("origin", origin),
-                        ("access-control-request-method", "POST"),
-                        ("access-control-request-headers", "content-type,x-api-key"),
-                    ],
-                    b"",
-                ),
-            )
-            .await;
-            assert_eq!(r.status, 403, "preflight {origin} {path}");
-            assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
-        }
+        // A "simple" request a page can send without a preflight.
+        let r = raw(
+            &env,
+            raw_request(
+                method,
+                path,
+                &host,
+                &[("origin", origin), ("content-type", "text/plain")],
+                &body,
+            ),
+        )
+        .await;
+        assert_forbidden(&r, openai, &format!("Origin {origin} {path}"));
+        assert!(
+            cors_headers(&r).is_empty(),
+            "{origin} {path}: {:?}",
+            r.headers
+        );
+        // The preflight gets nothing a browser would accept either.
+        let r = raw(
+            &env,
+            raw_request(
+                "OPTIONS",
+                path,
+                &host,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                    ("access-control-request-headers", "content-type,x-api-key"),
+                ],
+                b"",
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 403, "preflight {origin} {path}");
+        assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
     }
     assert!(
         env.sim_state().requests().is_empty(),
         "nothing went upstream"
     );
+}
+
+// The routes a page could reach.
+cases!(foreign_origins_are_refused_without_cors_headers {
+    anthropic_full: ("POST", "/v1/messages", false),
+    anthropic_min: ("POST", "/min/v1/messages", false),
+    anthropic_pt: ("POST", "/pt/v1/messages", false),
+    openai_full: ("POST", "/openai/v1/chat/completions", true),
+    openai_pt: ("POST", "/pt/openai/v1/chat/completions", true),
+    anthropic_models: ("GET", "/v1/models", false),
+    openai_models: ("GET", "/openai/v1/models", true),
+    health: ("GET", "/health", false),
+    metrics: ("GET", "/metrics", false),
+});
+
+#[tokio::test]
+async fn same_origin_pages_still_work_without_cors_headers() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        ..Opts::default()
+    })
+    .await;
+    let host = format!("127.0.0.1:{}", env.addr.port());
     // The proxy's own pages (same origin) still work.
     let r = raw(
         &env,
@@ -257,8 +295,11 @@ async fn foreign_origins_are_refused_without_cors_headers() {
     assert!(cors_headers(&r).is_empty());
 }
 
-#[tokio::test]
-async fn allowed_origin_gets_cors_headers_and_a_working_preflight() {
+async fn allowed_origin_gets_cors_headers_and_a_working_preflight(
+    path: &str,
+    body: Value,
+    openai: bool,
+) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         auth_token: Some(PROXY_TOKEN),
@@ -268,74 +309,69 @@ async fn allowed_origin_gets_cors_headers_and_a_working_preflight() {
     .await;
     let host = format!("127.0.0.1:{}", env.addr.port());
     let origin = "http://localhost:3000";
-    for (path, body, openai) in [
-        ("/v1/messages", message("hi", false), false),
-        ("/openai/v1/chat/completions", chat("hi", false), true),
-    ] {
-        // Preflight: no credentials, answered by the proxy itself.
+    // Preflight: no credentials, answered by the proxy itself.
+    let r = raw(
+        &env,
+        raw_request(
+            "OPTIONS",
+            path,
+            &host,
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type,x-api-key,anthropic-version",
+                ),
+            ],
+            b"",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{path}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+    assert!(
+        r.header("access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("content-type,x-api-key,anthropic-version")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    // The actual request, with and without the proxy token.
+    let bytes = serde_json::to_vec(&body).unwrap();
+    for (token, status) in [(PROXY_TOKEN, 200u16), ("wrong-token", 401)] {
         let r = raw(
             &env,
             raw_request(
-                "OPTIONS",
+                "POST",
                 path,
                 &host,
                 &[
                     ("origin", origin),
-                    ("access-control-request-method", "POST"),
-                    (
-                        "access-control-request-headers",
-                        "content-type,x-api-key,anthropic-version",
-                    ),
+                    ("content-type", "application/json"),
+                    ("anthropic-version", "2023-06-01"),
+                    ("x-api-key", token),
                 ],
-                b"",
+                &bytes,
             ),
         )
         .await;
-        assert_eq!(r.status, 204, "{path}");
+        assert_eq!(r.status, status, "{path} {}", r.text());
         assert_eq!(r.header("access-control-allow-origin"), Some(origin));
         assert!(
-            r.header("access-control-allow-methods")
+            r.header("access-control-expose-headers")
                 .unwrap()
-                .contains("POST")
+                .contains("request-id")
         );
-        assert_eq!(
-            r.header("access-control-allow-headers"),
-            Some("content-type,x-api-key,anthropic-version")
-        );
-        assert_eq!(r.header("vary"), Some("Origin"));
-        // The actual request, with and without the proxy token.
-        let bytes = serde_json::to_vec(&body).unwrap();
-        for (token, status) in [(PROXY_TOKEN, 200u16), ("wrong-token", 401)] {
-            let r = raw(
-                &env,
-                raw_request(
-                    "POST",
-                    path,
-                    &host,
-                    &[
-                        ("origin", origin),
-                        ("content-type", "application/json"),
-                        ("anthropic-version", "2023-06-01"),
-                        ("x-api-key", token),
-                    ],
-                    &bytes,
-                ),
-            )
-            .await;
-            assert_eq!(r.status, status, "{path} {}", r.text());
-            assert_eq!(r.header("access-control-allow-origin"), Some(origin));
-            assert!(
-                r.header("access-control-expose-headers")
-                    .unwrap()
-                    .contains("request-id")
-            );
-            if status == 401 {
-                let v = r.json();
-                if openai {
-                    assert_openai_error(&v, "authentication_error");
-                } else {
-                    assert_anthropic_error(&v, "authentication_error");
-                }
+        if status == 401 {
+            let v = r.json();
+            if openai {
+                assert_openai_error(&v, "authentication_error");
+            } else {
+                assert_anthropic_error(&v, "authentication_error");
             }
         }
     }
@@ -355,20 +391,19 @@ async fn allowed_origin_gets_cors_headers_and_a_working_preflight() {
     assert!(cors_headers(&r).is_empty());
 }
 
+cases!(allowed_origin_gets_cors_headers_and_a_working_preflight {
+    anthropic_full: ("/v1/messages", message("hi", false), false),
+    openai_full: ("/openai/v1/chat/completions", chat("hi", false), true),
+});
+
 // ---------------------------------------------------------------- proxy token
 
-#[tokio::test]
-async fn proxy_token_of_any_wrong_length_is_401() {
-    let env = TestEnv::start(Opts {
-        api_key: Some(API_KEY),
-        auth_token: Some(PROXY_TOKEN),
-        ..Opts::default()
-    })
-    .await;
+/// Proxy tokens that are wrong in every way, most of them of another length.
+fn wrong_tokens() -> Vec<String> {
     let mut same_length = PROXY_TOKEN.to_owned();
     same_length.pop();
     same_length.push('!');
-    let wrong: Vec<String> = vec![
+    vec![
         "x".into(),
         PROXY_TOKEN[..PROXY_TOKEN.len() - 1].into(),
         format!("{PROXY_TOKEN}x"),
@@ -377,78 +412,90 @@ async fn proxy_token_of_any_wrong_length_is_401() {
         PROXY_TOKEN.to_uppercase(),
         PROXY_TOKEN.repeat(200),
         "\u{e9}".repeat(40),
-    ];
-    for (path, body, openai) in [
-        ("/v1/messages", message("hi", false), false),
-        ("/pt/v1/messages", message("hi", true), false),
-        ("/openai/v1/chat/completions", chat("hi", false), true),
-    ] {
-        for token in &wrong {
-            for header in ["x-api-key", "authorization"] {
-                let value = if header == "authorization" {
-                    format!("Bearer {token}")
-                } else {
-                    token.clone()
-                };
-                let resp = env
-                    .client
-                    .post(env.url(path))
-                    .header("content-type", "application/json")
-                    .header(header, value)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), 401, "{path} {header} len={}", token.len());
-                let v: Value = resp.json().await.unwrap();
-                if openai {
-                    assert_openai_error(&v, "authentication_error");
-                    assert_eq!(v["error"]["code"], "invalid_api_key");
-                } else {
-                    assert_anthropic_error(&v, "authentication_error");
-                }
-            }
-        }
-        // Missing entirely, or empty.
-        for headers in [
-            vec![],
-            vec![("x-api-key", "")],
-            vec![("authorization", "Bearer ")],
-        ] {
-            let mut rb = env.client.post(env.url(path)).json(&body);
-            for (k, v) in headers {
-                rb = rb.header(k, v);
-            }
-            assert_eq!(rb.send().await.unwrap().status(), 401, "{path}");
-        }
-        // The right token works both ways.
-        for (k, v) in [
-            ("x-api-key", PROXY_TOKEN.to_owned()),
-            ("authorization", format!("Bearer {PROXY_TOKEN}")),
-        ] {
+    ]
+}
+
+async fn proxy_token_of_any_wrong_length_is_401(path: &str, body: Value, openai: bool) {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        auth_token: Some(PROXY_TOKEN),
+        ..Opts::default()
+    })
+    .await;
+    for token in &wrong_tokens() {
+        for header in ["x-api-key", "authorization"] {
+            let value = if header == "authorization" {
+                format!("Bearer {token}")
+            } else {
+                token.clone()
+            };
             let resp = env
                 .client
                 .post(env.url(path))
-                .header(k, v)
-                .header("anthropic-version", "2023-06-01")
+                .header("content-type", "application/json")
+                .header(header, value)
                 .json(&body)
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(resp.status(), 200, "{path} {k}");
-            resp.bytes().await.unwrap();
+            assert_eq!(resp.status(), 401, "{path} {header} len={}", token.len());
+            let v: Value = resp.json().await.unwrap();
+            if openai {
+                assert_openai_error(&v, "authentication_error");
+                assert_eq!(v["error"]["code"], "invalid_api_key");
+            } else {
+                assert_anthropic_error(&v, "authentication_error");
+            }
         }
     }
-    // Six accepted requests went upstream, none carrying the proxy token.
+    // Missing entirely, or empty.
+    for headers in [
+        vec![],
+        vec![("x-api-key", "")],
+        vec![("authorization", "Bearer ")],
+    ] {
+        let mut rb = env.client.post(env.url(path)).json(&body);
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        assert_eq!(rb.send().await.unwrap().status(), 401, "{path}");
+    }
+    // The right token works both ways.
+    for (k, v) in [
+        ("x-api-key", PROXY_TOKEN.to_owned()),
+        ("authorization", format!("Bearer {PROXY_TOKEN}")),
+    ] {
+        let resp = env
+            .client
+            .post(env.url(path))
+            .header(k, v)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path} {k}");
+        resp.bytes().await.unwrap();
+    }
+    // Two accepted requests went upstream, none carrying the proxy token.
     let reqs = env.sim_state().requests();
-    assert_eq!(reqs.len(), 6);
+    assert_eq!(reqs.len(), 2);
     for r in reqs {
         assert!(r.headers.iter().all(|(_, v)| !v.contains(PROXY_TOKEN)));
     }
-    // The comparison itself, directly.
+}
+
+cases!(proxy_token_of_any_wrong_length_is_401 {
+    anthropic_full: ("/v1/messages", message("hi", false), false),
+    anthropic_pt_stream: ("/pt/v1/messages", message("hi", true), false),
+    openai_full: ("/openai/v1/chat/completions", chat("hi", false), true),
+});
+
+#[test]
+fn proxy_token_comparison_refuses_every_wrong_token() {
     let token = ccproxy::access::ProxyToken::new(PROXY_TOKEN);
     assert!(token.matches(Some(PROXY_TOKEN)));
-    for t in &wrong {
+    for t in &wrong_tokens() {
         assert!(!token.matches(Some(t)));
     }
     assert!(!token.matches(None));

@@ -197,10 +197,9 @@ fn after_the_grace_period_open_streams_end_with_an_error_event() {
             .contains("shutting down")
     );
     let text = o.read_to_end();
-    let (chunks, done) = openai_chunks(&text);
-    assert!(done, "{text}");
+    let err = openai_stream_error(&text);
     assert!(
-        chunks.last().unwrap()["error"]["message"]
+        err["error"]["message"]
             .as_str()
             .unwrap()
             .contains("shutting down"),

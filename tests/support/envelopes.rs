@@ -119,3 +119,30 @@ pub fn parse_sse(body: &str) -> Vec<(String, Value)> {
     }
     out
 }
+
+/// The error chunk that ends a failed OpenAI stream: exactly one, last, and no
+/// `[DONE]` (which would tell the client the answer is whole).
+pub fn openai_stream_error(text: &str) -> Value {
+    let (chunks, done) = openai_chunks(text);
+    assert!(!done, "a failed stream must not end with [DONE]: {text}");
+    let last = chunks.last().unwrap_or_else(|| panic!("no chunk: {text}"));
+    assert!(last["error"]["message"].is_string(), "{text}");
+    let errors = chunks.iter().filter(|c| c.get("error").is_some()).count();
+    assert_eq!(errors, 1, "{text}");
+    last.clone()
+}
+
+/// Reads a streamed body until it ends or breaks: the bytes that came, and
+/// whether the body was cut (ended abnormally) rather than ended.
+pub async fn body_until_cut(resp: reqwest::Response) -> (Vec<u8>, bool) {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(b) => got.extend_from_slice(&b),
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}

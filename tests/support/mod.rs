@@ -42,12 +42,16 @@ pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Opti
 /// so a failure names its case (`module::function::case`):
 ///
 /// ```ignore
-/// async fn streams(mode: &str) { … }
-/// cases!(streams(mode) { full: "", min: "/min", pt: "/pt" });
+/// async fn streams(mode: &str, openai: bool) { … }
+/// cases!(streams {
+///     anthropic_full: ("", false),
+///     openai_min: ("/min/openai", true),
+/// });
 /// ```
 ///
-/// Each case becomes `streams::full`, `streams::min`, … (a module beside the
-/// function). Async functions run under `#[tokio::test]` (pass
+/// Each case becomes `streams::anthropic_full`, `streams::openai_min`, … (a module
+/// beside the function); name a case by its mode and dialect. The arguments are
+/// any expressions, evaluated in the test. Async functions run under `#[tokio::test]` (pass
 /// `#[tokio::test(flavor = "multi_thread")]` first to change it); write `sync` before
 /// the name for a plain `#[test]`.
 macro_rules! cases {

@@ -1,0 +1,164 @@
+//! The `body` phase: the request body, read within its limits (size, stalls),
+//! and checked for absurd JSON nesting before anything parses it.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
+use crate::error::{ErrorKind, Origin, ProxyError};
+
+/// The deepest JSON nesting accepted in a request body, on every route and in
+/// every mode (serde_json's own recursion limit is the same).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Reads the request body within `limit` bytes (413 past it, also when the
+/// declared length already says so). A body that stalls — no bytes for `stall` —
+/// is a 408 (the connection closes, and the request's concurrency slot frees).
+pub async fn read(
+    mut body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    stall: Duration,
+) -> Result<Bytes, ProxyError> {
+    let too_large = || {
+        ProxyError::new(
+            ErrorKind::TooLarge,
+            Origin::Client,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    loop {
+        let frame = match tokio::time::timeout(stall, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::new(
+                    ErrorKind::RequestTimeout,
+                    Origin::Client,
+                    format!(
+                        "the request body stalled: nothing arrived for {} s",
+                        stall.as_secs_f64()
+                    ),
+                ));
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(f)) => {
+                f.map_err(|e| ProxyError::invalid("could not read the request body").with_cause(e))?
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+}
+
+/// Reads and discards what a refused body still sends — at most [`DRAIN_BYTES`]
+/// within [`DRAIN_TIME`] — so that a client writing its whole body before it
+/// reads gets the 413 rather than a broken pipe when the connection closes.
+async fn drain(mut body: Body) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// How much of a refused body is read (and discarded) before the refusal.
+const DRAIN_BYTES: usize = 8 << 20;
+/// How long a refused body is read before the refusal.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Refuses a JSON body (one starting with `{` or `[`) nested deeper than
+/// [`MAX_JSON_DEPTH`]: a 400, before any converter or upstream sees it.
+pub fn check_nesting(body: &[u8]) -> Result<(), ProxyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if !matches!(first, Some(b'{' | b'[')) {
+        return Ok(());
+    }
+    if json_depth_exceeds(body, MAX_JSON_DEPTH) {
+        return Err(ProxyError::invalid(format!(
+            "the request body nests JSON objects or arrays deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether brackets outside strings nest deeper than `max` (one pass, no parsing).
+fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(n: usize) -> String {
+        format!("{}{}", "[".repeat(n), "]".repeat(n))
+    }
+
+    #[test]
+    fn depth_is_counted_outside_strings_only() {
+        assert!(!json_depth_exceeds(nested(128).as_bytes(), 128));
+        assert!(json_depth_exceeds(nested(129).as_bytes(), 128));
+        let in_string = format!(r#"{{"a":"{}"}}"#, "[{".repeat(500));
+        assert!(!json_depth_exceeds(in_string.as_bytes(), 128));
+        let escaped_quote = format!(r#"{{"a":"\"{}"}}"#, "[".repeat(500));
+        assert!(!json_depth_exceeds(escaped_quote.as_bytes(), 128));
+        let deep_object = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert!(json_depth_exceeds(deep_object.as_bytes(), 128));
+    }
+
+    #[test]
+    fn only_json_bodies_are_checked() {
+        assert!(check_nesting(b"").is_ok());
+        assert!(check_nesting(format!("--boundary{}", nested(500)).as_bytes()).is_ok());
+        let e = check_nesting(format!("  {}", nested(500)).as_bytes()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        assert!(e.message().contains("128"));
+    }
+}
