@@ -26,6 +26,9 @@ pub const DEFAULT_CLI_VERSION: &str = "2.1.197";
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 /// The usage database's file name inside the data directory.
 pub const USAGE_DB_FILE: &str = "usage.db";
+/// The usage database of runs against the simulated upstream (`upstream_url =
+/// "sim"`), beside the real one, so simulated traffic never counts as real usage.
+pub const USAGE_SIM_DB_FILE: &str = "usage-sim.db";
 
 /// A secret string: never printed by Debug or Display.
 #[derive(Clone, PartialEq, Eq)]
@@ -419,14 +422,15 @@ impl Settings {
         mut file: FileConfig,
         paths: Paths,
     ) -> Result<Settings, ConfigError> {
+        let upstream = UpstreamSettings::merge(args, &mut file)?;
         Ok(Settings {
             server: ServerSettings::merge(args, &mut file),
-            upstream: UpstreamSettings::merge(args, &mut file)?,
             logging: LogSettings::merge(args, &mut file)?,
             limits: Limits::merge(&file)?,
             credentials: CredentialSettings::merge(args, &mut file),
             retries: RetrySettings::merge(&file),
-            usage: UsageSettings::merge(args, &mut file),
+            usage: UsageSettings::merge(args, &mut file, &upstream.target),
+            upstream,
             model_aliases: std::mem::take(&mut file.model_aliases),
             prices: std::mem::take(&mut file.prices),
             paths,
@@ -602,15 +606,21 @@ impl LogSettings {
 }
 
 impl UsageSettings {
-    fn merge(args: &ServeArgs, file: &mut FileConfig) -> Self {
+    /// Without an explicit `usage_db`, runs against the simulated upstream
+    /// record into [`USAGE_SIM_DB_FILE`] beside the default database.
+    fn merge(args: &ServeArgs, file: &mut FileConfig, upstream: &UpstreamTarget) -> Self {
         let d = Self::default();
+        let default_db = match upstream {
+            UpstreamTarget::Sim => d.db.with_file_name(USAGE_SIM_DB_FILE),
+            UpstreamTarget::Url(_) => d.db,
+        };
         UsageSettings {
             enabled: !args.no_usage && file.usage.unwrap_or(d.enabled),
             db: args
                 .usage_db
                 .clone()
                 .or(file.usage_db.take())
-                .unwrap_or(d.db),
+                .unwrap_or(default_db),
         }
     }
 }
@@ -878,6 +888,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # retry_max_wait_secs = 30
 
 # Usage and cost recording (`ccproxy usage`, /dashboard). --no-usage disables it.
+# With upstream_url = "sim" the default database is usage-sim.db beside usage.db.
 # usage = true
 # usage_db = "/home/me/.local/share/ccproxy/usage.db"
 

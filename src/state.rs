@@ -37,7 +37,8 @@ pub struct AppState {
     pub stream_limits: StreamLimits,
     /// Set to `true` when the shutdown grace period is over: streams end.
     pub end_streams: watch::Sender<bool>,
-    /// The usage store's writer (`None` when disabled or unavailable).
+    /// The usage store's writer (`None` when disabled; when the store could not
+    /// be opened, a writer that drops every record and reports why).
     pub usage: Option<UsageWriter>,
 }
 
@@ -110,7 +111,8 @@ fn start_observer(settings: &Settings) -> anyhow::Result<(Arc<Observer>, Option<
             Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
             Err(e) => {
                 tracing::error!(error = %e, "usage recording is off: the usage database cannot be used");
-                None
+                // Kept, so /health, /api/usage and the metrics say so.
+                Some(UsageWriter::unavailable(&settings.usage.db, &e))
             }
         }
     } else {

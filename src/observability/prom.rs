@@ -65,7 +65,19 @@ fn describe() {
     );
     describe_counter!(
         "ccproxy_usage_dropped_total",
-        "Usage records dropped (queue full)"
+        "Usage records dropped (queue full, failed write, or a usage database that cannot be opened)"
+    );
+    describe_counter!(
+        "ccproxy_usage_rows_written_total",
+        "Usage records written to the usage database"
+    );
+    describe_counter!(
+        "ccproxy_usage_write_errors_total",
+        "Failed writes (transactions) to the usage database"
+    );
+    describe_gauge!(
+        "ccproxy_usage_store_healthy",
+        "1 when the usage database opened and its last write succeeded, else 0"
     );
     describe_counter!(
         "ccproxy_observer_dropped_total",

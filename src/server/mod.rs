@@ -18,7 +18,7 @@ use crate::access::{self, Verdict};
 use crate::config::{Settings, UpstreamTarget};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::observability::prom;
-use crate::observability::usage::dashboard;
+use crate::observability::usage::{UsageHealth, dashboard};
 use crate::pipeline;
 use crate::routes::{self, Dialect, Mode, Route, Verb};
 use crate::sim::SimHandle;
@@ -282,8 +282,13 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         (Some(_), None) => "oauth_expired",
         (None, None) => "client",
     };
+    let usage = match &state.usage {
+        Some(w) => w.health(),
+        None => UsageHealth::disabled(&state.settings.usage.db),
+    };
     let body = serde_json::json!({
-        "status": "ok",
+        // Degraded: the proxy serves, but something it owns (the usage store) fails.
+        "status": if usage.healthy { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": state.settings.upstream_display(),
         "upstream_base": state.upstream.base(),
@@ -294,6 +299,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "oauth_error": state.oauth_error,
             "server_api_key": state.settings.credentials.api_key.is_some(),
         },
+        "usage": usage,
     });
     axum::Json(body).into_response()
 }
@@ -340,6 +346,5 @@ async fn api_usage(
     if let Err(e) = ops_access(&state, &req) {
         return e.into_response(Dialect::Anthropic);
     }
-    let db = state.usage.as_ref().map(|w| w.path().to_path_buf());
-    dashboard::api_usage(db, query).await
+    dashboard::api_usage_of(state.usage.as_ref(), query).await
 }

@@ -573,3 +573,62 @@ async fn dashboard_renders_in_headless_chromium() {
         eprintln!("screenshot saved to {}", png.display());
     }
 }
+
+/// A usage database that fails while the proxy runs (its table dropped by another
+/// process): the page says so in its banner, with the error and the rows lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_a_failing_usage_store() {
+    let Some(chromium) = find_chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is required in CI: apt-get install -y chromium"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED dashboard_shows_a_failing_usage_store: chromium is not installed"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    seed(&db);
+    let addr = serve(Some(db.clone()), false).await;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TABLE requests")
+        .unwrap();
+    let r = client()
+        .post(format!("http://{addr}/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = get_json(addr, "").await;
+        if body["store"]["write_errors"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{addr}/dashboard");
+    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&chromium, &url, None))
+        .await
+        .unwrap();
+    assert!(dom.contains("<body data-state=\"ready\""), "{dom}");
+    let banner = section(&dom, "banner", "</div>");
+    assert!(!banner.contains("hidden"), "{banner}");
+    assert!(
+        banner.contains("Usage is not being recorded")
+            && banner.contains("no such table: requests")
+            && banner.contains("1 request(s) lost"),
+        "{banner}"
+    );
+}

@@ -14,6 +14,8 @@ use ccproxy::observability::usage::{
 };
 use ccproxy::observability::{Tokens, UsageRecord};
 
+use crate::support::{cmd, free_port, raw_http, raw_request, spawn, wait_port};
+
 fn record(i: i64) -> UsageRecord {
     UsageRecord {
         ts_ms: 1_740_000_000_000 + i,
@@ -805,4 +807,256 @@ fn cli_reports_a_corrupt_database_as_an_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&dbs), "{err}");
+}
+
+/// A model name that sets the terminal's title and colour, among other
+/// control characters (C0, DEL, C1).
+const EVIL_MODEL: &str = "evil\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{7f}\u{9b}2J\r\nx";
+
+/// No control character but the line ends: nothing can drive a terminal.
+fn assert_no_control(out: &str) {
+    let bad: Vec<char> = out
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n')
+        .collect();
+    assert!(bad.is_empty(), "control characters {bad:?} in:\n{out}");
+}
+
+/// Rows for the footnote: one request of an unpriced model with tokens (the only
+/// one to count), a model listing, failures with and without a model, and a priced one.
+fn seed_footnote(path: &Path) {
+    let t = tokens(10, 5, 0, 0);
+    let none = tokens(0, 0, 0, 0);
+    let rows = [
+        row(
+            "u1",
+            DAY0,
+            Some(EVIL_MODEL),
+            "full",
+            200,
+            t,
+            100.0,
+            None,
+            false,
+        ),
+        row(
+            "l1",
+            DAY0 + 1,
+            None,
+            "passthrough",
+            200,
+            none,
+            5.0,
+            None,
+            false,
+        ),
+        row(
+            "f1",
+            DAY0 + 2,
+            Some("mystery-model"),
+            "full",
+            529,
+            none,
+            50.0,
+            None,
+            false,
+        ),
+        row("f2", DAY0 + 3, None, "full", 401, none, 1.0, None, false),
+        row(
+            "p1",
+            DAY0 + 4,
+            Some("claude-sonnet-4-5"),
+            "full",
+            200,
+            t,
+            100.0,
+            None,
+            false,
+        ),
+    ];
+    assert!(rows[0].cost_usd.is_none() && rows[2].cost_usd.is_none());
+    UsageStore::open(path).unwrap().insert(&rows).unwrap();
+}
+
+/// `ccproxy usage` escapes control characters of client-chosen strings in the
+/// table and the CSV (JSON is escaped by serde and keeps the name as it was).
+#[test]
+fn usage_escapes_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    seed_footnote(&db);
+    let s = Seeded { dir, db };
+    let escaped = r"evil\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{7f}\u{9b}2J\u{d}\u{a}x";
+    for format in ["table", "csv"] {
+        let out = usage(&s, "model", format);
+        assert_no_control(&out);
+        assert!(out.contains(escaped), "{format}:\n{out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&usage(&s, "model", "json")).unwrap();
+    assert!(
+        json["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["key"] == EVIL_MODEL),
+        "{json:#}"
+    );
+}
+
+/// The footnote counts only requests with a model and tokens but no price:
+/// not model listings, not failed requests.
+#[test]
+fn usage_footnote_counts_only_unpriced_requests_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    seed_footnote(&db);
+    let s = Seeded { dir, db };
+    let table = usage(&s, "mode", "table");
+    assert!(
+        table.contains("* cost leaves out 1 request(s) whose model has no known price"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&usage(&s, "model", "json")).unwrap();
+    assert_eq!(json["totals"]["requests"], 5);
+    assert_eq!(json["totals"]["cost_unknown"], 1, "{json:#}");
+    let csv = usage(&s, "model", "csv");
+    let total = csv.lines().find(|l| l.starts_with("TOTAL,")).unwrap();
+    assert_eq!(total.split(',').nth(10), Some("1"), "{csv}");
+}
+
+// ---- simulated traffic stays out of the real database ----
+
+fn config_show(dir: &Path, args: &[&str]) -> String {
+    let out = cmd(dir)
+        .args(["config", "show"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn shows_usage_db(show: &str, path: &Path) -> bool {
+    show.lines().any(|l| {
+        l.starts_with("usage_db ") && l.ends_with(&format!("= {:?}", path.display().to_string()))
+    })
+}
+
+fn health(port: u16) -> serde_json::Value {
+    let addr = format!("127.0.0.1:{port}");
+    let r = raw_http(
+        &addr,
+        &raw_request("GET", "/health", &addr, &[], b""),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// With `--upstream-url sim` the default usage database is `usage-sim.db` beside
+/// `usage.db` (an explicit `usage_db` still wins); `config show` and `/health`
+/// show it, and the simulated requests never reach the real database.
+#[test]
+fn simulated_traffic_goes_to_its_own_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data/ccproxy");
+    let (real, sim) = (data.join("usage.db"), data.join("usage-sim.db"));
+
+    let show = config_show(dir, &["--upstream-url", "sim"]);
+    assert!(shows_usage_db(&show, &sim), "{show}");
+    let show = config_show(dir, &[]);
+    assert!(shows_usage_db(&show, &real), "{show}");
+    let flag = dir.join("flag.db");
+    let show = config_show(
+        dir,
+        &[
+            "--upstream-url",
+            "sim",
+            "--usage-db",
+            flag.to_str().unwrap(),
+        ],
+    );
+    assert!(shows_usage_db(&show, &flag), "{show}");
+    let file = dir.join("c.toml");
+    let from_file = dir.join("file.db");
+    std::fs::write(
+        &file,
+        format!(
+            "upstream_url = \"sim\"\nusage_db = {:?}\n",
+            from_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let show = config_show(dir, &["--config", file.to_str().unwrap()]);
+    assert!(shows_usage_db(&show, &from_file), "{show}");
+
+    let port = free_port();
+    let mut c = cmd(dir);
+    c.args([
+        "serve",
+        "--upstream-url",
+        "sim",
+        "--port",
+        &port.to_string(),
+    ]);
+    let mut proc = spawn(c, dir, "serve");
+    wait_port(port, &mut proc);
+    let addr = format!("127.0.0.1:{port}");
+    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = raw_http(
+        &addr,
+        &raw_request(
+            "POST",
+            "/v1/messages",
+            &addr,
+            &[
+                ("content-type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            body,
+        ),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let h = loop {
+        let h = health(port);
+        if h["usage"]["rows_written"] == 1 {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "{h:#}\n{}", proc.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(h["usage"]["path"], sim.display().to_string(), "{h:#}");
+    assert_eq!(h["usage"]["healthy"], true, "{h:#}");
+    proc.signal("TERM");
+    assert!(
+        proc.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        proc.logs()
+    );
+
+    assert!(
+        !real.exists(),
+        "simulated traffic reached the real database"
+    );
+    let out = ccproxy(dir, &["usage", "--since", "all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no usage recorded yet"), "{text}");
+    let sim_db = sim.display().to_string();
+    let out = ccproxy(
+        dir,
+        &[
+            "usage", "--since", "all", "--db", &sim_db, "--format", "json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["totals"]["requests"], 1, "{json:#}");
 }

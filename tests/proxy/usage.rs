@@ -17,7 +17,7 @@ async fn rows(env: &TestEnv, n: usize) -> Vec<UsageRecord> {
         }
         if let Ok(conn) = rusqlite::Connection::open(&path) {
             let count: i64 = conn
-                .query_row("SELECT COUNT(*) FROM usage", [], |r| r.get(0))
+                .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
                 .unwrap_or(0);
             if count as usize >= n {
                 break;
@@ -220,3 +220,191 @@ cases!(reset_mid_body_is_recorded_as_an_upstream_failure {
             "messages": [{"role": "user", "content": "[sim:reset-midstream]"}]}),
     ),
 });
+
+// ---- a usage store that fails is reported, not hidden ----
+
+async fn get(env: &TestEnv, path: &str) -> (u16, String) {
+    let r = env.client.get(env.url(path)).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// `/health`'s `usage` object once `ready` holds for it (within 10 s).
+async fn usage_health(
+    env: &TestEnv,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..400 {
+        if let Some(w) = &env.state.usage {
+            w.flush();
+        }
+        let (status, body) = get(env, "/health").await;
+        assert_eq!(status, 200, "{body}");
+        last = serde_json::from_str(&body).unwrap();
+        if ready(&last["usage"]) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("/health never got there: {last:#}");
+}
+
+/// The value of a metric line `name{…} value` (the first one).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn db_is_garbage(s: &mut ccproxy::config::Settings) {
+    std::fs::write(&s.usage.db, vec![0x5A; 4096]).unwrap();
+}
+fn db_is_a_directory(s: &mut ccproxy::config::Settings) {
+    std::fs::create_dir_all(&s.usage.db).unwrap();
+}
+fn db_parent_is_a_file(s: &mut ccproxy::config::Settings) {
+    let parent = s.usage.db.with_file_name("not-a-dir");
+    std::fs::write(&parent, "x").unwrap();
+    s.usage.db = parent.join("usage.db");
+}
+
+/// A usage database that cannot be opened at startup (root ignores permissions,
+/// so these are failures root meets too): the proxy serves, `/health` says
+/// `degraded` with the error naming the file, every record is counted as
+/// dropped, `/api/usage` answers 503 naming the problem, and the metrics say so.
+async fn unopenable_usage_store_is_reported(
+    tweak: fn(&mut ccproxy::config::Settings),
+    problem: &str,
+) {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        tweak: Some(tweak),
+        ..Opts::default()
+    })
+    .await;
+    let r = env.post("/v1/messages", None, &message("hi", false)).await;
+    assert_eq!(r.status(), 200, "the proxy serves without its usage store");
+    r.bytes().await.unwrap();
+    let health = usage_health(&env, |u| u["rows_dropped"] == 1).await;
+    let u = &health["usage"];
+    assert_eq!(health["status"], "degraded", "{health:#}");
+    assert_eq!(
+        (u["enabled"].clone(), u["healthy"].clone()),
+        (json!(true), json!(false)),
+        "{u:#}"
+    );
+    assert_eq!(u["rows_written"], 0, "{u:#}");
+    let path = u["path"].as_str().unwrap();
+    assert!(path.ends_with("usage.db"), "{u:#}");
+    let last = u["last_error"].as_str().unwrap();
+    assert!(last.contains(path) && last.contains(problem), "{u:#}");
+    assert!(u["last_error_ms"].as_i64().unwrap() > 0, "{u:#}");
+
+    let (status, body) = get(&env, "/api/usage").await;
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "usage_store_error", "{v:#}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(path) && msg.contains(problem), "{msg}");
+
+    let (_, text) = get(&env, "/metrics").await;
+    assert!(
+        metric(&text, "ccproxy_usage_dropped_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    for name in [
+        "ccproxy_usage_store_healthy",
+        "ccproxy_usage_write_errors_total",
+        "ccproxy_usage_rows_written_total",
+    ] {
+        assert!(metric(&text, name).is_some(), "{name} missing:\n{text}");
+    }
+}
+
+cases!(
+    #[tokio::test]
+    unopenable_usage_store_is_reported {
+        garbage: (super::db_is_garbage, "not a database"),
+        directory: (super::db_is_a_directory, "unable to open database file"),
+        parent_is_a_file: (super::db_parent_is_a_file, "cannot create the directory"),
+    }
+);
+
+/// A store that breaks while the proxy runs: the table is dropped by another
+/// process, then the file is overwritten with garbage. The failed write shows in
+/// `/health` (and `/api/usage`'s `store`), and a database that cannot be read
+/// makes `/api/usage` answer an error naming it.
+#[tokio::test]
+async fn usage_store_failing_at_run_time_is_reported() {
+    let env = TestEnv::with_api_key().await;
+    let db = env.dir.path().join("usage.db");
+    let r = env.post("/v1/messages", None, &message("hi", false)).await;
+    r.bytes().await.unwrap();
+    let health = usage_health(&env, |u| u["rows_written"] == 1).await;
+    assert_eq!(health["status"], "ok");
+    let u = &health["usage"];
+    assert_eq!(
+        (u["healthy"].clone(), u["last_error"].clone()),
+        (json!(true), json!(null)),
+        "{u:#}"
+    );
+    assert_eq!(
+        (u["rows_dropped"].clone(), u["write_errors"].clone()),
+        (json!(0), json!(0)),
+        "{u:#}"
+    );
+
+    // Another process breaks the schema under the writer.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TABLE requests")
+        .unwrap();
+    let r = env.post("/v1/messages", None, &message("hi", false)).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let health = usage_health(&env, |u| u["write_errors"] == 1).await;
+    assert_eq!(health["status"], "degraded", "{health:#}");
+    let u = &health["usage"];
+    assert_eq!(
+        (
+            u["healthy"].clone(),
+            u["rows_written"].clone(),
+            u["rows_dropped"].clone()
+        ),
+        (json!(false), json!(1), json!(1)),
+        "{u:#}"
+    );
+    let last = u["last_error"].as_str().unwrap();
+    assert!(
+        last.contains("no such table: requests") && last.contains(&db.display().to_string()),
+        "{last}"
+    );
+    let (status, body) = get(&env, "/api/usage").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["store"]["healthy"], false, "{v:#}");
+    assert_eq!(v["store"]["write_errors"], 1, "{v:#}");
+
+    let (_, text) = get(&env, "/metrics").await;
+    assert!(
+        metric(&text, "ccproxy_usage_write_errors_total").unwrap() >= 1.0,
+        "{text}"
+    );
+
+    // The database is replaced by garbage: it cannot be read.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::write(&db, vec![0x5A; 8192]).unwrap();
+    let (status, body) = get(&env, "/api/usage").await;
+    assert_eq!(status, 500, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "usage_store_error", "{v:#}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&db.display().to_string()) && msg.contains("not a database"),
+        "{msg}"
+    );
+}

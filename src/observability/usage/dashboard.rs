@@ -25,8 +25,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::UsageError;
 use super::report::{self, Group, GroupBy, Row, Stats, UsageReader};
+use super::store::UsageHealth;
+use super::{UsageError, UsageWriter};
 use crate::observability::{Tokens, UsageRecord};
 use crate::util::time::now_ms;
 
@@ -124,6 +125,10 @@ pub struct UsageData {
     pub by_mode: Vec<Group>,
     /// Newest first.
     pub recent: Vec<UsageRecord>,
+    /// The store's state (failed writes, dropped rows, the last error), when a
+    /// running proxy answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<UsageHealth>,
 }
 
 /// Why `/api/usage` could not answer.
@@ -133,6 +138,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("usage recording is disabled on this ccproxy")]
     Disabled,
+    /// The store could not be opened when the proxy started.
+    #[error("usage recording is off: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Db(#[from] UsageError),
     #[error("internal error: {0}")]
@@ -144,6 +152,7 @@ impl IntoResponse for ApiError {
         let (status, kind) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error"),
             ApiError::Disabled => (StatusCode::SERVICE_UNAVAILABLE, "usage_disabled"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "usage_store_error"),
             ApiError::Db(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "usage_store_error")
             }
@@ -220,6 +229,7 @@ pub fn usage_data(path: &Path, q: &ApiQuery, now: i64) -> Result<UsageData, ApiE
         by_model,
         by_mode,
         recent,
+        store: None,
     })
 }
 
@@ -332,13 +342,32 @@ fn groups(rows: &[Row]) -> (Stats, Vec<Group>, Vec<Group>) {
 /// `GET /api/usage`: `db_path` is the enabled store's database (`None` when
 /// usage recording is disabled → 503).
 pub async fn api_usage(db_path: Option<PathBuf>, query: ApiQuery) -> Response {
-    let Some(path) = db_path else {
+    match db_path {
+        Some(path) => answer(path, None, query).await,
+        None => ApiError::Disabled.into_response(),
+    }
+}
+
+/// `GET /api/usage` of a running proxy: its store's writer (`None` when usage
+/// recording is disabled → 503). A store that could not be opened is a 503
+/// naming why; a database that cannot be read, a 500 naming it; otherwise the
+/// body carries the store's state in `store`.
+pub async fn api_usage_of(writer: Option<&UsageWriter>, query: ApiQuery) -> Response {
+    let Some(w) = writer else {
         return ApiError::Disabled.into_response();
     };
+    if let Some(e) = w.open_error() {
+        return ApiError::Unavailable(e.to_owned()).into_response();
+    }
+    answer(w.path().to_path_buf(), Some(w.health()), query).await
+}
+
+async fn answer(path: PathBuf, store: Option<UsageHealth>, query: ApiQuery) -> Response {
     let now = now_ms();
     let result = tokio::task::spawn_blocking(move || usage_data(&path, &query, now)).await;
     match result {
-        Ok(Ok(data)) => {
+        Ok(Ok(mut data)) => {
+            data.store = store;
             let mut res = Json(data).into_response();
             res.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -6,7 +6,10 @@
 //!   [`UsageStore::spawn_writer`] → [`UsageWriter`], a cheap, cloneable handle
 //!   whose [`UsageWriter::record`] never blocks: a bounded queue feeds one
 //!   writer thread that batches rows into transactions; a full queue drops the
-//!   record and counts it (`ccproxy_usage_dropped_total`).
+//!   record and counts it (`ccproxy_usage_dropped_total`). A store that cannot
+//!   be opened or written is reported, not hidden: [`UsageWriter::health`]
+//!   (rows written and dropped, failed writes, the last error) feeds `/health`,
+//!   `/api/usage` and the `ccproxy_usage_*` metrics.
 //! - [`prices`]: [`PriceTable`], USD per million tokens by model-name prefix,
 //!   overridable from the config file (`[prices."<prefix>"]`).
 //! - [`report`]: read-only queries (totals, groups, percentiles, recent rows).
@@ -23,7 +26,7 @@ use std::path::PathBuf;
 
 pub use prices::{Price, PriceError, PriceOverride, PriceTable};
 pub use report::{GroupBy, Report};
-pub use store::{UsageStore, UsageWriter};
+pub use store::{UsageHealth, UsageStore, UsageWriter};
 
 /// File name of the usage database inside ccproxy's data directory.
 pub use crate::config::USAGE_DB_FILE as DB_FILE_NAME;

@@ -4,6 +4,7 @@
 //! Every read goes through a [`UsageReader`]: a fresh read-only connection
 //! (WAL lets it read while the writer thread writes).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -112,7 +113,9 @@ pub struct Stats {
     pub tokens: Tokens,
     /// Sum of the known costs, USD.
     pub cost_usd: f64,
-    /// Requests whose cost is unknown (model without a price): not in `cost_usd`.
+    /// Requests with a model and tokens but no known price for that model: not
+    /// in `cost_usd`. (Model listings and requests that failed before using any
+    /// token cost nothing and are not counted.)
     pub cost_unknown: u64,
     /// Requests answered with status >= 400.
     pub errors: u64,
@@ -162,6 +165,8 @@ pub struct Report {
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub key: String,
+    /// The request named a model.
+    pub has_model: bool,
     pub ts_ms: i64,
     pub mode: String,
     pub status: u16,
@@ -193,7 +198,10 @@ impl Acc {
         s.tokens.cache_write = s.tokens.cache_write.saturating_add(r.tokens.cache_write);
         match r.cost_usd {
             Some(c) => s.cost_usd += c,
-            None => s.cost_unknown += 1,
+            None if r.has_model && (r.tokens.prompt() > 0 || r.tokens.output > 0) => {
+                s.cost_unknown += 1;
+            }
+            None => {}
         }
         if r.status >= 400 {
             s.errors += 1;
@@ -361,7 +369,7 @@ impl UsageReader {
         let sql = format!(
             "SELECT {key}, ts_ms, mode, status, stream, input_tokens, output_tokens, \
              cache_read_tokens, cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, \
-             abandoned FROM requests WHERE ts_ms >= ?1 ORDER BY ts_ms, id",
+             abandoned, model IS NOT NULL FROM requests WHERE ts_ms >= ?1 ORDER BY ts_ms, id",
             key = by.key_sql()
         );
         let read = || -> rusqlite::Result<Vec<Row>> {
@@ -386,6 +394,7 @@ impl UsageReader {
                     ttft_ms: row.get(11)?,
                     proxy_ms: row.get(12)?,
                     abandoned: row.get(13)?,
+                    has_model: row.get(14)?,
                 })
             })?;
             rows.collect()
@@ -459,6 +468,24 @@ pub fn query(
 
 // ---- text renderings ----
 
+/// `s` with every control character (C0, DEL, C1: ESC among them) written as
+/// `\u{1b}`, so a client-chosen string (a model name) cannot drive the terminal
+/// that shows the table or a spreadsheet that opens the CSV.
+pub fn escape_control(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// `1234567` → `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -517,7 +544,7 @@ const TABLE_HEADERS: [&str; 13] = [
 
 fn table_cells(key: &str, s: &Stats, any_unknown: bool) -> Vec<String> {
     vec![
-        key.to_owned(),
+        escape_control(key).into_owned(),
         thousands(s.requests),
         thousands(s.errors),
         thousands(s.abandoned),
@@ -536,10 +563,11 @@ fn table_cells(key: &str, s: &Stats, any_unknown: bool) -> Vec<String> {
 
 /// The aligned table of `ccproxy usage`: a title line, a header, one line per
 /// group, a rule and the totals; keys left-aligned, numbers right-aligned.
-/// Costs marked `*` leave out requests whose price is unknown.
+/// Costs marked `*` leave out requests whose price is unknown. Control
+/// characters in the keys and the title are escaped ([`escape_control`]).
 pub fn render_table(report: &Report, title: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{title}");
+    let _ = writeln!(out, "{}", escape_control(title));
     if report.totals.requests == 0 {
         let _ = writeln!(out, "no requests in this period");
         return out;
@@ -592,12 +620,13 @@ pub fn render_table(report: &Report, title: &str) -> String {
     out
 }
 
-/// A CSV field, quoted when needed.
+/// A CSV field, control characters escaped ([`escape_control`]), quoted when needed.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    let s = escape_control(s);
+    if s.contains([',', '"']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s.into_owned()
     }
 }
 
@@ -702,5 +731,15 @@ mod tests {
         assert_eq!(csv_field("a"), "a");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("a\"b"), "\"a\"\"b\"");
+        assert_eq!(csv_field("a\nb"), "a\\u{a}b");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(escape_control("claude-é"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_control("a\u{1b}]0;t\u{7}\u{7f}\u{9b}z\t"),
+            "a\\u{1b}]0;t\\u{7}\\u{7f}\\u{9b}z\\u{9}"
+        );
     }
 }

@@ -7,15 +7,17 @@
 //! [`MAX_BATCH`] rows) and commits it in one transaction.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
+use serde::Serialize;
 
 use super::UsageError;
 use crate::observability::UsageRecord;
+use crate::util::time::now_ms;
 
 /// Most rows written in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -130,7 +132,7 @@ impl UsageStore {
     /// writer drops (and counts) every record.
     pub fn spawn_writer(self, capacity: usize) -> UsageWriter {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(None));
         let path = Arc::new(self.path.clone());
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -138,8 +140,13 @@ impl UsageStore {
             .spawn(move || writer_loop(self, rx, &thread_shared));
         if let Err(e) = spawned {
             tracing::error!(error = %e, path = %path.display(), "cannot start the usage writer thread; usage will not be recorded");
+            shared.fail(format!("cannot start the usage writer thread: {e}"));
         }
-        UsageWriter { tx, shared, path }
+        UsageWriter {
+            tx: Some(tx),
+            shared,
+            path,
+        }
     }
 }
 
@@ -238,17 +245,64 @@ enum Msg {
     Stall(mpsc::Sender<()>),
 }
 
-#[derive(Default)]
 struct Shared {
+    /// Rows committed.
+    written: AtomicU64,
+    /// Rows lost: queue full, writer gone, a failed write, or no store at all.
     dropped: AtomicU64,
+    /// Transactions that failed.
+    write_errors: AtomicU64,
+    /// The last write succeeded (and the store opened).
+    healthy: AtomicBool,
+    /// The store could not be opened: every record is dropped.
+    open_error: Option<String>,
+    /// The last failure and when it happened (epoch ms).
+    last_error: Mutex<Option<(String, i64)>>,
     stalled: Mutex<bool>,
     unstalled: Condvar,
 }
 
 impl Shared {
+    fn new(open_error: Option<String>) -> Shared {
+        // Registered at zero, so `/metrics` shows them before anything happens.
+        metrics::counter!("ccproxy_usage_rows_written_total").increment(0);
+        metrics::counter!("ccproxy_usage_dropped_total").increment(0);
+        metrics::counter!("ccproxy_usage_write_errors_total").increment(0);
+        let healthy = open_error.is_none();
+        metrics::gauge!("ccproxy_usage_store_healthy").set(if healthy { 1.0 } else { 0.0 });
+        let last_error = Mutex::new(open_error.clone().map(|e| (e, now_ms())));
+        Shared {
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            healthy: AtomicBool::new(healthy),
+            open_error,
+            last_error,
+            stalled: Mutex::new(false),
+            unstalled: Condvar::new(),
+        }
+    }
+
     fn count_dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("ccproxy_usage_dropped_total").increment(n);
+    }
+
+    fn count_written(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("ccproxy_usage_rows_written_total").increment(n);
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            metrics::gauge!("ccproxy_usage_store_healthy").set(1.0);
+        }
+    }
+
+    /// A failed write (or a writer that could not start).
+    fn fail(&self, message: String) {
+        self.write_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ccproxy_usage_write_errors_total").increment(1);
+        self.healthy.store(false, Ordering::Relaxed);
+        metrics::gauge!("ccproxy_usage_store_healthy").set(0.0);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((message, now_ms()));
     }
 
     fn wait_unstalled(&self) {
@@ -268,9 +322,46 @@ impl Shared {
 /// exits. Call [`UsageWriter::flush_timeout`] at shutdown to wait for that.
 #[derive(Clone)]
 pub struct UsageWriter {
-    tx: SyncSender<Msg>,
+    /// `None`: the store could not be opened ([`UsageWriter::unavailable`]).
+    tx: Option<SyncSender<Msg>>,
     shared: Arc<Shared>,
     path: Arc<PathBuf>,
+}
+
+/// The state of a usage store, as `/health` and `/api/usage` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageHealth {
+    /// Usage recording is on (`false`: `usage = false` or `--no-usage`).
+    pub enabled: bool,
+    /// The database in effect.
+    pub path: PathBuf,
+    /// The store opened and its last write succeeded.
+    pub healthy: bool,
+    /// The last failure (opening or writing), naming the database.
+    pub last_error: Option<String>,
+    /// When it happened, epoch ms.
+    pub last_error_ms: Option<i64>,
+    pub rows_written: u64,
+    /// Rows lost: queue full, failed writes, or a store that could not be opened.
+    pub rows_dropped: u64,
+    /// Failed write transactions.
+    pub write_errors: u64,
+}
+
+impl UsageHealth {
+    /// The state shown when usage recording is turned off.
+    pub fn disabled(path: &Path) -> UsageHealth {
+        UsageHealth {
+            enabled: false,
+            path: path.to_owned(),
+            healthy: true,
+            last_error: None,
+            last_error_ms: None,
+            rows_written: 0,
+            rows_dropped: 0,
+            write_errors: 0,
+        }
+    }
 }
 
 impl std::fmt::Debug for UsageWriter {
@@ -283,11 +374,54 @@ impl std::fmt::Debug for UsageWriter {
 }
 
 impl UsageWriter {
+    /// The handle of a store that could not be opened: it writes nothing,
+    /// counts every record as dropped, and reports `error` as unhealthy.
+    pub fn unavailable(path: &Path, error: &UsageError) -> UsageWriter {
+        UsageWriter {
+            tx: None,
+            shared: Arc::new(Shared::new(Some(error.to_string()))),
+            path: Arc::new(path.to_owned()),
+        }
+    }
+
+    /// Why the store could not be opened (`None`: it is open).
+    pub fn open_error(&self) -> Option<&str> {
+        self.shared.open_error.as_deref()
+    }
+
+    /// Counters and the last failure, for `/health` and `/api/usage`.
+    pub fn health(&self) -> UsageHealth {
+        let last = self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (last_error, last_error_ms) = match last {
+            Some((e, at)) => (Some(e), Some(at)),
+            None => (None, None),
+        };
+        UsageHealth {
+            enabled: true,
+            path: self.path.to_path_buf(),
+            healthy: self.shared.healthy.load(Ordering::Relaxed),
+            last_error,
+            last_error_ms,
+            rows_written: self.shared.written.load(Ordering::Relaxed),
+            rows_dropped: self.dropped(),
+            write_errors: self.shared.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues `record` for writing. Never blocks: when the queue is full (or
-    /// the writer thread is gone) the record is dropped and counted in
-    /// [`UsageWriter::dropped`] and `ccproxy_usage_dropped_total`.
+    /// the writer thread is gone, or the store never opened) the record is
+    /// dropped and counted in [`UsageWriter::dropped`] and `ccproxy_usage_dropped_total`.
     pub fn record(&self, record: UsageRecord) {
-        match self.tx.try_send(Msg::Record(Box::new(record))) {
+        let Some(tx) = &self.tx else {
+            self.shared.count_dropped(1);
+            return;
+        };
+        match tx.try_send(Msg::Record(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.count_dropped(1);
@@ -309,8 +443,9 @@ impl UsageWriter {
     /// failed and been counted as dropped). Blocks while the writer is stalled.
     /// Do not call it on an async runtime thread; use `spawn_blocking`.
     pub fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
         let (ack_tx, ack_rx) = mpsc::channel();
-        if self.tx.send(Msg::Flush(ack_tx)).is_ok() {
+        if tx.send(Msg::Flush(ack_tx)).is_ok() {
             let _ = ack_rx.recv();
         }
     }
@@ -318,11 +453,12 @@ impl UsageWriter {
     /// Like [`UsageWriter::flush`], but gives up after `timeout`; returns
     /// whether the flush completed. For shutdown.
     pub fn flush_timeout(&self, timeout: Duration) -> bool {
+        let Some(tx) = &self.tx else { return true };
         let deadline = Instant::now() + timeout;
         let (ack_tx, ack_rx) = mpsc::channel();
         let mut msg = Msg::Flush(ack_tx);
         loop {
-            match self.tx.try_send(msg) {
+            match tx.try_send(msg) {
                 Ok(()) => break,
                 Err(TrySendError::Disconnected(_)) => return true,
                 Err(TrySendError::Full(back)) => {
@@ -358,8 +494,9 @@ impl UsageWriter {
             *flag = stalled;
         }
         if stalled {
+            let Some(tx) = &self.tx else { return };
             let (ack_tx, ack_rx) = mpsc::channel();
-            if self.tx.send(Msg::Stall(ack_tx)).is_ok() {
+            if tx.send(Msg::Stall(ack_tx)).is_ok() {
                 let _ = ack_rx.recv();
             }
         } else {
@@ -407,9 +544,14 @@ fn write_batch(
     shared: &Shared,
 ) {
     if !batch.is_empty() {
-        if let Err(e) = store.insert(batch) {
-            tracing::warn!(error = %e, rows = batch.len(), "cannot write usage records; dropping them");
-            shared.count_dropped(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        match store.insert(batch) {
+            Ok(()) => shared.count_written(n),
+            Err(e) => {
+                tracing::warn!(error = %e, rows = batch.len(), "cannot write usage records; dropping them");
+                shared.count_dropped(n);
+                shared.fail(e.to_string());
+            }
         }
         batch.clear();
     }
