@@ -47,8 +47,8 @@ pub struct UsageArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
-    /// Usage database to read. Default: the one the server records to (`usage_db` in the
-    /// configuration file, else usage.db in ccproxy's data directory).
+    /// Usage database to read. Default: `usage_db` from the configuration file, else usage.db
+    /// in ccproxy's data directory.
     #[arg(long, env = "CCPROXY_USAGE_DB")]
     pub db: Option<PathBuf>,
 }
@@ -160,7 +160,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_usage: bool,
 
-    /// Usage database. Default: usage.db in ccproxy's data directory.
+    /// Usage database. Default: usage.db in ccproxy's data directory (usage-sim.db beside it
+    /// with --upstream-url sim).
     #[arg(long, env = "CCPROXY_USAGE_DB")]
     pub usage_db: Option<PathBuf>,
 }

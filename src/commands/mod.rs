@@ -88,10 +88,13 @@ fn resolve_help(cmd: clap::Command, config: &Path, usage_db: &Path) -> clap::Com
     cmd.mut_args(|a| {
         let help = match a.get_id().as_str() {
             "config" => format!("Configuration file (TOML). Default: {}", config.display()),
-            "usage_db" => format!("Usage database. Default: {}", usage_db.display()),
+            "usage_db" => format!(
+                "Usage database. Default: {} (with --upstream-url sim: {} beside it)",
+                usage_db.display(),
+                crate::config::USAGE_SIM_DB_FILE
+            ),
             "db" => format!(
-                "Usage database to read. Default: the one the server records to \
-                 (`usage_db` in the configuration file, else {})",
+                "Usage database to read. Default: `usage_db` from the configuration file, else {}",
                 usage_db.display()
             ),
             _ => return a,
@@ -149,13 +152,13 @@ fn startup_line(state: &AppState, addr: SocketAddr) -> String {
         }
         UpstreamTarget::Url(url) => url.clone(),
     };
-    let usage = match (&state.usage, settings.usage.enabled) {
-        (Some(_), _) => format!("recorded in {}", settings.usage.db.display()),
-        (None, false) => "not recorded (usage recording is off)".to_owned(),
-        (None, true) => format!(
+    let usage = match &state.usage {
+        Some(w) if w.open_error().is_some() => format!(
             "not recorded ({} cannot be used, see above)",
-            settings.usage.db.display()
+            w.path().display()
         ),
+        Some(w) => format!("recorded in {}", w.path().display()),
+        None => "not recorded (usage recording is off)".to_owned(),
     };
     let token_hint = if state.proxy_token.is_some() {
         "?token=<your proxy token>"

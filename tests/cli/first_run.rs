@@ -239,7 +239,8 @@ fn startup_line_names_upstream_usage_and_dashboard() {
     );
     let line = startup_line(&logs);
     assert!(line.contains("upstream: SIMULATED"), "{line}");
-    let db = dir.path().join("data/ccproxy/usage.db");
+    // Simulated traffic has its own database.
+    let db = dir.path().join("data/ccproxy/usage-sim.db");
     assert!(
         line.contains(&format!("usage: recorded in {}", db.display())),
         "{line}"
@@ -262,6 +263,24 @@ fn startup_line_names_upstream_usage_and_dashboard() {
     );
     assert!(
         line.contains("/dashboard") && !line.contains("?token="),
+        "{line}"
+    );
+
+    // A database that cannot be opened: said so, with its path.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let db = blocker.join("usage.db");
+    let logs = startup_log(
+        dir.path(),
+        &["--upstream-url", "sim", "--usage-db", db.to_str().unwrap()],
+        &[],
+    );
+    let line = startup_line(&logs);
+    assert!(
+        line.contains(&format!(
+            "usage: not recorded ({} cannot be used",
+            db.display()
+        )),
         "{line}"
     );
 }
