@@ -103,23 +103,17 @@ pub fn check_nesting(body: &[u8]) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Whether brackets outside strings nest deeper than `max` (one pass, no parsing).
+/// Whether brackets outside strings nest deeper than `max` (one pass, no
+/// parsing). String contents — most of a large body — are skipped with memchr.
 fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => match string_end(body, i + 1) {
+                Some(end) => i = end,
+                None => return false,
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -129,8 +123,23 @@ fn json_depth_exceeds(body: &[u8], max: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
+}
+
+/// The index of the quote that closes the string whose content starts at `from`.
+fn string_end(body: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr2(b'"', b'\\', &body[from..])?;
+        if body[at] == b'"' {
+            return Some(at);
+        }
+        from = at + 2; // an escape: skip the escaped byte
+        if from > body.len() {
+            return None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +160,32 @@ mod tests {
         assert!(!json_depth_exceeds(escaped_quote.as_bytes(), 128));
         let deep_object = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
         assert!(json_depth_exceeds(deep_object.as_bytes(), 128));
+    }
+
+    /// The scan agrees with the real depth of parsed JSON (strings with brackets,
+    /// escaped quotes and backslashes included).
+    #[test]
+    fn depth_matches_parsed_json() {
+        fn depth(v: &serde_json::Value) -> usize {
+            match v {
+                serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+                serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        for text in [
+            r#"{"a":[1,{"b":"]]]}}}\"[[["}],"c":"\\"}"#,
+            r#"[[["x\\\"{{{"]],{}]"#,
+            r#"{"s":"\u005b[","t":[[[]]]}"#,
+            r#""just a string [[[""#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            let d = depth(&v);
+            assert!(!json_depth_exceeds(text.as_bytes(), d), "{text}");
+            if d > 0 {
+                assert!(json_depth_exceeds(text.as_bytes(), d - 1), "{text}");
+            }
+        }
     }
 
     #[test]
