@@ -96,6 +96,13 @@ fn error_messages_state_their_cause_once() {
     assert!(!ok);
     assert!(err.contains("cannot create"), "{err}");
     assert_eq!(count(&err, "(os error"), 1, "{err}");
+    // A file that is not a usage database (rusqlite's error repeats its own text in its source).
+    let not_db = dir.path().join("not.db");
+    std::fs::write(&not_db, [b'x'; 4096]).unwrap();
+    let (ok, _, err) = output(cmd(dir.path()).args(["usage", "--db"]).arg(&not_db));
+    assert!(!ok);
+    assert!(err.contains("not.db"), "{err}");
+    assert_eq!(count(&err, "not a database"), 1, "{err}");
     // A port already taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
