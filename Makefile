@@ -6,6 +6,7 @@ test: test-rust test-conformance
 test-rust:
 	cargo test --all-targets
 
+# Reuses the debug binary test-rust built (run.sh builds it as `cargo test` does).
 test-conformance:
 	bash tests/conformance/run.sh
 

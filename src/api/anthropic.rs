@@ -419,6 +419,12 @@ pub struct ReceivedRequest<'a> {
     pub system: Option<&'a RawValue>,
     #[serde(borrow)]
     pub tools: Option<Vec<ReceivedTool<'a>>>,
+    /// `{"type": "auto" | "any" | "tool" | "none", "name"?, "disable_parallel_tool_use"?}`.
+    #[serde(borrow)]
+    pub tool_choice: Option<&'a RawValue>,
+    /// `{"type": "enabled" | "adaptive" | "disabled", …}`.
+    #[serde(borrow)]
+    pub thinking: Option<&'a RawValue>,
     pub stream: Option<bool>,
 }
 
@@ -435,6 +441,12 @@ pub struct ReceivedMessage<'a> {
 pub struct ReceivedTool<'a> {
     #[serde(borrow)]
     pub name: Option<Cow<'a, str>>,
+    /// Absent or `custom` for a client tool; a versioned name for a server tool.
+    #[serde(borrow, rename = "type")]
+    pub kind: Option<Cow<'a, str>>,
+    /// A client tool's JSON schema.
+    #[serde(borrow)]
+    pub input_schema: Option<&'a RawValue>,
 }
 
 // ---------------------------------------------------------------------------------------------

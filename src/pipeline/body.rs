@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 
 use crate::error::{ErrorKind, Origin, ProxyError};
@@ -38,30 +39,68 @@ pub async fn read(
         drain(body).await;
         return Err(too_large());
     }
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    let mut gathered = Gathered::default();
     loop {
-        let frame = match tokio::time::timeout(stall, body.frame()).await {
-            Err(_) => {
-                return Err(ProxyError::new(
-                    ErrorKind::RequestTimeout,
-                    Origin::Client,
-                    format!(
-                        "the request body stalled: nothing arrived for {} s",
-                        stall.as_secs_f64()
-                    ),
-                ));
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Ok(Some(f)) => {
-                f.map_err(|e| ProxyError::invalid("could not read the request body").with_cause(e))?
-            }
+        // A timer is armed only when the next piece is not there yet.
+        let next = match body.frame().now_or_never() {
+            Some(next) => next,
+            None => tokio::time::timeout(stall, body.frame())
+                .await
+                .map_err(|_| stalled(stall))?,
         };
+        let Some(frame) = next else {
+            return Ok(gathered.finish());
+        };
+        let frame = frame
+            .map_err(|e| ProxyError::invalid("could not read the request body").with_cause(e))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            if gathered.len + data.len() > limit {
                 drain(body).await;
                 return Err(too_large());
             }
-            buf.extend_from_slice(&data);
+            gathered.push(data, declared);
+        }
+    }
+}
+
+fn stalled(stall: Duration) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::RequestTimeout,
+        Origin::Client,
+        format!(
+            "the request body stalled: nothing arrived for {} s",
+            stall.as_secs_f64()
+        ),
+    )
+}
+
+/// A body's pieces: one piece (the usual case) is kept as it is, without a copy.
+#[derive(Default)]
+struct Gathered {
+    first: Option<Bytes>,
+    more: Option<bytes::BytesMut>,
+    len: usize,
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes, declared: Option<u64>) {
+        self.len += data.len();
+        match (&mut self.more, self.first.take()) {
+            (Some(b), _) => b.extend_from_slice(&data),
+            (None, None) => self.first = Some(data),
+            (None, Some(head)) => {
+                let mut b = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+                b.extend_from_slice(&head);
+                b.extend_from_slice(&data);
+                self.more = Some(b);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        match self.more {
+            Some(b) => b.freeze(),
+            None => self.first.unwrap_or_default(),
         }
     }
 }

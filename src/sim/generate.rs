@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use super::tools::{self, Calls, Choice, Offer, Schema, Tool};
 use crate::api::anthropic::{ReceivedRequest, Tokens};
 
 /// A Messages request as the simulated upstream reads it.
@@ -156,19 +157,73 @@ pub struct SimMessage2 {
     pub deltas: usize,
 }
 
-/// The names of the request's tools, in order.
-pub fn tool_names<'r>(req: &'r SimRequest<'_>) -> Vec<&'r str> {
-    req.tools
+/// The request's tools and `tool_choice`, checked as the service checks them: an unknown choice,
+/// a choice without tools, a named tool that is not declared, and thinking with a forced choice
+/// are refused (the message is the service's).
+pub fn offer<'r>(req: &'r SimRequest<'_>) -> Result<Offer<'r>, String> {
+    let tools: Vec<Tool<'r>> = req
+        .tools
         .iter()
         .flatten()
-        .filter_map(|t| t.name.as_deref())
-        .collect()
+        .filter(|t| t.kind.as_deref().is_none_or(|k| k == "custom"))
+        .filter_map(|t| {
+            Some(Tool {
+                name: t.name.as_deref()?,
+                schema: t.input_schema.map_or(Schema::Absent, Schema::Raw),
+            })
+        })
+        .collect();
+    let mut offer = Offer {
+        tools,
+        choice: Choice::Auto,
+        parallel: true,
+    };
+    let Some(raw) = req.tool_choice else {
+        return Ok(offer);
+    };
+    let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+    offer.choice = match (v["type"].as_str(), v["name"].as_str()) {
+        (Some("auto"), _) => Choice::Auto,
+        (Some("any"), _) => Choice::Any,
+        (Some("none"), _) => Choice::None,
+        (Some("tool"), Some(name)) => Choice::Tool(name.to_owned()),
+        (Some("tool"), None) => return Err("tool_choice.tool.name: Field required".to_owned()),
+        _ => {
+            return Err(
+                "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+                    .to_owned(),
+            );
+        }
+    };
+    offer.parallel = v["disable_parallel_tool_use"].as_bool() != Some(true);
+    let declared_any = req.tools.as_ref().is_some_and(|t| !t.is_empty());
+    if offer.choice != Choice::None && !declared_any {
+        return Err("tool_choice may only be specified while providing tools.".to_owned());
+    }
+    if let Choice::Tool(name) = &offer.choice {
+        let any_tool = req
+            .tools
+            .iter()
+            .flatten()
+            .any(|t| t.name.as_deref() == Some(name));
+        if !any_tool {
+            return Err(tools::not_declared(name));
+        }
+    }
+    let thinking = req
+        .thinking
+        .and_then(|t| serde_json::from_str::<Value>(t.get()).ok());
+    let thinking_on = thinking.is_some_and(|t| t["type"] == "enabled");
+    if thinking_on && offer.choice.forces() {
+        return Err("Thinking may not be enabled when tool_choice forces tool use.".to_owned());
+    }
+    Ok(offer)
 }
 
-/// Builds the answer to a request for `model` declaring `tools` (names).
+/// Builds the answer to a request for `model` making `calls`.
 pub fn respond(
     model: Option<&str>,
-    tools: &[&str],
+    calls: &Calls,
     dir: &Directives,
     body_len: usize,
     n: u64,
@@ -189,32 +244,31 @@ pub fn respond(
         t
     } else if let Some(result) = &dir.tool_result {
         format!("Thanks, the tool returned: {}", truncate(result, 200))
-    } else if dir.tools {
+    } else if calls.calls.len() > 1 {
         "I'll check both for you.".to_owned()
+    } else if !calls.calls.is_empty() {
+        "I'll check that for you.".to_owned()
     } else {
         format!(
             "Hello! This is the ccproxy simulated upstream. You said: {}",
             truncate(&dir.user_text, 200)
         )
     };
-    blocks.push(Block::Text(text));
+    // A forced tool choice prefills the turn: the answer starts with the call.
+    if !calls.forced || calls.calls.is_empty() {
+        blocks.push(Block::Text(text));
+    }
     let mut stop_reason = dir.stop.clone().unwrap_or_else(|| "end_turn".to_owned());
-    if dir.tools && dir.tool_result.is_none() {
-        let name = |i: usize, default: &str| tools.get(i).copied().unwrap_or(default).to_owned();
+    for (k, call) in calls.calls.iter().enumerate() {
+        let suffix = char::from(b'a' + (k % 26) as u8);
         blocks.push(Block::ToolUse {
-            id: format!("toolu_sim{n:012x}a"),
-            name: name(0, "get_weather"),
-            input: r#"{"location":"New York, NY","unit":"celsius"}"#.to_owned(),
+            id: format!("toolu_sim{n:012x}{suffix}"),
+            name: call.name.clone(),
+            input: call.input.clone(),
         });
-        blocks.push(Block::ToolUse {
-            id: format!("toolu_sim{n:012x}b"),
-            name: name(1, "calculate_distance"),
-            input: r#"{"lat1":"40.7128","lon1":"-74.0060","lat2":"34.0522","lon2":"-118.2437","note":"ünïcode ✓"}"#
-                .to_owned(),
-        });
-        if dir.stop.is_none() {
-            stop_reason = "tool_use".to_owned();
-        }
+    }
+    if !calls.calls.is_empty() && dir.stop.is_none() {
+        stop_reason = "tool_use".to_owned();
     }
     let output_tokens = blocks
         .iter()
@@ -471,12 +525,17 @@ mod tests {
         assert_eq!(d.status, Some(429));
     }
 
+    fn calls(r: &SimRequest<'_>, d: &Directives) -> Calls {
+        offer(r).unwrap().calls(d.tools, d.tool_result.is_some())
+    }
+
     #[test]
     fn tool_json_fragments_concatenate_to_input() {
-        let body =
-            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:tools]"}]}"#;
+        let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:tools]"}],
+            "tools":[{"name":"get_weather","input_schema":{"type":"object","properties":{"location":{"type":"string"}}}},
+                     {"name":"calculate_distance","input_schema":{"properties":{"lat1":{"type":"string"},"note":{"type":"string"}}}}]}"#;
         let (r, d) = req(body);
-        let m = respond(r.model.as_deref(), &tool_names(&r), &d, body.len(), 1);
+        let m = respond(r.model.as_deref(), &calls(&r, &d), &d, body.len(), 1);
         let events = sse_events(&m, &d);
         let mut args = String::new();
         for e in &events {
@@ -496,11 +555,83 @@ mod tests {
     fn benchmark_deltas_count() {
         let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:deltas=64]"}]}"#;
         let (r, d) = req(body);
-        let m = respond(r.model.as_deref(), &tool_names(&r), &d, body.len(), 1);
+        let m = respond(r.model.as_deref(), &calls(&r, &d), &d, body.len(), 1);
         let n = sse_events(&m, &d)
             .iter()
             .filter(|e| e.starts_with(b"event: content_block_delta"))
             .count();
         assert_eq!(n, 64);
+    }
+
+    #[test]
+    fn only_declared_tools_are_called() {
+        let body =
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"[sim:tools]"}]}"#;
+        let (r, d) = req(body);
+        let m = respond(r.model.as_deref(), &calls(&r, &d), &d, body.len(), 1);
+        assert!(m.blocks.iter().all(|b| matches!(b, Block::Text(_))));
+        assert_eq!(m.stop_reason, "end_turn");
+        let body = r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],
+            "tools":[{"type":"web_search_20250305","name":"web_search"},{"name":"f","input_schema":{"type":"object"}}],
+            "tool_choice":{"type":"any"}}"#;
+        let (r, d) = req(body);
+        let m = respond(r.model.as_deref(), &calls(&r, &d), &d, body.len(), 1);
+        let names: Vec<&str> = m
+            .blocks
+            .iter()
+            .map(|b| match b {
+                Block::ToolUse { name, .. } => name.as_str(),
+                _ => "text",
+            })
+            .collect();
+        assert_eq!(names, ["f"], "forced: the call alone, a client tool");
+    }
+
+    #[test]
+    fn tool_choice_is_checked_as_the_service_does() {
+        let tools = r#""tools":[{"name":"f","input_schema":{"type":"object"}}]"#;
+        let cases = [
+            (
+                format!(r#"{tools},"tool_choice":{{"type":"tool","name":"g"}}"#),
+                Some("Tool 'g' not found in provided tools"),
+            ),
+            (
+                r#""tool_choice":{"type":"any"}"#.to_owned(),
+                Some("tool_choice may only be specified while providing tools."),
+            ),
+            (r#""tool_choice":{"type":"none"}"#.to_owned(), None),
+            (
+                format!(r#"{tools},"tool_choice":{{"type":"sometimes"}}"#),
+                Some("tool_choice: Input tag"),
+            ),
+            (
+                format!(r#"{tools},"tool_choice":{{"type":"tool"}}"#),
+                Some("tool_choice.tool.name"),
+            ),
+            (
+                format!(
+                    r#"{tools},"tool_choice":{{"type":"any"}},"thinking":{{"type":"enabled","budget_tokens":1024}}"#
+                ),
+                Some("Thinking may not be enabled when tool_choice forces tool use."),
+            ),
+            (
+                format!(
+                    r#"{tools},"tool_choice":{{"type":"auto"}},"thinking":{{"type":"enabled","budget_tokens":1024}}"#
+                ),
+                None,
+            ),
+        ];
+        for (extra, want) in cases {
+            let body = format!(r#"{{"model":"m","max_tokens":5,"messages":[],{extra}}}"#);
+            let r: SimRequest = serde_json::from_str(&body).unwrap();
+            let got = offer(&r).err();
+            match want {
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.starts_with(w)),
+                    "{extra}: {got:?}"
+                ),
+                None => assert!(got.is_none(), "{extra}: {got:?}"),
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! | marker | effect |
 //! |---|---|
-//! | `[sim:tools]` | two parallel tool calls (JSON arguments split mid-token when streamed) |
+//! | `[sim:tools]` | calls to the first two tools the request declares, in parallel (JSON arguments that fit each tool's schema, split mid-token when streamed); `tool_choice` is honoured with or without the marker (see [`tools`]) |
 //! | `[sim:thinking]` | a thinking block with a signature before the text |
 //! | `[sim:status=NNN]` | an error response with that status and the real error type |
 //! | `[sim:error-midstream]` | HTTP 200 stream that breaks with an `overloaded_error` event |
@@ -33,7 +33,10 @@
 
 pub mod faults;
 pub mod generate;
+#[cfg(test)]
+mod http_tests;
 mod openai;
+pub mod tools;
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -400,6 +403,7 @@ fn admit<'a>(
             &format!("A maximum of 4 blocks with cache_control may be provided. Found {n}."),
         ));
     }
+    generate::offer(&req).map_err(|m| sim_err(400, &m))?;
     Ok(req)
 }
 
@@ -465,14 +469,12 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
             return resp;
         }
     }
+    let calls = match generate::offer(&req) {
+        Ok(offer) => offer.calls(dir.tools, dir.tool_result.is_some()),
+        Err(m) => return error_response(400, &m),
+    };
     let id = state.next_id();
-    let message = generate::respond(
-        req.model.as_deref(),
-        &generate::tool_names(&req),
-        &dir,
-        body.len(),
-        id,
-    );
+    let message = generate::respond(req.model.as_deref(), &calls, &dir, body.len(), id);
     if dir.faults.active() {
         return if req.stream.unwrap_or(false) {
             let events = generate::sse_events(&message, &dir);

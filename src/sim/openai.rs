@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::SimState;
 use super::generate::{self, Block, Directives, SimMessage2};
+use super::tools::{Choice, Offer, Schema, Tool};
 use crate::api::anthropic::Tokens;
 
 pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -34,9 +35,21 @@ pub async fn chat_completions(state: Arc<SimState>, headers: &HeaderMap, body: &
     if let Some(status) = dir.status {
         return error(status, &format!("Simulated error {status}"));
     }
+    let offer = Offer {
+        tools: call
+            .tools
+            .iter()
+            .map(|(name, schema)| Tool {
+                name,
+                schema: Schema::Parsed(schema),
+            })
+            .collect(),
+        choice: call.choice.clone(),
+        parallel: call.parallel,
+    };
+    let calls = offer.calls(dir.tools, dir.tool_result.is_some());
     let id = super::next_id(&state);
-    let tools: Vec<&str> = call.tools.iter().map(String::as_str).collect();
-    let message = generate::respond(Some(&call.model), &tools, &dir, body.len(), id);
+    let message = generate::respond(Some(&call.model), &calls, &dir, body.len(), id);
     let created = crate::util::time::now_secs();
     let answer = Answer {
         m: &message,
@@ -66,8 +79,12 @@ struct ChatCall {
     model: String,
     stream: bool,
     include_usage: bool,
-    /// Declared tool (or legacy function) names, in order.
-    tools: Vec<String>,
+    /// Declared tools (or legacy functions), in order: name and parameters schema.
+    tools: Vec<(String, Value)>,
+    /// `tool_choice`, else legacy `function_call`.
+    choice: Choice,
+    /// False with `parallel_tool_calls: false`.
+    parallel: bool,
     /// Legacy `functions` and no `tools`: answer with `function_call` (the first call only).
     legacy: bool,
     /// Text of the last user turn (user messages and the tool results that follow them).
@@ -138,6 +155,8 @@ fn read_request(body: &[u8]) -> Result<ChatCall, Invalid> {
         ));
     }
     let (user_text, tool_result) = last_user_turn(obj)?;
+    let tools = declared_tools(obj);
+    let choice = tool_choice(obj, &tools)?;
     let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
     Ok(ChatCall {
         model: model.to_owned(),
@@ -148,29 +167,80 @@ fn read_request(body: &[u8]) -> Result<ChatCall, Invalid> {
                 .and_then(|o| o.get("include_usage"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-        tools: tool_names(obj),
+        tools,
+        choice,
+        parallel: obj.get("parallel_tool_calls").and_then(Value::as_bool) != Some(false),
         legacy: obj.contains_key("functions") && !obj.contains_key("tools"),
         user_text,
         tool_result,
     })
 }
 
-/// `tools[].function.name`, else legacy `functions[].name`.
-fn tool_names(obj: &Map<String, Value>) -> Vec<String> {
-    let names = |key: &str, path: &str| -> Vec<String> {
+/// `tools[].function` (name, parameters), else legacy `functions[]`.
+fn declared_tools(obj: &Map<String, Value>) -> Vec<(String, Value)> {
+    let read = |key: &str, function: &str| -> Vec<(String, Value)> {
         obj.get(key)
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|t| t.pointer(path).and_then(Value::as_str))
-            .map(str::to_owned)
+            .filter_map(|t| t.pointer(function))
+            .filter_map(|f| {
+                let name = f.get("name")?.as_str()?.to_owned();
+                Some((name, f.get("parameters").cloned().unwrap_or(Value::Null)))
+            })
             .collect()
     };
-    let tools = names("tools", "/function/name");
+    let tools = read("tools", "/function");
     if tools.is_empty() {
-        names("functions", "/name")
+        read("functions", "")
     } else {
         tools
+    }
+}
+
+/// `tool_choice` (`auto`, `none`, `required`, `{"type":"function","function":{"name"}}`), else
+/// legacy `function_call` (`auto`, `none`, `{"name"}`); refused when it is none of these, forces a
+/// tool with none declared, or names a tool that is not declared.
+fn tool_choice(obj: &Map<String, Value>, tools: &[(String, Value)]) -> Result<Choice, Invalid> {
+    let (param, v) = match (obj.get("tool_choice"), obj.get("function_call")) {
+        (Some(v), _) if !v.is_null() => ("tool_choice", v),
+        (_, Some(v)) if !v.is_null() => ("function_call", v),
+        _ => return Ok(Choice::Auto),
+    };
+    let (choice, name_param) = match (param, v) {
+        (_, Value::String(s)) if s == "auto" => (Choice::Auto, ""),
+        (_, Value::String(s)) if s == "none" => (Choice::None, ""),
+        ("tool_choice", Value::String(s)) if s == "required" => (Choice::Any, ""),
+        ("tool_choice", v) if v["type"] == "function" && v["function"]["name"].is_string() => (
+            Choice::Tool(v["function"]["name"].as_str().unwrap_or("").to_owned()),
+            "tool_choice.function.name",
+        ),
+        ("function_call", v) if v["name"].is_string() => (
+            Choice::Tool(v["name"].as_str().unwrap_or("").to_owned()),
+            "function_call.name",
+        ),
+        _ => {
+            return Err(Invalid::new(
+                param,
+                "invalid_value",
+                "must be 'auto', 'none', 'required' or a named function",
+            ));
+        }
+    };
+    if choice.forces() && tools.is_empty() {
+        return Err(Invalid::new(
+            param,
+            "invalid_value",
+            &format!("'{param}' is only allowed when 'tools' are specified"),
+        ));
+    }
+    match &choice {
+        Choice::Tool(name) if !tools.iter().any(|(n, _)| n == name) => Err(Invalid::new(
+            name_param,
+            "invalid_value",
+            &super::tools::not_declared(name),
+        )),
+        _ => Ok(choice),
     }
 }
 
@@ -522,13 +592,27 @@ mod tests {
         .unwrap();
         assert_eq!(c.user_text, "");
         assert_eq!(c.tool_result.as_deref(), Some("22°C / 3 km"));
-        assert_eq!(c.tools, ["a", "b"]);
+        let names: Vec<&str> = c.tools.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
         assert!(c.stream && c.include_usage);
     }
 
     fn answer_for(text: &str) -> (SimMessage2, Directives) {
         let dir = Directives::from_turn(text.to_owned(), None);
-        (generate::respond(Some("gpt-4o"), &[], &dir, 400, 7), dir)
+        let schema = json!({"type": "object", "properties": {"location": {"type": "string"}}});
+        let offer = Offer {
+            tools: ["get_weather", "calculate_distance"]
+                .into_iter()
+                .map(|name| Tool {
+                    name,
+                    schema: Schema::Parsed(&schema),
+                })
+                .collect(),
+            choice: Choice::Auto,
+            parallel: true,
+        };
+        let calls = offer.calls(dir.tools, false);
+        (generate::respond(Some("gpt-4o"), &calls, &dir, 400, 7), dir)
     }
 
     fn answer(m: &SimMessage2) -> Answer<'_> {

@@ -3,9 +3,9 @@
 #
 #   bash tests/conformance/run.sh [pytest args...]
 #
-# Creates (or reuses) a virtualenv with the pinned SDKs, builds the debug binary once,
-# and runs pytest; the exit code is pytest's. Needs python >= 3.10 with pip, the Rust
-# toolchain, and PyPI for the first run.
+# Creates (or reuses) a virtualenv with the pinned SDKs, builds the debug binary (or reuses the
+# one `cargo test --all-targets` built), and runs pytest; the exit code is pytest's. Needs
+# python >= 3.10 with pip, the Rust toolchain, and PyPI for the first run.
 #
 # Environment:
 #   CCPROXY_VENV   virtualenv path (default: <repo>/target/conformance-venv)
@@ -65,10 +65,27 @@ else
     echo "$want" >"$STAMP"
 fi
 
-log "building ccproxy (debug)"
-(cd "$REPO" && cargo build --bin ccproxy)
-CCPROXY_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/ccproxy"
-[[ "$CCPROXY_BIN" == /* ]] || CCPROXY_BIN="$REPO/$CCPROXY_BIN"
+# The binary is built as `cargo test` builds it (same profile, and features unified with the
+# dev-dependencies), so after `cargo test --all-targets` (make test, CI) it is reused as it is;
+# `cargo build` would resolve features without the dev-dependencies and compile ccproxy again.
+# Any integration test target makes cargo build the package's binaries: the smallest one is asked.
+log "building ccproxy (debug, as cargo test builds it)"
+CCPROXY_BIN="$(cd "$REPO" && cargo test --no-run --test architecture --message-format=json-render-diagnostics |
+    "$PY" -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    t = m.get("target") or {}
+    if m.get("reason") == "compiler-artifact" and t.get("name") == "ccproxy" and "bin" in t.get("kind", []):
+        print(m.get("executable") or "")
+')"
+if [[ ! -x "$CCPROXY_BIN" ]]; then
+    log "cargo reported no ccproxy binary"
+    exit 2
+fi
 export CCPROXY_BIN
 
 cd "$REPO"

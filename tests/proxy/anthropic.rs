@@ -362,13 +362,11 @@ async fn streaming_in_each_mode_relays_events_in_order(mode: &str) {
         ..Opts::default()
     })
     .await;
-    let resp = env
-        .post(
-            &format!("{mode}/v1/messages"),
-            None,
-            &message("[sim:tools] [sim:unknown-event]", true),
-        )
-        .await;
+    // The upstream calls only tools the request declares.
+    let mut body = message("[sim:tools] [sim:unknown-event]", true);
+    body["tools"] = json!([{"name": "get_weather",
+        "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}]);
+    let resp = env.post(&format!("{mode}/v1/messages"), None, &body).await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]

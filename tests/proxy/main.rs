@@ -19,4 +19,5 @@ mod openai;
 mod retries;
 mod security;
 mod shutdown;
+mod sim_tools;
 mod usage;
