@@ -167,15 +167,14 @@ impl Guard {
         headers: &HeaderMap,
     ) -> Result<Verdict, ProxyError> {
         let host = one_host(version, headers)?;
-        if self.loopback_only {
-            if let Some(h) = host {
-                if !host_name(h).is_some_and(is_loopback_host) {
-                    return Err(forbidden(format!(
-                        "Host {h:?} is not a loopback name: ccproxy listens on loopback and refuses other \
+        if self.loopback_only
+            && let Some(h) = host
+            && !host_name(h).is_some_and(is_loopback_host)
+        {
+            return Err(forbidden(format!(
+                "Host {h:?} is not a loopback name: ccproxy listens on loopback and refuses other \
                          host names (DNS rebinding protection)"
-                    )));
-                }
-            }
+            )));
         }
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Ok(Verdict::Allow(None));

@@ -376,10 +376,8 @@ pub fn response_headers(mode: Mode, upstream: &HeaderMap, keep_length: bool) -> 
             h.append(k.clone(), v.clone());
         }
     }
-    if keep_length {
-        if let Some(v) = upstream.get(header::CONTENT_LENGTH) {
-            h.insert(header::CONTENT_LENGTH, v.clone());
-        }
+    if keep_length && let Some(v) = upstream.get(header::CONTENT_LENGTH) {
+        h.insert(header::CONTENT_LENGTH, v.clone());
     }
     h
 }

@@ -119,7 +119,7 @@ pub(crate) fn parse_account(attributes: &str) -> Option<String> {
 pub(crate) fn decode_password_output(stdout: &[u8]) -> Vec<u8> {
     let trimmed = stdout.trim_ascii();
     if trimmed.first() != Some(&b'{')
-        && trimmed.len() % 2 == 0
+        && trimmed.len().is_multiple_of(2)
         && !trimmed.is_empty()
         && trimmed.iter().all(u8::is_ascii_hexdigit)
         && let Some(bytes) = unhex(trimmed)

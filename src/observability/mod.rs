@@ -329,10 +329,10 @@ impl Drop for InFlight {
         let mut record = std::mem::take(&mut self.record);
         record.duration_ms = self.elapsed_ms();
         record.tokens = self.metered.tokens;
-        if let Some(m) = self.metered.model.take() {
-            if record.model.is_none() {
-                record.model = Some(m);
-            }
+        if let Some(m) = self.metered.model.take()
+            && record.model.is_none()
+        {
+            record.model = Some(m);
         }
         if record.error.is_none() {
             record.error = self.metered.stream_error.take();

@@ -199,12 +199,11 @@ fn on_openai_chunk(data: &[u8], m: &mut Metered) {
     }
     m.first_content = true;
     // Only chunks with usage are parsed fully (cheap check first).
-    if memchr::memmem::find(data, b"\"usage\"").is_some() {
-        if let Ok(b) = serde_json::from_slice::<OpenAiBody>(data) {
-            if let Some(u) = &b.usage {
-                u.apply(&mut m.tokens);
-            }
-        }
+    if memchr::memmem::find(data, b"\"usage\"").is_some()
+        && let Ok(b) = serde_json::from_slice::<OpenAiBody>(data)
+        && let Some(u) = &b.usage
+    {
+        u.apply(&mut m.tokens);
     }
 }
 

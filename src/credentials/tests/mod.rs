@@ -284,9 +284,8 @@ proptest::proptest! {
         o.insert("n".into(), json!(n));
         o.insert("scopes".into(), json!(scopes));
         let v = json!({"claudeAiOauth": o});
-        if let Ok(d) = parse_document(&serde_json::to_vec(&v).expect("json")) {
-            if let Some(c) = d.creds { let _ = (mask_secret(c.access_token.secret()), c.expires_at_ms.map(format_utc)); }
-        }
+        if let Ok(d) = parse_document(&serde_json::to_vec(&v).expect("json"))
+            && let Some(c) = d.creds { let _ = (mask_secret(c.access_token.secret()), c.expires_at_ms.map(format_utc)); }
     }
 }
 
@@ -1137,8 +1136,33 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     }
 }
 
+/// Runs [`secrets_never_appear_in_logs_alone`] in a process of its own: tracing
+/// caches each log call site's interest process-wide, and another test thread
+/// that reaches the same call site while this test installs its capturing
+/// subscriber can leave it cached as "not interested" (so the capture misses
+/// lines, and the test fails for reasons that are not the code's).
+#[test]
+fn secrets_never_appear_in_logs() {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "credentials::tests::secrets_never_appear_in_logs_alone",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
-async fn secrets_never_appear_in_logs() {
+#[ignore = "run by secrets_never_appear_in_logs in a process of its own"]
+async fn secrets_never_appear_in_logs_alone() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)

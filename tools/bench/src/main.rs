@@ -376,13 +376,13 @@ fn arm_run(args: &RunArgs, spec: &BodySpec, plan: &Plan, a: ArmSpec) -> Result<A
 /// Every `base=` names an arm of this run.
 fn check_bases(runs: &[ArmRun]) -> Result<()> {
     for r in runs {
-        if let Some(b) = &r.arm.base {
-            if !runs.iter().any(|x| &x.arm.name == b) {
-                return Err(anyhow!(
-                    "arm {}: base {b} is not an arm of this run",
-                    r.arm.name
-                ));
-            }
+        if let Some(b) = &r.arm.base
+            && !runs.iter().any(|x| &x.arm.name == b)
+        {
+            return Err(anyhow!(
+                "arm {}: base {b} is not an arm of this run",
+                r.arm.name
+            ));
         }
     }
     Ok(())

@@ -25,10 +25,10 @@ pub fn tree(pid: u32) -> Vec<u32> {
     let mut parent: HashMap<u32, u32> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            if let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
-                if let Some((pp, _)) = stat(p) {
-                    parent.insert(p, pp);
-                }
+            if let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                && let Some((pp, _)) = stat(p)
+            {
+                parent.insert(p, pp);
             }
         }
     }

@@ -721,10 +721,10 @@ async fn load(
     let end = t0 + Duration::from_secs(args.duration);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(args.sample_every)).await;
-        if args.scrape {
-            if let Ok(r) = client.get(format!("{}/metrics", proxy.base)).send().await {
-                let _ = r.bytes().await;
-            }
+        if args.scrape
+            && let Ok(r) = client.get(format!("{}/metrics", proxy.base)).send().await
+        {
+            let _ = r.bytes().await;
         }
         let Some(s) = sample(proxy.pid, t0, counters.requests.load(Ordering::Relaxed)) else {
             anyhow::bail!(
