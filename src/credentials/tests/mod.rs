@@ -1170,10 +1170,6 @@ async fn secrets_never_appear_in_logs_alone() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    // Other tests, on threads without a subscriber, may be registering the same log callsites
-    // right now; one that computed "never interested" before this subscriber existed would stay
-    // silent here. Recompute every callsite's interest now that it exists.
-    tracing::callsite::rebuild_interest_cache();
 
     let mock = MockTokenServer::start().await;
     let env = Env::new(&mock.url);
