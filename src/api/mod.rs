@@ -4,9 +4,11 @@
 //! - [`anthropic`]: the Messages API (request, response, stream events, usage, errors) and
 //!   [`anthropic::Tokens`], the one token count type of the crate.
 //! - [`openai`]: Chat Completions (the request side, borrowed; the usage object of responses).
+//! - [`responses`]: the Responses API (request borrowed; response object, items, stream events).
 
 pub mod anthropic;
 pub mod openai;
+pub mod responses;
 
 use std::borrow::Cow;
 use std::fmt;

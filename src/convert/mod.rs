@@ -8,11 +8,13 @@
 //! - [`stream`]: the stateful Messages-SSE → `chat.completion.chunk` converter.
 //! - [`sse`]: an incremental SSE parser shared by the stream path and the tests.
 //! - [`models`]: model aliases and per-model capabilities.
+//! - [`responses`]: the same for the OpenAI Responses API (request, response, stream).
 
 pub mod model_list;
 pub mod models;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod sse;
 pub mod stream;
 

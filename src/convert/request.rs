@@ -124,7 +124,11 @@ impl From<RequestError> for crate::error::ProxyError {
 }
 
 impl RequestError {
-    fn new(param: impl Into<String>, code: &'static str, what: impl std::fmt::Display) -> Self {
+    pub(crate) fn new(
+        param: impl Into<String>,
+        code: &'static str,
+        what: impl std::fmt::Display,
+    ) -> Self {
         let param = param.into();
         RequestError {
             message: format!("{param}: {what}"),
@@ -134,11 +138,11 @@ impl RequestError {
     }
 }
 
-fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> RequestError {
+pub(crate) fn invalid(param: impl Into<String>, what: impl std::fmt::Display) -> RequestError {
     RequestError::new(param, "invalid_value", what)
 }
 
-fn missing(param: impl Into<String>) -> RequestError {
+pub(crate) fn missing(param: impl Into<String>) -> RequestError {
     RequestError::new(
         param,
         "missing_required_parameter",
@@ -162,7 +166,7 @@ pub fn chat_to_messages(
     }
     let req: ChatCompletionRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return Err(parse_error(body, e)),
+        Err(e) => return Err(parse_error::<ChatCompletionRequest>(body, e)),
     };
     let client_model = match &req.model {
         Some(m) => m.0.as_ref(),
@@ -199,8 +203,12 @@ pub fn chat_to_messages(
     })
 }
 
-/// Turns a serde error into a 400 naming the field; re-parses with path tracking (error path only).
-fn parse_error(body: &[u8], e: serde_json::Error) -> RequestError {
+/// Turns a serde error into a 400 naming the field; re-parses `body` as a `T` with path tracking
+/// (error path only).
+pub(crate) fn parse_error<'de, T: serde::Deserialize<'de>>(
+    body: &'de [u8],
+    e: serde_json::Error,
+) -> RequestError {
     use serde_json::error::Category;
     if matches!(
         e.classify(),
@@ -213,8 +221,7 @@ fn parse_error(body: &[u8], e: serde_json::Error) -> RequestError {
         };
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let (path, inner) = match serde_path_to_error::deserialize::<_, ChatCompletionRequest>(&mut de)
-    {
+    let (path, inner) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Err(pe) => (pe.path().to_string(), pe.into_inner()),
         Ok(_) => (".".to_owned(), e),
     };
@@ -239,7 +246,7 @@ const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/we
 
 /// `reasoning_effort` levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Effort {
+pub(crate) enum Effort {
     None,
     Minimal,
     Low,
@@ -297,7 +304,7 @@ fn build<'b>(
     let blocked = forced || lacks_required_thinking(&turns);
     let (thinking, output_config, max_tokens) =
         thinking(caps.thinking, effort, blocked, max_tokens);
-    let (temperature, top_p) = sampling(req, &caps, thinking.as_ref());
+    let (temperature, top_p) = sampling(req.temperature, req.top_p, &caps, thinking.as_ref());
     if let Some(rf) = &req.response_format
         && let Some(text) = response_format_instruction(rf)?
     {
@@ -352,7 +359,15 @@ fn max_tokens(req: &ChatCompletionRequest<'_>, default: u32) -> Result<u32, Requ
 }
 
 fn reasoning_effort(req: &ChatCompletionRequest<'_>) -> Result<Option<Effort>, RequestError> {
-    Ok(Some(match req.reasoning_effort.as_deref() {
+    parse_effort("reasoning_effort", req.reasoning_effort.as_deref())
+}
+
+/// An effort level (`none`, `minimal`, `low`, `medium`, `high`, `xhigh`) read from `param`.
+pub(crate) fn parse_effort(
+    param: &str,
+    value: Option<&str>,
+) -> Result<Option<Effort>, RequestError> {
+    Ok(Some(match value {
         None => return Ok(None),
         Some("none") => Effort::None,
         Some("minimal") => Effort::Minimal,
@@ -362,7 +377,7 @@ fn reasoning_effort(req: &ChatCompletionRequest<'_>) -> Result<Option<Effort>, R
         Some("xhigh") => Effort::XHigh,
         Some(other) => {
             return Err(invalid(
-                "reasoning_effort",
+                param,
                 format_args!(
                     "unknown value {other:?} (expected none, minimal, low, medium, high or xhigh)"
                 ),
@@ -420,7 +435,7 @@ fn declared_tools<'b>(
 
 /// A final assistant turn (prefill) may not end with whitespace: trims it, dropping what becomes
 /// empty. Fails when no turn is left.
-fn trim_prefill(turns: &mut Vec<Turn<'_>>) -> Result<(), RequestError> {
+pub(crate) fn trim_prefill(turns: &mut Vec<Turn<'_>>) -> Result<(), RequestError> {
     let no_turn = || {
         invalid(
             "messages",
@@ -508,7 +523,7 @@ fn resolve_tool_choice<'b>(
 
 /// `thinking`, `output_config` and the (possibly raised) `max_tokens` for the model's thinking
 /// mode (module docs, [Thinking](#thinking)). `blocked`: thinking must stay off.
-fn thinking(
+pub(crate) fn thinking(
     mode: ThinkingMode,
     effort: Option<Effort>,
     blocked: bool,
@@ -553,8 +568,9 @@ fn thinking(
 }
 
 /// (`temperature`, `top_p`): dropped with thinking on and for models that reject them.
-fn sampling(
-    req: &ChatCompletionRequest<'_>,
+pub(crate) fn sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
     caps: &ModelCaps,
     thinking: Option<&Thinking>,
 ) -> (Option<f64>, Option<f64>) {
@@ -567,11 +583,8 @@ fn sampling(
         ),
     };
     let sampling = caps.sampling_params && !thinking_on;
-    let temperature = req
-        .temperature
-        .filter(|_| sampling)
-        .map(|t| t.clamp(0.0, 1.0));
-    (temperature, req.top_p.filter(|_| sampling))
+    let temperature = temperature.filter(|_| sampling).map(|t| t.clamp(0.0, 1.0));
+    (temperature, top_p.filter(|_| sampling))
 }
 
 /// `stop`, empty strings dropped.
@@ -718,7 +731,7 @@ struct Conversation<'b> {
 
 /// Appends blocks as a turn of `role`, merging with the previous turn of the same role;
 /// `tool_result` blocks go after the turn's leading results (Anthropic wants them first).
-fn push_turn<'b>(turns: &mut Vec<Turn<'b>>, role: &'static str, blocks: Vec<Block<'b>>) {
+pub(crate) fn push_turn<'b>(turns: &mut Vec<Turn<'b>>, role: &'static str, blocks: Vec<Block<'b>>) {
     if blocks.is_empty() {
         return;
     }
@@ -977,7 +990,11 @@ fn text_of<'p, 'a>(p: &'p Part<'a>, i: usize, j: usize) -> Result<&'p Str<'a>, R
 }
 
 /// Anthropic rejects empty and whitespace-only text blocks: they are skipped.
-fn push_text<'b>(blocks: &mut Vec<Block<'b>>, t: &'b str, cache_control: Option<&'b RawValue>) {
+pub(crate) fn push_text<'b>(
+    blocks: &mut Vec<Block<'b>>,
+    t: &'b str,
+    cache_control: Option<&'b RawValue>,
+) {
     if t.trim().is_empty() {
         return;
     }
@@ -1061,7 +1078,7 @@ fn user_part<'b>(
 }
 
 /// `data:<media>;base64,<data>` → (media, data).
-fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("data:")?;
     let (meta, data) = rest.split_once(',')?;
     let media = meta.strip_suffix(";base64")?;
@@ -1072,7 +1089,10 @@ fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     Some((media, data))
 }
 
-fn image_source<'b>(url: &'b str, param: impl Fn() -> String) -> Result<Source<'b>, RequestError> {
+pub(crate) fn image_source<'b>(
+    url: &'b str,
+    param: impl Fn() -> String,
+) -> Result<Source<'b>, RequestError> {
     if url.starts_with("data:") {
         let (media_type, data) = parse_data_url(url).ok_or_else(|| {
             invalid(
@@ -1135,8 +1155,17 @@ fn function_call<'b>(
             return Err(missing(p("name")));
         }
     };
-    let not_object = || invalid(p("arguments"), "must be a JSON object encoded as a string");
-    let input = match f.arguments {
+    Ok((name, tool_input(f.arguments, &|| p("arguments"))?))
+}
+
+/// A tool call's `arguments` as a `tool_use` input: a JSON string holding a JSON object (or
+/// empty), or (leniently) an object or null. `param` names the field in errors.
+pub(crate) fn tool_input<'b>(
+    arguments: Option<&'b RawValue>,
+    param: &dyn Fn() -> String,
+) -> Result<ToolInput<'b>, RequestError> {
+    let not_object = || invalid(param(), "must be a JSON object encoded as a string");
+    let input = match arguments {
         None => ToolInput::Empty,
         Some(raw) => {
             let r = raw.get();
@@ -1153,7 +1182,7 @@ fn function_call<'b>(
                             if let Some(i) = what.rfind(" at line ") {
                                 what.truncate(i);
                             }
-                            invalid(p("arguments"), format_args!("is not valid JSON: {what}"))
+                            invalid(param(), format_args!("is not valid JSON: {what}"))
                         })?;
                         if !v.get().trim_start().starts_with('{') {
                             return Err(not_object());
@@ -1165,7 +1194,7 @@ fn function_call<'b>(
             }
         }
     };
-    Ok((name, input))
+    Ok(input)
 }
 
 fn tool_content<'b>(m: &'b Message<'_>, i: usize) -> Result<Vec<Block<'b>>, RequestError> {
@@ -1194,7 +1223,7 @@ fn tool_content<'b>(m: &'b Message<'_>, i: usize) -> Result<Vec<Block<'b>>, Requ
 
 /// Anthropic ids match `^[a-zA-Z0-9_-]+$`; other characters become `_` (consistently for calls
 /// and results, so pairs still match).
-fn sanitize_id(id: &str) -> Cow<'_, str> {
+pub(crate) fn sanitize_id(id: &str) -> Cow<'_, str> {
     let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if id.chars().all(ok) {
         Cow::Borrowed(id)
@@ -1205,7 +1234,7 @@ fn sanitize_id(id: &str) -> Cow<'_, str> {
 
 /// True when the assistant turns after the last real user input (the current tool loop, or a
 /// prefill) do not start with a thinking block: Anthropic then rejects enabled thinking.
-fn lacks_required_thinking(turns: &[Turn<'_>]) -> bool {
+pub(crate) fn lacks_required_thinking(turns: &[Turn<'_>]) -> bool {
     let start = turns
         .iter()
         .rposition(|t| {
