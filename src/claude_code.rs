@@ -87,10 +87,18 @@ impl<'a> RawObject<'a> {
 /// Why a body could not be shaped (each is the client's fault: 400).
 #[derive(Debug, thiserror::Error)]
 pub enum ShapeError {
+    /// The parser's message is part of this one, so it is not also the `source`
+    /// (a printed chain would repeat it).
     #[error("invalid JSON body: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("system: must be a string or an array of content blocks")]
     SystemType,
+}
+
+impl From<serde_json::Error> for ShapeError {
+    fn from(e: serde_json::Error) -> Self {
+        ShapeError::Json(e)
+    }
 }
 
 impl From<ShapeError> for crate::error::ProxyError {

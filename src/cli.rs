@@ -37,7 +37,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct UsageArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub config: ConfigArg,
     /// Only requests newer than this (e.g. 30m, 24h, 7d, 4w), or `all`.
     #[arg(long, default_value = "24h")]
     pub since: String,
@@ -47,7 +47,8 @@ pub struct UsageArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
-    /// Usage database (default: the configured one).
+    /// Usage database to read. Default: `usage_db` from the configuration file, else usage.db
+    /// in ccproxy's data directory.
     #[arg(long, env = "CCPROXY_USAGE_DB")]
     pub db: Option<PathBuf>,
 }
@@ -86,10 +87,29 @@ pub enum ReportFormat {
     Csv,
 }
 
-/// Settings shared by every command that reads the configuration.
+/// The configuration file, for commands that need no other common setting.
+/// (Help texts naming a default path are filled in with the resolved path by
+/// `commands::cli_command`.)
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArg {
+    /// Configuration file (TOML). Default: config.toml in ccproxy's configuration directory.
+    #[arg(long, env = "CCPROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl From<ConfigArg> for CommonArgs {
+    fn from(a: ConfigArg) -> Self {
+        CommonArgs {
+            config: a.config,
+            ..CommonArgs::default()
+        }
+    }
+}
+
+/// Settings shared by the commands that use the configuration and the credentials.
 #[derive(Debug, Args, Clone, Default)]
 pub struct CommonArgs {
-    /// Configuration file (TOML). Default: $XDG_CONFIG_HOME/ccproxy/config.toml
+    /// Configuration file (TOML). Default: config.toml in ccproxy's configuration directory.
     #[arg(long, env = "CCPROXY_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -140,7 +160,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_usage: bool,
 
-    /// Usage database. Default: $XDG_DATA_HOME/ccproxy/usage.db
+    /// Usage database. Default: usage.db in ccproxy's data directory (usage-sim.db beside it
+    /// with --upstream-url sim).
     #[arg(long, env = "CCPROXY_USAGE_DB")]
     pub usage_db: Option<PathBuf>,
 }
@@ -163,7 +184,7 @@ pub enum ConfigCommand {
     /// Write a commented configuration file.
     Init {
         #[command(flatten)]
-        common: CommonArgs,
+        config: ConfigArg,
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
@@ -183,44 +204,46 @@ pub struct AuthArgs {
     pub common: AuthCommonArgs,
 }
 
-/// [`CommonArgs`] accepted before or after the `auth` subcommand.
+/// Options of every `auth` action, accepted before or after it.
 #[derive(Debug, Args, Clone, Default)]
 pub struct AuthCommonArgs {
-    /// Configuration file (TOML). Default: $XDG_CONFIG_HOME/ccproxy/config.toml
+    /// Configuration file (TOML). Default: config.toml in ccproxy's configuration directory.
     #[arg(long, env = "CCPROXY_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
     /// Claude Code credentials file to use (and, for login, to write).
     #[arg(long, env = "CCPROXY_CREDENTIALS_FILE", global = true)]
     pub credentials_file: Option<PathBuf>,
+}
 
-    /// OAuth token endpoint used to refresh subscription credentials.
-    #[arg(long, env = "CCPROXY_OAUTH_TOKEN_URL", global = true)]
+/// The token endpoint, for the `auth` actions that call it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TokenUrlArg {
+    /// OAuth token endpoint used to obtain and refresh subscription credentials.
+    #[arg(long, env = "CCPROXY_OAUTH_TOKEN_URL")]
     pub oauth_token_url: Option<String>,
 }
 
-impl From<AuthCommonArgs> for CommonArgs {
-    fn from(a: AuthCommonArgs) -> Self {
-        CommonArgs {
-            config: a.config,
-            credentials_file: a.credentials_file,
-            oauth_token_url: a.oauth_token_url,
-        }
-    }
-}
-
-#[derive(Debug, Subcommand, Clone, Copy)]
+#[derive(Debug, Subcommand, Clone)]
 pub enum AuthCommand {
     /// Log in with your Claude subscription (PKCE); saves credentials for ccproxy.
     Login {
         /// Do not try to open a browser; just print the URL.
         #[arg(long)]
         no_browser: bool,
+        #[command(flatten)]
+        endpoint: TokenUrlArg,
     },
     /// Show which credentials are in use and when they expire.
-    Status,
+    Status {
+        #[command(flatten)]
+        endpoint: TokenUrlArg,
+    },
     /// Refresh the access token now.
-    Refresh,
+    Refresh {
+        #[command(flatten)]
+        endpoint: TokenUrlArg,
+    },
     /// Remove ccproxy's own stored credentials (never Claude Code's).
     Logout,
 }

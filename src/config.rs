@@ -323,7 +323,8 @@ pub struct Paths {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The cause is the `source` (printed once by whoever prints the chain), never in the message.
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -358,6 +359,15 @@ fn xdg_dir(var: &str, under_home: &str) -> PathBuf {
         .or_else(|| home_dir().map(|h| h.join(under_home)))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("ccproxy")
+}
+
+/// The configuration file: `--config` / `CCPROXY_CONFIG` (explicit: `true`), else
+/// `config.toml` in [`config_dir`]. Nothing is read.
+pub fn config_file_path(common: &CommonArgs) -> (PathBuf, bool) {
+    match &common.config {
+        Some(p) => (p.clone(), true),
+        None => (config_dir().join("config.toml"), false),
+    }
 }
 
 /// Reads the TOML file; a missing file is an empty config unless it was named explicitly.
@@ -395,15 +405,11 @@ impl Settings {
     }
 
     pub fn resolve(args: &ServeArgs) -> Result<Settings, ConfigError> {
-        let config_dir = config_dir();
-        let (config_file, explicit) = match &args.common.config {
-            Some(p) => (p.clone(), true),
-            None => (config_dir.join("config.toml"), false),
-        };
+        let (config_file, explicit) = config_file_path(&args.common);
         let file = read_file_config(&config_file, explicit)?;
         let paths = Paths {
             config_file,
-            config_dir,
+            config_dir: config_dir(),
             home_dir: home_dir(),
         };
         Self::merge(args, file, paths)

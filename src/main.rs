@@ -1,10 +1,14 @@
 #![forbid(unsafe_code)]
 //! The `ccproxy` binary: parses arguments and hands over to `commands`.
 
-use clap::Parser;
+use clap::FromArgMatches as _;
 
 fn main() -> std::process::ExitCode {
-    let cli = ccproxy::cli::Cli::parse();
+    let matches = ccproxy::commands::cli_command().get_matches();
+    let cli = match ccproxy::cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -18,7 +22,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(ccproxy::commands::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("ccproxy: {e:#}");
+            // The error and its causes, each once (a cause already in a message is not repeated).
+            eprintln!("ccproxy: {}", ccproxy::error::chain(e.as_ref()));
             std::process::ExitCode::from(1)
         }
     }

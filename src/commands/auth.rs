@@ -126,6 +126,14 @@ async fn status(
             writeln!(out, "Status:         usable (refreshed just now)")?;
             Ok(EXIT_OK)
         }
+        Ok(_) if after.refresh_token_rejected => {
+            writeln!(
+                out,
+                "Status:         usable until it expires, then not: {REJECTED}"
+            )?;
+            writeln!(err, "warning: {REJECTED}; to fix: {RELOGIN}.")?;
+            Ok(EXIT_OK)
+        }
         Ok(_) => {
             let why = after
                 .last_refresh_error
@@ -136,6 +144,11 @@ async fn status(
             )?;
             Ok(EXIT_OK)
         }
+        Err(_) if after.refresh_token_rejected => {
+            writeln!(out, "Status:         not usable: {REJECTED}")?;
+            writeln!(err, "error: {REJECTED}; to fix: {RELOGIN}.")?;
+            Ok(EXIT_EXPIRED)
+        }
         Err(e) => {
             writeln!(out, "Status:         not usable")?;
             writeln!(err, "error: {e}")?;
@@ -143,6 +156,12 @@ async fn status(
         }
     }
 }
+
+/// What `invalid_grant` means for the user.
+const REJECTED: &str = "the refresh token was rejected by the token endpoint (invalid_grant): it \
+                        was revoked, or already used by another copy of these credentials";
+/// What to do about it.
+const RELOGIN: &str = "log in again with `ccproxy auth login` (or Claude Code's `claude`)";
 
 fn print_status(out: &mut impl Write, st: &OAuthStatus) -> std::io::Result<()> {
     let now = now_ms();
@@ -166,10 +185,10 @@ fn print_status(out: &mut impl Write, st: &OAuthStatus) -> std::io::Result<()> {
     writeln!(
         out,
         "Refresh token:  {}",
-        if st.has_refresh_token {
-            "present"
-        } else {
-            "none"
+        match (st.has_refresh_token, st.refresh_token_rejected) {
+            (true, true) => "rejected (invalid_grant)",
+            (true, false) => "present",
+            (false, _) => "none",
         }
     )?;
     writeln!(
@@ -220,8 +239,9 @@ async fn refresh(
         Err(e) => {
             writeln!(err, "error: refreshing failed: {e}")?;
             if matches!(&e, CredentialError::Endpoint(ep) if ep.kind == credentials::EndpointErrorKind::InvalidGrant)
-                || matches!(e, CredentialError::NoRefreshToken { .. })
             {
+                writeln!(err, "{REJECTED}; to fix: {RELOGIN}.")?;
+            } else if matches!(e, CredentialError::NoRefreshToken { .. }) {
                 writeln!(err, "To fix: {FIX_COMMAND}.")?;
             }
             Ok(EXIT_REFRESH_FAILED)
@@ -357,12 +377,35 @@ mod tests {
             out.contains("expired 2m") && err.contains("ccproxy auth login"),
             "{out}{err}"
         );
+        assert!(
+            out.contains("Refresh token:  rejected (invalid_grant)")
+                && out.contains("Status:         not usable: the refresh token was rejected"),
+            "{out}"
+        );
+        assert!(
+            err.contains("log in again with `ccproxy auth login` (or Claude Code's `claude`)"),
+            "{err}"
+        );
         let (code, _, err) = run_cmd(AuthAction::Refresh, &env.cfg).await;
         assert_eq!(code, 4);
         assert!(
             err.contains("invalid_grant") && err.contains("ccproxy auth login"),
             "{err}"
         );
+
+        // Rejected while the token is still valid (in the refresh window): usable until it
+        // expires, and the user is told to log in again before then.
+        write_json(
+            &env.claude_file(),
+            &doc(OLD_ACCESS, Some("sk-ant-ort01-dead"), now_ms() + secs(60)),
+        );
+        let (code, out, err) = run_cmd(AuthAction::Status, &env.cfg).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.contains("usable until it expires, then not: the refresh token was rejected"),
+            "{out}"
+        );
+        assert!(err.contains("ccproxy auth login"), "{err}");
 
         // Expired but refreshable: status refreshes like a request would.
         setup_claude(&env, &mock, now_ms() - secs(120));

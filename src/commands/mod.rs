@@ -7,9 +7,18 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 
-use crate::cli::{AuthCommand, Cli, Command, ConfigCommand, LogFormat, ServeArgs, SimArgs};
+use std::path::Path;
+
+use clap::CommandFactory as _;
+
+use crate::cli::{
+    AuthCommand, Cli, Command, CommonArgs, ConfigCommand, LogFormat, ServeArgs, SimArgs,
+    TokenUrlArg,
+};
+use crate::config::UpstreamTarget;
 use crate::config::{CONFIG_TEMPLATE, Settings};
 use crate::server::Server;
+use crate::state::AppState;
 
 /// Runs the command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -22,16 +31,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             print!("{}", settings.show());
             Ok(0)
         }
-        Some(Command::Config(ConfigCommand::Init { common, force })) => {
-            let settings = Settings::from_common(&common)?;
-            let path = settings.paths.config_file;
+        Some(Command::Config(ConfigCommand::Init { config, force })) => {
+            // Only the path: the file is not read (it usually does not exist yet).
+            let (path, _) = crate::config::config_file_path(&config.into());
             if path.exists() && !force {
                 anyhow::bail!(
                     "{} already exists; pass --force to overwrite it",
                     path.display()
                 );
             }
-            if let Some(dir) = path.parent() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
@@ -41,23 +50,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Some(Command::Usage(args)) => {
-            let settings = Settings::from_common(&args.common)?;
+            let settings = Settings::from_common(&args.config.clone().into())?;
             let code = usage::run(&args, settings.usage.db)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Auth(args)) => {
-            let settings = Settings::from_common(&args.common.into())?;
-            let cfg = settings.credentials_config();
-            let action = match args.action {
-                AuthCommand::Login { no_browser } => auth::AuthAction::Login { no_browser },
-                AuthCommand::Status => auth::AuthAction::Status,
-                AuthCommand::Refresh => auth::AuthAction::Refresh,
-                AuthCommand::Logout => auth::AuthAction::Logout,
+            let (action, endpoint) = match args.action {
+                AuthCommand::Login {
+                    no_browser,
+                    endpoint,
+                } => (auth::AuthAction::Login { no_browser }, endpoint),
+                AuthCommand::Status { endpoint } => (auth::AuthAction::Status, endpoint),
+                AuthCommand::Refresh { endpoint } => (auth::AuthAction::Refresh, endpoint),
+                AuthCommand::Logout => (auth::AuthAction::Logout, TokenUrlArg::default()),
             };
-            let code = auth::run(action, cfg).await?;
+            let common = CommonArgs {
+                config: args.common.config,
+                credentials_file: args.common.credentials_file,
+                oauth_token_url: endpoint.oauth_token_url,
+            };
+            let settings = Settings::from_common(&common)?;
+            let code = auth::run(action, settings.credentials_config()).await?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
     }
+}
+
+/// The command-line definition with the default paths in help texts resolved
+/// for this environment (`--config`, `--usage-db`, `usage --db`).
+pub fn cli_command() -> clap::Command {
+    let config = crate::config::config_dir().join("config.toml");
+    let usage_db = crate::config::UsageSettings::default().db;
+    resolve_help(Cli::command(), &config, &usage_db)
+}
+
+fn resolve_help(cmd: clap::Command, config: &Path, usage_db: &Path) -> clap::Command {
+    cmd.mut_args(|a| {
+        let help = match a.get_id().as_str() {
+            "config" => format!("Configuration file (TOML). Default: {}", config.display()),
+            "usage_db" => format!(
+                "Usage database. Default: {} (with --upstream-url sim: {} beside it)",
+                usage_db.display(),
+                crate::config::USAGE_SIM_DB_FILE
+            ),
+            "db" => format!(
+                "Usage database to read. Default: `usage_db` from the configuration file, else {}",
+                usage_db.display()
+            ),
+            _ => return a,
+        };
+        a.help(help)
+    })
+    .mut_subcommands(|sc| resolve_help(sc, config, usage_db))
 }
 
 /// Installs the tracing subscriber (pretty or JSON lines on stderr).
@@ -84,15 +128,66 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let state = server.state.clone();
     tracing::info!(
         listen = %addr,
-        upstream = state.upstream.base(),
         oauth = state.oauth.is_some(),
         server_api_key = state.settings.credentials.api_key.is_some(),
         auth_required = state.proxy_token.is_some(),
-        "ccproxy listening: Anthropic base http://{addr}/v1, OpenAI base http://{addr}/openai/v1"
+        "{}",
+        startup_line(&state, addr)
     );
+    if let Some(warning) = no_credential_warning(&state) {
+        tracing::warn!("{warning}");
+    }
     server.run(shutdown_signal()).await?;
     tracing::info!("ccproxy stopped");
     Ok(0)
+}
+
+/// What a person starting the server needs to know: the bases, the upstream
+/// (simulated or not), where usage goes, and the dashboard (never the token).
+fn startup_line(state: &AppState, addr: SocketAddr) -> String {
+    let settings = &state.settings;
+    let upstream = match &settings.upstream.target {
+        UpstreamTarget::Sim => {
+            "SIMULATED (built in: no network, no account; answers are made up)".to_owned()
+        }
+        UpstreamTarget::Url(url) => url.clone(),
+    };
+    let usage = match &state.usage {
+        Some(w) if w.open_error().is_some() => format!(
+            "not recorded ({} cannot be used, see above)",
+            w.path().display()
+        ),
+        Some(w) => format!("recorded in {}", w.path().display()),
+        None => "not recorded (usage recording is off)".to_owned(),
+    };
+    let token_hint = if state.proxy_token.is_some() {
+        "?token=<your proxy token>"
+    } else {
+        ""
+    };
+    format!(
+        "ccproxy listening: Anthropic base http://{addr}/v1, OpenAI base http://{addr}/openai/v1; \
+         upstream: {upstream}; usage: {usage}; dashboard: http://{addr}/dashboard{token_hint}"
+    )
+}
+
+/// With no server-side credential at all, every request needs the client's own
+/// key: say so at startup rather than with the first request's 401.
+fn no_credential_warning(state: &AppState) -> Option<String> {
+    if state.oauth.is_some() || state.settings.credentials.api_key.is_some() {
+        return None;
+    }
+    let why = if state.oauth_error.is_some() {
+        "the Claude subscription credentials are not usable (see above)"
+    } else {
+        "no Claude subscription credentials were found"
+    };
+    Some(format!(
+        "no upstream credential: {why} and no server API key is set (ANTHROPIC_API_KEY or \
+         `api_key`), so each request needs the client's own Anthropic API key (x-api-key: \
+         sk-ant-api…) or it gets 401. To use your Claude subscription, log in with \
+         `ccproxy auth login` (or Claude Code's `claude`) and restart ccproxy"
+    ))
 }
 
 async fn sim(args: SimArgs) -> anyhow::Result<u8> {

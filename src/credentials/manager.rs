@@ -9,7 +9,9 @@
 //!   party may have rotated the refresh token in between) and a refresh token the endpoint rejected is
 //!   never sent again.
 //! - Refreshed credentials are written back atomically (0600, unknown keys kept), because refresh
-//!   tokens rotate: not writing them back would log Claude Code out.
+//!   tokens rotate: not writing them back would log Claude Code out. They are written the moment they
+//!   arrive, and an attempt runs in its own task: once the refresh token is sent, a caller that goes
+//!   away (a client disconnecting mid-request) cannot cancel the write of its successor.
 //! - Failures back off exponentially (honouring `Retry-After`); until expiry the current token is used.
 
 use std::ops::ControlFlow;
@@ -21,7 +23,7 @@ use serde_json::{Map, Value};
 use tracing::{debug, error, info, warn};
 
 use super::endpoint::{EndpointError, EndpointErrorKind, Grant, TokenEndpoint};
-use super::store::{Loaded, OAuthCreds, Source};
+use super::store::{Loaded, OAuthCreds, Source, remove_stale_temps};
 use super::{
     AccessToken, CredentialError, CredentialsConfig, OAuthStatus, SourceInfo, SourceKind,
     TOKEN_REQUEST_TIMEOUT, format_utc, keychain, now_ms, store,
@@ -84,6 +86,8 @@ struct Flight {
 struct Report {
     last_refresh_at_ms: Option<i64>,
     last_error: Option<String>,
+    /// The last attempt's refresh token was answered `invalid_grant`.
+    refresh_token_rejected: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -114,8 +118,10 @@ pub struct OAuthManager {
     tuning: Tuning,
     state: RwLock<Arc<Current>>,
     attempts: AtomicU64,
-    flight: tokio::sync::Mutex<Flight>,
+    flight: Arc<tokio::sync::Mutex<Flight>>,
     report: Mutex<Report>,
+    /// This manager, for the task an attempt runs in (managers live in an `Arc`).
+    me: Weak<Self>,
 }
 
 impl std::fmt::Debug for OAuthManager {
@@ -178,12 +184,18 @@ impl OAuthManager {
         tuning: Tuning,
     ) -> Result<Option<Arc<Self>>, CredentialError> {
         let explicit = cfg.credentials_file.is_some();
-        for source in sources(&cfg) {
+        let sources = sources(&cfg);
+        for source in &sources {
+            if let Some(path) = source.path() {
+                remove_stale_temps(path);
+            }
+        }
+        for source in sources {
             match source.load()? {
                 Loaded::Found { root, creds } => {
-                    return Ok(Some(Arc::new(Self::new(
-                        source, root, creds, &cfg, http, tuning,
-                    ))));
+                    return Ok(Some(Arc::new_cyclic(|me| {
+                        Self::new(source, root, creds, &cfg, http, tuning, me.clone())
+                    })));
                 }
                 Loaded::Missing if explicit => {
                     return Err(CredentialError::MissingFile {
@@ -211,6 +223,7 @@ impl OAuthManager {
         cfg: &CredentialsConfig,
         http: reqwest::Client,
         tuning: Tuning,
+        me: Weak<Self>,
     ) -> Self {
         let info = source.info();
         if let Some(path) = source.path()
@@ -241,8 +254,9 @@ impl OAuthManager {
                 lifetime_ms: None,
             })),
             attempts: AtomicU64::new(0),
-            flight: tokio::sync::Mutex::new(Flight::default()),
+            flight: Arc::new(tokio::sync::Mutex::new(Flight::default())),
             report: Mutex::new(Report::default()),
+            me,
         }
     }
 
@@ -316,6 +330,7 @@ impl OAuthManager {
             scopes: cur.creds.scopes.clone(),
             last_refresh_at_ms: report.last_refresh_at_ms,
             last_refresh_error: report.last_error.clone(),
+            refresh_token_rejected: report.refresh_token_rejected,
         }
     }
 
@@ -379,12 +394,12 @@ impl OAuthManager {
             let cur = self.snapshot();
             if mode == Mode::Ahead && !self.expiring(&cur, now_ms()) {
                 // Still valid: do not wait for somebody else's refresh.
-                match self.flight.try_lock() {
+                match self.flight.clone().try_lock_owned() {
                     Ok(guard) => guard,
                     Err(_) => return Ok(cur.creds.access_token.clone()),
                 }
             } else {
-                self.flight.lock().await
+                self.flight.clone().lock_owned().await
             }
         };
         let cur = self.snapshot();
@@ -414,9 +429,31 @@ impl OAuthManager {
                 }
             }
         }
-        let result = self.attempt(&mut flight, mode, rejected).await;
-        self.attempts.fetch_add(1, Ordering::AcqRel);
-        result
+        let Some(me) = self.me.upgrade() else {
+            // Not in an `Arc` (cannot happen: `discover` makes every manager): attempt inline.
+            let result = self.attempt(&mut flight, mode, rejected).await;
+            self.attempts.fetch_add(1, Ordering::AcqRel);
+            return result;
+        };
+        // The attempt (POST, then the write of the rotated tokens) runs in its own task, holding
+        // the single-flight lock: if this caller is dropped, the attempt still completes.
+        let rejected = rejected.cloned();
+        let task = tokio::spawn(async move {
+            let result = me.attempt(&mut flight, mode, rejected.as_ref()).await;
+            me.attempts.fetch_add(1, Ordering::AcqRel);
+            drop(flight);
+            result
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(CredentialError::Interrupted {
+                origin: self.info.description.clone(),
+                reason: if e.is_panic() {
+                    "the refresh task panicked"
+                } else {
+                    "the refresh task was cancelled (shutting down)"
+                },
+            })
+        })
     }
 
     async fn attempt(
@@ -543,6 +580,7 @@ impl OAuthManager {
     ) -> Result<AccessToken, CredentialError> {
         if e.kind == EndpointErrorKind::InvalidGrant {
             flight.dead_refresh_token = Some(refresh_token);
+            self.lock_report().refresh_token_rejected = true;
         }
         let retry_after = e.retry_after;
         let err = CredentialError::Endpoint(e);
@@ -730,6 +768,7 @@ impl OAuthManager {
         let mut report = self.lock_report();
         report.last_refresh_at_ms = Some(now_ms());
         report.last_error = None;
+        report.refresh_token_rejected = false;
     }
 
     fn lock_report(&self) -> std::sync::MutexGuard<'_, Report> {

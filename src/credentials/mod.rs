@@ -251,6 +251,9 @@ pub struct OAuthStatus {
     pub last_refresh_at_ms: Option<i64>,
     /// The last refresh failure, if the last attempt failed.
     pub last_refresh_error: Option<String>,
+    /// The token endpoint answered `invalid_grant` for the refresh token (revoked, or already
+    /// used by another copy of these credentials): only a new login helps.
+    pub refresh_token_rejected: bool,
 }
 
 /// Errors of the credential lifecycle. Messages are user-facing and never contain secrets.
@@ -289,6 +292,11 @@ pub enum CredentialError {
     },
     #[error("login failed: {0}")]
     Login(String),
+    #[error("refreshing the credentials in {origin} was interrupted: {reason}")]
+    Interrupted {
+        origin: String,
+        reason: &'static str,
+    },
 }
 
 impl CredentialError {

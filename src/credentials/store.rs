@@ -232,32 +232,16 @@ pub(crate) fn write_atomic(
     bytes: &[u8],
     create_dirs: bool,
 ) -> Result<(), CredentialError> {
-    let target = match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-        }
-        _ => path.to_path_buf(),
-    };
+    let target = write_target(path);
     let werr = |e: io::Error| CredentialError::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let (dir, file_name) = dir_and_name(&target);
     if create_dirs && !dir.exists() {
         create_private_dir(&dir).map_err(werr)?;
     }
-    let file_name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "credentials.json".to_owned());
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let tmp = dir.join(temp_name(&file_name, std::process::id(), rand::random()));
     let result = (|| -> io::Result<()> {
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create_new(true);
@@ -287,6 +271,110 @@ pub(crate) fn write_atomic(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(werr)
+}
+
+/// The file a write to `path` replaces: the target of a symlink (the link is kept).
+fn write_target(path: &Path) -> PathBuf {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The directory of `target` and its file name.
+fn dir_and_name(target: &Path) -> (PathBuf, String) {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "credentials.json".to_owned());
+    (dir, file_name)
+}
+
+/// The temporary file [`write_atomic`] writes before renaming it over `file_name`:
+/// `.<file_name>.tmp-<pid>-<16 hex digits>`.
+fn temp_name(file_name: &str, pid: u32, nonce: u64) -> String {
+    format!(".{file_name}.tmp-{pid}-{nonce:016x}")
+}
+
+/// Whether `name` is exactly a [`temp_name`] for `file_name`.
+pub(crate) fn is_temp_name(name: &str, file_name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_prefix(file_name))
+        .and_then(|n| n.strip_prefix(".tmp-"))
+    else {
+        return false;
+    };
+    let Some((pid, nonce)) = rest.split_once('-') else {
+        return false;
+    };
+    !pid.is_empty()
+        && pid.len() <= 10
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && nonce.len() == 16
+        && nonce
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A temporary file older than this was left by a write that was interrupted (a write takes
+/// milliseconds): it holds live tokens and nobody will rename it any more.
+pub(crate) const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the temporary files that interrupted [`write_atomic`]s (a kill between the write and
+/// the rename) left beside `path`'s target: only regular files whose name is exactly ours, older
+/// than [`STALE_TEMP_AGE`]. Returns how many were removed; failures are logged, never fatal.
+pub(crate) fn remove_stale_temps(path: &Path) -> usize {
+    remove_temps_older_than(path, STALE_TEMP_AGE)
+}
+
+pub(crate) fn remove_temps_older_than(path: &Path, min_age: std::time::Duration) -> usize {
+    let (dir, file_name) = dir_and_name(&write_target(path));
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| is_temp_name(n, &file_name)) {
+            continue;
+        }
+        // `DirEntry::metadata` does not follow symlinks: only our own regular files go.
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let old_enough = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= min_age);
+        if !meta.is_file() || !old_enough {
+            continue;
+        }
+        let tmp = entry.path();
+        match fs::remove_file(&tmp) {
+            Ok(()) => {
+                removed += 1;
+                tracing::warn!(
+                    path = %tmp.display(),
+                    "removed a temporary credentials file left by an interrupted write"
+                );
+            }
+            Err(e) => tracing::warn!(
+                path = %tmp.display(),
+                error = %e,
+                "cannot remove a temporary credentials file left by an interrupted write"
+            ),
+        }
+    }
+    removed
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -421,6 +509,7 @@ impl Source {
 /// Saves credentials obtained by a login into `path`: keeps the other keys of an existing valid
 /// document, replaces an invalid one, creates missing directories (0700) and the file (0600).
 pub(crate) fn save_login(path: &Path, creds: &OAuthCreds) -> Result<(), CredentialError> {
+    remove_stale_temps(path);
     let mut root = match read_file(path) {
         Ok(Some(bytes)) => parse_document(&bytes).map(|d| d.root).unwrap_or_default(),
         _ => Map::new(),

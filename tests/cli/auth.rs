@@ -329,3 +329,107 @@ fn server_logs_never_contain_secrets() {
         assert!(!logs.contains(secret), "a secret appears in the logs");
     }
 }
+
+#[test]
+fn status_says_when_the_refresh_token_was_rejected_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sim, url) = start_sim(dir.path());
+    let path = dir.path().join("creds.json");
+    // The simulated endpoint answers `invalid_grant` for this refresh token.
+    let revoked = "sk-ant-ort01-revoked-invalid-ZXCVBN";
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&serde_json::json!({"claudeAiOauth": {
+            "accessToken": ACCESS, "refreshToken": revoked, "expiresAt": 1_000}}))
+        .unwrap(),
+    )
+    .unwrap();
+    let (code, out, err) = run(cmd(dir.path())
+        .args(["auth", "status", "--oauth-token-url"])
+        .arg(format!("{url}/v1/oauth/token"))
+        .arg("--credentials-file")
+        .arg(&path));
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("Refresh token:  rejected (invalid_grant)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "not usable: the refresh token was rejected by the token endpoint (invalid_grant)"
+        ),
+        "{out}"
+    );
+    assert!(
+        err.contains("log in again with `ccproxy auth login` (or Claude Code's `claude`)"),
+        "{err}"
+    );
+    for secret in [ACCESS, revoked] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "a secret was printed"
+        );
+    }
+}
+
+/// Makes `path` look `secs` seconds old.
+fn age(path: &Path, secs: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+        .unwrap();
+}
+
+#[test]
+fn stale_temporary_credentials_files_are_removed_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let claude = dir.path().join("home/.claude/.credentials.json");
+    write_creds(&claude, 3 * 3_600_000);
+    let own = dir.path().join("config/ccproxy/credentials.json");
+    std::fs::create_dir_all(own.parent().unwrap()).unwrap();
+    let temp = |target: &Path, pid: u32| {
+        let name = target.file_name().unwrap().to_str().unwrap();
+        target.with_file_name(format!(".{name}.tmp-{pid}-0123456789abcdef"))
+    };
+    // Left by writes killed between write and rename: live tokens, ours, old.
+    let stale = [temp(&claude, 11), temp(&own, 12)];
+    for p in &stale {
+        std::fs::write(p, b"{\"claudeAiOauth\":{}}").unwrap();
+        age(p, 300);
+    }
+    // A write in progress, and a file that only looks similar: kept.
+    let fresh = temp(&claude, 13);
+    std::fs::write(&fresh, b"x").unwrap();
+    let similar = claude.with_file_name(".credentials.json.tmp-11-0123456789abcdef.keep");
+    std::fs::write(&similar, b"x").unwrap();
+    age(&similar, 300);
+
+    let port = free_port();
+    let mut c = cmd(dir.path());
+    c.args([
+        "serve",
+        "--upstream-url",
+        "sim",
+        "--no-usage",
+        "--port",
+        &port.to_string(),
+    ]);
+    let mut server = spawn(c, dir.path(), "serve");
+    wait_port(port, &mut server);
+    for p in &stale {
+        assert!(!p.exists(), "{} was left", p.display());
+    }
+    assert!(fresh.exists() && similar.exists());
+    assert!(claude.exists());
+    let logs = server.logs();
+    assert!(
+        logs.contains("removed a temporary credentials file"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(ACCESS) && !logs.contains(REFRESH),
+        "a secret was logged"
+    );
+}

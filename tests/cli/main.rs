@@ -10,4 +10,5 @@ mod support;
 mod auth;
 mod commands;
 mod dashboard;
+mod first_run;
 mod usage_store;

@@ -747,6 +747,134 @@ async fn refreshed_file_has_rotated_tokens_other_keys_and_mode_0600() {
 }
 
 #[tokio::test]
+async fn a_refresh_is_saved_even_when_its_caller_goes_away() {
+    let mock = MockTokenServer::start().await;
+    let env = Env::new(&mock.url);
+    setup_claude(&env, &mock, now_ms() - 1000);
+    mock.set_delay(Duration::from_millis(300));
+    let m = env.manager();
+    // The caller (a request whose client disconnected) is dropped while the POST is in flight;
+    // the endpoint rotates the refresh token anyway.
+    let dropped = tokio::time::timeout(Duration::from_millis(50), m.access_token()).await;
+    assert!(dropped.is_err(), "the caller was cut off mid-refresh");
+    let path = env.claude_file();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rt = loop {
+        let v = read_json(&path);
+        let rt = v["claudeAiOauth"]["refreshToken"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned();
+        if rt != OLD_REFRESH {
+            break rt;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated tokens were never saved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(mock.refresh_calls(), 1);
+    assert_eq!(
+        mock.valid_refresh_tokens(),
+        vec![rt],
+        "the file holds the live refresh token"
+    );
+    // The next caller uses the saved token without another POST.
+    mock.set_delay(Duration::ZERO);
+    let t = m.access_token().await.expect("token");
+    assert_eq!(read_json(&path)["claudeAiOauth"]["accessToken"], t.secret());
+    assert_eq!(mock.refresh_calls(), 1);
+}
+
+/// Makes `path` look `age` old.
+fn age_file(path: &Path, age: Duration) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open");
+    f.set_modified(std::time::SystemTime::now() - age)
+        .expect("set mtime");
+}
+
+#[tokio::test]
+async fn stale_temporary_files_of_ours_are_removed_at_startup() {
+    let mock = MockTokenServer::start().await;
+    let env = Env::new(&mock.url);
+    setup_claude(&env, &mock, now_ms() + secs(3600));
+    write_json(&env.cfg.own_store, &json!({"other": 1}));
+    let old = Duration::from_secs(120);
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for target in [env.claude_file(), env.cfg.own_store.clone()] {
+        let dir = target.parent().expect("dir").to_path_buf();
+        let name = target
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        // Left by a killed write: ours, old.
+        let stale = dir.join(format!(".{name}.tmp-4242-00ff00ff00ff00ff"));
+        std::fs::write(&stale, b"{\"claudeAiOauth\":{}}").expect("write");
+        age_file(&stale, old);
+        removed.push(stale);
+        // A write in progress (recent), and files that are not ours (old too).
+        let fresh = dir.join(format!(".{name}.tmp-4243-00ff00ff00ff00ff"));
+        std::fs::write(&fresh, b"x").expect("write");
+        kept.push(fresh);
+        for other in [
+            format!(".{name}.tmp-4242-00ff00ff00ff00f"),
+            format!(".{name}.tmp-4242-00FF00FF00FF00FF"),
+            format!(".{name}.tmp-abc-00ff00ff00ff00ff"),
+            format!("{name}.tmp-4242-00ff00ff00ff00ff"),
+            format!(".{name}.tmp-4242-00ff00ff00ff00ff.bak"),
+            ".other.json.tmp-4242-00ff00ff00ff00ff".to_owned(),
+            "notes.txt".to_owned(),
+        ] {
+            let p = dir.join(other);
+            std::fs::write(&p, b"x").expect("write");
+            age_file(&p, old);
+            kept.push(p);
+        }
+        // A directory with our name is not ours to remove.
+        let d = dir.join(format!(".{name}.tmp-4244-00ff00ff00ff00ff"));
+        std::fs::create_dir(&d).expect("mkdir");
+        kept.push(d);
+    }
+    let m = env.manager();
+    assert_eq!(m.status().source.kind, SourceKind::ClaudeCode);
+    for p in &removed {
+        assert!(!p.exists(), "{} was left", p.display());
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+    // The pure check, and an explicit --credentials-file (the only file then used).
+    assert!(store::is_temp_name(
+        ".c.json.tmp-1-0123456789abcdef",
+        "c.json"
+    ));
+    assert!(!store::is_temp_name(
+        ".c.json.tmp--0123456789abcdef",
+        "c.json"
+    ));
+    let explicit = env.dir.path().join("elsewhere").join("c.json");
+    write_json(
+        &explicit,
+        &doc(OLD_ACCESS, Some(OLD_REFRESH), now_ms() + secs(3600)),
+    );
+    let stale = explicit.with_file_name(".c.json.tmp-7-0123456789abcdef");
+    std::fs::write(&stale, b"x").expect("write");
+    age_file(&stale, old);
+    let mut cfg = env.cfg.clone();
+    cfg.credentials_file = Some(explicit);
+    OAuthManager::discover(cfg, http())
+        .expect("discover")
+        .expect("credentials");
+    assert!(!stale.exists());
+}
+
+#[tokio::test]
 async fn refresh_writes_through_a_symlink() {
     let mock = MockTokenServer::start().await;
     let env = Env::new(&mock.url);

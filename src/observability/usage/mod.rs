@@ -41,17 +41,19 @@ pub fn default_db_path() -> PathBuf {
 
 /// Why the usage database could not be opened, migrated, written or read.
 /// Every variant names the database file.
+/// The cause is part of the message and deliberately not the error's `source`:
+/// a printed chain would say it twice (rusqlite's own source repeats it again).
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
-    #[error("cannot create the directory of usage database {path}: {source}")]
+    #[error("cannot create the directory of usage database {path}: {cause}")]
     CreateDir {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("usage database {path}: {source}")]
+    #[error("usage database {path}: {cause}")]
     Sqlite {
         path: PathBuf,
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     #[error(
         "usage database {path} has schema version {found}, newer than this ccproxy knows ({known}); \
@@ -67,6 +69,6 @@ pub enum UsageError {
 impl UsageError {
     pub(crate) fn sqlite(path: &std::path::Path) -> impl FnOnce(rusqlite::Error) -> UsageError {
         let path = path.to_owned();
-        move |source| UsageError::Sqlite { path, source }
+        move |cause| UsageError::Sqlite { path, cause }
     }
 }

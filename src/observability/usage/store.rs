@@ -80,14 +80,14 @@ impl UsageStore {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|source| UsageError::CreateDir {
+            std::fs::create_dir_all(dir).map_err(|cause| UsageError::CreateDir {
                 path: path.to_owned(),
-                source,
+                cause,
             })?;
         }
-        let err = |source| UsageError::Sqlite {
+        let err = |cause| UsageError::Sqlite {
             path: path.to_owned(),
-            source,
+            cause,
         };
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
