@@ -25,7 +25,7 @@
 
 use super::response::{custom_input, message_item, reasoning_item, web_search_item};
 use super::{ResponseContext, ThinkingBlock, status_of, usage};
-use crate::api::anthropic::{StreamEvent as Upstream, Tokens};
+use crate::api::anthropic::{ContentBlock, StreamEvent as Upstream, Tokens};
 use crate::api::responses::{
     EventBody, IncompleteDetails, ItemStatus, OutputContent, OutputItem, Response, ResponseError,
     Status, StreamEvent, SummaryText,
@@ -93,36 +93,38 @@ struct OpenMessage {
 #[derive(Debug)]
 enum Open {
     Text,
-    Tool {
-        index: usize,
-        id: String,
-        call_id: String,
-        name: String,
-        custom: bool,
-        /// The input JSON fragments so far.
-        args: String,
-        /// A non-empty `input` given in the start event itself.
-        start_input: Option<String>,
-        /// Custom tools: the decoded `input` text sent so far, and the decoder.
-        sent: String,
-        decoder: InputDecoder,
-    },
-    Thinking {
-        index: usize,
-        id: String,
-        text: String,
-        signature: String,
-        summary_started: bool,
-    },
-    Redacted {
-        index: usize,
-        data: String,
-    },
-    WebSearch {
-        index: usize,
-        input: String,
-    },
+    Tool(OpenTool),
+    Thinking(OpenThinking),
+    Redacted { index: usize, data: String },
+    WebSearch { index: usize, input: String },
     Other,
+}
+
+/// An open `tool_use` block: a function or custom tool call.
+#[derive(Debug)]
+struct OpenTool {
+    index: usize,
+    id: String,
+    call_id: String,
+    name: String,
+    custom: bool,
+    /// The input JSON fragments so far.
+    args: String,
+    /// A non-empty `input` given in the start event itself.
+    start_input: Option<String>,
+    /// Custom tools: the decoded `input` text sent so far, and the decoder.
+    sent: String,
+    decoder: InputDecoder,
+}
+
+/// An open thinking block.
+#[derive(Debug)]
+struct OpenThinking {
+    index: usize,
+    id: String,
+    text: String,
+    signature: String,
+    summary_started: bool,
 }
 
 /// See the module docs.
@@ -424,11 +426,16 @@ impl ResponsesStreamConverter {
 
     /// Closes every open item (Anthropic never interleaves blocks).
     fn close_all(&mut self, truncated: bool, out: &mut dyn EventSink) {
+        self.stop_open_blocks(out);
+        self.close_message(truncated, out);
+    }
+
+    /// Stops every open block (the message stays open).
+    fn stop_open_blocks(&mut self, out: &mut dyn EventSink) {
         let open: Vec<u64> = self.blocks.iter().map(|(i, _)| *i).collect();
         for i in open {
             self.block_stop(i, out);
         }
-        self.close_message(truncated, out);
     }
 
     fn block_start(&mut self, ev: &Upstream<'_>, out: &mut dyn EventSink) {
@@ -439,10 +446,7 @@ impl ResponsesStreamConverter {
         self.ensure_started(out);
         let kind = b.kind.as_deref().unwrap_or("");
         // Whatever is still open ends here; a new non-text block ends the message.
-        let open: Vec<u64> = self.blocks.iter().map(|(i, _)| *i).collect();
-        for i in open {
-            self.block_stop(i, out);
-        }
+        self.stop_open_blocks(out);
         if kind != "text" {
             self.close_message(false, out);
         }
@@ -452,91 +456,103 @@ impl ResponsesStreamConverter {
                 self.text(b.text.as_deref().unwrap_or(""), out);
                 Open::Text
             }
-            "tool_use" => {
-                let name = b.name.as_deref().unwrap_or("").to_owned();
-                let call_id = b.id.as_deref().unwrap_or("").to_owned();
-                let custom = self.ctx.is_custom(&name);
-                let n = self.next_index;
-                let (id, item) = if custom {
-                    let id = self.ctx.item_id("ctc", n);
-                    let item = OutputItem::CustomToolCall {
-                        id: id.clone(),
-                        status: ItemStatus::InProgress,
-                        call_id: call_id.clone(),
-                        name: name.clone(),
-                        input: String::new(),
-                    };
-                    (id, item)
-                } else {
-                    let id = self.ctx.item_id("fc", n);
-                    let item = OutputItem::FunctionCall {
-                        id: id.clone(),
-                        status: ItemStatus::InProgress,
-                        call_id: call_id.clone(),
-                        name: name.clone(),
-                        arguments: String::new(),
-                    };
-                    (id, item)
-                };
-                let index = self.add_item(&item, out);
-                let start_input = b
-                    .input
-                    .map(|r| minify_json(r.get()))
-                    .filter(|s| !s.is_empty() && s != "{}");
-                Open::Tool {
-                    index,
-                    id,
-                    call_id,
-                    name,
-                    custom,
-                    args: String::new(),
-                    start_input,
-                    sent: String::new(),
-                    decoder: InputDecoder::default(),
-                }
-            }
-            "thinking" | "redacted_thinking" => {
-                let n = self.next_index;
-                let id = self.ctx.item_id("rs", n);
-                let item = OutputItem::Reasoning {
-                    id: id.clone(),
-                    summary: Vec::new(),
-                    encrypted_content: None,
-                };
-                let index = self.add_item(&item, out);
-                if kind == "thinking" {
-                    Open::Thinking {
-                        index,
-                        id,
-                        text: b.thinking.as_deref().unwrap_or("").to_owned(),
-                        signature: b.signature.as_deref().unwrap_or("").to_owned(),
-                        summary_started: false,
-                    }
-                } else {
-                    Open::Redacted {
-                        index,
-                        data: b.data.as_deref().unwrap_or("").to_owned(),
-                    }
-                }
+            "tool_use" => Open::Tool(self.start_tool(b, out)),
+            "thinking" => Open::Thinking(self.start_thinking(b, out)),
+            "redacted_thinking" => {
+                let (index, _) = self.add_reasoning(out);
+                let data = b.data.as_deref().unwrap_or("").to_owned();
+                Open::Redacted { index, data }
             }
             "server_tool_use" if b.name.as_deref() == Some("web_search") => {
-                let n = self.next_index;
-                let item = OutputItem::WebSearchCall {
-                    id: self.ctx.item_id("ws", n),
-                    status: ItemStatus::InProgress,
-                    action: serde_json::json!({"type": "search", "query": null}),
-                };
-                let index = self.add_item(&item, out);
-                let input = b
-                    .input
-                    .map(|r| minify_json(r.get()))
-                    .filter(|s| s != "{}")
-                    .unwrap_or_default();
-                Open::WebSearch { index, input }
+                self.start_web_search(b, out)
             }
             _ => Open::Other,
         };
         self.blocks.push((index, state));
+    }
+
+    /// A `tool_use` block starts: a function call, or a custom tool call.
+    fn start_tool(&mut self, b: &ContentBlock<'_>, out: &mut dyn EventSink) -> OpenTool {
+        let name = b.name.as_deref().unwrap_or("").to_owned();
+        let call_id = b.id.as_deref().unwrap_or("").to_owned();
+        let custom = self.ctx.is_custom(&name);
+        let n = self.next_index;
+        let (id, item) = if custom {
+            let id = self.ctx.item_id("ctc", n);
+            let item = OutputItem::CustomToolCall {
+                id: id.clone(),
+                status: ItemStatus::InProgress,
+                call_id: call_id.clone(),
+                name: name.clone(),
+                input: String::new(),
+            };
+            (id, item)
+        } else {
+            let id = self.ctx.item_id("fc", n);
+            let item = OutputItem::FunctionCall {
+                id: id.clone(),
+                status: ItemStatus::InProgress,
+                call_id: call_id.clone(),
+                name: name.clone(),
+                arguments: String::new(),
+            };
+            (id, item)
+        };
+        let index = self.add_item(&item, out);
+        let start_input = b
+            .input
+            .map(|r| minify_json(r.get()))
+            .filter(|s| !s.is_empty() && s != "{}");
+        OpenTool {
+            index,
+            id,
+            call_id,
+            name,
+            custom,
+            args: String::new(),
+            start_input,
+            sent: String::new(),
+            decoder: InputDecoder::default(),
+        }
+    }
+
+    /// Adds the in-progress reasoning item of a thinking or redacted thinking block.
+    fn add_reasoning(&mut self, out: &mut dyn EventSink) -> (usize, String) {
+        let n = self.next_index;
+        let id = self.ctx.item_id("rs", n);
+        let item = OutputItem::Reasoning {
+            id: id.clone(),
+            summary: Vec::new(),
+            encrypted_content: None,
+        };
+        (self.add_item(&item, out), id)
+    }
+
+    fn start_thinking(&mut self, b: &ContentBlock<'_>, out: &mut dyn EventSink) -> OpenThinking {
+        let (index, id) = self.add_reasoning(out);
+        OpenThinking {
+            index,
+            id,
+            text: b.thinking.as_deref().unwrap_or("").to_owned(),
+            signature: b.signature.as_deref().unwrap_or("").to_owned(),
+            summary_started: false,
+        }
+    }
+
+    fn start_web_search(&mut self, b: &ContentBlock<'_>, out: &mut dyn EventSink) -> Open {
+        let n = self.next_index;
+        let item = OutputItem::WebSearchCall {
+            id: self.ctx.item_id("ws", n),
+            status: ItemStatus::InProgress,
+            action: serde_json::json!({"type": "search", "query": null}),
+        };
+        let index = self.add_item(&item, out);
+        let input = b
+            .input
+            .map(|r| minify_json(r.get()))
+            .filter(|s| s != "{}")
+            .unwrap_or_default();
+        Open::WebSearch { index, input }
     }
 
     fn block_delta(&mut self, ev: &Upstream<'_>, out: &mut dyn EventSink) {
@@ -560,44 +576,9 @@ impl ResponsesStreamConverter {
                     self.text(t, out);
                 }
             }
-            (
-                Open::Tool {
-                    index,
-                    id,
-                    custom,
-                    args,
-                    sent,
-                    decoder,
-                    ..
-                },
-                Some("input_json_delta"),
-            ) => {
-                let Some(p) = d.partial_json.as_deref().filter(|p| !p.is_empty()) else {
-                    return;
-                };
-                args.push_str(p);
-                if *custom {
-                    let start = sent.len();
-                    decoder.push(p, sent);
-                    if sent.len() > start {
-                        self.em.emit(
-                            EventBody::CustomToolCallInputDelta {
-                                item_id: id,
-                                output_index: *index,
-                                delta: &sent[start..],
-                            },
-                            out,
-                        );
-                    }
-                } else {
-                    self.em.emit(
-                        EventBody::FunctionCallArgumentsDelta {
-                            item_id: id,
-                            output_index: *index,
-                            delta: p,
-                        },
-                        out,
-                    );
+            (Open::Tool(tool), Some("input_json_delta")) => {
+                if let Some(p) = d.partial_json.as_deref().filter(|p| !p.is_empty()) {
+                    tool.delta(&mut self.em, p, out);
                 }
             }
             (Open::WebSearch { input, .. }, Some("input_json_delta")) => {
@@ -605,27 +586,14 @@ impl ResponsesStreamConverter {
                     input.push_str(p);
                 }
             }
-            (
-                Open::Thinking {
-                    index,
-                    id,
-                    text,
-                    summary_started,
-                    ..
-                },
-                Some("thinking_delta"),
-            ) => {
-                let Some(t) = d.thinking.as_deref().filter(|t| !t.is_empty()) else {
-                    return;
-                };
-                text.push_str(t);
-                if summaries {
-                    summary_delta(&mut self.em, id, *index, summary_started, t, out);
+            (Open::Thinking(th), Some("thinking_delta")) => {
+                if let Some(t) = d.thinking.as_deref().filter(|t| !t.is_empty()) {
+                    th.delta(&mut self.em, summaries, t, out);
                 }
             }
-            (Open::Thinking { signature, .. }, Some("signature_delta")) => {
+            (Open::Thinking(th), Some("signature_delta")) => {
                 if let Some(s) = d.signature.as_deref() {
-                    signature.push_str(s);
+                    th.signature.push_str(s);
                 }
             }
             _ => {} // citations, unknown
@@ -637,131 +605,173 @@ impl ResponsesStreamConverter {
             return;
         };
         let (_, state) = self.blocks.remove(pos);
-        match state {
-            Open::Text | Open::Other => {}
-            Open::Tool {
-                index,
-                id,
-                call_id,
-                name,
-                custom,
-                mut args,
-                start_input,
-                mut sent,
-                ..
-            } => {
-                if args.is_empty() {
-                    args = start_input.unwrap_or_else(|| "{}".to_owned());
-                    if !custom {
-                        self.em.emit(
-                            EventBody::FunctionCallArgumentsDelta {
-                                item_id: &id,
-                                output_index: index,
-                                delta: &args,
-                            },
-                            out,
-                        );
-                    }
-                }
-                let item = if custom {
-                    let input = custom_input(&args);
-                    // Whatever the incremental decoder could not send yet.
-                    if let Some(rest) = input.strip_prefix(sent.as_str())
-                        && !rest.is_empty()
-                    {
-                        self.em.emit(
-                            EventBody::CustomToolCallInputDelta {
-                                item_id: &id,
-                                output_index: index,
-                                delta: rest,
-                            },
-                            out,
-                        );
-                        sent.push_str(rest);
-                    }
-                    self.em.emit(
-                        EventBody::CustomToolCallInputDone {
-                            item_id: &id,
-                            output_index: index,
-                            input: &input,
-                        },
-                        out,
-                    );
-                    OutputItem::CustomToolCall {
-                        id,
-                        status: ItemStatus::Completed,
-                        call_id,
-                        name,
-                        input,
-                    }
-                } else {
-                    self.em.emit(
-                        EventBody::FunctionCallArgumentsDone {
-                            item_id: &id,
-                            output_index: index,
-                            name: &name,
-                            arguments: &args,
-                        },
-                        out,
-                    );
-                    OutputItem::FunctionCall {
-                        id,
-                        status: ItemStatus::Completed,
-                        call_id,
-                        name,
-                        arguments: args,
-                    }
-                };
-                self.done_item(index, item, out);
-            }
-            Open::Thinking {
-                index,
-                id,
-                text,
-                signature,
-                mut summary_started,
-            } => {
-                if self.ctx.summaries && !text.is_empty() {
-                    if !summary_started {
-                        summary_delta(&mut self.em, &id, index, &mut summary_started, &text, out);
-                    }
-                    self.em.emit(
-                        EventBody::ReasoningSummaryTextDone {
-                            item_id: &id,
-                            output_index: index,
-                            summary_index: 0,
-                            text: &text,
-                        },
-                        out,
-                    );
-                    self.em.emit(
-                        EventBody::ReasoningSummaryPartDone {
-                            item_id: &id,
-                            output_index: index,
-                            summary_index: 0,
-                            part: &SummaryText::new(text.clone()),
-                        },
-                        out,
-                    );
-                }
-                self.thinking_bytes += text.len();
-                let b = ThinkingBlock::Thinking {
-                    thinking: text,
-                    signature,
-                };
-                let item = reasoning_item(&self.ctx, index, &b);
-                self.done_item(index, item, out);
-            }
+        let (index, item) = match state {
+            Open::Text | Open::Other => return,
+            Open::Tool(tool) => (tool.index, tool.finish(&mut self.em, out)),
+            Open::Thinking(th) => (th.index, self.finish_thinking(th, out)),
             Open::Redacted { index, data } => {
                 let b = ThinkingBlock::RedactedThinking { data };
-                let item = reasoning_item(&self.ctx, index, &b);
-                self.done_item(index, item, out);
+                (index, reasoning_item(&self.ctx, index, &b))
             }
             Open::WebSearch { index, input } => {
                 let input = if input.is_empty() { "{}" } else { &input };
-                let item = web_search_item(&self.ctx, index, input);
-                self.done_item(index, item, out);
+                (index, web_search_item(&self.ctx, index, input))
             }
+        };
+        self.done_item(index, item, out);
+    }
+
+    /// A thinking block's summary events (when asked for), and its finished reasoning item.
+    fn finish_thinking(&mut self, th: OpenThinking, out: &mut dyn EventSink) -> OutputItem {
+        let OpenThinking {
+            index,
+            id,
+            text,
+            signature,
+            mut summary_started,
+        } = th;
+        if self.ctx.summaries && !text.is_empty() {
+            if !summary_started {
+                summary_delta(&mut self.em, &id, index, &mut summary_started, &text, out);
+            }
+            self.em.emit(
+                EventBody::ReasoningSummaryTextDone {
+                    item_id: &id,
+                    output_index: index,
+                    summary_index: 0,
+                    text: &text,
+                },
+                out,
+            );
+            self.em.emit(
+                EventBody::ReasoningSummaryPartDone {
+                    item_id: &id,
+                    output_index: index,
+                    summary_index: 0,
+                    part: &SummaryText::new(text.clone()),
+                },
+                out,
+            );
+        }
+        self.thinking_bytes += text.len();
+        let b = ThinkingBlock::Thinking {
+            thinking: text,
+            signature,
+        };
+        reasoning_item(&self.ctx, index, &b)
+    }
+}
+
+impl OpenTool {
+    /// An `input_json_delta` fragment (not empty): function calls pass it on as it is, custom
+    /// tool calls the text it decodes to.
+    fn delta(&mut self, em: &mut Emitter, p: &str, out: &mut dyn EventSink) {
+        self.args.push_str(p);
+        if !self.custom {
+            em.emit(
+                EventBody::FunctionCallArgumentsDelta {
+                    item_id: &self.id,
+                    output_index: self.index,
+                    delta: p,
+                },
+                out,
+            );
+            return;
+        }
+        let start = self.sent.len();
+        self.decoder.push(p, &mut self.sent);
+        if self.sent.len() > start {
+            em.emit(
+                EventBody::CustomToolCallInputDelta {
+                    item_id: &self.id,
+                    output_index: self.index,
+                    delta: &self.sent[start..],
+                },
+                out,
+            );
+        }
+    }
+
+    /// The block stops: the arguments' (or input's) last events, and the finished item.
+    fn finish(mut self, em: &mut Emitter, out: &mut dyn EventSink) -> OutputItem {
+        if self.args.is_empty() {
+            self.args = self.start_input.take().unwrap_or_else(|| "{}".to_owned());
+            if !self.custom {
+                em.emit(
+                    EventBody::FunctionCallArgumentsDelta {
+                        item_id: &self.id,
+                        output_index: self.index,
+                        delta: &self.args,
+                    },
+                    out,
+                );
+            }
+        }
+        if self.custom {
+            self.finish_custom(em, out)
+        } else {
+            self.finish_function(em, out)
+        }
+    }
+
+    fn finish_function(self, em: &mut Emitter, out: &mut dyn EventSink) -> OutputItem {
+        em.emit(
+            EventBody::FunctionCallArgumentsDone {
+                item_id: &self.id,
+                output_index: self.index,
+                name: &self.name,
+                arguments: &self.args,
+            },
+            out,
+        );
+        OutputItem::FunctionCall {
+            id: self.id,
+            status: ItemStatus::Completed,
+            call_id: self.call_id,
+            name: self.name,
+            arguments: self.args,
+        }
+    }
+
+    fn finish_custom(self, em: &mut Emitter, out: &mut dyn EventSink) -> OutputItem {
+        let input = custom_input(&self.args);
+        // Whatever the incremental decoder could not send yet.
+        if let Some(rest) = input.strip_prefix(self.sent.as_str())
+            && !rest.is_empty()
+        {
+            em.emit(
+                EventBody::CustomToolCallInputDelta {
+                    item_id: &self.id,
+                    output_index: self.index,
+                    delta: rest,
+                },
+                out,
+            );
+        }
+        em.emit(
+            EventBody::CustomToolCallInputDone {
+                item_id: &self.id,
+                output_index: self.index,
+                input: &input,
+            },
+            out,
+        );
+        OutputItem::CustomToolCall {
+            id: self.id,
+            status: ItemStatus::Completed,
+            call_id: self.call_id,
+            name: self.name,
+            input,
+        }
+    }
+}
+
+impl OpenThinking {
+    /// A thinking delta (not empty): kept, and sent as summary text when summaries are asked for.
+    fn delta(&mut self, em: &mut Emitter, summaries: bool, t: &str, out: &mut dyn EventSink) {
+        self.text.push_str(t);
+        if summaries {
+            summary_delta(em, &self.id, self.index, &mut self.summary_started, t, out);
         }
     }
 }
@@ -827,88 +837,110 @@ impl InputDecoder {
     fn push(&mut self, frag: &str, out: &mut String) {
         let rest = match self.state {
             Decode::Done | Decode::Off => return,
-            Decode::Seek => {
-                self.prefix.push_str(frag);
-                match seek_value(&self.prefix) {
-                    Seek::Partial => return,
-                    Seek::Mismatch => {
-                        self.state = Decode::Off;
-                        return;
-                    }
-                    Seek::At(i) => {
-                        self.state = Decode::In;
-                        let rest = self.prefix.split_off(i);
-                        self.prefix.clear();
-                        rest
-                    }
-                }
-            }
+            Decode::Seek => match self.seek(frag) {
+                Some(rest) => rest,
+                None => return,
+            },
             _ => frag.to_owned(),
         };
         for c in rest.chars() {
-            match self.state {
-                Decode::In => match c {
-                    '\\' => self.state = Decode::Escape,
-                    '"' => {
-                        self.flush_high(out);
-                        self.state = Decode::Done;
-                        return;
-                    }
-                    c => {
-                        self.flush_high(out);
-                        out.push(c);
-                    }
-                },
-                Decode::Escape => {
-                    self.state = Decode::In;
-                    let mapped = match c {
-                        'n' => '\n',
-                        't' => '\t',
-                        'r' => '\r',
-                        'b' => '\u{8}',
-                        'f' => '\u{c}',
-                        'u' => {
-                            self.state = Decode::Unicode;
-                            self.hex.clear();
-                            continue;
-                        }
-                        c => c, // \" \\ \/
-                    };
-                    self.flush_high(out);
-                    out.push(mapped);
-                }
-                Decode::Unicode => {
-                    self.hex.push(c);
-                    if self.hex.len() < 4 {
-                        continue;
-                    }
-                    self.state = Decode::In;
-                    let Ok(code) = u32::from_str_radix(&self.hex, 16) else {
-                        self.state = Decode::Off;
-                        return;
-                    };
-                    match (code, self.high.take()) {
-                        (0xD800..=0xDBFF, prev) => {
-                            if prev.is_some() {
-                                out.push('\u{FFFD}');
-                            }
-                            self.high = Some(code);
-                        }
-                        (0xDC00..=0xDFFF, Some(h)) => {
-                            let c = 0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00);
-                            out.push(char::from_u32(c).unwrap_or('\u{FFFD}'));
-                        }
-                        (code, prev) => {
-                            if prev.is_some() {
-                                out.push('\u{FFFD}');
-                            }
-                            out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
-                        }
-                    }
-                }
-                Decode::Seek | Decode::Done | Decode::Off => return,
+            if !self.step(c, out) {
+                return;
             }
         }
+    }
+
+    /// Before the value: gathers `frag`; once the value starts, what follows its opening quote.
+    fn seek(&mut self, frag: &str) -> Option<String> {
+        self.prefix.push_str(frag);
+        match seek_value(&self.prefix) {
+            Seek::Partial => None,
+            Seek::Mismatch => {
+                self.state = Decode::Off;
+                None
+            }
+            Seek::At(i) => {
+                self.state = Decode::In;
+                let rest = self.prefix.split_off(i);
+                self.prefix.clear();
+                Some(rest)
+            }
+        }
+    }
+
+    /// One character of the value; false once decoding has ended (or never began).
+    fn step(&mut self, c: char, out: &mut String) -> bool {
+        match self.state {
+            Decode::In => match c {
+                '\\' => self.state = Decode::Escape,
+                '"' => {
+                    self.flush_high(out);
+                    self.state = Decode::Done;
+                    return false;
+                }
+                c => {
+                    self.flush_high(out);
+                    out.push(c);
+                }
+            },
+            Decode::Escape => self.escape(c, out),
+            Decode::Unicode => return self.unicode_digit(c, out),
+            Decode::Seek | Decode::Done | Decode::Off => return false,
+        }
+        true
+    }
+
+    /// The character after a backslash.
+    fn escape(&mut self, c: char, out: &mut String) {
+        self.state = Decode::In;
+        let mapped = match c {
+            'n' => '\n',
+            't' => '\t',
+            'r' => '\r',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'u' => {
+                self.state = Decode::Unicode;
+                self.hex.clear();
+                return;
+            }
+            c => c, // \" \\ \/
+        };
+        self.flush_high(out);
+        out.push(mapped);
+    }
+
+    /// A hex digit of a `\u` escape; at the fourth, the code unit (surrogates are paired). False
+    /// when the escape is not hex (decoding stops).
+    fn unicode_digit(&mut self, c: char, out: &mut String) -> bool {
+        self.hex.push(c);
+        if self.hex.len() < 4 {
+            return true;
+        }
+        self.state = Decode::In;
+        let Ok(code) = u32::from_str_radix(&self.hex, 16) else {
+            self.state = Decode::Off;
+            return false;
+        };
+        match (code, self.high.take()) {
+            (0xD800..=0xDBFF, prev) => {
+                if prev.is_some() {
+                    out.push('\u{FFFD}');
+                }
+                self.high = Some(code);
+            }
+            (0xDC00..=0xDFFF, Some(h)) => {
+                let c = 0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00);
+                out.push(char::from_u32(c).unwrap_or('\u{FFFD}'));
+            }
+            (code, prev) => {
+                if prev.is_some() {
+                    out.push('\u{FFFD}');
+                }
+                out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+            }
+        }
+        true
     }
 
     fn flush_high(&mut self, out: &mut String) {
