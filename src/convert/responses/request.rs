@@ -122,21 +122,59 @@ pub fn responses_to_messages(
     created_at: u64,
 ) -> Result<ConvertedResponsesRequest, RequestError> {
     let req = parse(body)?;
-    let client_model = match req.model.as_deref() {
-        Some(m) if !m.is_empty() => m,
-        _ => {
-            return Err(RequestError::new(
-                "model",
-                "missing_required_parameter",
-                "missing required parameter",
-            ));
-        }
-    };
+    let client_model = client_model(&req)?;
     check_unsupported(&req)?;
     let upstream_model = opts.aliases.resolve(client_model);
 
     // Owners of everything the items borrow: the prior items, then the referenced ones.
-    let prior_items = prior
+    let prior_items = parse_prior(prior)?;
+    let request_items: &[InputItem] = match &req.input {
+        Some(Input::Items(v)) => v,
+        _ => &[],
+    };
+    let listed = list_items(&prior_items, request_items);
+    let referenced = fetch_references(&listed, resolver)?;
+    let referenced_items = referenced
+        .iter()
+        .map(|raw| serde_json::from_str::<InputItem>(raw.get()))
+        .collect::<Vec<_>>();
+    let items = substitute_references(listed, &referenced_items)?;
+    let decoded = decode_reasoning_items(&items);
+
+    let built = build(
+        &req,
+        &items,
+        &decoded,
+        upstream_model,
+        opts.default_max_tokens,
+    )?;
+    let out = encode(&built.body, body.len() + 256)?;
+    let context = context(&req, client_model, built.custom_tools, created_at);
+    Ok(ConvertedResponsesRequest {
+        body: out,
+        upstream_model: upstream_model.to_owned(),
+        stream: req.stream.unwrap_or(false),
+        store: req.store.unwrap_or(true),
+        previous_response_id: req.previous_response_id.as_deref().map(str::to_owned),
+        context,
+    })
+}
+
+/// The client's `model` (required).
+fn client_model<'r>(req: &'r CreateRequest<'_>) -> Result<&'r str, RequestError> {
+    match req.model.as_deref() {
+        Some(m) if !m.is_empty() => Ok(m),
+        _ => Err(RequestError::new(
+            "model",
+            "missing_required_parameter",
+            "missing required parameter",
+        )),
+    }
+}
+
+/// The stored items of the previous response, parsed.
+fn parse_prior(prior: &[Box<RawValue>]) -> Result<Vec<InputItem<'_>>, RequestError> {
+    prior
         .iter()
         .enumerate()
         .map(|(k, raw)| {
@@ -147,24 +185,34 @@ pub fn responses_to_messages(
                 )
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let request_items: &[InputItem] = match &req.input {
-        Some(Input::Items(v)) => v,
-        _ => &[],
-    };
-    let listed = prior_items
+        .collect()
+}
+
+/// The prior items, then the request's, each with its parameter path.
+fn list_items<'a, 'i>(
+    prior: &'a [InputItem<'i>],
+    request: &'a [InputItem<'i>],
+) -> Vec<(String, &'a InputItem<'i>)> {
+    prior
         .iter()
         .enumerate()
         .map(|(k, it)| (format!("previous_response_id[{k}]"), it))
         .chain(
-            request_items
+            request
                 .iter()
                 .enumerate()
                 .map(|(k, it)| (format!("input[{k}]"), it)),
         )
-        .collect::<Vec<_>>();
-    let mut referenced: Vec<Box<RawValue>> = Vec::new();
-    for (param, it) in &listed {
+        .collect()
+}
+
+/// The stored items the `item_reference`s name, in order, as their JSON.
+fn fetch_references(
+    listed: &[(String, &InputItem<'_>)],
+    resolver: &dyn ItemResolver,
+) -> Result<Vec<Box<RawValue>>, RequestError> {
+    let mut referenced = Vec::new();
+    for (param, it) in listed {
         if it.kind.as_deref() == Some("item_reference") {
             let id = match it.id.as_deref() {
                 Some(id) if !id.is_empty() => id,
@@ -179,12 +227,16 @@ pub fn responses_to_messages(
             referenced.push(raw);
         }
     }
-    let referenced_items = referenced
-        .iter()
-        .map(|raw| serde_json::from_str::<InputItem>(raw.get()))
-        .collect::<Vec<_>>();
-    let mut refs = referenced_items.iter();
-    let mut items: Vec<(String, &InputItem)> = Vec::with_capacity(listed.len());
+    Ok(referenced)
+}
+
+/// `listed` with each `item_reference` replaced by the item it names (`referenced`, in order).
+fn substitute_references<'a, 'i>(
+    listed: Vec<(String, &'a InputItem<'i>)>,
+    referenced: &'a [serde_json::Result<InputItem<'i>>],
+) -> Result<Vec<(String, &'a InputItem<'i>)>, RequestError> {
+    let mut refs = referenced.iter();
+    let mut items = Vec::with_capacity(listed.len());
     for (param, it) in listed {
         if it.kind.as_deref() != Some("item_reference") {
             items.push((param, it));
@@ -200,37 +252,29 @@ pub fn responses_to_messages(
             }
         }
     }
-    let decoded: Vec<Option<ThinkingBlock>> = items
+    Ok(items)
+}
+
+/// The thinking block each `reasoning` item carries (ours), by item.
+fn decode_reasoning_items(items: &[(String, &InputItem<'_>)]) -> Vec<Option<ThinkingBlock>> {
+    items
         .iter()
         .map(|(_, it)| {
             (it.kind.as_deref() == Some("reasoning"))
                 .then(|| it.encrypted_content.as_deref().and_then(decode_reasoning))
                 .flatten()
         })
-        .collect();
+        .collect()
+}
 
-    let built = build(
-        &req,
-        &items,
-        &decoded,
-        upstream_model,
-        opts.default_max_tokens,
-    )?;
-    let mut out = Vec::with_capacity(body.len() + 256);
-    serde_json::to_writer(&mut out, &built.body).map_err(|e| RequestError {
+fn encode(body: &Body<'_>, capacity: usize) -> Result<Vec<u8>, RequestError> {
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut out, body).map_err(|e| RequestError {
         message: format!("could not encode the converted request: {e}"),
         param: None,
         code: None,
     })?;
-    let context = context(&req, client_model, built.custom_tools, created_at);
-    Ok(ConvertedResponsesRequest {
-        body: out,
-        upstream_model: upstream_model.to_owned(),
-        stream: req.stream.unwrap_or(false),
-        store: req.store.unwrap_or(true),
-        previous_response_id: req.previous_response_id.as_deref().map(str::to_owned),
-        context,
-    })
+    Ok(out)
 }
 
 /// The request's `input` as items, as the store keeps them (a string input becomes one user
@@ -581,41 +625,9 @@ fn build<'b>(
     let caps = model_caps(model);
     let native = structured_outputs(model, &caps);
     let mut tools = declared_tools(req, native)?;
-    let mut conv = Conversation::default();
-    if let Some(i) = req.instructions.as_deref() {
-        push_text(&mut conv.system, i, None);
-    }
-    conv.items(items, decoded)?;
-    if let Some(Input::Text(t)) = &req.input {
-        let mut blocks = Vec::new();
-        push_text(&mut blocks, t, None);
-        push_turn(&mut conv.turns, "user", blocks);
-    }
-    if req.input.is_none() && items.is_empty() {
-        return Err(RequestError::new(
-            "input",
-            "missing_required_parameter",
-            "missing required parameter",
-        ));
-    }
-    if conv.turns.is_empty() {
-        return Err(invalid(
-            "input",
-            "must contain at least one non-empty message or tool output",
-        ));
-    }
-    trim_prefill(&mut conv.turns).map_err(|_| {
-        invalid(
-            "input",
-            "must contain at least one non-empty message or tool output",
-        )
-    })?;
+    let mut conv = Conversation::of_request(req, items, decoded)?;
     let tool_choice = resolve_tool_choice(req, &mut tools, &conv.history_tools)?;
-    let forced = matches!(
-        tool_choice.as_ref().map(|c| c.kind),
-        Some(ToolChoiceKind::Any | ToolChoiceKind::Tool(_))
-    );
-    let blocked = forced || lacks_required_thinking(&conv.turns);
+    let blocked = forces_tool(tool_choice.as_ref()) || lacks_required_thinking(&conv.turns);
     let (thinking, effort_config, max_tokens) =
         thinking(caps.thinking, effort, blocked, max_tokens);
     let (temperature, top_p) = sampling(req.temperature, req.top_p, &caps, thinking.as_ref());
@@ -623,12 +635,7 @@ fn build<'b>(
     let effort = effort_config.map(|c| c.effort);
     let output_config =
         (effort.is_some() || format.is_some()).then_some(OutputConfig { effort, format });
-    let user_id = req.user.as_deref().or(req.safety_identifier.as_deref());
-    let custom_tools = tools
-        .iter()
-        .filter(|t| matches!(t, ToolSpec::Custom { .. }))
-        .map(|t| t.name().to_owned())
-        .collect();
+    let custom_tools = custom_tool_names(&tools);
     Ok(Built {
         body: Body {
             model,
@@ -642,9 +649,7 @@ fn build<'b>(
             tool_choice,
             thinking,
             output_config,
-            metadata: user_id
-                .filter(|u| !u.is_empty())
-                .map(|u| Metadata { user_id: u }),
+            metadata: metadata(req),
             cache_control: req
                 .prompt_cache_key
                 .as_deref()
@@ -653,6 +658,31 @@ fn build<'b>(
         },
         custom_tools,
     })
+}
+
+/// Whether the choice makes Claude call a tool (which rules thinking out).
+fn forces_tool(choice: Option<&ToolChoice<'_>>) -> bool {
+    matches!(
+        choice.map(|c| c.kind),
+        Some(ToolChoiceKind::Any | ToolChoiceKind::Tool(_))
+    )
+}
+
+/// `metadata.user_id`: `user`, else `safety_identifier`.
+fn metadata<'b>(req: &'b CreateRequest<'_>) -> Option<Metadata<'b>> {
+    let user_id = req.user.as_deref().or(req.safety_identifier.as_deref());
+    user_id
+        .filter(|u| !u.is_empty())
+        .map(|u| Metadata { user_id: u })
+}
+
+/// The names of the custom tools (their calls are answered as custom tool calls).
+fn custom_tool_names(tools: &[ToolSpec<'_>]) -> Vec<String> {
+    tools
+        .iter()
+        .filter(|t| matches!(t, ToolSpec::Custom { .. }))
+        .map(|t| t.name().to_owned())
+        .collect()
 }
 
 /// Whether the model takes native structured outputs (`output_config.format`, tools' `strict`):
@@ -895,6 +925,41 @@ struct Conversation<'b> {
 }
 
 impl<'b> Conversation<'b> {
+    /// `instructions`, the items, then a string `input`; an input with no turn is refused.
+    fn of_request(
+        req: &'b CreateRequest<'b>,
+        items: &[(String, &'b InputItem<'b>)],
+        decoded: &'b [Option<ThinkingBlock>],
+    ) -> Result<Self, RequestError> {
+        let mut conv = Conversation::default();
+        if let Some(i) = req.instructions.as_deref() {
+            push_text(&mut conv.system, i, None);
+        }
+        conv.items(items, decoded)?;
+        if let Some(Input::Text(t)) = &req.input {
+            let mut blocks = Vec::new();
+            push_text(&mut blocks, t, None);
+            push_turn(&mut conv.turns, "user", blocks);
+        }
+        if req.input.is_none() && items.is_empty() {
+            return Err(RequestError::new(
+                "input",
+                "missing_required_parameter",
+                "missing required parameter",
+            ));
+        }
+        let no_turn = || {
+            invalid(
+                "input",
+                "must contain at least one non-empty message or tool output",
+            )
+        };
+        if conv.turns.is_empty() {
+            return Err(no_turn());
+        }
+        trim_prefill(&mut conv.turns).map_err(|_| no_turn())?;
+        Ok(conv)
+    }
     fn items(
         &mut self,
         items: &[(String, &'b InputItem<'b>)],
