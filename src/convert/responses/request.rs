@@ -61,7 +61,8 @@ use crate::api::anthropic::{
 };
 use crate::api::openai;
 use crate::api::responses::{
-    Content, ContentPart, CreateRequest, Input, InputItem, Str, Tool, ToolChoice as RToolChoice,
+    Content, ContentPart, CreateRequest, Input, InputItem, Str, TextFormat, Tool,
+    ToolChoice as RToolChoice,
 };
 use crate::convert::models::{ModelCaps, ThinkingMode, model_caps};
 use crate::convert::request::{
@@ -373,8 +374,7 @@ fn context(
     c.summaries = summary.is_some_and(|s| s != "none");
     c.instructions = req.instructions.as_deref().map(str::to_owned);
     c.previous_response_id = req.previous_response_id.as_deref().map(str::to_owned);
-    let raw = |r: Option<&RawValue>| r.and_then(|r| serde_json::from_str::<Value>(r.get()).ok());
-    if let Some(m) = raw(req.metadata).filter(|m| !m.is_null()) {
+    if let Some(m) = json_value(req.metadata).filter(|m| !m.is_null()) {
         c.metadata = m;
     }
     c.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
@@ -395,7 +395,16 @@ fn context(
             .map(echo_tool)
             .collect::<Vec<_>>(),
     );
-    c.tool_choice = match &req.tool_choice {
+    c.tool_choice = echo_tool_choice(req.tool_choice.as_ref());
+    if let Some(f) = req.text.as_ref().and_then(|t| t.format.as_ref()) {
+        c.text = serde_json::json!({"format": echo_text_format(f)});
+    }
+    c
+}
+
+/// `tool_choice` as the response echoes it.
+fn echo_tool_choice(choice: Option<&RToolChoice<'_>>) -> Value {
+    match choice {
         None => Value::from("auto"),
         Some(RToolChoice::Mode(m)) => Value::from(&**m),
         Some(RToolChoice::Object(o)) => {
@@ -411,25 +420,31 @@ fn context(
             }
             Value::Object(m)
         }
-    };
-    if let Some(f) = req.text.as_ref().and_then(|t| t.format.as_ref()) {
-        let mut m = serde_json::Map::new();
-        m.insert("type".into(), f.kind.as_deref().unwrap_or("text").into());
-        if let Some(n) = f.name.as_deref() {
-            m.insert("name".into(), n.into());
-        }
-        if let Some(d) = f.description.as_deref() {
-            m.insert("description".into(), d.into());
-        }
-        if let Some(s) = raw(f.schema) {
-            m.insert("schema".into(), s);
-        }
-        if let Some(s) = f.strict {
-            m.insert("strict".into(), s.into());
-        }
-        c.text = serde_json::json!({"format": Value::Object(m)});
     }
-    c
+}
+
+/// `text.format` as the response echoes it.
+fn echo_text_format(f: &TextFormat<'_>) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("type".into(), f.kind.as_deref().unwrap_or("text").into());
+    if let Some(n) = f.name.as_deref() {
+        m.insert("name".into(), n.into());
+    }
+    if let Some(d) = f.description.as_deref() {
+        m.insert("description".into(), d.into());
+    }
+    if let Some(s) = json_value(f.schema) {
+        m.insert("schema".into(), s);
+    }
+    if let Some(s) = f.strict {
+        m.insert("strict".into(), s.into());
+    }
+    Value::Object(m)
+}
+
+/// Raw JSON as a value (none when it does not parse).
+fn json_value(r: Option<&RawValue>) -> Option<Value> {
+    r.and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
 }
 
 fn echo_tool(t: &Tool<'_>) -> Value {
@@ -985,56 +1000,9 @@ impl<'b> Conversation<'b> {
         match kind {
             "message" => self.message(p, it),
             "function_call" | "custom_tool_call" => {
-                let id = required(it.call_id.as_ref(), p, "call_id")?;
-                let name = required(it.name.as_ref(), p, "name")?;
-                let input = if kind == "function_call" {
-                    tool_input(it.arguments, &|| format!("{p}.arguments"))?
-                } else {
-                    let text = it.input.as_deref().unwrap_or("");
-                    let raw = serde_json::value::to_raw_value(&serde_json::json!({"input": text}))
-                        .map_err(|e| invalid(format!("{p}.input"), e))?;
-                    ToolInput::Owned(raw)
-                };
-                self.call_ids.insert(id);
-                if !self.history_tools.contains(&name) {
-                    self.history_tools.push(name);
-                }
-                let block = Block::ToolUse {
-                    id: sanitize_id(id),
-                    name,
-                    input,
-                };
-                push_turn(&mut self.turns, "assistant", vec![block]);
-                Ok(())
+                self.tool_call(p, it, kind == "custom_tool_call")
             }
-            "function_call_output" | "custom_tool_call_output" => {
-                let id = required(it.call_id.as_ref(), p, "call_id")?;
-                if !self.call_ids.contains(id) {
-                    return Err(invalid(
-                        format!("{p}.call_id"),
-                        format_args!(
-                            "no function_call or custom_tool_call with call_id {id:?} comes before this output"
-                        ),
-                    ));
-                }
-                let mut content = Vec::new();
-                match &it.output {
-                    None => {}
-                    Some(Content::Text(t)) => push_text(&mut content, t, None),
-                    Some(Content::Parts(parts)) => {
-                        for (j, part) in parts.iter().enumerate() {
-                            user_part(&mut content, part, &format!("{p}.output[{j}]"))?;
-                        }
-                    }
-                }
-                let result = Block::ToolResult {
-                    tool_use_id: sanitize_id(id),
-                    content,
-                    cache_control: None,
-                };
-                push_turn(&mut self.turns, "user", vec![result]);
-                Ok(())
-            }
+            "function_call_output" | "custom_tool_call_output" => self.tool_output(p, it),
             "reasoning" => {
                 if let Some(b) = decoded {
                     push_turn(&mut self.turns, "assistant", vec![b.as_block()]);
@@ -1050,6 +1018,66 @@ impl<'b> Conversation<'b> {
                 ),
             )),
         }
+    }
+
+    /// A `function_call` or `custom_tool_call`: a `tool_use` in an assistant turn.
+    fn tool_call(
+        &mut self,
+        p: &str,
+        it: &'b InputItem<'b>,
+        custom: bool,
+    ) -> Result<(), RequestError> {
+        let id = required(it.call_id.as_ref(), p, "call_id")?;
+        let name = required(it.name.as_ref(), p, "name")?;
+        let input = if custom {
+            let text = it.input.as_deref().unwrap_or("");
+            let raw = serde_json::value::to_raw_value(&serde_json::json!({"input": text}))
+                .map_err(|e| invalid(format!("{p}.input"), e))?;
+            ToolInput::Owned(raw)
+        } else {
+            tool_input(it.arguments, &|| format!("{p}.arguments"))?
+        };
+        self.call_ids.insert(id);
+        if !self.history_tools.contains(&name) {
+            self.history_tools.push(name);
+        }
+        let block = Block::ToolUse {
+            id: sanitize_id(id),
+            name,
+            input,
+        };
+        push_turn(&mut self.turns, "assistant", vec![block]);
+        Ok(())
+    }
+
+    /// A `function_call_output` or `custom_tool_call_output`: a `tool_result` in a user turn.
+    fn tool_output(&mut self, p: &str, it: &'b InputItem<'b>) -> Result<(), RequestError> {
+        let id = required(it.call_id.as_ref(), p, "call_id")?;
+        if !self.call_ids.contains(id) {
+            return Err(invalid(
+                format!("{p}.call_id"),
+                format_args!(
+                    "no function_call or custom_tool_call with call_id {id:?} comes before this output"
+                ),
+            ));
+        }
+        let mut content = Vec::new();
+        match &it.output {
+            None => {}
+            Some(Content::Text(t)) => push_text(&mut content, t, None),
+            Some(Content::Parts(parts)) => {
+                for (j, part) in parts.iter().enumerate() {
+                    user_part(&mut content, part, &format!("{p}.output[{j}]"))?;
+                }
+            }
+        }
+        let result = Block::ToolResult {
+            tool_use_id: sanitize_id(id),
+            content,
+            cache_control: None,
+        };
+        push_turn(&mut self.turns, "user", vec![result]);
+        Ok(())
     }
 
     fn message(&mut self, p: &str, it: &'b InputItem<'b>) -> Result<(), RequestError> {
