@@ -570,6 +570,11 @@ if os.path.exists(os.path.join(CG, "summary.txt")):
                 w(f"| {label} | " + " | ".join(cells) + " |")
         w("")
 
+changes = os.path.join(HERE, "changes.md")
+if os.path.exists(changes):
+    w(open(changes).read().rstrip())
+    w("")
+
 findings = os.path.join(HERE, "findings.md")
 if os.path.exists(findings):
     w(open(findings).read().rstrip())
