@@ -58,6 +58,8 @@ pub enum Route {
     CountTokens,
     Models,
     ChatCompletions,
+    /// OpenAI Responses API: create.
+    Responses,
     OpenAiModels,
     /// Any other `/v1/*` path (passthrough only).
     Relay,
@@ -70,6 +72,7 @@ impl Route {
             Route::CountTokens => "count_tokens",
             Route::Models => "models",
             Route::ChatCompletions => "chat_completions",
+            Route::Responses => "responses",
             Route::OpenAiModels => "openai_models",
             Route::Relay => "relay",
         }
@@ -77,7 +80,7 @@ impl Route {
 
     pub fn dialect(self) -> Dialect {
         match self {
-            Route::ChatCompletions | Route::OpenAiModels => Dialect::OpenAi,
+            Route::ChatCompletions | Route::Responses | Route::OpenAiModels => Dialect::OpenAi,
             Route::Messages | Route::CountTokens | Route::Models | Route::Relay => {
                 Dialect::Anthropic
             }
@@ -141,6 +144,12 @@ pub const ROUTES: &[RouteEntry] = &[
         modes: ALL_MODES,
     },
     RouteEntry {
+        path: "/openai/v1/responses",
+        route: Route::Responses,
+        verb: Verb::Post,
+        modes: ALL_MODES,
+    },
+    RouteEntry {
         path: "/openai/v1/models",
         route: Route::OpenAiModels,
         verb: Verb::Get,
@@ -176,7 +185,7 @@ mod tests {
         assert!(paths.contains(&("/min/v1/models".into(), Mode::Minimal)));
         assert!(paths.contains(&("/pt/v1/{*rest}".into(), Mode::Passthrough)));
         assert!(!paths.iter().any(|(p, _)| p == "/min/v1/{*rest}"));
-        assert_eq!(paths.len(), 4 * 5 + 1);
+        assert_eq!(paths.len(), 4 * 6 + 1);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Conversion {
     None,
     /// Anthropic Messages → OpenAI Chat Completions.
     Chat(ChatInfo),
+    /// Anthropic Messages → OpenAI Responses (object or event stream).
+    Responses(Box<crate::convert::responses::ResponseContext>),
     /// Anthropic model list → OpenAI model list (with the aliases).
     Models,
 }
@@ -118,6 +120,13 @@ pub fn prepare(
             Prepared::relay(method, "/v1/chat/completions", body, Meter::OpenAi)
         }
         (Route::ChatCompletions, _) => chat(mode, &body, opts)?,
+        (Route::Responses, Mode::Passthrough) => {
+            return Err(ProxyError::not_found(
+                "passthrough has no Responses API (the upstream has none): use \
+                 /openai/v1/responses (full mode) or /min/openai/v1/responses (minimal mode)",
+            ));
+        }
+        (Route::Responses, _) => responses(mode, &body, opts)?,
         (Route::OpenAiModels, Mode::Passthrough) => Prepared::get("/v1/models", Conversion::None),
         (Route::OpenAiModels, _) => Prepared::get("/v1/models", Conversion::Models),
     })
@@ -175,6 +184,40 @@ fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, Prox
             include_usage: converted.include_usage,
             legacy_functions: converted.legacy_functions,
         }),
+    })
+}
+
+/// OpenAI Responses create converted to a Messages request (then shaped in full mode).
+/// Responses are not stored yet: `previous_response_id` names nothing this proxy keeps.
+fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, ProxyError> {
+    use crate::convert::responses as r;
+    let convert_opts = convert::request::ConvertOptions {
+        default_max_tokens: opts.default_max_tokens,
+        aliases: opts.aliases,
+    };
+    let now = crate::util::time::now_secs();
+    let converted = r::responses_to_messages(body, &[], &r::NoStore, &convert_opts, now)?;
+    if let Some(id) = &converted.previous_response_id {
+        return Err(ProxyError::not_found(format!(
+            "no stored response {id:?}: this ccproxy does not store responses yet; send the whole \
+             conversation in `input` instead of previous_response_id"
+        ))
+        .with_param("previous_response_id"));
+    }
+    let out = if mode == Mode::Full {
+        Bytes::from(claude_code::shape_request(&converted.body)?.0)
+    } else {
+        Bytes::from(converted.body)
+    };
+    Ok(Prepared {
+        model: Some(converted.upstream_model),
+        stream: converted.stream,
+        meter: Meter::Anthropic,
+        method: Method::POST,
+        path: "/v1/messages".to_owned(),
+        keep_query: false,
+        body: out,
+        conversion: Conversion::Responses(Box::new(converted.context)),
     })
 }
 
@@ -279,6 +322,7 @@ mod tests {
             let kind = match p.conversion {
                 Conversion::None => "none",
                 Conversion::Chat(_) => "chat",
+                Conversion::Responses(_) => "responses",
                 Conversion::Models => "models",
             };
             assert_eq!(kind, c.conversion, "{name}");

@@ -13,6 +13,7 @@ use super::ctx::RequestCtx;
 use super::prepare::{ChatInfo, Conversion, Meter};
 use crate::convert;
 use crate::convert::models::ModelAliases;
+use crate::convert::responses::{ResponseContext, ResponsesStreamConverter};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::observability::InFlight;
 use crate::observability::tap::Tap;
@@ -58,6 +59,10 @@ pub async fn respond(
             Ok(chat_stream(ctx, &r, resp, chat))
         }
         Conversion::Chat(chat) => chat_whole(ctx, &r, resp, chat).await,
+        Conversion::Responses(rc) if resp.status().is_success() && sse => {
+            Ok(responses_stream(ctx, &r, resp, *rc))
+        }
+        Conversion::Responses(rc) => responses_whole(ctx, &r, resp, &rc).await,
         Conversion::Models => models(ctx, &r, resp).await,
     }
 }
@@ -126,6 +131,11 @@ fn chat_stream(
     let record = ctx.stream_started(status.as_u16());
     let relay = Relay::Chat(Box::new((convert::SseParser::new(), conv)));
     let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
+    response(status, event_stream_headers(request_id), body)
+}
+
+/// The head of a converted event stream.
+fn event_stream_headers(request_id: Option<HeaderValue>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -135,7 +145,50 @@ fn chat_stream(
     if let Some(v) = request_id {
         headers.insert("request-id", v);
     }
-    response(status, headers, body)
+    headers
+}
+
+/// A Messages answer (or error) converted to a Responses object.
+async fn responses_whole(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    rc: &ResponseContext,
+) -> Result<Response, ProxyError> {
+    let status = resp.status();
+    let upstream_headers = resp.headers().clone();
+    let body = read_whole(ctx, r, resp).await?;
+    if !status.is_success() {
+        ctx.completed();
+        return Ok(upstream_error(status, &upstream_headers, &body));
+    }
+    ctx.completed_with(Tap::anthropic(false), &body);
+    let invalid = |e: serde_json::Error| {
+        ProxyError::new(
+            ErrorKind::BadGateway,
+            Origin::Upstream,
+            format!("upstream sent a response that is not a valid message: {e}"),
+        )
+    };
+    let object = convert::responses::messages_to_response(&body, rc).map_err(invalid)?;
+    let json = serde_json::to_vec(&object).map_err(invalid)?;
+    Ok(json_response(status, &upstream_headers, json))
+}
+
+/// A Messages event stream converted to Responses events as they arrive.
+fn responses_stream(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    rc: ResponseContext,
+) -> Response {
+    let status = resp.status();
+    let request_id = resp.headers().get("request-id").cloned();
+    let record = ctx.stream_started(status.as_u16());
+    let conv = convert::responses::ResponsesStreamConverter::new(rc);
+    let relay = Relay::Responses(Box::new((convert::SseParser::new(), conv)));
+    let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
+    response(status, event_stream_headers(request_id), body)
 }
 
 /// `/openai/v1/models` in full and minimal modes: the upstream's models in
@@ -236,6 +289,8 @@ enum Relay {
     Passthrough,
     /// Parsed and converted to OpenAI chunks; errors as OpenAI error chunks.
     Chat(Box<(convert::SseParser, convert::stream::ChatStreamConverter)>),
+    /// Parsed and converted to Responses events; errors as `response.failed`.
+    Responses(Box<(convert::SseParser, ResponsesStreamConverter)>),
 }
 
 struct StreamState<S> {
@@ -287,25 +342,40 @@ fn relay_stream(
 
 impl<S> StreamState<S> {
     fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
-        let Relay::Chat(chat) = &mut self.relay else {
-            if let Some(r) = self.record.as_mut() {
-                r.observe(&chunk);
-            }
-            return chunk;
-        };
-        let (parser, conv) = &mut **chat;
         let mut out = Vec::new();
         let mut record = self.record.as_mut();
-        parser.push(&chunk, |event, data| {
-            if let Some(r) = record.as_deref_mut() {
-                r.observe_event(event, data);
+        let done = match &mut self.relay {
+            Relay::Raw | Relay::Passthrough => {
+                if let Some(r) = record {
+                    r.observe(&chunk);
+                }
+                return chunk;
             }
-            conv.on_event(event, data, &mut out)
-        });
+            Relay::Chat(chat) => {
+                let (parser, conv) = &mut **chat;
+                parser.push(&chunk, |event, data| {
+                    if let Some(r) = record.as_deref_mut() {
+                        r.observe_event(event, data);
+                    }
+                    conv.on_event(event, data, &mut out)
+                });
+                conv.is_done()
+            }
+            Relay::Responses(resp) => {
+                let (parser, conv) = &mut **resp;
+                parser.push(&chunk, |event, data| {
+                    if let Some(r) = record.as_deref_mut() {
+                        r.observe_event(event, data);
+                    }
+                    conv.on_event(event, data, &mut out)
+                });
+                conv.is_done()
+            }
+        };
         if let Some(r) = self.record.as_mut() {
             r.note_content();
         }
-        if conv.is_done() {
+        if done {
             self.finish_ok();
         }
         Bytes::from(out)
@@ -325,13 +395,20 @@ impl<S> StreamState<S> {
                 chat.1.abort(&e, &mut out);
                 Bytes::from(out)
             }
+            Relay::Responses(resp) => {
+                let mut out = Vec::new();
+                resp.1.abort(&e, &mut out);
+                Bytes::from(out)
+            }
         })
     }
 
     fn on_end(&mut self) -> Bytes {
         let mut out = Vec::new();
-        if let Relay::Chat(chat) = &mut self.relay {
-            chat.1.finish(&mut out);
+        match &mut self.relay {
+            Relay::Chat(chat) => chat.1.finish(&mut out),
+            Relay::Responses(resp) => resp.1.finish(&mut out),
+            Relay::Raw | Relay::Passthrough => {}
         }
         self.finish_ok();
         Bytes::from(out)

@@ -625,3 +625,58 @@ def test_unreachable_upstream_is_502(dead_upstream_proxy, prefix):
         c.chat.completions.create(model="gpt-4o", messages=user("hello"))
     assert e.value.status_code == 502
     assert_openai_envelope(e.value)
+
+
+# ---- the Responses API (full and minimal; passthrough has none upstream) ----
+
+RESPONSES_TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Current weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}, "unit": {"type": "string"}},
+            "required": ["location"],
+        },
+    }
+]
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+def test_responses_create(client, tag):
+    r = client.responses.create(model="gpt-4o", instructions="Be brief.", input=f"hello {tag}")
+    assert r.id.startswith("resp_")
+    assert r.status == "completed"
+    assert r.model == "gpt-4o"
+    assert r.output_text
+    assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+def test_responses_stream(client, tag):
+    with client.responses.stream(model="gpt-4o", input=f"hello {tag} [sim:deltas=4]") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.status == "completed"
+    assert "".join(deltas) == final.output_text
+    assert final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("prefix", ["", "/min"], ids=prefix_id)
+def test_responses_function_tool_loop(client, tag):
+    first = client.responses.create(
+        model="gpt-4o", input=f"weather? {tag} [sim:tools]", tools=RESPONSES_TOOLS
+    )
+    calls = [o for o in first.output if o.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    args = json.loads(calls[0].arguments)
+    assert isinstance(args["location"], str)
+    history = [{"role": "user", "content": f"weather? {tag} [sim:tools]"}]
+    history += [o.model_dump(exclude_none=True) for o in first.output]
+    history += [
+        {"type": "function_call_output", "call_id": c.call_id, "output": "18 C, sunny"} for c in calls
+    ]
+    second = client.responses.create(model="gpt-4o", input=history, tools=RESPONSES_TOOLS)
+    assert second.status == "completed"
+    assert second.output_text

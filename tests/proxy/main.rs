@@ -16,6 +16,7 @@ mod hardening;
 mod oauth;
 mod observability;
 mod openai;
+mod responses;
 mod retries;
 mod security;
 mod shutdown;
