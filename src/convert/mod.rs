@@ -17,6 +17,8 @@ pub mod response;
 pub mod responses;
 pub mod sse;
 pub mod stream;
+#[cfg(test)]
+mod test_support;
 
 pub use models::ModelAliases;
 pub use request::{ConvertOptions, ConvertedRequest, RequestError, chat_to_messages};

@@ -976,20 +976,8 @@ mod tests {
     mod props {
         use super::*;
         use crate::convert::messages_to_chat;
+        use crate::convert::test_support::{fragments, split};
         use proptest::prelude::*;
-
-        fn split<'a>(s: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(s.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&s[last..p]);
-                last = p;
-            }
-            chunks.push(&s[last..]);
-            chunks
-        }
 
         fn json_value() -> impl Strategy<Value = Value> {
             let leaf = prop_oneof![
@@ -1012,24 +1000,6 @@ mod tests {
         fn tool_input() -> impl Strategy<Value = serde_json::Map<String, Value>> {
             proptest::collection::btree_map("[a-z_]{1,8}", json_value(), 0..5)
                 .prop_map(|m| m.into_iter().collect())
-        }
-
-        /// Splits `s` at char boundaries given by `cuts`.
-        fn fragments(s: &str, cuts: &[prop::sample::Index]) -> Vec<String> {
-            let mut points: Vec<usize> = cuts
-                .iter()
-                .map(|i| i.index(s.len() + 1))
-                .filter(|p| s.is_char_boundary(*p))
-                .collect();
-            points.sort_unstable();
-            let mut out = Vec::new();
-            let mut last = 0;
-            for p in points {
-                out.push(s[last..p].to_owned());
-                last = p;
-            }
-            out.push(s[last..].to_owned());
-            out
         }
 
         fn any_event() -> impl Strategy<Value = (String, Vec<u8>)> {
