@@ -63,20 +63,18 @@ impl Server {
                 settings.server.host
             );
         }
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on {}:{}: {e}",
-                    settings.server.host,
-                    settings.server.port
-                )
-            })?;
+        // Credentials are loaded (and stale temporary files swept) before the port opens: a
+        // client that can connect sees a server that is fully set up.
+        let host = settings.server.host.clone();
+        let port = settings.server.port;
         let limits = ConnLimits {
             header_read_timeout: settings.limits.header_read_timeout,
             max_connections: settings.limits.max_connections,
         };
         let state = crate::state::build_state(settings, base)?;
+        let listener = TcpListener::bind((host.as_str(), port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}",))?;
         conn::raise_open_file_limit(limits.max_connections);
         Ok(Server {
             state: Arc::new(state),
