@@ -95,6 +95,9 @@ pub enum Verb {
     Post,
     /// Every method (the passthrough relay).
     Any,
+    /// POST, and GET with a WebSocket upgrade (the Responses API's WebSocket mode: one
+    /// `response.create` message per response, answered with the stream's events).
+    PostOrSocket,
 }
 
 /// One entry of the route table: a path below a mode prefix.
@@ -146,7 +149,7 @@ pub const ROUTES: &[RouteEntry] = &[
     RouteEntry {
         path: "/openai/v1/responses",
         route: Route::Responses,
-        verb: Verb::Post,
+        verb: Verb::PostOrSocket,
         modes: ALL_MODES,
     },
     RouteEntry {

@@ -25,7 +25,7 @@ mod send;
 
 pub use credential::CredentialSource;
 pub use ctx::RequestCtx;
-pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, prepare};
+pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, Prior, prepare};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -79,6 +79,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let opts = PrepareOptions {
         default_max_tokens: state.settings.upstream.default_max_tokens,
         aliases: &state.aliases,
+        prior: parts.extensions.get::<Prior>(),
     };
     let p = prepare(
         ctx.route,

@@ -17,6 +17,18 @@ pub struct PrepareOptions<'a> {
     /// `max_tokens` for converted requests that set none.
     pub default_max_tokens: u32,
     pub aliases: &'a ModelAliases,
+    /// Responses: the items `previous_response_id` names, when the caller already holds them (a
+    /// WebSocket keeps its last response); `None` looks nothing up.
+    pub prior: Option<&'a Prior>,
+}
+
+/// The items of the response a Responses request continues (its input items, then its output
+/// items), supplied by the transport (a request extension).
+#[derive(Debug, Clone)]
+pub struct Prior {
+    /// The response id they belong to: used only if the request names it.
+    pub id: String,
+    pub items: std::sync::Arc<[Box<serde_json::value::RawValue>]>,
 }
 
 /// What to do with the upstream's answer.
@@ -196,8 +208,17 @@ fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared,
         aliases: opts.aliases,
     };
     let now = crate::util::time::now_secs();
-    let converted = r::responses_to_messages(body, &[], &r::NoStore, &convert_opts, now)?;
-    if let Some(id) = &converted.previous_response_id {
+    let head = r::continued_id(body)?;
+    let prior = match (&head, opts.prior) {
+        (Some(id), Some(p)) if *id == p.id => &p.items[..],
+        _ => &[],
+    };
+    let converted = r::responses_to_messages(body, prior, &r::NoStore, &convert_opts, now)?;
+    if let Some(id) = converted
+        .previous_response_id
+        .as_ref()
+        .filter(|_| prior.is_empty())
+    {
         return Err(ProxyError::not_found(format!(
             "no stored response {id:?}: this ccproxy does not store responses yet; send the whole \
              conversation in `input` instead of previous_response_id"
@@ -254,6 +275,7 @@ mod tests {
         let opts = PrepareOptions {
             default_max_tokens: 4096,
             aliases: &aliases,
+            prior: None,
         };
         prepare(
             route,
@@ -349,6 +371,7 @@ mod tests {
         let opts = PrepareOptions {
             default_max_tokens: 4096,
             aliases: &aliases,
+            prior: None,
         };
         for (route, mode, body) in [
             (Route::Messages, Mode::Full, "{nope"),

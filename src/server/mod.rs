@@ -25,6 +25,7 @@ use crate::sim::SimHandle;
 pub use crate::state::{AppState, credentials_config};
 
 mod conn;
+mod socket;
 pub use conn::ConnLimits;
 
 /// A server ready to accept connections, and the simulated upstream it may own.
@@ -236,6 +237,11 @@ fn endpoint(mode: Mode, route: Route, verb: Verb) -> MethodRouter<Arc<AppState>>
         Verb::Get => get(handler),
         Verb::Post => post(handler),
         Verb::Any => return any(handler),
+        Verb::PostOrSocket => {
+            post(handler).get(move |State(state): State<Arc<AppState>>, req: Request| {
+                socket::upgrade(state, mode, req)
+            })
+        }
     };
     mr.fallback(move |req: Request| async move { method_not_allowed(dialect, req) })
 }

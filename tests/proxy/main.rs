@@ -17,6 +17,7 @@ mod oauth;
 mod observability;
 mod openai;
 mod responses;
+mod responses_ws;
 mod retries;
 mod security;
 mod shutdown;

@@ -12,7 +12,7 @@ fn create(text: &str, stream: bool) -> Value {
 }
 
 /// The last Messages request the upstream received, as JSON.
-fn last_upstream(env: &TestEnv) -> Value {
+pub(crate) fn last_upstream(env: &TestEnv) -> Value {
     let reqs = env.sim_state().requests();
     let last = reqs
         .iter()

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 /// Waits until the store holds `n` rows; returns them (oldest first).
-async fn rows(env: &TestEnv, n: usize) -> Vec<UsageRecord> {
+pub(crate) async fn rows(env: &TestEnv, n: usize) -> Vec<UsageRecord> {
     let path = env.dir.path().join("usage.db");
     for _ in 0..200 {
         if let Some(w) = &env.state.usage {

@@ -35,7 +35,8 @@ pub mod response;
 pub mod stream;
 
 pub use request::{
-    ConvertedResponsesRequest, ItemResolver, NoStore, input_items, responses_to_messages,
+    ConvertedResponsesRequest, ItemResolver, NoStore, continued_id, input_items,
+    responses_to_messages,
 };
 pub use response::messages_to_response;
 pub use stream::{EventSink, JsonEvents, ResponsesStreamConverter};

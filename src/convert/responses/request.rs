@@ -278,6 +278,18 @@ fn encode(body: &Body<'_>, capacity: usize) -> Result<Vec<u8>, RequestError> {
     Ok(out)
 }
 
+/// The `previous_response_id` a create body names, read before converting it (the caller fetches
+/// that response's items and passes them as `prior`).
+pub fn continued_id(body: &[u8]) -> Result<Option<String>, RequestError> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        #[serde(default)]
+        previous_response_id: Option<String>,
+    }
+    let only: Only = serde_json::from_slice(body).map_err(|e| parse_error::<Only>(body, e))?;
+    Ok(only.previous_response_id)
+}
+
 /// The request's `input` as items, as the store keeps them (a string input becomes one user
 /// message item), each as its JSON.
 pub fn input_items(body: &[u8]) -> Result<Vec<Box<RawValue>>, RequestError> {
