@@ -128,6 +128,48 @@ pub struct FileConfig {
     pub model_aliases: BTreeMap<String, String>,
     #[serde(default)]
     pub prices: BTreeMap<String, PriceOverride>,
+    /// How requests are spread over the `[[credentials]]` pool.
+    pub credential_routing: Option<String>,
+    /// Never let a subscription serve from extra usage (default true; per credential too).
+    pub plan_limits_only: Option<bool>,
+    /// The upstream credential pool (`[[credentials]]`); empty: the implicit pool.
+    #[serde(default)]
+    pub credentials: Vec<CredentialEntry>,
+}
+
+/// One `[[credentials]]` table of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialEntry {
+    pub name: String,
+    pub oauth_file: Option<PathBuf>,
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
+    pub modes: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub plan_limits_only: Option<bool>,
+}
+
+pub use crate::credentials::Routing;
+
+/// Where a pool member's secret comes from.
+#[derive(Debug, Clone)]
+pub enum PoolSecret {
+    /// A Claude Code credentials file (subscription OAuth tokens, refreshed in place).
+    OAuthFile(PathBuf),
+    ApiKey(Secret),
+}
+
+/// One configured upstream credential.
+#[derive(Debug, Clone)]
+pub struct PoolEntry {
+    pub name: String,
+    pub secret: PoolSecret,
+    /// The modes that may use it (OAuth: full only).
+    pub modes: Vec<crate::routes::Mode>,
+    /// Model patterns it may serve (`*` matches any run); empty: all.
+    pub models: Vec<String>,
+    pub plan_limits_only: bool,
 }
 
 /// All effective settings, grouped by concern.
@@ -211,6 +253,12 @@ pub struct CredentialSettings {
     pub oauth_token_url: String,
     pub oauth_client_id: String,
     pub refresh_skew: Duration,
+    /// The `[[credentials]]` pool, in order; empty: the implicit pool (the discovered
+    /// subscription, then `api_key`).
+    pub pool: Vec<PoolEntry>,
+    pub routing: Routing,
+    /// The default of each credential's `plan_limits_only`.
+    pub plan_limits_only: bool,
 }
 
 impl Default for CredentialSettings {
@@ -221,6 +269,9 @@ impl Default for CredentialSettings {
             oauth_token_url: DEFAULT_TOKEN_URL.to_owned(),
             oauth_client_id: DEFAULT_CLIENT_ID.to_owned(),
             refresh_skew: DEFAULT_REFRESH_SKEW,
+            pool: Vec::new(),
+            routing: Routing::Priority,
+            plan_limits_only: true,
         }
     }
 }
@@ -427,7 +478,7 @@ impl Settings {
             server: ServerSettings::merge(args, &mut file),
             logging: LogSettings::merge(args, &mut file)?,
             limits: Limits::merge(&file)?,
-            credentials: CredentialSettings::merge(args, &mut file),
+            credentials: CredentialSettings::merge(args, &mut file, &paths)?,
             retries: RetrySettings::merge(&file),
             usage: UsageSettings::merge(args, &mut file, &upstream.target),
             upstream,
@@ -508,9 +559,28 @@ impl UpstreamSettings {
 }
 
 impl CredentialSettings {
-    fn merge(args: &ServeArgs, file: &mut FileConfig) -> Self {
+    fn merge(args: &ServeArgs, file: &mut FileConfig, paths: &Paths) -> Result<Self, ConfigError> {
         let d = Self::default();
-        CredentialSettings {
+        let plan_limits_only = file.plan_limits_only.unwrap_or(d.plan_limits_only);
+        let routing = match file.credential_routing.as_deref() {
+            None | Some("priority") => Routing::Priority,
+            Some("round-robin") => Routing::RoundRobin,
+            Some("least-loaded") => Routing::LeastLoaded,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "credential_routing",
+                    message: format!(
+                        "{other:?} is not one of \"priority\", \"round-robin\", \"least-loaded\""
+                    ),
+                });
+            }
+        };
+        let pool = pool_entries(
+            std::mem::take(&mut file.credentials),
+            plan_limits_only,
+            paths,
+        )?;
+        Ok(CredentialSettings {
             api_key: secret(env_nonempty("ANTHROPIC_API_KEY").or(file.api_key.take())),
             credentials_file: args
                 .common
@@ -527,7 +597,103 @@ impl CredentialSettings {
                 .or(file.oauth_client_id.take())
                 .unwrap_or(d.oauth_client_id),
             refresh_skew: secs(file.refresh_skew_secs, d.refresh_skew),
+            pool,
+            routing,
+            plan_limits_only,
+        })
+    }
+}
+
+/// Checks and resolves the `[[credentials]]` tables: unique names, exactly one secret source
+/// (an `api_key_env` must be set), known modes (OAuth: full only).
+fn pool_entries(
+    entries: Vec<CredentialEntry>,
+    plan_limits_only: bool,
+    paths: &Paths,
+) -> Result<Vec<PoolEntry>, ConfigError> {
+    use crate::routes::Mode;
+    let invalid = |message: String| ConfigError::Invalid {
+        name: "credentials",
+        message,
+    };
+    let mut out: Vec<PoolEntry> = Vec::with_capacity(entries.len());
+    for e in entries {
+        let name = e.name.trim().to_owned();
+        if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"') {
+            return Err(invalid(format!(
+                "credential name {:?} must be non-empty printable text",
+                e.name
+            )));
         }
+        if out.iter().any(|p| p.name == name) {
+            return Err(invalid(format!(
+                "two credentials are named {name:?}: names are unique"
+            )));
+        }
+        let secret = match (e.oauth_file, e.api_key, e.api_key_env) {
+            (Some(f), None, None) => PoolSecret::OAuthFile(expand_home(&f, paths)),
+            (None, Some(k), None) if !k.trim().is_empty() => {
+                PoolSecret::ApiKey(Secret::new(k.trim()))
+            }
+            (None, None, Some(var)) => match env_nonempty(&var) {
+                Some(k) => PoolSecret::ApiKey(Secret::new(k.trim())),
+                None => {
+                    return Err(invalid(format!(
+                        "credential {name:?}: the environment variable {var} (api_key_env) is not set"
+                    )));
+                }
+            },
+            _ => {
+                return Err(invalid(format!(
+                    "credential {name:?} needs exactly one of oauth_file, api_key, api_key_env"
+                )));
+            }
+        };
+        let oauth = matches!(secret, PoolSecret::OAuthFile(_));
+        let modes = match e.modes {
+            None if oauth => vec![Mode::Full],
+            None => vec![Mode::Full, Mode::Minimal, Mode::Passthrough],
+            Some(list) => {
+                let mut modes = Vec::new();
+                for m in &list {
+                    let mode = match m.as_str() {
+                        "full" => Mode::Full,
+                        "min" | "minimal" => Mode::Minimal,
+                        "pt" | "passthrough" => Mode::Passthrough,
+                        other => {
+                            return Err(invalid(format!(
+                                "credential {name:?}: unknown mode {other:?} (full, min, pt)"
+                            )));
+                        }
+                    };
+                    if oauth && mode != Mode::Full {
+                        return Err(invalid(format!(
+                            "credential {name:?}: subscription (OAuth) credentials serve full mode only"
+                        )));
+                    }
+                    if !modes.contains(&mode) {
+                        modes.push(mode);
+                    }
+                }
+                modes
+            }
+        };
+        out.push(PoolEntry {
+            name,
+            secret,
+            modes,
+            models: e.models.unwrap_or_default(),
+            plan_limits_only: e.plan_limits_only.unwrap_or(plan_limits_only),
+        });
+    }
+    Ok(out)
+}
+
+/// `~/x` relative to the home directory.
+fn expand_home(p: &Path, paths: &Paths) -> PathBuf {
+    match (p.strip_prefix("~"), &paths.home_dir) {
+        (Ok(rest), Some(home)) => home.join(rest),
+        _ => p.to_owned(),
     }
 }
 
@@ -733,7 +899,35 @@ impl CredentialSettings {
             ("oauth_token_url", quoted(&self.oauth_token_url)),
             ("oauth_client_id", quoted(&self.oauth_client_id)),
             ("refresh_skew_secs", self.refresh_skew.as_secs().to_string()),
+            ("credential_routing", quoted(self.routing.name())),
+            ("plan_limits_only", self.plan_limits_only.to_string()),
+            ("credentials", self.pool_summary()),
         ]
+    }
+
+    /// The pool, one `name (kind, modes)` per credential, secrets masked.
+    fn pool_summary(&self) -> String {
+        if self.pool.is_empty() {
+            return "(implicit: the discovered subscription, then api_key)".to_owned();
+        }
+        let items: Vec<String> = self
+            .pool
+            .iter()
+            .map(|e| {
+                let kind = match &e.secret {
+                    PoolSecret::OAuthFile(p) => format!("oauth {}", p.display()),
+                    PoolSecret::ApiKey(k) => format!("api key {}", k.masked()),
+                };
+                let modes: Vec<&str> = e.modes.iter().map(|m| m.name()).collect();
+                let models = if e.models.is_empty() {
+                    String::new()
+                } else {
+                    format!("; models {}", e.models.join(","))
+                };
+                format!("{} ({kind}; {}{models})", e.name, modes.join(","))
+            })
+            .collect();
+        format!("[{}]", items.join(", "))
     }
 }
 

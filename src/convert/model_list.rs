@@ -13,7 +13,7 @@ pub fn models_to_openai(anthropic_list: &[u8], aliases: &ModelAliases, now: u64)
             if let Some(id) = m["id"].as_str() {
                 let created = m["created_at"]
                     .as_str()
-                    .and_then(parse_rfc3339_seconds)
+                    .and_then(crate::util::time::parse_rfc3339_secs)
                     .unwrap_or(now);
                 data.push(serde_json::json!({"id": id, "object": "model", "created": created, "owned_by": "anthropic"}));
             }
@@ -30,23 +30,6 @@ pub fn models_to_openai(anthropic_list: &[u8], aliases: &ModelAliases, now: u64)
         .into_bytes()
 }
 
-/// Seconds since the epoch of an RFC 3339 UTC time (`2025-09-29T00:00:00Z`,
-/// fractions and offsets ignored beyond the seconds).
-fn parse_rfc3339_seconds(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let days = crate::util::time::days_from_civil(y, mo, d);
-    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,15 +37,18 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(
-            parse_rfc3339_seconds("2025-09-29T00:00:00Z"),
+            crate::util::time::parse_rfc3339_secs("2025-09-29T00:00:00Z"),
             Some(1_759_104_000)
         );
-        assert_eq!(parse_rfc3339_seconds("1970-01-01T00:00:01Z"), Some(1));
         assert_eq!(
-            parse_rfc3339_seconds("2024-02-29T12:30:00.5Z"),
+            crate::util::time::parse_rfc3339_secs("1970-01-01T00:00:01Z"),
+            Some(1)
+        );
+        assert_eq!(
+            crate::util::time::parse_rfc3339_secs("2024-02-29T12:30:00.5Z"),
             Some(1_709_209_800)
         );
-        assert_eq!(parse_rfc3339_seconds("nope"), None);
+        assert_eq!(crate::util::time::parse_rfc3339_secs("nope"), None);
     }
 
     #[test]

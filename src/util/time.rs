@@ -89,6 +89,23 @@ pub fn format_relative(delta_ms: i64) -> String {
     }
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC time (`2025-09-29T00:00:00Z`,
+/// fractions and offsets ignored beyond the seconds).
+pub fn parse_rfc3339_secs(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + se).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
