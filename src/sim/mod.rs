@@ -787,3 +787,40 @@ pub(crate) fn next_id(state: &SimState) -> u64 {
 pub(crate) fn sse_response(state: Arc<SimState>, events: Vec<Bytes>, gap_ms: u64) -> Response {
     stream_response(state, events, gap_ms)
 }
+
+#[cfg(test)]
+mod pairing_tests {
+    use super::check_tool_pairing;
+    use crate::sim::generate::SimRequest;
+
+    fn check(messages: &str) -> Result<(), String> {
+        let body = format!(r#"{{"model":"m","max_tokens":5,"messages":{messages}}}"#);
+        let req: SimRequest = serde_json::from_str(&body).unwrap();
+        check_tool_pairing(req.messages.as_deref().unwrap_or_default())
+    }
+
+    #[test]
+    fn tool_uses_and_results_must_pair_across_adjacent_turns() {
+        let use_t1 = r#"{"role":"assistant","content":[{"type":"text","text":"x"},{"type":"tool_use","id":"t1","name":"f","input":{}}]}"#;
+        let result = |id: &str| {
+            format!(
+                r#"{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"{id}","content":"ok"}}]}}"#
+            )
+        };
+        let hi = r#"{"role":"user","content":"hi"}"#;
+        assert_eq!(check(&format!("[{hi},{use_t1},{}]", result("t1"))), Ok(()));
+        // A trailing call (the client has not answered yet) is not checked.
+        assert_eq!(check(&format!("[{hi},{use_t1}]")), Ok(()));
+        let err = check(&format!("[{hi},{use_t1},{hi}]")).unwrap_err();
+        assert!(err.starts_with("messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: t1."), "{err}");
+        let err = check(&format!("[{hi},{use_t1},{}]", result("t2"))).unwrap_err();
+        assert!(err.contains("t1"), "{err}");
+        let err = check(&format!("[{}]", result("t9"))).unwrap_err();
+        assert!(
+            err.starts_with(
+                "messages.0.content: unexpected `tool_use_id` found in `tool_result` blocks: t9."
+            ),
+            "{err}"
+        );
+    }
+}
