@@ -1,7 +1,7 @@
-# The whole test suite: Rust unit + integration tests, then the SDK conformance suite.
-.PHONY: test test-rust test-conformance lint
+# The whole test suite: Rust unit + integration tests, the SDK conformance suite, then Codex CLI.
+.PHONY: test test-rust test-conformance test-codex lint
 
-test: test-rust test-conformance
+test: test-rust test-conformance test-codex
 
 test-rust:
 	cargo test --all-targets
@@ -9,6 +9,11 @@ test-rust:
 # Reuses the debug binary test-rust built (run.sh builds it as `cargo test` does).
 test-conformance:
 	bash tests/conformance/run.sh
+
+# Codex CLI (npm, pinned in the script, kept in target/codex-npm) runs `codex exec` through ccproxy
+# and the simulated upstream in a loopback-only network namespace; needs npm, unshare and ip.
+test-codex:
+	bash tests/codex/run.sh
 
 lint:
 	cargo fmt --all -- --check

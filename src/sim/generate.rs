@@ -12,6 +12,8 @@ use crate::api::anthropic::{ReceivedRequest, Tokens};
 
 /// A Messages request as the simulated upstream reads it.
 pub type SimRequest<'a> = ReceivedRequest<'a>;
+/// One message of a [`SimRequest`].
+pub type SimMessage<'a> = crate::api::anthropic::ReceivedMessage<'a>;
 
 /// Scenario switches read from the last user message.
 #[derive(Debug, Default, Clone)]
@@ -35,6 +37,8 @@ pub struct Directives {
     pub user_text: String,
     /// Text of the tool results in the last user turn, if any.
     pub tool_result: Option<String>,
+    /// The answer's text when a scenario chose it (see [`super::agent`]).
+    pub text: Option<String>,
 }
 
 impl Directives {
@@ -236,7 +240,9 @@ pub fn respond(
         });
     }
     let deltas = dir.deltas.unwrap_or(4);
-    let text = if let Some(n) = dir.deltas {
+    let text = if let Some(t) = &dir.text {
+        t.clone()
+    } else if let Some(n) = dir.deltas {
         let mut t = String::with_capacity(n * 6);
         for i in 0..n {
             let _ = write!(t, "tok{i} ");

@@ -4,12 +4,14 @@
 //!
 //! It enforces what the real service enforces and the tests rely on: a key or
 //! token is required; an OAuth token needs the `oauth-2025-04-20` beta and the
-//! Claude Code identity block; at most 4 `cache_control` blocks.
+//! Claude Code identity block; at most 4 `cache_control` blocks; every `tool_use` is answered by a
+//! `tool_result` in the next turn, and every `tool_result` answers a `tool_use` of the turn before.
 //!
 //! Scenarios are chosen by markers in the last user message's text:
 //!
 //! | marker | effect |
 //! |---|---|
+//! | `[sim:agent]` (in any user turn) | a coding agent's task, one step per request, with the request's own tools: a shell command, then an `apply_patch` creating a file, then a final answer quoting the results (see [`agent`]) |
 //! | `[sim:tools]` | calls to the first two tools the request declares, in parallel (JSON arguments that fit each tool's schema, split mid-token when streamed); `tool_choice` is honoured with or without the marker (see [`tools`]) |
 //! | `[sim:thinking]` | a thinking block with a signature before the text |
 //! | `[sim:status=NNN]` | an error response with that status and the real error type |
@@ -31,6 +33,7 @@
 //!
 //! The fault markers (the last six) apply to `/v1/messages`; see [`faults`].
 
+pub mod agent;
 pub mod faults;
 pub mod generate;
 #[cfg(test)]
@@ -404,7 +407,71 @@ fn admit<'a>(
         ));
     }
     generate::offer(&req).map_err(|m| sim_err(400, &m))?;
+    if let Some(messages) = &req.messages {
+        check_tool_pairing(messages).map_err(|m| sim_err(400, &m))?;
+    }
     Ok(req)
+}
+
+/// The ids of the blocks of type `kind` in a content value (`id` of `tool_use`, `tool_use_id`
+/// of `tool_result`), and whether it has any `tool_result`.
+fn block_ids(content: &serde_json::value::RawValue, kind: &str, key: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(content.get()).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == kind)
+        .filter_map(|b| b[key].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The service's pairing rule: every `tool_use` of an assistant turn is answered by a
+/// `tool_result` in the next (user) turn, and every `tool_result` answers a `tool_use` of the
+/// turn before. The messages are the service's.
+fn check_tool_pairing(messages: &[generate::SimMessage<'_>]) -> Result<(), String> {
+    for (i, m) in messages.iter().enumerate() {
+        if m.role == "assistant" && m.content.get().contains("\"tool_use\"") {
+            let uses = block_ids(m.content, "tool_use", "id");
+            let Some(next) = messages.get(i + 1) else {
+                continue;
+            };
+            let answered = if next.role == "user" {
+                block_ids(next.content, "tool_result", "tool_use_id")
+            } else {
+                Vec::new()
+            };
+            let missing: Vec<&str> = uses
+                .iter()
+                .filter(|u| !answered.contains(u))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "messages.{i}: `tool_use` ids were found without `tool_result` blocks immediately after: {}. Each `tool_use` block must have a corresponding `tool_result` block in the next message.",
+                    missing.join(", ")
+                ));
+            }
+        }
+        if m.role == "user" && m.content.get().contains("\"tool_result\"") {
+            let results = block_ids(m.content, "tool_result", "tool_use_id");
+            let uses = match i.checked_sub(1).map(|p| &messages[p]) {
+                Some(prev) if prev.role == "assistant" => block_ids(prev.content, "tool_use", "id"),
+                _ => Vec::new(),
+            };
+            let unexpected: Vec<&str> = results
+                .iter()
+                .filter(|r| !uses.contains(r))
+                .map(String::as_str)
+                .collect();
+            if !unexpected.is_empty() {
+                return Err(format!(
+                    "messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: {}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message.",
+                    unexpected.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn has_identity(system: Option<&serde_json::value::RawValue>) -> bool {
@@ -469,7 +536,15 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
             return resp;
         }
     }
+    let mut dir = dir;
     let calls = match generate::offer(&req) {
+        Ok(offer) if agent::asked(&req) => {
+            let step = agent::step(&req, &offer);
+            dir.text = Some(step.text);
+            // As the real model does, it thinks first whenever thinking is on.
+            dir.thinking |= agent::thinking_on(&req);
+            step.calls
+        }
         Ok(offer) => offer.calls(dir.tools, dir.tool_result.is_some()),
         Err(m) => return error_response(400, &m),
     };
@@ -711,4 +786,41 @@ pub(crate) fn next_id(state: &SimState) -> u64 {
 
 pub(crate) fn sse_response(state: Arc<SimState>, events: Vec<Bytes>, gap_ms: u64) -> Response {
     stream_response(state, events, gap_ms)
+}
+
+#[cfg(test)]
+mod pairing_tests {
+    use super::check_tool_pairing;
+    use crate::sim::generate::SimRequest;
+
+    fn check(messages: &str) -> Result<(), String> {
+        let body = format!(r#"{{"model":"m","max_tokens":5,"messages":{messages}}}"#);
+        let req: SimRequest = serde_json::from_str(&body).unwrap();
+        check_tool_pairing(req.messages.as_deref().unwrap_or_default())
+    }
+
+    #[test]
+    fn tool_uses_and_results_must_pair_across_adjacent_turns() {
+        let use_t1 = r#"{"role":"assistant","content":[{"type":"text","text":"x"},{"type":"tool_use","id":"t1","name":"f","input":{}}]}"#;
+        let result = |id: &str| {
+            format!(
+                r#"{{"role":"user","content":[{{"type":"tool_result","tool_use_id":"{id}","content":"ok"}}]}}"#
+            )
+        };
+        let hi = r#"{"role":"user","content":"hi"}"#;
+        assert_eq!(check(&format!("[{hi},{use_t1},{}]", result("t1"))), Ok(()));
+        // A trailing call (the client has not answered yet) is not checked.
+        assert_eq!(check(&format!("[{hi},{use_t1}]")), Ok(()));
+        let err = check(&format!("[{hi},{use_t1},{hi}]")).unwrap_err();
+        assert!(err.starts_with("messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: t1."), "{err}");
+        let err = check(&format!("[{hi},{use_t1},{}]", result("t2"))).unwrap_err();
+        assert!(err.contains("t1"), "{err}");
+        let err = check(&format!("[{}]", result("t9"))).unwrap_err();
+        assert!(
+            err.starts_with(
+                "messages.0.content: unexpected `tool_use_id` found in `tool_result` blocks: t9."
+            ),
+            "{err}"
+        );
+    }
 }
