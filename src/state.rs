@@ -8,10 +8,12 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::access::{Guard, ProxyToken};
 use crate::config::Settings;
+use crate::config::{PoolEntry, PoolSecret};
 use crate::convert::models::ModelAliases;
-use crate::credentials::{CredentialsConfig, OAuthManager};
+use crate::credentials::{AccessToken, CredentialsConfig, Member, MemberKind, OAuthManager, Pool};
 use crate::observability::usage::{DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter};
 use crate::observability::{LogStyle, Observer, SinkFn, prom};
+use crate::routes::Mode;
 use crate::upstream::{StreamLimits, Upstream};
 
 /// The API key used with `--upstream-url sim` when none is configured.
@@ -22,6 +24,8 @@ pub struct AppState {
     pub settings: Settings,
     pub upstream: Upstream,
     pub oauth: Option<Arc<OAuthManager>>,
+    /// The server's upstream credentials, in order (see `credentials::pool`).
+    pub pool: Pool,
     /// Why subscription credentials could not be loaded, if they could not.
     pub oauth_error: Option<String>,
     pub aliases: ModelAliases,
@@ -62,6 +66,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
                 (None, Some(e.to_string()))
             }
         };
+    let (pool, oauth) = build_pool(&settings, oauth, upstream.client());
     let aliases = ModelAliases::with_defaults().with_overrides(
         settings
             .model_aliases
@@ -89,6 +94,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         settings,
         upstream,
         oauth,
+        pool,
         oauth_error,
         aliases,
         observer,
@@ -98,6 +104,86 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         end_streams,
         usage,
     })
+}
+
+/// The credential pool: the `[[credentials]]` tables, or the implicit pool of today's single
+/// settings (the discovered subscription as `server_oauth`, then `api_key` as `server_api_key`).
+/// Returns it with the subscription `/health` and `ccproxy auth` describe (the first OAuth member).
+fn build_pool(
+    settings: &Settings,
+    discovered: Option<Arc<OAuthManager>>,
+    http: &reqwest::Client,
+) -> (Pool, Option<Arc<OAuthManager>>) {
+    let c = &settings.credentials;
+    let all_modes = vec![Mode::Full, Mode::Minimal, Mode::Passthrough];
+    let mut members = Vec::new();
+    if c.pool.is_empty() {
+        if let Some(mgr) = &discovered {
+            let kind = MemberKind::OAuth(mgr.clone());
+            members.push(Member::new(
+                "server_oauth",
+                kind,
+                vec![Mode::Full],
+                Vec::new(),
+                c.plan_limits_only,
+            ));
+        }
+        if let Some(key) = &c.api_key {
+            let kind = MemberKind::ApiKey(AccessToken::new(key.expose()));
+            members.push(Member::new(
+                "server_api_key",
+                kind,
+                all_modes,
+                Vec::new(),
+                c.plan_limits_only,
+            ));
+        }
+        return (Pool::new(members, c.routing), discovered);
+    }
+    let mut first_oauth = None;
+    for entry in &c.pool {
+        let Some(kind) = member_kind(settings, entry, http) else {
+            continue;
+        };
+        if let (MemberKind::OAuth(m), None) = (&kind, &first_oauth) {
+            first_oauth = Some(m.clone());
+        }
+        members.push(Member::new(
+            entry.name.clone(),
+            kind,
+            entry.modes.clone(),
+            entry.models.clone(),
+            entry.plan_limits_only,
+        ));
+    }
+    (Pool::new(members, c.routing), first_oauth)
+}
+
+/// The credential of one `[[credentials]]` table; a subscription whose file cannot be used is
+/// left out of the pool, with a warning naming it.
+fn member_kind(
+    settings: &Settings,
+    entry: &PoolEntry,
+    http: &reqwest::Client,
+) -> Option<MemberKind> {
+    match &entry.secret {
+        PoolSecret::ApiKey(k) => Some(MemberKind::ApiKey(AccessToken::new(k.expose()))),
+        PoolSecret::OAuthFile(path) => {
+            let mut cfg = credentials_config(settings);
+            cfg.credentials_file = Some(path.clone());
+            match OAuthManager::discover(cfg, http.clone()) {
+                Ok(Some(m)) => Some(MemberKind::OAuth(m)),
+                Ok(None) => {
+                    tracing::warn!(credential = %entry.name, path = %path.display(), "no subscription credentials in this file; the credential is left out");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(credential = %entry.name, error = %e, "subscription credentials are not usable; the credential is left out");
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// The observer thread (logs, metrics, cost) and the usage store it feeds.

@@ -419,6 +419,9 @@ impl Pool {
 
     /// The members that may serve (`mode`, `model`) in the order to try them: the
     /// conversation's member first while it is available, then by the routing strategy.
+    ///
+    /// A request that only one member may serve always goes to it (the upstream's own answer
+    /// is the truest), unless the plan-limits guard holds it back: benches exist to choose.
     pub fn candidates(
         &self,
         mode: Mode,
@@ -427,8 +430,15 @@ impl Pool {
         now: u64,
     ) -> Candidates {
         let mut out = Candidates::default();
-        for m in self.members.iter().filter(|m| m.serves(mode, model)) {
-            match m.bench(now) {
+        let eligible: Vec<&Arc<Member>> = self
+            .members
+            .iter()
+            .filter(|m| m.serves(mode, model))
+            .collect();
+        let alone = eligible.len() == 1;
+        for m in eligible {
+            let bench = m.bench(now).filter(|b| !alone || b.state == "extra_usage");
+            match bench {
                 Some(b) => out.benched.push((m.clone(), b)),
                 None => out.ready.push(m.clone()),
             }

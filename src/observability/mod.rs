@@ -33,7 +33,8 @@ pub struct UsageRecord {
     /// The client went away before the end: tokens are what was delivered.
     pub abandoned: bool,
     pub error: Option<String>,
-    /// `server_oauth`, `client` or `server_api_key`.
+    /// The pool credential's name (`server_oauth` / `server_api_key` for the implicit pool), or
+    /// `client` for the client's own key.
     pub credential: Option<String>,
 }
 
@@ -221,6 +222,13 @@ impl InFlight {
         self.record.model = model;
         self.record.stream = stream;
         self.record.credential = Some(credential.to_owned());
+    }
+
+    /// The credential that served the request (its pool name, or `client`).
+    pub fn served_by(&mut self, credential: &str) {
+        if self.record.credential.as_deref() != Some(credential) {
+            self.record.credential = Some(credential.to_owned());
+        }
     }
 
     /// The upstream answered with its head after `waited`.

@@ -58,6 +58,13 @@ impl RequestCtx {
         }
     }
 
+    /// The credential that got the upstream's answer (after any failover).
+    pub fn served_by(&mut self, credential: &str) {
+        if let Some(r) = self.record() {
+            r.served_by(credential);
+        }
+    }
+
     /// The upstream answered with its head.
     pub fn upstream_answered(&mut self, resp: &reqwest::Response, waited: Duration) {
         self.upstream_wait = Some(waited);

@@ -4,9 +4,11 @@
 //! ```text
 //! access     proxy token (access.rs)                         → the client's own credential, if open
 //! body       read within the limit                           → 413 past it
-//! credential subscription / client key / server key          (credential.rs)
 //! prepare    pure: (route, mode, request) → upstream request  (prepare.rs)
-//! send       one request; retries before the first byte;      (send.rs)
+//! credential the pool's candidates for the mode and model,    (credential.rs)
+//!            in order (affinity, routing), or the client's key
+//! send       one request per credential tried: failover       (send.rs)
+//!            before the first byte; retries on the last one;
 //!            one retry after a forced OAuth refresh
 //! respond    relay bytes | read whole | convert JSON | convert stream   (respond.rs)
 //! log        the usage record, owned by the one context and   (ctx.rs; finished on drop,
@@ -23,7 +25,6 @@ mod prepare;
 mod respond;
 mod send;
 
-pub use credential::CredentialSource;
 pub use ctx::RequestCtx;
 pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, Prior, prepare};
 
@@ -72,15 +73,13 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let body = body::read(body, &parts.headers, limit, stall).await?;
     body::check_nesting(&body)?;
 
-    // credential for the upstream.
-    let chosen = credential::choose(state, ctx.mode, client_token).await?;
-
     // prepare the upstream request by route and mode.
     let opts = PrepareOptions {
         default_max_tokens: state.settings.upstream.default_max_tokens,
         aliases: &state.aliases,
         prior: parts.extensions.get::<Prior>(),
     };
+    let conversation_body = body.clone();
     let p = prepare(
         ctx.route,
         ctx.mode,
@@ -89,9 +88,20 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         body,
         &opts,
     )?;
-    ctx.identified(p.model.clone(), p.stream, chosen.source.name());
 
-    // send: one upstream request (with the retries `send` allows).
+    // credential: the candidates for this mode and model, in order.
+    let plan = credential::plan(
+        state,
+        ctx.mode,
+        p.model.as_deref(),
+        client_token,
+        &parts.headers,
+        &conversation_body,
+    )?;
+    let first = plan.candidates.first().map_or("", |c| c.name());
+    ctx.identified(p.model.clone(), p.stream, first);
+
+    // send: one upstream request per credential tried (with the retries `send` allows).
     let query = p.keep_query.then(|| parts.uri.query()).flatten();
     let has_body = !p.body.is_empty();
     let settings = &state.settings;
@@ -100,7 +110,15 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         upstream::request_headers(ctx.mode, &parts.headers, auth, has_body, cli)
     };
     let sent = Instant::now();
-    let resp = send::send(state, &p, query, &chosen, headers_for).await?;
+    let (resp, chosen) = send::send(state, &p, query, &plan, headers_for).await?;
+    ctx.served_by(chosen.name());
+    if let (Some(key), Some(member)) = (plan.conversation, &chosen.member)
+        && resp.status().is_success()
+    {
+        state
+            .pool
+            .remember(key, member, crate::util::time::now_secs());
+    }
     ctx.upstream_answered(&resp, sent.elapsed());
 
     // respond: relay, read whole, or convert.

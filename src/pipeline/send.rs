@@ -1,38 +1,168 @@
-//! The `send` phase: one upstream request, with the optional retries before the
-//! first byte (connection failures, 529, 429 when enabled) and one retry after a
-//! forced OAuth refresh when the upstream rejects the server's token.
+//! The `send` phase: the request to the upstream, on the plan's credentials in order. Before
+//! any byte reaches the client, a 429, 529, 5xx, connection failure, 401/403, or a
+//! subscription's "draws from extra usage" refusal moves the request to the next credential
+//! (each tried at most once) and benches the one that failed (`credentials::pool`). On the last
+//! credential, the optional retries apply (connection failures, 529, 429 when enabled), and one
+//! retry after a forced OAuth refresh when the upstream rejects the server's token.
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
 
-use super::credential::Chosen;
+use super::credential::{self, Candidate, Chosen, Plan};
 use super::prepare::Prepared;
 use crate::config::Settings;
+use crate::credentials::pool::cooldown_until;
 use crate::error::{ErrorKind, ProxyError};
 use crate::state::AppState;
 use crate::upstream::UpstreamAuth;
 
-/// Sends `prepared` upstream; `headers_for` builds the headers for a credential.
+/// Sends `prepared` upstream; `headers_for` builds the headers for a credential. Returns the
+/// answer and the credential that got it.
 pub async fn send(
     state: &AppState,
     prepared: &Prepared,
     query: Option<&str>,
-    chosen: &Chosen,
+    plan: &Plan,
     headers_for: impl Fn(&UpstreamAuth) -> HeaderMap,
+) -> Result<(reqwest::Response, Chosen), ProxyError> {
+    let n = plan.candidates.len();
+    let mut last = None;
+    for (i, candidate) in plan.candidates.iter().enumerate() {
+        let more = i + 1 < n;
+        let chosen = match credential::resolve(candidate).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Candidate::Member(m) = candidate {
+                    m.fail(crate::util::time::now_secs(), e.message().into_owned());
+                }
+                last = Some(Err(e));
+                continue;
+            }
+        };
+        let result = attempt(state, prepared, query, &chosen, &headers_for, !more).await;
+        let result = judge(&chosen, result).await;
+        match result {
+            Judged::Keep(r) => return r.map(|resp| (resp, chosen)),
+            Judged::Next(r) if more => {
+                tracing::info!(
+                    credential = %chosen.name(),
+                    next = %plan.candidates[i + 1].name(),
+                    "moving the request to the next credential"
+                );
+                last = Some(r.map(|resp| (resp, chosen)));
+            }
+            Judged::Next(r) => return r.map(|resp| (resp, chosen)),
+        }
+    }
+    last.unwrap_or_else(|| Err(ProxyError::auth("no upstream credential could be used")))
+}
+
+enum Judged {
+    /// The answer goes to the client.
+    Keep(Result<reqwest::Response, ProxyError>),
+    /// Another credential should be tried, if there is one.
+    Next(Result<reqwest::Response, ProxyError>),
+}
+
+/// What an answer says about the credential that got it: successes clear failure marks and
+/// report subscription limits; refusals and failures bench it.
+async fn judge(chosen: &Chosen, result: Result<reqwest::Response, ProxyError>) -> Judged {
+    let Some(member) = &chosen.member else {
+        return Judged::Keep(result);
+    };
+    let now = crate::util::time::now_secs();
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) if matches!(e.kind, ErrorKind::BadGateway | ErrorKind::GatewayTimeout) => {
+            member.cool_down(cooldown_until(None, None, now), e.message().into_owned());
+            return Judged::Next(Err(e));
+        }
+        Err(e) => return Judged::Keep(Err(e)),
+    };
+    let status = resp.status();
+    if member.is_oauth() && member.observe(resp.headers(), now) {
+        tracing::warn!(credential = %member.name, "the subscription served this request from extra usage");
+    }
+    match status.as_u16() {
+        200..=299 => {
+            member.succeeded(now);
+            Judged::Keep(Ok(resp))
+        }
+        429 | 500..=599 => {
+            let until = cooldown_until(Some(status.as_u16()), Some(resp.headers()), now);
+            member.cool_down(until, format!("upstream answered {status}"));
+            Judged::Next(Ok(resp))
+        }
+        401 | 403 => {
+            member.fail(now, format!("upstream answered {status}"));
+            Judged::Next(Ok(resp))
+        }
+        400 if member.is_oauth() => extra_usage_refusal(member, resp, now).await,
+        _ => Judged::Keep(Ok(resp)),
+    }
+}
+
+/// A subscription's 400 may say that third-party use draws from extra usage that is not
+/// enabled: then it cannot serve (benched until its plan window resets) and the next credential
+/// is tried. Any other 400 is the client's.
+async fn extra_usage_refusal(
+    member: &crate::credentials::Member,
+    resp: reqwest::Response,
+    now: u64,
+) -> Judged {
+    let status = resp.status().as_u16();
+    let reset = member
+        .unified()
+        .and_then(|u| u.plan_reset())
+        .unwrap_or(now + 3600);
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return Judged::Keep(Err(ProxyError::new(
+                ErrorKind::BadGateway,
+                crate::error::Origin::Upstream,
+                "the upstream's error answer broke off",
+            )
+            .with_cause(e)));
+        }
+    };
+    let err = ProxyError::from_upstream_response(status, &body);
+    let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
+    if text.contains("extra usage") {
+        member.needs_extra_usage(reset, err.message().into_owned());
+        return Judged::Next(Err(err));
+    }
+    Judged::Keep(Err(err))
+}
+
+/// One credential: the request, with the optional retries (only when `retries`) and one retry
+/// after a forced OAuth refresh.
+async fn attempt(
+    state: &AppState,
+    prepared: &Prepared,
+    query: Option<&str>,
+    chosen: &Chosen,
+    headers_for: &impl Fn(&UpstreamAuth) -> HeaderMap,
+    retries: bool,
 ) -> Result<reqwest::Response, ProxyError> {
     let settings = &state.settings;
+    let max_retries = if retries {
+        settings.retries.max_retries
+    } else {
+        0
+    };
     let mut pending_headers = Some(headers_for(&chosen.auth));
     let mut attempt = 0;
     let resp = loop {
         // Clone the headers only while another attempt may follow.
-        let headers = if attempt < settings.retries.max_retries {
+        let headers = if attempt < max_retries {
             pending_headers.clone().unwrap_or_default()
         } else {
             pending_headers.take().unwrap_or_default()
         };
         let result = once(state, prepared, query, headers).await;
-        match retry_delay(settings, attempt, &result) {
+        match retry_delay(settings, attempt, max_retries, &result) {
             Some(delay) => {
                 tracing::info!(
                     attempt = attempt + 1,
@@ -48,7 +178,11 @@ pub async fn send(
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
-    let (Some(used), Some(mgr)) = (chosen.oauth.as_ref(), state.oauth.as_ref()) else {
+    let Some(used) = chosen.oauth.as_ref() else {
+        return Ok(resp);
+    };
+    let Some(crate::credentials::MemberKind::OAuth(mgr)) = chosen.member.as_ref().map(|m| &m.kind)
+    else {
         return Ok(resp);
     };
     match mgr.force_refresh(used).await {
@@ -82,9 +216,10 @@ async fn once(
 fn retry_delay(
     settings: &Settings,
     attempt: u32,
+    max_retries: u32,
     result: &Result<reqwest::Response, ProxyError>,
 ) -> Option<Duration> {
-    if attempt >= settings.retries.max_retries {
+    if attempt >= max_retries {
         return None;
     }
     let retry_after = match result {

@@ -96,8 +96,10 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        if let Some(mgr) = &self.state.oauth {
-            mgr.spawn_background_refresh();
+        for member in self.state.pool.members() {
+            if let crate::credentials::MemberKind::OAuth(mgr) = &member.kind {
+                mgr.spawn_background_refresh();
+            }
         }
         let state = self.state.clone();
         let app = router(self.state.clone());
