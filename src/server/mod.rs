@@ -131,6 +131,7 @@ async fn flush_records(state: &Arc<AppState>) {
         if let Some(w) = &state.usage {
             w.flush_timeout(timeout);
         }
+        state.responses.flush(timeout);
     })
     .await;
 }
@@ -298,6 +299,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "server_api_key": state.settings.credentials.api_key.is_some(),
         },
         "usage": usage,
+        "responses": state.responses.health(),
     });
     axum::Json(body).into_response()
 }
