@@ -1008,7 +1008,11 @@ mod tests {
 
     #[test]
     fn responses_ttl() {
-        let s = Settings::merge(&ServeArgs::default(), FileConfig::default(), Paths::default());
+        let s = Settings::merge(
+            &ServeArgs::default(),
+            FileConfig::default(),
+            Paths::default(),
+        );
         assert_eq!(s.unwrap().responses.ttl, DEFAULT_RESPONSES_TTL);
         let file: FileConfig = toml::from_str("responses_ttl_secs = 60").unwrap();
         let s = Settings::merge(&ServeArgs::default(), file, Paths::default()).unwrap();

@@ -5,6 +5,8 @@
 //! access     proxy token (access.rs)                         → the client's own credential, if open
 //! body       read within the limit                           → 413 past it
 //! credential subscription / client key / server key          (credential.rs)
+//! stored     Responses: the stored items a request continues   (stored.rs; GET/DELETE of a
+//!            or references; stored-response routes end here    stored response too)
 //! prepare    pure: (route, mode, request) → upstream request  (prepare.rs)
 //! send       one request; retries before the first byte;      (send.rs)
 //!            one retry after a forced OAuth refresh
@@ -22,10 +24,13 @@ mod ctx;
 mod prepare;
 mod respond;
 mod send;
+mod stored;
 
 pub use credential::CredentialSource;
 pub use ctx::RequestCtx;
-pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, prepare};
+pub use prepare::{
+    Conversion, Meter, PrepareOptions, Prepared, ResponsesInfo, StoredItems, prepare,
+};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +71,20 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     // access: the proxy token, when one is configured.
     let client_token = access::check_proxied(state.proxy_token.as_ref(), &parts.headers)?;
 
+    // stored responses: answered from the store, nothing goes upstream.
+    if matches!(ctx.route, Route::StoredResponse | Route::ResponseInputItems) {
+        let resp = stored::answer(
+            &state.responses,
+            ctx.mode,
+            ctx.route,
+            &parts.method,
+            &parts.uri,
+        )
+        .await?;
+        ctx.completed();
+        return Ok(resp);
+    }
+
     // body, within the configured limit.
     let limit = state.settings.limits.max_body_bytes;
     let stall = state.settings.limits.body_read_timeout;
@@ -75,10 +94,19 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     // credential for the upstream.
     let chosen = credential::choose(state, ctx.mode, client_token).await?;
 
+    // the stored items a Responses request continues or references.
+    let stored = match ctx.route {
+        Route::Responses | Route::ResponseInputTokens if ctx.mode != Mode::Passthrough => {
+            stored::lookup(&state.responses, &body).await?
+        }
+        _ => StoredItems::default(),
+    };
+
     // prepare the upstream request by route and mode.
     let opts = PrepareOptions {
         default_max_tokens: state.settings.upstream.default_max_tokens,
         aliases: &state.aliases,
+        stored: &stored,
     };
     let p = prepare(
         ctx.route,
@@ -109,6 +137,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         aliases: &state.aliases,
         deadline: tokio::time::Instant::from_std(sent) + settings.upstream.timeout,
         sent,
+        responses: &state.responses,
     };
     respond::respond(ctx, r, resp, p.conversion, p.meter).await
 }

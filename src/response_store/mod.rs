@@ -130,7 +130,10 @@ impl Recent {
 
 enum Op {
     Put(Arc<StoredResponse>),
-    Delete(String, tokio::sync::oneshot::Sender<Result<bool, StoreError>>),
+    Delete(
+        String,
+        tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+    ),
     Flush(mpsc::Sender<()>),
 }
 
@@ -156,7 +159,10 @@ impl std::fmt::Debug for ResponseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseStore")
             .field("ttl", &self.ttl)
-            .field("durable", &self.durable.as_ref().map(|d| d.backend.describe()))
+            .field(
+                "durable",
+                &self.durable.as_ref().map(|d| d.backend.describe()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -226,7 +232,9 @@ impl ResponseStore {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.unqueued.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("the response store's queue is full: a response is kept in memory only");
+                    tracing::warn!(
+                        "the response store's queue is full: a response is kept in memory only"
+                    );
                 }
             }
         }
@@ -320,7 +328,12 @@ impl ResponseStore {
     }
 }
 
-fn writer_loop(backend: &dyn Backend, rx: &Receiver<Op>, prune_every: Duration, errors: &AtomicU64) {
+fn writer_loop(
+    backend: &dyn Backend,
+    rx: &Receiver<Op>,
+    prune_every: Duration,
+    errors: &AtomicU64,
+) {
     let prune = |errors: &AtomicU64| {
         if let Err(e) = backend.prune(now_ms()) {
             errors.fetch_add(1, Ordering::Relaxed);
@@ -417,7 +430,12 @@ mod tests {
         let backend = Arc::new(sqlite::SqliteBackend::open(&path).unwrap());
         let s = ResponseStore::durable(backend.clone(), Duration::from_secs(60));
         for i in 0..(CACHE_CAPACITY + 5) {
-            s.put(format!("resp_{i}"), 1, "[]".into(), format!("{{\"n\":{i}}}"));
+            s.put(
+                format!("resp_{i}"),
+                1,
+                "[]".into(),
+                format!("{{\"n\":{i}}}"),
+            );
         }
         // Deleted right after its put: the queued put cannot bring it back.
         s.put("resp_gone".into(), 1, "[]".into(), "{}".into());
