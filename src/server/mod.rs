@@ -236,7 +236,7 @@ fn endpoint(mode: Mode, route: Route, verb: Verb) -> MethodRouter<Arc<AppState>>
     let mr = match verb {
         Verb::Get => get(handler),
         Verb::Post => post(handler),
-        Verb::GetDelete => get(handler.clone()).delete(handler),
+        Verb::GetDelete => get(handler).delete(handler),
         Verb::Any => return any(handler),
     };
     mr.fallback(move |req: Request| async move { method_not_allowed(dialect, req) })
