@@ -337,8 +337,9 @@ pub fn unknown_previous(id: &str) -> ProxyError {
 }
 
 /// What is stored with the response: the prior items, then the request's input items with each
-/// `item_reference` replaced by the item it names and an `id` given to items without one
-/// (`msg_`, `fco_`, … followed by the response id's hex and `i` + the index).
+/// `item_reference` replaced by the item it names, messages as OpenAI lists them (`type:
+/// "message"`, content as parts) and an `id` given to items without one (`msg_`, `fco_`, …
+/// followed by the response id's hex and `i` + the index).
 fn items_to_store(stored: &StoredItems, body: &[u8], resp_id: &str) -> Result<String, ProxyError> {
     let base = resp_id.strip_prefix("resp_").unwrap_or(resp_id);
     let mut all: Vec<&RawValue> = stored.prior.iter().map(|b| &**b).collect();
@@ -349,10 +350,27 @@ fn items_to_store(stored: &StoredItems, body: &[u8], resp_id: &str) -> Result<St
             own.push(raw.clone());
             continue;
         };
+        if item.get("type").is_none_or(Value::is_null) && item.contains_key("role") {
+            item.insert("type".into(), Value::from("message"));
+        }
         let kind = item
             .get("type")
             .and_then(Value::as_str)
-            .unwrap_or("message");
+            .unwrap_or("message")
+            .to_owned();
+        let kind = kind.as_str();
+        if kind == "message"
+            && let Some(Value::String(text)) = item.get("content")
+        {
+            // As OpenAI lists them: content as parts.
+            let part = if item.get("role").and_then(Value::as_str) == Some("assistant") {
+                "output_text"
+            } else {
+                "input_text"
+            };
+            let parts = serde_json::json!([{"type": part, "text": text}]);
+            item.insert("content".into(), parts);
+        }
         let id = item.get("id").and_then(Value::as_str);
         if kind == "item_reference"
             && let Some(found) = id.and_then(|id| stored.items.get(id))

@@ -471,7 +471,12 @@ async fn retrieve_list_input_items_and_delete() {
     // Pages of two, oldest first.
     let p1 = json_of(get(&env, &format!("{path}/input_items?limit=2&order=asc")).await).await;
     assert_eq!(p1["data"].as_array().unwrap().len(), 2);
-    assert_eq!(p1["data"][0]["content"], "one");
+    assert_eq!(
+        p1["data"][0]["content"],
+        json!([{"type": "input_text", "text": "one"}]),
+        "stored as OpenAI lists it"
+    );
+    assert_eq!(p1["data"][0]["type"], "message");
     assert_eq!(p1["has_more"], true);
     let after = p1["last_id"].as_str().unwrap();
     let p2 = json_of(
