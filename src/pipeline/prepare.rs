@@ -563,4 +563,78 @@ mod tests {
         );
         assert!(p.is_ok());
     }
+
+    fn prepare_with(
+        route: Route,
+        body: &str,
+        stored: &StoredItems,
+    ) -> Result<Prepared, ProxyError> {
+        let aliases = ModelAliases::with_defaults();
+        let opts = PrepareOptions {
+            default_max_tokens: 4096,
+            aliases: &aliases,
+            stored,
+        };
+        let path = "/min/openai/v1/responses";
+        let body = Bytes::from(body.to_owned());
+        prepare(route, Mode::Minimal, &Method::POST, path, body, &opts)
+    }
+
+    #[test]
+    fn responses_keep_the_conversation_unless_store_is_false() {
+        let mut stored = StoredItems {
+            previous: Some("resp_prev".into()),
+            ..StoredItems::default()
+        };
+        stored.prior.push(
+            serde_json::value::to_raw_value(&serde_json::json!({"type": "message", "id": "msg_p",
+                "role": "user", "content": [{"type": "input_text", "text": "before"}]}))
+            .unwrap(),
+        );
+        let body = r#"{"model":"gpt-4o","input":[{"role":"user","content":"now"}],"previous_response_id":"resp_prev"}"#;
+        let p = prepare_with(Route::Responses, body, &stored).unwrap();
+        let Conversion::Responses(info) = p.conversion else {
+            panic!("{:?}", p.conversion)
+        };
+        let kept: Value = serde_json::from_str(info.keep.as_deref().unwrap()).unwrap();
+        assert_eq!(kept[0]["id"], "msg_p");
+        assert_eq!(kept[1]["type"], "message");
+        assert_eq!(
+            kept[1]["content"],
+            serde_json::json!([{"type": "input_text", "text": "now"}])
+        );
+        assert!(kept[1]["id"].as_str().unwrap().starts_with("msg_"));
+        let sent: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(sent["messages"][0]["content"][0]["text"], "before");
+
+        let body = r#"{"model":"gpt-4o","input":"x","store":false}"#;
+        let p = prepare_with(Route::Responses, body, &StoredItems::default()).unwrap();
+        let Conversion::Responses(info) = p.conversion else {
+            panic!()
+        };
+        assert_eq!(info.keep, None);
+    }
+
+    #[test]
+    fn an_unknown_previous_response_is_404() {
+        let body = r#"{"model":"gpt-4o","input":"x","previous_response_id":"resp_gone"}"#;
+        for route in [Route::Responses, Route::ResponseInputTokens] {
+            let e = prepare_with(route, body, &StoredItems::default()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::NotFound);
+            assert_eq!(e.param.as_deref(), Some("previous_response_id"));
+        }
+    }
+
+    #[test]
+    fn input_tokens_sends_only_what_count_tokens_takes() {
+        let body = r#"{"model":"gpt-4o","input":"x","instructions":"sys","max_output_tokens":9,"temperature":0.5,"stream":true}"#;
+        let p = prepare_with(Route::ResponseInputTokens, body, &StoredItems::default()).unwrap();
+        assert_eq!(p.path, "/v1/messages/count_tokens");
+        assert_eq!(p.conversion, Conversion::InputTokens);
+        assert!(!p.stream);
+        let sent: serde_json::Map<String, Value> = serde_json::from_slice(&p.body).unwrap();
+        let mut keys: Vec<&str> = sent.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["messages", "model", "system"]);
+    }
 }
