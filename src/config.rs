@@ -124,6 +124,7 @@ pub struct FileConfig {
     pub retry_max_wait_secs: Option<u64>,
     pub usage: Option<bool>,
     pub usage_db: Option<PathBuf>,
+    pub responses_ttl_secs: Option<u64>,
     #[serde(default)]
     pub model_aliases: BTreeMap<String, String>,
     #[serde(default)]
@@ -182,6 +183,7 @@ pub struct Settings {
     pub retries: RetrySettings,
     pub logging: LogSettings,
     pub usage: UsageSettings,
+    pub responses: ResponsesSettings,
     /// OpenAI model names mapped to Claude models.
     pub model_aliases: BTreeMap<String, String>,
     /// Price overrides by model-name prefix.
@@ -362,6 +364,44 @@ impl Default for UsageSettings {
     }
 }
 
+/// The Responses API store (kept in the usage database; in memory without it).
+#[derive(Debug, Clone)]
+pub struct ResponsesSettings {
+    /// How long a stored response is kept (`responses_ttl_secs`).
+    pub ttl: Duration,
+}
+
+/// Thirty days, as OpenAI keeps responses.
+pub const DEFAULT_RESPONSES_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+impl Default for ResponsesSettings {
+    fn default() -> Self {
+        ResponsesSettings {
+            ttl: DEFAULT_RESPONSES_TTL,
+        }
+    }
+}
+
+impl ResponsesSettings {
+    fn merge(file: &FileConfig) -> Result<Self, ConfigError> {
+        let ttl = match file.responses_ttl_secs {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    name: "responses_ttl_secs",
+                    message: "must be greater than 0 (send store: false to keep nothing)".into(),
+                });
+            }
+            Some(n) => Duration::from_secs(n),
+            None => DEFAULT_RESPONSES_TTL,
+        };
+        Ok(ResponsesSettings { ttl })
+    }
+
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![("responses_ttl_secs", self.ttl.as_secs().to_string())]
+    }
+}
+
 /// Where ccproxy's files are.
 #[derive(Debug, Clone, Default)]
 pub struct Paths {
@@ -481,6 +521,7 @@ impl Settings {
             credentials: CredentialSettings::merge(args, &mut file, &paths)?,
             retries: RetrySettings::merge(&file),
             usage: UsageSettings::merge(args, &mut file, &upstream.target),
+            responses: ResponsesSettings::merge(&file)?,
             upstream,
             model_aliases: std::mem::take(&mut file.model_aliases),
             prices: std::mem::take(&mut file.prices),
@@ -818,6 +859,7 @@ impl Settings {
         v.extend(self.retries.entries());
         v.extend(self.logging.entries());
         v.extend(self.usage.entries());
+        v.extend(self.responses.entries());
         v
     }
 
@@ -1086,6 +1128,10 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # usage = true
 # usage_db = "/home/me/.local/share/ccproxy/usage.db"
 
+# Stored Responses API responses (previous_response_id, GET /openai/v1/responses/{id}) are
+# kept in the usage database for this long (in memory, the last 1000, without it).
+# responses_ttl_secs = 2592000
+
 # Price overrides in USD per million tokens, by model-name prefix.
 # [prices."claude-sonnet-4"]
 # input = 3.0
@@ -1152,6 +1198,22 @@ mod tests {
         );
         let file: FileConfig = toml::from_str("max_body_bytes = 0").unwrap();
         assert!(Settings::merge(&ServeArgs::default(), file, Paths::default()).is_err());
+    }
+
+    #[test]
+    fn responses_ttl() {
+        let s = Settings::merge(
+            &ServeArgs::default(),
+            FileConfig::default(),
+            Paths::default(),
+        );
+        assert_eq!(s.unwrap().responses.ttl, DEFAULT_RESPONSES_TTL);
+        let file: FileConfig = toml::from_str("responses_ttl_secs = 60").unwrap();
+        let s = Settings::merge(&ServeArgs::default(), file, Paths::default()).unwrap();
+        assert_eq!(s.responses.ttl, Duration::from_secs(60));
+        let file: FileConfig = toml::from_str("responses_ttl_secs = 0").unwrap();
+        let err = Settings::merge(&ServeArgs::default(), file, Paths::default()).unwrap_err();
+        assert!(err.to_string().contains("responses_ttl_secs"), "{err}");
     }
 
     #[test]

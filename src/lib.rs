@@ -3,7 +3,7 @@
 //!
 //! Layers, each pointing only down (checked by `tests/architecture.rs`):
 //! `commands`/`cli` → `server` → `pipeline` → `state` → (`upstream`, `credentials`,
-//! `observability`, `access`) → `error` → (`convert`, `claude_code`) → (`api`, `routes`).
+//! `observability`, `response_store`, `access`) → `error` → (`convert`, `claude_code`) → (`api`, `routes`).
 
 pub mod access;
 pub mod api;
@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod observability;
 pub mod pipeline;
+pub mod response_store;
 pub mod routes;
 pub mod server;
 pub mod sim;

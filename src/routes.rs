@@ -60,6 +60,12 @@ pub enum Route {
     ChatCompletions,
     /// OpenAI Responses API: create.
     Responses,
+    /// A stored response: `GET` (retrieve) and `DELETE`.
+    StoredResponse,
+    /// A stored response's input items (`GET`, a list).
+    ResponseInputItems,
+    /// A create body's input token count (`POST`).
+    ResponseInputTokens,
     OpenAiModels,
     /// Any other `/v1/*` path (passthrough only).
     Relay,
@@ -73,6 +79,9 @@ impl Route {
             Route::Models => "models",
             Route::ChatCompletions => "chat_completions",
             Route::Responses => "responses",
+            Route::StoredResponse => "stored_response",
+            Route::ResponseInputItems => "response_input_items",
+            Route::ResponseInputTokens => "response_input_tokens",
             Route::OpenAiModels => "openai_models",
             Route::Relay => "relay",
         }
@@ -80,7 +89,12 @@ impl Route {
 
     pub fn dialect(self) -> Dialect {
         match self {
-            Route::ChatCompletions | Route::Responses | Route::OpenAiModels => Dialect::OpenAi,
+            Route::ChatCompletions
+            | Route::Responses
+            | Route::StoredResponse
+            | Route::ResponseInputItems
+            | Route::ResponseInputTokens
+            | Route::OpenAiModels => Dialect::OpenAi,
             Route::Messages | Route::CountTokens | Route::Models | Route::Relay => {
                 Dialect::Anthropic
             }
@@ -93,6 +107,8 @@ impl Route {
 pub enum Verb {
     Get,
     Post,
+    /// `GET` and `DELETE`.
+    GetDelete,
     /// Every method (the passthrough relay).
     Any,
     /// POST, and GET with a WebSocket upgrade (the Responses API's WebSocket mode: one
@@ -153,6 +169,24 @@ pub const ROUTES: &[RouteEntry] = &[
         modes: ALL_MODES,
     },
     RouteEntry {
+        path: "/openai/v1/responses/input_tokens",
+        route: Route::ResponseInputTokens,
+        verb: Verb::Post,
+        modes: ALL_MODES,
+    },
+    RouteEntry {
+        path: "/openai/v1/responses/{id}",
+        route: Route::StoredResponse,
+        verb: Verb::GetDelete,
+        modes: ALL_MODES,
+    },
+    RouteEntry {
+        path: "/openai/v1/responses/{id}/input_items",
+        route: Route::ResponseInputItems,
+        verb: Verb::Get,
+        modes: ALL_MODES,
+    },
+    RouteEntry {
         path: "/openai/v1/models",
         route: Route::OpenAiModels,
         verb: Verb::Get,
@@ -188,7 +222,7 @@ mod tests {
         assert!(paths.contains(&("/min/v1/models".into(), Mode::Minimal)));
         assert!(paths.contains(&("/pt/v1/{*rest}".into(), Mode::Passthrough)));
         assert!(!paths.iter().any(|(p, _)| p == "/min/v1/{*rest}"));
-        assert_eq!(paths.len(), 4 * 6 + 1);
+        assert_eq!(paths.len(), 4 * 9 + 1);
     }
 
     #[test]

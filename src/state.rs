@@ -13,6 +13,7 @@ use crate::convert::models::ModelAliases;
 use crate::credentials::{AccessToken, CredentialsConfig, Member, MemberKind, OAuthManager, Pool};
 use crate::observability::usage::{DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter};
 use crate::observability::{LogStyle, Observer, SinkFn, prom};
+use crate::response_store::{MEMORY_CAPACITY, ResponseStore, sqlite::SqliteBackend};
 use crate::routes::Mode;
 use crate::upstream::{StreamLimits, Upstream};
 
@@ -44,6 +45,8 @@ pub struct AppState {
     /// The usage store's writer (`None` when disabled; when the store could not
     /// be opened, a writer that drops every record and reports why).
     pub usage: Option<UsageWriter>,
+    /// Stored Responses API responses (`previous_response_id`, `GET /openai/v1/responses/{id}`).
+    pub responses: Arc<ResponseStore>,
 }
 
 /// The credentials configuration implied by the settings.
@@ -74,6 +77,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     let (observer, usage) = start_observer(&settings)?;
+    let responses = Arc::new(open_response_store(&settings, usage.as_ref()));
     let guard = Guard {
         loopback_only: crate::access::is_loopback_host(&settings.server.host),
         cors_origins: settings.server.cors_origins.clone(),
@@ -103,6 +107,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         stream_limits,
         end_streams,
         usage,
+        responses,
     })
 }
 
@@ -184,6 +189,28 @@ fn member_kind(
             }
         }
     }
+}
+
+/// The response store: the usage database's `responses` table when usage recording is on and
+/// its database opened, else memory (the last [`MEMORY_CAPACITY`]); the log says which.
+fn open_response_store(settings: &Settings, usage: Option<&UsageWriter>) -> ResponseStore {
+    let ttl = settings.responses.ttl;
+    let memory = |reason: String| {
+        tracing::warn!(%reason, capacity = MEMORY_CAPACITY, "stored responses are kept in memory only and lost at exit");
+        ResponseStore::memory(ttl, MEMORY_CAPACITY, reason)
+    };
+    let store = match usage {
+        None => memory("usage recording is off (--no-usage or usage = false)".to_owned()),
+        Some(w) if w.open_error().is_some() => {
+            memory("the usage database cannot be used".to_owned())
+        }
+        Some(_) => match SqliteBackend::open(&settings.usage.db) {
+            Ok(b) => ResponseStore::durable(Arc::new(b), ttl),
+            Err(e) => memory(format!("the usage database cannot be used: {e}")),
+        },
+    };
+    tracing::info!(store = %store.describe(), ttl_secs = ttl.as_secs(), "Responses API store");
+    store
 }
 
 /// The observer thread (logs, metrics, cost) and the usage store it feeds.

@@ -4,6 +4,8 @@
 //! ```text
 //! access     proxy token (access.rs)                         → the client's own credential, if open
 //! body       read within the limit                           → 413 past it
+//! stored     Responses: the stored items a request continues   (stored.rs; GET/DELETE of a
+//!            or references; stored-response routes end here    stored response too)
 //! prepare    pure: (route, mode, request) → upstream request  (prepare.rs)
 //! credential the pool's candidates for the mode and model,    (credential.rs)
 //!            in order (affinity, routing), or the client's key
@@ -24,9 +26,12 @@ mod ctx;
 mod prepare;
 mod respond;
 mod send;
+mod stored;
 
 pub use ctx::RequestCtx;
-pub use prepare::{Conversion, Meter, PrepareOptions, Prepared, Prior, prepare};
+pub use prepare::{
+    Conversion, Meter, PrepareOptions, Prepared, Prior, ResponsesInfo, StoredItems, prepare,
+};
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,17 +72,41 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     // access: the proxy token, when one is configured.
     let client_token = access::check_proxied(state.proxy_token.as_ref(), &parts.headers)?;
 
+    // stored responses: answered from the store, nothing goes upstream.
+    if matches!(ctx.route, Route::StoredResponse | Route::ResponseInputItems) {
+        let resp = stored::answer(
+            &state.responses,
+            ctx.mode,
+            ctx.route,
+            &parts.method,
+            &parts.uri,
+        )
+        .await?;
+        ctx.completed();
+        return Ok(resp);
+    }
+
     // body, within the configured limit.
     let limit = state.settings.limits.max_body_bytes;
     let stall = state.settings.limits.body_read_timeout;
     let body = body::read(body, &parts.headers, limit, stall).await?;
     body::check_nesting(&body)?;
 
+    // the stored items a Responses request continues or references (a WebSocket may hold
+    // the previous response itself).
+    let stored = match ctx.route {
+        Route::Responses | Route::ResponseInputTokens if ctx.mode != Mode::Passthrough => {
+            let held = parts.extensions.get::<Prior>();
+            stored::lookup(&state.responses, &body, held).await?
+        }
+        _ => StoredItems::default(),
+    };
+
     // prepare the upstream request by route and mode.
     let opts = PrepareOptions {
         default_max_tokens: state.settings.upstream.default_max_tokens,
         aliases: &state.aliases,
-        prior: parts.extensions.get::<Prior>(),
+        stored: &stored,
     };
     let conversation_body = body.clone();
     let p = prepare(
@@ -128,6 +157,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         aliases: &state.aliases,
         deadline: tokio::time::Instant::from_std(sent) + settings.upstream.timeout,
         sent,
+        responses: &state.responses,
     };
     respond::respond(ctx, r, resp, p.conversion, p.meter).await
 }

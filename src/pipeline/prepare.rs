@@ -2,8 +2,12 @@
 //! the upstream request (method, path, body) and what to do with its answer
 //! (relay, meter, convert). No I/O; tested with a table below.
 
+use std::collections::HashMap;
+
 use axum::http::Method;
 use bytes::Bytes;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::claude_code;
 use crate::convert;
@@ -17,18 +21,29 @@ pub struct PrepareOptions<'a> {
     /// `max_tokens` for converted requests that set none.
     pub default_max_tokens: u32,
     pub aliases: &'a ModelAliases,
-    /// Responses: the items `previous_response_id` names, when the caller already holds them (a
-    /// WebSocket keeps its last response); `None` looks nothing up.
-    pub prior: Option<&'a Prior>,
+    /// For the Responses routes: what the store holds for this request.
+    pub stored: &'a StoredItems,
 }
 
-/// The items of the response a Responses request continues (its input items, then its output
-/// items), supplied by the transport (a request extension).
+/// The items of a response a transport holds itself (a WebSocket keeps its last response): its
+/// input items, then its output items. Passed as a request extension; used instead of the store
+/// when the request's `previous_response_id` names it.
 #[derive(Debug, Clone)]
 pub struct Prior {
-    /// The response id they belong to: used only if the request names it.
+    /// The response id they belong to.
     pub id: String,
-    pub items: std::sync::Arc<[Box<serde_json::value::RawValue>]>,
+    pub items: std::sync::Arc<[Box<RawValue>]>,
+}
+
+/// The stored items a Responses request needs, looked up before `prepare` (which does no I/O).
+#[derive(Debug, Default)]
+pub struct StoredItems {
+    /// The `previous_response_id` the request names, when it was found.
+    pub previous: Option<String>,
+    /// That response's input items, then its output items.
+    pub prior: Vec<Box<RawValue>>,
+    /// The items the request's `item_reference`s name, by id.
+    pub items: HashMap<String, Box<RawValue>>,
 }
 
 /// What to do with the upstream's answer.
@@ -39,7 +54,9 @@ pub enum Conversion {
     /// Anthropic Messages → OpenAI Chat Completions.
     Chat(ChatInfo),
     /// Anthropic Messages → OpenAI Responses (object or event stream).
-    Responses(Box<crate::convert::responses::ResponseContext>),
+    Responses(Box<ResponsesInfo>),
+    /// Anthropic token count → `response.input_tokens`.
+    InputTokens,
     /// Anthropic model list → OpenAI model list (with the aliases).
     Models,
 }
@@ -49,6 +66,15 @@ pub struct ChatInfo {
     pub client_model: String,
     pub include_usage: bool,
     pub legacy_functions: bool,
+}
+
+/// What the Responses converters need, and what to store.
+#[derive(Debug, PartialEq)]
+pub struct ResponsesInfo {
+    pub context: crate::convert::responses::ResponseContext,
+    /// The conversation's input items (a JSON array, each with an `id`) to store with the
+    /// response; `None` for `store: false`.
+    pub keep: Option<String>,
 }
 
 /// Which usage tap reads a relayed body.
@@ -139,6 +165,24 @@ pub fn prepare(
             ));
         }
         (Route::Responses, _) => responses(mode, &body, opts)?,
+        (
+            Route::StoredResponse | Route::ResponseInputItems | Route::ResponseInputTokens,
+            Mode::Passthrough,
+        ) => {
+            return Err(ProxyError::not_found(
+                "passthrough has no Responses API (the upstream has none): use the full or \
+                 minimal prefix (/openai/v1/responses…, /min/openai/v1/responses…)",
+            ));
+        }
+        (Route::ResponseInputTokens, _) => input_tokens(mode, &body, opts)?,
+        (Route::StoredResponse | Route::ResponseInputItems, _) => {
+            // Answered from the store before `prepare` (pipeline/stored.rs).
+            return Err(ProxyError::new(
+                crate::error::ErrorKind::Internal,
+                crate::error::Origin::Proxy,
+                "a stored-response route reached prepare",
+            ));
+        }
         (Route::OpenAiModels, Mode::Passthrough) => Prepared::get("/v1/models", Conversion::None),
         (Route::OpenAiModels, _) => Prepared::get("/v1/models", Conversion::Models),
     })
@@ -199,32 +243,15 @@ fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, Prox
     })
 }
 
-/// OpenAI Responses create converted to a Messages request (then shaped in full mode).
-/// Responses are not stored yet: `previous_response_id` names nothing this proxy keeps.
+/// OpenAI Responses create converted to a Messages request (then shaped in full mode), with the
+/// stored items it continues or references.
 fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, ProxyError> {
-    use crate::convert::responses as r;
-    let convert_opts = convert::request::ConvertOptions {
-        default_max_tokens: opts.default_max_tokens,
-        aliases: opts.aliases,
+    let converted = convert_responses(body, opts)?;
+    let keep = if converted.store {
+        Some(items_to_store(opts.stored, body, &converted.context.id)?)
+    } else {
+        None
     };
-    let now = crate::util::time::now_secs();
-    let head = r::continued_id(body)?;
-    let prior = match (&head, opts.prior) {
-        (Some(id), Some(p)) if *id == p.id => &p.items[..],
-        _ => &[],
-    };
-    let converted = r::responses_to_messages(body, prior, &r::NoStore, &convert_opts, now)?;
-    if let Some(id) = converted
-        .previous_response_id
-        .as_ref()
-        .filter(|_| prior.is_empty())
-    {
-        return Err(ProxyError::not_found(format!(
-            "no stored response {id:?}: this ccproxy does not store responses yet; send the whole \
-             conversation in `input` instead of previous_response_id"
-        ))
-        .with_param("previous_response_id"));
-    }
     let out = if mode == Mode::Full {
         Bytes::from(claude_code::shape_request(&converted.body)?.0)
     } else {
@@ -238,7 +265,153 @@ fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared,
         path: "/v1/messages".to_owned(),
         keep_query: false,
         body: out,
-        conversion: Conversion::Responses(Box::new(converted.context)),
+        conversion: Conversion::Responses(Box::new(ResponsesInfo {
+            context: converted.context,
+            keep,
+        })),
+    })
+}
+
+/// `POST /openai/v1/responses/input_tokens`: the create body converted as a create would be,
+/// then counted by the upstream's `count_tokens` (which takes only the fields that make input).
+fn input_tokens(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, ProxyError> {
+    let converted = convert_responses(body, opts)?;
+    let mut full: serde_json::Map<String, Value> = serde_json::from_slice(&converted.body)
+        .map_err(|e| {
+            ProxyError::new(
+                crate::error::ErrorKind::Internal,
+                crate::error::Origin::Proxy,
+                format!("the converted request cannot be read back: {e}"),
+            )
+        })?;
+    full.retain(|k, _| {
+        matches!(
+            k.as_str(),
+            "model" | "messages" | "system" | "tools" | "tool_choice" | "thinking"
+        )
+    });
+    let counted = serde_json::to_vec(&full).map_err(|e| {
+        ProxyError::new(
+            crate::error::ErrorKind::Internal,
+            crate::error::Origin::Proxy,
+            format!("the count request cannot be encoded: {e}"),
+        )
+    })?;
+    let out = if mode == Mode::Full {
+        Bytes::from(claude_code::shape_request(&counted)?.0)
+    } else {
+        Bytes::from(counted)
+    };
+    Ok(Prepared {
+        model: Some(converted.upstream_model),
+        stream: false,
+        meter: Meter::None,
+        method: Method::POST,
+        path: "/v1/messages/count_tokens".to_owned(),
+        keep_query: false,
+        body: out,
+        conversion: Conversion::InputTokens,
+    })
+}
+
+/// The converter, with the previous response's items as `prior` and the referenced items as the
+/// resolver. A `previous_response_id` the lookup did not find is a 404.
+fn convert_responses(
+    body: &[u8],
+    opts: &PrepareOptions,
+) -> Result<convert::responses::ConvertedResponsesRequest, ProxyError> {
+    use crate::convert::responses as r;
+    let convert_opts = convert::request::ConvertOptions {
+        default_max_tokens: opts.default_max_tokens,
+        aliases: opts.aliases,
+    };
+    let now = crate::util::time::now_secs();
+    let stored = opts.stored;
+    let resolver = |id: &str| stored.items.get(id).cloned();
+    let converted = r::responses_to_messages(body, &stored.prior, &resolver, &convert_opts, now)?;
+    if let Some(id) = &converted.previous_response_id
+        && stored.previous.as_deref() != Some(id.as_str())
+    {
+        return Err(unknown_previous(id));
+    }
+    Ok(converted)
+}
+
+/// The 404 for a `previous_response_id` the store does not have.
+pub fn unknown_previous(id: &str) -> ProxyError {
+    ProxyError::not_found(format!(
+        "previous response with id {id:?} not found: it is unknown, expired, deleted, or was \
+         created with store: false"
+    ))
+    .with_param("previous_response_id")
+}
+
+/// What is stored with the response: the prior items, then the request's input items with each
+/// `item_reference` replaced by the item it names, messages as OpenAI lists them (`type:
+/// "message"`, content as parts) and an `id` given to items without one (`msg_`, `fco_`, …
+/// followed by the response id's hex and `i` + the index).
+fn items_to_store(stored: &StoredItems, body: &[u8], resp_id: &str) -> Result<String, ProxyError> {
+    let base = resp_id.strip_prefix("resp_").unwrap_or(resp_id);
+    let mut all: Vec<&RawValue> = stored.prior.iter().map(|b| &**b).collect();
+    let input = convert::responses::input_items(body)?;
+    let mut own: Vec<Box<RawValue>> = Vec::with_capacity(input.len());
+    for (n, raw) in input.iter().enumerate() {
+        let Ok(Value::Object(mut item)) = serde_json::from_str::<Value>(raw.get()) else {
+            own.push(raw.clone());
+            continue;
+        };
+        if item.get("type").is_none_or(Value::is_null) && item.contains_key("role") {
+            item.insert("type".into(), Value::from("message"));
+        }
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+            .to_owned();
+        let kind = kind.as_str();
+        if kind == "message"
+            && let Some(Value::String(text)) = item.get("content")
+        {
+            // As OpenAI lists them: content as parts.
+            let part = if item.get("role").and_then(Value::as_str) == Some("assistant") {
+                "output_text"
+            } else {
+                "input_text"
+            };
+            let parts = serde_json::json!([{"type": part, "text": text}]);
+            item.insert("content".into(), parts);
+        }
+        let id = item.get("id").and_then(Value::as_str);
+        if kind == "item_reference"
+            && let Some(found) = id.and_then(|id| stored.items.get(id))
+        {
+            own.push(found.clone());
+            continue;
+        }
+        if item.get("id").is_none_or(Value::is_null) {
+            let prefix = match kind {
+                "message" => "msg",
+                "function_call" => "fc",
+                "function_call_output" => "fco",
+                "custom_tool_call" => "ctc",
+                "custom_tool_call_output" => "ctco",
+                "reasoning" => "rs",
+                _ => "item",
+            };
+            item.insert("id".into(), Value::from(format!("{prefix}_{base}i{n:03x}")));
+        }
+        let encoded = serde_json::value::to_raw_value(&item).map_err(|e| {
+            ProxyError::invalid(format!("input[{n}] cannot be stored: {e}")).with_param("input")
+        })?;
+        own.push(encoded);
+    }
+    all.extend(own.iter().map(|b| &**b));
+    serde_json::to_string(&all).map_err(|e| {
+        ProxyError::new(
+            crate::error::ErrorKind::Internal,
+            crate::error::Origin::Proxy,
+            format!("the input items cannot be stored: {e}"),
+        )
     })
 }
 
@@ -272,10 +445,11 @@ mod tests {
 
     fn run(route: Route, mode: Mode, method: Method, path: &str, body: &str) -> Prepared {
         let aliases = ModelAliases::with_defaults();
+        let stored = StoredItems::default();
         let opts = PrepareOptions {
             default_max_tokens: 4096,
             aliases: &aliases,
-            prior: None,
+            stored: &stored,
         };
         prepare(
             route,
@@ -345,6 +519,7 @@ mod tests {
                 Conversion::None => "none",
                 Conversion::Chat(_) => "chat",
                 Conversion::Responses(_) => "responses",
+                Conversion::InputTokens => "input_tokens",
                 Conversion::Models => "models",
             };
             assert_eq!(kind, c.conversion, "{name}");
@@ -368,10 +543,11 @@ mod tests {
     #[test]
     fn invalid_bodies_are_client_errors() {
         let aliases = ModelAliases::with_defaults();
+        let stored = StoredItems::default();
         let opts = PrepareOptions {
             default_max_tokens: 4096,
             aliases: &aliases,
-            prior: None,
+            stored: &stored,
         };
         for (route, mode, body) in [
             (Route::Messages, Mode::Full, "{nope"),
@@ -396,5 +572,79 @@ mod tests {
             &opts,
         );
         assert!(p.is_ok());
+    }
+
+    fn prepare_with(
+        route: Route,
+        body: &str,
+        stored: &StoredItems,
+    ) -> Result<Prepared, ProxyError> {
+        let aliases = ModelAliases::with_defaults();
+        let opts = PrepareOptions {
+            default_max_tokens: 4096,
+            aliases: &aliases,
+            stored,
+        };
+        let path = "/min/openai/v1/responses";
+        let body = Bytes::from(body.to_owned());
+        prepare(route, Mode::Minimal, &Method::POST, path, body, &opts)
+    }
+
+    #[test]
+    fn responses_keep_the_conversation_unless_store_is_false() {
+        let mut stored = StoredItems {
+            previous: Some("resp_prev".into()),
+            ..StoredItems::default()
+        };
+        stored.prior.push(
+            serde_json::value::to_raw_value(&serde_json::json!({"type": "message", "id": "msg_p",
+                "role": "user", "content": [{"type": "input_text", "text": "before"}]}))
+            .unwrap(),
+        );
+        let body = r#"{"model":"gpt-4o","input":[{"role":"user","content":"now"}],"previous_response_id":"resp_prev"}"#;
+        let p = prepare_with(Route::Responses, body, &stored).unwrap();
+        let Conversion::Responses(info) = p.conversion else {
+            panic!("{:?}", p.conversion)
+        };
+        let kept: Value = serde_json::from_str(info.keep.as_deref().unwrap()).unwrap();
+        assert_eq!(kept[0]["id"], "msg_p");
+        assert_eq!(kept[1]["type"], "message");
+        assert_eq!(
+            kept[1]["content"],
+            serde_json::json!([{"type": "input_text", "text": "now"}])
+        );
+        assert!(kept[1]["id"].as_str().unwrap().starts_with("msg_"));
+        let sent: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(sent["messages"][0]["content"][0]["text"], "before");
+
+        let body = r#"{"model":"gpt-4o","input":"x","store":false}"#;
+        let p = prepare_with(Route::Responses, body, &StoredItems::default()).unwrap();
+        let Conversion::Responses(info) = p.conversion else {
+            panic!()
+        };
+        assert_eq!(info.keep, None);
+    }
+
+    #[test]
+    fn an_unknown_previous_response_is_404() {
+        let body = r#"{"model":"gpt-4o","input":"x","previous_response_id":"resp_gone"}"#;
+        for route in [Route::Responses, Route::ResponseInputTokens] {
+            let e = prepare_with(route, body, &StoredItems::default()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::NotFound);
+            assert_eq!(e.param.as_deref(), Some("previous_response_id"));
+        }
+    }
+
+    #[test]
+    fn input_tokens_sends_only_what_count_tokens_takes() {
+        let body = r#"{"model":"gpt-4o","input":"x","instructions":"sys","max_output_tokens":9,"temperature":0.5,"stream":true}"#;
+        let p = prepare_with(Route::ResponseInputTokens, body, &StoredItems::default()).unwrap();
+        assert_eq!(p.path, "/v1/messages/count_tokens");
+        assert_eq!(p.conversion, Conversion::InputTokens);
+        assert!(!p.stream);
+        let sent: serde_json::Map<String, Value> = serde_json::from_slice(&p.body).unwrap();
+        let mut keys: Vec<&str> = sent.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["messages", "model", "system"]);
     }
 }

@@ -10,13 +10,16 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::ctx::RequestCtx;
-use super::prepare::{ChatInfo, Conversion, Meter};
+use std::sync::Arc;
+
+use super::prepare::{ChatInfo, Conversion, Meter, ResponsesInfo};
 use crate::convert;
 use crate::convert::models::ModelAliases;
-use crate::convert::responses::{ResponseContext, ResponsesStreamConverter};
+use crate::convert::responses::ResponsesStreamConverter;
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::observability::InFlight;
 use crate::observability::tap::Tap;
+use crate::response_store::ResponseStore;
 use crate::routes::{Dialect, Mode};
 use crate::upstream::{self, StreamLimits, StreamNext, StreamWatch};
 
@@ -28,6 +31,8 @@ pub struct Respond<'a> {
     /// Non-stream answers must be complete by then.
     pub deadline: tokio::time::Instant,
     pub sent: std::time::Instant,
+    /// Where Responses answers are stored.
+    pub responses: &'a Arc<ResponseStore>,
 }
 
 pub async fn respond(
@@ -59,10 +64,11 @@ pub async fn respond(
             Ok(chat_stream(ctx, &r, resp, chat))
         }
         Conversion::Chat(chat) => chat_whole(ctx, &r, resp, chat).await,
-        Conversion::Responses(rc) if resp.status().is_success() && sse => {
-            Ok(responses_stream(ctx, &r, resp, *rc))
+        Conversion::Responses(info) if resp.status().is_success() && sse => {
+            Ok(responses_stream(ctx, &r, resp, *info))
         }
-        Conversion::Responses(rc) => responses_whole(ctx, &r, resp, &rc).await,
+        Conversion::Responses(info) => responses_whole(ctx, &r, resp, *info).await,
+        Conversion::InputTokens => input_tokens(ctx, &r, resp).await,
         Conversion::Models => models(ctx, &r, resp).await,
     }
 }
@@ -153,7 +159,7 @@ async fn responses_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
     resp: reqwest::Response,
-    rc: &ResponseContext,
+    info: ResponsesInfo,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
@@ -170,8 +176,15 @@ async fn responses_whole(
             format!("upstream sent a response that is not a valid message: {e}"),
         )
     };
-    let object = convert::responses::messages_to_response(&body, rc).map_err(invalid)?;
+    let object = convert::responses::messages_to_response(&body, &info.context).map_err(invalid)?;
     let json = serde_json::to_vec(&object).map_err(invalid)?;
+    if let Some(items) = info.keep {
+        Keep {
+            store: r.responses.clone(),
+            items,
+        }
+        .store(&object);
+    }
     Ok(json_response(status, &upstream_headers, json))
 }
 
@@ -180,15 +193,76 @@ fn responses_stream(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
     resp: reqwest::Response,
-    rc: ResponseContext,
+    info: ResponsesInfo,
 ) -> Response {
     let status = resp.status();
     let request_id = resp.headers().get("request-id").cloned();
     let record = ctx.stream_started(status.as_u16());
-    let conv = convert::responses::ResponsesStreamConverter::new(rc);
-    let relay = Relay::Responses(Box::new((convert::SseParser::new(), conv)));
+    let conv = convert::responses::ResponsesStreamConverter::new(info.context);
+    let keep = info.keep.map(|items| Keep {
+        store: r.responses.clone(),
+        items,
+    });
+    let relay = Relay::Responses(Box::new((convert::SseParser::new(), conv, keep)));
     let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
     response(status, event_stream_headers(request_id), body)
+}
+
+/// What a Responses answer is stored with, when the request said `store` (the default).
+struct Keep {
+    store: Arc<ResponseStore>,
+    /// The conversation's input items, a JSON array.
+    items: String,
+}
+
+impl Keep {
+    /// Stores `response` when it completed or ended incomplete (as OpenAI, whose
+    /// `previous_response_id` can continue either); a failed one is not stored.
+    fn store(self, response: &crate::api::responses::Response) {
+        use crate::api::responses::Status;
+        if !matches!(response.status, Status::Completed | Status::Incomplete) {
+            return;
+        }
+        match serde_json::to_string(response) {
+            Ok(json) => self
+                .store
+                .put(response.id.clone(), response.created_at, self.items, json),
+            Err(e) => tracing::warn!(error = %e, "cannot encode a response to store it"),
+        }
+    }
+}
+
+/// `POST /openai/v1/responses/input_tokens`: the upstream's count as `response.input_tokens`.
+async fn input_tokens(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+) -> Result<Response, ProxyError> {
+    let status = resp.status();
+    let upstream_headers = resp.headers().clone();
+    let body = read_whole(ctx, r, resp).await?;
+    ctx.completed();
+    if !status.is_success() {
+        return Ok(upstream_error(status, &upstream_headers, &body));
+    }
+    #[derive(serde::Deserialize)]
+    struct Count {
+        input_tokens: u64,
+    }
+    let count: Count = serde_json::from_slice(&body).map_err(|e| {
+        ProxyError::new(
+            ErrorKind::BadGateway,
+            Origin::Upstream,
+            format!("upstream sent a token count that cannot be read: {e}"),
+        )
+    })?;
+    let json =
+        serde_json::json!({"object": "response.input_tokens", "input_tokens": count.input_tokens});
+    Ok(json_response(
+        StatusCode::OK,
+        &upstream_headers,
+        json.to_string().into_bytes(),
+    ))
 }
 
 /// `/openai/v1/models` in full and minimal modes: the upstream's models in
@@ -289,8 +363,9 @@ enum Relay {
     Passthrough,
     /// Parsed and converted to OpenAI chunks; errors as OpenAI error chunks.
     Chat(Box<(convert::SseParser, convert::stream::ChatStreamConverter)>),
-    /// Parsed and converted to Responses events; errors as `response.failed`.
-    Responses(Box<(convert::SseParser, ResponsesStreamConverter)>),
+    /// Parsed and converted to Responses events; errors as `response.failed`. The response is
+    /// stored when it ends (if the request said `store`).
+    Responses(Box<(convert::SseParser, ResponsesStreamConverter, Option<Keep>)>),
 }
 
 struct StreamState<S> {
@@ -362,14 +437,18 @@ impl<S> StreamState<S> {
                 conv.is_done()
             }
             Relay::Responses(resp) => {
-                let (parser, conv) = &mut **resp;
+                let (parser, conv, keep) = &mut **resp;
                 parser.push(&chunk, |event, data| {
                     if let Some(r) = record.as_deref_mut() {
                         r.observe_event(event, data);
                     }
                     conv.on_event(event, data, &mut out)
                 });
-                conv.is_done()
+                let done = conv.is_done();
+                if done && let Some(k) = keep.take() {
+                    k.store(conv.response());
+                }
+                done
             }
         };
         if let Some(r) = self.record.as_mut() {
@@ -407,7 +486,13 @@ impl<S> StreamState<S> {
         let mut out = Vec::new();
         match &mut self.relay {
             Relay::Chat(chat) => chat.1.finish(&mut out),
-            Relay::Responses(resp) => resp.1.finish(&mut out),
+            Relay::Responses(resp) => {
+                let (_, conv, keep) = &mut **resp;
+                conv.finish(&mut out);
+                if let Some(k) = keep.take() {
+                    k.store(conv.response());
+                }
+            }
             Relay::Raw | Relay::Passthrough => {}
         }
         self.finish_ok();

@@ -134,6 +134,7 @@ async fn flush_records(state: &Arc<AppState>) {
         if let Some(w) = &state.usage {
             w.flush_timeout(timeout);
         }
+        state.responses.flush(timeout);
     })
     .await;
 }
@@ -238,6 +239,7 @@ fn endpoint(mode: Mode, route: Route, verb: Verb) -> MethodRouter<Arc<AppState>>
     let mr = match verb {
         Verb::Get => get(handler),
         Verb::Post => post(handler),
+        Verb::GetDelete => get(handler).delete(handler),
         Verb::Any => return any(handler),
         Verb::PostOrSocket => {
             post(handler).get(move |State(state): State<Arc<AppState>>, req: Request| {
@@ -306,6 +308,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "server_api_key": state.settings.credentials.api_key.is_some(),
         },
         "usage": usage,
+        "responses": state.responses.health(),
     });
     axum::Json(body).into_response()
 }

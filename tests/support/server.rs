@@ -27,6 +27,9 @@ pub struct Opts {
     /// Overrides the upstream (e.g. a dead port); the sim still runs.
     pub upstream_url: Option<String>,
     pub refresh_skew: Option<Duration>,
+    /// The usage database (default: `usage.db` in the test's directory), e.g. one that
+    /// outlives a server.
+    pub usage_db: Option<PathBuf>,
     /// Adjusts any other setting before the server starts.
     pub tweak: Option<fn(&mut Settings)>,
 }
@@ -98,7 +101,10 @@ impl TestEnv {
         if let Some(u) = &opts.upstream_url {
             settings.upstream.target = UpstreamTarget::Url(u.clone());
         }
-        settings.usage.db = dir.path().join("usage.db");
+        settings.usage.db = opts
+            .usage_db
+            .clone()
+            .unwrap_or_else(|| dir.path().join("usage.db"));
         if let Some(tweak) = opts.tweak {
             tweak(&mut settings);
         }

@@ -52,6 +52,15 @@ const MIGRATIONS: &[&str] = &[
         credential         TEXT
     );
     CREATE INDEX requests_ts ON requests (ts_ms);",
+    // 2: the Responses API store (response_store::sqlite).
+    "CREATE TABLE responses (
+        id            TEXT    PRIMARY KEY,
+        created_at    INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        input_items   TEXT    NOT NULL,
+        response      TEXT    NOT NULL
+    );
+    CREATE INDEX responses_expiry ON responses (expires_at_ms);",
 ];
 
 /// The schema version this build writes.
@@ -112,6 +121,11 @@ impl UsageStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open, migrated connection (the response store keeps its own).
+    pub fn into_connection(self) -> Connection {
+        self.conn
     }
 
     /// The schema version of the open database.

@@ -1,0 +1,468 @@
+//! The Responses API store: what `previous_response_id`, `item_reference`, `GET/DELETE
+//! /openai/v1/responses/{id}` and `/input_items` read.
+//!
+//! A stored response is its id, its creation time, when it expires, the conversation's input
+//! items (those of the responses it continues first, so a chain of `previous_response_id` needs
+//! one lookup) and the response object, both as JSON text.
+//!
+//! [`ResponseStore`] is what the request path uses. It never waits for a disk on the async
+//! runtime:
+//!
+//! - [`ResponseStore::put`] keeps the response in a small in-memory map of recent puts (so the
+//!   next request, which clients send as soon as `response.completed` arrives, always finds it)
+//!   and queues it for the durable [`Backend`], whose writes run on one writer thread, in order
+//!   with deletes;
+//! - [`ResponseStore::get`] reads the map, then the backend on a blocking thread;
+//! - [`ResponseStore::delete`] goes through the writer thread too (so a queued put cannot bring a
+//!   deleted response back) and waits for it off the runtime.
+//!
+//! Without a backend (usage recording off, or its database unusable) the map is the store: the
+//! last [`MEMORY_CAPACITY`] responses, lost at exit. Expired responses are never returned; the
+//! writer prunes the backend periodically.
+//!
+//! [`Backend`] is the whole interface a durable store implements ([`sqlite::SqliteBackend`],
+//! the usage database's `responses` table; PostgreSQL later).
+
+pub mod sqlite;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::time::now_ms;
+
+/// Responses kept when there is no durable backend.
+pub const MEMORY_CAPACITY: usize = 1000;
+
+/// Recent puts kept in memory in front of a durable backend.
+pub const CACHE_CAPACITY: usize = 64;
+
+/// Puts waiting for the writer thread; more are kept in memory only (and counted).
+const QUEUE_CAPACITY: usize = 1024;
+
+/// One stored response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// `resp_…`.
+    pub id: String,
+    /// Unix seconds (the response's `created_at`).
+    pub created_at: u64,
+    /// Epoch ms after which the response is gone.
+    pub expires_at_ms: i64,
+    /// The conversation's input items, a JSON array (each item has an `id`).
+    pub input_items: String,
+    /// The response object, JSON.
+    pub response: String,
+}
+
+impl StoredResponse {
+    fn live(&self, now_ms: i64) -> bool {
+        self.expires_at_ms > now_ms
+    }
+}
+
+/// A backend failed; the message names what (and, for a file, which).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("response store: {0}")]
+pub struct StoreError(pub String);
+
+/// A durable response store. Calls block (they run on the writer thread or a blocking thread);
+/// `now_ms` is passed in so expiry is decided in one place and testable.
+pub trait Backend: Send + Sync + 'static {
+    /// What and where, for `/health` and the log (`sqlite /path/usage.db`).
+    fn describe(&self) -> String;
+    /// Inserts or replaces `r`.
+    fn put(&self, r: &StoredResponse) -> Result<(), StoreError>;
+    /// The response `id`, unless unknown or expired at `now_ms`.
+    fn get(&self, id: &str, now_ms: i64) -> Result<Option<StoredResponse>, StoreError>;
+    /// Deletes `id`; whether a live (unexpired) response was deleted.
+    fn delete(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Deletes what expired by `now_ms`; how many.
+    fn prune(&self, now_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Insertion-ordered, bounded map of recent responses.
+struct Recent {
+    map: HashMap<String, Arc<StoredResponse>>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Recent {
+    fn new(capacity: usize) -> Recent {
+        Recent {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn insert(&mut self, r: Arc<StoredResponse>, now_ms: i64) {
+        if self.map.insert(r.id.clone(), r.clone()).is_none() {
+            self.order.push_back(r.id.clone());
+        }
+        // The oldest first: expired ones, then past the capacity.
+        while let Some(front) = self.order.front() {
+            let expired = self.map.get(front).is_none_or(|x| !x.live(now_ms));
+            if !expired && self.map.len() <= self.capacity {
+                break;
+            }
+            if let Some(id) = self.order.pop_front() {
+                self.map.remove(&id);
+            }
+        }
+    }
+
+    fn get(&self, id: &str, now_ms: i64) -> Option<Arc<StoredResponse>> {
+        self.map.get(id).filter(|r| r.live(now_ms)).cloned()
+    }
+
+    fn remove(&mut self, id: &str, now_ms: i64) -> bool {
+        let Some(r) = self.map.remove(id) else {
+            return false;
+        };
+        self.order.retain(|x| x != id);
+        r.live(now_ms)
+    }
+}
+
+enum Op {
+    Put(Arc<StoredResponse>),
+    Delete(
+        String,
+        tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    Flush(mpsc::Sender<()>),
+}
+
+struct Durable {
+    backend: Arc<dyn Backend>,
+    tx: SyncSender<Op>,
+}
+
+/// The request path's store: in-memory recent puts in front of an optional durable backend.
+pub struct ResponseStore {
+    ttl: Duration,
+    recent: Mutex<Recent>,
+    durable: Option<Durable>,
+    /// Why there is no durable backend (`None`: there is one, or none was wanted).
+    memory_reason: Option<String>,
+    /// Puts the writer could not take (queue full or gone): kept in memory only.
+    unqueued: AtomicU64,
+    /// Backend writes that failed.
+    write_errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ResponseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStore")
+            .field("ttl", &self.ttl)
+            .field(
+                "durable",
+                &self.durable.as_ref().map(|d| d.backend.describe()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseStore {
+    /// A store in memory only: the last `capacity` responses. `reason` says why (for `/health`).
+    pub fn memory(ttl: Duration, capacity: usize, reason: impl Into<String>) -> ResponseStore {
+        ResponseStore {
+            ttl,
+            recent: Mutex::new(Recent::new(capacity)),
+            durable: None,
+            memory_reason: Some(reason.into()),
+            unqueued: AtomicU64::new(0),
+            write_errors: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A store that keeps responses in `backend`, written by a dedicated thread that also prunes
+    /// expired ones. If the thread cannot start, the store is memory-only and says why.
+    pub fn durable(backend: Arc<dyn Backend>, ttl: Duration) -> ResponseStore {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let write_errors = Arc::new(AtomicU64::new(0));
+        let thread_backend = backend.clone();
+        let errors = write_errors.clone();
+        let prune_every = (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        let spawned = std::thread::Builder::new()
+            .name("ccproxy-responses-writer".into())
+            .spawn(move || writer_loop(&*thread_backend, &rx, prune_every, &errors));
+        if let Err(e) = spawned {
+            let reason = format!("cannot start the response store's writer thread: {e}");
+            tracing::error!(%reason, "responses are kept in memory only");
+            return ResponseStore::memory(ttl, MEMORY_CAPACITY, reason);
+        }
+        ResponseStore {
+            ttl,
+            recent: Mutex::new(Recent::new(CACHE_CAPACITY)),
+            durable: Some(Durable { backend, tx }),
+            memory_reason: None,
+            unqueued: AtomicU64::new(0),
+            write_errors,
+        }
+    }
+
+    /// How long responses are kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores a response created now (its expiry is now + the time to live). Never blocks.
+    pub fn put(&self, id: String, created_at: u64, input_items: String, response: String) {
+        let now = now_ms();
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let r = Arc::new(StoredResponse {
+            id,
+            created_at,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            input_items,
+            response,
+        });
+        self.recent().insert(r.clone(), now);
+        if let Some(d) = &self.durable {
+            match d.tx.try_send(Op::Put(r)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.unqueued.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "the response store's queue is full: a response is kept in memory only"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The response `id`, unless unknown, expired or deleted.
+    pub async fn get(&self, id: &str) -> Result<Option<Arc<StoredResponse>>, StoreError> {
+        if let Some(r) = self.recent().get(id, now_ms()) {
+            return Ok(Some(r));
+        }
+        let Some(d) = &self.durable else {
+            return Ok(None);
+        };
+        let backend = d.backend.clone();
+        let id = id.to_owned();
+        let found = tokio::task::spawn_blocking(move || backend.get(&id, now_ms()))
+            .await
+            .map_err(|e| StoreError(format!("lookup task failed: {e}")))??;
+        Ok(found.map(Arc::new))
+    }
+
+    /// Deletes `id`; whether it existed (and had not expired).
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let in_memory = self.recent().remove(id, now_ms());
+        let Some(d) = &self.durable else {
+            return Ok(in_memory);
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        // Through the writer, after any queued put of the same id. `send` may wait for room in
+        // the queue: off the runtime.
+        let tx = d.tx.clone();
+        let owned = id.to_owned();
+        tokio::task::spawn_blocking(move || tx.send(Op::Delete(owned, ack)))
+            .await
+            .map_err(|e| StoreError(format!("delete task failed: {e}")))?
+            .map_err(|_| StoreError("the writer thread is gone".to_owned()))?;
+        let in_backend = done
+            .await
+            .map_err(|_| StoreError("the writer thread is gone".to_owned()))??;
+        Ok(in_memory || in_backend)
+    }
+
+    /// Blocks until everything queued is written, for at most `timeout` (shutdown, tests).
+    /// Do not call it on an async runtime thread.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(d) = &self.durable else { return true };
+        let (ack, done) = mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut op = Op::Flush(ack);
+        loop {
+            match d.tx.try_send(op) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return true,
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    op = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        !matches!(
+            done.recv_timeout(left),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+
+    /// Where responses are kept, for `/health`.
+    pub fn health(&self) -> serde_json::Value {
+        let in_memory = self.recent().map.len();
+        serde_json::json!({
+            "backend": self.durable.as_ref().map_or_else(|| "memory".to_owned(), |d| d.backend.describe()),
+            "durable": self.durable.is_some(),
+            "memory_only_reason": self.memory_reason,
+            "ttl_secs": self.ttl.as_secs(),
+            "in_memory": in_memory,
+            "kept_in_memory_only": self.unqueued.load(Ordering::Relaxed),
+            "write_errors": self.write_errors.load(Ordering::Relaxed),
+        })
+    }
+
+    /// A one-line description for the startup log.
+    pub fn describe(&self) -> String {
+        match (&self.durable, &self.memory_reason) {
+            (Some(d), _) => d.backend.describe(),
+            (None, Some(why)) => format!("memory (the last {MEMORY_CAPACITY}; {why})"),
+            (None, None) => "memory".to_owned(),
+        }
+    }
+}
+
+fn writer_loop(
+    backend: &dyn Backend,
+    rx: &Receiver<Op>,
+    prune_every: Duration,
+    errors: &AtomicU64,
+) {
+    let prune = |errors: &AtomicU64| {
+        if let Err(e) = backend.prune(now_ms()) {
+            errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot prune expired responses");
+        }
+    };
+    prune(errors);
+    let mut last_prune = Instant::now();
+    loop {
+        match rx.recv_timeout(prune_every) {
+            Ok(Op::Put(r)) => {
+                if let Err(e) = backend.put(&r) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot store a response");
+                }
+            }
+            Ok(Op::Delete(id, ack)) => {
+                let _ = ack.send(backend.delete(&id, now_ms()));
+            }
+            Ok(Op::Flush(ack)) => {
+                let _ = ack.send(());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if last_prune.elapsed() >= prune_every {
+            prune(errors);
+            last_prune = Instant::now();
+        }
+    }
+    tracing::debug!(backend = %backend.describe(), "response store writer stopped");
+}
+
+/// The id of the response an item id of ours belongs to (`fc_<48 hex>…` → `resp_<48 hex>`).
+pub fn response_of_item(item_id: &str) -> Option<String> {
+    let (_, rest) = item_id.split_once('_')?;
+    let base = rest.get(..48)?;
+    base.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| format!("resp_{base}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: &str, expires_at_ms: i64) -> Arc<StoredResponse> {
+        Arc::new(StoredResponse {
+            id: id.into(),
+            created_at: 1,
+            expires_at_ms,
+            input_items: "[]".into(),
+            response: "{}".into(),
+        })
+    }
+
+    #[test]
+    fn recent_is_bounded_and_drops_expired_first() {
+        let mut m = Recent::new(2);
+        m.insert(r("a", 100), 0);
+        m.insert(r("b", 100), 0);
+        m.insert(r("c", 100), 0);
+        assert!(m.get("a", 0).is_none(), "the oldest went past the capacity");
+        assert!(m.get("b", 0).is_some() && m.get("c", 0).is_some());
+        assert!(m.get("b", 100).is_none(), "expired is never returned");
+        m.insert(r("d", 500), 200);
+        assert_eq!(m.map.len(), 1, "expired ones were pruned on insert");
+        assert!(m.remove("d", 200));
+        assert!(!m.remove("d", 200));
+    }
+
+    #[tokio::test]
+    async fn memory_store_round_trip_and_ttl() {
+        let s = ResponseStore::memory(Duration::from_secs(60), 10, "test");
+        s.put("resp_1".into(), 5, "[1]".into(), "{}".into());
+        let got = s.get("resp_1").await.unwrap().unwrap();
+        assert_eq!(got.input_items, "[1]");
+        assert!(s.get("resp_2").await.unwrap().is_none());
+        assert!(s.delete("resp_1").await.unwrap());
+        assert!(s.get("resp_1").await.unwrap().is_none());
+        assert!(!s.delete("resp_1").await.unwrap());
+
+        let s = ResponseStore::memory(Duration::from_millis(1), 10, "test");
+        s.put("resp_x".into(), 5, "[]".into(), "{}".into());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(s.get("resp_x").await.unwrap().is_none());
+        assert!(!s.delete("resp_x").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn durable_store_reads_back_after_the_cache_and_deletes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        let backend = Arc::new(sqlite::SqliteBackend::open(&path).unwrap());
+        let s = ResponseStore::durable(backend.clone(), Duration::from_secs(60));
+        for i in 0..(CACHE_CAPACITY + 5) {
+            s.put(
+                format!("resp_{i}"),
+                1,
+                "[]".into(),
+                format!("{{\"n\":{i}}}"),
+            );
+        }
+        // Deleted right after its put: the queued put cannot bring it back.
+        s.put("resp_gone".into(), 1, "[]".into(), "{}".into());
+        assert!(s.delete("resp_gone").await.unwrap());
+        assert!(s.flush(Duration::from_secs(5)));
+        // resp_0 left the in-memory map; it comes from SQLite.
+        assert!(s.recent().get("resp_0", now_ms()).is_none());
+        let got = s.get("resp_0").await.unwrap().unwrap();
+        assert_eq!(got.response, "{\"n\":0}");
+        assert!(s.get("resp_gone").await.unwrap().is_none());
+        assert!(backend.get("resp_gone", now_ms()).unwrap().is_none());
+        assert_eq!(s.health()["durable"], true);
+    }
+
+    #[test]
+    fn item_ids_name_their_response() {
+        let base = "0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            response_of_item(&format!("fc_{base}001")),
+            Some(format!("resp_{base}"))
+        );
+        assert_eq!(
+            response_of_item(&format!("msg_{base}i000")),
+            Some(format!("resp_{base}"))
+        );
+        assert_eq!(response_of_item("msg_short"), None);
+        assert_eq!(response_of_item("nounderscore"), None);
+        assert_eq!(response_of_item(&format!("fc_{}", "z".repeat(48))), None);
+    }
+}
