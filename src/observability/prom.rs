@@ -58,6 +58,22 @@ fn describe() {
         "ccproxy_cost_usd_total",
         "Estimated cost in USD by model family"
     );
+    describe_gauge!(
+        "ccproxy_credential_available",
+        "1 when the upstream credential takes requests, 0 while it cools down, failed or is held by plan_limits_only"
+    );
+    describe_gauge!(
+        "ccproxy_credential_in_flight",
+        "Requests waiting for the upstream's answer on the credential"
+    );
+    describe_gauge!(
+        "ccproxy_credential_unavailable_until_seconds",
+        "Epoch second the credential's cooldown or hold ends (0: available)"
+    );
+    describe_gauge!(
+        "ccproxy_credential_utilization",
+        "The subscription's reported utilisation of its 5-hour and 7-day limits (fraction)"
+    );
     describe_gauge!("ccproxy_active_streams", "Streams being relayed now");
     describe_counter!(
         "ccproxy_oauth_refreshes_total",

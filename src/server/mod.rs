@@ -306,6 +306,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "oauth": oauth,
             "oauth_error": state.oauth_error,
             "server_api_key": state.settings.credentials.api_key.is_some(),
+            "routing": state.pool.routing().name(),
+            "pool": state.pool.snapshot(crate::util::time::now_secs()),
         },
         "usage": usage,
         "responses": state.responses.health(),
@@ -330,6 +332,7 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
     if let Err(e) = ops_access(&state, &req) {
         return e.into_response(Dialect::Anthropic);
     }
+    credential_gauges(&state);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -338,6 +341,32 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         prom::render(),
     )
         .into_response()
+}
+
+/// Per-credential gauges, read from the pool when metrics are scraped.
+fn credential_gauges(state: &AppState) {
+    for m in state.pool.snapshot(crate::util::time::now_secs()) {
+        let name = m.name.clone();
+        let available = if m.state == "available" { 1.0 } else { 0.0 };
+        metrics::gauge!("ccproxy_credential_available", "credential" => name.clone())
+            .set(available);
+        metrics::gauge!("ccproxy_credential_in_flight", "credential" => name.clone())
+            .set(m.in_flight as f64);
+        let until = m.until.unwrap_or(0) as f64;
+        metrics::gauge!("ccproxy_credential_unavailable_until_seconds", "credential" => name.clone())
+            .set(until);
+        if let Some(u) = &m.unified {
+            for (window, v) in [
+                ("5h", u.five_hour_utilization),
+                ("7d", u.seven_day_utilization),
+            ] {
+                if let Some(v) = v {
+                    metrics::gauge!("ccproxy_credential_utilization", "credential" => name.clone(), "window" => window)
+                        .set(v);
+                }
+            }
+        }
+    }
 }
 
 async fn dashboard_page(State(state): State<Arc<AppState>>, req: Request) -> Response {

@@ -33,6 +33,7 @@
 //!
 //! The fault markers (the last six) apply to `/v1/messages`; see [`faults`].
 
+pub mod accounts;
 pub mod agent;
 pub mod faults;
 pub mod generate;
@@ -40,6 +41,8 @@ pub mod generate;
 mod http_tests;
 mod openai;
 pub mod tools;
+
+pub use accounts::{Account, UnifiedScript};
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -119,6 +122,8 @@ pub struct SimState {
     pub requests_cancelled: AtomicU64,
     /// Failures served so far per `[sim:flaky]` request text.
     flaky: Mutex<std::collections::HashMap<String, u32>>,
+    /// Scripted per-credential states (see [`accounts`]).
+    accounts: Mutex<std::collections::HashMap<String, Account>>,
 }
 
 const RECORD_LIMIT: usize = 256;
@@ -217,6 +222,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/oauth/token", post(oauth_token))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/_sim/requests", get(recorded))
+        .route("/_sim/accounts", post(accounts::set))
         .fallback(not_found)
         .with_state(state)
 }
@@ -505,6 +511,19 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    // The credential's own scripted state, then the request's directives.
+    let (refusal, extra) = accounts::check(&state, &parts.headers);
+    let mut resp = match refusal {
+        Some(r) => r,
+        None => answer(&state, req, &body).await,
+    };
+    resp.headers_mut().extend(extra);
+    resp
+}
+
+/// A Messages answer, as the request's directives ask.
+async fn answer(state: &Arc<SimState>, req: SimRequest<'_>, body: &Bytes) -> Response {
+    let state = state.clone();
     let dir = Directives::from_request(&req);
     if dir.delay_ms > 0 {
         // Dropped (client gone) before the delay ends: counted as cancelled.
