@@ -313,7 +313,11 @@ async fn namespace_tool_round_trip() {
         .filter(|b| b["type"] == "tool_use")
         .collect();
     let names: Vec<&str> = uses.iter().map(|u| u["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["exec_command", "multi_agent_v1__close_agent"], "{last}");
+    assert_eq!(
+        names,
+        ["exec_command", "multi_agent_v1__close_agent"],
+        "{last}"
+    );
     assert_eq!(uses[1]["id"], calls[1]["call_id"]);
     let results: Vec<&Value> = msgs
         .iter()
@@ -322,7 +326,10 @@ async fn namespace_tool_round_trip() {
         .collect();
     assert_eq!(results.len(), 2, "{last}");
     assert_eq!(results[1]["tool_use_id"], calls[1]["call_id"]);
-    assert!(results[1]["content"].to_string().contains("closed"), "{last}");
+    assert!(
+        results[1]["content"].to_string().contains("closed"),
+        "{last}"
+    );
 
     // Streamed, with tool_choice naming the namespaced function: one forced call.
     let body = json!({"model": "gpt-4o", "input": "spawn one", "tools": tools, "stream": true,
@@ -347,5 +354,8 @@ async fn namespace_tool_round_trip() {
     assert_eq!(done[0]["name"], "spawn_agent");
     let completed = &evs.last().unwrap().1;
     assert_eq!(completed["type"], "response.completed", "{text}");
-    assert_eq!(completed["response"]["output"][0]["namespace"], "multi_agent_v1");
+    assert_eq!(
+        completed["response"]["output"][0]["namespace"],
+        "multi_agent_v1"
+    );
 }
