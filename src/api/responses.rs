@@ -175,7 +175,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
 /// `role` is a message):
 ///
 /// - `message`: `role`, `content`;
-/// - `function_call`: `call_id`, `name`, `arguments` (JSON text in a string);
+/// - `function_call`: `call_id`, `name`, `namespace` (a member of a `namespace` tool), `arguments`
+///   (JSON text in a string);
 /// - `function_call_output`: `call_id`, `output` (string or parts);
 /// - `custom_tool_call`: `call_id`, `name`, `input` (raw text);
 /// - `custom_tool_call_output`: `call_id`, `output`;
@@ -196,6 +197,9 @@ pub struct InputItem<'a> {
     pub call_id: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub name: Option<Str<'a>>,
+    /// A `function_call` to a member of a `namespace` tool: the namespace's name.
+    #[serde(borrow, default)]
+    pub namespace: Option<Str<'a>>,
     /// Normally a JSON string holding JSON text; an object is accepted too.
     #[serde(borrow, default)]
     pub arguments: Option<&'a RawValue>,
@@ -246,7 +250,8 @@ pub struct SummaryPart<'a> {
 }
 
 /// A `tools` entry, flat over its types: `function` (`name`, `description`, `parameters`,
-/// `strict`), `custom` (`name`, `description`, `format`), built-ins (`web_search`,
+/// `strict`), `custom` (`name`, `description`, `format`), `namespace` (`name`, `description`,
+/// `tools`: function tools called as `{"type":"function_call","namespace","name",…}`), built-ins (`web_search`,
 /// `web_search_preview`, dated variants: `search_context_size`, `user_location`, `filters`;
 /// `file_search`, `code_interpreter`, `computer_use_preview`, `image_generation`, `local_shell`,
 /// `mcp`, …).
@@ -270,6 +275,9 @@ pub struct Tool<'a> {
     pub filters: Option<WebSearchFilters<'a>>,
     #[serde(borrow, default)]
     pub search_context_size: Option<Str<'a>>,
+    /// A `namespace` tool's members (function tools).
+    #[serde(borrow, default)]
+    pub tools: Option<Vec<Tool<'a>>>,
 }
 
 /// A custom tool's input format: `{"type":"text"}` or `{"type":"grammar","syntax":"lark"|"regex",
@@ -305,6 +313,9 @@ pub struct ToolChoiceObject<'a> {
     pub kind: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub name: Option<Str<'a>>,
+    /// A function of a `namespace` tool: the namespace's name (`name` is the member's).
+    #[serde(borrow, default)]
+    pub namespace: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub mode: Option<Str<'a>>,
 }
@@ -413,11 +424,14 @@ pub enum OutputItem {
         role: String,
         content: Vec<OutputContent>,
     },
-    /// `fc_…`; `call_id` is the Anthropic `tool_use` id; `arguments` JSON text.
+    /// `fc_…`; `call_id` is the Anthropic `tool_use` id; `arguments` JSON text. A call to a
+    /// member of a `namespace` tool names the namespace too (`name` is the member's name).
     FunctionCall {
         id: String,
         status: ItemStatus,
         call_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
         name: String,
         arguments: String,
     },

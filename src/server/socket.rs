@@ -95,6 +95,7 @@ pub(super) async fn upgrade(state: Arc<AppState>, mode: Mode, req: Request) -> R
         last: None,
         queued: VecDeque::new(),
         opened: Instant::now(),
+        served: Served::default(),
     };
     ws.max_message_size(limit)
         .max_frame_size(limit)
@@ -115,13 +116,45 @@ struct Session {
     /// Messages that arrived while a response was running.
     queued: VecDeque<Utf8Bytes>,
     opened: Instant,
+    /// What the socket served (logged when it closes).
+    served: Served,
+}
+
+/// Counts of what one socket served.
+#[derive(Debug, Default)]
+struct Served {
+    /// `response.create` messages that called the model.
+    responses: u32,
+    /// `generate: false` preparations.
+    warm_ups: u32,
+    /// Responses that continued one this socket holds (`previous_response_id`).
+    continued: u32,
 }
 
 /// The socket is gone (closed by the client, or broken): stop serving it.
 struct Gone;
 
 impl Session {
-    async fn run(mut self, mut socket: WebSocket) {
+    /// Serves the socket; its opening and closing are logged (target `ccproxy::socket`), so a
+    /// client's use of the WebSocket mode shows in the log next to its requests.
+    async fn run(mut self, socket: WebSocket) {
+        let mode = self.mode.name();
+        tracing::info!(target: "ccproxy::socket", mode, path = %self.path, "responses websocket opened");
+        self.serve(socket).await;
+        let s = &self.served;
+        tracing::info!(
+            target: "ccproxy::socket",
+            mode,
+            path = %self.path,
+            responses = s.responses,
+            warm_ups = s.warm_ups,
+            continued = s.continued,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
+            "responses websocket closed"
+        );
+    }
+
+    async fn serve(&mut self, mut socket: WebSocket) {
         let shutdown = self.state.stream_limits.shutdown.clone();
         let shutdown = shutting_down(shutdown);
         tokio::pin!(shutdown);
@@ -208,8 +241,10 @@ impl Session {
             .and_then(Value::as_str)
             .map(str::to_owned);
         if generate == Some(Value::Bool(false)) {
+            self.served.warm_ups = self.served.warm_ups.saturating_add(1);
             return self.warm_up(socket, &bytes, continues.as_deref()).await;
         }
+        self.served.responses = self.served.responses.saturating_add(1);
         self.create(socket, Bytes::from(bytes), continues).await
     }
 
@@ -274,6 +309,9 @@ impl Session {
     ) -> Result<(), Gone> {
         let input = r::input_items(&body).unwrap_or_default();
         let prior = self.prior_for(continues.as_deref()).cloned();
+        if prior.is_some() {
+            self.served.continued = self.served.continued.saturating_add(1);
+        }
         let mut req = Request::new(Body::from(body.clone()));
         *req.method_mut() = Method::POST;
         if let Ok(uri) = self.path.parse() {

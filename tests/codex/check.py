@@ -1,8 +1,10 @@
 """Codex CLI through ccproxy, checked by its outcomes (run by run.sh inside a network namespace).
 
-For each mode (full: /openai/v1, minimal: /min/openai/v1) a fresh CODEX_HOME gets a config.toml
-with a custom model provider (`wire_api = "responses"`, `env_key`), and `codex exec` is asked for
-the simulated upstream's agent task (`[sim:agent]`, src/sim/agent.rs). Checked:
+For each mode (full: /openai/v1, minimal: /min/openai/v1), over HTTP (SSE) and over the Responses
+WebSocket mode (`supports_websockets = true`), a fresh CODEX_HOME gets a config.toml with a custom
+model provider (`wire_api = "responses"`, `env_key`) and Codex's default features (its sub-agent
+tools come as the `namespace` tool multi_agent_v1), and `codex exec` is asked for the simulated
+upstream's agent task (`[sim:agent]`, src/sim/agent.rs). Checked:
 
 - codex exits 0 and reports the command's real output (`sim-agent-42`, which appears nowhere
   before the command ran), the file change and a completed turn;
@@ -11,7 +13,10 @@ the simulated upstream's agent task (`[sim:agent]`, src/sim/agent.rs). Checked:
 - the upstream requests the simulated service received: the command's output and the patch
   result came back as tool_results, the thinking block (with its signature) came back unchanged
   through the reasoning item, and the mode's credential was used;
-- ccproxy served only POST /openai/v1/responses (no /models, /responses/compact or WebSocket).
+- ccproxy served only the responses route (no /models or /responses/compact); HTTP runs made
+  three POSTs and no socket; WebSocket runs made all three responses on sockets to the mode's
+  path (ccproxy's `responses websocket closed … responses=N` log lines), none over POST, and
+  Codex reported no fallback to HTTP.
 
 Stdlib only. Logs and work dirs stay in $CODEX_RUN_DIR (target/codex-run) for inspection.
 """
@@ -44,7 +49,11 @@ KEY_ENV = "CCPROXY_CODEX_TEST_KEY"
 COMMAND_OUTPUT = "sim-agent-42"
 PATCH_FILE = "sim-agent.txt"
 PATCH_CONTENT = "written by the simulated upstream\nthrough apply_patch\n"
-MODES = [("full", ""), ("min", "/min")]
+# (run, URL prefix, WebSocket mode): full and minimal mode, over HTTP (SSE) and over WebSocket.
+MODES = [("full", "", False), ("min", "/min", False), ("full-ws", "", True), ("min-ws", "/min", True)]
+# CODEX_ONLY=full-ws,min-ws runs only those (when iterating on one of them).
+if os.environ.get("CODEX_ONLY"):
+    MODES = [m for m in MODES if m[0] in os.environ["CODEX_ONLY"].split(",")]
 CODEX_TIMEOUT = 120
 
 failures: list[str] = []
@@ -155,7 +164,10 @@ def model_catalog(codex_home: Path, env: dict[str, str]) -> Path:
     plain = [m for m in models if m.get("apply_patch_tool_type") == "freeform" and not m.get("tool_mode") and not m.get("multi_agent_version")]
     if not plain:
         sys.exit(f"no bundled model with a freeform apply_patch tool: {[m.get('slug') for m in models]}")
-    entry = dict(plain[0], slug=MODEL, display_name=f"{MODEL} (ccproxy)")
+    # supports_search_tool off: with it Codex defers its sub-agent tools behind a client-executed
+    # `tool_search` tool (tool_search_call / tool_search_output items), which ccproxy does not
+    # convert yet; without it Codex offers them directly as the `namespace` tool multi_agent_v1.
+    entry = dict(plain[0], slug=MODEL, display_name=f"{MODEL} (ccproxy)", supports_search_tool=False)
     path = codex_home / "models.json"
     path.write_text(json.dumps({"models": [entry]}))
     return path
@@ -169,9 +181,6 @@ approval_policy = "never"
 # Codex runs inside a throwaway network namespace and work dir: no sandbox of its own.
 sandbox_mode = "danger-full-access"
 
-[agents]
-enabled = false
-
 [model_providers.ccproxy]
 name = "ccproxy"
 base_url = "{base_url}"
@@ -180,6 +189,7 @@ wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
 stream_idle_timeout_ms = 60000
+supports_websockets = {websockets}
 """
 
 
@@ -197,7 +207,30 @@ def items(evs: list[dict], kind: str) -> list[dict]:
     return [e["item"] for e in evs if e.get("type") == "item.completed" and e.get("item", {}).get("type") == kind]
 
 
-def run_mode(mode: str, prefix: str, proxy_port: int, sim_url: str) -> None:
+def check_transport(mode: str, prefix: str, websockets: bool, served: str, codex_output: str) -> None:
+    """WebSocket runs: every response of the run was made on a socket to the mode's path (the
+    socket's close line counts them, and the request log has no other responses), Codex did not
+    fall back to HTTP. HTTP runs: no socket at all."""
+    requests = len(re.findall(r"\broute=responses\b", served))
+    opened = re.findall(r"responses websocket opened.*?path=(\S+)", served)
+    closed = [dict(re.findall(r"\b(responses|warm_ups|continued)=(\d+)", l))
+              for l in served.splitlines() if "responses websocket closed" in l]
+    if not websockets:
+        check(not opened, f"{mode}: no WebSocket over HTTP: {opened}")
+        check(requests == 3, f"{mode}: three POST /responses: {requests}")
+        return
+    on_socket = sum(int(c.get("responses", 0)) for c in closed)
+    check(bool(opened) and all(p == f"{prefix}/openai/v1/responses" for p in opened),
+          f"{mode}: Codex opened a WebSocket on {prefix}/openai/v1/responses: {opened}")
+    check(on_socket == 3 and requests == 3,
+          f"{mode}: all three responses were made on the socket, none over HTTP POST (on the socket: {on_socket}, requests: {requests}, closes: {closed})")
+    check(not re.search(r"fall(ing)? ?back|fallback", codex_output, re.I),
+          f"{mode}: Codex reported no fallback to HTTP")
+    if VERBOSE:
+        log(f"{mode}: socket use {closed}")
+
+
+def run_mode(mode: str, prefix: str, websockets: bool, proxy: "Process", proxy_port: int, sim_url: str) -> None:
     tag = f"codex-{mode}-{os.getpid()}"
     base = RUN / mode
     home, codex_home, work = base / "home", base / "codex-home", base / "work"
@@ -207,8 +240,10 @@ def run_mode(mode: str, prefix: str, proxy_port: int, sim_url: str) -> None:
     catalog = model_catalog(codex_home, env)
     base_url = f"http://127.0.0.1:{proxy_port}{prefix}/openai/v1"
     (codex_home / "config.toml").write_text(
-        CONFIG.format(model=MODEL, catalog=catalog, base_url=base_url, key_env=KEY_ENV)
+        CONFIG.format(model=MODEL, catalog=catalog, base_url=base_url, key_env=KEY_ENV,
+                      websockets="true" if websockets else "false")
     )
+    log_start = len(proxy.text())
     prompt = f"Run a command, then create {PATCH_FILE}. [sim:agent] ({tag})"
     started = time.monotonic()
     try:
@@ -222,6 +257,18 @@ def run_mode(mode: str, prefix: str, proxy_port: int, sim_url: str) -> None:
     took = time.monotonic() - started
     (base / "codex.jsonl").write_text(done.stdout)
     (base / "codex.stderr").write_text(done.stderr)
+    # How ccproxy served this run: the upgrade (GET) and the responses made on the socket, or
+    # POSTs only.
+    served = proxy.text()[log_start:]
+    if websockets:
+        # The socket's close is logged once Codex has hung up.
+        deadline = time.monotonic() + 5
+        while (served.count("responses websocket closed") < max(1, served.count("responses websocket opened"))
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+            served = proxy.text()[log_start:]
+    (base / "proxy.log").write_text(served)
+    check_transport(mode, prefix, websockets, served, done.stdout + done.stderr)
     log(f"{mode}: codex exec exited {done.returncode} in {took:.1f}s ({base_url})")
     if not check(done.returncode == 0, f"{mode}: codex exec exits 0 (stderr: {done.stderr[-1500:]}; stdout: {done.stdout[-1500:]})"):
         return
@@ -266,7 +313,7 @@ def run_mode(mode: str, prefix: str, proxy_port: int, sim_url: str) -> None:
         f"{mode}: the thinking blocks came back with their signatures through the reasoning items: {thinking}",
     )
     # Full mode: the server's subscription credentials; minimal: the client's key.
-    want = ("authorization", f"Bearer {OAUTH_ACCESS}") if mode == "full" else ("x-api-key", CLIENT_KEY)
+    want = ("authorization", f"Bearer {OAUTH_ACCESS}") if mode.startswith("full") else ("x-api-key", CLIENT_KEY)
     headers = [{k.lower(): v for k, v in r["headers"]} for r in recorded]
     check(all(h.get(want[0]) == want[1] for h in headers), f"{mode}: the upstream requests carry {want[0]}: {want[1]}")
 
@@ -295,8 +342,8 @@ def main() -> None:
     )
     try:
         proxy.wait_for(lambda: healthy(port), "ccproxy GET /health")
-        for mode, prefix in MODES:
-            run_mode(mode, prefix, port, sim_url)
+        for mode, prefix, websockets in MODES:
+            run_mode(mode, prefix, websockets, proxy, port, sim_url)
         # Which routes Codex used: only the HTTP create route (no /models, compact or WebSocket).
         routes = set(re.findall(r"\broute=(\S+)", proxy.text()))
         check(routes == {"responses"}, f"ccproxy served only the responses route to Codex: {routes}")
@@ -305,7 +352,7 @@ def main() -> None:
         proxy.stop()
         sim.stop()
     failed = {f.split(":", 1)[0] for f in failures}
-    passed = [m for m, _ in MODES if m not in failed]
+    passed = [m for m, _, _ in MODES if m not in failed]
     print(f"codex: {len(passed)} passed, {len(failed)} failed", flush=True)
     if failures:
         log(f"logs and work dirs in {RUN}")

@@ -824,3 +824,121 @@ async fn failed_responses_are_not_stored() {
         404
     );
 }
+
+/// A `namespace` tool (as Codex sends its `multi_agent_v1` sub-agent tools): its functions are
+/// offered upstream under joined names, the calls come back as `function_call`s carrying the
+/// namespace and the member's own name (object and stream), and the calls sent back in the
+/// history (with their outputs) reach the upstream under the joined names again.
+#[tokio::test]
+async fn namespace_tool_round_trip() {
+    let env = TestEnv::with_api_key().await;
+    let tools = json!([
+        {"type": "function", "name": "exec_command", "parameters": {"type": "object",
+            "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}},
+        {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [
+            {"type": "function", "name": "close_agent", "description": "Close an agent.", "strict": false,
+             "parameters": {"type": "object", "properties": {"target": {"type": "string"}},
+                            "required": ["target"], "additionalProperties": false}},
+            {"type": "function", "name": "spawn_agent", "description": "Spawn an agent.",
+             "parameters": {"type": "object", "properties": {"message": {"type": "string"}},
+                            "required": ["message"]}}]}
+    ]);
+    // [sim:tools] calls the first two declared tools.
+    let prompt = "close the agent [sim:tools]";
+    let first = json!({"model": "gpt-4o", "input": prompt, "tools": tools});
+    let resp = env.post("/openai/v1/responses", None, &first).await;
+    assert_eq!(resp.status(), 200);
+    let v = json_of(resp).await;
+    let sent = last_upstream(&env);
+    let offered: Vec<&str> = sent["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            "exec_command",
+            "multi_agent_v1__close_agent",
+            "multi_agent_v1__spawn_agent"
+        ]
+    );
+    let calls: Vec<Value> = v["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "function_call")
+        .cloned()
+        .collect();
+    assert_eq!(calls.len(), 2, "{v}");
+    assert_eq!(calls[0]["name"], "exec_command");
+    assert!(calls[0].get("namespace").is_none(), "{}", calls[0]);
+    assert_eq!(calls[1]["namespace"], "multi_agent_v1", "{}", calls[1]);
+    assert_eq!(calls[1]["name"], "close_agent");
+    let args: Value = serde_json::from_str(calls[1]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["target"].is_string(), "{args}");
+
+    // The next turn sends both calls back with their outputs.
+    let mut input = vec![json!({"type": "message", "role": "user", "content": prompt})];
+    input.extend(calls.iter().cloned());
+    for (c, out) in calls.iter().zip(["ran", "closed"]) {
+        input.push(json!({"type": "function_call_output", "call_id": c["call_id"], "output": out}));
+    }
+    let body = json!({"model": "gpt-4o", "tools": tools, "input": input});
+    let resp = env.post("/openai/v1/responses", None, &body).await;
+    assert_eq!(resp.status(), 200);
+    let last = last_upstream(&env);
+    let msgs = last["messages"].as_array().unwrap();
+    let uses: Vec<&Value> = msgs
+        .iter()
+        .flat_map(|m| m["content"].as_array().into_iter().flatten())
+        .filter(|b| b["type"] == "tool_use")
+        .collect();
+    let names: Vec<&str> = uses.iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["exec_command", "multi_agent_v1__close_agent"],
+        "{last}"
+    );
+    assert_eq!(uses[1]["id"], calls[1]["call_id"]);
+    let results: Vec<&Value> = msgs
+        .iter()
+        .flat_map(|m| m["content"].as_array().into_iter().flatten())
+        .filter(|b| b["type"] == "tool_result")
+        .collect();
+    assert_eq!(results.len(), 2, "{last}");
+    assert_eq!(results[1]["tool_use_id"], calls[1]["call_id"]);
+    assert!(
+        results[1]["content"].to_string().contains("closed"),
+        "{last}"
+    );
+
+    // Streamed, with tool_choice naming the namespaced function: one forced call.
+    let body = json!({"model": "gpt-4o", "input": "spawn one", "tools": tools, "stream": true,
+        "tool_choice": {"type": "function", "namespace": "multi_agent_v1", "name": "spawn_agent"}});
+    let resp = env.post("/min/openai/v1/responses", None, &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let sent = last_upstream(&env);
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "multi_agent_v1__spawn_agent"})
+    );
+    let evs = events(&text);
+    let done: Vec<&Value> = evs
+        .iter()
+        .filter(|(k, _)| k == "response.output_item.done")
+        .map(|(_, v)| &v["item"])
+        .collect();
+    assert_eq!(done.len(), 1, "{text}");
+    assert_eq!(done[0]["type"], "function_call");
+    assert_eq!(done[0]["namespace"], "multi_agent_v1");
+    assert_eq!(done[0]["name"], "spawn_agent");
+    let completed = &evs.last().unwrap().1;
+    assert_eq!(completed["type"], "response.completed", "{text}");
+    assert_eq!(
+        completed["response"]["output"][0]["namespace"],
+        "multi_agent_v1"
+    );
+}

@@ -429,3 +429,46 @@ async fn each_response_is_recorded_and_a_close_cancels_the_upstream() {
     assert!(rows[0].tokens.output > 0, "{:?}", rows[0]);
     assert!(rows[1].abandoned, "{:?}", rows[1]);
 }
+
+/// Codex on the socket: a `namespace` tool's member is called (the call carries the namespace),
+/// and the continuation sends only the call's output with `previous_response_id` (`store:
+/// false`): the socket's held call reaches the upstream under the joined name again.
+#[tokio::test]
+async fn namespace_call_continued_on_the_socket() {
+    let env = TestEnv::with_api_key().await;
+    let mut ws = connect(&env, "", None).await;
+    let tools = json!([{"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+        "tools": [{"type": "function", "name": "close_agent",
+            "parameters": {"type": "object", "properties": {"target": {"type": "string"}},
+                           "required": ["target"]}}]}]);
+    let evs = create(
+        &mut ws,
+        json!({"model": "gpt-4o", "store": false, "tools": tools, "input": "close it",
+            "tool_choice": {"type": "function", "namespace": "multi_agent_v1", "name": "close_agent"}}),
+    )
+    .await;
+    let first = last_response(&evs);
+    let call = &first["output"][0];
+    assert_eq!(call["type"], "function_call", "{first}");
+    assert_eq!(call["namespace"], "multi_agent_v1");
+    assert_eq!(call["name"], "close_agent");
+    let evs = create(
+        &mut ws,
+        json!({"model": "gpt-4o", "store": false, "tools": tools,
+            "previous_response_id": first["id"],
+            "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "closed"}]}),
+    )
+    .await;
+    last_response(&evs);
+    let sent = last_upstream(&env);
+    let uses: Vec<&Value> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["content"].as_array().into_iter().flatten())
+        .filter(|b| b["type"] == "tool_use")
+        .collect();
+    assert_eq!(uses.len(), 1, "{sent}");
+    assert_eq!(uses[0]["name"], "multi_agent_v1__close_agent");
+    assert_eq!(uses[0]["id"], call["call_id"]);
+}

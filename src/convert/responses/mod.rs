@@ -48,6 +48,17 @@ use serde_json::Value;
 use crate::api::anthropic::{Block, Tokens};
 use crate::api::responses::{InputTokensDetails, OutputTokensDetails, Response, Status, Usage};
 
+/// A function inside a `namespace` tool (Codex's `multi_agent_v1`, MCP servers' tools): Claude
+/// has no namespaces, so it is offered as a tool of its own named `joined` (`{namespace}__{name}`,
+/// made a valid Anthropic tool name, `^[a-zA-Z0-9_-]{1,128}$`, and unique among the request's
+/// tools), and Claude's calls of `joined` go back as `function_call`s with `namespace` and `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacedTool {
+    pub namespace: String,
+    pub name: String,
+    pub joined: String,
+}
+
 /// What the response (or stream) converter needs to know about the request: the ids, the name
 /// the client asked for, which tools are custom (their calls are unwrapped), whether summaries
 /// were asked for, and the settings echoed in the response object.
@@ -60,6 +71,9 @@ pub struct ResponseContext {
     pub model: String,
     /// Names of the request's custom (freeform) tools.
     pub custom_tools: Vec<String>,
+    /// The members of the request's `namespace` tools (and of namespaces its history calls),
+    /// with the names Claude knows them by.
+    pub namespaced: Vec<NamespacedTool>,
     /// `reasoning.summary` was set: reasoning items carry the thinking text as their summary.
     pub summaries: bool,
     pub instructions: Option<String>,
@@ -86,6 +100,7 @@ impl ResponseContext {
             created_at,
             model: model.into(),
             custom_tools: Vec::new(),
+            namespaced: Vec::new(),
             summaries: false,
             instructions: None,
             previous_response_id: None,
@@ -106,6 +121,15 @@ impl ResponseContext {
 
     pub(crate) fn is_custom(&self, tool: &str) -> bool {
         self.custom_tools.iter().any(|t| t == tool)
+    }
+
+    /// The Responses name of the tool Claude calls `tool`: a namespace member's namespace and
+    /// own name, else no namespace and `tool` itself.
+    pub(crate) fn call_name(&self, tool: &str) -> (Option<String>, String) {
+        match self.namespaced.iter().find(|t| t.joined == tool) {
+            Some(t) => (Some(t.namespace.clone()), t.name.clone()),
+            None => (None, tool.to_owned()),
+        }
     }
 
     /// An empty response object in `status`, echoing the request's settings.

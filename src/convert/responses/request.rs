@@ -55,7 +55,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{ResponseContext, ThinkingBlock, decode_reasoning, new_response_id};
+use super::{NamespacedTool, ResponseContext, ThinkingBlock, decode_reasoning, new_response_id};
 use crate::api::anthropic::{
     Block, Metadata, Source, System, Thinking, ToolChoice, ToolChoiceKind, ToolDef, ToolInput, Turn,
 };
@@ -141,16 +141,19 @@ pub fn responses_to_messages(
         .collect::<Vec<_>>();
     let items = substitute_references(listed, &referenced_items)?;
     let decoded = decode_reasoning_items(&items);
+    let names = Namespaces::of(&req, &items);
 
     let built = build(
         &req,
         &items,
         &decoded,
+        &names,
         upstream_model,
         opts.default_max_tokens,
     )?;
     let out = encode(&built.body, body.len() + 256)?;
-    let context = context(&req, client_model, built.custom_tools, created_at);
+    let mut context = context(&req, client_model, built.custom_tools, created_at);
+    context.namespaced = names.0;
     Ok(ConvertedResponsesRequest {
         body: out,
         upstream_model: upstream_model.to_owned(),
@@ -476,6 +479,10 @@ fn echo_tool(t: &Tool<'_>) -> Value {
         m.insert("parameters".into(), params.unwrap_or(Value::Null));
         m.insert("strict".into(), t.strict.unwrap_or(false).into());
     }
+    if kind == "namespace" {
+        let members = t.tools.iter().flatten().map(echo_tool).collect::<Vec<_>>();
+        m.insert("tools".into(), Value::Array(members));
+    }
     if kind == "custom"
         && let Some(f) = &t.format
     {
@@ -640,6 +647,7 @@ fn build<'b>(
     req: &'b CreateRequest<'b>,
     items: &[(String, &'b InputItem<'b>)],
     decoded: &'b [Option<ThinkingBlock>],
+    names: &'b Namespaces,
     model: &'b str,
     default_max_tokens: u32,
 ) -> Result<Built<'b>, RequestError> {
@@ -651,9 +659,9 @@ fn build<'b>(
     )?;
     let caps = model_caps(model);
     let native = structured_outputs(model, &caps);
-    let mut tools = declared_tools(req, native)?;
-    let mut conv = Conversation::of_request(req, items, decoded)?;
-    let tool_choice = resolve_tool_choice(req, &mut tools, &conv.history_tools)?;
+    let mut tools = declared_tools(req, native, names)?;
+    let mut conv = Conversation::of_request(req, items, decoded, names)?;
+    let tool_choice = resolve_tool_choice(req, &mut tools, &conv.history_tools, names)?;
     let blocked = forces_tool(tool_choice.as_ref()) || lacks_required_thinking(&conv.turns);
     let (thinking, effort_config, max_tokens) =
         thinking(caps.thinking, effort, blocked, max_tokens);
@@ -734,10 +742,128 @@ fn structured_outputs(model: &str, caps: &ModelCaps) -> bool {
     version >= (4, 5) || (family == "opus" && version >= (4, 1))
 }
 
-/// `tools`: function, custom and web search tools; other built-ins are refused.
+// ---------------------------------------------------------------------------------------------
+// Namespaces.
+
+/// The members of the request's `namespace` tools and of the namespaces its history calls, each
+/// with the name Claude knows it by (see [`NamespacedTool`]), in first-seen order.
+#[derive(Debug, Default)]
+struct Namespaces(Vec<NamespacedTool>);
+
+/// The longest Anthropic tool name.
+const MAX_TOOL_NAME: usize = 128;
+
+impl Namespaces {
+    /// Declared members first (in order), then namespaced calls in the history; the joined names
+    /// avoid every plain tool name the request declares or its history calls.
+    fn of(req: &CreateRequest<'_>, items: &[(String, &InputItem<'_>)]) -> Self {
+        fn non_empty<'s>(s: Option<&'s Str<'_>>) -> Option<&'s str> {
+            s.map(|s| &**s).filter(|s| !s.is_empty())
+        }
+        let mut taken: HashSet<String> = HashSet::new();
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for t in req.tools.iter().flatten() {
+            match t.kind.as_deref() {
+                Some("namespace") => {
+                    let Some(ns) = non_empty(t.name.as_ref()) else {
+                        continue;
+                    };
+                    for m in t.tools.iter().flatten() {
+                        if let Some(name) = non_empty(m.name.as_ref()) {
+                            pairs.push((ns, name));
+                        }
+                    }
+                }
+                Some(k) if k.starts_with("web_search") => {
+                    taken.insert("web_search".to_owned());
+                }
+                _ => {
+                    if let Some(name) = non_empty(t.name.as_ref()) {
+                        taken.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+        for (_, it) in items {
+            if !matches!(
+                it.kind.as_deref(),
+                Some("function_call" | "custom_tool_call")
+            ) {
+                continue;
+            }
+            let Some(name) = non_empty(it.name.as_ref()) else {
+                continue;
+            };
+            match non_empty(it.namespace.as_ref()) {
+                Some(ns) if it.kind.as_deref() == Some("function_call") => pairs.push((ns, name)),
+                _ => {
+                    taken.insert(name.to_owned());
+                }
+            }
+        }
+        let mut out: Vec<NamespacedTool> = Vec::new();
+        for (ns, name) in pairs {
+            if out.iter().any(|t| t.namespace == ns && t.name == name) {
+                continue;
+            }
+            let joined = unique_name(&join_name(ns, name), &taken);
+            taken.insert(joined.clone());
+            out.push(NamespacedTool {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                joined,
+            });
+        }
+        Namespaces(out)
+    }
+
+    /// The name Claude knows `namespace`'s member `name` by.
+    fn joined(&self, namespace: &str, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|t| t.namespace == namespace && t.name == name)
+            .map(|t| t.joined.as_str())
+    }
+}
+
+/// `{namespace}__{name}` with every character outside `[a-zA-Z0-9_-]` replaced by `_`, at most
+/// [`MAX_TOOL_NAME`] characters.
+fn join_name(namespace: &str, name: &str) -> String {
+    let mut out: String = format!("{namespace}__{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.truncate(MAX_TOOL_NAME); // ASCII only by now
+    out
+}
+
+/// `base`, or `base` with a numeric suffix (`_2`, `_3`, …), whichever is not taken.
+fn unique_name(base: &str, taken: &HashSet<String>) -> String {
+    if !taken.contains(base) {
+        return base.to_owned();
+    }
+    (2usize..)
+        .map(|k| {
+            let suffix = format!("_{k}");
+            let keep = MAX_TOOL_NAME.saturating_sub(suffix.len()).min(base.len());
+            format!("{}{suffix}", &base[..keep])
+        })
+        .find(|c| !taken.contains(c))
+        .unwrap_or_else(|| base.to_owned())
+}
+
+/// `tools`: function, custom and web search tools, and the functions of `namespace` tools (each
+/// under its joined name); other built-ins are refused.
 fn declared_tools<'b>(
     req: &'b CreateRequest<'_>,
     native: bool,
+    names: &'b Namespaces,
 ) -> Result<Vec<ToolSpec<'b>>, RequestError> {
     let mut tools = Vec::new();
     for (i, t) in req.tools.iter().flatten().enumerate() {
@@ -766,12 +892,47 @@ fn declared_tools<'b>(
                     .and_then(|f| f.allowed_domains)
                     .filter(|d| d.get() != "null"),
             },
+            Some("namespace") => {
+                let ns = name()?;
+                let Some(members) = &t.tools else {
+                    return Err(missing(format!("tools[{i}].tools")));
+                };
+                for (j, m) in members.iter().enumerate() {
+                    let p = format!("tools[{i}].tools[{j}]");
+                    match m.kind.as_deref() {
+                        Some("function") | None => {}
+                        Some(k) => {
+                            return Err(RequestError::new(
+                                format!("{p}.type"),
+                                "unsupported_value",
+                                format_args!("a namespace holds function tools, not {k:?}"),
+                            ));
+                        }
+                    }
+                    let member = match m.name.as_deref() {
+                        Some(n) if !n.is_empty() => n,
+                        _ => return Err(missing(format!("{p}.name"))),
+                    };
+                    let Some(joined) = names.joined(ns, member) else {
+                        return Err(missing(format!("{p}.name")));
+                    };
+                    tools.push(ToolSpec::Function {
+                        def: ToolDef {
+                            name: joined,
+                            description: m.description.as_deref().filter(|d| !d.is_empty()),
+                            input_schema: m.parameters.filter(|p| !is_empty_object(p.get())),
+                        },
+                        strict: native && m.strict == Some(true),
+                    });
+                }
+                continue;
+            }
             Some(k) => {
                 return Err(RequestError::new(
                     format!("tools[{i}].type"),
                     "unsupported_value",
                     format_args!(
-                        "the built-in tool {k:?} has no Claude equivalent (supported: function, custom, web_search)"
+                        "the built-in tool {k:?} has no Claude equivalent (supported: function, custom, namespace, web_search)"
                     ),
                 ));
             }
@@ -821,10 +982,11 @@ fn resolve_tool_choice<'b>(
     req: &'b CreateRequest<'_>,
     tools: &mut Vec<ToolSpec<'b>>,
     history_tools: &[&'b str],
+    names: &'b Namespaces,
 ) -> Result<Option<ToolChoice<'b>>, RequestError> {
     let mut choice = match &req.tool_choice {
         None => None,
-        Some(c) => Some(tool_choice(c)?),
+        Some(c) => Some(tool_choice(c, names)?),
     };
     if let Some(ToolChoiceKind::Tool(name)) = choice
         && !tools.iter().any(|t| t.name() == name)
@@ -862,7 +1024,12 @@ fn resolve_tool_choice<'b>(
     })
 }
 
-fn tool_choice<'b>(c: &'b RToolChoice<'_>) -> Result<ToolChoiceKind<'b>, RequestError> {
+/// `tool_choice` as a Claude choice; `{"type":"function","namespace","name"}` names a namespace's
+/// member (by its joined name).
+fn tool_choice<'b>(
+    c: &'b RToolChoice<'_>,
+    names: &'b Namespaces,
+) -> Result<ToolChoiceKind<'b>, RequestError> {
     let mode = |m: &str, p: &str| -> Result<ToolChoiceKind<'b>, RequestError> {
         match m {
             "none" => Ok(ToolChoiceKind::None),
@@ -877,8 +1044,17 @@ fn tool_choice<'b>(c: &'b RToolChoice<'_>) -> Result<ToolChoiceKind<'b>, Request
     match c {
         RToolChoice::Mode(m) => mode(m, "tool_choice"),
         RToolChoice::Object(o) => match o.kind.as_deref() {
-            Some("function" | "custom") => match o.name.as_deref() {
-                Some(n) if !n.is_empty() => Ok(ToolChoiceKind::Tool(n)),
+            Some("function" | "custom") => match (o.name.as_deref(), o.namespace.as_deref()) {
+                (Some(n), Some(ns)) if !n.is_empty() && !ns.is_empty() => {
+                    match names.joined(ns, n) {
+                        Some(joined) => Ok(ToolChoiceKind::Tool(joined)),
+                        None => Err(invalid(
+                            "tool_choice.name",
+                            format_args!("no function {n:?} is defined in a namespace {ns:?}"),
+                        )),
+                    }
+                }
+                (Some(n), _) if !n.is_empty() => Ok(ToolChoiceKind::Tool(n)),
                 _ => Err(missing("tool_choice.name")),
             },
             Some("allowed_tools") => mode(o.mode.as_deref().unwrap_or("auto"), "tool_choice.mode"),
@@ -949,6 +1125,8 @@ struct Conversation<'b> {
     history_tools: Vec<&'b str>,
     /// Call ids of the calls so far: an output must answer one.
     call_ids: HashSet<&'b str>,
+    /// Joined names of namespaced calls.
+    names: Option<&'b Namespaces>,
 }
 
 impl<'b> Conversation<'b> {
@@ -957,8 +1135,12 @@ impl<'b> Conversation<'b> {
         req: &'b CreateRequest<'b>,
         items: &[(String, &'b InputItem<'b>)],
         decoded: &'b [Option<ThinkingBlock>],
+        names: &'b Namespaces,
     ) -> Result<Self, RequestError> {
-        let mut conv = Conversation::default();
+        let mut conv = Conversation {
+            names: Some(names),
+            ..Conversation::default()
+        };
         if let Some(i) = req.instructions.as_deref() {
             push_text(&mut conv.system, i, None);
         }
@@ -1040,7 +1222,15 @@ impl<'b> Conversation<'b> {
         custom: bool,
     ) -> Result<(), RequestError> {
         let id = required(it.call_id.as_ref(), p, "call_id")?;
-        let name = required(it.name.as_ref(), p, "name")?;
+        let mut name = required(it.name.as_ref(), p, "name")?;
+        if let Some(ns) = it.namespace.as_deref().filter(|ns| !ns.is_empty())
+            && !custom
+        {
+            name = self
+                .names
+                .and_then(|n| n.joined(ns, name))
+                .ok_or_else(|| missing(format!("{p}.name")))?;
+        }
         let input = if custom {
             let text = it.input.as_deref().unwrap_or("");
             let raw = serde_json::value::to_raw_value(&serde_json::json!({"input": text}))
@@ -1967,5 +2157,203 @@ mod tests {
                 let _ = run(&json!({"model": s, "input": input, "tools": [{"type": "custom", "name": s}]}), &[], &NoStore);
             }
         }
+    }
+
+    fn namespace_tool() -> Value {
+        json!({"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+        "tools": [
+            {"type": "function", "name": "close_agent", "description": "Close an agent.",
+             "strict": false, "parameters": {"type": "object",
+                "properties": {"target": {"type": "string"}}, "required": ["target"]}},
+            {"type": "function", "name": "spawn_agent", "parameters": {"type": "object"}}
+        ]})
+    }
+
+    #[test]
+    fn namespace_members_are_offered_under_joined_names() {
+        let v = req(
+            "claude-sonnet-4-5",
+            json!({"tools": [{"type": "function", "name": "exec_command"}, namespace_tool()]}),
+        );
+        let c = run(&v, &[], &NoStore).unwrap();
+        let body: Value = serde_json::from_slice(&c.body).unwrap();
+        let names: Vec<&str> = body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "exec_command",
+                "multi_agent_v1__close_agent",
+                "multi_agent_v1__spawn_agent"
+            ]
+        );
+        assert_eq!(body["tools"][1]["description"], "Close an agent.");
+        assert_eq!(
+            body["tools"][1]["input_schema"]["required"],
+            json!(["target"])
+        );
+        let ns = &c.context.namespaced;
+        assert_eq!(ns.len(), 2);
+        assert_eq!(
+            (
+                ns[0].namespace.as_str(),
+                ns[0].name.as_str(),
+                ns[0].joined.as_str()
+            ),
+            (
+                "multi_agent_v1",
+                "close_agent",
+                "multi_agent_v1__close_agent"
+            )
+        );
+        // The response echoes the namespace tool with its members.
+        assert_eq!(c.context.tools[1]["type"], "namespace");
+        assert_eq!(c.context.tools[1]["tools"][0]["name"], "close_agent");
+    }
+
+    #[test]
+    fn namespace_names_are_valid_and_unique() {
+        let long = "n".repeat(120);
+        let v = req(
+            "claude-sonnet-4-5",
+            json!({"tools": [
+                {"type": "function", "name": "a__b"},
+                {"type": "namespace", "name": "a", "tools": [{"type": "function", "name": "b"}]},
+                {"type": "namespace", "name": "mcp.server/x", "tools": [{"type": "function", "name": "do it"}]},
+                {"type": "namespace", "name": long, "tools": [
+                    {"type": "function", "name": "first_member"},
+                    {"type": "function", "name": "first_member_too"}]}
+            ]}),
+        );
+        let c = run(&v, &[], &NoStore).unwrap();
+        let body: Value = serde_json::from_slice(&c.body).unwrap();
+        let names: Vec<String> = body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names[0], "a__b");
+        assert_eq!(names[1], "a__b_2");
+        assert_eq!(names[2], "mcp_server_x__do_it");
+        assert_eq!(names.len(), 5);
+        for n in &names {
+            assert!(
+                (1..=128).contains(&n.len())
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "{n}"
+            );
+        }
+        let unique: HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+
+    #[test]
+    fn namespaced_history_calls_and_tool_choice_use_the_joined_name() {
+        let v = json!({"model": "claude-sonnet-4-5", "tools": [namespace_tool()],
+        "tool_choice": {"type": "function", "namespace": "multi_agent_v1", "name": "close_agent"},
+        "input": [
+            {"type": "message", "role": "user", "content": "close it"},
+            {"type": "function_call", "call_id": "call_1", "namespace": "multi_agent_v1",
+             "name": "close_agent", "arguments": "{\"target\":\"a1\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "closed"}
+        ]});
+        let body = conv(v);
+        let uses: Vec<&Value> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m["content"].as_array().into_iter().flatten())
+            .filter(|b| b["type"] == "tool_use")
+            .collect();
+        assert_eq!(uses.len(), 1);
+        assert_eq!(uses[0]["name"], "multi_agent_v1__close_agent");
+        assert_eq!(uses[0]["input"], json!({"target": "a1"}));
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": "multi_agent_v1__close_agent"})
+        );
+        // A tool_choice naming a member of no namespace is refused.
+        let e = err(req(
+            "claude-sonnet-4-5",
+            json!({"tools": [namespace_tool()],
+                "tool_choice": {"type": "function", "namespace": "multi_agent_v1", "name": "nope"}}),
+        ));
+        assert_eq!(e.param.as_deref(), Some("tool_choice.name"));
+        // The joined name works as a tool_choice too.
+        let body = conv(req(
+            "claude-sonnet-4-5",
+            json!({"tools": [namespace_tool()],
+                "tool_choice": {"type": "function", "name": "multi_agent_v1__spawn_agent"}}),
+        ));
+        assert_eq!(body["tool_choice"]["name"], "multi_agent_v1__spawn_agent");
+    }
+
+    #[test]
+    fn namespaced_history_without_declared_tools_is_declared_open() {
+        let v = json!({"model": "claude-sonnet-4-5", "input": [
+            {"type": "function_call", "call_id": "c1", "namespace": "mcp__node_repl",
+             "name": "js", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"}
+        ]});
+        let c = run(&v, &[], &NoStore).unwrap();
+        let body: Value = serde_json::from_slice(&c.body).unwrap();
+        assert_eq!(body["tools"][0]["name"], "mcp__node_repl__js");
+        assert_eq!(body["tool_choice"]["type"], "none");
+        assert_eq!(
+            c.context.call_name("mcp__node_repl__js").0.as_deref(),
+            Some("mcp__node_repl")
+        );
+    }
+
+    #[test]
+    fn bad_namespace_tools_are_refused_by_path() {
+        let e = err(req(
+            "claude-sonnet-4-5",
+            json!({"tools": [{"type": "namespace", "name": "ns"}]}),
+        ));
+        assert_eq!(e.param.as_deref(), Some("tools[0].tools"));
+        let e = err(req(
+            "claude-sonnet-4-5",
+            json!({"tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "web_search"}]}]}),
+        ));
+        assert_eq!(e.param.as_deref(), Some("tools[0].tools[0].type"));
+        let e = err(req(
+            "claude-sonnet-4-5",
+            json!({"tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "function"}]}]}),
+        ));
+        assert_eq!(e.param.as_deref(), Some("tools[0].tools[0].name"));
+        let e = err(req(
+            "claude-sonnet-4-5",
+            json!({"tools": [{"type": "namespace", "tools": []}]}),
+        ));
+        assert_eq!(e.param.as_deref(), Some("tools[0].name"));
+    }
+
+    #[test]
+    fn codex_first_request_converts() {
+        let raw = include_str!("../../../tests/codex/fixtures/codex-0.171.0-first-request.json");
+        let fixture: Value = serde_json::from_str(raw).unwrap();
+        let c = run(&fixture["body"], &[], &NoStore).unwrap();
+        let body: Value = serde_json::from_slice(&c.body).unwrap();
+        let names: Vec<&str> = body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"multi_agent_v1__spawn_agent"), "{names:?}");
+        assert!(names.contains(&"exec_command"), "{names:?}");
+        assert!(
+            c.context
+                .namespaced
+                .iter()
+                .all(|t| t.namespace == "multi_agent_v1")
+        );
     }
 }

@@ -135,10 +135,12 @@ pub(crate) fn tool_item(
             input: custom_input(input),
         }
     } else {
+        let (namespace, name) = ctx.call_name(&name);
         OutputItem::FunctionCall {
             id: ctx.item_id("fc", n),
             status: ItemStatus::Completed,
             call_id,
+            namespace,
             name,
             arguments: minify_json(input),
         }
@@ -219,6 +221,28 @@ mod tests {
             // The context's id and time are fixed: the snapshot is deterministic.
             insta::assert_json_snapshot!(format!("responses_fixture_{name}"), r);
         }
+    }
+
+    #[test]
+    fn namespaced_tool_use_becomes_a_function_call_with_its_namespace() {
+        let mut c = ctx();
+        c.namespaced = vec![crate::convert::responses::NamespacedTool {
+            namespace: "mcp__node_repl".into(),
+            name: "js".into(),
+            joined: "mcp__node_repl__js".into(),
+        }];
+        let v = convert(
+            &json!({"id": "msg_1", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "mcp__node_repl__js", "input": {"code": "1+1"}}],
+                "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 2}}),
+            &c,
+        );
+        let item = &v["output"][0];
+        assert_eq!(item["type"], "function_call");
+        assert_eq!(item["namespace"], "mcp__node_repl");
+        assert_eq!(item["name"], "js");
+        assert_eq!(item["call_id"], "toolu_1");
+        assert_eq!(item["arguments"], r#"{"code":"1+1"}"#);
     }
 
     #[test]

@@ -106,7 +106,10 @@ struct OpenTool {
     index: usize,
     id: String,
     call_id: String,
+    /// The Responses name (a namespace member's own name).
     name: String,
+    /// A namespace member's namespace.
+    namespace: Option<String>,
     custom: bool,
     /// The input JSON fragments so far.
     args: String,
@@ -476,6 +479,11 @@ impl ResponsesStreamConverter {
         let name = b.name.as_deref().unwrap_or("").to_owned();
         let call_id = b.id.as_deref().unwrap_or("").to_owned();
         let custom = self.ctx.is_custom(&name);
+        let (namespace, name) = if custom {
+            (None, name)
+        } else {
+            self.ctx.call_name(&name)
+        };
         let n = self.next_index;
         let (id, item) = if custom {
             let id = self.ctx.item_id("ctc", n);
@@ -493,6 +501,7 @@ impl ResponsesStreamConverter {
                 id: id.clone(),
                 status: ItemStatus::InProgress,
                 call_id: call_id.clone(),
+                namespace: namespace.clone(),
                 name: name.clone(),
                 arguments: String::new(),
             };
@@ -508,6 +517,7 @@ impl ResponsesStreamConverter {
             id,
             call_id,
             name,
+            namespace,
             custom,
             args: String::new(),
             start_input,
@@ -728,6 +738,7 @@ impl OpenTool {
             id: self.id,
             status: ItemStatus::Completed,
             call_id: self.call_id,
+            namespace: self.namespace,
             name: self.name,
             arguments: self.args,
         }
@@ -1148,6 +1159,67 @@ mod tests {
         assert!(
             !evs.iter()
                 .any(|e| e["type"] == "response.function_call_arguments.delta")
+        );
+    }
+
+    #[test]
+    fn namespaced_tool_calls_carry_their_namespace() {
+        let mut cx = ctx(false);
+        cx.namespaced = vec![crate::convert::responses::NamespacedTool {
+            namespace: "multi_agent_v1".into(),
+            name: "close_agent".into(),
+            joined: "multi_agent_v1__close_agent".into(),
+        }];
+        let upstream = [
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_n", "name": "multi_agent_v1__close_agent", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"target\":"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\"a1\"}"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_p", "name": "exec_command", "input": {}}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+            json!({"type": "message_stop"}),
+        ];
+        let mut c = ResponsesStreamConverter::new(cx.clone());
+        let evs = events(&run(&mut c, &[&sse(&upstream)]));
+        let added = evs
+            .iter()
+            .find(|e| e["type"] == "response.output_item.added")
+            .unwrap();
+        assert_eq!(added["item"]["namespace"], "multi_agent_v1");
+        assert_eq!(added["item"]["name"], "close_agent");
+        let args_done = evs
+            .iter()
+            .find(|e| e["type"] == "response.function_call_arguments.done")
+            .unwrap();
+        assert_eq!(args_done["name"], "close_agent");
+        assert_eq!(args_done["arguments"], r#"{"target":"a1"}"#);
+        let done: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e["type"] == "response.output_item.done")
+            .map(|e| &e["item"])
+            .collect();
+        assert_eq!(done[0]["type"], "function_call");
+        assert_eq!(done[0]["namespace"], "multi_agent_v1");
+        assert_eq!(done[0]["name"], "close_agent");
+        // A plain tool's call has no namespace field at all.
+        assert_eq!(done[1]["name"], "exec_command");
+        assert!(done[1].get("namespace").is_none(), "{}", done[1]);
+        // The non-stream converter agrees.
+        let body = json!({"id": "msg_1", "content": [
+            {"type": "tool_use", "id": "toolu_n", "name": "multi_agent_v1__close_agent", "input": {"target": "a1"}},
+            {"type": "tool_use", "id": "toolu_p", "name": "exec_command", "input": {}}],
+            "stop_reason": "tool_use", "usage": {"input_tokens": 3, "output_tokens": 9}});
+        let r = messages_to_response(&serde_json::to_vec(&body).unwrap(), &cx).unwrap();
+        let out = serde_json::to_value(&r.output).unwrap();
+        assert_eq!(out[0]["namespace"], "multi_agent_v1");
+        assert_eq!(out[0]["name"], "close_agent");
+        assert_eq!(out[0]["arguments"], r#"{"target":"a1"}"#);
+        assert!(out[1].get("namespace").is_none());
+        assert_eq!(
+            serde_json::to_value(c.response()).unwrap()["output"][0]["namespace"],
+            "multi_agent_v1"
         );
     }
 
