@@ -16,6 +16,7 @@ mod hardening;
 mod oauth;
 mod observability;
 mod openai;
+mod pool;
 mod responses;
 mod responses_ws;
 mod retries;
