@@ -32,6 +32,17 @@ pub enum Command {
     Auth(AuthArgs),
     /// Report recorded usage and cost.
     Usage(UsageArgs),
+    /// The running server's upstream credentials: state, cooldowns, subscription limits.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Output format (`table` or `json`).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -77,6 +88,8 @@ pub enum UsageGrouping {
     Day,
     Hour,
     Mode,
+    /// The upstream credential that served each request.
+    Credential,
 }
 
 /// Output format of `ccproxy usage`.

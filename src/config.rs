@@ -159,6 +159,25 @@ pub enum PoolSecret {
     /// A Claude Code credentials file (subscription OAuth tokens, refreshed in place).
     OAuthFile(PathBuf),
     ApiKey(Secret),
+    /// An API key read from this environment variable when the server starts.
+    ApiKeyEnv(String),
+}
+
+impl PoolSecret {
+    /// The API key, for the key kinds (`Err` names an unset variable).
+    pub fn api_key(&self) -> Option<Result<Secret, String>> {
+        match self {
+            PoolSecret::OAuthFile(_) => None,
+            PoolSecret::ApiKey(k) => Some(Ok(k.clone())),
+            PoolSecret::ApiKeyEnv(var) => Some(
+                env_nonempty(var)
+                    .map(|k| Secret::new(k.trim()))
+                    .ok_or_else(|| {
+                        format!("the environment variable {var} (api_key_env) is not set")
+                    }),
+            ),
+        }
+    }
 }
 
 /// One configured upstream credential.
@@ -676,14 +695,7 @@ fn pool_entries(
             (None, Some(k), None) if !k.trim().is_empty() => {
                 PoolSecret::ApiKey(Secret::new(k.trim()))
             }
-            (None, None, Some(var)) => match env_nonempty(&var) {
-                Some(k) => PoolSecret::ApiKey(Secret::new(k.trim())),
-                None => {
-                    return Err(invalid(format!(
-                        "credential {name:?}: the environment variable {var} (api_key_env) is not set"
-                    )));
-                }
-            },
+            (None, None, Some(var)) if !var.trim().is_empty() => PoolSecret::ApiKeyEnv(var),
             _ => {
                 return Err(invalid(format!(
                     "credential {name:?} needs exactly one of oauth_file, api_key, api_key_env"
@@ -959,6 +971,10 @@ impl CredentialSettings {
                 let kind = match &e.secret {
                     PoolSecret::OAuthFile(p) => format!("oauth {}", p.display()),
                     PoolSecret::ApiKey(k) => format!("api key {}", k.masked()),
+                    PoolSecret::ApiKeyEnv(var) => match self::env_nonempty(var) {
+                        Some(k) => format!("api key ${var} = {}", Secret::new(k).masked()),
+                        None => format!("api key ${var}, not set"),
+                    },
                 };
                 let modes: Vec<&str> = e.modes.iter().map(|m| m.name()).collect();
                 let models = if e.models.is_empty() {

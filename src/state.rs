@@ -69,7 +69,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
                 (None, Some(e.to_string()))
             }
         };
-    let (pool, oauth) = build_pool(&settings, oauth, upstream.client());
+    let (pool, oauth) = build_pool(&settings, oauth, upstream.client())?;
     let aliases = ModelAliases::with_defaults().with_overrides(
         settings
             .model_aliases
@@ -118,7 +118,7 @@ fn build_pool(
     settings: &Settings,
     discovered: Option<Arc<OAuthManager>>,
     http: &reqwest::Client,
-) -> (Pool, Option<Arc<OAuthManager>>) {
+) -> anyhow::Result<(Pool, Option<Arc<OAuthManager>>)> {
     let c = &settings.credentials;
     let all_modes = vec![Mode::Full, Mode::Minimal, Mode::Passthrough];
     let mut members = Vec::new();
@@ -143,11 +143,11 @@ fn build_pool(
                 c.plan_limits_only,
             ));
         }
-        return (Pool::new(members, c.routing), discovered);
+        return Ok((Pool::new(members, c.routing), discovered));
     }
     let mut first_oauth = None;
     for entry in &c.pool {
-        let Some(kind) = member_kind(settings, entry, http) else {
+        let Some(kind) = member_kind(settings, entry, http)? else {
             continue;
         };
         if let (MemberKind::OAuth(m), None) = (&kind, &first_oauth) {
@@ -161,7 +161,7 @@ fn build_pool(
             entry.plan_limits_only,
         ));
     }
-    (Pool::new(members, c.routing), first_oauth)
+    Ok((Pool::new(members, c.routing), first_oauth))
 }
 
 /// The credential of one `[[credentials]]` table; a subscription whose file cannot be used is
@@ -170,9 +170,13 @@ fn member_kind(
     settings: &Settings,
     entry: &PoolEntry,
     http: &reqwest::Client,
-) -> Option<MemberKind> {
-    match &entry.secret {
-        PoolSecret::ApiKey(k) => Some(MemberKind::ApiKey(AccessToken::new(k.expose()))),
+) -> anyhow::Result<Option<MemberKind>> {
+    if let Some(key) = entry.secret.api_key() {
+        let key = key.map_err(|why| anyhow::anyhow!("credential {:?}: {why}", entry.name))?;
+        return Ok(Some(MemberKind::ApiKey(AccessToken::new(key.expose()))));
+    }
+    Ok(match &entry.secret {
+        PoolSecret::ApiKey(_) | PoolSecret::ApiKeyEnv(_) => None,
         PoolSecret::OAuthFile(path) => {
             let mut cfg = credentials_config(settings);
             cfg.credentials_file = Some(path.clone());
@@ -188,7 +192,7 @@ fn member_kind(
                 }
             }
         }
-    }
+    })
 }
 
 /// The response store: the usage database's `responses` table when usage recording is on and

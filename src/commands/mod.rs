@@ -1,6 +1,7 @@
 //! Command implementations (glue between the CLI and the library).
 
 pub mod auth;
+pub mod status;
 pub mod usage;
 
 use std::net::SocketAddr;
@@ -48,6 +49,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             println!("wrote {}", path.display());
             Ok(0)
+        }
+        Some(Command::Status(args)) => {
+            let settings = Settings::resolve(&args.serve)?;
+            status::run(&settings, args.format).await
         }
         Some(Command::Usage(args)) => {
             let settings = Settings::from_common(&args.config.clone().into())?;

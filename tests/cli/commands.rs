@@ -15,7 +15,7 @@ fn stdout_of(c: &mut Command) -> (bool, String, String) {
     )
 }
 
-fn wait_health(port: u16) -> serde_json::Value {
+pub(crate) fn wait_health(port: u16) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(body) = http_get(port, "/health") {
@@ -46,7 +46,7 @@ fn http(port: u16, request: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+pub(crate) fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let (status, body) = http(
         port,
         &format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"),
@@ -58,7 +58,7 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     }
 }
 
-fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
+pub(crate) fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
     http(
         port,
         &format!(

@@ -28,6 +28,8 @@ pub enum GroupBy {
     Hour,
     /// Proxy mode (`full`, `minimal`, `passthrough`).
     Mode,
+    /// The upstream credential that served the request (its pool name, or `client`).
+    Credential,
 }
 
 impl GroupBy {
@@ -37,6 +39,7 @@ impl GroupBy {
             GroupBy::Day => "day",
             GroupBy::Hour => "hour",
             GroupBy::Mode => "mode",
+            GroupBy::Credential => "credential",
         }
     }
 
@@ -45,6 +48,7 @@ impl GroupBy {
         match self {
             GroupBy::Model => "COALESCE(model, '(unknown)')",
             GroupBy::Mode => "mode",
+            GroupBy::Credential => "COALESCE(credential, '(none)')",
             GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch', 'localtime')",
             GroupBy::Hour => "strftime('%Y-%m-%d %H:00', ts_ms / 1000, 'unixepoch', 'localtime')",
         }
@@ -63,8 +67,9 @@ impl FromStr for GroupBy {
             "day" => Ok(GroupBy::Day),
             "hour" => Ok(GroupBy::Hour),
             "mode" => Ok(GroupBy::Mode),
+            "credential" => Ok(GroupBy::Credential),
             other => Err(format!(
-                "invalid grouping {other:?}: expected model, day, hour or mode"
+                "invalid grouping {other:?}: expected model, day, hour, mode or credential"
             )),
         }
     }
