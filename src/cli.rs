@@ -90,6 +90,8 @@ pub enum UsageGrouping {
     Mode,
     /// The upstream credential that served each request.
     Credential,
+    /// What each request was billed to: a subscription's plan, its extra usage, an API key.
+    Bucket,
 }
 
 /// Output format of `ccproxy usage`.

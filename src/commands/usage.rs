@@ -15,6 +15,7 @@ fn group_by(g: UsageGrouping) -> GroupBy {
         UsageGrouping::Hour => GroupBy::Hour,
         UsageGrouping::Mode => GroupBy::Mode,
         UsageGrouping::Credential => GroupBy::Credential,
+        UsageGrouping::Bucket => GroupBy::Bucket,
     }
 }
 

@@ -36,6 +36,9 @@ pub struct UsageRecord {
     /// The pool credential's name (`server_oauth` / `server_api_key` for the implicit pool), or
     /// `client` for the client's own key.
     pub credential: Option<String>,
+    /// What the request was billed to: `plan` (a subscription within its plan's limits),
+    /// `extra_usage` (a subscription's overage), `api` (an API key), or unknown.
+    pub bucket: Option<String>,
 }
 
 pub mod prom;
@@ -229,6 +232,11 @@ impl InFlight {
         if self.record.credential.as_deref() != Some(credential) {
             self.record.credential = Some(credential.to_owned());
         }
+    }
+
+    /// What the upstream said the request is billed to (see [`UsageRecord::bucket`]).
+    pub fn billed_to(&mut self, bucket: &'static str) {
+        self.record.bucket = Some(bucket.to_owned());
     }
 
     /// The upstream answered with its head after `waited`.

@@ -67,6 +67,23 @@ impl Chosen {
     }
 }
 
+/// What the upstream billed the request to: a subscription's plan or its extra usage (from the
+/// unified rate-limit headers), or an API key.
+pub fn bucket(chosen: &Chosen, headers: &HeaderMap) -> Option<&'static str> {
+    match &chosen.auth {
+        UpstreamAuth::ApiKey(_) => Some("api"),
+        UpstreamAuth::OAuth(_) => {
+            crate::credentials::pool::Unified::from_headers(headers, 0).map(|u| {
+                if u.served_from_extra_usage() {
+                    "extra_usage"
+                } else {
+                    "plan"
+                }
+            })
+        }
+    }
+}
+
 /// The candidates for a request in `mode` for `model`, given the token the client presented
 /// (only when the proxy has no token of its own). No candidate at all is an error in the
 /// client's dialect: 401 when nothing is configured, 429 when everything is benched.

@@ -65,6 +65,13 @@ impl RequestCtx {
         }
     }
 
+    /// What the request is billed to (`plan`, `extra_usage`, `api`).
+    pub fn billed_to(&mut self, bucket: Option<&'static str>) {
+        if let (Some(r), Some(b)) = (self.record(), bucket) {
+            r.billed_to(b);
+        }
+    }
+
     /// The upstream answered with its head.
     pub fn upstream_answered(&mut self, resp: &reqwest::Response, waited: Duration) {
         self.upstream_wait = Some(waited);

@@ -141,6 +141,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let sent = Instant::now();
     let (resp, chosen) = send::send(state, &p, query, &plan, headers_for).await?;
     ctx.served_by(chosen.name());
+    ctx.billed_to(credential::bucket(&chosen, resp.headers()));
     if let (Some(key), Some(member)) = (plan.conversation, &chosen.member)
         && resp.status().is_success()
     {

@@ -75,10 +75,24 @@ fn secret(headers: &HeaderMap) -> Option<&str> {
 /// What the account's script says about this request: a refusal to send instead of serving it,
 /// and the headers to add to whatever is sent.
 pub(super) fn check(state: &SimState, headers: &HeaderMap) -> (Option<Response>, HeaderMap) {
-    let Some(acct) = secret(headers).and_then(|s| state.account(s)) else {
-        return (None, HeaderMap::new());
-    };
     let now = crate::util::time::now_secs();
+    let oauth = headers.contains_key(header::AUTHORIZATION) && !headers.contains_key("x-api-key");
+    let Some(acct) = secret(headers).and_then(|s| state.account(s)) else {
+        // As the real service: every subscription response says where its limits stand.
+        let plain = UnifiedScript {
+            status: Some("allowed".into()),
+            reset: Some(now + 5 * 3600),
+            five_hour_reset: Some(now + 5 * 3600),
+            representative_claim: Some("five_hour".into()),
+            ..UnifiedScript::default()
+        };
+        let extra = if oauth {
+            unified_headers(&plain)
+        } else {
+            HeaderMap::new()
+        };
+        return (None, extra);
+    };
     let extra = acct
         .unified
         .as_ref()

@@ -383,6 +383,10 @@ async fn plan_limits_guard_stops_extra_usage() {
         200
     );
     assert_eq!(used(&env), [OAUTH_TOKEN, API_KEY]);
+    // Each usage row says what it was billed to.
+    let rows = crate::usage::rows(&env, 2).await;
+    let buckets: Vec<_> = rows.iter().map(|r| r.bucket.as_deref()).collect();
+    assert_eq!(buckets, [Some("extra_usage"), Some("api")], "{rows:?}");
     let h = health(&env).await;
     let sub = member(&h, "server_oauth");
     assert_eq!(sub["state"], "extra_usage", "{sub}");
@@ -416,6 +420,16 @@ async fn extra_usage_allowed_when_asked() {
     env.post("/v1/messages", None, &body("", "one")).await;
     env.post("/v1/messages", None, &body("", "two")).await;
     assert_eq!(used(&env), [OAUTH_TOKEN, OAUTH_TOKEN]);
+}
+
+/// Within its plan's limits a subscription's requests are billed to the plan.
+#[tokio::test]
+async fn subscription_requests_are_billed_to_the_plan() {
+    let env = subscription_env(None, true).await;
+    env.post("/v1/messages", None, &body("", "one")).await;
+    let rows = crate::usage::rows(&env, 1).await;
+    assert_eq!(rows[0].credential.as_deref(), Some("server_oauth"));
+    assert_eq!(rows[0].bucket.as_deref(), Some("plan"), "{rows:?}");
 }
 
 /// A subscription whose third-party use needs extra usage (400) hands the request to the API key.

@@ -30,6 +30,8 @@ pub enum GroupBy {
     Mode,
     /// The upstream credential that served the request (its pool name, or `client`).
     Credential,
+    /// What the request was billed to (`plan`, `extra_usage`, `api`).
+    Bucket,
 }
 
 impl GroupBy {
@@ -40,6 +42,7 @@ impl GroupBy {
             GroupBy::Hour => "hour",
             GroupBy::Mode => "mode",
             GroupBy::Credential => "credential",
+            GroupBy::Bucket => "bucket",
         }
     }
 
@@ -49,6 +52,7 @@ impl GroupBy {
             GroupBy::Model => "COALESCE(model, '(unknown)')",
             GroupBy::Mode => "mode",
             GroupBy::Credential => "COALESCE(credential, '(none)')",
+            GroupBy::Bucket => "COALESCE(bucket, '(unknown)')",
             GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch', 'localtime')",
             GroupBy::Hour => "strftime('%Y-%m-%d %H:00', ts_ms / 1000, 'unixepoch', 'localtime')",
         }
@@ -68,8 +72,9 @@ impl FromStr for GroupBy {
             "hour" => Ok(GroupBy::Hour),
             "mode" => Ok(GroupBy::Mode),
             "credential" => Ok(GroupBy::Credential),
+            "bucket" => Ok(GroupBy::Bucket),
             other => Err(format!(
-                "invalid grouping {other:?}: expected model, day, hour, mode or credential"
+                "invalid grouping {other:?}: expected model, day, hour, mode, credential or bucket"
             )),
         }
     }
@@ -298,7 +303,7 @@ impl std::fmt::Debug for UsageReader {
 
 const RECORD_COLUMNS: &str = "ts_ms, request_id, mode, dialect, model, stream, status, \
     upstream_status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
-    cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned, error, credential";
+    cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned, error, credential, bucket";
 
 fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -331,6 +336,7 @@ fn record_from_row(row: &SqlRow<'_>) -> rusqlite::Result<UsageRecord> {
         abandoned: row.get(16)?,
         error: row.get(17)?,
         credential: row.get(18)?,
+        bucket: row.get(19)?,
     })
 }
 

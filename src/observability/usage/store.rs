@@ -61,6 +61,8 @@ const MIGRATIONS: &[&str] = &[
         response      TEXT    NOT NULL
     );
     CREATE INDEX responses_expiry ON responses (expires_at_ms);",
+    // 3: what each request was billed to (a subscription's plan or extra usage, an API key).
+    "ALTER TABLE requests ADD COLUMN bucket TEXT;",
 ];
 
 /// The schema version this build writes.
@@ -216,9 +218,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()
             "INSERT INTO requests (ts_ms, request_id, mode, dialect, model, stream, status,
                 upstream_status, input_tokens, output_tokens, cache_read_tokens,
                 cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned,
-                error, credential)
+                error, credential, bucket)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19)",
+                ?17, ?18, ?19, ?20)",
         )?;
         for r in records {
             stmt.execute(params![
@@ -241,6 +243,7 @@ fn insert(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()
                 r.abandoned,
                 r.error,
                 r.credential,
+                r.bucket,
             ])?;
         }
     }
