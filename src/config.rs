@@ -664,6 +664,19 @@ impl CredentialSettings {
     }
 }
 
+/// Replaces the pool settings (`[[credentials]]`, `credential_routing`, `plan_limits_only`) with
+/// the file's (a reload); the rest of the settings stay as the server started with them.
+pub fn apply_pool_settings(
+    settings: &mut Settings,
+    mut file: FileConfig,
+) -> Result<(), ConfigError> {
+    let c = CredentialSettings::merge(&ServeArgs::default(), &mut file, &settings.paths)?;
+    settings.credentials.pool = c.pool;
+    settings.credentials.routing = c.routing;
+    settings.credentials.plan_limits_only = c.plan_limits_only;
+    Ok(())
+}
+
 /// Checks and resolves the `[[credentials]]` tables: unique names, exactly one secret source
 /// (an `api_key_env` must be set), known modes (OAuth: full only).
 fn pool_entries(

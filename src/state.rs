@@ -10,7 +10,9 @@ use crate::access::{Guard, ProxyToken};
 use crate::config::Settings;
 use crate::config::{PoolEntry, PoolSecret};
 use crate::convert::models::ModelAliases;
-use crate::credentials::{AccessToken, CredentialsConfig, Member, MemberKind, OAuthManager, Pool};
+use crate::credentials::{
+    AccessToken, CredentialsConfig, Member, MemberKind, OAuthManager, Pool, PoolCell,
+};
 use crate::observability::usage::{DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter};
 use crate::observability::{LogStyle, Observer, SinkFn, prom};
 use crate::response_store::{MEMORY_CAPACITY, ResponseStore, sqlite::SqliteBackend};
@@ -25,8 +27,9 @@ pub struct AppState {
     pub settings: Settings,
     pub upstream: Upstream,
     pub oauth: Option<Arc<OAuthManager>>,
-    /// The server's upstream credentials, in order (see `credentials::pool`).
-    pub pool: Pool,
+    /// The server's upstream credentials, in order (see `credentials::pool`); replaced whole by
+    /// [`reload_pool`].
+    pub pool: PoolCell,
     /// Why subscription credentials could not be loaded, if they could not.
     pub oauth_error: Option<String>,
     pub aliases: ModelAliases,
@@ -69,7 +72,8 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
                 (None, Some(e.to_string()))
             }
         };
-    let (pool, oauth) = build_pool(&settings, oauth, upstream.client())?;
+    let (pool, oauth) = build_pool(&settings, oauth, upstream.client(), &[])?;
+    let pool = PoolCell::new(pool);
     let aliases = ModelAliases::with_defaults().with_overrides(
         settings
             .model_aliases
@@ -118,6 +122,7 @@ fn build_pool(
     settings: &Settings,
     discovered: Option<Arc<OAuthManager>>,
     http: &reqwest::Client,
+    keep: &[Arc<Member>],
 ) -> anyhow::Result<(Pool, Option<Arc<OAuthManager>>)> {
     let c = &settings.credentials;
     let all_modes = vec![Mode::Full, Mode::Minimal, Mode::Passthrough];
@@ -147,7 +152,16 @@ fn build_pool(
     }
     let mut first_oauth = None;
     for entry in &c.pool {
-        let Some(kind) = member_kind(settings, entry, http)? else {
+        // A subscription kept by name keeps its token manager (one refresher per login).
+        let kept = keep.iter().find_map(|m| match &m.kind {
+            MemberKind::OAuth(mgr) if m.name == entry.name => Some(mgr.clone()),
+            _ => None,
+        });
+        let kind = match (kept, &entry.secret) {
+            (Some(mgr), PoolSecret::OAuthFile(_)) => Some(MemberKind::OAuth(mgr)),
+            _ => member_kind(settings, entry, http)?,
+        };
+        let Some(kind) = kind else {
             continue;
         };
         if let (MemberKind::OAuth(m), None) = (&kind, &first_oauth) {
@@ -162,6 +176,34 @@ fn build_pool(
         ));
     }
     Ok((Pool::new(members, c.routing), first_oauth))
+}
+
+/// Re-reads the configuration file's credential pool (`[[credentials]]`, `credential_routing`,
+/// `plan_limits_only`) and installs it; requests in flight finish on the pool they started with.
+/// Returns how many credentials the new pool has. An invalid file changes nothing.
+pub fn reload_pool(state: &AppState) -> anyhow::Result<usize> {
+    let path = &state.settings.paths.config_file;
+    let file = crate::config::read_file_config(path, false)?;
+    let mut settings = state.settings.clone();
+    crate::config::apply_pool_settings(&mut settings, file)?;
+    let old = state.pool.get();
+    let discovered = state.oauth.clone();
+    let (pool, _) = build_pool(
+        &settings,
+        discovered,
+        state.upstream.client(),
+        old.members(),
+    )?;
+    for m in pool.members() {
+        let new_manager = matches!(&m.kind, MemberKind::OAuth(mgr)
+            if !old.members().iter().any(|o| matches!(&o.kind, MemberKind::OAuth(k) if Arc::ptr_eq(k, mgr))));
+        if let (true, MemberKind::OAuth(mgr)) = (new_manager, &m.kind) {
+            mgr.spawn_background_refresh();
+        }
+    }
+    let n = pool.members().len();
+    state.pool.replace(pool);
+    Ok(n)
 }
 
 /// The credential of one `[[credentials]]` table; a subscription whose file cannot be used is

@@ -142,9 +142,34 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     if let Some(warning) = no_credential_warning(&state) {
         tracing::warn!("{warning}");
     }
+    reload_on_hangup(state.clone());
     server.run(shutdown_signal()).await?;
     tracing::info!("ccproxy stopped");
     Ok(0)
+}
+
+/// `SIGHUP` re-reads the configuration file's credential pool; requests in flight finish on the
+/// pool they started with.
+fn reload_on_hangup(state: std::sync::Arc<AppState>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the credential pool cannot be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match crate::state::reload_pool(&state) {
+                Ok(n) => tracing::info!(credentials = n, "credential pool reloaded"),
+                Err(e) => tracing::error!(
+                    error = %crate::error::chain(e.as_ref()),
+                    "credential pool not reloaded (the previous pool stays)"
+                ),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(state);
 }
 
 /// What a person starting the server needs to know: the bases, the upstream

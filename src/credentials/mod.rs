@@ -33,7 +33,7 @@ use subtle::ConstantTimeEq;
 pub use endpoint::{EndpointError, EndpointErrorKind};
 pub use login::{LoginOptions, LoginOutcome, Pkce, authorize_url, login};
 pub use manager::{OAuthManager, candidate_sources};
-pub use pool::{Member, MemberKind, Pool, Routing};
+pub use pool::{Member, MemberKind, Pool, PoolCell, Routing};
 
 /// The token endpoint Claude Code uses today.
 pub const DEFAULT_TOKEN_URL: &str = "https://platform.claude.com/v1/oauth/token";

@@ -350,6 +350,51 @@ impl Member {
     }
 }
 
+impl Member {
+    /// Takes over what the upstream said about `old` (benches, limits, last use): a reload keeps
+    /// what is known about a credential it keeps.
+    pub fn adopt_health(&self, old: &Member) {
+        let o = old.health();
+        let mut h = self.health();
+        h.cooling = o.cooling.clone();
+        h.failed = o.failed.clone();
+        h.extra_usage = o.extra_usage.clone();
+        h.unified = o.unified.clone();
+        h.last_used = o.last_used;
+        h.last_error = o.last_error.clone();
+        self.served
+            .store(old.served.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// The pool in use, replaced whole by a reload (`SIGHUP`); requests in flight keep the pool
+/// (and members) they started with.
+pub struct PoolCell(std::sync::RwLock<Arc<Pool>>);
+
+impl PoolCell {
+    pub fn new(pool: Pool) -> PoolCell {
+        PoolCell(std::sync::RwLock::new(Arc::new(pool)))
+    }
+
+    pub fn get(&self) -> Arc<Pool> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Installs `pool`, carrying over what is known about the members it keeps (by name).
+    pub fn replace(&self, pool: Pool) {
+        let old = self.get();
+        for m in pool.members() {
+            if let Some(o) = old.members().iter().find(|o| o.name == m.name) {
+                m.adopt_health(o);
+            }
+        }
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pool);
+    }
+}
+
 /// Keeps a member's in-flight count while a request uses it.
 pub struct InFlightGuard(Arc<Member>);
 
@@ -380,6 +425,7 @@ pub struct MemberSnapshot {
 }
 
 /// The pool.
+#[derive(Debug)]
 pub struct Pool {
     members: Vec<Arc<Member>>,
     routing: Routing,

@@ -47,6 +47,8 @@ impl Candidate {
 #[derive(Debug)]
 pub struct Plan {
     pub candidates: Vec<Candidate>,
+    /// The pool they came from (a reload does not change a request's plan).
+    pub pool: Arc<crate::credentials::Pool>,
     /// The conversation's key, for affinity (only computed when there is a choice).
     pub conversation: Option<u64>,
 }
@@ -104,19 +106,21 @@ pub fn plan(
             None
         }
     });
+    let members = state.pool.get();
     if mode != Mode::Full
         && let Some(k @ UpstreamAuth::ApiKey(_)) = client
     {
         return Ok(Plan {
             candidates: vec![Candidate::Client(k)],
+            pool: members,
             conversation: None,
         });
     }
     let now = crate::util::time::now_secs();
-    let first = state.pool.candidates(mode, model, None, now);
+    let first = members.candidates(mode, model, None, now);
     let conversation = (first.ready.len() > 1).then(|| conversation_key(headers, body));
     let pool = match conversation {
-        Some(key) => state.pool.candidates(mode, model, Some(key), now),
+        Some(key) => members.candidates(mode, model, Some(key), now),
         None => first,
     };
     let (subs, keys): (Vec<_>, Vec<_>) = pool.ready.into_iter().partition(|m| m.is_oauth());
@@ -130,12 +134,13 @@ pub fn plan(
     if !candidates.is_empty() {
         return Ok(Plan {
             candidates,
+            pool: members,
             conversation,
         });
     }
     Err(match pool.benched.iter().map(|(_, b)| b.until).min() {
         Some(earliest) => all_benched(&pool.benched, earliest, now),
-        None => no_credentials(state, mode, model),
+        None => no_credentials(state, &members, mode, model),
     })
 }
 
@@ -171,16 +176,19 @@ fn all_benched(
     e
 }
 
-fn no_credentials(state: &AppState, mode: Mode, model: Option<&str>) -> ProxyError {
-    if !state.pool.is_empty()
-        && state
-            .pool
+fn no_credentials(
+    state: &AppState,
+    pool: &crate::credentials::Pool,
+    mode: Mode,
+    model: Option<&str>,
+) -> ProxyError {
+    if !pool.is_empty()
+        && pool
             .members()
             .iter()
             .any(|m| m.serves(mode, None) && !m.serves(mode, model))
     {
-        let allowed: Vec<String> = state
-            .pool
+        let allowed: Vec<String> = pool
             .members()
             .iter()
             .filter(|m| m.serves(mode, None))

@@ -145,8 +145,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     if let (Some(key), Some(member)) = (plan.conversation, &chosen.member)
         && resp.status().is_success()
     {
-        state
-            .pool
+        plan.pool
             .remember(key, member, crate::util::time::now_secs());
     }
     ctx.upstream_answered(&resp, sent.elapsed());

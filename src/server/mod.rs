@@ -96,7 +96,7 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        for member in self.state.pool.members() {
+        for member in self.state.pool.get().members() {
             if let crate::credentials::MemberKind::OAuth(mgr) = &member.kind {
                 mgr.spawn_background_refresh();
             }
@@ -306,8 +306,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "oauth": oauth,
             "oauth_error": state.oauth_error,
             "server_api_key": state.settings.credentials.api_key.is_some(),
-            "routing": state.pool.routing().name(),
-            "pool": state.pool.snapshot(crate::util::time::now_secs()),
+            "routing": state.pool.get().routing().name(),
+            "pool": state.pool.get().snapshot(crate::util::time::now_secs()),
         },
         "usage": usage,
         "responses": state.responses.health(),
@@ -345,7 +345,7 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
 
 /// Per-credential gauges, read from the pool when metrics are scraped.
 fn credential_gauges(state: &AppState) {
-    for m in state.pool.snapshot(crate::util::time::now_secs()) {
+    for m in state.pool.get().snapshot(crate::util::time::now_secs()) {
         let name = m.name.clone();
         let available = if m.state == "available" { 1.0 } else { 0.0 };
         metrics::gauge!("ccproxy_credential_available", "credential" => name.clone())

@@ -209,3 +209,79 @@ fn a_bad_pool_is_a_clear_startup_error() {
         "{out}"
     );
 }
+
+/// `SIGHUP` re-reads the pool from the configuration file: a stream in flight finishes on the
+/// pool it started with, the next request uses the new one; an invalid file changes nothing.
+#[test]
+fn sighup_reloads_the_pool_without_dropping_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sim, sim_url) = start_sim(dir.path());
+    let sim_port = sim_url.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let until = ccproxy::util::time::now_secs() + 600;
+    let script = format!(r#"{{"{KEY_A}": {{"rate_limited_until": {until}}}}}"#);
+    assert_eq!(post_json(sim_port, "/_sim/accounts", &script).0, 204);
+
+    let config = dir.path().join("ccproxy.toml");
+    let one = format!("[[credentials]]\nname = \"team\"\napi_key = \"{KEY_B}\"\n");
+    std::fs::write(&config, &one).unwrap();
+    let port = free_port();
+    let mut c = cmd(dir.path());
+    c.args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--upstream-url", &sim_url, "--port", &port.to_string()]);
+    let mut server = spawn(c, dir.path(), "serve");
+    wait_port(port, &mut server);
+
+    // A slow stream (about 2 s) starts on the first pool.
+    let slow = std::thread::spawn(move || {
+        post_json(
+            port,
+            "/v1/messages",
+            r#"{"model":"claude-sonnet-4-5","max_tokens":200,"stream":true,"messages":[{"role":"user","content":"slow [sim:gap=40] [sim:deltas=50]"}]}"#,
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The new pool puts a rate-limited credential first.
+    std::fs::write(
+        &config,
+        format!("[[credentials]]\nname = \"first\"\napi_key = \"{KEY_A}\"\n\n{one}"),
+    )
+    .unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.logs().contains("credential pool reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let (status, body) = slow.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("message_stop"),
+        "the stream in flight finished: {body}"
+    );
+    let (status, body) = post_json(
+        port,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":20,"messages":[{"role":"user","content":"after"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let health = wait_health(port);
+    let names: Vec<&str> = health["credentials"]["pool"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["first", "team"]);
+    assert_eq!(health["credentials"]["pool"][0]["state"], "cooling");
+
+    // An invalid file: the previous pool stays.
+    std::fs::write(&config, "[[credentials]]\nname = \"broken\"\n").unwrap();
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.logs().contains("credential pool not reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert_eq!(wait_health(port)["credentials"]["pool"][1]["name"], "team");
+    assert!(!server.logs().contains(KEY_A) && !server.logs().contains(KEY_B));
+}
