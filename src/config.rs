@@ -1161,6 +1161,17 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # kept in the usage database for this long (in memory, the last 1000, without it).
 # responses_ttl_secs = 2592000
 
+# Several upstream credentials (README "Several credentials"). Without [[credentials]] tables the
+# pool is the discovered subscription, then api_key. `kill -HUP` reloads them.
+# credential_routing = "priority"   # priority | round-robin | least-loaded
+# plan_limits_only = true           # never let a subscription serve from extra usage
+#
+# [[credentials]]
+# name = "me"
+# oauth_file = "~/.claude/.credentials.json"   # or api_key = "sk-ant-api…", or api_key_env = "VAR"
+# modes = ["full"]
+# models = ["claude-sonnet-*"]
+
 # Price overrides in USD per million tokens, by model-name prefix.
 # [prices."claude-sonnet-4"]
 # input = 3.0

@@ -142,6 +142,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     if let Some(warning) = no_credential_warning(&state) {
         tracing::warn!("{warning}");
     }
+    for m in state.pool.get().members() {
+        if m.is_oauth() && !m.plan_limits_only {
+            tracing::warn!(
+                credential = %m.name,
+                "plan_limits_only is off: this subscription may serve requests from extra usage, \
+                 billed beyond the plan"
+            );
+        }
+    }
     reload_on_hangup(state.clone());
     server.run(shutdown_signal()).await?;
     tracing::info!("ccproxy stopped");
