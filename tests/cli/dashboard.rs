@@ -498,6 +498,9 @@ async fn dashboard_renders_in_headless_chromium() {
         "page did not finish loading:\n{dom}"
     );
     assert_eq!(text_of(&dom, "total-requests"), "6");
+    // The server's credentials, from /health.
+    assert_eq!(text_of(&dom, "cred-server_api_key-name"), "server_api_key");
+    assert_eq!(text_of(&dom, "cred-server_api_key-state"), "available");
     assert_eq!(text_of(&dom, "total-errors"), "1");
     assert_eq!(text_of(&dom, "error-rate"), "16.7% error rate");
     assert!(text_of(&dom, "total-cost").starts_with('$'));
