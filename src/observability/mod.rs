@@ -190,6 +190,8 @@ pub struct InFlight {
     metered: Metered,
     outcome: Outcome,
     streaming: bool,
+    /// Held until the record finishes (e.g. a credential's in-flight count), whatever it is.
+    held: Option<Box<dyn Send + Sync>>,
 }
 
 impl InFlight {
@@ -217,6 +219,7 @@ impl InFlight {
             metered: Metered::default(),
             outcome: Outcome::Pending,
             streaming: false,
+            held: None,
         }
     }
 
@@ -225,6 +228,11 @@ impl InFlight {
         self.record.model = model;
         self.record.stream = stream;
         self.record.credential = Some(credential.to_owned());
+    }
+
+    /// Keeps `value` until the request is over (its stream included).
+    pub fn hold(&mut self, value: Box<dyn Send + Sync>) {
+        self.held = Some(value);
     }
 
     /// The credential that served the request (its pool name, or `client`).

@@ -58,10 +58,14 @@ impl RequestCtx {
         }
     }
 
-    /// The credential that got the upstream's answer (after any failover).
-    pub fn served_by(&mut self, credential: &str) {
+    /// The credential that got the upstream's answer (after any failover); `guard` (its
+    /// in-flight count) is held until the request is over, stream included.
+    pub fn served_by(&mut self, credential: &str, guard: Option<Box<dyn Send + Sync>>) {
         if let Some(r) = self.record() {
             r.served_by(credential);
+            if let Some(g) = guard {
+                r.hold(g);
+            }
         }
     }
 

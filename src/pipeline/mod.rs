@@ -140,7 +140,11 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     };
     let sent = Instant::now();
     let (resp, chosen) = send::send(state, &p, query, &plan, headers_for).await?;
-    ctx.served_by(chosen.name());
+    let guard = chosen
+        .member
+        .as_ref()
+        .map(|m| Box::new(m.start()) as Box<dyn Send + Sync>);
+    ctx.served_by(chosen.name(), guard);
     ctx.billed_to(credential::bucket(&chosen, resp.headers()));
     if let (Some(key), Some(member)) = (plan.conversation, &chosen.member)
         && resp.status().is_success()

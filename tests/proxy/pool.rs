@@ -484,3 +484,26 @@ async fn metrics_per_credential() {
         assert!(!health(&env).await.to_string().contains(secret));
     }
 }
+
+fn two_keys_least_loaded(s: &mut Settings) {
+    two_keys(s);
+    s.credentials.routing = Routing::LeastLoaded;
+}
+
+/// least-loaded: a credential busy with a stream is passed over for a new conversation; the
+/// stream counts as in flight until it ends.
+#[tokio::test]
+async fn least_loaded_counts_streams_in_flight() {
+    let env = pool_env(two_keys_least_loaded).await;
+    let mut slow = body("", "slow [sim:gap=30] [sim:deltas=40]");
+    slow["stream"] = json!(true);
+    let resp = env.post("/v1/messages", None, &slow).await;
+    assert_eq!(resp.status(), 200);
+    let h = health(&env).await;
+    assert_eq!(member(&h, "a")["in_flight"], 1, "{h}");
+    env.post("/v1/messages", None, &body("", "quick")).await;
+    assert_eq!(used(&env), [KEY_A, KEY_B]);
+    resp.text().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(member(&health(&env).await, "a")["in_flight"], 0);
+}
