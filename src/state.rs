@@ -148,7 +148,7 @@ fn build_pool(
                 c.plan_limits_only,
             ));
         }
-        return Ok((Pool::new(members, c.routing), discovered));
+        return Ok((Pool::implicit(members, c.routing), discovered));
     }
     let mut first_oauth = None;
     for entry in &c.pool {

@@ -429,6 +429,10 @@ pub struct MemberSnapshot {
 pub struct Pool {
     members: Vec<Arc<Member>>,
     routing: Routing,
+    /// Built from the single settings (no `[[credentials]]`): today's precedence is kept — the
+    /// subscription is not benched or failed over from for the upstream's refusals (the paid key
+    /// never silently replaces it); only the plan-limits guard holds it back.
+    implicit: bool,
     next: AtomicUsize,
     /// Conversation key → the member name that serves it.
     affinity: Mutex<HashMap<u64, (Arc<str>, u64)>>,
@@ -446,9 +450,24 @@ impl Pool {
         Pool {
             members: members.into_iter().map(Arc::new).collect(),
             routing,
+            implicit: false,
             next: AtomicUsize::new(0),
             affinity: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The implicit pool of the single settings (see [`Pool::is_implicit`]).
+    pub fn implicit(members: Vec<Member>, routing: Routing) -> Pool {
+        Pool {
+            implicit: true,
+            ..Pool::new(members, routing)
+        }
+    }
+
+    /// Whether this is the implicit pool: no failover on the upstream's refusals, benches shown
+    /// but not acted on (except the plan-limits guard).
+    pub fn is_implicit(&self) -> bool {
+        self.implicit
     }
 
     pub fn members(&self) -> &[Arc<Member>] {
@@ -467,7 +486,8 @@ impl Pool {
     /// conversation's member first while it is available, then by the routing strategy.
     ///
     /// A request that only one member may serve always goes to it (the upstream's own answer
-    /// is the truest), unless the plan-limits guard holds it back: benches exist to choose.
+    /// is the truest), unless the plan-limits guard holds it back: benches exist to choose. The
+    /// implicit pool acts on no bench but that guard either.
     pub fn candidates(
         &self,
         mode: Mode,
@@ -481,9 +501,11 @@ impl Pool {
             .iter()
             .filter(|m| m.serves(mode, model))
             .collect();
-        let alone = eligible.len() == 1;
+        let lenient = eligible.len() == 1 || self.implicit;
         for m in eligible {
-            let bench = m.bench(now).filter(|b| !alone || b.state == "extra_usage");
+            let bench = m
+                .bench(now)
+                .filter(|b| !lenient || b.state == "extra_usage");
             match bench {
                 Some(b) => out.benched.push((m.clone(), b)),
                 None => out.ready.push(m.clone()),

@@ -41,7 +41,17 @@ pub async fn send(
             }
         };
         let result = attempt(state, prepared, query, &chosen, &headers_for, !more).await;
-        let result = judge(&chosen, result).await;
+        let result = match judge(&chosen, result).await {
+            // The implicit pool keeps today's precedence: the upstream's refusal is the answer.
+            Judged::Next(r) if plan.pool.is_implicit() && r.is_ok() => Judged::Keep(r),
+            Judged::Next(Err(e))
+                if plan.pool.is_implicit()
+                    && matches!(e.kind, ErrorKind::BadGateway | ErrorKind::GatewayTimeout) =>
+            {
+                Judged::Keep(Err(e))
+            }
+            j => j,
+        };
         match result {
             Judged::Keep(r) => return r.map(|resp| (resp, chosen)),
             Judged::Next(r) if more => {

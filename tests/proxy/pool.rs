@@ -507,3 +507,35 @@ async fn least_loaded_counts_streams_in_flight() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(member(&health(&env).await, "a")["in_flight"], 0);
 }
+
+/// The implicit pool (subscription + `api_key`, no `[[credentials]]`) keeps today's precedence:
+/// the subscription's own 429 is the answer, and the paid key never silently replaces it.
+#[tokio::test]
+async fn the_implicit_pool_does_not_fail_over_to_the_paid_key() {
+    let env = subscription_env(None, true).await;
+    env.sim_state().set_account(
+        OAUTH_TOKEN,
+        Account {
+            rate_limited_until: until(60),
+            ..Account::default()
+        },
+    );
+    for text in ["one", "two"] {
+        let r = env.post("/v1/messages", None, &body("", text)).await;
+        assert_eq!(r.status(), 429);
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (58..=60).contains(&wait),
+            "the upstream's own retry-after: {wait}"
+        );
+    }
+    assert_eq!(used(&env), [OAUTH_TOKEN, OAUTH_TOKEN]);
+    // Minimal mode uses the key as always.
+    let r = env.post("/min/v1/messages", None, &body("", "three")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(used(&env).last().unwrap(), API_KEY);
+}
