@@ -14,7 +14,8 @@ use crate::convert;
 use crate::convert::models::ModelAliases;
 use crate::error::ProxyError;
 use crate::observability::tap::Tap;
-use crate::routes::{Mode, Route};
+use crate::routes::{self, Mode, Route};
+use crate::upstream::UpBody;
 
 /// What `prepare` needs besides the request.
 pub struct PrepareOptions<'a> {
@@ -23,6 +24,8 @@ pub struct PrepareOptions<'a> {
     pub aliases: &'a ModelAliases,
     /// For the Responses routes: what the store holds for this request.
     pub stored: &'a StoredItems,
+    /// The client's `Host` (for links in answers that must lead back to the proxy).
+    pub host: Option<&'a str>,
 }
 
 /// The items of a response a transport holds itself (a WebSocket keeps its last response): its
@@ -59,6 +62,23 @@ pub enum Conversion {
     InputTokens,
     /// Anthropic model list → OpenAI model list (with the aliases).
     Models,
+    /// Any other `/v1/*` path: the answer streamed as it comes (file downloads, batch results),
+    /// whatever its type.
+    Relay(RelayKind),
+}
+
+/// What a relayed answer needs besides its bytes.
+#[derive(Debug, PartialEq)]
+pub enum RelayKind {
+    Plain,
+    /// A message batch or a list of them: each `results_url` is made to lead to this proxy
+    /// (`{origin}/v1/messages/batches/{id}/results`), so that an SDK fetching it comes back
+    /// through the same mode and credentials rather than to the upstream directly.
+    Batch {
+        origin: String,
+    },
+    /// A batch's results (JSONL): the usage of each succeeded message is metered.
+    BatchResults,
 }
 
 #[derive(Debug, PartialEq)]
@@ -83,12 +103,15 @@ pub enum Meter {
     None,
     Anthropic,
     OpenAi,
+    /// Message batch results (JSONL).
+    BatchResults,
 }
 
 impl Meter {
     pub fn tap(self, is_sse: bool) -> Tap {
         match self {
             Meter::None => Tap::None,
+            Meter::BatchResults => Tap::batch_results(),
             Meter::Anthropic => Tap::anthropic(is_sse),
             Meter::OpenAi => Tap::openai(is_sse),
         }
@@ -107,7 +130,8 @@ pub struct Prepared {
     pub path: String,
     /// Whether the client's query string goes upstream.
     pub keep_query: bool,
-    pub body: Bytes,
+    /// Bytes, or (relay routes) the client's body streamed through: set by the pipeline.
+    pub body: UpBody,
     pub conversion: Conversion,
 }
 
@@ -120,7 +144,7 @@ impl Prepared {
             method: method.clone(),
             path: path.to_owned(),
             keep_query: true,
-            body,
+            body: body.into(),
             conversion: Conversion::None,
         }
     }
@@ -149,11 +173,8 @@ pub fn prepare(
             messages(mode, method, "/v1/messages/count_tokens", body, Meter::None)?
         }
         (Route::Models, _) => Prepared::get("/v1/models", Conversion::None),
-        // Any other /v1/* path (passthrough): the mode prefix comes off.
-        (Route::Relay, _) => {
-            let path = client_path.strip_prefix("/pt").unwrap_or(client_path);
-            Prepared::relay(method, path, body, Meter::None)
-        }
+        // Any other /v1/* path: the mode prefix comes off; the body is the client's.
+        (Route::Relay, _) => relay(method, client_path, body, opts),
         (Route::ChatCompletions, Mode::Passthrough) => {
             Prepared::relay(method, "/v1/chat/completions", body, Meter::OpenAi)
         }
@@ -186,6 +207,30 @@ pub fn prepare(
         (Route::OpenAiModels, Mode::Passthrough) => Prepared::get("/v1/models", Conversion::None),
         (Route::OpenAiModels, _) => Prepared::get("/v1/models", Conversion::Models),
     })
+}
+
+/// Any other `/v1/*` path, in every mode: method, path, query and body as the client sent them
+/// (the pipeline streams the body when it is an upload); message batch answers are adjusted
+/// ([`RelayKind`]).
+fn relay(method: &Method, client_path: &str, body: Bytes, opts: &PrepareOptions) -> Prepared {
+    let path = routes::strip_mode_prefix(client_path);
+    let batches = path
+        .strip_prefix("/v1/messages/batches")
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let (kind, meter) = match batches {
+        Some(rest) if rest.ends_with("/results") => (RelayKind::BatchResults, Meter::BatchResults),
+        Some(_) => {
+            let prefix = routes::mode_prefix(client_path);
+            let host = opts.host.unwrap_or("localhost");
+            let origin = format!("http://{host}{prefix}");
+            (RelayKind::Batch { origin }, Meter::None)
+        }
+        None => (RelayKind::Plain, Meter::None),
+    };
+    Prepared {
+        conversion: Conversion::Relay(kind),
+        ..Prepared::relay(method, path, body, meter)
+    }
 }
 
 /// Messages and count_tokens: shaped in full mode, read in minimal, untouched in passthrough.
@@ -234,7 +279,7 @@ fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, Prox
         method: Method::POST,
         path: "/v1/messages".to_owned(),
         keep_query: false,
-        body: out,
+        body: out.into(),
         conversion: Conversion::Chat(ChatInfo {
             client_model: converted.client_model,
             include_usage: converted.include_usage,
@@ -264,7 +309,7 @@ fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared,
         method: Method::POST,
         path: "/v1/messages".to_owned(),
         keep_query: false,
-        body: out,
+        body: out.into(),
         conversion: Conversion::Responses(Box::new(ResponsesInfo {
             context: converted.context,
             keep,
@@ -309,7 +354,7 @@ fn input_tokens(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepar
         method: Method::POST,
         path: "/v1/messages/count_tokens".to_owned(),
         keep_query: false,
-        body: out,
+        body: out.into(),
         conversion: Conversion::InputTokens,
     })
 }
@@ -450,6 +495,7 @@ mod tests {
             default_max_tokens: 4096,
             aliases: &aliases,
             stored: &stored,
+            host: Some("proxy.test"),
         };
         prepare(
             route,
@@ -500,7 +546,12 @@ mod tests {
             case(Messages, Passthrough, M::POST, "/pt/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, None, false, "none", true),
             case(CountTokens, Minimal, M::POST, "/min/v1/messages/count_tokens", MSG, (M::POST, "/v1/messages/count_tokens"), Meter::None, true, sonnet, true, "none", true),
             case(Models, Full, M::GET, "/v1/models", "", (M::GET, "/v1/models"), Meter::None, true, None, false, "none", true),
-            case(Relay, Passthrough, M::DELETE, "/pt/v1/files/f_1", "", (M::DELETE, "/v1/files/f_1"), Meter::None, true, None, false, "none", true),
+            case(Relay, Passthrough, M::DELETE, "/pt/v1/files/f_1", "", (M::DELETE, "/v1/files/f_1"), Meter::None, true, None, false, "relay", true),
+            case(Relay, Full, M::GET, "/v1/files/f_1/content", "", (M::GET, "/v1/files/f_1/content"), Meter::None, true, None, false, "relay", true),
+            case(Relay, Full, M::GET, "/full/v1/models/claude-opus-4-8", "", (M::GET, "/v1/models/claude-opus-4-8"), Meter::None, true, None, false, "relay", true),
+            case(Relay, Minimal, M::POST, "/min/v1/messages/batches", MSG, (M::POST, "/v1/messages/batches"), Meter::None, true, None, false, "batch", true),
+            case(Relay, Minimal, M::GET, "/min/v1/messages/batches/msgbatch_1/results", "", (M::GET, "/v1/messages/batches/msgbatch_1/results"), Meter::BatchResults, true, None, false, "batch_results", true),
+            case(Relay, Minimal, M::GET, "/min/v1/messages/batchesx", "", (M::GET, "/v1/messages/batchesx"), Meter::None, true, None, false, "relay", true),
             case(ChatCompletions, Full, M::POST, "/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
             case(ChatCompletions, Minimal, M::POST, "/min/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
             case(ChatCompletions, Passthrough, M::POST, "/pt/openai/v1/chat/completions", CHAT, (M::POST, "/v1/chat/completions"), Meter::OpenAi, true, None, false, "none", true),
@@ -521,9 +572,31 @@ mod tests {
                 Conversion::Responses(_) => "responses",
                 Conversion::InputTokens => "input_tokens",
                 Conversion::Models => "models",
+                Conversion::Relay(RelayKind::Plain) => "relay",
+                Conversion::Relay(RelayKind::Batch { .. }) => "batch",
+                Conversion::Relay(RelayKind::BatchResults) => "batch_results",
             };
             assert_eq!(kind, c.conversion, "{name}");
-            assert_eq!(p.body == c.body.as_bytes(), c.body_untouched, "{name}");
+            let sent = p.body.bytes().unwrap();
+            assert_eq!(sent == c.body.as_bytes(), c.body_untouched, "{name}");
+        }
+    }
+
+    #[test]
+    fn batch_answers_lead_back_to_the_proxy_in_the_same_mode() {
+        for (path, origin) in [
+            ("/min/v1/messages/batches", "http://proxy.test/min"),
+            ("/v1/messages/batches/msgbatch_1", "http://proxy.test"),
+            (
+                "/full/v1/messages/batches/msgbatch_1/cancel",
+                "http://proxy.test/full",
+            ),
+        ] {
+            let p = run(Route::Relay, Mode::Full, Method::POST, path, "");
+            let want = Conversion::Relay(RelayKind::Batch {
+                origin: origin.into(),
+            });
+            assert_eq!(p.conversion, want, "{path}");
         }
     }
 
@@ -536,7 +609,7 @@ mod tests {
             "/v1/messages",
             MSG,
         );
-        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
         assert_eq!(v["system"][0]["text"], claude_code::IDENTITY);
     }
 
@@ -548,6 +621,7 @@ mod tests {
             default_max_tokens: 4096,
             aliases: &aliases,
             stored: &stored,
+            host: Some("proxy.test"),
         };
         for (route, mode, body) in [
             (Route::Messages, Mode::Full, "{nope"),
@@ -584,6 +658,7 @@ mod tests {
             default_max_tokens: 4096,
             aliases: &aliases,
             stored,
+            host: None,
         };
         let path = "/min/openai/v1/responses";
         let body = Bytes::from(body.to_owned());
@@ -614,7 +689,7 @@ mod tests {
             serde_json::json!([{"type": "input_text", "text": "now"}])
         );
         assert!(kept[1]["id"].as_str().unwrap().starts_with("msg_"));
-        let sent: Value = serde_json::from_slice(&p.body).unwrap();
+        let sent: Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
         assert_eq!(sent["messages"][0]["content"][0]["text"], "before");
 
         let body = r#"{"model":"gpt-4o","input":"x","store":false}"#;
@@ -642,7 +717,8 @@ mod tests {
         assert_eq!(p.path, "/v1/messages/count_tokens");
         assert_eq!(p.conversion, Conversion::InputTokens);
         assert!(!p.stream);
-        let sent: serde_json::Map<String, Value> = serde_json::from_slice(&p.body).unwrap();
+        let sent: serde_json::Map<String, Value> =
+            serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
         let mut keys: Vec<&str> = sent.keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["messages", "model", "system"]);

@@ -12,7 +12,7 @@ use futures_util::Stream;
 use super::ctx::RequestCtx;
 use std::sync::Arc;
 
-use super::prepare::{ChatInfo, Conversion, Meter, ResponsesInfo};
+use super::prepare::{ChatInfo, Conversion, Meter, RelayKind, ResponsesInfo};
 use crate::convert;
 use crate::convert::models::ModelAliases;
 use crate::convert::responses::ResponsesStreamConverter;
@@ -70,7 +70,90 @@ pub async fn respond(
         Conversion::Responses(info) => responses_whole(ctx, &r, resp, *info).await,
         Conversion::InputTokens => input_tokens(ctx, &r, resp).await,
         Conversion::Models => models(ctx, &r, resp).await,
+        Conversion::Relay(RelayKind::Batch { origin })
+            if resp.status().is_success() && !sse && is_json(resp.headers()) =>
+        {
+            batch_object(ctx, &r, resp, &origin).await
+        }
+        Conversion::Relay(_) => Ok(relay_any(ctx, &r, resp, meter, sse)),
     }
+}
+
+/// An answer on a relay route, streamed as it comes whatever its type (a file download, a
+/// batch's JSONL results), with its length; if the upstream breaks, the client's body is cut
+/// (an event stream gets the error event first, except in passthrough).
+fn relay_any(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    meter: Meter,
+    sse: bool,
+) -> Response {
+    let status = resp.status();
+    let headers = upstream::response_headers(r.mode, resp.headers(), !sse);
+    let record = ctx.stream_started(status.as_u16()).map(|mut rec| {
+        rec.meter_with(meter.tap(sse));
+        rec
+    });
+    let relay = if sse && r.mode != Mode::Passthrough {
+        Relay::Raw
+    } else {
+        Relay::Passthrough
+    };
+    let body = relay_stream(resp, r.limits.watch(), record, relay);
+    response(status, headers, Body::from_stream(body))
+}
+
+/// A message batch (or a list of them): every `results_url` made to lead back to the proxy
+/// (`origin` is the proxy's address and the client's mode prefix); the rest as it came.
+async fn batch_object(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    origin: &str,
+) -> Result<Response, ProxyError> {
+    let status = resp.status();
+    let mut headers = upstream::response_headers(r.mode, resp.headers(), false);
+    let body = read_whole(ctx, r, resp).await?;
+    ctx.completed();
+    let body = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(mut v) => {
+            let changed = match v.get_mut("data").and_then(|d| d.as_array_mut()) {
+                Some(list) => list
+                    .iter_mut()
+                    .fold(false, |c, b| redirect_results(b, origin) | c),
+                None => redirect_results(&mut v, origin),
+            };
+            if changed {
+                Bytes::from(v.to_string())
+            } else {
+                body
+            }
+        }
+        Err(_) => body,
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Ok(response(status, headers, Body::from(body)))
+}
+
+/// Points a batch's `results_url` at `origin`; whether it changed it.
+fn redirect_results(batch: &mut serde_json::Value, origin: &str) -> bool {
+    let Some(id) = batch.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+        return false;
+    };
+    match batch.get_mut("results_url") {
+        Some(url @ serde_json::Value::String(_)) => {
+            *url = serde_json::Value::from(format!("{origin}/v1/messages/batches/{id}/results"));
+            true
+        }
+        _ => false,
+    }
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }
 
 /// A non-stream answer relayed as it is (headers filtered by mode).

@@ -34,10 +34,13 @@
 //! The fault markers (the last six) apply to `/v1/messages`; see [`faults`].
 
 pub mod agent;
+pub mod batches;
 pub mod faults;
+pub mod files;
 pub mod generate;
 #[cfg(test)]
 mod http_tests;
+mod model_info;
 mod openai;
 pub mod tools;
 
@@ -119,6 +122,10 @@ pub struct SimState {
     pub requests_cancelled: AtomicU64,
     /// Failures served so far per `[sim:flaky]` request text.
     flaky: Mutex<std::collections::HashMap<String, u32>>,
+    /// The Files API's files (see [`files`]).
+    pub files: files::Files,
+    /// Message batches (see [`batches`]).
+    pub batches: batches::Batches,
 }
 
 const RECORD_LIMIT: usize = 256;
@@ -216,6 +223,20 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/oauth/token", post(oauth_token))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models/{id}", get(model_info::retrieve))
+        .route("/v1/files", get(files::list).post(files::upload))
+        .route("/v1/files/{id}", get(files::one).delete(files::one))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route(
+            "/v1/messages/batches",
+            get(batches::list).post(batches::create),
+        )
+        .route(
+            "/v1/messages/batches/{id}",
+            get(batches::one).delete(batches::one),
+        )
+        .route("/v1/messages/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/messages/batches/{id}/results", get(batches::results))
         .route("/_sim/requests", get(recorded))
         .fallback(not_found)
         .with_state(state)
