@@ -312,6 +312,18 @@ pub async fn content(
     resp
 }
 
+/// Any other method on a Files or Batches path: a 405 in the service's envelope.
+pub async fn method_not_allowed(req: Request) -> Response {
+    super::error_response(
+        405,
+        &format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
 /// The `boundary` parameter of a `multipart/form-data` content type.
 fn boundary(content_type: &str) -> Option<&str> {
     let mut it = content_type.split(';');

@@ -224,19 +224,42 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/oauth/token", post(oauth_token))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models/{id}", get(model_info::retrieve))
-        .route("/v1/files", get(files::list).post(files::upload))
-        .route("/v1/files/{id}", get(files::one).delete(files::one))
-        .route("/v1/files/{id}/content", get(files::content))
+        .route(
+            "/v1/files",
+            get(files::list)
+                .post(files::upload)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(files::one)
+                .delete(files::one)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}/content",
+            get(files::content).fallback(files::method_not_allowed),
+        )
         .route(
             "/v1/messages/batches",
-            get(batches::list).post(batches::create),
+            get(batches::list)
+                .post(batches::create)
+                .fallback(files::method_not_allowed),
         )
         .route(
             "/v1/messages/batches/{id}",
-            get(batches::one).delete(batches::one),
+            get(batches::one)
+                .delete(batches::one)
+                .fallback(files::method_not_allowed),
         )
-        .route("/v1/messages/batches/{id}/cancel", post(batches::cancel))
-        .route("/v1/messages/batches/{id}/results", get(batches::results))
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(batches::cancel).fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(batches::results).fallback(files::method_not_allowed),
+        )
         .route("/_sim/requests", get(recorded))
         .fallback(not_found)
         .with_state(state)
