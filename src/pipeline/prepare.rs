@@ -174,7 +174,7 @@ pub fn prepare(
         }
         (Route::Models, _) => Prepared::get("/v1/models", Conversion::None),
         // Any other /v1/* path: the mode prefix comes off; the body is the client's.
-        (Route::Relay, _) => relay(method, client_path, body, opts),
+        (Route::Relay, _) => relay(mode, method, client_path, body, opts)?,
         (Route::ChatCompletions, Mode::Passthrough) => {
             Prepared::relay(method, "/v1/chat/completions", body, Meter::OpenAi)
         }
@@ -210,9 +210,17 @@ pub fn prepare(
 }
 
 /// Any other `/v1/*` path, in every mode: method, path, query and body as the client sent them
-/// (the pipeline streams the body when it is an upload); message batch answers are adjusted
-/// ([`RelayKind`]).
-fn relay(method: &Method, client_path: &str, body: Bytes, opts: &PrepareOptions) -> Prepared {
+/// (the pipeline streams the body when it is an upload). Message batch answers get their
+/// `results_url` pointed at the proxy in every mode (passthrough too: otherwise an SDK fetches
+/// the results from the upstream directly, around the proxy); in full mode, each request of a
+/// batch created with a body read whole is shaped as a message would be.
+fn relay(
+    mode: Mode,
+    method: &Method,
+    client_path: &str,
+    body: Bytes,
+    opts: &PrepareOptions,
+) -> Result<Prepared, ProxyError> {
     let path = routes::strip_mode_prefix(client_path);
     let batches = path
         .strip_prefix("/v1/messages/batches")
@@ -227,10 +235,42 @@ fn relay(method: &Method, client_path: &str, body: Bytes, opts: &PrepareOptions)
         }
         None => (RelayKind::Plain, Meter::None),
     };
-    Prepared {
+    let body = if mode == Mode::Full && batches == Some("") && method == Method::POST {
+        shape_batch(body)?
+    } else {
+        body
+    };
+    Ok(Prepared {
         conversion: Conversion::Relay(kind),
         ..Prepared::relay(method, path, body, meter)
+    })
+}
+
+/// Full mode: each `requests[i].params` of a batch shaped as full mode shapes a message (the
+/// Claude Code identity first in `system`); everything else as it came. A body that is not a
+/// batch is left for the upstream to refuse.
+fn shape_batch(body: Bytes) -> Result<Bytes, ProxyError> {
+    let Ok(mut batch) = serde_json::from_slice::<serde_json::Map<String, Value>>(&body) else {
+        return Ok(body);
+    };
+    let Some(Value::Array(requests)) = batch.get_mut("requests") else {
+        return Ok(body);
+    };
+    for (i, r) in requests.iter_mut().enumerate() {
+        let Some(params) = r.get_mut("params").filter(|p| p.is_object()) else {
+            continue;
+        };
+        let raw = serde_json::to_vec(params)
+            .map_err(|e| ProxyError::invalid(format!("requests.{i}.params cannot be read: {e}")))?;
+        let (shaped, _) = claude_code::shape_request(&raw)
+            .map_err(|e| ProxyError::from(e).with_param(format!("requests.{i}.params")))?;
+        *params = serde_json::from_slice(&shaped).map_err(|e| {
+            ProxyError::invalid(format!("requests.{i}.params cannot be shaped: {e}"))
+        })?;
     }
+    serde_json::to_vec(&batch)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::invalid(format!("the batch cannot be encoded: {e}")))
 }
 
 /// Messages and count_tokens: shaped in full mode, read in minimal, untouched in passthrough.
@@ -598,6 +638,41 @@ mod tests {
             });
             assert_eq!(p.conversion, want, "{path}");
         }
+    }
+
+    #[test]
+    fn full_mode_shapes_each_request_of_a_batch_and_the_others_do_not() {
+        let batch = r#"{"requests":[{"custom_id":"a","params":{"model":"m","max_tokens":5,"system":"Be brief.","messages":[{"role":"user","content":"hi"}]}}],"extra":1}"#;
+        let p = run(
+            Route::Relay,
+            Mode::Full,
+            Method::POST,
+            "/v1/messages/batches",
+            batch,
+        );
+        let v: Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
+        let system = &v["requests"][0]["params"]["system"];
+        assert_eq!(system[0]["text"], claude_code::IDENTITY);
+        assert_eq!(system[1]["text"], "Be brief.");
+        assert_eq!(v["extra"], 1);
+        for mode in [Mode::Minimal, Mode::Passthrough] {
+            let p = run(
+                Route::Relay,
+                mode,
+                Method::POST,
+                "/min/v1/messages/batches",
+                batch,
+            );
+            assert_eq!(p.body.bytes().unwrap(), batch.as_bytes());
+        }
+        let p = run(
+            Route::Relay,
+            Mode::Passthrough,
+            Method::GET,
+            "/pt/v1/messages/batches/b",
+            "",
+        );
+        assert_eq!(p.conversion, Conversion::Relay(RelayKind::Plain));
     }
 
     #[test]

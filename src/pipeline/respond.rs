@@ -105,7 +105,7 @@ fn relay_any(
 }
 
 /// A message batch (or a list of them): every `results_url` made to lead back to the proxy
-/// (`origin` is the proxy's address and the client's mode prefix); the rest as it came.
+/// (`origin` is the proxy's address and the client's mode prefix); every other byte as it came.
 async fn batch_object(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
@@ -116,38 +116,56 @@ async fn batch_object(
     let mut headers = upstream::response_headers(r.mode, resp.headers(), false);
     let body = read_whole(ctx, r, resp).await?;
     ctx.completed();
-    let body = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(mut v) => {
-            let changed = match v.get_mut("data").and_then(|d| d.as_array_mut()) {
-                Some(list) => list
-                    .iter_mut()
-                    .fold(false, |c, b| redirect_results(b, origin) | c),
-                None => redirect_results(&mut v, origin),
-            };
-            if changed {
-                Bytes::from(v.to_string())
-            } else {
-                body
-            }
-        }
-        Err(_) => body,
+    let body = match redirect_results(&body, origin) {
+        Some(changed) => Bytes::from(changed),
+        None => body,
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Ok(response(status, headers, Body::from(body)))
 }
 
-/// Points a batch's `results_url` at `origin`; whether it changed it.
-fn redirect_results(batch: &mut serde_json::Value, origin: &str) -> bool {
-    let Some(id) = batch.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
-        return false;
-    };
-    match batch.get_mut("results_url") {
-        Some(url @ serde_json::Value::String(_)) => {
-            *url = serde_json::Value::from(format!("{origin}/v1/messages/batches/{id}/results"));
-            true
+/// The body with the origin of every `"results_url": "…/v1/messages/batches/…"` replaced by
+/// `origin` (the rest of the bytes untouched); `None` when there is none.
+fn redirect_results(body: &[u8], origin: &str) -> Option<Vec<u8>> {
+    const KEY: &[u8] = b"\"results_url\"";
+    const PATH: &[u8] = b"/v1/messages/batches/";
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut done = 0;
+    let mut changed = false;
+    for at in memchr::memmem::find_iter(body, KEY) {
+        let mut i = at + KEY.len();
+        let skip_ws = |i: &mut usize| {
+            while body.get(*i).is_some_and(u8::is_ascii_whitespace) {
+                *i += 1;
+            }
+        };
+        skip_ws(&mut i);
+        if body.get(i) != Some(&b':') {
+            continue;
         }
-        _ => false,
+        i += 1;
+        skip_ws(&mut i);
+        if body.get(i) != Some(&b'"') {
+            continue;
+        }
+        let start = i + 1;
+        let Some(len) = memchr::memchr(b'"', &body[start..]) else {
+            continue;
+        };
+        let url = &body[start..start + len];
+        let Some(path_at) = memchr::memmem::find(url, PATH) else {
+            continue;
+        };
+        out.extend_from_slice(&body[done..start]);
+        out.extend_from_slice(origin.as_bytes());
+        done = start + path_at;
+        changed = true;
     }
+    if !changed {
+        return None;
+    }
+    out.extend_from_slice(&body[done..]);
+    Some(out)
 }
 
 fn is_json(h: &HeaderMap) -> bool {
@@ -587,5 +605,26 @@ impl<S> StreamState<S> {
         if let Some(mut r) = self.record.take() {
             r.completed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_urls_lead_back_to_the_proxy_and_nothing_else_changes() {
+        let body = br#"{"data":[{"id":"b1","results_url" : "https://api.anthropic.com/v1/messages/batches/b1/results","z":1},{"id":"b2","results_url":null}],"has_more":false}"#;
+        let out = redirect_results(body, "http://127.0.0.1:8082/min").unwrap();
+        let want = br#"{"data":[{"id":"b1","results_url" : "http://127.0.0.1:8082/min/v1/messages/batches/b1/results","z":1},{"id":"b2","results_url":null}],"has_more":false}"#;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(want.to_vec()).unwrap()
+        );
+        assert!(redirect_results(br#"{"results_url":null}"#, "http://x").is_none());
+        assert!(
+            redirect_results(br#"{"results_url":"https://elsewhere/x"}"#, "http://x").is_none()
+        );
+        assert!(redirect_results(br#"{"results_url":"#, "http://x").is_none());
     }
 }
