@@ -665,14 +665,6 @@ mod tests {
             );
             assert_eq!(p.body.bytes().unwrap(), batch.as_bytes());
         }
-        let p = run(
-            Route::Relay,
-            Mode::Passthrough,
-            Method::GET,
-            "/pt/v1/messages/batches/b",
-            "",
-        );
-        assert_eq!(p.conversion, Conversion::Relay(RelayKind::Plain));
     }
 
     #[test]
