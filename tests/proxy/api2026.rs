@@ -480,3 +480,134 @@ async fn models_retrieve_and_any_other_path_in_full_and_minimal_mode() {
         assert_eq!(up.header("x-api-key"), Some(API_KEY));
     }
 }
+
+/// The raw JSON text of each top-level field of a body.
+fn raw_fields(body: &[u8]) -> std::collections::HashMap<String, Box<serde_json::value::RawValue>> {
+    serde_json::from_slice(body).unwrap()
+}
+
+/// Sends a message carrying `field: raw` (written with unusual spacing) through full and
+/// minimal mode; the upstream must receive that field's bytes exactly as sent.
+async fn field_passes_unchanged(field: &str, raw: &str) {
+    let env = TestEnv::with_api_key().await;
+    let body = format!(
+        r#"{{"model":"claude-sonnet-5","max_tokens":32,  "{field}" :  {raw} ,"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    for prefix in PREFIXES {
+        let resp = env
+            .client
+            .post(env.url(&format!("{prefix}/v1/messages")))
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "{prefix} {field}: {}",
+            resp.text().await.unwrap()
+        );
+        let up = env.sim_state().last_request().unwrap();
+        let fields = raw_fields(&up.body);
+        assert_eq!(
+            fields[field].get(),
+            raw,
+            "{prefix}: {field} changed on its way"
+        );
+        if *prefix == "/min" {
+            assert_eq!(up.body.as_ref(), body.as_bytes());
+        }
+    }
+}
+
+#[tokio::test]
+async fn output_config_passes_unchanged() {
+    field_passes_unchanged(
+        "output_config",
+        r#"{ "effort":"high", "format": {"type":"json_schema","schema":{"type":"object","properties":{"a":{"type":"string"}},"required":["a"],"additionalProperties":false}} }"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn speed_passes_unchanged() {
+    field_passes_unchanged("speed", r#""fast""#).await;
+}
+
+#[tokio::test]
+async fn inference_geo_passes_unchanged() {
+    field_passes_unchanged("inference_geo", r#""us""#).await;
+}
+
+#[tokio::test]
+async fn context_management_with_compaction_passes_unchanged() {
+    field_passes_unchanged(
+        "context_management",
+        r#"{"edits":[{"type":"compact_20260112","trigger":{"type":"input_tokens","value":150000}}, {"type":"clear_tool_uses_20250919"}]}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mcp_servers_passes_unchanged() {
+    field_passes_unchanged(
+        "mcp_servers",
+        r#"[{"type":"url","url":"https://mcp.example.com/sse","name":"ex","authorization_token":"t\u00e9st","tool_configuration":{"enabled":true}}]"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn top_level_cache_control_passes_unchanged() {
+    field_passes_unchanged("cache_control", r#"{"type":"ephemeral","ttl":"1h"}"#).await;
+}
+
+#[tokio::test]
+async fn container_passes_unchanged() {
+    field_passes_unchanged(
+        "container",
+        r#"{"id":"container_011abc","skills":[{"type":"anthropic","skill_id":"pptx","version":"latest"}]}"#,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn client_beta_and_version_reach_the_upstream_unchanged_in_minimal_and_passthrough() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        ..Opts::default()
+    })
+    .await;
+    let beta = "compact-2026-01-12,fast-mode-2026-02-01, structured-outputs-2025-12-15";
+    for prefix in ["/min", "/pt"] {
+        for path in ["/v1/messages", "/v1/files"] {
+            let rb = env
+                .client
+                .request(
+                    if path == "/v1/files" {
+                        reqwest::Method::GET
+                    } else {
+                        reqwest::Method::POST
+                    },
+                    env.url(&format!("{prefix}{path}")),
+                )
+                .header("anthropic-version", "2026-10-21")
+                .header("anthropic-beta", beta)
+                .header("x-api-key", CLIENT_KEY);
+            let rb = if path == "/v1/messages" {
+                rb.header("content-type", "application/json")
+                    .body(message("hi", false).to_string())
+            } else {
+                rb
+            };
+            let resp = rb.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{prefix}{path}");
+            let up = env.sim_state().last_request().unwrap();
+            assert_eq!(up.header("anthropic-beta"), Some(beta), "{prefix}{path}");
+            assert_eq!(up.header("anthropic-version"), Some("2026-10-21"));
+            assert_eq!(up.header("x-api-key"), Some(CLIENT_KEY));
+        }
+    }
+}
