@@ -150,6 +150,14 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         // A streamed upload reaches one credential: there is nothing to send a second one.
         plan.candidates.truncate(1);
     }
+    if let (Some(requested), Some(served)) = (&p.requested_model, &p.model) {
+        tracing::info!(
+            request_id = %ctx.request_id,
+            requested = %requested,
+            model = %served,
+            "model id mapped by the alias table"
+        );
+    }
     let first = plan.candidates.first().map_or("", |c| c.name());
     ctx.identified(p.model.clone(), p.stream, first);
 

@@ -123,6 +123,8 @@ impl Meter {
 pub struct Prepared {
     /// The model the request names (when it was read), for usage records.
     pub model: Option<String>,
+    /// The model the client asked for, when the alias table sent another (a retired id).
+    pub requested_model: Option<String>,
     pub stream: bool,
     pub meter: Meter,
     pub method: Method,
@@ -139,6 +141,7 @@ impl Prepared {
     fn relay(method: &Method, path: &str, body: Bytes, meter: Meter) -> Prepared {
         Prepared {
             model: None,
+            requested_model: None,
             stream: false,
             meter,
             method: method.clone(),
@@ -168,9 +171,13 @@ pub fn prepare(
     opts: &PrepareOptions,
 ) -> Result<Prepared, ProxyError> {
     Ok(match (route, mode) {
-        (Route::Messages, _) => messages(mode, method, "/v1/messages", body, Meter::Anthropic)?,
+        (Route::Messages, _) => {
+            let path = "/v1/messages";
+            messages(mode, method, path, body, Meter::Anthropic, opts.aliases)?
+        }
         (Route::CountTokens, _) => {
-            messages(mode, method, "/v1/messages/count_tokens", body, Meter::None)?
+            let path = "/v1/messages/count_tokens";
+            messages(mode, method, path, body, Meter::None, opts.aliases)?
         }
         (Route::Models, _) => Prepared::get("/v1/models", Conversion::None),
         // Any other /v1/* path: the mode prefix comes off; the body is the client's.
@@ -273,31 +280,57 @@ fn shape_batch(body: Bytes) -> Result<Bytes, ProxyError> {
         .map_err(|e| ProxyError::invalid(format!("the batch cannot be encoded: {e}")))
 }
 
-/// Messages and count_tokens: shaped in full mode, read in minimal, untouched in passthrough.
+/// Messages and count_tokens: shaped in full mode, read in minimal, untouched in passthrough;
+/// in full and minimal mode a retired model id is replaced by its successor (the alias table),
+/// every other byte as it was.
 fn messages(
     mode: Mode,
     method: &Method,
     path: &str,
     body: Bytes,
     meter: Meter,
+    aliases: &ModelAliases,
 ) -> Result<Prepared, ProxyError> {
-    Ok(match mode {
+    let (body, model, stream) = match mode {
         Mode::Full => {
             let (shaped, info) = claude_code::shape_request(&body)?;
-            let mut p = Prepared::relay(method, path, Bytes::from(shaped), meter);
-            p.model = info.model;
-            p.stream = info.stream;
-            p
+            (Bytes::from(shaped), info.model, info.stream)
         }
         Mode::Minimal => {
             let head = read_head(&body)?;
-            let mut p = Prepared::relay(method, path, body, meter);
-            p.model = head.model;
-            p.stream = head.stream.unwrap_or(false);
-            p
+            (body, head.model, head.stream.unwrap_or(false))
         }
-        Mode::Passthrough => Prepared::relay(method, path, body, meter),
-    })
+        Mode::Passthrough => return Ok(Prepared::relay(method, path, body, meter)),
+    };
+    let mut p = Prepared::relay(method, path, body, meter);
+    p.stream = stream;
+    p.model = model;
+    let successor = p.model.as_deref().and_then(|m| aliases.successor(m));
+    if let (Some(new), Some(bytes)) = (successor, p.body.bytes())
+        && let Some(replaced) = replace_model(bytes, new)
+    {
+        p.body = UpBody::Bytes(Bytes::from(replaced));
+        p.requested_model = p.model.replace(new.to_owned());
+    }
+    Ok(p)
+}
+
+/// The body with its top-level `model` value replaced by `model`, every other byte unchanged.
+fn replace_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    let obj = claude_code::RawObject::parse(body).ok()?;
+    let raw = obj.get("model")?.get();
+    // The raw value is a slice of `body`: its offset is where the value starts.
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + raw.len();
+    if end > body.len() {
+        return None;
+    }
+    let value = serde_json::to_string(model).ok()?;
+    let mut out = Vec::with_capacity(body.len() + value.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Some(out)
 }
 
 /// OpenAI Chat Completions converted to a Messages request (then shaped in full mode).
@@ -313,6 +346,7 @@ fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, Prox
         Bytes::from(converted.body)
     };
     Ok(Prepared {
+        requested_model: None,
         model: Some(converted.upstream_model),
         stream: converted.stream,
         meter: Meter::Anthropic,
@@ -343,6 +377,7 @@ fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared,
         Bytes::from(converted.body)
     };
     Ok(Prepared {
+        requested_model: None,
         model: Some(converted.upstream_model),
         stream: converted.stream,
         meter: Meter::Anthropic,
@@ -388,6 +423,7 @@ fn input_tokens(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepar
         Bytes::from(counted)
     };
     Ok(Prepared {
+        requested_model: None,
         model: Some(converted.upstream_model),
         stream: false,
         meter: Meter::None,
@@ -665,6 +701,53 @@ mod tests {
             );
             assert_eq!(p.body.bytes().unwrap(), batch.as_bytes());
         }
+    }
+
+    #[test]
+    fn retired_models_get_their_successor_in_full_and_minimal_mode_only() {
+        let body = r#"{ "model" : "claude-3-5-sonnet-20241022", "max_tokens":5,"messages":[{"role":"user","content":"claude-3-5-sonnet-20241022"}]}"#;
+        let p = run(
+            Route::Messages,
+            Mode::Minimal,
+            Method::POST,
+            "/min/v1/messages",
+            body,
+        );
+        assert_eq!(p.model.as_deref(), Some("claude-sonnet-5"));
+        assert_eq!(
+            p.requested_model.as_deref(),
+            Some("claude-3-5-sonnet-20241022")
+        );
+        let want = body.replacen("\"claude-3-5-sonnet-20241022\"", "\"claude-sonnet-5\"", 1);
+        assert_eq!(p.body.bytes().unwrap(), want.as_bytes());
+        let p = run(
+            Route::CountTokens,
+            Mode::Full,
+            Method::POST,
+            "/v1/messages/count_tokens",
+            body,
+        );
+        let v: Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
+        assert_eq!(v["model"], "claude-sonnet-5");
+        assert_eq!(v["system"][0]["text"], claude_code::IDENTITY);
+        let p = run(
+            Route::Messages,
+            Mode::Passthrough,
+            Method::POST,
+            "/pt/v1/messages",
+            body,
+        );
+        assert_eq!(p.body.bytes().unwrap(), body.as_bytes());
+        assert_eq!(p.requested_model, None);
+        let p = run(
+            Route::Messages,
+            Mode::Minimal,
+            Method::POST,
+            "/min/v1/messages",
+            MSG,
+        );
+        assert_eq!(p.requested_model, None);
+        assert_eq!(p.body.bytes().unwrap(), MSG.as_bytes());
     }
 
     #[test]

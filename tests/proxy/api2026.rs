@@ -611,3 +611,40 @@ async fn client_beta_and_version_reach_the_upstream_unchanged_in_minimal_and_pas
         }
     }
 }
+
+#[tokio::test]
+async fn retired_model_ids_reach_the_upstream_as_their_successors_in_full_and_minimal_mode() {
+    let env = TestEnv::with_api_key().await;
+    for (old, new) in [
+        ("claude-3-5-sonnet-20241022", "claude-sonnet-5"),
+        ("claude-3-5-haiku-20241022", "claude-haiku-4-5"),
+        ("claude-3-opus-20240229", "claude-opus-4-8"),
+        ("claude-3-sonnet-20240229", "claude-sonnet-5"),
+        ("claude-3-haiku-20240307", "claude-haiku-4-5"),
+    ] {
+        for prefix in PREFIXES {
+            let mut body = message("hi", false);
+            body["model"] = json!(old);
+            let resp = env
+                .post(&format!("{prefix}/v1/messages"), None, &body)
+                .await;
+            assert_eq!(resp.status(), 200);
+            // The answer names the model that served it.
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["model"], new, "{prefix} {old}");
+            let up = env.sim_state().last_request().unwrap();
+            assert_eq!(up.json()["model"], new, "{prefix} {old}");
+        }
+        // Passthrough sends what the client sent.
+        let mut body = message("hi", false);
+        body["model"] = json!(old);
+        env.post("/pt/v1/messages", Some(CLIENT_KEY), &body).await;
+        assert_eq!(env.sim_state().last_request().unwrap().json()["model"], old);
+    }
+    let rows = crate::usage::rows(&env, 20).await;
+    assert!(
+        rows.iter()
+            .filter(|r| r.mode != "passthrough")
+            .all(|r| { !r.model.as_deref().unwrap_or("").starts_with("claude-3") })
+    );
+}
