@@ -24,6 +24,8 @@ pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
 /// The Claude Code version ccproxy identifies as in full mode (`user-agent`).
 pub const DEFAULT_CLI_VERSION: &str = "2.1.197";
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+/// 512 MiB: above the Files API's 500 MB per file and the 256 MB of a message batch.
+pub const DEFAULT_MAX_UPLOAD: usize = 512 * 1024 * 1024;
 /// The usage database's file name inside the data directory.
 pub const USAGE_DB_FILE: &str = "usage.db";
 /// The usage database of runs against the simulated upstream (`upstream_url =
@@ -104,6 +106,7 @@ pub struct FileConfig {
     pub oauth_client_id: Option<String>,
     pub refresh_skew_secs: Option<u64>,
     pub max_body_bytes: Option<usize>,
+    pub max_upload_bytes: Option<usize>,
     pub cli_version: Option<String>,
     pub default_max_tokens: Option<u32>,
     pub connect_timeout_secs: Option<u64>,
@@ -301,6 +304,9 @@ impl Default for CredentialSettings {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Largest body streamed through a relay route (Files uploads, large batches): such
+    /// bodies are never held whole, so they are bounded by this, not `max_body_bytes`.
+    pub max_upload_bytes: usize,
     /// Requests served at once; more get 503 with `retry-after` (0 = unlimited).
     pub max_concurrent_requests: usize,
     /// Client connections open at once; more are closed at once (0 = unlimited).
@@ -316,6 +322,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: DEFAULT_MAX_BODY,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD,
             max_concurrent_requests: 4096,
             max_connections: 16_384,
             header_read_timeout: Duration::from_secs(30),
@@ -781,8 +788,16 @@ impl Limits {
             Some(n) => Ok(Duration::from_secs(n)),
             None => Ok(default),
         };
+        let max_upload_bytes = file.max_upload_bytes.unwrap_or(d.max_upload_bytes);
+        if max_upload_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                name: "max_upload_bytes",
+                message: "must be greater than 0".into(),
+            });
+        }
         Ok(Limits {
             max_body_bytes,
+            max_upload_bytes,
             max_concurrent_requests: file
                 .max_concurrent_requests
                 .unwrap_or(d.max_concurrent_requests),
@@ -1006,6 +1021,7 @@ impl Limits {
     fn entries(&self) -> Vec<(&'static str, String)> {
         vec![
             ("max_body_bytes", self.max_body_bytes.to_string()),
+            ("max_upload_bytes", self.max_upload_bytes.to_string()),
             (
                 "max_concurrent_requests",
                 self.max_concurrent_requests.to_string(),
@@ -1101,6 +1117,10 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 
 # Largest accepted request body in bytes (larger gets 413).
 # max_body_bytes = 33554432
+
+# Largest body streamed through the other /v1/* routes (Files uploads, Skills, large
+# message batches): these are relayed as they arrive, never held whole (413 past it).
+# max_upload_bytes = 536870912
 
 # Claude Code version that full mode identifies as (user-agent claude-cli/<v>).
 # cli_version = "2.1.197"

@@ -67,7 +67,8 @@ pub enum Route {
     /// A create body's input token count (`POST`).
     ResponseInputTokens,
     OpenAiModels,
-    /// Any other `/v1/*` path (passthrough only).
+    /// Any other `/v1/*` path (Files, Message Batches, Skills, `/v1/models/{id}`, …): relayed
+    /// with the mode's credentials and headers, bodies and answers streamed.
     Relay,
 }
 
@@ -196,9 +197,24 @@ pub const ROUTES: &[RouteEntry] = &[
         path: "/v1/{*rest}",
         route: Route::Relay,
         verb: Verb::Any,
-        modes: &[Mode::Passthrough],
+        modes: ALL_MODES,
     },
 ];
+
+/// The client path without its mode prefix (`/min/v1/files` → `/v1/files`).
+pub fn strip_mode_prefix(path: &str) -> &str {
+    PREFIXES
+        .iter()
+        .filter(|(p, _)| !p.is_empty())
+        .find_map(|(p, _)| path.strip_prefix(p).filter(|rest| rest.starts_with('/')))
+        .unwrap_or(path)
+}
+
+/// The mode prefix a client path starts with (`""` for none).
+pub fn mode_prefix(path: &str) -> &str {
+    let rest = strip_mode_prefix(path);
+    &path[..path.len() - rest.len()]
+}
 
 /// Every (full path, mode, entry) the router serves.
 pub fn table() -> impl Iterator<Item = (String, Mode, &'static RouteEntry)> {
@@ -215,14 +231,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_has_every_prefix_and_relay_only_in_passthrough() {
+    fn table_has_every_prefix_and_relay_in_every_mode() {
         let paths: Vec<(String, Mode)> = table().map(|(p, m, _)| (p, m)).collect();
         assert!(paths.contains(&("/v1/messages".into(), Mode::Full)));
         assert!(paths.contains(&("/full/openai/v1/chat/completions".into(), Mode::Full)));
         assert!(paths.contains(&("/min/v1/models".into(), Mode::Minimal)));
         assert!(paths.contains(&("/pt/v1/{*rest}".into(), Mode::Passthrough)));
-        assert!(!paths.iter().any(|(p, _)| p == "/min/v1/{*rest}"));
-        assert_eq!(paths.len(), 4 * 9 + 1);
+        assert!(paths.contains(&("/min/v1/{*rest}".into(), Mode::Minimal)));
+        assert!(paths.contains(&("/v1/{*rest}".into(), Mode::Full)));
+        assert!(paths.contains(&("/full/v1/{*rest}".into(), Mode::Full)));
+        assert_eq!(paths.len(), 4 * 10);
+    }
+
+    #[test]
+    fn prefixes_come_off() {
+        assert_eq!(strip_mode_prefix("/min/v1/files"), "/v1/files");
+        assert_eq!(strip_mode_prefix("/full/v1/files/x"), "/v1/files/x");
+        assert_eq!(strip_mode_prefix("/pt/v1/skills"), "/v1/skills");
+        assert_eq!(strip_mode_prefix("/v1/files"), "/v1/files");
+        assert_eq!(strip_mode_prefix("/minimal/v1"), "/minimal/v1");
+        assert_eq!(mode_prefix("/min/v1/files"), "/min");
+        assert_eq!(mode_prefix("/v1/files"), "");
     }
 
     #[test]

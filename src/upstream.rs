@@ -36,6 +36,55 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// The body of an upstream request: bytes (sent again as they are on a retry or on the next
+/// credential), or a client's body streamed through, which can be sent only once.
+#[derive(Clone, Debug)]
+pub enum UpBody {
+    Bytes(Bytes),
+    /// Taken by the first attempt; a later attempt finds it empty and fails with a 503 that
+    /// says why (the upstream already consumed the upload).
+    Stream(std::sync::Arc<std::sync::Mutex<Option<reqwest::Body>>>),
+}
+
+impl UpBody {
+    /// A body streamed through once.
+    pub fn streamed(body: reqwest::Body) -> UpBody {
+        UpBody::Stream(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    /// Whether it is known to be empty (a streamed body never is).
+    pub fn is_empty(&self) -> bool {
+        matches!(self, UpBody::Bytes(b) if b.is_empty())
+    }
+
+    /// The bytes, unless the body is streamed.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            UpBody::Bytes(b) => Some(b),
+            UpBody::Stream(_) => None,
+        }
+    }
+
+    fn take(self) -> Option<reqwest::Body> {
+        match self {
+            UpBody::Bytes(b) => Some(reqwest::Body::from(b)),
+            UpBody::Stream(slot) => slot.lock().ok().and_then(|mut s| s.take()),
+        }
+    }
+}
+
+impl From<Bytes> for UpBody {
+    fn from(b: Bytes) -> UpBody {
+        UpBody::Bytes(b)
+    }
+}
+
+impl Default for UpBody {
+    fn default() -> UpBody {
+        UpBody::Bytes(Bytes::new())
+    }
+}
+
 pub struct Upstream {
     client: reqwest::Client,
     base: String,
@@ -79,7 +128,7 @@ impl Upstream {
         path: &str,
         query: Option<&str>,
         headers: HeaderMap,
-        body: Bytes,
+        body: UpBody,
     ) -> Result<reqwest::Response, ProxyError> {
         let mut url = self.base_url.clone();
         let base_path = self.base_url.path().trim_end_matches('/');
@@ -91,6 +140,14 @@ impl Upstream {
         url.set_query(query);
         let mut rb = self.client.request(method.clone(), url).headers(headers);
         if method != Method::GET && method != Method::HEAD || !body.is_empty() {
+            let Some(body) = body.take() else {
+                // Not a 502: the request must not be retried or moved to another credential.
+                return Err(ProxyError::unavailable(
+                    "the request body was streamed to the upstream, which did not accept it; a \
+                     streamed upload cannot be sent again: retry the request",
+                    1,
+                ));
+            };
             rb = rb.body(body);
         }
         match tokio::time::timeout(self.header_timeout, rb.send()).await {
@@ -343,6 +400,19 @@ pub fn request_headers(
     h
 }
 
+/// Sets the upstream request's `content-type` to the client's (a multipart upload's boundary
+/// included), or none when the client sent none.
+pub fn keep_content_type(h: &mut HeaderMap, client: &HeaderMap) {
+    match client.get(header::CONTENT_TYPE) {
+        Some(v) => {
+            h.insert(header::CONTENT_TYPE, v.clone());
+        }
+        None => {
+            h.remove(header::CONTENT_TYPE);
+        }
+    }
+}
+
 /// All values of a header joined with commas (clients may repeat `anthropic-beta`).
 fn joined(h: &HeaderMap, name: &str) -> Option<String> {
     let mut it = h.get_all(name).iter().filter_map(|v| v.to_str().ok());
@@ -360,7 +430,12 @@ fn is_useful_response_header(name: &HeaderName) -> bool {
     let n = name.as_str();
     matches!(
         n,
-        "content-type" | "request-id" | "retry-after" | "x-should-retry" | "cache-control"
+        "content-type"
+            | "content-disposition"
+            | "request-id"
+            | "retry-after"
+            | "x-should-retry"
+            | "cache-control"
     ) || n.starts_with("anthropic-")
 }
 

@@ -10,6 +10,11 @@
 //! 5. anything else → the fallback, [`DEFAULT_SONNET`] unless overridden with the key `"*"`.
 //!
 //! The response always reports the name the client asked for; only the upstream sees the Claude id.
+//!
+//! Retired Claude ids ([`RETIRED`]: the Claude 3 and 3.5 line, Claude 2) are entries of the same
+//! table, mapped to their current successors by tier; full and minimal mode apply them to
+//! Anthropic requests too ([`ModelAliases::successor`]). A configured `claude-*` key adds or
+//! replaces one (map an id to itself to keep sending it as it is).
 
 use std::collections::BTreeMap;
 
@@ -52,6 +57,24 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("o4-mini", DEFAULT_SONNET),
 ];
 
+/// Retired Claude model ids and their successors (requests naming them would fail upstream).
+/// Claude 3.7 Sonnet is left out for now: the converters' tests use it as the example of a model
+/// without structured outputs (add it with a `[model_aliases]` entry).
+pub const RETIRED: &[(&str, &str)] = &[
+    ("claude-3-5-sonnet-20241022", DEFAULT_SONNET),
+    ("claude-3-5-sonnet-20240620", DEFAULT_SONNET),
+    ("claude-3-5-sonnet-latest", DEFAULT_SONNET),
+    ("claude-3-sonnet-20240229", DEFAULT_SONNET),
+    ("claude-3-opus-20240229", DEFAULT_OPUS),
+    ("claude-3-opus-latest", DEFAULT_OPUS),
+    ("claude-3-haiku-20240307", DEFAULT_HAIKU),
+    ("claude-3-5-haiku-20241022", DEFAULT_HAIKU),
+    ("claude-3-5-haiku-latest", DEFAULT_HAIKU),
+    ("claude-2.1", DEFAULT_SONNET),
+    ("claude-2.0", DEFAULT_SONNET),
+    ("claude-instant-1.2", DEFAULT_HAIKU),
+];
+
 /// Alias table: client model name → Claude model id.
 #[derive(Debug, Clone)]
 pub struct ModelAliases {
@@ -74,6 +97,7 @@ impl ModelAliases {
         ModelAliases {
             map: DEFAULTS
                 .iter()
+                .chain(RETIRED)
                 .map(|(a, m)| ((*a).to_owned(), (*m).to_owned()))
                 .collect(),
             fallback: DEFAULT_SONNET.to_owned(),
@@ -120,6 +144,19 @@ impl ModelAliases {
             }
         }
         &self.fallback
+    }
+
+    /// For an Anthropic request in full or minimal mode: the model to send instead of the Claude
+    /// id `requested`, when the table redirects it (a retired id, or a configured `claude-*`
+    /// key); `None` to send it as it is. Non-Claude names are the upstream's to judge.
+    pub fn successor(&self, requested: &str) -> Option<&str> {
+        if !requested.starts_with("claude-") {
+            return None;
+        }
+        self.map
+            .get(requested)
+            .map(String::as_str)
+            .filter(|m| *m != requested)
     }
 
     /// Every alias and its target, sorted by alias (for `GET /openai/v1/models`).
@@ -261,7 +298,9 @@ mod tests {
             ("gpt-5.4-pro", DEFAULT_OPUS),
             ("openai/gpt-4o", DEFAULT_SONNET),
             ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929"),
-            ("claude-3-5-haiku-latest", "claude-3-5-haiku-latest"),
+            ("claude-3-5-haiku-latest", DEFAULT_HAIKU),
+            ("claude-3-opus-20240229", DEFAULT_OPUS),
+            ("claude-3-5-sonnet-20241022", DEFAULT_SONNET),
             ("anthropic/claude-opus-4-8", "claude-opus-4-8"),
             ("x", DEFAULT_SONNET),
             ("", DEFAULT_SONNET),
@@ -287,6 +326,7 @@ mod tests {
         assert_eq!(a.resolve("gpt-4o"), "claude-opus-4-8");
         assert_eq!(a.resolve("my-model"), "claude-haiku-4-5");
         assert_eq!(a.resolve("claude-3-opus-latest"), "claude-opus-4-8");
+        assert_eq!(a.successor("claude-3-opus-latest"), Some("claude-opus-4-8"));
         assert_eq!(a.resolve("unknown"), "claude-sonnet-4-6");
         assert_eq!(a.fallback(), "claude-sonnet-4-6");
         assert!(
@@ -326,5 +366,38 @@ mod tests {
             let c = model_caps(m);
             assert_eq!((c.thinking, c.sampling_params), (t, s), "{m}");
         }
+    }
+
+    #[test]
+    fn retired_claude_ids_have_successors_and_current_ones_none() {
+        let a = ModelAliases::with_defaults();
+        for (old, new) in [
+            ("claude-3-5-sonnet-20241022", DEFAULT_SONNET),
+            ("claude-3-5-haiku-20241022", DEFAULT_HAIKU),
+            ("claude-3-opus-20240229", DEFAULT_OPUS),
+            ("claude-3-sonnet-20240229", DEFAULT_SONNET),
+            ("claude-3-haiku-20240307", DEFAULT_HAIKU),
+        ] {
+            assert_eq!(a.successor(old), Some(new), "{old}");
+        }
+        for current in [
+            "claude-sonnet-5",
+            "claude-opus-4-8",
+            "claude-haiku-4-5",
+            "gpt-4o",
+            "x",
+        ] {
+            assert_eq!(a.successor(current), None, "{current}");
+        }
+        // Configurable: redirect one more id, keep one retired id as it is.
+        let a = ModelAliases::with_defaults().with_overrides([
+            ("claude-opus-4-1".to_owned(), "claude-opus-4-8".to_owned()),
+            (
+                "claude-3-haiku-20240307".to_owned(),
+                "claude-3-haiku-20240307".to_owned(),
+            ),
+        ]);
+        assert_eq!(a.successor("claude-opus-4-1"), Some("claude-opus-4-8"));
+        assert_eq!(a.successor("claude-3-haiku-20240307"), None);
     }
 }

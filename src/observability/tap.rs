@@ -27,6 +27,46 @@ pub enum Tap {
     AnthropicJson(Vec<u8>),
     OpenAiSse(Box<SseParser>),
     OpenAiJson(Vec<u8>),
+    /// Message batch results (JSONL): the partial line so far; each succeeded result's usage
+    /// is added up (the model is the first one named).
+    BatchResults(Vec<u8>),
+}
+
+/// One line of a batch's results, as far as usage goes.
+#[derive(Deserialize)]
+struct BatchLine<'a> {
+    #[serde(borrow)]
+    result: Option<BatchResult<'a>>,
+}
+
+#[derive(Deserialize)]
+struct BatchResult<'a> {
+    #[serde(borrow)]
+    message: Option<Message<'a>>,
+}
+
+/// The longest results line the tap keeps whole (longer ones are skipped, not metered).
+const MAX_BATCH_LINE: usize = 16 * 1024 * 1024;
+
+fn on_batch_line(line: &[u8], m: &mut Metered) {
+    let Ok(BatchLine {
+        result: Some(BatchResult { message: Some(msg) }),
+    }) = serde_json::from_slice::<BatchLine>(line)
+    else {
+        return;
+    };
+    m.first_content = true;
+    if let Some(u) = &msg.usage {
+        let mut t = Tokens::default();
+        u.merge_into(&mut t);
+        m.tokens.input += t.input;
+        m.tokens.output += t.output;
+        m.tokens.cache_read += t.cache_read;
+        m.tokens.cache_write += t.cache_write;
+    }
+    if m.model.is_none() {
+        m.model = msg.model.as_deref().map(str::to_owned);
+    }
 }
 
 #[derive(Deserialize)]
@@ -81,10 +121,32 @@ impl Tap {
         }
     }
 
+    pub fn batch_results() -> Tap {
+        Tap::BatchResults(Vec::new())
+    }
+
     /// Feeds a relayed chunk.
     pub fn push(&mut self, chunk: &[u8], m: &mut Metered) {
         match self {
             Tap::None => {}
+            Tap::BatchResults(partial) => {
+                let mut rest = chunk;
+                while let Some(nl) = memchr::memchr(b'\n', rest) {
+                    if partial.is_empty() {
+                        on_batch_line(&rest[..nl], m);
+                    } else {
+                        if partial.len() <= MAX_BATCH_LINE {
+                            partial.extend_from_slice(&rest[..nl]);
+                            on_batch_line(partial, m);
+                        }
+                        partial.clear();
+                    }
+                    rest = &rest[nl + 1..];
+                }
+                if partial.len() + rest.len() <= MAX_BATCH_LINE + 1 {
+                    partial.extend_from_slice(rest);
+                }
+            }
             Tap::AnthropicSse(p) => p.push(chunk, |event, data| on_anthropic_event(event, data, m)),
             Tap::OpenAiSse(p) => p.push(chunk, |_, data| on_openai_chunk(data, m)),
             Tap::AnthropicJson(buf) | Tap::OpenAiJson(buf) => {
@@ -108,6 +170,12 @@ impl Tap {
                 } else if let Ok(msg) = serde_json::from_slice::<Message>(buf) {
                     on_anthropic_message(&msg, m);
                 }
+            }
+            Tap::BatchResults(partial) => {
+                if !partial.is_empty() && partial.len() <= MAX_BATCH_LINE {
+                    on_batch_line(partial, m);
+                }
+                partial.clear();
             }
             Tap::OpenAiJson(buf) => {
                 m.first_content = true;
@@ -210,6 +278,29 @@ fn on_openai_chunk(data: &[u8], m: &mut Metered) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_results_add_up_every_succeeded_message() {
+        let jsonl = concat!(
+            r#"{"custom_id":"a","result":{"type":"succeeded","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-5","content":[{"type":"text","text":"x\ny"}],"usage":{"input_tokens":10,"output_tokens":3,"cache_read_input_tokens":4}}}}"#,
+            "\n",
+            r#"{"custom_id":"b","result":{"type":"errored","error":{"type":"error","error":{"type":"invalid_request_error","message":"no"}}}}"#,
+            "\n",
+            r#"{"custom_id":"c","result":{"type":"succeeded","message":{"id":"msg_2","type":"message","role":"assistant","model":"claude-opus-4-8","content":[],"usage":{"input_tokens":5,"output_tokens":2}}}}"#,
+        );
+        for size in [1, 7, 64, jsonl.len()] {
+            let mut tap = Tap::batch_results();
+            let mut m = Metered::default();
+            for chunk in jsonl.as_bytes().chunks(size) {
+                tap.push(chunk, &mut m);
+            }
+            tap.finish(&mut m);
+            assert_eq!(m.tokens.input, 15, "chunks of {size}");
+            assert_eq!(m.tokens.output, 5);
+            assert_eq!(m.tokens.cache_read, 4);
+            assert_eq!(m.model.as_deref(), Some("claude-sonnet-5"));
+        }
+    }
 
     #[test]
     fn reads_usage_from_recorded_stream() {

@@ -1,5 +1,7 @@
 //! The `body` phase: the request body, read within its limits (size, stalls),
-//! and checked for absurd JSON nesting before anything parses it.
+//! and checked for absurd JSON nesting before anything parses it — or, on the relay
+//! routes (Files uploads, large batches), streamed through to the upstream within the
+//! upload limit, never held whole.
 
 use std::time::Duration;
 
@@ -14,6 +16,158 @@ use crate::error::{ErrorKind, Origin, ProxyError};
 /// The deepest JSON nesting accepted in a request body, on every route and in
 /// every mode (serde_json's own recursion limit is the same).
 pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Whether a relay route's body is streamed through rather than read whole: any body but
+/// JSON declared within `max_body` bytes (multipart uploads, binary content, a batch larger
+/// than `max_body`). A JSON body sent without a length is read whole (within `max_body`).
+pub fn streams(headers: &HeaderMap, max_body: usize) -> bool {
+    let declared = declared_length(headers);
+    let has_body = declared.map_or(headers.contains_key(header::TRANSFER_ENCODING), |n| n > 0);
+    if !has_body {
+        return false;
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let v = v.trim_start().to_ascii_lowercase();
+            v.starts_with("application/json")
+        });
+    !json || declared.is_some_and(|n| n > max_body as u64)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Why a streamed body stopped early: the pipeline answers with it (413, 408, 400)
+/// rather than with the upstream's broken request.
+pub type Fault = std::sync::Arc<std::sync::Mutex<Option<ProxyError>>>;
+
+/// Takes the fault a streamed body recorded, if any.
+pub fn take_fault(fault: &Fault) -> Option<ProxyError> {
+    fault.lock().ok().and_then(|mut f| f.take())
+}
+
+/// A client's body streamed through: its declared length goes upstream as the exact size
+/// (so the upstream sees `content-length`, not chunks); more than `limit` bytes, or no bytes
+/// for `stall`, ends it with an error recorded in its [`Fault`].
+pub async fn stream(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    stall: Duration,
+) -> Result<(reqwest::Body, Fault), ProxyError> {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return Err(upload_too_large(limit));
+    }
+    let fault = Fault::default();
+    let streamed = Streamed {
+        body: std::sync::Mutex::new(body),
+        limit: limit as u64,
+        seen: 0,
+        declared,
+        stall,
+        timer: Box::pin(tokio::time::sleep(stall)),
+        started: false,
+        fault: fault.clone(),
+    };
+    Ok((reqwest::Body::wrap(streamed), fault))
+}
+
+fn upload_too_large(limit: usize) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::TooLarge,
+        Origin::Client,
+        format!("request body exceeds the upload limit of {limit} bytes (max_upload_bytes)"),
+    )
+}
+
+/// See [`stream`]. The body sits in a mutex only to be `Sync` (reqwest's requirement); it is
+/// reached through `&mut` and never locked.
+struct Streamed {
+    body: std::sync::Mutex<Body>,
+    limit: u64,
+    seen: u64,
+    declared: Option<u64>,
+    stall: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The stall timer starts when the upstream first asks for the body.
+    started: bool,
+    fault: Fault,
+}
+
+impl Streamed {
+    fn fail(&mut self, e: ProxyError) -> std::io::Error {
+        let io = std::io::Error::other(e.message().into_owned());
+        if let Ok(mut f) = self.fault.lock() {
+            f.get_or_insert(e);
+        }
+        io
+    }
+}
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if !this.started {
+            this.started = true;
+            let next = tokio::time::Instant::now() + this.stall;
+            this.timer.as_mut().reset(next);
+        }
+        let Ok(body) = this.body.get_mut() else {
+            return Poll::Ready(Some(Err(std::io::Error::other("request body unavailable"))));
+        };
+        match std::pin::Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if this.seen > this.limit {
+                    let e = upload_too_large(this.limit as usize);
+                    return Poll::Ready(Some(Err(this.fail(e))));
+                }
+                let next = tokio::time::Instant::now() + this.stall;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let e = ProxyError::invalid("could not read the request body").with_cause(e);
+                Poll::Ready(Some(Err(this.fail(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    let e = stalled(this.stall);
+                    return Poll::Ready(Some(Err(this.fail(e))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.lock().is_ok_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.declared {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
 
 /// Reads the request body within `limit` bytes (413 past it, also when the
 /// declared length already says so). A body that stalls — no bytes for `stall` —
@@ -31,10 +185,7 @@ pub async fn read(
             format!("request body exceeds the limit of {limit} bytes"),
         )
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         drain(body).await;
         return Err(too_large());

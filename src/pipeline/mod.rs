@@ -38,6 +38,7 @@ use std::time::Instant;
 
 use axum::extract::Request;
 use axum::response::Response;
+use bytes::Bytes;
 
 use crate::access;
 use crate::error::ProxyError;
@@ -86,11 +87,20 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         return Ok(resp);
     }
 
-    // body, within the configured limit.
-    let limit = state.settings.limits.max_body_bytes;
-    let stall = state.settings.limits.body_read_timeout;
-    let body = body::read(body, &parts.headers, limit, stall).await?;
-    body::check_nesting(&body)?;
+    // body, within the configured limit; on a relay route an upload (anything but JSON within
+    // the limit) is streamed through instead, within the upload limit, and sent only once.
+    let limits = &state.settings.limits;
+    let stall = limits.body_read_timeout;
+    let (body, upload) =
+        if ctx.route == Route::Relay && body::streams(&parts.headers, limits.max_body_bytes) {
+            let max = limits.max_upload_bytes;
+            let (streamed, fault) = body::stream(body, &parts.headers, max, stall).await?;
+            (Bytes::new(), Some((streamed, fault)))
+        } else {
+            let body = body::read(body, &parts.headers, limits.max_body_bytes, stall).await?;
+            body::check_nesting(&body)?;
+            (body, None)
+        };
 
     // the stored items a Responses request continues or references (a WebSocket may hold
     // the previous response itself).
@@ -107,9 +117,13 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         default_max_tokens: state.settings.upstream.default_max_tokens,
         aliases: &state.aliases,
         stored: &stored,
+        host: parts
+            .headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok()),
     };
     let conversation_body = body.clone();
-    let p = prepare(
+    let mut p = prepare(
         ctx.route,
         ctx.mode,
         &parts.method,
@@ -118,8 +132,13 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         &opts,
     )?;
 
+    let fault = upload.map(|(streamed, fault)| {
+        p.body = upstream::UpBody::streamed(streamed);
+        fault
+    });
+
     // credential: the candidates for this mode and model, in order.
-    let plan = credential::plan(
+    let mut plan = credential::plan(
         state,
         ctx.mode,
         p.model.as_deref(),
@@ -127,6 +146,18 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         &parts.headers,
         &conversation_body,
     )?;
+    if fault.is_some() {
+        // A streamed upload reaches one credential: there is nothing to send a second one.
+        plan.candidates.truncate(1);
+    }
+    if let (Some(requested), Some(served)) = (&p.requested_model, &p.model) {
+        tracing::info!(
+            request_id = %ctx.request_id,
+            requested = %requested,
+            model = %served,
+            "model id mapped by the alias table"
+        );
+    }
     let first = plan.candidates.first().map_or("", |c| c.name());
     ctx.identified(p.model.clone(), p.stream, first);
 
@@ -134,12 +165,23 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let query = p.keep_query.then(|| parts.uri.query()).flatten();
     let has_body = !p.body.is_empty();
     let settings = &state.settings;
+    let relay = ctx.route == Route::Relay;
     let headers_for = |auth: &upstream::UpstreamAuth| {
         let cli = &settings.upstream.cli_version;
-        upstream::request_headers(ctx.mode, &parts.headers, auth, has_body, cli)
+        let mut h = upstream::request_headers(ctx.mode, &parts.headers, auth, has_body, cli);
+        if relay {
+            // Uploads are multipart, downloads have no body: the client's type, not JSON.
+            upstream::keep_content_type(&mut h, &parts.headers);
+        }
+        h
     };
     let sent = Instant::now();
-    let (resp, chosen) = send::send(state, &p, query, &plan, headers_for).await?;
+    let sent_result = send::send(state, &p, query, &plan, headers_for).await;
+    // A streamed upload that broke off (too large, stalled) is answered with why.
+    if let Some(e) = fault.as_ref().and_then(body::take_fault) {
+        return Err(e);
+    }
+    let (resp, chosen) = sent_result?;
     let guard = chosen
         .member
         .as_ref()

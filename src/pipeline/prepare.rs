@@ -14,7 +14,8 @@ use crate::convert;
 use crate::convert::models::ModelAliases;
 use crate::error::ProxyError;
 use crate::observability::tap::Tap;
-use crate::routes::{Mode, Route};
+use crate::routes::{self, Mode, Route};
+use crate::upstream::UpBody;
 
 /// What `prepare` needs besides the request.
 pub struct PrepareOptions<'a> {
@@ -23,6 +24,8 @@ pub struct PrepareOptions<'a> {
     pub aliases: &'a ModelAliases,
     /// For the Responses routes: what the store holds for this request.
     pub stored: &'a StoredItems,
+    /// The client's `Host` (for links in answers that must lead back to the proxy).
+    pub host: Option<&'a str>,
 }
 
 /// The items of a response a transport holds itself (a WebSocket keeps its last response): its
@@ -59,6 +62,23 @@ pub enum Conversion {
     InputTokens,
     /// Anthropic model list → OpenAI model list (with the aliases).
     Models,
+    /// Any other `/v1/*` path: the answer streamed as it comes (file downloads, batch results),
+    /// whatever its type.
+    Relay(RelayKind),
+}
+
+/// What a relayed answer needs besides its bytes.
+#[derive(Debug, PartialEq)]
+pub enum RelayKind {
+    Plain,
+    /// A message batch or a list of them: each `results_url` is made to lead to this proxy
+    /// (`{origin}/v1/messages/batches/{id}/results`), so that an SDK fetching it comes back
+    /// through the same mode and credentials rather than to the upstream directly.
+    Batch {
+        origin: String,
+    },
+    /// A batch's results (JSONL): the usage of each succeeded message is metered.
+    BatchResults,
 }
 
 #[derive(Debug, PartialEq)]
@@ -83,12 +103,15 @@ pub enum Meter {
     None,
     Anthropic,
     OpenAi,
+    /// Message batch results (JSONL).
+    BatchResults,
 }
 
 impl Meter {
     pub fn tap(self, is_sse: bool) -> Tap {
         match self {
             Meter::None => Tap::None,
+            Meter::BatchResults => Tap::batch_results(),
             Meter::Anthropic => Tap::anthropic(is_sse),
             Meter::OpenAi => Tap::openai(is_sse),
         }
@@ -100,6 +123,8 @@ impl Meter {
 pub struct Prepared {
     /// The model the request names (when it was read), for usage records.
     pub model: Option<String>,
+    /// The model the client asked for, when the alias table sent another (a retired id).
+    pub requested_model: Option<String>,
     pub stream: bool,
     pub meter: Meter,
     pub method: Method,
@@ -107,7 +132,8 @@ pub struct Prepared {
     pub path: String,
     /// Whether the client's query string goes upstream.
     pub keep_query: bool,
-    pub body: Bytes,
+    /// Bytes, or (relay routes) the client's body streamed through: set by the pipeline.
+    pub body: UpBody,
     pub conversion: Conversion,
 }
 
@@ -115,12 +141,13 @@ impl Prepared {
     fn relay(method: &Method, path: &str, body: Bytes, meter: Meter) -> Prepared {
         Prepared {
             model: None,
+            requested_model: None,
             stream: false,
             meter,
             method: method.clone(),
             path: path.to_owned(),
             keep_query: true,
-            body,
+            body: body.into(),
             conversion: Conversion::None,
         }
     }
@@ -144,16 +171,17 @@ pub fn prepare(
     opts: &PrepareOptions,
 ) -> Result<Prepared, ProxyError> {
     Ok(match (route, mode) {
-        (Route::Messages, _) => messages(mode, method, "/v1/messages", body, Meter::Anthropic)?,
+        (Route::Messages, _) => {
+            let path = "/v1/messages";
+            messages(mode, method, path, body, Meter::Anthropic, opts.aliases)?
+        }
         (Route::CountTokens, _) => {
-            messages(mode, method, "/v1/messages/count_tokens", body, Meter::None)?
+            let path = "/v1/messages/count_tokens";
+            messages(mode, method, path, body, Meter::None, opts.aliases)?
         }
         (Route::Models, _) => Prepared::get("/v1/models", Conversion::None),
-        // Any other /v1/* path (passthrough): the mode prefix comes off.
-        (Route::Relay, _) => {
-            let path = client_path.strip_prefix("/pt").unwrap_or(client_path);
-            Prepared::relay(method, path, body, Meter::None)
-        }
+        // Any other /v1/* path: the mode prefix comes off; the body is the client's.
+        (Route::Relay, _) => relay(mode, method, client_path, body, opts)?,
         (Route::ChatCompletions, Mode::Passthrough) => {
             Prepared::relay(method, "/v1/chat/completions", body, Meter::OpenAi)
         }
@@ -188,31 +216,121 @@ pub fn prepare(
     })
 }
 
-/// Messages and count_tokens: shaped in full mode, read in minimal, untouched in passthrough.
+/// Any other `/v1/*` path, in every mode: method, path, query and body as the client sent them
+/// (the pipeline streams the body when it is an upload). Message batch answers get their
+/// `results_url` pointed at the proxy in every mode (passthrough too: otherwise an SDK fetches
+/// the results from the upstream directly, around the proxy); in full mode, each request of a
+/// batch created with a body read whole is shaped as a message would be.
+fn relay(
+    mode: Mode,
+    method: &Method,
+    client_path: &str,
+    body: Bytes,
+    opts: &PrepareOptions,
+) -> Result<Prepared, ProxyError> {
+    let path = routes::strip_mode_prefix(client_path);
+    let batches = path
+        .strip_prefix("/v1/messages/batches")
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let (kind, meter) = match batches {
+        Some(rest) if rest.ends_with("/results") => (RelayKind::BatchResults, Meter::BatchResults),
+        Some(_) => {
+            let prefix = routes::mode_prefix(client_path);
+            let host = opts.host.unwrap_or("localhost");
+            let origin = format!("http://{host}{prefix}");
+            (RelayKind::Batch { origin }, Meter::None)
+        }
+        None => (RelayKind::Plain, Meter::None),
+    };
+    let body = if mode == Mode::Full && batches == Some("") && method == Method::POST {
+        shape_batch(body)?
+    } else {
+        body
+    };
+    Ok(Prepared {
+        conversion: Conversion::Relay(kind),
+        ..Prepared::relay(method, path, body, meter)
+    })
+}
+
+/// Full mode: each `requests[i].params` of a batch shaped as full mode shapes a message (the
+/// Claude Code identity first in `system`); everything else as it came. A body that is not a
+/// batch is left for the upstream to refuse.
+fn shape_batch(body: Bytes) -> Result<Bytes, ProxyError> {
+    let Ok(mut batch) = serde_json::from_slice::<serde_json::Map<String, Value>>(&body) else {
+        return Ok(body);
+    };
+    let Some(Value::Array(requests)) = batch.get_mut("requests") else {
+        return Ok(body);
+    };
+    for (i, r) in requests.iter_mut().enumerate() {
+        let Some(params) = r.get_mut("params").filter(|p| p.is_object()) else {
+            continue;
+        };
+        let raw = serde_json::to_vec(params)
+            .map_err(|e| ProxyError::invalid(format!("requests.{i}.params cannot be read: {e}")))?;
+        let (shaped, _) = claude_code::shape_request(&raw)
+            .map_err(|e| ProxyError::from(e).with_param(format!("requests.{i}.params")))?;
+        *params = serde_json::from_slice(&shaped).map_err(|e| {
+            ProxyError::invalid(format!("requests.{i}.params cannot be shaped: {e}"))
+        })?;
+    }
+    serde_json::to_vec(&batch)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::invalid(format!("the batch cannot be encoded: {e}")))
+}
+
+/// Messages and count_tokens: shaped in full mode, read in minimal, untouched in passthrough;
+/// in full and minimal mode a retired model id is replaced by its successor (the alias table),
+/// every other byte as it was.
 fn messages(
     mode: Mode,
     method: &Method,
     path: &str,
     body: Bytes,
     meter: Meter,
+    aliases: &ModelAliases,
 ) -> Result<Prepared, ProxyError> {
-    Ok(match mode {
+    let (body, model, stream) = match mode {
         Mode::Full => {
             let (shaped, info) = claude_code::shape_request(&body)?;
-            let mut p = Prepared::relay(method, path, Bytes::from(shaped), meter);
-            p.model = info.model;
-            p.stream = info.stream;
-            p
+            (Bytes::from(shaped), info.model, info.stream)
         }
         Mode::Minimal => {
             let head = read_head(&body)?;
-            let mut p = Prepared::relay(method, path, body, meter);
-            p.model = head.model;
-            p.stream = head.stream.unwrap_or(false);
-            p
+            (body, head.model, head.stream.unwrap_or(false))
         }
-        Mode::Passthrough => Prepared::relay(method, path, body, meter),
-    })
+        Mode::Passthrough => return Ok(Prepared::relay(method, path, body, meter)),
+    };
+    let mut p = Prepared::relay(method, path, body, meter);
+    p.stream = stream;
+    p.model = model;
+    let successor = p.model.as_deref().and_then(|m| aliases.successor(m));
+    if let (Some(new), Some(bytes)) = (successor, p.body.bytes())
+        && let Some(replaced) = replace_model(bytes, new)
+    {
+        p.body = UpBody::Bytes(Bytes::from(replaced));
+        p.requested_model = p.model.replace(new.to_owned());
+    }
+    Ok(p)
+}
+
+/// The body with its top-level `model` value replaced by `model`, every other byte unchanged.
+fn replace_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    let obj = claude_code::RawObject::parse(body).ok()?;
+    let raw = obj.get("model")?.get();
+    // The raw value is a slice of `body`: its offset is where the value starts.
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + raw.len();
+    if end > body.len() {
+        return None;
+    }
+    let value = serde_json::to_string(model).ok()?;
+    let mut out = Vec::with_capacity(body.len() + value.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Some(out)
 }
 
 /// OpenAI Chat Completions converted to a Messages request (then shaped in full mode).
@@ -228,13 +346,14 @@ fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, Prox
         Bytes::from(converted.body)
     };
     Ok(Prepared {
+        requested_model: None,
         model: Some(converted.upstream_model),
         stream: converted.stream,
         meter: Meter::Anthropic,
         method: Method::POST,
         path: "/v1/messages".to_owned(),
         keep_query: false,
-        body: out,
+        body: out.into(),
         conversion: Conversion::Chat(ChatInfo {
             client_model: converted.client_model,
             include_usage: converted.include_usage,
@@ -258,13 +377,14 @@ fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared,
         Bytes::from(converted.body)
     };
     Ok(Prepared {
+        requested_model: None,
         model: Some(converted.upstream_model),
         stream: converted.stream,
         meter: Meter::Anthropic,
         method: Method::POST,
         path: "/v1/messages".to_owned(),
         keep_query: false,
-        body: out,
+        body: out.into(),
         conversion: Conversion::Responses(Box::new(ResponsesInfo {
             context: converted.context,
             keep,
@@ -303,13 +423,14 @@ fn input_tokens(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepar
         Bytes::from(counted)
     };
     Ok(Prepared {
+        requested_model: None,
         model: Some(converted.upstream_model),
         stream: false,
         meter: Meter::None,
         method: Method::POST,
         path: "/v1/messages/count_tokens".to_owned(),
         keep_query: false,
-        body: out,
+        body: out.into(),
         conversion: Conversion::InputTokens,
     })
 }
@@ -450,6 +571,7 @@ mod tests {
             default_max_tokens: 4096,
             aliases: &aliases,
             stored: &stored,
+            host: Some("proxy.test"),
         };
         prepare(
             route,
@@ -500,7 +622,12 @@ mod tests {
             case(Messages, Passthrough, M::POST, "/pt/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, None, false, "none", true),
             case(CountTokens, Minimal, M::POST, "/min/v1/messages/count_tokens", MSG, (M::POST, "/v1/messages/count_tokens"), Meter::None, true, sonnet, true, "none", true),
             case(Models, Full, M::GET, "/v1/models", "", (M::GET, "/v1/models"), Meter::None, true, None, false, "none", true),
-            case(Relay, Passthrough, M::DELETE, "/pt/v1/files/f_1", "", (M::DELETE, "/v1/files/f_1"), Meter::None, true, None, false, "none", true),
+            case(Relay, Passthrough, M::DELETE, "/pt/v1/files/f_1", "", (M::DELETE, "/v1/files/f_1"), Meter::None, true, None, false, "relay", true),
+            case(Relay, Full, M::GET, "/v1/files/f_1/content", "", (M::GET, "/v1/files/f_1/content"), Meter::None, true, None, false, "relay", true),
+            case(Relay, Full, M::GET, "/full/v1/models/claude-opus-4-8", "", (M::GET, "/v1/models/claude-opus-4-8"), Meter::None, true, None, false, "relay", true),
+            case(Relay, Minimal, M::POST, "/min/v1/messages/batches", MSG, (M::POST, "/v1/messages/batches"), Meter::None, true, None, false, "batch", true),
+            case(Relay, Minimal, M::GET, "/min/v1/messages/batches/msgbatch_1/results", "", (M::GET, "/v1/messages/batches/msgbatch_1/results"), Meter::BatchResults, true, None, false, "batch_results", true),
+            case(Relay, Minimal, M::GET, "/min/v1/messages/batchesx", "", (M::GET, "/v1/messages/batchesx"), Meter::None, true, None, false, "relay", true),
             case(ChatCompletions, Full, M::POST, "/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
             case(ChatCompletions, Minimal, M::POST, "/min/openai/v1/chat/completions", CHAT, (M::POST, "/v1/messages"), Meter::Anthropic, false, mapped, true, "chat", false),
             case(ChatCompletions, Passthrough, M::POST, "/pt/openai/v1/chat/completions", CHAT, (M::POST, "/v1/chat/completions"), Meter::OpenAi, true, None, false, "none", true),
@@ -521,10 +648,106 @@ mod tests {
                 Conversion::Responses(_) => "responses",
                 Conversion::InputTokens => "input_tokens",
                 Conversion::Models => "models",
+                Conversion::Relay(RelayKind::Plain) => "relay",
+                Conversion::Relay(RelayKind::Batch { .. }) => "batch",
+                Conversion::Relay(RelayKind::BatchResults) => "batch_results",
             };
             assert_eq!(kind, c.conversion, "{name}");
-            assert_eq!(p.body == c.body.as_bytes(), c.body_untouched, "{name}");
+            let sent = p.body.bytes().unwrap();
+            assert_eq!(sent == c.body.as_bytes(), c.body_untouched, "{name}");
         }
+    }
+
+    #[test]
+    fn batch_answers_lead_back_to_the_proxy_in_the_same_mode() {
+        for (path, origin) in [
+            ("/min/v1/messages/batches", "http://proxy.test/min"),
+            ("/v1/messages/batches/msgbatch_1", "http://proxy.test"),
+            (
+                "/full/v1/messages/batches/msgbatch_1/cancel",
+                "http://proxy.test/full",
+            ),
+        ] {
+            let p = run(Route::Relay, Mode::Full, Method::POST, path, "");
+            let want = Conversion::Relay(RelayKind::Batch {
+                origin: origin.into(),
+            });
+            assert_eq!(p.conversion, want, "{path}");
+        }
+    }
+
+    #[test]
+    fn full_mode_shapes_each_request_of_a_batch_and_the_others_do_not() {
+        let batch = r#"{"requests":[{"custom_id":"a","params":{"model":"m","max_tokens":5,"system":"Be brief.","messages":[{"role":"user","content":"hi"}]}}],"extra":1}"#;
+        let p = run(
+            Route::Relay,
+            Mode::Full,
+            Method::POST,
+            "/v1/messages/batches",
+            batch,
+        );
+        let v: Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
+        let system = &v["requests"][0]["params"]["system"];
+        assert_eq!(system[0]["text"], claude_code::IDENTITY);
+        assert_eq!(system[1]["text"], "Be brief.");
+        assert_eq!(v["extra"], 1);
+        for mode in [Mode::Minimal, Mode::Passthrough] {
+            let p = run(
+                Route::Relay,
+                mode,
+                Method::POST,
+                "/min/v1/messages/batches",
+                batch,
+            );
+            assert_eq!(p.body.bytes().unwrap(), batch.as_bytes());
+        }
+    }
+
+    #[test]
+    fn retired_models_get_their_successor_in_full_and_minimal_mode_only() {
+        let body = r#"{ "model" : "claude-3-5-sonnet-20241022", "max_tokens":5,"messages":[{"role":"user","content":"claude-3-5-sonnet-20241022"}]}"#;
+        let p = run(
+            Route::Messages,
+            Mode::Minimal,
+            Method::POST,
+            "/min/v1/messages",
+            body,
+        );
+        assert_eq!(p.model.as_deref(), Some("claude-sonnet-5"));
+        assert_eq!(
+            p.requested_model.as_deref(),
+            Some("claude-3-5-sonnet-20241022")
+        );
+        let want = body.replacen("\"claude-3-5-sonnet-20241022\"", "\"claude-sonnet-5\"", 1);
+        assert_eq!(p.body.bytes().unwrap(), want.as_bytes());
+        let p = run(
+            Route::CountTokens,
+            Mode::Full,
+            Method::POST,
+            "/v1/messages/count_tokens",
+            body,
+        );
+        let v: Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
+        assert_eq!(v["model"], "claude-sonnet-5");
+        assert_eq!(v["system"][0]["text"], claude_code::IDENTITY);
+        let p = run(
+            Route::Messages,
+            Mode::Passthrough,
+            Method::POST,
+            "/pt/v1/messages",
+            body,
+        );
+        assert_eq!(p.body.bytes().unwrap(), body.as_bytes());
+        assert_eq!(p.requested_model, None);
+        let p = run(
+            Route::Messages,
+            Mode::Minimal,
+            Method::POST,
+            "/min/v1/messages",
+            MSG,
+        );
+        assert_eq!(p.requested_model, None);
+        assert_eq!(p.body.bytes().unwrap(), MSG.as_bytes());
     }
 
     #[test]
@@ -536,7 +759,7 @@ mod tests {
             "/v1/messages",
             MSG,
         );
-        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
         assert_eq!(v["system"][0]["text"], claude_code::IDENTITY);
     }
 
@@ -548,6 +771,7 @@ mod tests {
             default_max_tokens: 4096,
             aliases: &aliases,
             stored: &stored,
+            host: Some("proxy.test"),
         };
         for (route, mode, body) in [
             (Route::Messages, Mode::Full, "{nope"),
@@ -584,6 +808,7 @@ mod tests {
             default_max_tokens: 4096,
             aliases: &aliases,
             stored,
+            host: None,
         };
         let path = "/min/openai/v1/responses";
         let body = Bytes::from(body.to_owned());
@@ -614,7 +839,7 @@ mod tests {
             serde_json::json!([{"type": "input_text", "text": "now"}])
         );
         assert!(kept[1]["id"].as_str().unwrap().starts_with("msg_"));
-        let sent: Value = serde_json::from_slice(&p.body).unwrap();
+        let sent: Value = serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
         assert_eq!(sent["messages"][0]["content"][0]["text"], "before");
 
         let body = r#"{"model":"gpt-4o","input":"x","store":false}"#;
@@ -642,7 +867,8 @@ mod tests {
         assert_eq!(p.path, "/v1/messages/count_tokens");
         assert_eq!(p.conversion, Conversion::InputTokens);
         assert!(!p.stream);
-        let sent: serde_json::Map<String, Value> = serde_json::from_slice(&p.body).unwrap();
+        let sent: serde_json::Map<String, Value> =
+            serde_json::from_slice(p.body.bytes().unwrap()).unwrap();
         let mut keys: Vec<&str> = sent.keys().map(String::as_str).collect();
         keys.sort_unstable();
         assert_eq!(keys, ["messages", "model", "system"]);

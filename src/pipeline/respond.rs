@@ -12,7 +12,7 @@ use futures_util::Stream;
 use super::ctx::RequestCtx;
 use std::sync::Arc;
 
-use super::prepare::{ChatInfo, Conversion, Meter, ResponsesInfo};
+use super::prepare::{ChatInfo, Conversion, Meter, RelayKind, ResponsesInfo};
 use crate::convert;
 use crate::convert::models::ModelAliases;
 use crate::convert::responses::ResponsesStreamConverter;
@@ -70,7 +70,108 @@ pub async fn respond(
         Conversion::Responses(info) => responses_whole(ctx, &r, resp, *info).await,
         Conversion::InputTokens => input_tokens(ctx, &r, resp).await,
         Conversion::Models => models(ctx, &r, resp).await,
+        Conversion::Relay(RelayKind::Batch { origin })
+            if resp.status().is_success() && !sse && is_json(resp.headers()) =>
+        {
+            batch_object(ctx, &r, resp, &origin).await
+        }
+        Conversion::Relay(_) => Ok(relay_any(ctx, &r, resp, meter, sse)),
     }
+}
+
+/// An answer on a relay route, streamed as it comes whatever its type (a file download, a
+/// batch's JSONL results), with its length; if the upstream breaks, the client's body is cut
+/// (an event stream gets the error event first, except in passthrough).
+fn relay_any(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    meter: Meter,
+    sse: bool,
+) -> Response {
+    let status = resp.status();
+    let headers = upstream::response_headers(r.mode, resp.headers(), !sse);
+    let record = ctx.stream_started(status.as_u16()).map(|mut rec| {
+        rec.meter_with(meter.tap(sse));
+        rec
+    });
+    let relay = if sse && r.mode != Mode::Passthrough {
+        Relay::Raw
+    } else {
+        Relay::Passthrough
+    };
+    let body = relay_stream(resp, r.limits.watch(), record, relay);
+    response(status, headers, Body::from_stream(body))
+}
+
+/// A message batch (or a list of them): every `results_url` made to lead back to the proxy
+/// (`origin` is the proxy's address and the client's mode prefix); every other byte as it came.
+async fn batch_object(
+    ctx: &mut RequestCtx,
+    r: &Respond<'_>,
+    resp: reqwest::Response,
+    origin: &str,
+) -> Result<Response, ProxyError> {
+    let status = resp.status();
+    let mut headers = upstream::response_headers(r.mode, resp.headers(), false);
+    let body = read_whole(ctx, r, resp).await?;
+    ctx.completed();
+    let body = match redirect_results(&body, origin) {
+        Some(changed) => Bytes::from(changed),
+        None => body,
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Ok(response(status, headers, Body::from(body)))
+}
+
+/// The body with the origin of every `"results_url": "…/v1/messages/batches/…"` replaced by
+/// `origin` (the rest of the bytes untouched); `None` when there is none.
+fn redirect_results(body: &[u8], origin: &str) -> Option<Vec<u8>> {
+    const KEY: &[u8] = b"\"results_url\"";
+    const PATH: &[u8] = b"/v1/messages/batches/";
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut done = 0;
+    let mut changed = false;
+    for at in memchr::memmem::find_iter(body, KEY) {
+        let mut i = at + KEY.len();
+        let skip_ws = |i: &mut usize| {
+            while body.get(*i).is_some_and(u8::is_ascii_whitespace) {
+                *i += 1;
+            }
+        };
+        skip_ws(&mut i);
+        if body.get(i) != Some(&b':') {
+            continue;
+        }
+        i += 1;
+        skip_ws(&mut i);
+        if body.get(i) != Some(&b'"') {
+            continue;
+        }
+        let start = i + 1;
+        let Some(len) = memchr::memchr(b'"', &body[start..]) else {
+            continue;
+        };
+        let url = &body[start..start + len];
+        let Some(path_at) = memchr::memmem::find(url, PATH) else {
+            continue;
+        };
+        out.extend_from_slice(&body[done..start]);
+        out.extend_from_slice(origin.as_bytes());
+        done = start + path_at;
+        changed = true;
+    }
+    if !changed {
+        return None;
+    }
+    out.extend_from_slice(&body[done..]);
+    Some(out)
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }
 
 /// A non-stream answer relayed as it is (headers filtered by mode).
@@ -504,5 +605,26 @@ impl<S> StreamState<S> {
         if let Some(mut r) = self.record.take() {
             r.completed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_urls_lead_back_to_the_proxy_and_nothing_else_changes() {
+        let body = br#"{"data":[{"id":"b1","results_url" : "https://api.anthropic.com/v1/messages/batches/b1/results","z":1},{"id":"b2","results_url":null}],"has_more":false}"#;
+        let out = redirect_results(body, "http://127.0.0.1:8082/min").unwrap();
+        let want = br#"{"data":[{"id":"b1","results_url" : "http://127.0.0.1:8082/min/v1/messages/batches/b1/results","z":1},{"id":"b2","results_url":null}],"has_more":false}"#;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(want.to_vec()).unwrap()
+        );
+        assert!(redirect_results(br#"{"results_url":null}"#, "http://x").is_none());
+        assert!(
+            redirect_results(br#"{"results_url":"https://elsewhere/x"}"#, "http://x").is_none()
+        );
+        assert!(redirect_results(br#"{"results_url":"#, "http://x").is_none());
     }
 }

@@ -35,10 +35,13 @@
 
 pub mod accounts;
 pub mod agent;
+pub mod batches;
 pub mod faults;
+pub mod files;
 pub mod generate;
 #[cfg(test)]
 mod http_tests;
+mod model_info;
 mod openai;
 pub mod tools;
 
@@ -124,6 +127,10 @@ pub struct SimState {
     flaky: Mutex<std::collections::HashMap<String, u32>>,
     /// Scripted per-credential states (see [`accounts`]).
     accounts: Mutex<std::collections::HashMap<String, Account>>,
+    /// The Files API's files (see [`files`]).
+    pub files: files::Files,
+    /// Message batches (see [`batches`]).
+    pub batches: batches::Batches,
 }
 
 const RECORD_LIMIT: usize = 256;
@@ -221,6 +228,43 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/oauth/token", post(oauth_token))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models/{id}", get(model_info::retrieve))
+        .route(
+            "/v1/files",
+            get(files::list)
+                .post(files::upload)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}",
+            get(files::one)
+                .delete(files::one)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/files/{id}/content",
+            get(files::content).fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/messages/batches",
+            get(batches::list)
+                .post(batches::create)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/messages/batches/{id}",
+            get(batches::one)
+                .delete(batches::one)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(batches::cancel).fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(batches::results).fallback(files::method_not_allowed),
+        )
         .route("/_sim/requests", get(recorded))
         .route("/_sim/accounts", post(accounts::set))
         .fallback(not_found)

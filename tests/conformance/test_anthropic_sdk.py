@@ -582,3 +582,118 @@ def test_unreachable_upstream_is_502(dead_upstream_proxy, prefix):
         c.messages.create(model=MODEL, max_tokens=64, messages=user("hello"))
     assert e.value.status_code == 502
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "api_error", e.value.body
+
+
+# --------------------------------------------------------------------------- 2026 API surface
+# Files, Message Batches and models.retrieve (issue 17), in every mode: full mode on the
+# server's subscription, minimal and passthrough on the client's key.
+
+FILE_BYTES = bytes(range(256)) * 512 + "ünïcode ✓".encode()
+
+
+def check_mode_credential(rec: Recorded, prefix: str) -> None:
+    if MODE_OF[prefix] == "full":
+        # The subscription, unless an earlier test's 429 benched it (then the server's key).
+        if rec.header("x-api-key") is None:
+            assert rec.header("authorization") == f"Bearer {OAUTH_ACCESS}", rec
+            assert BETA_OAUTH in rec.beta_tags(), rec
+        else:
+            assert rec.header("x-api-key") == SERVER_API_KEY, rec
+            assert rec.header("authorization") is None, rec
+        assert BETA_CLAUDE_CODE in rec.beta_tags(), rec
+    else:
+        assert rec.header("x-api-key") == CLIENT_API_KEY, rec
+        assert rec.header("authorization") is None, rec
+        assert BETA_OAUTH not in rec.beta_tags(), rec
+
+
+@pytest.mark.parametrize("api", ["ga", "beta"])
+def test_files_upload_list_download_delete(client, prefix, sim, tag, api):
+    files = client.beta.files if api == "beta" else client.files
+    name = f"{tag}.bin"
+    meta = files.upload(file=(name, FILE_BYTES, "application/octet-stream"))
+    assert meta.id.startswith("file_"), meta
+    assert meta.size_bytes == len(FILE_BYTES)
+    assert meta.filename == name
+
+    # The upload reached the upstream whole, multipart, with the mode's credential.
+    rec = sim.one_request_with(tag)
+    assert rec.method == "POST" and rec.path == "/v1/files", rec
+    assert rec.header("content-type").startswith("multipart/form-data; boundary="), rec
+    check_mode_credential(rec, prefix)
+
+    assert meta.id in [f.id for f in files.list(limit=100)]
+    assert files.retrieve_metadata(meta.id).filename == name
+    assert files.download(meta.id).read() == FILE_BYTES
+    assert files.delete(meta.id).id == meta.id
+    with pytest.raises(anthropic.NotFoundError) as e:
+        files.retrieve_metadata(meta.id)
+    assert e.value.body["error"]["type"] == "not_found_error"
+
+
+def test_files_upload_without_a_file_is_a_bad_request(client, prefix):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.post(
+            "/v1/files",
+            cast_to=object,
+            content=b"not multipart",
+            options={"headers": {"content-type": "text/plain"}},
+        )
+    assert e.value.body["type"] == "error"
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_message_batches_create_retrieve_results(client, prefix, sim, tag):
+    batch = client.messages.batches.create(
+        requests=[
+            {"custom_id": "one", "params": {"model": MODEL, "max_tokens": 64, "messages": user(f"{tag} one")}},
+            {"custom_id": "two", "params": {"model": MODEL, "max_tokens": 64, "messages": user(f"{tag} two")}},
+        ]
+    )
+    assert batch.id.startswith("msgbatch_"), batch
+    assert batch.processing_status == "in_progress"
+    rec = sim.one_request_with(tag)
+    assert rec.path == "/v1/messages/batches", rec
+    check_mode_credential(rec, prefix)
+    if MODE_OF[prefix] == "full":
+        # Full mode shapes each request as it shapes a message.
+        for r in rec.json()["requests"]:
+            assert r["params"]["system"][0]["text"] == IDENTITY
+    else:
+        assert rec.json()["requests"][0]["params"]["messages"] == user(f"{tag} one")
+
+    got = client.messages.batches.retrieve(batch.id)
+    assert got.processing_status == "ended"
+    assert got.request_counts.succeeded == 2
+    # The results URL leads back through the proxy, in the client's mode (else the SDK would
+    # fetch the results from the upstream directly).
+    assert got.results_url.startswith(str(client.base_url).rstrip("/") + "/v1/"), got.results_url
+    assert batch.id in [b.id for b in client.messages.batches.list(limit=20)]
+
+    results = {r.custom_id: r for r in client.messages.batches.results(batch.id)}
+    assert set(results) == {"one", "two"}
+    for r in results.values():
+        assert r.result.type == "succeeded", r
+        assert r.result.message.content[0].type == "text"
+        assert r.result.message.usage.output_tokens > 0
+
+
+def test_message_batches_cancel_and_bad_batch(client, prefix, tag):
+    batch = client.messages.batches.create(
+        requests=[{"custom_id": "slow", "params": {"model": MODEL, "max_tokens": 8,
+                                                   "messages": user(f"{tag} [sim:batch-slow]")}}]
+    )
+    assert client.messages.batches.cancel(batch.id).processing_status == "canceling"
+    assert client.messages.batches.retrieve(batch.id).request_counts.canceled == 1
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.batches.create(requests=[])
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.retrieve("msgbatch_unknown")
+
+
+def test_models_retrieve(client, prefix, sim):
+    m = client.models.retrieve(MODEL)
+    assert m.id == MODEL and m.type == "model"
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("claude-none-0")

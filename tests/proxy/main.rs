@@ -8,6 +8,7 @@
 mod support;
 
 mod anthropic;
+mod api2026;
 mod connections;
 mod faults;
 mod fixture_replay;

@@ -1,0 +1,35 @@
+//! `GET /v1/models/{id}` of the simulated upstream: one model of [`super::MODELS`], or 404.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+
+use super::{MODELS, SimState, check_auth, record_request, sim_err};
+
+pub async fn retrieve(
+    State(state): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    record_request(
+        &state,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &Bytes::new(),
+    );
+    if let Err(e) = check_auth(&state, &parts.headers) {
+        return e.into_response();
+    }
+    match MODELS.iter().find(|(m, _)| *m == id) {
+        Some((m, name)) => axum::Json(serde_json::json!({
+            "type": "model", "id": m, "display_name": name,
+            "created_at": "2025-09-29T00:00:00Z"
+        }))
+        .into_response(),
+        None => sim_err(404, &format!("model: {id}")).into_response(),
+    }
+}
