@@ -14,6 +14,7 @@ fn group_by(g: UsageGrouping) -> GroupBy {
         UsageGrouping::Day => GroupBy::Day,
         UsageGrouping::Hour => GroupBy::Hour,
         UsageGrouping::Mode => GroupBy::Mode,
+        UsageGrouping::Key => GroupBy::Key,
     }
 }
 

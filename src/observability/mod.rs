@@ -36,6 +36,9 @@ pub struct UsageRecord {
     /// The pool credential's name (`server_oauth` / `server_api_key` for the implicit pool), or
     /// `client` for the client's own key.
     pub credential: Option<String>,
+    /// The client key's name (never the key), when the request came with one.
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 pub mod prom;
@@ -187,6 +190,8 @@ pub struct InFlight {
     metered: Metered,
     outcome: Outcome,
     streaming: bool,
+    /// Released with the record (a client key's concurrency slot).
+    hold: Option<Box<dyn Send + Sync>>,
 }
 
 impl InFlight {
@@ -214,6 +219,7 @@ impl InFlight {
             metered: Metered::default(),
             outcome: Outcome::Pending,
             streaming: false,
+            hold: None,
         }
     }
 
@@ -222,6 +228,13 @@ impl InFlight {
         self.record.model = model;
         self.record.stream = stream;
         self.record.credential = Some(credential.to_owned());
+    }
+
+    /// The request came with client key `name`; `hold` (its concurrency slot) is
+    /// released when the record is finished (the stream's end for streams).
+    pub fn client_key(&mut self, name: String, hold: Box<dyn Send + Sync>) {
+        self.record.client_key = Some(name);
+        self.hold = Some(hold);
     }
 
     /// The credential that served the request (its pool name, or `client`).
@@ -332,6 +345,7 @@ impl Drop for InFlight {
         if self.streaming {
             gauge!("ccproxy_active_streams").decrement(1.0);
         }
+        drop(self.hold.take());
         // A body cut short keeps what the tap read of what was delivered.
         self.finish_tap();
         let mut record = std::mem::take(&mut self.record);

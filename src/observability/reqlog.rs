@@ -72,6 +72,9 @@ pub fn write_line(out: &mut String, f: &Finished, style: LogStyle) {
         None => fields.str("cost_usd", "-"),
     }
     fields.str("credential", r.credential.as_deref().unwrap_or("-"));
+    if let Some(k) = r.client_key.as_deref() {
+        fields.str("client_key", k);
+    }
     fields.raw("abandoned", if r.abandoned { "true" } else { "false" });
     fields.str("error", r.error.as_deref().unwrap_or("-"));
     if style == LogStyle::Json {

@@ -58,6 +58,14 @@ impl RequestCtx {
         }
     }
 
+    /// The request came with client key `name`; its concurrency slot is released with
+    /// the record (at the end of a stream).
+    pub fn client_key(&mut self, name: String, slot: crate::keys::Slot) {
+        if let Some(r) = self.record() {
+            r.client_key(name, Box::new(slot));
+        }
+    }
+
     /// The credential that got the upstream's answer (after any failover).
     pub fn served_by(&mut self, credential: &str) {
         if let Some(r) = self.record() {

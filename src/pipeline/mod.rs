@@ -69,8 +69,14 @@ pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request
 async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
 
-    // access: the proxy token, when one is configured.
-    let client_token = access::check_proxied(state.proxy_token.as_ref(), &parts.headers)?;
+    // access: the proxy token, or a client key (its slot goes with the record).
+    let token = state.proxy_token.as_ref();
+    let caller = access::check_caller(token, &state.keys, ctx.mode, &parts.headers)?;
+    let client_token = caller.client_token;
+    let key = caller.key.map(|k| {
+        ctx.client_key(k.name.clone(), k.slot);
+        (k.name, k.limits)
+    });
 
     // stored responses: answered from the store, nothing goes upstream.
     if matches!(ctx.route, Route::StoredResponse | Route::ResponseInputItems) {
@@ -117,6 +123,10 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         body,
         &opts,
     )?;
+    // the client key's model patterns, now that the model is known.
+    if let Some((name, limits)) = &key {
+        crate::keys::check_model(name, limits, p.model.as_deref())?;
+    }
 
     // credential: the candidates for this mode and model, in order.
     let plan = credential::plan(

@@ -61,6 +61,7 @@ fn rec(
         abandoned,
         error: (status >= 400).then(|| "upstream overloaded <script>alert(1)</script>".into()),
         credential: Some("server_oauth".into()),
+        client_key: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn record(i: i64) -> UsageRecord {
         abandoned: false,
         error: None,
         credential: Some("server_api_key".into()),
+        client_key: None,
     }
 }
 
@@ -86,6 +87,7 @@ fn round_trip_keeps_every_field() {
         abandoned: true,
         error: Some("client disconnected; line 2 \"quoted\" ünïcode".into()),
         credential: Some("server_oauth".into()),
+        client_key: None,
     };
     let sparse = UsageRecord {
         ts_ms: 1_740_000_200_000,
@@ -104,6 +106,7 @@ fn round_trip_keeps_every_field() {
         abandoned: false,
         error: None,
         credential: None,
+        client_key: None,
     };
     writer.record(full.clone());
     writer.record(sparse.clone());
@@ -420,6 +423,7 @@ fn row(
         abandoned,
         error: (status >= 400).then(|| "overloaded".to_owned()),
         credential: Some("server_api_key".into()),
+        client_key: None,
     }
 }
 

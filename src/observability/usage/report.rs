@@ -28,6 +28,8 @@ pub enum GroupBy {
     Hour,
     /// Proxy mode (`full`, `minimal`, `passthrough`).
     Mode,
+    /// Client key name (`(none)` for requests without one).
+    Key,
 }
 
 impl GroupBy {
@@ -37,6 +39,7 @@ impl GroupBy {
             GroupBy::Day => "day",
             GroupBy::Hour => "hour",
             GroupBy::Mode => "mode",
+            GroupBy::Key => "key",
         }
     }
 
@@ -45,6 +48,7 @@ impl GroupBy {
         match self {
             GroupBy::Model => "COALESCE(model, '(unknown)')",
             GroupBy::Mode => "mode",
+            GroupBy::Key => "COALESCE(client_key, '(none)')",
             GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch', 'localtime')",
             GroupBy::Hour => "strftime('%Y-%m-%d %H:00', ts_ms / 1000, 'unixepoch', 'localtime')",
         }
@@ -63,8 +67,9 @@ impl FromStr for GroupBy {
             "day" => Ok(GroupBy::Day),
             "hour" => Ok(GroupBy::Hour),
             "mode" => Ok(GroupBy::Mode),
+            "key" => Ok(GroupBy::Key),
             other => Err(format!(
-                "invalid grouping {other:?}: expected model, day, hour or mode"
+                "invalid grouping {other:?}: expected model, day, hour, mode or key"
             )),
         }
     }
@@ -281,6 +286,8 @@ pub struct UsageReader {
     path: PathBuf,
     /// The database has no `requests` table yet (never migrated).
     empty: bool,
+    /// The `requests` table has the `client_key` column (schema 3 and later).
+    has_key: bool,
 }
 
 impl std::fmt::Debug for UsageReader {
@@ -326,6 +333,7 @@ fn record_from_row(row: &SqlRow<'_>) -> rusqlite::Result<UsageRecord> {
         abandoned: row.get(16)?,
         error: row.get(17)?,
         credential: row.get(18)?,
+        client_key: row.get(19)?,
     })
 }
 
@@ -350,10 +358,19 @@ impl UsageReader {
                 |row| row.get(0),
             )
             .map_err(UsageError::sqlite(path))?;
+        let has_key = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('requests') WHERE name = 'client_key'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(UsageError::sqlite(path))?
+            > 0;
         Ok(Some(UsageReader {
             conn,
             path: path.to_owned(),
             empty: tables == 0,
+            has_key,
         }))
     }
 
@@ -370,7 +387,11 @@ impl UsageReader {
             "SELECT {key}, ts_ms, mode, status, stream, input_tokens, output_tokens, \
              cache_read_tokens, cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, \
              abandoned, model IS NOT NULL FROM requests WHERE ts_ms >= ?1 ORDER BY ts_ms, id",
-            key = by.key_sql()
+            key = if by == GroupBy::Key && !self.has_key {
+                "'(none)'"
+            } else {
+                by.key_sql()
+            }
         );
         let read = || -> rusqlite::Result<Vec<Row>> {
             let mut stmt = self.conn.prepare(&sql)?;
@@ -435,8 +456,9 @@ impl UsageReader {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM requests WHERE ts_ms >= ?1 \
-             ORDER BY ts_ms DESC, id DESC LIMIT ?2"
+            "SELECT {RECORD_COLUMNS}, {key} FROM requests WHERE ts_ms >= ?1 \
+             ORDER BY ts_ms DESC, id DESC LIMIT ?2",
+            key = if self.has_key { "client_key" } else { "NULL" }
         );
         let read = || -> rusqlite::Result<Vec<UsageRecord>> {
             let mut stmt = self.conn.prepare(&sql)?;

@@ -61,6 +61,24 @@ const MIGRATIONS: &[&str] = &[
         response      TEXT    NOT NULL
     );
     CREATE INDEX responses_expiry ON responses (expires_at_ms);",
+    // 3: client keys (keys::store; the digest, never the key) and the key of each request.
+    "CREATE TABLE client_keys (
+        name           TEXT    PRIMARY KEY,
+        digest         BLOB    NOT NULL UNIQUE,
+        prefix         TEXT    NOT NULL,
+        models         TEXT    NOT NULL DEFAULT '',
+        modes          TEXT    NOT NULL DEFAULT '',
+        rpm            INTEGER,
+        tpm            INTEGER,
+        max_concurrent INTEGER,
+        budget_usd     REAL,
+        period         TEXT,
+        expires_at_ms  INTEGER,
+        created_at_ms  INTEGER NOT NULL,
+        revoked_at_ms  INTEGER
+    );
+    ALTER TABLE requests ADD COLUMN client_key TEXT;
+    CREATE INDEX requests_client_key ON requests (client_key, ts_ms);",
 ];
 
 /// The schema version this build writes.
@@ -216,9 +234,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()
             "INSERT INTO requests (ts_ms, request_id, mode, dialect, model, stream, status,
                 upstream_status, input_tokens, output_tokens, cache_read_tokens,
                 cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned,
-                error, credential)
+                error, credential, client_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19)",
+                ?17, ?18, ?19, ?20)",
         )?;
         for r in records {
             stmt.execute(params![
@@ -241,6 +259,7 @@ fn insert(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()
                 r.abandoned,
                 r.error,
                 r.credential,
+                r.client_key,
             ])?;
         }
     }
