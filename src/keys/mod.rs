@@ -683,6 +683,25 @@ impl ClientKeys {
         Some((w.spend, e.live.in_flight.load(Ordering::Acquire)))
     }
 
+    /// Runs `f` on the keys table (blocking: call it off the runtime), then reloads, so a
+    /// change made here applies to the next request.
+    pub fn change<T>(
+        &self,
+        f: impl FnOnce(&mut store::KeyDb) -> Result<T, store::KeyError>,
+    ) -> Result<T, store::KeyError> {
+        let db = self.db.as_deref().ok_or(store::KeyError::NoDatabase)?;
+        let out = {
+            let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            let kdb = match conn.take() {
+                Some(c) => conn.insert(c),
+                None => conn.insert(store::KeyDb::open(db)?),
+            };
+            f(kdb)?
+        };
+        self.reload();
+        Ok(out)
+    }
+
     /// Re-reads the keys table; keeps the live counters of keys that stay.
     pub fn reload(&self) {
         let Some(db) = &self.db else { return };
