@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ErrorKind, Origin, ProxyError};
-use crate::keys::{Admitted, ClientKeys};
+use crate::keys::{Admitted, ClientKeys, Refused};
 use crate::routes::Mode;
 
 /// The proxy token, kept only as its SHA-256 digest.
@@ -103,10 +103,10 @@ pub fn check_caller(
     keys: &ClientKeys,
     mode: Mode,
     headers: &HeaderMap,
-) -> Result<Caller, ProxyError> {
+) -> Result<Caller, Refused> {
     if !keys.enforced() {
-        return check_proxied(token, headers).map(|client_token| Caller {
-            client_token,
+        return Ok(Caller {
+            client_token: check_proxied(token, headers)?,
             key: None,
         });
     }

@@ -448,6 +448,22 @@ pub fn check_model(name: &str, limits: &Limits, model: Option<&str>) -> Result<(
     }
 }
 
+/// A request refused at the access phase, and the key it came with (if it was one).
+#[derive(Debug)]
+pub struct Refused {
+    pub key: Option<String>,
+    pub error: Box<ProxyError>,
+}
+
+impl From<ProxyError> for Refused {
+    fn from(error: ProxyError) -> Refused {
+        Refused {
+            key: None,
+            error: Box::new(error),
+        }
+    }
+}
+
 /// The client keys of a running server.
 pub struct ClientKeys {
     table: RwLock<Arc<Table>>,
@@ -545,13 +561,21 @@ impl ClientKeys {
     /// The access check of a proxied request under key enforcement: the presented
     /// token is a client key that is valid, allowed this mode, under its budget and
     /// its limits. Counts the request (rpm) and takes a concurrency slot.
-    pub fn admit(&self, token: Option<&str>, mode: Mode, now: i64) -> Result<Admitted, ProxyError> {
-        let unknown = || {
-            ProxyError::auth(
+    /// A refusal names the key (for the usage row and the log line) when it was one.
+    pub fn admit(&self, token: Option<&str>, mode: Mode, now: i64) -> Result<Admitted, Refused> {
+        let Some(entry) = token.and_then(|t| self.find(t)) else {
+            return Err(ProxyError::auth(
                 "invalid or missing client key: send your ccproxy client key (ccp-…) as x-api-key or Authorization: Bearer",
             )
+            .into());
         };
-        let entry = token.and_then(|t| self.find(t)).ok_or_else(unknown)?;
+        Self::admit_entry(&entry, mode, now).map_err(|error| Refused {
+            key: Some(entry.record.name.clone()),
+            error: Box::new(error),
+        })
+    }
+
+    fn admit_entry(entry: &Entry, mode: Mode, now: i64) -> Result<Admitted, ProxyError> {
         let rec = &entry.record;
         let name = &rec.name;
         if rec.revoked_at_ms.is_some() {

@@ -232,9 +232,9 @@ impl InFlight {
 
     /// The request came with client key `name`; `hold` (its concurrency slot) is
     /// released when the record is finished (the stream's end for streams).
-    pub fn client_key(&mut self, name: String, hold: Box<dyn Send + Sync>) {
+    pub fn client_key(&mut self, name: String, hold: Option<Box<dyn Send + Sync>>) {
         self.record.client_key = Some(name);
-        self.hold = Some(hold);
+        self.hold = hold;
     }
 
     /// The credential that served the request (its pool name, or `client`).

@@ -280,6 +280,18 @@ mod tests {
     }
 
     #[test]
+    fn the_line_names_the_client_key() {
+        let mut f = finished();
+        let mut s = String::new();
+        write_line(&mut s, &f, LogStyle::Pretty);
+        assert!(!s.contains("client_key"), "{s}");
+        f.record.client_key = Some("n8n-bot".into());
+        write_line(&mut s, &f, LogStyle::Json);
+        let v: serde_json::Value = serde_json::from_str(s.trim_end()).unwrap();
+        assert_eq!(v["fields"]["client_key"], "n8n-bot");
+    }
+
+    #[test]
     fn json_line_is_json_in_the_subscriber_shape() {
         let mut s = String::new();
         write_line(&mut s, &finished(), LogStyle::Json);

@@ -62,8 +62,16 @@ impl RequestCtx {
     /// the record (at the end of a stream).
     pub fn client_key(&mut self, name: String, slot: crate::keys::Slot) {
         if let Some(r) = self.record() {
-            r.client_key(name, Box::new(slot));
+            r.client_key(name, Some(Box::new(slot)));
         }
+    }
+
+    /// The access phase refused the request; the record names the key if it was one.
+    pub fn refused(&mut self, refused: crate::keys::Refused) -> ProxyError {
+        if let (Some(name), Some(r)) = (refused.key, self.record()) {
+            r.client_key(name, None);
+        }
+        *refused.error
     }
 
     /// The credential that got the upstream's answer (after any failover).

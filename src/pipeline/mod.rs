@@ -71,7 +71,8 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
 
     // access: the proxy token, or a client key (its slot goes with the record).
     let token = state.proxy_token.as_ref();
-    let caller = access::check_caller(token, &state.keys, ctx.mode, &parts.headers)?;
+    let caller = access::check_caller(token, &state.keys, ctx.mode, &parts.headers)
+        .map_err(|r| ctx.refused(r))?;
     let client_token = caller.client_token;
     let key = caller.key.map(|k| {
         ctx.client_key(k.name.clone(), k.slot);

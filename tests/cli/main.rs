@@ -11,4 +11,5 @@ mod auth;
 mod commands;
 mod dashboard;
 mod first_run;
+mod keys;
 mod usage_store;

@@ -456,7 +456,7 @@ async fn max_concurrent_holds_against_many_parallel_requests() {
     let send = |i: usize| {
         let (env, key) = (&env, &key);
         async move {
-            let r = if i % 2 == 0 {
+            let r = if i.is_multiple_of(2) {
                 env.post(
                     "/v1/messages",
                     Some(key),
