@@ -124,6 +124,25 @@ pub fn check_caller(
     })
 }
 
+/// The WebSocket upgrade (`server/socket.rs`): with client keys, the admin token or a key
+/// that is known, not revoked and not expired (each `response.create` then goes through
+/// [`check_caller`] with the upgrade's headers, so the key's limits apply per response);
+/// without them, [`check_proxied`].
+pub fn check_upgrade(
+    token: Option<&ProxyToken>,
+    keys: &ClientKeys,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    if !keys.enforced() {
+        return check_proxied(token, headers).map(|_| ());
+    }
+    let presented = presented_token(headers);
+    if token.is_some_and(|t| t.matches(presented)) {
+        return Ok(());
+    }
+    keys.usable(presented, crate::util::time::now_ms())
+}
+
 /// Admin routes (`/api/keys`, `/api/usage`, `/metrics`, the dashboard) refuse client keys
 /// by name, whatever else is configured.
 pub fn refuse_client_key(

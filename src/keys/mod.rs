@@ -558,6 +558,21 @@ impl ClientKeys {
         bool::from(e.record.digest.ct_eq(&d)).then(|| e.clone())
     }
 
+    /// Whether `token` is a key that is neither revoked nor expired (no limit is counted).
+    pub fn usable(&self, token: Option<&str>, now: i64) -> Result<(), ProxyError> {
+        let e = token
+            .and_then(|t| self.find(t))
+            .ok_or_else(|| ProxyError::auth("invalid or missing client key"))?;
+        let l = &e.record.limits;
+        if e.record.revoked_at_ms.is_some() || l.expires_at_ms.is_some_and(|x| now >= x) {
+            return Err(ProxyError::auth(format!(
+                "client key {:?} was revoked or has expired",
+                e.record.name
+            )));
+        }
+        Ok(())
+    }
+
     /// The access check of a proxied request under key enforcement: the presented
     /// token is a client key that is valid, allowed this mode, under its budget and
     /// its limits. Counts the request (rpm) and takes a concurrency slot.
