@@ -148,6 +148,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health).fallback(ops_405))
         .route("/metrics", get(metrics).fallback(ops_405))
         .route("/dashboard", get(dashboard_page).fallback(ops_405))
+        .route("/dashboard/keys", get(keys_page).fallback(ops_405))
         .route("/api/usage", get(api_usage).fallback(ops_405))
         .route(
             "/api/keys",
@@ -511,6 +512,13 @@ async fn dashboard_page(State(state): State<Arc<AppState>>, req: Request) -> Res
         return e.into_response(Dialect::Anthropic);
     }
     dashboard::page()
+}
+
+async fn keys_page(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Err(e) = keys_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    dashboard::keys_page()
 }
 
 async fn api_usage(

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Row as SqlRow, params};
+use rusqlite::{Connection, OpenFlags, Row as SqlRow};
 use serde::Serialize;
 
 use super::UsageError;
@@ -288,6 +288,8 @@ pub struct UsageReader {
     empty: bool,
     /// The `requests` table has the `client_key` column (schema 3 and later).
     has_key: bool,
+    /// Only the requests of this client key (the dashboard's `?key=`).
+    only_key: Option<String>,
 }
 
 impl std::fmt::Debug for UsageReader {
@@ -371,11 +373,27 @@ impl UsageReader {
             path: path.to_owned(),
             empty: tables == 0,
             has_key,
+            only_key: None,
         }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reads only the requests of client key `key` (all with `None`).
+    pub fn only_key(mut self, key: Option<String>) -> UsageReader {
+        self.only_key = key;
+        self
+    }
+
+    /// The SQL condition of [`UsageReader::only_key`], its parameter numbered `n`.
+    fn key_condition(&self, n: usize) -> String {
+        match (&self.only_key, self.has_key) {
+            (None, _) => String::new(),
+            (Some(_), true) => format!(" AND client_key = ?{n}"),
+            (Some(_), false) => " AND 0".to_owned(),
+        }
     }
 
     /// Rows since `since_ms` (all when `None`), oldest first, keyed by `by`.
@@ -386,7 +404,8 @@ impl UsageReader {
         let sql = format!(
             "SELECT {key}, ts_ms, mode, status, stream, input_tokens, output_tokens, \
              cache_read_tokens, cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, \
-             abandoned, model IS NOT NULL FROM requests WHERE ts_ms >= ?1 ORDER BY ts_ms, id",
+             abandoned, model IS NOT NULL FROM requests WHERE ts_ms >= ?1{only} ORDER BY ts_ms, id",
+            only = self.key_condition(2),
             key = if by == GroupBy::Key && !self.has_key {
                 "'(none)'"
             } else {
@@ -395,7 +414,12 @@ impl UsageReader {
         );
         let read = || -> rusqlite::Result<Vec<Row>> {
             let mut stmt = self.conn.prepare(&sql)?;
-            let rows = stmt.query_map(params![since_ms.unwrap_or(i64::MIN)], |row| {
+            let since = since_ms.unwrap_or(i64::MIN);
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since];
+            if let (Some(k), true) = (&self.only_key, self.has_key) {
+                bound.push(k);
+            }
+            let rows = stmt.query_map(bound.as_slice(), |row| {
                 Ok(Row {
                     key: row
                         .get::<_, Option<String>>(0)?
@@ -456,19 +480,20 @@ impl UsageReader {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {RECORD_COLUMNS}, {key} FROM requests WHERE ts_ms >= ?1 \
+            "SELECT {RECORD_COLUMNS}, {key} FROM requests WHERE ts_ms >= ?1{only} \
              ORDER BY ts_ms DESC, id DESC LIMIT ?2",
+            only = self.key_condition(3),
             key = if self.has_key { "client_key" } else { "NULL" }
         );
         let read = || -> rusqlite::Result<Vec<UsageRecord>> {
             let mut stmt = self.conn.prepare(&sql)?;
-            let rows = stmt.query_map(
-                params![
-                    since_ms.unwrap_or(i64::MIN),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
-                ],
-                record_from_row,
-            )?;
+            let since = since_ms.unwrap_or(i64::MIN);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since, &limit];
+            if let (Some(k), true) = (&self.only_key, self.has_key) {
+                bound.push(k);
+            }
+            let rows = stmt.query_map(bound.as_slice(), record_from_row)?;
             rows.collect()
         };
         read().map_err(UsageError::sqlite(&self.path))
