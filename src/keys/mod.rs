@@ -475,6 +475,8 @@ pub struct ClientKeys {
     conn: Mutex<Option<store::KeyDb>>,
     /// `require_client_keys`: enforce even with no key configured.
     required: bool,
+    /// At least one key is configured (the hot path's one load when there are none).
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ClientKeys {
@@ -495,6 +497,7 @@ impl ClientKeys {
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required,
+            any: std::sync::atomic::AtomicBool::new(false),
         });
         if keys.db.is_some() {
             keys.reload();
@@ -517,6 +520,7 @@ impl ClientKeys {
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required: false,
+            any: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -529,16 +533,13 @@ impl ClientKeys {
         self.db.as_deref()
     }
 
-    /// Whether proxied requests need a client key (or the admin token).
-    /// Also when the keys table cannot be read (fails closed: only the admin token works).
+    /// Whether proxied requests need a client key (or the admin token): with at least one
+    /// key (revoked ones count: revoking the last key does not open the proxy), or with
+    /// `require_client_keys`. A table that cannot be read at startup counts as no keys (the
+    /// proxy token, if set, still guards the proxy; the error is logged); on a later read
+    /// error the keys last read stay in force.
     pub fn enforced(&self) -> bool {
-        self.required
-            || !self.snapshot().by_name.is_empty()
-            || self
-                .error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
+        self.required || self.any.load(Ordering::Acquire)
     }
 
     /// How many keys are configured (revoked ones included).
@@ -786,7 +787,9 @@ impl ClientKeys {
             table.by_digest.insert(entry.record.digest, entry.clone());
             table.by_name.insert(entry.record.name.clone(), entry);
         }
+        let any = !table.by_name.is_empty();
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.any.store(any, Ordering::Release);
     }
 }
 

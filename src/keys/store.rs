@@ -243,7 +243,9 @@ impl KeyDb {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT ts_ms, input_tokens + output_tokens + cache_read_tokens + cache_write_tokens,
                     cost_usd
-                 FROM requests WHERE client_key = ?1 AND ts_ms >= ?2 ORDER BY ts_ms",
+                 FROM requests WHERE client_key = ?1 AND ts_ms >= ?2
+                    AND (upstream_status IS NOT NULL OR status < 400)
+                 ORDER BY ts_ms",
             )?;
             let rows = stmt.query_map(params![name, since_ms], |row| {
                 Ok((
