@@ -427,6 +427,9 @@ pub struct Admitted {
     pub name: String,
     pub limits: Limits,
     pub slot: Slot,
+    /// The key's windows after this request (for the response's rate-limit headers), when
+    /// it has an rpm or tpm limit.
+    pub rate_limits: Option<RateLimitInfo>,
 }
 
 /// The model check, once the model is known (after `prepare`): 403 naming the patterns.
@@ -684,11 +687,13 @@ impl ClientKeys {
         }
         w.requests.push_back(now);
         w.last_used_ms = Some(now);
+        let rate_limits = (limits.rpm.is_some() || limits.tpm.is_some()).then(|| info(&w));
         drop(w);
         Ok(Admitted {
             name: name.clone(),
             limits: limits.clone(),
             slot: Slot { live: live.clone() },
+            rate_limits,
         })
     }
 

@@ -74,10 +74,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let caller = access::check_caller(token, &state.keys, ctx.mode, &parts.headers)
         .map_err(|r| ctx.refused(r))?;
     let client_token = caller.client_token;
-    let key = caller.key.map(|k| {
-        ctx.client_key(k.name.clone(), k.slot);
-        (k.name, k.limits)
-    });
+    let key = caller.key.map(|k| ctx.client_key(k));
 
     // stored responses: answered from the store, nothing goes upstream.
     if matches!(ctx.route, Route::StoredResponse | Route::ResponseInputItems) {

@@ -378,14 +378,21 @@ async fn models_and_modes_outside_the_key_are_403() {
 async fn rpm_is_429_with_the_dialects_rate_limit_headers() {
     let env = keyed_env(None).await;
     let key = create(&env, json!({"name": "slow", "rpm": 2})).await;
-    for _ in 0..2 {
-        assert_eq!(
-            env.post("/v1/messages", Some(&key), &message("hi", false))
-                .await
-                .status(),
-            200
-        );
-    }
+    // Answers carry the key's own windows too.
+    let r = env
+        .post("/v1/messages", Some(&key), &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "anthropic-ratelimit-requests-limit"), Some("2"));
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-requests-remaining"),
+        Some("1")
+    );
+    let r = post_bearer(&env, "/openai/v1/chat/completions", &key, &chat("hi", true)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("2"));
+    assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
+    r.bytes().await.unwrap();
     let r = env
         .post("/v1/messages", Some(&key), &message("hi", true))
         .await;
@@ -418,6 +425,14 @@ async fn rpm_is_429_with_the_dialects_rate_limit_headers() {
     assert!(header(&r, "anthropic-ratelimit-requests-limit").is_none());
     assert_openai_error(&json_of(r).await, "rate_limit_error");
     assert_eq!(env.upstream_messages(), 2);
+    // The refusals are in the usage rows under the key's name.
+    settle(&env).await;
+    let rows = crate::usage::rows(&env, 4).await;
+    assert!(
+        rows.iter().all(|r| r.client_key.as_deref() == Some("slow")),
+        "{rows:#?}"
+    );
+    assert_eq!(rows.iter().filter(|r| r.status == 429).count(), 2);
 }
 
 #[tokio::test]
