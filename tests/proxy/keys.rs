@@ -99,6 +99,11 @@ async fn a_key_opens_both_dialects_and_never_goes_upstream() {
         assert_eq!(r.status(), 401);
         assert_openai_error(&json_of(r).await, "authentication_error");
     }
+    // Passthrough too: the key is taken off, the server's key goes upstream.
+    let r = env
+        .post("/pt/v1/messages", Some(&key), &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
     // The proxy (admin) token still works on proxied routes.
     let r = env
         .post("/v1/messages", Some(PROXY_TOKEN), &message("hi", false))
@@ -113,12 +118,24 @@ async fn a_key_opens_both_dialects_and_never_goes_upstream() {
     }
     // Usage rows carry the key's name.
     settle(&env).await;
-    let rows = crate::usage::rows(&env, 8).await;
+    let rows = crate::usage::rows(&env, 9).await;
     let named = rows
         .iter()
         .filter(|r| r.client_key.as_deref() == Some("bot"))
         .count();
-    assert_eq!(named, 4, "{rows:#?}");
+    assert_eq!(named, 5, "{rows:#?}");
+    let pt = env
+        .sim_state()
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/messages")
+        .filter(|r| {
+            r.headers
+                .iter()
+                .any(|(k, v)| k == "x-api-key" && v == API_KEY)
+        })
+        .count();
+    assert_eq!(pt, 6);
 }
 
 #[tokio::test]
@@ -608,4 +625,28 @@ async fn spend_survives_a_restart_and_the_key_is_nowhere_in_plain_text() {
         let tail = &key.as_bytes()[8..];
         assert!(!bytes.windows(tail.len()).any(|w| w == tail));
     }
+}
+
+#[tokio::test]
+async fn require_client_keys_closes_the_proxy_before_the_first_key() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        auth_token: Some(PROXY_TOKEN),
+        tweak: Some(|s| s.server.require_client_keys = true),
+        ..Opts::default()
+    })
+    .await;
+    let r = env
+        .post("/v1/messages", Some(CLIENT_KEY), &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = env
+        .post("/v1/messages", Some(PROXY_TOKEN), &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
+    let key = create(&env, json!({"name": "first"})).await;
+    let r = env
+        .post("/v1/messages", Some(&key), &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
 }
