@@ -650,3 +650,55 @@ async fn require_client_keys_closes_the_proxy_before_the_first_key() {
         .await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn the_keys_api_refuses_bad_input_without_panicking() {
+    let env = keyed_env(None).await;
+    let post = |body: Vec<u8>| {
+        env.client
+            .post(env.url("/api/keys"))
+            .header("x-api-key", PROXY_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for bad in [
+        &b"not json"[..],
+        br#"{}"#,
+        br#"{"name":"a b"}"#,
+        br#"{"name":"x","rpm":-1}"#,
+        br#"{"name":"x","rpm":0}"#,
+        br#"{"name":"x","budget_usd":1e999}"#,
+        br#"{"name":"x","budget_usd":-2}"#,
+        br#"{"name":"x","period":"year","budget_usd":1}"#,
+        br#"{"name":"x","expires":"99999999999999d"}"#,
+        br#"{"name":"x","modes":["full","max"]}"#,
+        br#"{"name":"x","unknown":1}"#,
+    ] {
+        let r = post(bad.to_vec()).await.unwrap();
+        assert_eq!(r.status(), 400, "{}", String::from_utf8_lossy(bad));
+        assert_anthropic_error(&json_of(r).await, "invalid_request_error");
+    }
+    let ok = br#"{"name":"x","models":["claude-*"],"modes":"min","tpm":18446744073709551615}"#;
+    assert_eq!(post(ok.to_vec()).await.unwrap().status(), 201);
+    let r = post(ok.to_vec()).await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = env
+        .client
+        .post(env.url("/api/keys/nobody/rotate"))
+        .header("x-api-key", PROXY_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let listed = env
+        .client
+        .get(env.url("/api/keys"))
+        .header("x-api-key", PROXY_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let v = json_of(listed).await;
+    assert_eq!(v["keys"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["keys"][0]["modes"], json!(["minimal"]));
+}
