@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::keys::{Admitted, ClientKeys, Refused};
+use crate::routes::Mode;
 
 /// The proxy token, kept only as its SHA-256 digest.
 #[derive(Clone)]
@@ -82,6 +84,77 @@ pub fn check_proxied(
         Some(_) => Err(ProxyError::auth(
             "invalid or missing proxy token: send the token ccproxy was started with as x-api-key or Authorization: Bearer",
         )),
+    }
+}
+
+/// Who a proxied request is.
+pub struct Caller {
+    /// The client's own credential candidate (only on an open proxy without client keys).
+    pub client_token: Option<String>,
+    /// The client key it came with, admitted (`None`: no keys, or the admin token).
+    pub key: Option<Admitted>,
+}
+
+/// The access phase: without client keys, [`check_proxied`]; with them (at least one
+/// key, or `require_client_keys`), the proxy token (admin) or a valid client key within
+/// its mode, budget and limits. The presented value is then never forwarded.
+pub fn check_caller(
+    token: Option<&ProxyToken>,
+    keys: &ClientKeys,
+    mode: Mode,
+    headers: &HeaderMap,
+) -> Result<Caller, Refused> {
+    if !keys.enforced() {
+        return Ok(Caller {
+            client_token: check_proxied(token, headers)?,
+            key: None,
+        });
+    }
+    let presented = presented_token(headers);
+    if token.is_some_and(|t| t.matches(presented)) {
+        return Ok(Caller {
+            client_token: None,
+            key: None,
+        });
+    }
+    let key = keys.admit(presented, mode, crate::util::time::now_ms())?;
+    Ok(Caller {
+        client_token: None,
+        key: Some(key),
+    })
+}
+
+/// The WebSocket upgrade (`server/socket.rs`): with client keys, the admin token or a key
+/// that is known, not revoked and not expired (each `response.create` then goes through
+/// [`check_caller`] with the upgrade's headers, so the key's limits apply per response);
+/// without them, [`check_proxied`].
+pub fn check_upgrade(
+    token: Option<&ProxyToken>,
+    keys: &ClientKeys,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    if !keys.enforced() {
+        return check_proxied(token, headers).map(|_| ());
+    }
+    let presented = presented_token(headers);
+    if token.is_some_and(|t| t.matches(presented)) {
+        return Ok(());
+    }
+    keys.usable(presented, crate::util::time::now_ms())
+}
+
+/// Admin routes (`/api/keys`, `/api/usage`, `/metrics`, the dashboard) refuse client keys
+/// by name, whatever else is configured.
+pub fn refuse_client_key(
+    keys: &ClientKeys,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(), ProxyError> {
+    match presented_token(headers).or(query_token) {
+        Some(t) if keys.is_client_key(t) => Err(forbidden(
+            "client keys cannot use admin routes: send the proxy (admin) token".to_owned(),
+        )),
+        _ => Ok(()),
     }
 }
 

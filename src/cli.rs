@@ -32,8 +32,9 @@ pub enum Command {
     Auth(AuthArgs),
     /// Report recorded usage and cost.
     Usage(UsageArgs),
-    /// The running server's upstream credentials: state, cooldowns, subscription limits.
     Status(StatusArgs),
+    /// Client keys: one per client, with its own limits and budget.
+    Keys(KeysArgs),
 }
 
 #[derive(Debug, Args)]
@@ -43,6 +44,73 @@ pub struct StatusArgs {
     /// Output format (`table` or `json`).
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub action: KeysCommand,
+    /// Configuration file (TOML). Default: config.toml in ccproxy's configuration directory.
+    #[arg(long, env = "CCPROXY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Usage database holding the keys. Default: `usage_db` from the configuration file, else
+    /// usage.db in ccproxy's data directory.
+    #[arg(long, env = "CCPROXY_USAGE_DB", global = true)]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (once: only its digest is kept).
+    Create(KeyCreateArgs),
+    /// List the keys: name, key prefix, limits, spend this period, last use, expiry.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: KeysFormat,
+    },
+    /// Revoke a key (a running server refuses it within a second).
+    Revoke { name: String },
+    /// Give a key a new secret with the same settings (the old one stops working).
+    Rotate { name: String },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct KeyCreateArgs {
+    /// The key's name (letters, digits, '-', '_', '.', '@'), shown in usage and logs.
+    pub name: String,
+    /// Models the key may use: comma-separated patterns, `*` matching anything
+    /// (e.g. `claude-haiku-*,claude-sonnet-*`).
+    #[arg(long)]
+    pub models: Option<String>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (input and output of finished requests).
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Requests at once.
+    #[arg(long)]
+    pub max_concurrent: Option<u32>,
+    /// Spending limit in USD per period.
+    #[arg(long)]
+    pub budget: Option<f64>,
+    /// The budget's period: day, week or month (default month).
+    #[arg(long)]
+    pub period: Option<String>,
+    /// Expiry: a duration from now (30d, 12h, 2w) or a date (2026-12-31, UTC).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Modes the key may use: comma-separated full, min, pt.
+    #[arg(long)]
+    pub modes: Option<String>,
+}
+
+/// Output format of `ccproxy keys list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeysFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -92,6 +160,8 @@ pub enum UsageGrouping {
     Credential,
     /// What each request was billed to: a subscription's plan, its extra usage, an API key.
     Bucket,
+    /// Client key name.
+    Key,
 }
 
 /// Output format of `ccproxy usage`.

@@ -114,6 +114,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub allow_open: Option<bool>,
+    pub require_client_keys: Option<bool>,
     #[serde(default)]
     pub cors_origins: Vec<String>,
     pub max_concurrent_requests: Option<usize>,
@@ -224,6 +225,9 @@ pub struct ServerSettings {
     pub allow_open: bool,
     /// Browser origins allowed to call the proxy (CORS allow-list).
     pub cors_origins: Vec<String>,
+    /// Every proxied request needs a client key (or the proxy token), even before any
+    /// key exists (with keys, this is always so).
+    pub require_client_keys: bool,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
 }
@@ -236,6 +240,7 @@ impl Default for ServerSettings {
             auth_token: None,
             allow_open: false,
             cors_origins: Vec::new(),
+            require_client_keys: false,
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -594,6 +599,7 @@ impl ServerSettings {
             cors_origins: env_nonempty("CCPROXY_CORS_ORIGINS")
                 .map(|v| split_list(&v))
                 .unwrap_or_else(|| std::mem::take(&mut file.cors_origins)),
+            require_client_keys: file.require_client_keys.unwrap_or(d.require_client_keys),
             shutdown_grace: secs(file.shutdown_grace_secs, d.shutdown_grace),
         }
     }
@@ -943,6 +949,7 @@ impl ServerSettings {
             ("auth_token", shown_secret(&self.auth_token)),
             ("allow_open", self.allow_open.to_string()),
             ("cors_origins", format!("{:?}", self.cors_origins)),
+            ("require_client_keys", self.require_client_keys.to_string()),
             (
                 "shutdown_grace_secs",
                 self.shutdown_grace.as_secs().to_string(),
@@ -1142,6 +1149,12 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 
 # Browser origins allowed to call ccproxy (CORS). Empty: browsers are refused.
 # cors_origins = ["http://localhost:3000"]
+
+# Client keys (`ccproxy keys create NAME`): once one exists, every proxied request
+# needs a client key (ccp-…) or the proxy token, which becomes the admin token
+# (/api/keys, /api/usage, /metrics, the dashboard). true: require keys even before
+# the first one exists.
+# require_client_keys = false
 
 # Requests served at once; more get 503 with retry-after (0 = unlimited).
 # max_concurrent_requests = 4096

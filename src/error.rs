@@ -54,6 +54,8 @@ pub enum ErrorKind {
     RequestTimeout,
     TooLarge,
     RateLimited,
+    /// A client key's budget for its period is spent (429; OpenAI `insufficient_quota`).
+    BudgetExceeded,
     /// The account has no credit left (Anthropic `billing_error`).
     Billing,
     BadGateway,
@@ -108,6 +110,12 @@ const fn table(kind: ErrorKind) -> (u16, &'static str, &'static str, Option<&'st
             "rate_limit_error",
             "rate_limit_error",
             Some("rate_limit_exceeded"),
+        ),
+        BudgetExceeded => (
+            429,
+            "rate_limit_error",
+            "insufficient_quota",
+            Some("insufficient_quota"),
         ),
         Billing => (
             400,
@@ -202,6 +210,65 @@ pub struct ProxyError {
     pub code: Option<&'static str>,
     /// The status to answer with when not the kind's (an upstream's own status).
     status: Option<StatusCode>,
+    /// A client key's rate-limit windows (rendered as the dialect's rate-limit headers).
+    pub rate_limits: Option<Arc<RateLimitInfo>>,
+}
+
+/// One rate-limit window of a client key, for the rate-limit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateWindow {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the window has room again.
+    pub reset_secs: u64,
+}
+
+/// A client key's request and token windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitInfo {
+    pub requests: Option<RateWindow>,
+    pub tokens: Option<RateWindow>,
+}
+
+impl RateLimitInfo {
+    /// The headers of `dialect`: `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
+    /// (reset as an RFC 3339 time) or OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+    /// (reset as a duration, `12s`).
+    pub fn headers(&self, dialect: Dialect, now_ms: i64) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (what, w) in [("requests", self.requests), ("tokens", self.tokens)] {
+            let Some(w) = w else { continue };
+            match dialect {
+                Dialect::Anthropic => {
+                    let at = now_ms.saturating_add(i64::try_from(w.reset_secs).unwrap_or(0) * 1000);
+                    out.push((
+                        format!("anthropic-ratelimit-{what}-limit"),
+                        w.limit.to_string(),
+                    ));
+                    out.push((
+                        format!("anthropic-ratelimit-{what}-remaining"),
+                        w.remaining.to_string(),
+                    ));
+                    out.push((
+                        format!("anthropic-ratelimit-{what}-reset"),
+                        crate::util::time::format_rfc3339(at),
+                    ));
+                }
+                Dialect::OpenAi => {
+                    out.push((format!("x-ratelimit-limit-{what}"), w.limit.to_string()));
+                    out.push((
+                        format!("x-ratelimit-remaining-{what}"),
+                        w.remaining.to_string(),
+                    ));
+                    out.push((
+                        format!("x-ratelimit-reset-{what}"),
+                        format!("{}s", w.reset_secs),
+                    ));
+                }
+            }
+        }
+        out
+    }
 }
 
 impl ProxyError {
@@ -215,6 +282,7 @@ impl ProxyError {
             retry_after: None,
             code: None,
             status: None,
+            rate_limits: None,
         }
     }
 
@@ -365,6 +433,16 @@ impl ProxyError {
         );
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(info) = &self.rate_limits {
+            for (k, v) in info.headers(dialect, crate::util::time::now_ms()) {
+                if let (Ok(k), Ok(v)) = (
+                    header::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    headers.insert(k, v);
+                }
+            }
         }
         // Proxy-made refusals may come before the request body was read: the
         // connection then cannot be reused, and saying so keeps pooling clients

@@ -3,7 +3,7 @@
 //!
 //! Layers, each pointing only down (checked by `tests/architecture.rs`):
 //! `commands`/`cli` → `server` → `pipeline` → `state` → (`upstream`, `credentials`,
-//! `observability`, `response_store`, `access`) → `error` → (`convert`, `claude_code`) → (`api`, `routes`).
+//! `observability`, `response_store`, `access` → `keys`) → `error` → (`convert`, `claude_code`) → (`api`, `routes`).
 
 pub mod access;
 pub mod api;
@@ -15,6 +15,7 @@ pub mod convert;
 pub mod credentials;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod observability;
 pub mod pipeline;
 pub mod response_store;

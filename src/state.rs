@@ -13,6 +13,7 @@ use crate::convert::models::ModelAliases;
 use crate::credentials::{
     AccessToken, CredentialsConfig, Member, MemberKind, OAuthManager, Pool, PoolCell,
 };
+use crate::keys::ClientKeys;
 use crate::observability::usage::{DEFAULT_QUEUE_CAPACITY, PriceTable, UsageStore, UsageWriter};
 use crate::observability::{LogStyle, Observer, SinkFn, prom};
 use crate::response_store::{MEMORY_CAPACITY, ResponseStore, sqlite::SqliteBackend};
@@ -50,6 +51,8 @@ pub struct AppState {
     pub usage: Option<UsageWriter>,
     /// Stored Responses API responses (`previous_response_id`, `GET /openai/v1/responses/{id}`).
     pub responses: Arc<ResponseStore>,
+    /// Client keys (in memory, kept in sync with the usage database's `client_keys`).
+    pub keys: Arc<ClientKeys>,
 }
 
 /// The credentials configuration implied by the settings.
@@ -80,7 +83,12 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
             .iter()
             .map(|(k, v)| (k.clone(), v.clone())),
     );
-    let (observer, usage) = start_observer(&settings)?;
+    // Keys live in the usage database; with usage recording off, an existing database's keys
+    // still apply (their spend is then counted in memory only).
+    let db = &settings.usage.db;
+    let keys_db = (settings.usage.enabled || db.exists()).then(|| db.clone());
+    let keys = ClientKeys::open(keys_db, settings.server.require_client_keys);
+    let (observer, usage) = start_observer(&settings, keys.clone())?;
     let responses = Arc::new(open_response_store(&settings, usage.as_ref()));
     let guard = Guard {
         loopback_only: crate::access::is_loopback_host(&settings.server.host),
@@ -112,6 +120,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         end_streams,
         usage,
         responses,
+        keys,
     })
 }
 
@@ -260,7 +269,10 @@ fn open_response_store(settings: &Settings, usage: Option<&UsageWriter>) -> Resp
 }
 
 /// The observer thread (logs, metrics, cost) and the usage store it feeds.
-fn start_observer(settings: &Settings) -> anyhow::Result<(Arc<Observer>, Option<UsageWriter>)> {
+fn start_observer(
+    settings: &Settings,
+    keys: Arc<ClientKeys>,
+) -> anyhow::Result<(Arc<Observer>, Option<UsageWriter>)> {
     // Installs the process-wide metrics recorder before any request is metered.
     let _ = prom::handle();
     let prices = PriceTable::with_overrides(&settings.prices)
@@ -277,9 +289,18 @@ fn start_observer(settings: &Settings) -> anyhow::Result<(Arc<Observer>, Option<
     } else {
         None
     };
-    let sink = usage
-        .clone()
-        .map(|w| -> SinkFn { Box::new(move |r| w.record(r)) });
+    // Finished requests feed their client key's counters (tokens, spend), then the store.
+    let writer = usage.clone();
+    let sink: Option<SinkFn> = Some(Box::new(move |r| {
+        if let Some(name) = r.client_key.as_deref() {
+            let t = &r.tokens;
+            let tokens = t.input + t.output + t.cache_read + t.cache_write;
+            keys.finished(name, r.ts_ms, tokens, r.cost_usd);
+        }
+        if let Some(w) = &writer {
+            w.record(r);
+        }
+    }));
     let log_style = if settings.logging.format == crate::config::LogFormat::Json {
         LogStyle::Json
     } else {

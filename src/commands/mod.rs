@@ -1,6 +1,7 @@
 //! Command implementations (glue between the CLI and the library).
 
 pub mod auth;
+pub mod keys;
 pub mod status;
 pub mod usage;
 
@@ -58,6 +59,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let settings = Settings::from_common(&args.config.clone().into())?;
             let code = usage::run(&args, settings.usage.db)?;
             Ok(u8::try_from(code).unwrap_or(1))
+        }
+        Some(Command::Keys(args)) => {
+            let common = CommonArgs {
+                config: args.config.clone(),
+                ..CommonArgs::default()
+            };
+            let settings = Settings::from_common(&common)?;
+            let db = args.db.clone().unwrap_or(settings.usage.db);
+            keys::run(args.action, &db)
         }
         Some(Command::Auth(args)) => {
             let (action, endpoint) = match args.action {

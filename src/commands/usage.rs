@@ -16,6 +16,7 @@ fn group_by(g: UsageGrouping) -> GroupBy {
         UsageGrouping::Mode => GroupBy::Mode,
         UsageGrouping::Credential => GroupBy::Credential,
         UsageGrouping::Bucket => GroupBy::Bucket,
+        UsageGrouping::Key => GroupBy::Key,
     }
 }
 

@@ -39,6 +39,9 @@ pub struct UsageRecord {
     /// What the request was billed to: `plan` (a subscription within its plan's limits),
     /// `extra_usage` (a subscription's overage), `api` (an API key), or unknown.
     pub bucket: Option<String>,
+    /// The client key's name (never the key), when the request came with one.
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 pub mod prom;
@@ -190,8 +193,9 @@ pub struct InFlight {
     metered: Metered,
     outcome: Outcome,
     streaming: bool,
-    /// Held until the record finishes (e.g. a credential's in-flight count), whatever it is.
-    held: Option<Box<dyn Send + Sync>>,
+    /// Held until the record finishes (a credential's in-flight count, a client key's
+    /// concurrency slot), whatever they are.
+    held: Vec<Box<dyn Send + Sync>>,
 }
 
 impl InFlight {
@@ -219,7 +223,7 @@ impl InFlight {
             metered: Metered::default(),
             outcome: Outcome::Pending,
             streaming: false,
-            held: None,
+            held: Vec::new(),
         }
     }
 
@@ -232,7 +236,14 @@ impl InFlight {
 
     /// Keeps `value` until the request is over (its stream included).
     pub fn hold(&mut self, value: Box<dyn Send + Sync>) {
-        self.held = Some(value);
+        self.held.push(value);
+    }
+
+    /// The request came with client key `name`; `hold` (its concurrency slot) is
+    /// released when the record is finished (the stream's end for streams).
+    pub fn client_key(&mut self, name: String, hold: Option<Box<dyn Send + Sync>>) {
+        self.record.client_key = Some(name);
+        self.held.extend(hold);
     }
 
     /// The credential that served the request (its pool name, or `client`).
@@ -348,6 +359,7 @@ impl Drop for InFlight {
         if self.streaming {
             gauge!("ccproxy_active_streams").decrement(1.0);
         }
+        self.held.clear();
         // A body cut short keeps what the tap read of what was delivered.
         self.finish_tap();
         let mut record = std::mem::take(&mut self.record);

@@ -72,6 +72,9 @@ pub fn write_line(out: &mut String, f: &Finished, style: LogStyle) {
         None => fields.str("cost_usd", "-"),
     }
     fields.str("credential", r.credential.as_deref().unwrap_or("-"));
+    if let Some(k) = r.client_key.as_deref() {
+        fields.str("client_key", k);
+    }
     fields.raw("abandoned", if r.abandoned { "true" } else { "false" });
     fields.str("error", r.error.as_deref().unwrap_or("-"));
     if style == LogStyle::Json {
@@ -274,6 +277,18 @@ mod tests {
             route: "chat_completions",
             upstream_request_id: None,
         }
+    }
+
+    #[test]
+    fn the_line_names_the_client_key() {
+        let mut f = finished();
+        let mut s = String::new();
+        write_line(&mut s, &f, LogStyle::Pretty);
+        assert!(!s.contains("client_key"), "{s}");
+        f.record.client_key = Some("n8n-bot".into());
+        write_line(&mut s, &f, LogStyle::Json);
+        let v: serde_json::Value = serde_json::from_str(s.trim_end()).unwrap();
+        assert_eq!(v["fields"]["client_key"], "n8n-bot");
     }
 
     #[test]

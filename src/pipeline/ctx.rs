@@ -23,6 +23,8 @@ pub struct RequestCtx {
     record: Option<InFlight>,
     /// Time spent waiting for the upstream (for `server-timing`).
     upstream_wait: Option<Duration>,
+    /// The client key's rate-limit windows, sent as the dialect's rate-limit headers.
+    rate_limits: Option<crate::error::RateLimitInfo>,
 }
 
 impl RequestCtx {
@@ -44,6 +46,7 @@ impl RequestCtx {
             t0: Instant::now(),
             record: Some(record),
             upstream_wait: None,
+            rate_limits: None,
         }
     }
 
@@ -56,6 +59,26 @@ impl RequestCtx {
         if let Some(r) = self.record() {
             r.identified(model, stream, credential);
         }
+    }
+
+    /// The request was admitted under a client key: the record names it and holds its
+    /// concurrency slot (released with the record, at the end of a stream); the response
+    /// gets its rate-limit headers. Returns the name and limits (for the model check).
+    pub fn client_key(&mut self, k: crate::keys::Admitted) -> (String, crate::keys::Limits) {
+        self.rate_limits = k.rate_limits;
+        let (name, slot) = (k.name, k.slot);
+        if let Some(r) = self.record() {
+            r.client_key(name.clone(), Some(Box::new(slot)));
+        }
+        (name, k.limits)
+    }
+
+    /// The access phase refused the request; the record names the key if it was one.
+    pub fn refused(&mut self, refused: crate::keys::Refused) -> ProxyError {
+        if let (Some(name), Some(r)) = (refused.key, self.record()) {
+            r.client_key(name, None);
+        }
+        *refused.error
     }
 
     /// The credential that got the upstream's answer (after any failover); `guard` (its
@@ -139,6 +162,21 @@ impl RequestCtx {
         }
         if let Ok(v) = HeaderValue::from_str(&self.server_timing()) {
             h.insert("server-timing", v);
+        }
+        // A refusal carries its own (taken when it was refused).
+        if let Some(info) = &self.rate_limits
+            && !resp.status().is_client_error()
+        {
+            let now = crate::util::time::now_ms();
+            let h = resp.headers_mut();
+            for (k, v) in info.headers(self.dialect, now) {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    h.insert(k, v);
+                }
+            }
         }
     }
 

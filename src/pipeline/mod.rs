@@ -70,8 +70,12 @@ pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request
 async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Response, ProxyError> {
     let (parts, body) = req.into_parts();
 
-    // access: the proxy token, when one is configured.
-    let client_token = access::check_proxied(state.proxy_token.as_ref(), &parts.headers)?;
+    // access: the proxy token, or a client key (its slot goes with the record).
+    let token = state.proxy_token.as_ref();
+    let caller = access::check_caller(token, &state.keys, ctx.mode, &parts.headers)
+        .map_err(|r| ctx.refused(r))?;
+    let client_token = caller.client_token;
+    let key = caller.key.map(|k| ctx.client_key(k));
 
     // stored responses: answered from the store, nothing goes upstream.
     if matches!(ctx.route, Route::StoredResponse | Route::ResponseInputItems) {
@@ -131,6 +135,10 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         body,
         &opts,
     )?;
+    // the client key's model patterns, now that the model is known.
+    if let Some((name, limits)) = &key {
+        crate::keys::check_model(name, limits, p.model.as_deref())?;
+    }
 
     let fault = upload.map(|(streamed, fault)| {
         p.body = upstream::UpBody::streamed(streamed);

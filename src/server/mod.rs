@@ -148,7 +148,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health).fallback(ops_405))
         .route("/metrics", get(metrics).fallback(ops_405))
         .route("/dashboard", get(dashboard_page).fallback(ops_405))
-        .route("/api/usage", get(api_usage).fallback(ops_405));
+        .route("/dashboard/keys", get(keys_page).fallback(ops_405))
+        .route("/api/usage", get(api_usage).fallback(ops_405))
+        .route(
+            "/api/keys",
+            get(api_keys_list).post(api_keys_create).fallback(ops_405),
+        )
+        .route(
+            "/api/keys/{name}",
+            axum::routing::delete(api_keys_revoke).fallback(ops_405),
+        )
+        .route(
+            "/api/keys/{name}/rotate",
+            post(api_keys_rotate).fallback(ops_405),
+        );
     for (path, mode, entry) in routes::table() {
         r = r.route(&path, endpoint(mode, entry.route, entry.verb));
     }
@@ -300,7 +313,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": state.settings.upstream_display(),
         "upstream_base": state.upstream.base(),
-        "auth_required": state.proxy_token.is_some(),
+        "auth_required": state.proxy_token.is_some() || state.keys.enforced(),
+        "client_keys": state.keys.count(),
         "credentials": {
             "active": active,
             "oauth": oauth,
@@ -321,11 +335,135 @@ fn ops_access(state: &AppState, req: &Request) -> Result<(), ProxyError> {
         axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(req.uri())
             .ok()
             .and_then(|q| q.0.get("token").cloned());
+    access::refuse_client_key(&state.keys, req.headers(), query_token.as_deref())?;
     access::check_ops(
         state.proxy_token.as_ref(),
         req.headers(),
         query_token.as_deref(),
     )
+}
+
+/// `/api/keys`: the admin token; without one, only on a loopback-only server (whoever can
+/// reach it can also run `ccproxy keys` there).
+fn keys_access(state: &AppState, req: &Request) -> Result<(), ProxyError> {
+    ops_access(state, req)?;
+    if state.proxy_token.is_none() && !state.guard.loopback_only {
+        return Err(ProxyError::new(
+            ErrorKind::Forbidden,
+            Origin::Client,
+            "managing client keys over HTTP needs an admin token on a server that is not              loopback-only: set auth_token",
+        ));
+    }
+    Ok(())
+}
+
+fn key_error(e: &crate::keys::store::KeyError) -> Response {
+    let status =
+        axum::http::StatusCode::from_u16(e.status()).unwrap_or(axum::http::StatusCode::BAD_REQUEST);
+    let kind = match e.status() {
+        404 => "not_found_error",
+        409 | 400 => "invalid_request_error",
+        _ => "api_error",
+    };
+    let body =
+        serde_json::json!({"type": "error", "error": {"type": kind, "message": e.to_string()}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Runs a key operation off the runtime; its answer as JSON.
+async fn key_op<T: serde::Serialize + Send + 'static>(
+    state: &Arc<AppState>,
+    status: axum::http::StatusCode,
+    f: impl FnOnce(&mut crate::keys::store::KeyDb) -> Result<T, crate::keys::store::KeyError>
+    + Send
+    + 'static,
+) -> Response {
+    let keys = state.keys.clone();
+    match tokio::task::spawn_blocking(move || keys.change(f)).await {
+        Ok(Ok(v)) => (status, axum::Json(v)).into_response(),
+        Ok(Err(e)) => key_error(&e),
+        Err(e) => ProxyError::new(
+            ErrorKind::Internal,
+            Origin::Proxy,
+            format!("key operation failed: {e}"),
+        )
+        .into_response(Dialect::Anthropic),
+    }
+}
+
+async fn api_keys_list(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Err(e) = keys_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    let now = crate::util::time::now_ms();
+    key_op(&state, axum::http::StatusCode::OK, move |db| {
+        Ok(serde_json::json!({"keys": db.list(now)?}))
+    })
+    .await
+}
+
+async fn api_keys_create(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Err(e) = keys_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    let limit = 64 * 1024;
+    let bytes = match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ProxyError::invalid("the request body is too large or unreadable")
+                .into_response(Dialect::Anthropic);
+        }
+    };
+    let request: crate::keys::KeyRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return ProxyError::invalid(format!("invalid key request: {e}"))
+                .into_response(Dialect::Anthropic);
+        }
+    };
+    let now = crate::util::time::now_ms();
+    let limits = match request.limits(now) {
+        Ok(l) => l,
+        Err(e) => return ProxyError::invalid(e).into_response(Dialect::Anthropic),
+    };
+    let name = request.name;
+    key_op(&state, axum::http::StatusCode::CREATED, move |db| {
+        let key = db.create(&name, &limits, now)?;
+        let view = db.list(now)?.into_iter().find(|k| k.name == name);
+        Ok(serde_json::json!({"name": name, "key": key, "details": view}))
+    })
+    .await
+}
+
+async fn api_keys_revoke(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    if let Err(e) = keys_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    let now = crate::util::time::now_ms();
+    key_op(&state, axum::http::StatusCode::OK, move |db| {
+        db.revoke(&name, now)?;
+        Ok(serde_json::json!({"name": name, "revoked": true}))
+    })
+    .await
+}
+
+async fn api_keys_rotate(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    if let Err(e) = keys_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    key_op(&state, axum::http::StatusCode::OK, move |db| {
+        let key = db.rotate(&name)?;
+        Ok(serde_json::json!({"name": name, "key": key}))
+    })
+    .await
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
@@ -374,6 +512,13 @@ async fn dashboard_page(State(state): State<Arc<AppState>>, req: Request) -> Res
         return e.into_response(Dialect::Anthropic);
     }
     dashboard::page()
+}
+
+async fn keys_page(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Err(e) = keys_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    dashboard::keys_page()
 }
 
 async fn api_usage(

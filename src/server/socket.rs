@@ -57,7 +57,7 @@ pub(super) async fn upgrade(state: Arc<AppState>, mode: Mode, req: Request) -> R
         return pipeline::handle(state, mode, Route::Responses, req).await;
     }
     let (mut parts, _body) = req.into_parts();
-    if let Err(e) = access::check_proxied(state.proxy_token.as_ref(), &parts.headers) {
+    if let Err(e) = access::check_upgrade(state.proxy_token.as_ref(), &state.keys, &parts.headers) {
         return e.into_response(Dialect::OpenAi);
     }
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {

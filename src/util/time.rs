@@ -64,6 +64,20 @@ pub fn format_utc(epoch_ms: i64) -> String {
     )
 }
 
+/// `2026-01-02T03:04:05Z`.
+pub fn format_rfc3339(epoch_ms: i64) -> String {
+    let secs = epoch_ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400).clamp(-100_000_000, 100_000_000);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
 /// `in 7h 59m` / `3m 10s ago` for a signed distance from now in milliseconds.
 pub fn format_relative(delta_ms: i64) -> String {
     let abs = delta_ms.unsigned_abs() / 1000;

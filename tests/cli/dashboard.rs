@@ -62,6 +62,7 @@ fn rec(
         error: (status >= 400).then(|| "upstream overloaded <script>alert(1)</script>".into()),
         credential: Some("server_oauth".into()),
         bucket: Some("plan".into()),
+        client_key: None,
     }
 }
 
@@ -635,4 +636,104 @@ async fn dashboard_shows_a_failing_usage_store() {
             && banner.contains("1 request(s) lost"),
         "{banner}"
     );
+}
+
+/// The keys page lists the keys (never a key), with spend and status, and the usage
+/// dashboard filters by key (`?key=`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_page_renders_in_headless_chromium() {
+    let Some(chromium) = find_chromium() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is required in CI: apt-get install -y chromium");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED keys_page_renders_in_headless_chromium: chromium is not installed"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let rows = seed(&db);
+    let now = now_ms();
+    let mut kdb = ccproxy::keys::store::KeyDb::open(&db).unwrap();
+    let spec = ccproxy::keys::KeyRequest {
+        name: "n8n".into(),
+        rpm: Some(30),
+        budget_usd: Some(5.0),
+        period: Some("week".into()),
+        ..ccproxy::keys::KeyRequest::default()
+    };
+    let n8n = kdb.create("n8n", &spec.limits(now).unwrap(), now).unwrap();
+    let old = kdb
+        .create("old-bot", &ccproxy::keys::Limits::default(), now)
+        .unwrap();
+    kdb.revoke("old-bot", now).unwrap();
+    // Two of the seeded requests were made with n8n's key.
+    let mut store = UsageStore::open(&db).unwrap();
+    let keyed: Vec<UsageRecord> = rows[..2]
+        .iter()
+        .map(|r| UsageRecord {
+            request_id: format!("{}-key", r.request_id),
+            ts_ms: now - MIN,
+            client_key: Some("n8n".into()),
+            ..r.clone()
+        })
+        .collect();
+    store.insert(&keyed).unwrap();
+    drop(store);
+    let addr = serve(Some(db), true).await;
+
+    let url = format!("http://{addr}/dashboard/keys?token={TOKEN}");
+    let chromium2 = chromium.clone();
+    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&chromium2, &url, None))
+        .await
+        .unwrap();
+    assert!(dom.contains("<body data-state=\"ready\""), "{dom}");
+    assert!(
+        !dom.contains(&n8n) && !dom.contains(&old),
+        "a key is on the page"
+    );
+    let table = section(&dom, "keys-body", "</tbody>");
+    let row_of = |name: &str| {
+        let at = table
+            .find(&format!("data-key=\"{name}\""))
+            .unwrap_or_else(|| panic!("{name} missing: {table}"));
+        &table[at..table[at..].find("</tr>").unwrap() + at]
+    };
+    let row = row_of("n8n");
+    assert!(row.contains(&format!("{}…", &n8n[..8])), "{row}");
+    assert!(row.contains(">active<") && row.contains("rpm 30"), "{row}");
+    assert!(row.contains("/week") && row.contains(">2<"), "{row}");
+    assert!(row.contains("Revoke") && row.contains("Rotate"), "{row}");
+    let row = row_of("old-bot");
+    assert!(
+        row.contains(">revoked<") && !row.contains("Revoke"),
+        "{row}"
+    );
+    assert_eq!(text_of(&dom, "summary"), "2 keys, 1 active");
+
+    // Without the admin token: refused.
+    let r = client()
+        .get(format!("http://{addr}/dashboard/keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // With a client key: refused.
+    let r = client()
+        .get(format!("http://{addr}/dashboard/keys?token={n8n}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // The usage dashboard, filtered by key.
+    let url = format!("http://{addr}/dashboard?key=n8n&token={TOKEN}");
+    let dom = tokio::task::spawn_blocking(move || chromium_dump_dom(&chromium, &url, None))
+        .await
+        .unwrap();
+    assert!(dom.contains("<body data-state=\"ready\""), "{dom}");
+    assert_eq!(text_of(&dom, "total-requests"), "2");
+    assert_eq!(text_of(&dom, "key-filter"), "key: n8n");
 }

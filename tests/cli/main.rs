@@ -11,5 +11,6 @@ mod auth;
 mod commands;
 mod dashboard;
 mod first_run;
+mod keys;
 mod status;
 mod usage_store;

@@ -40,6 +40,7 @@ fn record(i: i64) -> UsageRecord {
         error: None,
         credential: Some("server_api_key".into()),
         bucket: Some("api".into()),
+        client_key: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn round_trip_keeps_every_field() {
         error: Some("client disconnected; line 2 \"quoted\" ünïcode".into()),
         credential: Some("server_oauth".into()),
         bucket: Some("plan".into()),
+        client_key: None,
     };
     let sparse = UsageRecord {
         ts_ms: 1_740_000_200_000,
@@ -107,6 +109,7 @@ fn round_trip_keeps_every_field() {
         error: None,
         credential: None,
         bucket: None,
+        client_key: None,
     };
     writer.record(full.clone());
     writer.record(sparse.clone());
@@ -424,6 +427,7 @@ fn row(
         error: (status >= 400).then(|| "overloaded".to_owned()),
         credential: Some("server_api_key".into()),
         bucket: Some("api".into()),
+        client_key: None,
     }
 }
 

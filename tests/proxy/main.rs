@@ -14,6 +14,7 @@ mod faults;
 mod fixture_replay;
 mod fuzz;
 mod hardening;
+mod keys;
 mod oauth;
 mod observability;
 mod openai;

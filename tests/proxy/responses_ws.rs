@@ -472,3 +472,37 @@ async fn namespace_call_continued_on_the_socket() {
     assert_eq!(uses[0]["name"], "multi_agent_v1__close_agent");
     assert_eq!(uses[0]["id"], call["call_id"]);
 }
+
+/// With client keys, the upgrade takes a valid key (or the admin token) and refuses others; the
+/// key's limits apply to each response on the socket (here rpm = 1).
+#[tokio::test]
+async fn client_keys_on_the_socket() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        auth_token: Some(PROXY_TOKEN),
+        ..Opts::default()
+    })
+    .await;
+    let r = env
+        .client
+        .post(env.url("/api/keys"))
+        .header("x-api-key", PROXY_TOKEN)
+        .json(&json!({"name": "socket-client", "rpm": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = json_of(r).await["key"].as_str().unwrap().to_owned();
+    match try_connect(&env, "", Some("ccp-not-a-real-key-000000000000000000000")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
+    let mut ws = connect(&env, "", Some(&key)).await;
+    last_response(&create(&mut ws, json!({"model": "gpt-4o", "input": "one"})).await);
+    let evs = create(&mut ws, json!({"model": "gpt-4o", "input": "two"})).await;
+    let e = evs.last().unwrap();
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["status"], 429, "the key's rpm applies per response: {e}");
+    assert_eq!(env.upstream_messages(), 1);
+    assert!(!e.to_string().contains(&key));
+}

@@ -34,6 +34,9 @@ use crate::util::time::now_ms;
 /// The page, compiled in.
 pub const PAGE_HTML: &str = include_str!("dashboard.html");
 
+/// The client keys page (`GET /dashboard/keys`), compiled in.
+pub const KEYS_HTML: &str = include_str!("keys.html");
+
 /// The page's Content-Security-Policy: nothing may be loaded from anywhere
 /// but inline code and this origin's `/api/usage`.
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
@@ -53,6 +56,15 @@ const MAX_ERROR_CHARS: usize = 300;
 
 /// `GET /dashboard`: the HTML page.
 pub fn page() -> Response {
+    html(PAGE_HTML)
+}
+
+/// `GET /dashboard/keys`: the client keys page (it reads and changes `/api/keys`).
+pub fn keys_page() -> Response {
+    html(KEYS_HTML)
+}
+
+fn html(body: &'static str) -> Response {
     (
         [
             (
@@ -73,7 +85,7 @@ pub fn page() -> Response {
                 HeaderValue::from_static("nosniff"),
             ),
         ],
-        PAGE_HTML,
+        body,
     )
         .into_response()
 }
@@ -90,6 +102,8 @@ pub struct ApiQuery {
     pub tz_offset: Option<i32>,
     /// How many recent requests to return (default 50, at most 500).
     pub recent: Option<usize>,
+    /// Only the requests of this client key.
+    pub key: Option<String>,
 }
 
 /// One bucket of the time series.
@@ -201,7 +215,8 @@ pub fn usage_data(path: &Path, q: &ApiQuery, now: i64) -> Result<UsageData, ApiE
     let tz = i64::from(q.tz_offset.unwrap_or(0).clamp(-14 * 60, 14 * 60)) * MINUTE_MS;
     let recent_limit = q.recent.unwrap_or(DEFAULT_RECENT).min(MAX_RECENT);
 
-    let reader = UsageReader::open(path)?;
+    let key = q.key.clone().filter(|k| !k.is_empty());
+    let reader = UsageReader::open(path)?.map(|r| r.only_key(key));
     let (rows, recent) = read_rows(reader.as_ref(), since_ms, recent_limit)?;
 
     // The series spans [since, now]; for `all`, from the first row.

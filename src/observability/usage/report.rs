@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Row as SqlRow, params};
+use rusqlite::{Connection, OpenFlags, Row as SqlRow};
 use serde::Serialize;
 
 use super::UsageError;
@@ -32,6 +32,8 @@ pub enum GroupBy {
     Credential,
     /// What the request was billed to (`plan`, `extra_usage`, `api`).
     Bucket,
+    /// Client key name (`(none)` for requests without one).
+    Key,
 }
 
 impl GroupBy {
@@ -43,6 +45,7 @@ impl GroupBy {
             GroupBy::Mode => "mode",
             GroupBy::Credential => "credential",
             GroupBy::Bucket => "bucket",
+            GroupBy::Key => "key",
         }
     }
 
@@ -53,6 +56,7 @@ impl GroupBy {
             GroupBy::Mode => "mode",
             GroupBy::Credential => "COALESCE(credential, '(none)')",
             GroupBy::Bucket => "COALESCE(bucket, '(unknown)')",
+            GroupBy::Key => "COALESCE(client_key, '(none)')",
             GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch', 'localtime')",
             GroupBy::Hour => "strftime('%Y-%m-%d %H:00', ts_ms / 1000, 'unixepoch', 'localtime')",
         }
@@ -73,8 +77,9 @@ impl FromStr for GroupBy {
             "mode" => Ok(GroupBy::Mode),
             "credential" => Ok(GroupBy::Credential),
             "bucket" => Ok(GroupBy::Bucket),
+            "key" => Ok(GroupBy::Key),
             other => Err(format!(
-                "invalid grouping {other:?}: expected model, day, hour, mode, credential or bucket"
+                "invalid grouping {other:?}: expected model, day, hour, mode, credential, bucket or key"
             )),
         }
     }
@@ -291,6 +296,10 @@ pub struct UsageReader {
     path: PathBuf,
     /// The database has no `requests` table yet (never migrated).
     empty: bool,
+    /// The `requests` table has the `client_key` column (schema 3 and later).
+    has_key: bool,
+    /// Only the requests of this client key (the dashboard's `?key=`).
+    only_key: Option<String>,
 }
 
 impl std::fmt::Debug for UsageReader {
@@ -303,7 +312,7 @@ impl std::fmt::Debug for UsageReader {
 
 const RECORD_COLUMNS: &str = "ts_ms, request_id, mode, dialect, model, stream, status, \
     upstream_status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
-    cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned, error, credential, bucket";
+    cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned, error, credential, bucket, client_key";
 
 fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
@@ -337,6 +346,7 @@ fn record_from_row(row: &SqlRow<'_>) -> rusqlite::Result<UsageRecord> {
         error: row.get(17)?,
         credential: row.get(18)?,
         bucket: row.get(19)?,
+        client_key: row.get(20)?,
     })
 }
 
@@ -361,15 +371,40 @@ impl UsageReader {
                 |row| row.get(0),
             )
             .map_err(UsageError::sqlite(path))?;
+        let has_key = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('requests') WHERE name = 'client_key'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(UsageError::sqlite(path))?
+            > 0;
         Ok(Some(UsageReader {
             conn,
             path: path.to_owned(),
             empty: tables == 0,
+            has_key,
+            only_key: None,
         }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reads only the requests of client key `key` (all with `None`).
+    pub fn only_key(mut self, key: Option<String>) -> UsageReader {
+        self.only_key = key;
+        self
+    }
+
+    /// The SQL condition of [`UsageReader::only_key`], its parameter numbered `n`.
+    fn key_condition(&self, n: usize) -> String {
+        match (&self.only_key, self.has_key) {
+            (None, _) => String::new(),
+            (Some(_), true) => format!(" AND client_key = ?{n}"),
+            (Some(_), false) => " AND 0".to_owned(),
+        }
     }
 
     /// Rows since `since_ms` (all when `None`), oldest first, keyed by `by`.
@@ -380,12 +415,22 @@ impl UsageReader {
         let sql = format!(
             "SELECT {key}, ts_ms, mode, status, stream, input_tokens, output_tokens, \
              cache_read_tokens, cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, \
-             abandoned, model IS NOT NULL FROM requests WHERE ts_ms >= ?1 ORDER BY ts_ms, id",
-            key = by.key_sql()
+             abandoned, model IS NOT NULL FROM requests WHERE ts_ms >= ?1{only} ORDER BY ts_ms, id",
+            only = self.key_condition(2),
+            key = if by == GroupBy::Key && !self.has_key {
+                "'(none)'"
+            } else {
+                by.key_sql()
+            }
         );
         let read = || -> rusqlite::Result<Vec<Row>> {
             let mut stmt = self.conn.prepare(&sql)?;
-            let rows = stmt.query_map(params![since_ms.unwrap_or(i64::MIN)], |row| {
+            let since = since_ms.unwrap_or(i64::MIN);
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since];
+            if let (Some(k), true) = (&self.only_key, self.has_key) {
+                bound.push(k);
+            }
+            let rows = stmt.query_map(bound.as_slice(), |row| {
                 Ok(Row {
                     key: row
                         .get::<_, Option<String>>(0)?
@@ -446,18 +491,20 @@ impl UsageReader {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM requests WHERE ts_ms >= ?1 \
-             ORDER BY ts_ms DESC, id DESC LIMIT ?2"
+            "SELECT {RECORD_COLUMNS}, {key} FROM requests WHERE ts_ms >= ?1{only} \
+             ORDER BY ts_ms DESC, id DESC LIMIT ?2",
+            only = self.key_condition(3),
+            key = if self.has_key { "client_key" } else { "NULL" }
         );
         let read = || -> rusqlite::Result<Vec<UsageRecord>> {
             let mut stmt = self.conn.prepare(&sql)?;
-            let rows = stmt.query_map(
-                params![
-                    since_ms.unwrap_or(i64::MIN),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
-                ],
-                record_from_row,
-            )?;
+            let since = since_ms.unwrap_or(i64::MIN);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since, &limit];
+            if let (Some(k), true) = (&self.only_key, self.has_key) {
+                bound.push(k);
+            }
+            let rows = stmt.query_map(bound.as_slice(), record_from_row)?;
             rows.collect()
         };
         read().map_err(UsageError::sqlite(&self.path))

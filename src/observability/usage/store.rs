@@ -61,7 +61,25 @@ const MIGRATIONS: &[&str] = &[
         response      TEXT    NOT NULL
     );
     CREATE INDEX responses_expiry ON responses (expires_at_ms);",
-    // 3: what each request was billed to (a subscription's plan or extra usage, an API key).
+    // 3: client keys (keys::store; the digest, never the key) and the key of each request.
+    "CREATE TABLE client_keys (
+        name           TEXT    PRIMARY KEY,
+        digest         BLOB    NOT NULL UNIQUE,
+        prefix         TEXT    NOT NULL,
+        models         TEXT    NOT NULL DEFAULT '',
+        modes          TEXT    NOT NULL DEFAULT '',
+        rpm            INTEGER,
+        tpm            INTEGER,
+        max_concurrent INTEGER,
+        budget_usd     REAL,
+        period         TEXT,
+        expires_at_ms  INTEGER,
+        created_at_ms  INTEGER NOT NULL,
+        revoked_at_ms  INTEGER
+    );
+    ALTER TABLE requests ADD COLUMN client_key TEXT;
+    CREATE INDEX requests_client_key ON requests (client_key, ts_ms);",
+    // 4: what each request was billed to (a subscription's plan or extra usage, an API key).
     "ALTER TABLE requests ADD COLUMN bucket TEXT;",
 ];
 
@@ -218,9 +236,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()
             "INSERT INTO requests (ts_ms, request_id, mode, dialect, model, stream, status,
                 upstream_status, input_tokens, output_tokens, cache_read_tokens,
                 cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned,
-                error, credential, bucket)
+                error, credential, bucket, client_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19, ?20)",
+                ?17, ?18, ?19, ?20, ?21)",
         )?;
         for r in records {
             stmt.execute(params![
@@ -244,6 +262,7 @@ fn insert(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()
                 r.error,
                 r.credential,
                 r.bucket,
+                r.client_key,
             ])?;
         }
     }

@@ -1,0 +1,390 @@
+//! The `client_keys` table of the usage database (migration 3): one row per key,
+//! with the key's SHA-256 digest and display prefix, never the key. Spend and last
+//! use are read from the usage rows, which carry the key's name.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::Serialize;
+
+use super::{Budget, KeyRecord, Limits, Period, display_prefix, generate_secret, parse_mode};
+use crate::observability::usage::{UsageError, UsageStore};
+
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("client keys in {path}: {cause}")]
+    Sqlite {
+        path: PathBuf,
+        cause: rusqlite::Error,
+    },
+    #[error("no client key named {0:?}")]
+    NotFound(String),
+    #[error("a client key named {0:?} already exists; revoke it first or choose another name")]
+    Exists(String),
+    #[error("client key {0:?} was revoked; create it again to use the name")]
+    Revoked(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("client keys need the usage database, and usage recording is off")]
+    NoDatabase,
+}
+
+impl KeyError {
+    /// The HTTP status this error answers with on `/api/keys`.
+    pub fn status(&self) -> u16 {
+        match self {
+            KeyError::NotFound(_) => 404,
+            KeyError::Exists(_) | KeyError::Revoked(_) => 409,
+            KeyError::Invalid(_) => 400,
+            KeyError::NoDatabase => 503,
+            KeyError::Usage(_) | KeyError::Sqlite { .. } => 500,
+        }
+    }
+}
+
+/// A key as listed (`keys list`, `GET /api/keys`): never the key itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    pub name: String,
+    /// `ccp-AbCd…`.
+    pub prefix: String,
+    /// `active`, `revoked` or `expired`.
+    pub status: &'static str,
+    pub models: Vec<String>,
+    pub modes: Vec<&'static str>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    pub budget_usd: Option<f64>,
+    pub period: Option<&'static str>,
+    /// Spend in the current budget period (this month without a budget).
+    pub spend_usd: f64,
+    pub period_start_ms: i64,
+    pub period_reset_ms: i64,
+    pub requests: u64,
+    pub last_used_ms: Option<i64>,
+    pub expires_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A connection to the keys table.
+pub struct KeyDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn join_modes(l: &Limits) -> String {
+    l.modes
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn opt_u32(v: Option<i64>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok())
+}
+
+impl KeyDb {
+    /// Opens (creating and migrating) the usage database at `path`.
+    pub fn open(path: &Path) -> Result<KeyDb, KeyError> {
+        let conn = UsageStore::open(path)?.into_connection();
+        Ok(KeyDb {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> KeyError + '_ {
+        |cause| KeyError::Sqlite {
+            path: self.path.clone(),
+            cause,
+        }
+    }
+
+    /// Every key, revoked ones included, by name.
+    pub fn all(&mut self) -> Result<Vec<KeyRecord>, KeyError> {
+        let read = || -> rusqlite::Result<Vec<KeyRecord>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT name, digest, prefix, models, modes, rpm, tpm, max_concurrent, budget_usd,
+                    period, expires_at_ms, created_at_ms, revoked_at_ms
+                 FROM client_keys ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                let digest: Vec<u8> = row.get(1)?;
+                let models: String = row.get(3)?;
+                let modes: String = row.get(4)?;
+                let budget_usd: Option<f64> = row.get(8)?;
+                let period: Option<String> = row.get(9)?;
+                let budget = budget_usd.map(|usd| Budget {
+                    usd,
+                    period: period
+                        .as_deref()
+                        .and_then(Period::parse)
+                        .unwrap_or(Period::Month),
+                });
+                Ok(KeyRecord {
+                    name: row.get(0)?,
+                    digest: <[u8; 32]>::try_from(digest.as_slice()).unwrap_or([0; 32]),
+                    prefix: row.get(2)?,
+                    limits: Limits {
+                        models: models
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                        modes: modes.split(',').filter_map(parse_mode).collect(),
+                        rpm: opt_u32(row.get(5)?),
+                        tpm: row
+                            .get::<_, Option<i64>>(6)?
+                            .and_then(|n| u64::try_from(n).ok()),
+                        max_concurrent: opt_u32(row.get(7)?),
+                        budget,
+                        expires_at_ms: row.get(10)?,
+                    },
+                    created_at_ms: row.get(11)?,
+                    revoked_at_ms: row.get(12)?,
+                })
+            })?;
+            rows.collect()
+        };
+        let r = read();
+        r.map_err(self.err())
+    }
+
+    fn state(&self, name: &str) -> Result<Option<Option<i64>>, KeyError> {
+        self.conn
+            .query_row(
+                "SELECT revoked_at_ms FROM client_keys WHERE name = ?1",
+                [name],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Creates key `name` with `limits`; returns the key (the only time it is seen).
+    /// A revoked key's name may be used again.
+    pub fn create(&mut self, name: &str, limits: &Limits, now: i64) -> Result<String, KeyError> {
+        if let Some(None) = self.state(name)? {
+            return Err(KeyError::Exists(name.to_owned()));
+        }
+        let secret = generate_secret();
+        let digest = super::digest(&secret);
+        let budget = limits.budget;
+        let r = self.conn.execute(
+            "INSERT OR REPLACE INTO client_keys (name, digest, prefix, models, modes, rpm, tpm,
+                max_concurrent, budget_usd, period, expires_at_ms, created_at_ms, revoked_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL)",
+            params![
+                name,
+                digest.as_slice(),
+                display_prefix(&secret),
+                limits.models.join(","),
+                join_modes(limits),
+                limits.rpm,
+                limits.tpm.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+                limits.max_concurrent,
+                budget.map(|b| b.usd),
+                budget.map(|b| b.period.name()),
+                limits.expires_at_ms,
+                now,
+            ],
+        );
+        r.map_err(self.err())?;
+        Ok(secret)
+    }
+
+    /// Revokes key `name` (takes effect on a running server's next request, or within a
+    /// second when changed from another process).
+    pub fn revoke(&mut self, name: &str, now: i64) -> Result<(), KeyError> {
+        match self.state(name)? {
+            None => Err(KeyError::NotFound(name.to_owned())),
+            Some(Some(_)) => Ok(()),
+            Some(None) => {
+                let r = self.conn.execute(
+                    "UPDATE client_keys SET revoked_at_ms = ?2 WHERE name = ?1",
+                    params![name, now],
+                );
+                r.map_err(self.err())?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A new key for `name`, same settings; the old one stops working.
+    pub fn rotate(&mut self, name: &str) -> Result<String, KeyError> {
+        match self.state(name)? {
+            None => return Err(KeyError::NotFound(name.to_owned())),
+            Some(Some(_)) => return Err(KeyError::Revoked(name.to_owned())),
+            Some(None) => {}
+        }
+        let secret = generate_secret();
+        let digest = super::digest(&secret);
+        let r = self.conn.execute(
+            "UPDATE client_keys SET digest = ?2, prefix = ?3 WHERE name = ?1",
+            params![name, digest.as_slice(), display_prefix(&secret)],
+        );
+        r.map_err(self.err())?;
+        Ok(secret)
+    }
+
+    /// Key `name`'s finished requests since `since_ms`: (time, tokens, cost).
+    pub fn rows_of(
+        &mut self,
+        name: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, u64, Option<f64>)>, KeyError> {
+        let read = || -> rusqlite::Result<Vec<(i64, u64, Option<f64>)>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT ts_ms, input_tokens + output_tokens + cache_read_tokens + cache_write_tokens,
+                    cost_usd
+                 FROM requests WHERE client_key = ?1 AND ts_ms >= ?2
+                    AND (upstream_status IS NOT NULL OR status < 400)
+                 ORDER BY ts_ms",
+            )?;
+            let rows = stmt.query_map(params![name, since_ms], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    row.get::<_, Option<f64>>(2)?,
+                ))
+            })?;
+            rows.collect()
+        };
+        let r = read();
+        r.map_err(self.err())
+    }
+
+    /// When key `name` last made a request.
+    pub fn last_used(&mut self, name: &str) -> Result<Option<i64>, KeyError> {
+        let r = self.conn.query_row(
+            "SELECT MAX(ts_ms) FROM requests WHERE client_key = ?1",
+            [name],
+            |row| row.get::<_, Option<i64>>(0),
+        );
+        r.map_err(self.err())
+    }
+
+    /// Every key as listed, with its spend this period and last use, at `now`.
+    pub fn list(&mut self, now: i64) -> Result<Vec<KeyView>, KeyError> {
+        let records = self.all()?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let period = r.limits.budget.map_or(Period::Month, |b| b.period);
+            let (start, reset) = period.bounds(now);
+            let (spend, requests): (f64, i64) = self
+                .conn
+                .query_row(
+                    "SELECT COALESCE(SUM(cost_usd), 0), COUNT(*) FROM requests
+                     WHERE client_key = ?1 AND ts_ms >= ?2",
+                    params![r.name, start],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(self.err())?;
+            let last_used_ms = self.last_used(&r.name)?;
+            let status = if r.revoked_at_ms.is_some() {
+                "revoked"
+            } else if r.limits.expires_at_ms.is_some_and(|e| now >= e) {
+                "expired"
+            } else {
+                "active"
+            };
+            out.push(KeyView {
+                prefix: format!("{}…", r.prefix),
+                status,
+                models: r.limits.models.clone(),
+                modes: r.limits.modes.iter().map(|m| m.name()).collect(),
+                rpm: r.limits.rpm,
+                tpm: r.limits.tpm,
+                max_concurrent: r.limits.max_concurrent,
+                budget_usd: r.limits.budget.map(|b| b.usd),
+                period: r.limits.budget.map(|b| b.period.name()),
+                spend_usd: spend,
+                period_start_ms: start,
+                period_reset_ms: reset,
+                requests: u64::try_from(requests).unwrap_or(0),
+                last_used_ms,
+                expires_at_ms: r.limits.expires_at_ms,
+                created_at_ms: r.created_at_ms,
+                revoked_at_ms: r.revoked_at_ms,
+                name: r.name,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `keys list` as a table.
+pub fn render_table(keys: &[KeyView], now: i64) -> String {
+    use crate::util::time::{format_relative, format_utc};
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "KEY".to_owned(),
+        "STATUS".to_owned(),
+        "LIMITS".to_owned(),
+        "SPEND".to_owned(),
+        "LAST USED".to_owned(),
+        "EXPIRES".to_owned(),
+    ]];
+    for k in keys {
+        let mut limits = Vec::new();
+        if !k.models.is_empty() {
+            limits.push(format!("models {}", k.models.join(",")));
+        }
+        if !k.modes.is_empty() {
+            limits.push(format!("modes {}", k.modes.join(",")));
+        }
+        if let Some(n) = k.rpm {
+            limits.push(format!("rpm {n}"));
+        }
+        if let Some(n) = k.tpm {
+            limits.push(format!("tpm {n}"));
+        }
+        if let Some(n) = k.max_concurrent {
+            limits.push(format!("concurrent {n}"));
+        }
+        let spend = match (k.budget_usd, k.period) {
+            (Some(b), Some(p)) => format!("${:.4} of ${b:.2}/{p}", k.spend_usd),
+            _ => format!("${:.4} this month", k.spend_usd),
+        };
+        rows.push([
+            k.name.clone(),
+            k.prefix.clone(),
+            k.status.to_owned(),
+            if limits.is_empty() {
+                "-".to_owned()
+            } else {
+                limits.join("; ")
+            },
+            spend,
+            k.last_used_ms
+                .map_or_else(|| "never".to_owned(), |t| format_relative(t - now)),
+            k.expires_at_ms
+                .map_or_else(|| "never".to_owned(), format_utc),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
+            line.push_str(c);
+            if i + 1 < r.len() {
+                line.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
