@@ -224,6 +224,9 @@ pub struct ModelCaps {
     /// `temperature` / `top_p` accepted with non-default values (false from Opus 4.7 and Sonnet 5:
     /// those answer 400 to any non-default sampling parameter).
     pub sampling_params: bool,
+    /// Native structured outputs: `output_config.format` (`json_schema`) and tools' `strict`
+    /// (Opus 4.1, the 4.5 models, and every newer one; not Claude 3.x or Sonnet/Opus 4.0).
+    pub structured_outputs: bool,
 }
 
 /// Capabilities from the model id's shape: `claude-<family>-<major>[-<minor>][-<date>]`, or the
@@ -232,10 +235,12 @@ pub fn model_caps(model: &str) -> ModelCaps {
     const OLD: ModelCaps = ModelCaps {
         thinking: ThinkingMode::Budget,
         sampling_params: true,
+        structured_outputs: false,
     };
     const NEW: ModelCaps = ModelCaps {
         thinking: ThinkingMode::AdaptiveOnly,
         sampling_params: false,
+        structured_outputs: true,
     };
     let Some(rest) = model.strip_prefix("claude-") else {
         return NEW;
@@ -249,6 +254,7 @@ pub fn model_caps(model: &str) -> ModelCaps {
         return ModelCaps {
             thinking: ThinkingMode::AlwaysOn,
             sampling_params: false,
+            structured_outputs: true,
         };
     }
     let num = |s: Option<&str>| -> Option<u32> {
@@ -263,10 +269,14 @@ pub fn model_caps(model: &str) -> ModelCaps {
     };
     let minor = num(parts.next()).unwrap_or(0);
     match (major, minor) {
-        v if v < (4, 6) => OLD,
+        v if v < (4, 6) => ModelCaps {
+            structured_outputs: v >= (4, 5) || (family == "opus" && v >= (4, 1)),
+            ..OLD
+        },
         (4, 6) => ModelCaps {
             thinking: ThinkingMode::Adaptive,
             sampling_params: true,
+            structured_outputs: true,
         },
         _ => NEW,
     }
@@ -343,28 +353,35 @@ mod tests {
     #[test]
     fn caps_table() {
         use ThinkingMode::*;
+        // (model, thinking, sampling parameters, structured outputs)
         let cases = [
-            ("claude-3-7-sonnet-20250219", Budget, true),
-            ("claude-3-5-haiku-latest", Budget, true),
-            ("claude-sonnet-4-20250514", Budget, true),
-            ("claude-opus-4-1", Budget, true),
-            ("claude-sonnet-4-5-20250929", Budget, true),
-            ("claude-haiku-4-5", Budget, true),
-            ("claude-opus-4-5-20251101", Budget, true),
-            ("claude-opus-4-6", Adaptive, true),
-            ("claude-sonnet-4-6", Adaptive, true),
-            ("claude-opus-4-7", AdaptiveOnly, false),
-            ("claude-opus-4-8", AdaptiveOnly, false),
-            ("claude-sonnet-5", AdaptiveOnly, false),
-            ("claude-sonnet-5-20260630", AdaptiveOnly, false),
-            ("claude-fable-5", AlwaysOn, false),
-            ("claude-mythos-preview", AlwaysOn, false),
-            ("claude-something", AdaptiveOnly, false),
-            ("weird", AdaptiveOnly, false),
+            ("claude-3-7-sonnet-20250219", Budget, true, false),
+            ("claude-3-5-haiku-latest", Budget, true, false),
+            ("claude-sonnet-4-20250514", Budget, true, false),
+            ("claude-opus-4-20250514", Budget, true, false),
+            ("claude-opus-4-1", Budget, true, true),
+            ("claude-opus-4-1-20250805", Budget, true, true),
+            ("claude-sonnet-4-5-20250929", Budget, true, true),
+            ("claude-haiku-4-5", Budget, true, true),
+            ("claude-opus-4-5-20251101", Budget, true, true),
+            ("claude-opus-4-6", Adaptive, true, true),
+            ("claude-sonnet-4-6", Adaptive, true, true),
+            ("claude-opus-4-7", AdaptiveOnly, false, true),
+            ("claude-opus-4-8", AdaptiveOnly, false, true),
+            ("claude-sonnet-5", AdaptiveOnly, false, true),
+            ("claude-sonnet-5-20260630", AdaptiveOnly, false, true),
+            ("claude-fable-5", AlwaysOn, false, true),
+            ("claude-mythos-preview", AlwaysOn, false, true),
+            ("claude-something", AdaptiveOnly, false, true),
+            ("weird", AdaptiveOnly, false, true),
         ];
-        for (m, t, s) in cases {
+        for (m, t, s, so) in cases {
             let c = model_caps(m);
-            assert_eq!((c.thinking, c.sampling_params), (t, s), "{m}");
+            assert_eq!(
+                (c.thinking, c.sampling_params, c.structured_outputs),
+                (t, s, so),
+                "{m}"
+            );
         }
     }
 

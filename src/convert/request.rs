@@ -20,7 +20,8 @@
 //! | `max_completion_tokens` ∨ `max_tokens` ∨ default | `max_tokens` |
 //! | `stop` (string or array) | `stop_sequences` (empty strings dropped) |
 //! | `temperature`, `top_p` | same (nulls omitted; temperature clamped to Anthropic's 0..1) |
-//! | `response_format` | an instruction appended to `system` ([`response_format_instruction`]) |
+//! | `response_format` `json_schema`, on models with structured outputs ([`ModelCaps::structured_outputs`]) | `output_config.format` (`{"type":"json_schema","schema":…}`) |
+//! | other `response_format` (`json_object`, or any on older models) | an instruction appended to `system` ([`response_format_instruction`]) |
 //! | `reasoning_effort` | `thinking` (+ `output_config.effort`), see [`thinking`](#thinking) |
 //! | `user` (or `safety_identifier`) | `metadata.user_id` |
 //! | `stream`, `stream_options.include_usage` | `stream`; [`ConvertedRequest::include_usage`] |
@@ -65,6 +66,8 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
 use super::models::{ModelAliases, ModelCaps, ThinkingMode, model_caps};
@@ -186,9 +189,27 @@ pub fn chat_to_messages(
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
-    let out = build(&req, upstream_model, stream, opts.default_max_tokens)?;
+    let (mut out, format) = build(&req, upstream_model, stream, opts.default_max_tokens)?;
     let mut body_out = Vec::with_capacity(body.len() + 256);
-    serde_json::to_writer(&mut body_out, &out).map_err(|e| RequestError {
+    let written = match format {
+        None => serde_json::to_writer(&mut body_out, &out),
+        Some(format) => {
+            // `output_config` gains the format (the shared Messages type has only the effort).
+            let effort = out.output_config.take().map(|c| c.effort);
+            let output_config = Some(StructuredConfig {
+                effort,
+                format: Some(format),
+            });
+            serde_json::to_writer(
+                &mut body_out,
+                &WithFormat {
+                    body: out,
+                    output_config,
+                },
+            )
+        }
+    };
+    written.map_err(|e| RequestError {
         message: format!("could not encode the converted request: {e}"),
         param: None,
         code: None,
@@ -275,13 +296,60 @@ impl Effort {
     }
 }
 
-/// Builds the Messages request: each step validates and converts one part of the request.
+/// A Messages request with a native structured-output format in its `output_config`.
+#[derive(Serialize)]
+struct WithFormat<'b> {
+    #[serde(flatten)]
+    body: MessagesRequest<'b>,
+    output_config: Option<StructuredConfig<'b>>,
+}
+
+/// `output_config` with room for a structured-output `format` (shared with the Responses
+/// converter).
+#[derive(Serialize)]
+pub(crate) struct StructuredConfig<'b> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<JsonSchema<'b>>,
+}
+
+/// `output_config.format` for native structured outputs: `{"type":"json_schema","schema":…}`.
+pub(crate) struct JsonSchema<'b>(pub &'b RawValue);
+
+impl Serialize for JsonSchema<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("type", "json_schema")?;
+        m.serialize_entry("schema", self.0)?;
+        m.end()
+    }
+}
+
+/// A `json_schema` response format's schema, when there is one: a JSON object (a JSON Schema);
+/// anything else is a 400 naming `param`.
+pub(crate) fn schema_object<'b>(
+    schema: Option<&'b RawValue>,
+    param: &str,
+) -> Result<Option<&'b RawValue>, RequestError> {
+    match schema.filter(|s| s.get() != "null") {
+        Some(s) if !s.get().starts_with('{') => Err(RequestError::new(
+            param,
+            "invalid_type",
+            "must be a JSON object (a JSON Schema)",
+        )),
+        s => Ok(s),
+    }
+}
+
+/// Builds the Messages request: each step validates and converts one part of the request. The
+/// native structured-output format, when there is one, is returned beside it.
 fn build<'b>(
     req: &'b ChatCompletionRequest<'_>,
     model: &'b str,
     stream: bool,
     default_max_tokens: u32,
-) -> Result<MessagesRequest<'b>, RequestError> {
+) -> Result<(MessagesRequest<'b>, Option<JsonSchema<'b>>), RequestError> {
     check_n(req)?;
     let max_tokens = max_tokens(req, default_max_tokens)?;
     let effort = reasoning_effort(req)?;
@@ -305,16 +373,9 @@ fn build<'b>(
     let (thinking, output_config, max_tokens) =
         thinking(caps.thinking, effort, blocked, max_tokens);
     let (temperature, top_p) = sampling(req.temperature, req.top_p, &caps, thinking.as_ref());
-    if let Some(rf) = &req.response_format
-        && let Some(text) = response_format_instruction(rf)?
-    {
-        system.push(Block::Text {
-            text: Cow::Owned(text),
-            cache_control: None,
-        });
-    }
+    let format = response_format(req, caps.structured_outputs, &mut system)?;
     let user_id = req.user.as_deref().or(req.safety_identifier.as_deref());
-    Ok(MessagesRequest {
+    let out = MessagesRequest {
         model,
         max_tokens,
         system: (!system.is_empty()).then_some(System(system)),
@@ -330,7 +391,37 @@ fn build<'b>(
         metadata: user_id
             .filter(|u| !u.is_empty())
             .map(|u| Metadata { user_id: u }),
-    })
+    };
+    Ok((out, format))
+}
+
+/// `response_format`: a `json_schema` with a schema goes native (returned) on models with
+/// structured outputs; everything else becomes an instruction appended to `system`
+/// ([`response_format_instruction`]).
+fn response_format<'b>(
+    req: &'b ChatCompletionRequest<'_>,
+    native: bool,
+    system: &mut Vec<Block<'b>>,
+) -> Result<Option<JsonSchema<'b>>, RequestError> {
+    let Some(rf) = &req.response_format else {
+        return Ok(None);
+    };
+    if rf.kind.as_deref() == Some("json_schema") {
+        let Some(js) = &rf.json_schema else {
+            return Err(missing("response_format.json_schema"));
+        };
+        let schema = schema_object(js.schema, "response_format.json_schema.schema")?;
+        if native && let Some(schema) = schema {
+            return Ok(Some(JsonSchema(schema)));
+        }
+    }
+    if let Some(text) = response_format_instruction(rf)? {
+        system.push(Block::Text {
+            text: Cow::Owned(text),
+            cache_control: None,
+        });
+    }
+    Ok(None)
 }
 
 /// Only `n` = 1 is supported.
@@ -664,10 +755,10 @@ fn tool_choice<'b>(
     }
 }
 
-/// `response_format` → an instruction appended to the system prompt.
+/// `response_format` → an instruction appended to the system prompt: the fallback for models
+/// without native structured outputs, and for `json_object` (which has no native equivalent).
 ///
-/// Approach: Anthropic's Messages API has no JSON mode that works on every model without a beta
-/// header, and forcing a synthetic tool would change the response shape (and conflicts with the
+/// Approach: older models have no native JSON mode, and forcing a synthetic tool would change the response shape (and conflicts with the
 /// client's own tools and with thinking). The model is instead told, as the last system block (after
 /// the client's blocks, so their prompt cache stays valid), to answer with JSON only, without
 /// Markdown fences; for `json_schema` the schema is embedded verbatim with its name and description.
@@ -2041,11 +2132,71 @@ mod tests {
             s.contains("JSON object") && s.contains("code fences"),
             "{s}"
         );
-        let v = conv(json!({"model": "claude-haiku-4-5",
-            "messages": [{"role": "system", "content": "Be brief."}, user("hi")],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "description": "A person",
-                "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}, "strict": true}}}));
+        let schema = json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]});
+        let with_schema = |model: &str, extra: Value| {
+            let mut r = json!({"model": model,
+                "messages": [{"role": "system", "content": "Be brief."}, user("hi")],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "person", "description": "A person",
+                    "schema": schema, "strict": true}}});
+            for (k, v) in extra.as_object().unwrap() {
+                r[k] = v.clone();
+            }
+            conv(r)
+        };
+        // No structured outputs (Claude 3.7): the instruction.
+        let v = with_schema("claude-3-7-sonnet-20250219", json!({}));
+        assert!(v.get("output_config").is_none());
         insta::assert_json_snapshot!("response_format_json_schema", v["system"]);
+        // Structured outputs: the schema goes native, verbatim, and no instruction is added.
+        for model in [
+            "claude-haiku-4-5",
+            "claude-opus-4-1",
+            "claude-sonnet-4-6",
+            "claude-sonnet-5",
+            "claude-fable-5",
+        ] {
+            let v = with_schema(model, json!({}));
+            assert_eq!(
+                v["output_config"],
+                json!({"format": {"type": "json_schema", "schema": schema}}),
+                "{model}"
+            );
+            assert_eq!(v["system"], "Be brief.", "{model}");
+        }
+        // Beside the effort of adaptive thinking.
+        let v = with_schema("claude-sonnet-5", json!({"reasoning_effort": "high"}));
+        assert_eq!(
+            v["output_config"],
+            json!({"effort": "high", "format": {"type": "json_schema", "schema": schema}})
+        );
+        assert_eq!(v["thinking"], json!({"type": "adaptive"}));
+        // json_object has no native form; a json_schema without a schema neither.
+        let v = conv(req(
+            "claude-sonnet-5",
+            json!({"response_format": {"type": "json_object"}}),
+        ));
+        assert!(v.get("output_config").is_none());
+        assert!(v["system"].as_str().unwrap().contains("JSON object"));
+        let v = conv(req(
+            "claude-sonnet-5",
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": null}}}),
+        ));
+        assert!(v.get("output_config").is_none());
+        assert!(v["system"].as_str().unwrap().contains("named \"x\""));
+        // A schema that is not an object is refused on every model.
+        for model in ["claude-sonnet-5", "claude-3-7-sonnet-20250219"] {
+            for bad in [json!("object"), json!([1]), json!(true)] {
+                let e = err(req(
+                    model,
+                    json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad}}}),
+                ));
+                assert_eq!(
+                    e.param.as_deref(),
+                    Some("response_format.json_schema.schema"),
+                    "{model} {bad}"
+                );
+            }
+        }
         let e = err(req("m", json!({"response_format": {"type": "yaml"}})));
         assert_eq!(e.param.as_deref(), Some("response_format.type"));
         let e = err(req(

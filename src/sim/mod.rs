@@ -5,7 +5,9 @@
 //! It enforces what the real service enforces and the tests rely on: a key or
 //! token is required; an OAuth token needs the `oauth-2025-04-20` beta and the
 //! Claude Code identity block; at most 4 `cache_control` blocks; every `tool_use` is answered by a
-//! `tool_result` in the next turn, and every `tool_result` answers a `tool_use` of the turn before.
+//! `tool_result` in the next turn, and every `tool_result` answers a `tool_use` of the turn before;
+//! `output_config.format` must have the structured-outputs shape, and then the answer's text is
+//! JSON fitting its schema (see [`structured`]).
 //!
 //! Scenarios are chosen by markers in the last user message's text:
 //!
@@ -43,6 +45,7 @@ pub mod generate;
 mod http_tests;
 mod model_info;
 mod openai;
+pub mod structured;
 pub mod tools;
 
 pub use accounts::{Account, UnifiedScript};
@@ -457,6 +460,7 @@ fn admit<'a>(
         ));
     }
     generate::offer(&req).map_err(|m| sim_err(400, &m))?;
+    structured::format(body).map_err(|m| sim_err(400, &m))?;
     if let Some(messages) = &req.messages {
         check_tool_pairing(messages).map_err(|m| sim_err(400, &m))?;
     }
@@ -611,6 +615,10 @@ async fn answer(state: &Arc<SimState>, req: SimRequest<'_>, body: &Bytes) -> Res
         Ok(offer) => offer.calls(dir.tools, dir.tool_result.is_some()),
         Err(m) => return error_response(400, &m),
     };
+    // Structured output: the text is JSON fitting the schema (the shape was checked on admission).
+    if let Ok(Some(schema)) = structured::format(body) {
+        dir.text = Some(structured::answer(&schema));
+    }
     let id = state.next_id();
     let message = generate::respond(req.model.as_deref(), &calls, &dir, body.len(), id);
     if dir.faults.active() {

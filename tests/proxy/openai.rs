@@ -347,6 +347,28 @@ async fn bad_requests_get_openai_errors_naming_the_field(mode: &str) {
             json!({"model":"gpt-4o","max_tokens":"lots","messages":[{"role":"user","content":"hi"}]}),
             None,
         ),
+        (
+            json!({"model":"claude-sonnet-5","response_format":{"type":"json_schema"},
+                "messages":[{"role":"user","content":"hi"}]}),
+            Some("response_format.json_schema"),
+        ),
+        (
+            json!({"model":"claude-sonnet-5","response_format":{"type":"yaml"},
+                "messages":[{"role":"user","content":"hi"}]}),
+            Some("response_format.type"),
+        ),
+        (
+            json!({"model":"claude-sonnet-5","response_format":{"type":"json_schema",
+                "json_schema":{"name":"person","schema":"object"}},
+                "messages":[{"role":"user","content":"hi"}]}),
+            Some("response_format.json_schema.schema"),
+        ),
+        (
+            json!({"model":"claude-3-7-sonnet-20250219","response_format":{"type":"json_schema",
+                "json_schema":{"name":"person","schema":[1]}},
+                "messages":[{"role":"user","content":"hi"}]}),
+            Some("response_format.json_schema.schema"),
+        ),
     ];
     for (body, param) in &cases {
         let resp = env
@@ -485,3 +507,119 @@ cases!(legacy_functions_get_function_call_answers {
     min: ("/min"),
     pt: ("/pt")
 });
+
+fn person_schema() -> Value {
+    json!({"type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+            "email": {"type": "string", "format": "email"}},
+        "required": ["name", "age", "email"], "additionalProperties": false})
+}
+
+fn structured_request(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Who is the contact?"}
+        ],
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "person", "schema": person_schema(), "strict": true}}
+    })
+}
+
+/// The answer's `message.content`, or the streamed content deltas joined.
+async fn answer_text(resp: reqwest::Response, stream: bool) -> String {
+    if stream {
+        let (chunks, done) = openai_chunks(&resp.text().await.unwrap());
+        assert!(done);
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    } else {
+        let v = json_of(resp).await;
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// A model with structured outputs: `output_config.format` upstream (the schema verbatim), no
+/// instruction in `system`, and the answer is JSON with the schema's required properties.
+async fn json_schema_goes_native_on_models_with_structured_outputs(mode: &str, stream: bool) {
+    let env = TestEnv::with_api_key().await;
+    let resp = env
+        .post(
+            &format!("{mode}/openai/v1/chat/completions"),
+            None,
+            &structured_request("claude-sonnet-5", stream),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "{mode}");
+    let text = answer_text(resp, stream).await;
+    let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    for key in ["name", "age", "email"] {
+        assert!(answer.get(key).is_some(), "{key} missing: {answer}");
+    }
+    assert!(answer["age"].is_i64(), "{answer}");
+    let sent = env.sim_state().last_request().unwrap().json();
+    assert_eq!(
+        sent["output_config"],
+        json!({"format": {"type": "json_schema", "schema": person_schema()}})
+    );
+    let system = serde_json::to_string(&sent["system"]).unwrap();
+    assert!(system.contains("Be brief."), "{system}");
+    assert!(!system.contains("json_schema"), "no instruction: {system}");
+    assert!(!system.contains("Respond with"), "no instruction: {system}");
+}
+
+cases!(json_schema_goes_native_on_models_with_structured_outputs {
+    full: ("", false),
+    full_stream: ("", true),
+    min: ("/min", false),
+    min_stream: ("/min", true)
+});
+
+/// A model without structured outputs (Claude 3.7 Sonnet): the schema becomes the system
+/// instruction, and nothing goes into `output_config`.
+#[tokio::test]
+async fn json_schema_falls_back_to_an_instruction_without_structured_outputs() {
+    let env = TestEnv::with_api_key().await;
+    let resp = env
+        .post(
+            "/openai/v1/chat/completions",
+            None,
+            &structured_request("claude-3-7-sonnet-20250219", false),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let sent = env.sim_state().last_request().unwrap().json();
+    assert_eq!(sent["model"], "claude-3-7-sonnet-20250219");
+    assert!(sent.get("output_config").is_none(), "{sent}");
+    // The system text: a string, or text blocks.
+    let system: String = match &sent["system"] {
+        Value::String(t) => t.clone(),
+        blocks => blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    assert!(system.contains("Be brief."), "{system}");
+    assert!(
+        system.contains("named \"person\"") && system.contains("<json_schema>"),
+        "{system}"
+    );
+    let embedded = &system
+        [system.find("<json_schema>\n").unwrap() + 14..system.find("\n</json_schema>").unwrap()];
+    assert_eq!(
+        serde_json::from_str::<Value>(embedded).unwrap(),
+        person_schema(),
+        "the schema is embedded verbatim"
+    );
+}

@@ -64,11 +64,12 @@ use crate::api::responses::{
     Content, ContentPart, CreateRequest, Input, InputItem, Str, TextFormat, Tool,
     ToolChoice as RToolChoice,
 };
-use crate::convert::models::{ModelCaps, ThinkingMode, model_caps};
+use crate::convert::models::model_caps;
 use crate::convert::request::{
-    ConvertOptions, RequestError, image_source, invalid, lacks_required_thinking, missing,
-    parse_data_url, parse_effort, parse_error, push_text, push_turn, response_format_instruction,
-    sampling, sanitize_id, thinking, tool_input, trim_prefill,
+    ConvertOptions, JsonSchema, RequestError, StructuredConfig, image_source, invalid,
+    lacks_required_thinking, missing, parse_data_url, parse_effort, parse_error, push_text,
+    push_turn, response_format_instruction, sampling, sanitize_id, schema_object, thinking,
+    tool_input, trim_prefill,
 };
 
 /// Looks stored items up by id (for `item_reference`). The store comes with the pipeline; a
@@ -522,7 +523,7 @@ struct Body<'b> {
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking: Option<Thinking>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    output_config: Option<OutputConfig<'b>>,
+    output_config: Option<StructuredConfig<'b>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Metadata<'b>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -535,25 +536,6 @@ impl Serialize for Ephemeral {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(1))?;
         m.serialize_entry("type", "ephemeral")?;
-        m.end()
-    }
-}
-
-#[derive(Serialize)]
-struct OutputConfig<'b> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    effort: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    format: Option<JsonSchema<'b>>,
-}
-
-struct JsonSchema<'b>(&'b RawValue);
-
-impl Serialize for JsonSchema<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("type", "json_schema")?;
-        m.serialize_entry("schema", self.0)?;
         m.end()
     }
 }
@@ -658,7 +640,7 @@ fn build<'b>(
         reasoning.and_then(|r| r.effort.as_deref()),
     )?;
     let caps = model_caps(model);
-    let native = structured_outputs(model, &caps);
+    let native = caps.structured_outputs;
     let mut tools = declared_tools(req, native, names)?;
     let mut conv = Conversation::of_request(req, items, decoded, names)?;
     let tool_choice = resolve_tool_choice(req, &mut tools, &conv.history_tools, names)?;
@@ -669,7 +651,7 @@ fn build<'b>(
     let format = text_format(req, native, &mut conv.system)?;
     let effort = effort_config.map(|c| c.effort);
     let output_config =
-        (effort.is_some() || format.is_some()).then_some(OutputConfig { effort, format });
+        (effort.is_some() || format.is_some()).then_some(StructuredConfig { effort, format });
     let custom_tools = custom_tool_names(&tools);
     Ok(Built {
         body: Body {
@@ -718,28 +700,6 @@ fn custom_tool_names(tools: &[ToolSpec<'_>]) -> Vec<String> {
         .filter(|t| matches!(t, ToolSpec::Custom { .. }))
         .map(|t| t.name().to_owned())
         .collect()
-}
-
-/// Whether the model takes native structured outputs (`output_config.format`, tools' `strict`):
-/// Claude 4.5 models, Opus 4.1, and every adaptive-thinking model (4.6 and newer).
-fn structured_outputs(model: &str, caps: &ModelCaps) -> bool {
-    if caps.thinking != ThinkingMode::Budget {
-        return true;
-    }
-    let Some(rest) = model.strip_prefix("claude-") else {
-        return false;
-    };
-    let mut parts = rest.split('-');
-    let family = parts.next().unwrap_or("");
-    if !matches!(family, "opus" | "sonnet" | "haiku") {
-        return false; // claude-3-…
-    }
-    let num = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok().filter(|_| s.len() <= 2));
-    let version = (
-        num(parts.next()).unwrap_or(0),
-        num(parts.next()).unwrap_or(0),
-    );
-    version >= (4, 5) || (family == "opus" && version >= (4, 1))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1080,7 +1040,7 @@ fn text_format<'b>(
     };
     let kind = f.kind.as_deref();
     if kind == Some("json_schema") {
-        let Some(schema) = f.schema.filter(|s| s.get() != "null") else {
+        let Some(schema) = schema_object(f.schema, "text.format.schema")? else {
             return Err(missing("text.format.schema"));
         };
         if native && f.strict == Some(true) {
@@ -1971,6 +1931,12 @@ mod tests {
         let e = err(req(
             "m",
             json!({"text": {"format": {"type": "json_schema", "name": "A"}}}),
+        ));
+        assert_eq!(e.param.as_deref(), Some("text.format.schema"));
+        // A schema that is not an object: the Chat converter's rule.
+        let e = err(req(
+            "m",
+            json!({"text": {"format": {"type": "json_schema", "name": "A", "schema": "object", "strict": true}}}),
         ));
         assert_eq!(e.param.as_deref(), Some("text.format.schema"));
         let e = err(req("m", json!({"text": {"format": {"type": "yaml"}}})));
