@@ -355,4 +355,7 @@ pub struct JsonSchemaFormat<'a> {
     pub description: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub schema: Option<&'a RawValue>,
+    /// The schema follows OpenAI's strict subset (what native structured outputs accept).
+    #[serde(default)]
+    pub strict: Option<bool>,
 }

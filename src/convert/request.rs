@@ -20,7 +20,7 @@
 //! | `max_completion_tokens` ∨ `max_tokens` ∨ default | `max_tokens` |
 //! | `stop` (string or array) | `stop_sequences` (empty strings dropped) |
 //! | `temperature`, `top_p` | same (nulls omitted; temperature clamped to Anthropic's 0..1) |
-//! | `response_format` `json_schema`, on models with structured outputs ([`ModelCaps::structured_outputs`]) | `output_config.format` (`{"type":"json_schema","schema":…}`) |
+//! | `response_format` `json_schema` with `strict: true`, on models with structured outputs ([`ModelCaps::structured_outputs`]) | `output_config.format` (`{"type":"json_schema","schema":…}`) |
 //! | other `response_format` (`json_object`, or any on older models) | an instruction appended to `system` ([`response_format_instruction`]) |
 //! | `reasoning_effort` | `thinking` (+ `output_config.effort`), see [`thinking`](#thinking) |
 //! | `user` (or `safety_identifier`) | `metadata.user_id` |
@@ -411,7 +411,12 @@ fn response_format<'b>(
             return Err(missing("response_format.json_schema"));
         };
         let schema = schema_object(js.schema, "response_format.json_schema.schema")?;
-        if native && let Some(schema) = schema {
+        // Native only for strict schemas (as the Responses converter): a non-strict schema may
+        // use what structured outputs refuse, and the instruction never fails.
+        if native
+            && js.strict == Some(true)
+            && let Some(schema) = schema
+        {
             return Ok(Some(JsonSchema(schema)));
         }
     }
@@ -2170,6 +2175,16 @@ mod tests {
             json!({"effort": "high", "format": {"type": "json_schema", "schema": schema}})
         );
         assert_eq!(v["thinking"], json!({"type": "adaptive"}));
+        // A schema not marked strict may use what structured outputs refuse: the instruction.
+        for strict in [json!(false), Value::Null] {
+            let v = conv(req(
+                "claude-sonnet-5",
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "person",
+                    "schema": schema, "strict": strict}}}),
+            ));
+            assert!(v.get("output_config").is_none(), "strict {strict}");
+            assert!(v["system"].as_str().unwrap().contains("named \"person\""));
+        }
         // json_object has no native form; a json_schema without a schema neither.
         let v = conv(req(
             "claude-sonnet-5",

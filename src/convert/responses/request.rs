@@ -1053,6 +1053,7 @@ fn text_format<'b>(
             name: f.name.clone(),
             description: f.description.clone(),
             schema: f.schema,
+            strict: f.strict,
         }),
     };
     let text = response_format_instruction(&rf).map_err(|e| match e.param.as_deref() {
