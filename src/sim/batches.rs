@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 
 use super::files::{PageQuery, admit_call, page, rfc3339};
 use super::generate::{self, Directives, SimRequest};
-use super::{Cred, SimError, SimState, check_auth, has_identity, record_request, sim_err};
+use super::{
+    Cred, SimError, SimState, bodyless, check_auth, has_identity, record_request, sim_err,
+};
 
 /// How many requests one batch may hold.
 const MAX_REQUESTS: usize = 100_000;
@@ -299,14 +301,7 @@ pub async fn one(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     let delete = parts.method == axum::http::Method::DELETE;
     let result = with_batch(&state, &parts.headers, &id, |all, seq| {
         let b = all.get(&seq).ok_or_else(missing)?;
@@ -334,14 +329,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     let result = with_batch(&state, &parts.headers, &id, |all, seq| {
         let b = all.get_mut(&seq).ok_or_else(missing)?;
         if b.status == Status::InProgress {
@@ -362,14 +350,7 @@ pub async fn results(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     let result = with_batch(&state, &parts.headers, &id, |all, seq| {
         let b = all.get(&seq).ok_or_else(missing)?;
         if b.status != Status::Ended {
@@ -407,14 +388,7 @@ pub async fn list(
     Query(q): Query<PageQuery>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     let result = admit_call(&state, &parts.headers).and_then(|()| {
         let now = crate::util::time::now_secs();
         let items: Vec<(String, Value)> = state

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{SimError, SimState, check_auth, record_request, sim_err};
+use super::{SimError, SimState, bodyless, check_auth, record_request, sim_err};
 
 /// The largest file the service accepts (500 MB).
 pub const MAX_FILE_BYTES: usize = 500 * 1000 * 1000;
@@ -204,14 +204,7 @@ pub async fn list(
     Query(q): Query<PageQuery>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     let result = admit_call(&state, &parts.headers).and_then(|()| {
         let items: Vec<(String, Value)> = state
             .files
@@ -250,14 +243,7 @@ pub async fn one(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     let (seq, file) = match lookup(&state, &parts.headers, &id) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -277,14 +263,7 @@ pub async fn content(
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     let file = match lookup(&state, &parts.headers, &id) {
         Ok((_, f)) => f,
         Err(e) => return e.into_response(),

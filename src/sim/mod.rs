@@ -393,6 +393,19 @@ fn check_auth(state: &SimState, headers: &HeaderMap) -> Result<Cred, SimError> {
     Err(sim_err(401, "x-api-key header is required"))
 }
 
+/// A request whose body the service ignores: recorded (without a body), its head returned.
+pub(crate) fn bodyless(state: &SimState, req: Request) -> axum::http::request::Parts {
+    let (parts, _) = req.into_parts();
+    record_request(
+        state,
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &Bytes::new(),
+    );
+    parts
+}
+
 fn record_request(
     state: &SimState,
     method: &Method,
@@ -743,14 +756,7 @@ pub const MODELS: &[(&str, &str)] = &[
 ];
 
 async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     if let Err(e) = check_auth(&state, &parts.headers) {
         return e.into_response();
     }

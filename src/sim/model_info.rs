@@ -2,25 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 
-use super::{MODELS, SimState, check_auth, record_request, sim_err};
+use super::{MODELS, SimState, bodyless, check_auth, sim_err};
 
 pub async fn retrieve(
     State(state): State<Arc<SimState>>,
     Path(id): Path<String>,
     req: Request,
 ) -> Response {
-    let (parts, _) = req.into_parts();
-    record_request(
-        &state,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        &Bytes::new(),
-    );
+    let parts = bodyless(&state, req);
     if let Err(e) = check_auth(&state, &parts.headers) {
         return e.into_response();
     }
