@@ -482,19 +482,13 @@ impl Pool {
         self.members.is_empty()
     }
 
-    /// The members that may serve (`mode`, `model`) in the order to try them: the
-    /// conversation's member first while it is available, then by the routing strategy.
+    /// The members that may serve (`mode`, `model`) in the order to try them (the routing
+    /// strategy; [`Pool::prefer_conversation`] then puts a conversation's member first).
     ///
     /// A request that only one member may serve always goes to it (the upstream's own answer
     /// is the truest), unless the plan-limits guard holds it back: benches exist to choose. The
     /// implicit pool acts on no bench but that guard either.
-    pub fn candidates(
-        &self,
-        mode: Mode,
-        model: Option<&str>,
-        conversation: Option<u64>,
-        now: u64,
-    ) -> Candidates {
+    pub fn candidates(&self, mode: Mode, model: Option<&str>, now: u64) -> Candidates {
         let mut out = Candidates::default();
         let eligible: Vec<&Arc<Member>> = self
             .members
@@ -513,14 +507,17 @@ impl Pool {
         }
         if out.ready.len() > 1 {
             self.order(&mut out.ready);
-            if let Some(name) = conversation.and_then(|k| self.affinity_of(k))
-                && let Some(i) = out.ready.iter().position(|m| *m.name == *name)
-            {
-                let m = out.ready.remove(i);
-                out.ready.insert(0, m);
-            }
         }
         out
+    }
+
+    /// Puts the member serving `conversation` first among `ready`, when it is there.
+    pub fn prefer_conversation(&self, ready: &mut [Arc<Member>], conversation: u64) {
+        if let Some(name) = self.affinity_of(conversation)
+            && let Some(i) = ready.iter().position(|m| *m.name == *name)
+        {
+            ready[..=i].rotate_right(1);
+        }
     }
 
     fn order(&self, ready: &mut [Arc<Member>]) {
@@ -739,37 +736,37 @@ mod tests {
     fn order_affinity_and_routing() {
         let pool = Pool::new(vec![key("a"), key("b"), key("c")], Routing::Priority);
         let names = |c: &Candidates| c.ready.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
-        let c = pool.candidates(Mode::Full, None, Some(7), 0);
-        assert_eq!(names(&c), ["a", "b", "c"]);
+        let with_affinity = |now| {
+            let mut c = pool.candidates(Mode::Full, None, now);
+            pool.prefer_conversation(&mut c.ready, 7);
+            c
+        };
+        assert_eq!(names(&with_affinity(0)), ["a", "b", "c"]);
         pool.remember(7, &pool.members()[1], 0);
+        assert_eq!(names(&with_affinity(0)), ["b", "a", "c"]);
+        pool.members()[2].cool_down(50, "429");
+        pool.remember(7, &pool.members()[2], 0);
         assert_eq!(
-            names(&pool.candidates(Mode::Full, None, Some(7), 0)),
-            ["b", "a", "c"]
+            names(&with_affinity(10)),
+            ["a", "b"],
+            "a benched member is not preferred"
         );
         pool.members()[1].cool_down(50, "429");
-        let c = pool.candidates(Mode::Full, None, Some(7), 10);
-        assert_eq!(names(&c), ["a", "c"]);
-        assert_eq!(c.benched.len(), 1);
+        let c = with_affinity(10);
+        assert_eq!(names(&c), ["a"]);
+        assert_eq!(c.benched.len(), 2);
         // Passthrough is not among their modes.
-        assert!(
-            pool.candidates(Mode::Passthrough, None, None, 0)
-                .ready
-                .is_empty()
-        );
+        assert!(pool.candidates(Mode::Passthrough, None, 0).ready.is_empty());
 
         let rr = Pool::new(vec![key("a"), key("b")], Routing::RoundRobin);
         let firsts: Vec<String> = (0..4)
-            .map(|_| {
-                rr.candidates(Mode::Full, None, None, 0).ready[0]
-                    .name
-                    .clone()
-            })
+            .map(|_| rr.candidates(Mode::Full, None, 0).ready[0].name.clone())
             .collect();
         assert_eq!(firsts, ["a", "b", "a", "b"]);
 
         let ll = Pool::new(vec![key("a"), key("b")], Routing::LeastLoaded);
         let _busy = ll.members()[0].start();
-        assert_eq!(ll.candidates(Mode::Full, None, None, 0).ready[0].name, "b");
+        assert_eq!(ll.candidates(Mode::Full, None, 0).ready[0].name, "b");
     }
 
     #[test]

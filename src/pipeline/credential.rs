@@ -117,12 +117,11 @@ pub fn plan(
         });
     }
     let now = crate::util::time::now_secs();
-    let first = members.candidates(mode, model, None, now);
-    let conversation = (first.ready.len() > 1).then(|| conversation_key(headers, body));
-    let pool = match conversation {
-        Some(key) => members.candidates(mode, model, Some(key), now),
-        None => first,
-    };
+    let mut pool = members.candidates(mode, model, now);
+    let conversation = (pool.ready.len() > 1).then(|| conversation_key(headers, body));
+    if let Some(key) = conversation {
+        members.prefer_conversation(&mut pool.ready, key);
+    }
     let (subs, keys): (Vec<_>, Vec<_>) = pool.ready.into_iter().partition(|m| m.is_oauth());
     let mut candidates: Vec<Candidate> = subs.into_iter().map(Candidate::Member).collect();
     if mode == Mode::Full

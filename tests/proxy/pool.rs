@@ -275,6 +275,8 @@ async fn a_conversation_keeps_its_credential() {
     let u = used(&env);
     let convo: Vec<&String> = u.iter().step_by(2).collect();
     assert!(convo.iter().all(|k| *k == convo[0]), "{u:?}");
+    // Round-robin gives the new conversations in between the other credential.
+    assert!(u.iter().skip(1).step_by(2).all(|k| k != convo[0]), "{u:?}");
     let first = convo[0].clone();
     // Its credential cools down: the conversation moves, and succeeds.
     env.sim_state().set_account(
