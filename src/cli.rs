@@ -35,6 +35,16 @@ pub enum Command {
     Status(StatusArgs),
     /// Client keys: one per client, with its own limits and budget.
     Keys(KeysArgs),
+    /// The model list the running server serves on /v1/models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch the model list from the upstream again now (through the running server, with its
+    /// credentials) and print it. Exits 1 when the upstream gave none.
+    Refresh(StatusArgs),
 }
 
 #[derive(Debug, Args)]

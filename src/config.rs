@@ -109,6 +109,7 @@ pub struct FileConfig {
     pub max_upload_bytes: Option<usize>,
     pub cli_version: Option<String>,
     pub default_max_tokens: Option<u32>,
+    pub models_cache_secs: Option<u64>,
     pub connect_timeout_secs: Option<u64>,
     pub upstream_timeout_secs: Option<u64>,
     pub log_format: Option<String>,
@@ -259,6 +260,8 @@ pub struct UpstreamSettings {
     pub cli_version: String,
     /// `max_tokens` for OpenAI requests that do not set one.
     pub default_max_tokens: u32,
+    /// How long the upstream's model list is served from the cache (`models_cache_secs`).
+    pub models_cache: Duration,
 }
 
 impl Default for UpstreamSettings {
@@ -270,6 +273,7 @@ impl Default for UpstreamSettings {
             stream_idle_timeout: Duration::from_secs(300),
             cli_version: DEFAULT_CLI_VERSION.to_owned(),
             default_max_tokens: 4096,
+            models_cache: Duration::from_secs(3600),
         }
     }
 }
@@ -627,6 +631,7 @@ impl UpstreamSettings {
             stream_idle_timeout: secs(file.stream_idle_timeout_secs, d.stream_idle_timeout),
             cli_version: file.cli_version.take().unwrap_or(d.cli_version),
             default_max_tokens: file.default_max_tokens.unwrap_or(d.default_max_tokens),
+            models_cache: secs(file.models_cache_secs, d.models_cache),
         })
     }
 }
@@ -972,6 +977,7 @@ impl UpstreamSettings {
             ),
             ("cli_version", quoted(&self.cli_version)),
             ("default_max_tokens", self.default_max_tokens.to_string()),
+            ("models_cache_secs", self.models_cache.as_secs().to_string()),
         ]
     }
 }
@@ -1134,6 +1140,10 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 
 # max_tokens for OpenAI requests that do not set one.
 # default_max_tokens = 4096
+
+# /v1/models and /openai/v1/models (full and minimal mode) serve the upstream's list from a cache
+# this long; `ccproxy models refresh` fetches it again now.
+# models_cache_secs = 3600
 
 # Seconds to wait for a TCP connection / for the upstream's response headers.
 # connect_timeout_secs = 10

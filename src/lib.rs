@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod model_catalog;
 pub mod observability;
 pub mod pipeline;
 pub mod response_store;

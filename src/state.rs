@@ -53,6 +53,8 @@ pub struct AppState {
     pub responses: Arc<ResponseStore>,
     /// Client keys (in memory, kept in sync with the usage database's `client_keys`).
     pub keys: Arc<ClientKeys>,
+    /// The upstream's model list, cached.
+    pub models: crate::model_catalog::ModelCatalog,
 }
 
 /// The credentials configuration implied by the settings.
@@ -101,7 +103,9 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         idle: settings.upstream.stream_idle_timeout,
         shutdown: shutdown_rx,
     };
+    let models = crate::model_catalog::ModelCatalog::new(settings.upstream.models_cache);
     Ok(AppState {
+        models,
         proxy_token: settings
             .server
             .auth_token

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod keys;
+pub mod models;
 pub mod status;
 pub mod usage;
 
@@ -50,6 +51,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             println!("wrote {}", path.display());
             Ok(0)
+        }
+        Some(Command::Models(crate::cli::ModelsCommand::Refresh(args))) => {
+            let settings = Settings::resolve(&args.serve)?;
+            models::refresh(&settings, args.format).await
         }
         Some(Command::Status(args)) => {
             let settings = Settings::resolve(&args.serve)?;

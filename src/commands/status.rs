@@ -10,32 +10,9 @@ use crate::config::Settings;
 
 /// Fetches `/health` from the server the settings describe and prints its pool.
 pub async fn run(settings: &Settings, format: ReportFormat) -> anyhow::Result<u8> {
-    let host = match settings.server.host.as_str() {
-        "0.0.0.0" => "127.0.0.1",
-        "::" => "::1",
-        h => h,
-    };
-    let url = if host.contains(':') {
-        format!("http://[{host}]:{}/health", settings.server.port)
-    } else {
-        format!("http://{host}:{}/health", settings.server.port)
-    };
-    let client = crate::http::client_builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()?;
-    let mut req = client.get(&url);
-    if let Some(t) = &settings.server.auth_token {
-        req = req.bearer_auth(t.expose());
-    }
-    let health: Value = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach ccproxy at {url}: is it running (ccproxy serve)?"))?
-        .error_for_status()
-        .with_context(|| format!("{url} refused the request"))?
-        .json()
-        .await
-        .with_context(|| format!("{url} did not answer with ccproxy's health JSON"))?;
+    let health = call_server(settings, reqwest::Method::GET, "/health")
+        .await?
+        .1;
     let creds = &health["credentials"];
     match format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(creds)?),
@@ -45,6 +22,44 @@ pub async fn run(settings: &Settings, format: ReportFormat) -> anyhow::Result<u8
         }
     }
     Ok(0)
+}
+
+/// Calls the running server the settings describe (the admin token as bearer, when one is set)
+/// and reads its JSON answer, with the response headers.
+pub async fn call_server(
+    settings: &Settings,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<(reqwest::header::HeaderMap, Value)> {
+    let host = match settings.server.host.as_str() {
+        "0.0.0.0" => "127.0.0.1",
+        "::" => "::1",
+        h => h,
+    };
+    let url = if host.contains(':') {
+        format!("http://[{host}]:{}{path}", settings.server.port)
+    } else {
+        format!("http://{host}:{}{path}", settings.server.port)
+    };
+    let client = crate::http::client_builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let mut req = client.request(method, &url);
+    if let Some(t) = &settings.server.auth_token {
+        req = req.bearer_auth(t.expose());
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach ccproxy at {url}: is it running (ccproxy serve)?"))?
+        .error_for_status()
+        .with_context(|| format!("{url} refused the request"))?;
+    let headers = resp.headers().clone();
+    let v = resp
+        .json()
+        .await
+        .with_context(|| format!("{url} did not answer with JSON"))?;
+    Ok((headers, v))
 }
 
 /// The pool as a table.
@@ -83,17 +98,24 @@ pub fn render(creds: &Value, now: u64, offset: i64) -> String {
             note.chars().take(80).collect(),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
     let mut out = format!(
         "routing: {}\n",
         creds["routing"].as_str().unwrap_or("priority")
     );
-    for r in &rows {
+    out.push_str(&columns(&rows));
+    out
+}
+
+/// Rows as left-aligned columns two spaces apart.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
         let cells: Vec<String> = r
             .iter()
             .zip(widths)

@@ -79,6 +79,8 @@ pub const RETIRED: &[(&str, &str)] = &[
 #[derive(Debug, Clone)]
 pub struct ModelAliases {
     map: BTreeMap<String, String>,
+    /// The names the configuration added or replaced (`[model_aliases]`).
+    configured: std::collections::BTreeSet<String>,
     fallback: String,
     haiku: String,
     opus: String,
@@ -100,6 +102,7 @@ impl ModelAliases {
                 .chain(RETIRED)
                 .map(|(a, m)| ((*a).to_owned(), (*m).to_owned()))
                 .collect(),
+            configured: Default::default(),
             fallback: DEFAULT_SONNET.to_owned(),
             haiku: DEFAULT_HAIKU.to_owned(),
             opus: DEFAULT_OPUS.to_owned(),
@@ -113,6 +116,7 @@ impl ModelAliases {
             if alias == "*" {
                 self.fallback = model;
             } else {
+                self.configured.insert(alias.clone());
                 self.map.insert(alias, model);
             }
         }
@@ -162,6 +166,15 @@ impl ModelAliases {
     /// Every alias and its target, sorted by alias (for `GET /openai/v1/models`).
     pub fn list(&self) -> impl Iterator<Item = (&str, &str)> {
         self.map.iter().map(|(a, m)| (a.as_str(), m.as_str()))
+    }
+
+    /// The entries the configuration added or replaced, and their targets (for the Anthropic
+    /// model list, which offers the configured names but not OpenAI's).
+    pub fn configured(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.configured
+            .iter()
+            .filter_map(|a| self.map.get_key_value(a))
+            .map(|(a, m)| (a.as_str(), m.as_str()))
     }
 
     /// The model used for names the table does not know.

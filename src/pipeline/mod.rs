@@ -169,8 +169,32 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     let first = plan.candidates.first().map_or("", |c| c.name());
     ctx.identified(p.model.clone(), p.stream, first);
 
+    // the model list: from the catalog while it is fresh, when a server credential would fetch
+    // it (the client's own key fetches its own list); else all of it in one page.
+    let catalog = p.conversion == Conversion::Models;
+    let server_credential = matches!(
+        plan.candidates.first(),
+        Some(credential::Candidate::Member(_))
+    );
+    if catalog
+        && server_credential
+        && let Some(models) = state.models.fresh()
+    {
+        ctx.completed();
+        return Ok(respond::model_list(
+            ctx.dialect,
+            &models,
+            &state.aliases,
+            crate::model_catalog::Source::Cache,
+        ));
+    }
+
     // send: one upstream request per credential tried (with the retries `send` allows).
-    let query = p.keep_query.then(|| parts.uri.query()).flatten();
+    let query = if catalog {
+        Some("limit=1000")
+    } else {
+        p.keep_query.then(|| parts.uri.query()).flatten()
+    };
     let has_body = !p.body.is_empty();
     let settings = &state.settings;
     let relay = ctx.route == Route::Relay;
@@ -189,7 +213,25 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     if let Some(e) = fault.as_ref().and_then(body::take_fault) {
         return Err(e);
     }
-    let (resp, chosen) = sent_result?;
+    let (resp, chosen) = match sent_result {
+        // No model list from the upstream: the last one fetched, or the built-in one.
+        Err(e)
+            if catalog
+                && matches!(
+                    e.kind,
+                    crate::error::ErrorKind::BadGateway | crate::error::ErrorKind::GatewayTimeout
+                ) =>
+        {
+            let shared = server_credential.then_some(&state.models);
+            return Ok(respond::models_fallback(
+                ctx,
+                shared,
+                &state.aliases,
+                &e.message(),
+            ));
+        }
+        r => r?,
+    };
     let guard = chosen
         .member
         .as_ref()
@@ -212,6 +254,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
         deadline: tokio::time::Instant::from_std(sent) + settings.upstream.timeout,
         sent,
         responses: &state.responses,
+        catalog: chosen.member.is_some().then_some(&state.models),
     };
     respond::respond(ctx, r, resp, p.conversion, p.meter).await
 }

@@ -60,7 +60,8 @@ pub enum Conversion {
     Responses(Box<ResponsesInfo>),
     /// Anthropic token count → `response.input_tokens`.
     InputTokens,
-    /// Anthropic model list → OpenAI model list (with the aliases).
+    /// The upstream's model list (or the cached or built-in one), merged with the aliases and
+    /// known limits, in the client's dialect (`model_catalog`).
     Models,
     /// Any other `/v1/*` path: the answer streamed as it comes (file downloads, batch results),
     /// whatever its type.
@@ -179,7 +180,8 @@ pub fn prepare(
             let path = "/v1/messages/count_tokens";
             messages(mode, method, path, body, Meter::None, opts.aliases)?
         }
-        (Route::Models, _) => Prepared::get("/v1/models", Conversion::None),
+        (Route::Models, Mode::Passthrough) => Prepared::get("/v1/models", Conversion::None),
+        (Route::Models, _) => Prepared::get("/v1/models", Conversion::Models),
         // Any other /v1/* path: the mode prefix comes off; the body is the client's.
         (Route::Relay, _) => relay(mode, method, client_path, body, opts)?,
         (Route::ChatCompletions, Mode::Passthrough) => {
@@ -621,7 +623,7 @@ mod tests {
             case(Messages, Minimal, M::POST, "/min/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, sonnet, true, "none", true),
             case(Messages, Passthrough, M::POST, "/pt/v1/messages", MSG, (M::POST, "/v1/messages"), Meter::Anthropic, true, None, false, "none", true),
             case(CountTokens, Minimal, M::POST, "/min/v1/messages/count_tokens", MSG, (M::POST, "/v1/messages/count_tokens"), Meter::None, true, sonnet, true, "none", true),
-            case(Models, Full, M::GET, "/v1/models", "", (M::GET, "/v1/models"), Meter::None, true, None, false, "none", true),
+            case(Models, Full, M::GET, "/v1/models", "", (M::GET, "/v1/models"), Meter::None, false, None, false, "models", true),
             case(Relay, Passthrough, M::DELETE, "/pt/v1/files/f_1", "", (M::DELETE, "/v1/files/f_1"), Meter::None, true, None, false, "relay", true),
             case(Relay, Full, M::GET, "/v1/files/f_1/content", "", (M::GET, "/v1/files/f_1/content"), Meter::None, true, None, false, "relay", true),
             case(Relay, Full, M::GET, "/full/v1/models/claude-opus-4-8", "", (M::GET, "/v1/models/claude-opus-4-8"), Meter::None, true, None, false, "relay", true),

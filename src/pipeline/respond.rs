@@ -17,6 +17,7 @@ use crate::convert;
 use crate::convert::models::ModelAliases;
 use crate::convert::responses::ResponsesStreamConverter;
 use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::model_catalog::{self, ModelCatalog, Source};
 use crate::observability::InFlight;
 use crate::observability::tap::Tap;
 use crate::response_store::ResponseStore;
@@ -33,6 +34,9 @@ pub struct Respond<'a> {
     pub sent: std::time::Instant,
     /// Where Responses answers are stored.
     pub responses: &'a Arc<ResponseStore>,
+    /// Where a model list fetched with one of the server's credentials is kept (`None`: the
+    /// client's own credential fetched it, and it is not shared).
+    pub catalog: Option<&'a ModelCatalog>,
 }
 
 pub async fn respond(
@@ -366,8 +370,10 @@ async fn input_tokens(
     ))
 }
 
-/// `/openai/v1/models` in full and minimal modes: the upstream's models in
-/// OpenAI's list shape, plus the configured aliases.
+/// `/v1/models` and `/openai/v1/models` in full and minimal modes: the upstream's list (kept in
+/// the catalog when a server credential fetched it), merged with the aliases and known limits,
+/// in the client's dialect. When the upstream fails (unreadable, 5xx, 429), the catalog's last
+/// list or the built-in one; a refusal of the credential (other 4xx) is the answer.
 async fn models(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
@@ -375,14 +381,85 @@ async fn models(
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
-    let body = read_whole(ctx, r, resp).await?;
+    let body = match read_whole(ctx, r, resp).await {
+        Ok(body) => body,
+        Err(e) => return Ok(models_fallback(ctx, r.catalog, r.aliases, &e.message())),
+    };
     ctx.completed();
-    if !status.is_success() {
-        return Ok(upstream_error(status, &upstream_headers, &body));
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+        return Ok(upstream_error_in(
+            ctx.dialect,
+            status,
+            &upstream_headers,
+            &body,
+        ));
     }
-    let list =
-        convert::model_list::models_to_openai(&body, r.aliases, crate::util::time::now_secs());
-    Ok(json_response(StatusCode::OK, &upstream_headers, list))
+    match convert::model_list::parse_page(&body).filter(|_| status.is_success()) {
+        Some((models, _, _)) => {
+            let models = match r.catalog {
+                Some(c) => c.store(models),
+                None => Arc::new(models),
+            };
+            Ok(model_list(
+                ctx.dialect,
+                &models,
+                r.aliases,
+                Source::Upstream,
+            ))
+        }
+        None => Ok(models_fallback(
+            ctx,
+            r.catalog,
+            r.aliases,
+            &format!("the upstream answered {status} without a model list"),
+        )),
+    }
+}
+
+/// The model list the catalog can give when the upstream gave none (`why`, logged).
+pub fn models_fallback(
+    ctx: &mut RequestCtx,
+    catalog: Option<&ModelCatalog>,
+    aliases: &ModelAliases,
+    why: &str,
+) -> Response {
+    let (models, source) = match catalog {
+        Some(c) => c.fallback(),
+        None => (Arc::new(convert::model_list::built_in()), Source::BuiltIn),
+    };
+    tracing::warn!(
+        request_id = %ctx.request_id,
+        source = source.as_str(),
+        "model list not fetched from the upstream ({why}); serving the {} list",
+        source.as_str()
+    );
+    ctx.completed();
+    model_list(ctx.dialect, &models, aliases, source)
+}
+
+/// A model list in `dialect`'s shape, saying where it came from.
+pub fn model_list(
+    dialect: Dialect,
+    models: &[serde_json::Value],
+    aliases: &ModelAliases,
+    source: Source,
+) -> Response {
+    let body = match dialect {
+        Dialect::OpenAi => {
+            convert::model_list::openai_list(models, aliases, crate::util::time::now_secs())
+        }
+        Dialect::Anthropic => convert::model_list::anthropic_list(models, aliases),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        model_catalog::SOURCE_HEADER,
+        HeaderValue::from_static(source.as_str()),
+    );
+    response(StatusCode::OK, headers, Body::from(body))
 }
 
 /// Reads a whole (non-streaming) upstream body. A connection that breaks
@@ -412,8 +489,19 @@ async fn read_whole(
 /// An upstream error answer on an OpenAI route: the OpenAI envelope, with the
 /// upstream's request id, `retry-after` and rate-limit headers.
 fn upstream_error(status: StatusCode, upstream_headers: &HeaderMap, body: &[u8]) -> Response {
+    upstream_error_in(Dialect::OpenAi, status, upstream_headers, body)
+}
+
+/// An upstream error answer in `dialect`'s envelope, with the upstream's request id,
+/// `retry-after` and rate-limit headers.
+fn upstream_error_in(
+    dialect: Dialect,
+    status: StatusCode,
+    upstream_headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let e = ProxyError::from_upstream_response(status.as_u16(), body);
-    let mut resp = e.into_response(Dialect::OpenAi);
+    let mut resp = e.into_response(dialect);
     copy_upstream_headers(upstream_headers, resp.headers_mut());
     resp
 }

@@ -161,6 +161,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/keys/{name}/rotate",
             post(api_keys_rotate).fallback(ops_405),
+        )
+        .route(
+            "/api/models/refresh",
+            post(api_models_refresh).fallback(ops_405),
         );
     for (path, mode, entry) in routes::table() {
         r = r.route(&path, endpoint(mode, entry.route, entry.verb));
@@ -519,6 +523,27 @@ async fn keys_page(State(state): State<Arc<AppState>>, req: Request) -> Response
         return e.into_response(Dialect::Anthropic);
     }
     dashboard::keys_page()
+}
+
+/// `POST /api/models/refresh` (`ccproxy models refresh`): fetches the upstream's model list
+/// again now, with the server's credentials (full mode's, else minimal mode's), and answers it in
+/// the Anthropic shape with its `x-ccproxy-models-source`.
+async fn api_models_refresh(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Err(e) = ops_access(&state, &req) {
+        return e.into_response(Dialect::Anthropic);
+    }
+    state.models.invalidate();
+    let pool = state.pool.get();
+    let mode = if pool.members().iter().any(|m| m.serves(Mode::Full, None)) {
+        Mode::Full
+    } else {
+        Mode::Minimal
+    };
+    let (mut parts, _) = req.into_parts();
+    parts.method = axum::http::Method::GET;
+    parts.uri = axum::http::Uri::from_static("/v1/models");
+    let req = Request::from_parts(parts, axum::body::Body::empty());
+    crate::pipeline::handle(state, mode, routes::Route::Models, req).await
 }
 
 async fn api_usage(

@@ -134,6 +134,8 @@ pub struct SimState {
     pub files: files::Files,
     /// Message batches (see [`batches`]).
     pub batches: batches::Batches,
+    /// When not 0, `GET /v1/models` answers this status (an outage of the Models API).
+    pub models_status: std::sync::atomic::AtomicU16,
 }
 
 const RECORD_LIMIT: usize = 256;
@@ -747,30 +749,80 @@ async fn count_tokens(State(state): State<Arc<SimState>>, req: Request) -> Respo
 }
 
 /// Models the simulated upstream lists.
-pub const MODELS: &[(&str, &str)] = &[
-    ("claude-sonnet-5", "Claude Sonnet 5"),
-    ("claude-opus-4-8", "Claude Opus 4.8"),
-    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"),
-    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
-    ("claude-opus-4-1-20250805", "Claude Opus 4.1"),
+/// The service's models: id, display name, context window, largest `max_tokens`.
+pub const MODELS: &[(&str, &str, u64, u64)] = &[
+    ("claude-sonnet-5", "Claude Sonnet 5", 1_000_000, 128_000),
+    ("claude-opus-4-8", "Claude Opus 4.8", 1_000_000, 128_000),
+    (
+        "claude-haiku-4-5-20251001",
+        "Claude Haiku 4.5",
+        200_000,
+        64_000,
+    ),
+    (
+        "claude-sonnet-4-5-20250929",
+        "Claude Sonnet 4.5",
+        200_000,
+        64_000,
+    ),
+    (
+        "claude-opus-4-1-20250805",
+        "Claude Opus 4.1",
+        200_000,
+        32_000,
+    ),
 ];
 
+/// One model object, as the Models API describes it.
+pub(crate) fn model_object(m: &(&str, &str, u64, u64)) -> serde_json::Value {
+    let (id, name, input, output) = *m;
+    let yes = serde_json::json!({"supported": true});
+    serde_json::json!({
+        "type": "model", "id": id, "display_name": name, "created_at": "2025-09-29T00:00:00Z",
+        "max_input_tokens": input, "max_tokens": output,
+        "capabilities": {"batch": yes, "citations": yes, "image_input": yes, "pdf_input": yes,
+            "structured_outputs": {"supported": !id.starts_with("claude-3")}}
+    })
+}
+
+/// `GET /v1/models`: pages of `limit` (1–1000, default 20) after `after_id` / before
+/// `before_id`; `models_status` (when set) is the answer's status instead.
 async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {
     let parts = bodyless(&state, req);
     if let Err(e) = check_auth(&state, &parts.headers) {
         return e.into_response();
     }
-    let data: Vec<_> = MODELS
-        .iter()
-        .map(|(id, name)| {
-            serde_json::json!({"type":"model","id":id,"display_name":name,"created_at":"2025-09-29T00:00:00Z"})
-        })
-        .collect();
-    let first = MODELS.first().map(|m| m.0);
-    let last = MODELS.last().map(|m| m.0);
-    axum::Json(
-        serde_json::json!({"data": data, "has_more": false, "first_id": first, "last_id": last}),
-    )
+    let forced = state.models_status.load(Ordering::Relaxed);
+    if forced != 0 {
+        return sim_err(forced, "models are unavailable").into_response();
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let limit = match param("limit").map(|l| l.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => {
+            return sim_err(400, "limit: Input should be between 1 and 1000").into_response();
+        }
+    };
+    let position = |id: Option<String>| id.and_then(|id| MODELS.iter().position(|m| m.0 == id));
+    let (from, to) = match (position(param("after_id")), position(param("before_id"))) {
+        (Some(a), _) => (a + 1, (a + 1 + limit).min(MODELS.len())),
+        (None, Some(b)) => (b.saturating_sub(limit), b),
+        (None, None) => (0, limit.min(MODELS.len())),
+    };
+    let page = &MODELS[from..to];
+    let data: Vec<_> = page.iter().map(model_object).collect();
+    axum::Json(serde_json::json!({
+        "data": data, "has_more": to < MODELS.len(),
+        "first_id": page.first().map(|m| m.0), "last_id": page.last().map(|m| m.0)
+    }))
     .into_response()
 }
 

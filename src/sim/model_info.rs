@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 
-use super::{MODELS, SimState, bodyless, check_auth, sim_err};
+use super::{MODELS, SimState, bodyless, check_auth, model_object, sim_err};
 
 pub async fn retrieve(
     State(state): State<Arc<SimState>>,
@@ -16,12 +16,8 @@ pub async fn retrieve(
     if let Err(e) = check_auth(&state, &parts.headers) {
         return e.into_response();
     }
-    match MODELS.iter().find(|(m, _)| *m == id) {
-        Some((m, name)) => axum::Json(serde_json::json!({
-            "type": "model", "id": m, "display_name": name,
-            "created_at": "2025-09-29T00:00:00Z"
-        }))
-        .into_response(),
+    match MODELS.iter().find(|m| m.0 == id) {
+        Some(m) => axum::Json(model_object(m)).into_response(),
         None => sim_err(404, &format!("model: {id}")).into_response(),
     }
 }

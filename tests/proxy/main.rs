@@ -15,6 +15,7 @@ mod fixture_replay;
 mod fuzz;
 mod hardening;
 mod keys;
+mod models;
 mod oauth;
 mod observability;
 mod openai;
