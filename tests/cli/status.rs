@@ -1,7 +1,7 @@
 //! Several upstream credentials from the configuration file, through the built binary: the
 //! `[[credentials]]` tables (an inline key and one from the environment), failover when the
 //! first is rate-limited at a standalone simulated upstream, and what `ccproxy status`,
-//! `config show` and `usage --by credential` then say (never a secret).
+//! `ccproxy models refresh`, `config show` and `usage --by credential` then say (never a secret).
 
 use std::process::Stdio;
 
@@ -114,6 +114,34 @@ modes = ["full", "min"]
         serde_json::json!(["full", "minimal"])
     );
 
+    // `ccproxy models refresh`: the server fetches the list with its pool (the first key is
+    // rate-limited, the team key answers) and the table shows the upstream's limits.
+    let mut refresh = cmd(dir.path());
+    refresh
+        .args([
+            "models",
+            "refresh",
+            "--config",
+            config.to_str().unwrap(),
+            "--port",
+            &proxy_port.to_string(),
+        ])
+        .stdin(Stdio::null());
+    let (ok, models) = run(&mut refresh);
+    assert!(ok, "{models}");
+    assert!(
+        models.starts_with("5 models from the upstream\n"),
+        "{models}"
+    );
+    let sonnet = models
+        .lines()
+        .find(|l| l.starts_with("claude-sonnet-5 "))
+        .unwrap_or_else(|| panic!("{models}"));
+    assert!(
+        sonnet.contains("1000000") && sonnet.contains("128000"),
+        "{models}"
+    );
+
     let mut show = cmd(dir.path());
     show.env("TEAM_ANTHROPIC_KEY", KEY_B).args([
         "config",
@@ -149,9 +177,10 @@ modes = ["full", "min"]
     let groups = v["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 1, "{report}");
     assert_eq!(groups[0]["key"], "team", "{report}");
-    assert_eq!(groups[0]["requests"], 2, "{report}");
+    // Two messages and the model list.
+    assert_eq!(groups[0]["requests"], 3, "{report}");
 
-    for out in [&table, &json, &shown, &report] {
+    for out in [&table, &json, &shown, &report, &models] {
         assert!(!out.contains(KEY_A) && !out.contains(KEY_B), "{out}");
     }
 }
