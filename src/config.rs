@@ -110,6 +110,7 @@ pub struct FileConfig {
     pub cli_version: Option<String>,
     pub default_max_tokens: Option<u32>,
     pub models_cache_secs: Option<u64>,
+    pub openai_prompt_caching: Option<bool>,
     pub connect_timeout_secs: Option<u64>,
     pub upstream_timeout_secs: Option<u64>,
     pub log_format: Option<String>,
@@ -262,6 +263,8 @@ pub struct UpstreamSettings {
     pub default_max_tokens: u32,
     /// How long the upstream's model list is served from the cache (`models_cache_secs`).
     pub models_cache: Duration,
+    /// Automatic prompt caching for OpenAI-dialect requests (`openai_prompt_caching`).
+    pub openai_prompt_caching: bool,
 }
 
 impl Default for UpstreamSettings {
@@ -274,6 +277,7 @@ impl Default for UpstreamSettings {
             cli_version: DEFAULT_CLI_VERSION.to_owned(),
             default_max_tokens: 4096,
             models_cache: Duration::from_secs(3600),
+            openai_prompt_caching: true,
         }
     }
 }
@@ -632,6 +636,9 @@ impl UpstreamSettings {
             cli_version: file.cli_version.take().unwrap_or(d.cli_version),
             default_max_tokens: file.default_max_tokens.unwrap_or(d.default_max_tokens),
             models_cache: secs(file.models_cache_secs, d.models_cache),
+            openai_prompt_caching: file
+                .openai_prompt_caching
+                .unwrap_or(d.openai_prompt_caching),
         })
     }
 }
@@ -978,6 +985,10 @@ impl UpstreamSettings {
             ("cli_version", quoted(&self.cli_version)),
             ("default_max_tokens", self.default_max_tokens.to_string()),
             ("models_cache_secs", self.models_cache.as_secs().to_string()),
+            (
+                "openai_prompt_caching",
+                self.openai_prompt_caching.to_string(),
+            ),
         ]
     }
 }
@@ -1140,6 +1151,10 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 
 # max_tokens for OpenAI requests that do not set one.
 # default_max_tokens = 4096
+
+# OpenAI clients cannot place cache breakpoints: their converted requests ask for automatic
+# prompt caching (a top-level cache_control) unless they carry their own cache_control.
+# openai_prompt_caching = true
 
 # /v1/models and /openai/v1/models (full and minimal mode) serve the upstream's list from a cache
 # this long; `ccproxy models refresh` fetches it again now.

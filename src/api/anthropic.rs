@@ -118,6 +118,27 @@ pub struct MessagesRequest<'b> {
     pub output_config: Option<OutputConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata<'b>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<AutoCache>,
+}
+
+/// A top-level `cache_control` (automatic prompt caching: the breakpoint sits on the last
+/// cacheable block and moves forward with the conversation): `{"type":"ephemeral"}`, with
+/// `"ttl":"1h"` for the longer lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoCache {
+    pub one_hour: bool,
+}
+
+impl Serialize for AutoCache {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1 + usize::from(self.one_hour)))?;
+        m.serialize_entry("type", "ephemeral")?;
+        if self.one_hour {
+            m.serialize_entry("ttl", "1h")?;
+        }
+        m.end()
+    }
 }
 
 pub struct System<'b>(pub Vec<Block<'b>>);

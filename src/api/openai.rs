@@ -63,6 +63,9 @@ pub struct ChatCompletionRequest<'a> {
     /// Newer replacement of `user`.
     #[serde(borrow, default)]
     pub safety_identifier: Option<Str<'a>>,
+    /// `in-memory` | `24h`: how long OpenAI keeps the cached prefix.
+    #[serde(borrow, default)]
+    pub prompt_cache_retention: Option<Str<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -66,6 +66,9 @@ pub struct CreateRequest<'a> {
     pub safety_identifier: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub prompt_cache_key: Option<Str<'a>>,
+    /// `in-memory` | `24h`: how long OpenAI keeps the cached prefix.
+    #[serde(borrow, default)]
+    pub prompt_cache_retention: Option<Str<'a>>,
     /// `auto` | `disabled`.
     #[serde(borrow, default)]
     pub truncation: Option<Str<'a>>,

@@ -86,6 +86,26 @@ pub struct ConvertOptions<'a> {
     /// `max_tokens` when the client sends neither `max_completion_tokens` nor `max_tokens`.
     pub default_max_tokens: u32,
     pub aliases: &'a ModelAliases,
+    /// Automatic prompt caching ([`auto_cache`]; `openai_prompt_caching`).
+    pub auto_cache: bool,
+}
+
+/// The top-level `cache_control` an OpenAI-dialect request gets: OpenAI clients cannot place
+/// breakpoints, and OpenAI caches long prefixes by itself, so ccproxy asks for automatic caching
+/// (prefixes under the model's minimum, about 1024 tokens, are neither cached nor charged) —
+/// unless it is turned off, or the client placed its own `cache_control` somewhere (the
+/// converters keep those, and the client is then managing its cache). `prompt_cache_retention:
+/// "24h"` asks for the 1-hour lifetime, the longest there is.
+pub(crate) fn auto_cache(
+    body: &[u8],
+    opts: &ConvertOptions<'_>,
+    retention: Option<&str>,
+) -> Option<crate::api::anthropic::AutoCache> {
+    (opts.auto_cache && memchr::memmem::find(body, b"\"cache_control\"").is_none()).then(|| {
+        crate::api::anthropic::AutoCache {
+            one_hour: retention == Some("24h"),
+        }
+    })
 }
 
 /// A converted request, ready to send upstream.
@@ -190,6 +210,7 @@ pub fn chat_to_messages(
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
     let (mut out, format) = build(&req, upstream_model, stream, opts.default_max_tokens)?;
+    out.cache_control = auto_cache(body, opts, req.prompt_cache_retention.as_deref());
     let mut body_out = Vec::with_capacity(body.len() + 256);
     let written = match format {
         None => serde_json::to_writer(&mut body_out, &out),
@@ -391,6 +412,7 @@ fn build<'b>(
         metadata: user_id
             .filter(|u| !u.is_empty())
             .map(|u| Metadata { user_id: u }),
+        cache_control: None,
     };
     Ok((out, format))
 }
@@ -1363,6 +1385,7 @@ mod tests {
         ConvertOptions {
             default_max_tokens: 4096,
             aliases: aliases(),
+            auto_cache: false,
         }
     }
 
@@ -2447,6 +2470,39 @@ mod tests {
         assert_eq!(
             v["messages"][1],
             json!({"role": "assistant", "content": "I can't."})
+        );
+    }
+
+    #[test]
+    fn automatic_prompt_caching_unless_the_client_placed_breakpoints() {
+        let cached = ConvertOptions {
+            auto_cache: true,
+            ..opts()
+        };
+        let conv_with = |v: Value, o: &ConvertOptions<'_>| -> Value {
+            let c = chat_to_messages(&serde_json::to_vec(&v).unwrap(), o).unwrap();
+            serde_json::from_slice(&c.body).unwrap()
+        };
+        let plain = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(
+            conv_with(plain.clone(), &cached)["cache_control"],
+            json!({"type": "ephemeral"})
+        );
+        let mut day = plain.clone();
+        day["prompt_cache_retention"] = json!("24h");
+        assert_eq!(
+            conv_with(day, &cached)["cache_control"],
+            json!({"type": "ephemeral", "ttl": "1h"})
+        );
+        assert!(conv_with(plain, &opts()).get("cache_control").is_none());
+        // The client's own breakpoint: kept, and no automatic one beside it.
+        let own = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "doc", "cache_control": {"type": "ephemeral"}}]}]});
+        let v = conv_with(own, &cached);
+        assert!(v.get("cache_control").is_none(), "{v}");
+        assert_eq!(
+            v["messages"][0]["content"][0]["cache_control"],
+            json!({"type": "ephemeral"})
         );
     }
 

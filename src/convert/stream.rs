@@ -930,6 +930,7 @@ mod tests {
             &ConvertOptions {
                 default_max_tokens: 4096,
                 aliases: &aliases,
+                auto_cache: true,
             },
         )
         .unwrap();

@@ -119,6 +119,7 @@ async fn run(state: &AppState, ctx: &mut RequestCtx, req: Request) -> Result<Res
     // prepare the upstream request by route and mode.
     let opts = PrepareOptions {
         default_max_tokens: state.settings.upstream.default_max_tokens,
+        auto_cache: state.settings.upstream.openai_prompt_caching,
         aliases: &state.aliases,
         stored: &stored,
         host: parts

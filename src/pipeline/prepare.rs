@@ -22,6 +22,8 @@ pub struct PrepareOptions<'a> {
     /// `max_tokens` for converted requests that set none.
     pub default_max_tokens: u32,
     pub aliases: &'a ModelAliases,
+    /// Automatic prompt caching for OpenAI-dialect requests (`openai_prompt_caching`).
+    pub auto_cache: bool,
     /// For the Responses routes: what the store holds for this request.
     pub stored: &'a StoredItems,
     /// The client's `Host` (for links in answers that must lead back to the proxy).
@@ -340,6 +342,7 @@ fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, Prox
     let convert_opts = convert::request::ConvertOptions {
         default_max_tokens: opts.default_max_tokens,
         aliases: opts.aliases,
+        auto_cache: opts.auto_cache,
     };
     let converted = convert::request::chat_to_messages(body, &convert_opts)?;
     let out = if mode == Mode::Full {
@@ -447,6 +450,7 @@ fn convert_responses(
     let convert_opts = convert::request::ConvertOptions {
         default_max_tokens: opts.default_max_tokens,
         aliases: opts.aliases,
+        auto_cache: opts.auto_cache,
     };
     let now = crate::util::time::now_secs();
     let stored = opts.stored;
@@ -571,6 +575,7 @@ mod tests {
         let stored = StoredItems::default();
         let opts = PrepareOptions {
             default_max_tokens: 4096,
+            auto_cache: false,
             aliases: &aliases,
             stored: &stored,
             host: Some("proxy.test"),
@@ -771,6 +776,7 @@ mod tests {
         let stored = StoredItems::default();
         let opts = PrepareOptions {
             default_max_tokens: 4096,
+            auto_cache: false,
             aliases: &aliases,
             stored: &stored,
             host: Some("proxy.test"),
@@ -808,6 +814,7 @@ mod tests {
         let aliases = ModelAliases::with_defaults();
         let opts = PrepareOptions {
             default_max_tokens: 4096,
+            auto_cache: false,
             aliases: &aliases,
             stored,
             host: None,

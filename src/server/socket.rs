@@ -266,6 +266,7 @@ impl Session {
         let opts = crate::convert::request::ConvertOptions {
             default_max_tokens: self.state.settings.upstream.default_max_tokens,
             aliases: &self.state.aliases,
+            auto_cache: self.state.settings.upstream.openai_prompt_caching,
         };
         let now = crate::util::time::now_secs();
         let checked = r::responses_to_messages(body, prior, &r::NoStore, &opts, now)

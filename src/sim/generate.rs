@@ -157,6 +157,8 @@ pub struct SimMessage2 {
     pub blocks: Vec<Block>,
     pub stop_reason: String,
     pub tokens: Tokens,
+    /// The part of `tokens.cache_write` written with the 1-hour TTL.
+    pub cache_write_1h: u64,
     /// How many text deltas a streamed text block is cut into.
     pub deltas: usize,
 }
@@ -296,6 +298,7 @@ pub fn respond(
             cache_read,
             cache_write: cache_creation,
         },
+        cache_write_1h: 0,
         deltas,
     }
 }
@@ -312,13 +315,24 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 impl SimMessage2 {
+    /// Takes the prompt cache's reads and writes out of the input tokens.
+    pub fn cached(&mut self, u: super::cache::CacheUse) {
+        let t = &mut self.tokens;
+        let write = u.write_5m + u.write_1h;
+        t.input = t.input.saturating_sub(u.read + write);
+        t.cache_read = u.read;
+        t.cache_write = write;
+        self.cache_write_1h = u.write_1h;
+    }
+
     fn usage(&self, output_tokens: u64) -> Value {
         let t = &self.tokens;
         json!({
             "input_tokens": t.input,
             "cache_creation_input_tokens": t.cache_write,
             "cache_read_input_tokens": t.cache_read,
-            "cache_creation": {"ephemeral_5m_input_tokens": t.cache_write, "ephemeral_1h_input_tokens": 0},
+            "cache_creation": {"ephemeral_5m_input_tokens": t.cache_write - self.cache_write_1h,
+                               "ephemeral_1h_input_tokens": self.cache_write_1h},
             "output_tokens": output_tokens,
             "service_tier": "standard",
         })

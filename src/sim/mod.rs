@@ -38,6 +38,7 @@
 pub mod accounts;
 pub mod agent;
 pub mod batches;
+pub mod cache;
 pub mod faults;
 pub mod files;
 pub mod generate;
@@ -134,6 +135,8 @@ pub struct SimState {
     pub files: files::Files,
     /// Message batches (see [`batches`]).
     pub batches: batches::Batches,
+    /// The prompt cache (see [`cache`]).
+    pub prompt_cache: cache::PromptCache,
     /// When not 0, `GET /v1/models` answers this status (an outage of the Models API).
     pub models_status: std::sync::atomic::AtomicU16,
 }
@@ -578,14 +581,29 @@ async fn messages(State(state): State<Arc<SimState>>, req: Request) -> Response 
     let (refusal, extra) = accounts::check(&state, &parts.headers);
     let mut resp = match refusal {
         Some(r) => r,
-        None => answer(&state, req, &body).await,
+        None => answer(&state, req, &body, &account_of(&parts.headers)).await,
     };
     resp.headers_mut().extend(extra);
     resp
 }
 
+/// The credential a request carries (the prompt cache is per account).
+fn account_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-api-key")
+        .or_else(|| headers.get(header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// A Messages answer, as the request's directives ask.
-async fn answer(state: &Arc<SimState>, req: SimRequest<'_>, body: &Bytes) -> Response {
+async fn answer(
+    state: &Arc<SimState>,
+    req: SimRequest<'_>,
+    body: &Bytes,
+    account: &str,
+) -> Response {
     let state = state.clone();
     let dir = Directives::from_request(&req);
     if dir.delay_ms > 0 {
@@ -635,7 +653,16 @@ async fn answer(state: &Arc<SimState>, req: SimRequest<'_>, body: &Bytes) -> Res
         dir.text = Some(structured::answer(&schema));
     }
     let id = state.next_id();
-    let message = generate::respond(req.model.as_deref(), &calls, &dir, body.len(), id);
+    let mut message = generate::respond(req.model.as_deref(), &calls, &dir, body.len(), id);
+    if !dir.cache
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(u) =
+            state
+                .prompt_cache
+                .apply(account, &v, message.tokens.input, std::time::Instant::now())
+    {
+        message.cached(u);
+    }
     if dir.faults.active() {
         return if req.stream.unwrap_or(false) {
             let events = generate::sse_events(&message, &dir);

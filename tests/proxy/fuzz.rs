@@ -570,6 +570,7 @@ fn opts() -> convert::ConvertOptions<'static> {
     convert::ConvertOptions {
         default_max_tokens: 4096,
         aliases: aliases(),
+        auto_cache: true,
     }
 }
 

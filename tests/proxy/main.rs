@@ -9,6 +9,7 @@ mod support;
 
 mod anthropic;
 mod api2026;
+mod caching;
 mod connections;
 mod faults;
 mod fixture_replay;

@@ -144,7 +144,7 @@ pub fn responses_to_messages(
     let decoded = decode_reasoning_items(&items);
     let names = Namespaces::of(&req, &items);
 
-    let built = build(
+    let mut built = build(
         &req,
         &items,
         &decoded,
@@ -152,6 +152,8 @@ pub fn responses_to_messages(
         upstream_model,
         opts.default_max_tokens,
     )?;
+    built.body.cache_control =
+        crate::convert::request::auto_cache(body, opts, req.prompt_cache_retention.as_deref());
     let out = encode(&built.body, body.len() + 256)?;
     let mut context = context(&req, client_model, built.custom_tools, created_at);
     context.namespaced = names.0;
@@ -527,17 +529,7 @@ struct Body<'b> {
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Metadata<'b>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cache_control: Option<Ephemeral>,
-}
-
-struct Ephemeral;
-
-impl Serialize for Ephemeral {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry("type", "ephemeral")?;
-        m.end()
-    }
+    cache_control: Option<crate::api::anthropic::AutoCache>,
 }
 
 /// A tool offered to Claude.
@@ -667,11 +659,7 @@ fn build<'b>(
             thinking,
             output_config,
             metadata: metadata(req),
-            cache_control: req
-                .prompt_cache_key
-                .as_deref()
-                .filter(|k| !k.is_empty())
-                .map(|_| Ephemeral),
+            cache_control: None,
         },
         custom_tools,
     })
@@ -1412,6 +1400,7 @@ mod tests {
         ConvertOptions {
             default_max_tokens: 4096,
             aliases: aliases(),
+            auto_cache: false,
         }
     }
 
@@ -1424,14 +1413,53 @@ mod tests {
         prior: &[Value],
         resolver: &dyn ItemResolver,
     ) -> Result<ConvertedResponsesRequest, RequestError> {
+        run_with(v, prior, resolver, &opts())
+    }
+
+    fn run_with(
+        v: &Value,
+        prior: &[Value],
+        resolver: &dyn ItemResolver,
+        opts: &ConvertOptions<'_>,
+    ) -> Result<ConvertedResponsesRequest, RequestError> {
         let prior: Vec<Box<RawValue>> = prior.iter().map(raw).collect();
-        responses_to_messages(
-            &serde_json::to_vec(v).unwrap(),
-            &prior,
-            resolver,
-            &opts(),
-            7,
-        )
+        responses_to_messages(&serde_json::to_vec(v).unwrap(), &prior, resolver, opts, 7)
+    }
+
+    #[test]
+    fn automatic_prompt_caching() {
+        let cached = ConvertOptions {
+            auto_cache: true,
+            ..opts()
+        };
+        let body = |extra: Value| {
+            let mut v = json!({"model": "gpt-5", "input": "hi"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        let conv_with = |v: Value, o: &ConvertOptions<'_>| -> Value {
+            serde_json::from_slice(&run_with(&v, &[], &NoStore, o).unwrap().body).unwrap()
+        };
+        let v = conv_with(body(json!({})), &cached);
+        assert_eq!(v["cache_control"], json!({"type": "ephemeral"}));
+        let v = conv_with(body(json!({"prompt_cache_retention": "24h"})), &cached);
+        assert_eq!(
+            v["cache_control"],
+            json!({"type": "ephemeral", "ttl": "1h"})
+        );
+        let v = conv_with(
+            body(json!({"prompt_cache_retention": "in-memory"})),
+            &cached,
+        );
+        assert_eq!(v["cache_control"], json!({"type": "ephemeral"}));
+        // Turned off: none.
+        assert!(
+            conv_with(body(json!({})), &opts())
+                .get("cache_control")
+                .is_none()
+        );
     }
 
     #[track_caller]
@@ -1490,7 +1518,7 @@ mod tests {
             thinking: "I should list files.".into(),
             signature: "SIG1".into(),
         };
-        let c = run(
+        let c = run_with(
             &json!({
                 "model": "gpt-5-codex",
                 "instructions": "You are Codex.",
@@ -1523,6 +1551,10 @@ mod tests {
             }),
             &[],
             &NoStore,
+            &ConvertOptions {
+                auto_cache: true,
+                ..opts()
+            },
         )
         .unwrap();
         let v: Value = serde_json::from_slice(&c.body).unwrap();

@@ -54,6 +54,7 @@ fn openai_request_to_anthropic(b: Bencher, size: &str) {
     let opts = ConvertOptions {
         default_max_tokens: 4096,
         aliases: &aliases,
+        auto_cache: true,
     };
     b.counter(BytesCount::of_slice(&body)).bench(|| {
         convert::chat_to_messages(black_box(&body), &opts)

@@ -92,6 +92,7 @@ impl BodySpec {
                 let opts = ccproxy::convert::ConvertOptions {
                     default_max_tokens: 4096,
                     aliases: &aliases,
+                    auto_cache: true,
                 };
                 let body = serde_json::to_vec(&openai()?)?;
                 ccproxy::convert::chat_to_messages(&body, &opts)
