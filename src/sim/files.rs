@@ -304,7 +304,7 @@ pub async fn method_not_allowed(req: Request) -> Response {
 }
 
 /// The `boundary` parameter of a `multipart/form-data` content type.
-fn boundary(content_type: &str) -> Option<&str> {
+pub(super) fn boundary(content_type: &str) -> Option<&str> {
     let mut it = content_type.split(';');
     let kind = it.next()?.trim();
     if !kind.eq_ignore_ascii_case("multipart/form-data") {
@@ -316,15 +316,15 @@ fn boundary(content_type: &str) -> Option<&str> {
         .filter(|b| !b.is_empty())
 }
 
-struct Part<'a> {
-    name: String,
-    filename: Option<String>,
-    content_type: Option<String>,
-    content: &'a [u8],
+pub(super) struct Part<'a> {
+    pub name: String,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub content: &'a [u8],
 }
 
 /// The parts of a multipart body (RFC 7578); `None` when it is malformed.
-fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<Part<'a>>> {
+pub(super) fn parse_multipart<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<Part<'a>>> {
     let delim = format!("--{boundary}");
     let delim = delim.as_bytes();
     let mut at = memchr::memmem::find(body, delim)? + delim.len();

@@ -9,6 +9,10 @@
 //! `output_config.format` must have the structured-outputs shape, and then the answer's text is
 //! JSON fitting its schema (see [`structured`]).
 //!
+//! Beside messages: a prompt cache per account (breakpoints, automatic caching, 5-minute and
+//! 1-hour entries: [`cache`]), the Models API (paged, with limits and capabilities), Files
+//! ([`files`]), Message Batches ([`batches`]) and Skills ([`skills`]).
+//!
 //! Scenarios are chosen by markers in the last user message's text:
 //!
 //! | marker | effect |
@@ -21,7 +25,7 @@
 //! | `[sim:delay=MS]` | wait before sending response headers |
 //! | `[sim:gap=MS]` | wait between stream events |
 //! | `[sim:deltas=N]` | N text deltas |
-//! | `[sim:cache]` | cache read/write usage |
+//! | `[sim:cache]` | fixed cache read/write usage (instead of the prompt cache's) |
 //! | `[sim:stop=REASON]` | that stop_reason (e.g. max_tokens, refusal) |
 //! | `[sim:unknown-event]` | an event type the client has never seen, mid-stream |
 //! | `[sim:no-stop]` | the stream ends without `message_stop` |
@@ -46,6 +50,7 @@ pub mod generate;
 mod http_tests;
 mod model_info;
 mod openai;
+pub mod skills;
 pub mod structured;
 pub mod tools;
 
@@ -135,6 +140,8 @@ pub struct SimState {
     pub files: files::Files,
     /// Message batches (see [`batches`]).
     pub batches: batches::Batches,
+    /// Skills (see [`skills`]).
+    pub skills: skills::Skills,
     /// The prompt cache (see [`cache`]).
     pub prompt_cache: cache::PromptCache,
     /// When not 0, `GET /v1/models` answers this status (an outage of the Models API).
@@ -247,6 +254,18 @@ pub fn router(state: Arc<SimState>) -> Router {
             "/v1/files/{id}",
             get(files::one)
                 .delete(files::one)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/skills",
+            get(skills::list)
+                .post(skills::create)
+                .fallback(files::method_not_allowed),
+        )
+        .route(
+            "/v1/skills/{id}",
+            get(skills::one)
+                .delete(skills::one)
                 .fallback(files::method_not_allowed),
         )
         .route(
@@ -814,7 +833,11 @@ pub(crate) fn model_object(m: &(&str, &str, u64, u64)) -> serde_json::Value {
 
 /// `GET /v1/models`: pages of `limit` (1–1000, default 20) after `after_id` / before
 /// `before_id`; `models_status` (when set) is the answer's status instead.
-async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {
+async fn models(
+    State(state): State<Arc<SimState>>,
+    axum::extract::Query(q): axum::extract::Query<files::PageQuery>,
+    req: Request,
+) -> Response {
     let parts = bodyless(&state, req);
     if let Err(e) = check_auth(&state, &parts.headers) {
         return e.into_response();
@@ -823,34 +846,14 @@ async fn models(State(state): State<Arc<SimState>>, req: Request) -> Response {
     if forced != 0 {
         return sim_err(forced, "models are unavailable").into_response();
     }
-    let query = parts.uri.query().unwrap_or("");
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_owned())
-    };
-    let limit = match param("limit").map(|l| l.parse::<usize>()) {
-        None => 20,
-        Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => {
-            return sim_err(400, "limit: Input should be between 1 and 1000").into_response();
-        }
-    };
-    let position = |id: Option<String>| id.and_then(|id| MODELS.iter().position(|m| m.0 == id));
-    let (from, to) = match (position(param("after_id")), position(param("before_id"))) {
-        (Some(a), _) => (a + 1, (a + 1 + limit).min(MODELS.len())),
-        (None, Some(b)) => (b.saturating_sub(limit), b),
-        (None, None) => (0, limit.min(MODELS.len())),
-    };
-    let page = &MODELS[from..to];
-    let data: Vec<_> = page.iter().map(model_object).collect();
-    axum::Json(serde_json::json!({
-        "data": data, "has_more": to < MODELS.len(),
-        "first_id": page.first().map(|m| m.0), "last_id": page.last().map(|m| m.0)
-    }))
-    .into_response()
+    let items = MODELS
+        .iter()
+        .map(|m| (m.0.to_owned(), model_object(m)))
+        .collect();
+    match files::page(items, &q) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn oauth_token(State(state): State<Arc<SimState>>, req: Request) -> Response {

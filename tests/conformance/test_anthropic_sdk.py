@@ -697,3 +697,36 @@ def test_models_retrieve(client, prefix, sim):
     assert m.id == MODEL and m.type == "model"
     with pytest.raises(anthropic.NotFoundError):
         client.models.retrieve("claude-none-0")
+
+
+def test_skills_create_list_retrieve_delete(client, prefix, sim, tag):
+    skill_md = f"---\nname: {tag}-skill\ndescription: Formats reports.\n---\nUse the house style.\n"
+    skill = client.beta.skills.create(
+        files=[
+            (f"{tag}/SKILL.md", skill_md.encode(), "text/markdown"),
+            (f"{tag}/scripts/format.py", b"print('formatted')\n", "text/x-python"),
+        ],
+        betas=["skills-2025-10-02"],
+    )
+    assert skill.id.startswith("skill_") and skill.type == "skill", skill
+    assert skill.display_name == f"{tag}-skill", "named by the SKILL.md frontmatter"
+    assert skill.source == "custom" and skill.latest_version_id
+
+    # Both files reached the upstream in one multipart body, with the mode's credential and
+    # the client's beta tag.
+    rec = sim.one_request_with(tag)
+    assert rec.method == "POST" and rec.path == "/v1/skills", rec
+    assert rec.header("content-type").startswith("multipart/form-data; boundary="), rec
+    assert "print('formatted')" in rec.body, rec
+    assert "skills-2025-10-02" in rec.beta_tags(), rec
+    check_mode_credential(rec, prefix)
+
+    assert skill.id in [s.id for s in client.beta.skills.list(limit=100)]
+    assert client.beta.skills.retrieve(skill.id).display_name == f"{tag}-skill"
+    assert client.beta.skills.delete(skill.id).id == skill.id
+    with pytest.raises(anthropic.NotFoundError):
+        client.beta.skills.retrieve(skill.id)
+    # A skill without its SKILL.md is refused by the service, in Anthropic's envelope.
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.beta.skills.create(files=[(f"{tag}/README.md", b"hi", "text/markdown")])
+    assert e.value.body["error"]["type"] == "invalid_request_error"
