@@ -90,6 +90,8 @@ pub struct PriceOverride {
     pub output: Option<f64>,
     pub cache_write: Option<f64>,
     pub cache_read: Option<f64>,
+    /// 1-hour cache writes (default: twice `input`).
+    pub cache_write_1h: Option<f64>,
 }
 
 /// The TOML configuration file. Unknown keys are an error, so typos are caught.
@@ -942,10 +944,11 @@ impl Settings {
                 ("output", p.output),
                 ("cache_write", p.cache_write),
                 ("cache_read", p.cache_read),
+                ("cache_write_1h", p.cache_write_1h),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {
-                    out.push_str(&format!("{k:<11} = {v}\n"));
+                    out.push_str(&format!("{k:<14} = {v}\n"));
                 }
             }
         }
@@ -1230,12 +1233,14 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # modes = ["full"]
 # models = ["claude-sonnet-*"]
 
-# Price overrides in USD per million tokens, by model-name prefix.
+# Price overrides in USD per million tokens, by model-name prefix (cache_write: 5-minute writes;
+# cache_write_1h defaults to twice input; built-in long-context rates are kept).
 # [prices."claude-sonnet-4"]
 # input = 3.0
 # output = 15.0
 # cache_write = 3.75
 # cache_read = 0.30
+# cache_write_1h = 6.0
 
 # OpenAI model names mapped to Claude models (claude-* names always pass through).
 [model_aliases]

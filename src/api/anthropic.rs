@@ -36,6 +36,9 @@ pub struct Tokens {
     pub output: u64,
     pub cache_read: u64,
     pub cache_write: u64,
+    /// The part of `cache_write` written with the 1-hour TTL (priced higher); not stored.
+    #[serde(default, skip)]
+    pub cache_write_1h: u64,
 }
 
 impl Tokens {
@@ -59,6 +62,16 @@ pub struct WireUsage {
     pub cache_read_input_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_creation_input_tokens: Option<u64>,
+    /// The cache writes by TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation: Option<CacheCreation>,
+}
+
+/// `usage.cache_creation`: the cache writes by TTL.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCreation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl WireUsage {
@@ -73,6 +86,12 @@ impl WireUsage {
         if let Some(v) = self.cache_creation_input_tokens {
             t.cache_write = t.cache_write.max(v);
         }
+        if let Some(v) = self
+            .cache_creation
+            .and_then(|c| c.ephemeral_1h_input_tokens)
+        {
+            t.cache_write_1h = t.cache_write_1h.max(v);
+        }
         if let Some(v) = self.output_tokens {
             t.output = v;
         }
@@ -86,6 +105,7 @@ impl From<Tokens> for WireUsage {
             output_tokens: Some(t.output),
             cache_read_input_tokens: Some(t.cache_read),
             cache_creation_input_tokens: Some(t.cache_write),
+            cache_creation: None,
         }
     }
 }

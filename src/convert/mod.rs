@@ -128,6 +128,7 @@ mod tests {
             output: 5,
             cache_read: 100,
             cache_write: 7,
+            cache_write_1h: 0,
         };
         let mut out = Vec::new();
         write_openai_usage(&u, &mut out);

@@ -543,7 +543,8 @@ mod tests {
                 input: 24,
                 output: 41,
                 cache_read: 0,
-                cache_write: 0
+                cache_write: 0,
+                cache_write_1h: 0,
             }
         );
         // One chunk per upstream text delta, unchanged; role first; ping dropped.

@@ -375,7 +375,8 @@ mod tests {
                 input: 40,
                 output: 7,
                 cache_read: 60,
-                cache_write: 0
+                cache_write: 0,
+                cache_write_1h: 0,
             }
         );
     }

@@ -297,6 +297,7 @@ pub fn respond(
             output: output_tokens,
             cache_read,
             cache_write: cache_creation,
+            cache_write_1h: 0,
         },
         cache_write_1h: 0,
         deltas,

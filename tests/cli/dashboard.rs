@@ -43,6 +43,7 @@ fn rec(
         output,
         cache_read: input * 4,
         cache_write: input / 2,
+        cache_write_1h: 0,
     };
     UsageRecord {
         ts_ms: now_ms() - ago_min * MIN,

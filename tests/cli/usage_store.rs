@@ -31,6 +31,7 @@ fn record(i: i64) -> UsageRecord {
             output: 20,
             cache_read: 0,
             cache_write: 0,
+            cache_write_1h: 0,
         },
         cost_usd: Some(0.000_33),
         duration_ms: 100.0,
@@ -80,6 +81,7 @@ fn round_trip_keeps_every_field() {
             output: 5678,
             cache_read: 91_011,
             cache_write: 1213,
+            cache_write_1h: 0,
         },
         cost_usd: Some(0.123_456_789),
         duration_ms: 4321.125,
@@ -276,6 +278,7 @@ fn tokens(input: u64, output: u64, cache_write: u64, cache_read: u64) -> Tokens 
         output,
         cache_read,
         cache_write,
+        cache_write_1h: 0,
     }
 }
 
@@ -286,7 +289,8 @@ fn approx(a: Option<f64>, b: f64) -> bool {
 #[test]
 fn built_in_prices_by_family() {
     let t = PriceTable::built_in();
-    let m = tokens(1_000_000, 1_000_000, 1_000_000, 1_000_000);
+    // 50k of each (a 150k prompt, under the long-context threshold), scaled to a million.
+    let m = tokens(50_000, 50_000, 50_000, 50_000);
     let cases = [
         ("claude-opus-4-5-20251101", 5.0 + 25.0 + 6.25 + 0.50),
         ("claude-opus-4-5", 5.0 + 25.0 + 6.25 + 0.50),
@@ -303,9 +307,9 @@ fn built_in_prices_by_family() {
     ];
     for (model, want) in cases {
         assert!(
-            approx(t.cost(model, &m), want),
+            approx(t.cost(model, &m).map(|c| c * 20.0), want),
             "{model}: {:?}",
-            t.cost(model, &m)
+            t.cost(model, &m).map(|c| c * 20.0)
         );
     }
     // Each kind at its own price.
@@ -317,7 +321,7 @@ fn built_in_prices_by_family() {
     assert!(approx(t.cost(sonnet, &Tokens::default()), 0.0));
     // Unknown models have unknown cost.
     for unknown in ["gpt-4o", "claude-2.1", "claude-opus-40", "", "opus"] {
-        assert_eq!(t.cost(unknown, &m), None, "{unknown}");
+        assert_eq!(t.cost(unknown, &m).map(|c| c * 20.0), None, "{unknown}");
     }
 }
 
@@ -341,29 +345,30 @@ fn price_overrides_from_the_config_file() {
     }
     let file: File = toml::from_str(text).unwrap();
     let t = PriceTable::with_overrides(&file.prices).unwrap();
-    let m = tokens(1_000_000, 1_000_000, 1_000_000, 1_000_000);
+    // 50k of each (a 150k prompt, under the long-context threshold), scaled to a million.
+    let m = tokens(50_000, 50_000, 50_000, 50_000);
     // A new, longer prefix inherits the fields it leaves out from sonnet-4.
     assert!(approx(
-        t.cost("claude-sonnet-4-5-20250929", &m),
+        t.cost("claude-sonnet-4-5-20250929", &m).map(|c| c * 20.0),
         2.0 + 15.0 + 3.75 + 0.30
     ));
     // sonnet-4 itself is unchanged.
     assert!(approx(
-        t.cost("claude-sonnet-4-20250514", &m),
+        t.cost("claude-sonnet-4-20250514", &m).map(|c| c * 20.0),
         3.0 + 15.0 + 3.75 + 0.30
     ));
     // A full replacement; opus-4-5 keeps its own longer entry.
     assert!(approx(
-        t.cost("claude-opus-4-20250514", &m),
+        t.cost("claude-opus-4-20250514", &m).map(|c| c * 20.0),
         10.0 + 50.0 + 12.5 + 1.0
     ));
     assert!(approx(
-        t.cost("claude-opus-4-5", &m),
+        t.cost("claude-opus-4-5", &m).map(|c| c * 20.0),
         5.0 + 25.0 + 6.25 + 0.50
     ));
     // A new family: cache prices default to 1.25x and 0.1x input.
     assert!(approx(
-        t.cost("my-custom-model-v2", &m),
+        t.cost("my-custom-model-v2", &m).map(|c| c * 20.0),
         1.0 + 2.0 + 1.25 + 0.1
     ));
 

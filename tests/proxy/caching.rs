@@ -124,3 +124,29 @@ async fn turned_off_or_with_the_clients_own_breakpoints_nothing_is_added() {
     let v = chat(&env, "/min", &messages, json!({})).await;
     assert!(cached(&v) > 2_000, "the client's breakpoint is served: {v}");
 }
+
+/// One-hour cache writes are priced at twice the input rate (5-minute ones at 1.25×), in the
+/// recorded cost of a streamed and a whole answer.
+#[tokio::test]
+async fn one_hour_cache_writes_are_priced_as_such() {
+    let env = TestEnv::with_api_key().await;
+    for (i, stream) in [false, true].into_iter().enumerate() {
+        let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": stream,
+            "system": [{"type": "text", "text": format!("{i} {}", long_system()),
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+            "messages": [{"role": "user", "content": "Hello"}]});
+        let resp = env.post("/v1/messages", None, &body).await;
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let rows = crate::usage::rows(&env, 2).await;
+    for r in &rows {
+        let t = r.tokens;
+        assert!(t.cache_write > 2_000 && t.cache_read == 0, "{t:?}");
+        // Sonnet 4.5: $3 input, $15 output, $6 per million 1-hour cache writes.
+        let expect =
+            (t.input as f64 * 3.0 + t.output as f64 * 15.0 + t.cache_write as f64 * 6.0) / 1e6;
+        let got = r.cost_usd.unwrap();
+        assert!((got - expect).abs() < 1e-9, "{got} vs {expect} ({t:?})");
+    }
+}

@@ -298,6 +298,7 @@ mod tests {
             output: 5,
             cache_read: 100,
             cache_write: 7,
+            cache_write_1h: 0,
         };
         let u = usage(&t, 400);
         assert_eq!(

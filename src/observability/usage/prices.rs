@@ -22,13 +22,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::observability::Tokens;
 
+/// Prompts over this many tokens (input, cache reads and writes) are long-context requests,
+/// priced at the model's long-context rates where it has them.
+pub const LONG_CONTEXT_TOKENS: u64 = 200_000;
+
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Price {
     pub input: f64,
     pub output: f64,
+    /// 5-minute cache writes.
     pub cache_write: f64,
     pub cache_read: f64,
+    /// 1-hour cache writes (twice the input rate).
+    #[serde(default)]
+    pub cache_write_1h: f64,
+    /// Input and output rates of long-context requests (over [`LONG_CONTEXT_TOKENS`]); cache
+    /// writes and reads then scale from the long input rate as they do from the normal one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_context: Option<(f64, f64)>,
 }
 
 impl Price {
@@ -38,16 +50,37 @@ impl Price {
             output,
             cache_write,
             cache_read,
+            cache_write_1h: input * 2.0,
+            long_context: None,
         }
+    }
+
+    /// With long-context rates (input, output).
+    pub const fn long(mut self, input: f64, output: f64) -> Price {
+        self.long_context = Some((input, output));
+        self
     }
 
     /// The cost of `t` at this price, in USD.
     pub fn cost(&self, t: &Tokens) -> f64 {
+        let p = match self.long_context {
+            Some((input, output)) if t.prompt() > LONG_CONTEXT_TOKENS => Price {
+                input,
+                output,
+                cache_write: input * 1.25,
+                cache_read: input * 0.1,
+                cache_write_1h: input * 2.0,
+                long_context: None,
+            },
+            _ => *self,
+        };
+        let one_hour = t.cache_write_1h.min(t.cache_write);
         // u64 → f64 loses precision only past 2^53 tokens.
-        (t.input as f64 * self.input
-            + t.output as f64 * self.output
-            + t.cache_write as f64 * self.cache_write
-            + t.cache_read as f64 * self.cache_read)
+        (t.input as f64 * p.input
+            + t.output as f64 * p.output
+            + (t.cache_write - one_hour) as f64 * p.cache_write
+            + one_hour as f64 * p.cache_write_1h
+            + t.cache_read as f64 * p.cache_read)
             / 1_000_000.0
     }
 }
@@ -69,9 +102,11 @@ pub enum PriceError {
 }
 
 /// Built-in prices (USD per million tokens: input, output, 5-minute cache write,
-/// cache read), from Anthropic's public pricing page as of 2026-11. Not modelled:
-/// 1-hour cache writes, long-context surcharges, Haiku 5.5's higher rate for
-/// prompts over 100k tokens, batch discounts. Override with `[prices]`.
+/// cache read), from Anthropic's public pricing page as of 2026-11. 1-hour cache writes cost
+/// twice the input rate; prompts over 200k tokens on the models with long-context rates
+/// (Sonnet 4.x: $6 / $22.50, Opus 4.6: $10 / $37.50) cost those. Not modelled: Haiku 5.5's
+/// higher rate for prompts over 100k tokens, fast mode, `inference_geo` surcharges, batch
+/// discounts, web search fees. Override with `[prices]`.
 const BUILT_IN: &[(&str, Price)] = &[
     ("claude-fable-5-1", Price::new(10.0, 50.0, 12.50, 0.25)),
     ("claude-fable-5", Price::new(10.0, 50.0, 12.50, 1.0)),
@@ -81,14 +116,20 @@ const BUILT_IN: &[(&str, Price)] = &[
     ("claude-opus-5", Price::new(5.0, 25.0, 6.25, 0.50)),
     ("claude-opus-4-8", Price::new(5.0, 25.0, 6.25, 0.50)),
     ("claude-opus-4-7", Price::new(5.0, 25.0, 6.25, 0.50)),
-    ("claude-opus-4-6", Price::new(5.0, 25.0, 6.25, 0.50)),
+    (
+        "claude-opus-4-6",
+        Price::new(5.0, 25.0, 6.25, 0.50).long(10.0, 37.50),
+    ),
     ("claude-sonnet-5-5", Price::new(2.0, 10.0, 2.50, 0.20)),
     ("claude-sonnet-5", Price::new(2.0, 10.0, 2.50, 0.20)),
     ("claude-haiku-5-5", Price::new(0.10, 0.50, 0.125, 0.01)),
     ("claude-opus-4-5", Price::new(5.0, 25.0, 6.25, 0.50)),
     ("claude-opus-4-1", Price::new(15.0, 75.0, 18.75, 1.50)),
     ("claude-opus-4", Price::new(15.0, 75.0, 18.75, 1.50)),
-    ("claude-sonnet-4", Price::new(3.0, 15.0, 3.75, 0.30)),
+    (
+        "claude-sonnet-4",
+        Price::new(3.0, 15.0, 3.75, 0.30).long(6.0, 22.50),
+    ),
     ("claude-3-7-sonnet", Price::new(3.0, 15.0, 3.75, 0.30)),
     ("claude-3-5-sonnet", Price::new(3.0, 15.0, 3.75, 0.30)),
     ("claude-haiku-4-5", Price::new(1.0, 5.0, 1.25, 0.10)),
@@ -134,6 +175,7 @@ impl PriceTable {
                 ("output", o.output),
                 ("cache_write", o.cache_write),
                 ("cache_read", o.cache_read),
+                ("cache_write_1h", o.cache_write_1h),
             ] {
                 if let Some(v) = value
                     && !(v.is_finite() && v >= 0.0)
@@ -146,17 +188,25 @@ impl PriceTable {
             }
             let base = table.price(&key);
             let price = match (base, o.input, o.output) {
-                (Some(b), _, _) => Price {
-                    input: o.input.unwrap_or(b.input),
-                    output: o.output.unwrap_or(b.output),
-                    cache_write: o.cache_write.unwrap_or(b.cache_write),
-                    cache_read: o.cache_read.unwrap_or(b.cache_read),
-                },
+                (Some(b), _, _) => {
+                    let input = o.input.unwrap_or(b.input);
+                    Price {
+                        input,
+                        output: o.output.unwrap_or(b.output),
+                        cache_write: o.cache_write.unwrap_or(b.cache_write),
+                        cache_read: o.cache_read.unwrap_or(b.cache_read),
+                        cache_write_1h: o.cache_write_1h.unwrap_or(input * 2.0),
+                        long_context: b.long_context,
+                    }
+                }
                 (None, Some(input), Some(output)) => Price {
-                    input,
-                    output,
-                    cache_write: o.cache_write.unwrap_or(input * 1.25),
-                    cache_read: o.cache_read.unwrap_or(input * 0.1),
+                    cache_write_1h: o.cache_write_1h.unwrap_or(input * 2.0),
+                    ..Price::new(
+                        input,
+                        output,
+                        o.cache_write.unwrap_or(input * 1.25),
+                        o.cache_read.unwrap_or(input * 0.1),
+                    )
                 },
                 (None, _, _) => {
                     return Err(PriceError::Incomplete {
@@ -230,7 +280,58 @@ mod tests {
             output: 1_000_000,
             cache_read: 1_000_000,
             cache_write: 1_000_000,
+            cache_write_1h: 0,
         };
         assert!(approx(p.cost(&t), 3.0 + 15.0 + 3.75 + 0.30));
+    }
+
+    #[test]
+    fn one_hour_writes_and_long_context() {
+        let table = PriceTable::built_in();
+        let sonnet = table.price("claude-sonnet-4-5-20250929").unwrap();
+        // 100k 1-hour writes of 200k written: 100k at 3.75, 100k at 6.00 (per million).
+        let t = Tokens {
+            cache_write: 200_000,
+            cache_write_1h: 100_000,
+            ..Tokens::default()
+        };
+        assert!(approx(sonnet.cost(&t), 0.1 * 3.75 + 0.1 * 6.0));
+        // 150k prompt: normal rates; 250k: the long-context rates on everything.
+        let t = Tokens {
+            input: 150_000,
+            output: 1_000,
+            ..Tokens::default()
+        };
+        assert!(approx(sonnet.cost(&t), 0.45 + 0.015));
+        let t = Tokens {
+            input: 50_000,
+            cache_read: 100_000,
+            cache_write: 100_000,
+            output: 1_000,
+            ..Tokens::default()
+        };
+        assert!(approx(
+            sonnet.cost(&t),
+            0.05 * 6.0 + 0.1 * 0.6 + 0.1 * 7.5 + 0.001 * 22.5
+        ));
+        // Models without long-context rates keep theirs.
+        let haiku = table.price("claude-haiku-4-5").unwrap();
+        assert!(approx(
+            haiku.cost(&t),
+            0.05 + 0.1 * 0.1 + 0.1 * 1.25 + 0.001 * 5.0
+        ));
+        // An override keeps the long-context rates and may set the 1-hour rate.
+        let o = BTreeMap::from([(
+            "claude-sonnet-4".to_owned(),
+            PriceOverride {
+                cache_write_1h: Some(9.0),
+                ..PriceOverride::default()
+            },
+        )]);
+        let p = PriceTable::with_overrides(&o)
+            .unwrap()
+            .price("claude-sonnet-4")
+            .unwrap();
+        assert_eq!((p.cache_write_1h, p.long_context), (9.0, Some((6.0, 22.5))));
     }
 }
