@@ -128,8 +128,8 @@ pub struct MessagesRequest<'b> {
     pub top_p: Option<f64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<ToolDef<'b>>,
+    #[serde(skip_serializing_if = "Tools::is_empty")]
+    pub tools: Tools<'b>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<ToolChoice<'b>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -361,6 +361,97 @@ impl Serialize for Block<'_> {
     }
 }
 
+/// The tools of a request: the client's own, then Anthropic's web search server tool when asked.
+/// Derefs to the client's tools.
+#[derive(Default)]
+pub struct Tools<'b> {
+    pub defs: Vec<ToolDef<'b>>,
+    pub web_search: Option<WebSearchTool<'b>>,
+}
+
+impl<'b> std::ops::Deref for Tools<'b> {
+    type Target = Vec<ToolDef<'b>>;
+    fn deref(&self) -> &Self::Target {
+        &self.defs
+    }
+}
+
+impl std::ops::DerefMut for Tools<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.defs
+    }
+}
+
+impl Tools<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty() && self.web_search.is_none()
+    }
+}
+
+impl Serialize for Tools<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(
+            self.defs.len() + usize::from(self.web_search.is_some()),
+        ))?;
+        for d in &self.defs {
+            seq.serialize_element(d)?;
+        }
+        if let Some(w) = &self.web_search {
+            seq.serialize_element(w)?;
+        }
+        seq.end()
+    }
+}
+
+/// The web search server tool (`web_search_20250305`), with the user's approximate location.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WebSearchTool<'b> {
+    pub city: Option<&'b str>,
+    pub region: Option<&'b str>,
+    pub country: Option<&'b str>,
+    pub timezone: Option<&'b str>,
+}
+
+impl Serialize for WebSearchTool<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Location<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            city: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            region: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            country: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            timezone: Option<&'a str>,
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", "web_search_20250305")?;
+        m.serialize_entry("name", "web_search")?;
+        if self
+            .city
+            .or(self.region)
+            .or(self.country)
+            .or(self.timezone)
+            .is_some()
+        {
+            m.serialize_entry(
+                "user_location",
+                &Location {
+                    kind: "approximate",
+                    city: self.city,
+                    region: self.region,
+                    country: self.country,
+                    timezone: self.timezone,
+                },
+            )?;
+        }
+        m.end()
+    }
+}
+
 pub struct ToolDef<'b> {
     pub name: &'b str,
     pub description: Option<&'b str>,
@@ -527,6 +618,9 @@ pub struct ContentBlock<'a> {
     pub signature: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub data: Option<Str<'a>>,
+    /// A text block's sources (web search results, documents).
+    #[serde(borrow, default)]
+    pub citations: Option<&'a RawValue>,
 }
 
 /// One SSE event's data, flat over the event types (`message_start`, `content_block_start`,

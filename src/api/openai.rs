@@ -66,6 +66,37 @@ pub struct ChatCompletionRequest<'a> {
     /// `in-memory` | `24h`: how long OpenAI keeps the cached prefix.
     #[serde(borrow, default)]
     pub prompt_cache_retention: Option<Str<'a>>,
+    /// Web search for the model (OpenAI's search models).
+    #[serde(borrow, default)]
+    pub web_search_options: Option<WebSearchOptions<'a>>,
+}
+
+/// `web_search_options`: `user_location` (`{"type":"approximate","approximate":{…}}`) and
+/// `search_context_size` (no Claude equivalent).
+#[derive(Debug, Default, Deserialize)]
+pub struct WebSearchOptions<'a> {
+    #[serde(borrow, default)]
+    pub user_location: Option<UserLocation<'a>>,
+    #[serde(borrow, default)]
+    pub search_context_size: Option<Str<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct UserLocation<'a> {
+    #[serde(borrow, default)]
+    pub approximate: Option<ApproximateLocation<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ApproximateLocation<'a> {
+    #[serde(borrow, default)]
+    pub city: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub region: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub country: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    pub timezone: Option<Str<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -101,6 +101,24 @@ pub(crate) fn minify_json(raw: &str) -> String {
     s
 }
 
+/// The web sources a text block cites (`citations` with a `url`: web search results), as
+/// `(url, title)`; other citation kinds (documents) have no URL and are left out.
+pub(crate) fn url_citations(b: &crate::api::anthropic::ContentBlock<'_>) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Cite {
+        #[serde(default)]
+        url: Option<String>,
+        #[serde(default)]
+        title: Option<String>,
+    }
+    b.citations
+        .and_then(|c| serde_json::from_str::<Vec<Cite>>(c.get()).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| Some((c.url?, c.title.unwrap_or_default())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,7 +73,7 @@ use serde_json::value::RawValue;
 use super::models::{ModelAliases, ModelCaps, ThinkingMode, model_caps};
 use crate::api::anthropic::{
     Block, MessagesRequest, Metadata, OutputConfig, Source, System, Thinking, ToolChoice,
-    ToolChoiceKind, ToolDef, ToolInput, Turn,
+    ToolChoiceKind, ToolDef, ToolInput, Tools, Turn, WebSearchTool,
 };
 use crate::api::openai::{
     self, ChatCompletionRequest, Content, FunctionCall, Message, Part, ResponseFormat, Stop, Str,
@@ -405,7 +405,10 @@ fn build<'b>(
         temperature,
         top_p,
         stream,
-        tools,
+        tools: Tools {
+            defs: tools,
+            web_search: web_search(req),
+        },
         tool_choice,
         thinking,
         output_config,
@@ -518,6 +521,22 @@ fn required_messages<'b, 'a>(
         return Err(invalid("messages", "must contain at least one message"));
     }
     Ok(messages)
+}
+
+/// `web_search_options`: Anthropic's web search server tool, with the approximate location.
+/// (`search_context_size` has no equivalent: the model decides how much to search.)
+fn web_search<'b>(req: &'b ChatCompletionRequest<'_>) -> Option<WebSearchTool<'b>> {
+    let o = req.web_search_options.as_ref()?;
+    let loc = o
+        .user_location
+        .as_ref()
+        .and_then(|l| l.approximate.as_ref());
+    Some(WebSearchTool {
+        city: loc.and_then(|l| l.city.as_deref()),
+        region: loc.and_then(|l| l.region.as_deref()),
+        country: loc.and_then(|l| l.country.as_deref()),
+        timezone: loc.and_then(|l| l.timezone.as_deref()),
+    })
 }
 
 /// `tools`, then legacy `functions`.

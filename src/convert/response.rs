@@ -53,6 +53,7 @@ pub fn messages_to_chat_with(
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(br#","refusal":null"#);
+    write_annotations(&mut out, &msg.content);
     write_reasoning(&mut out, &msg.content);
     if legacy_functions {
         write_legacy_function_call(&mut out, &msg.content);
@@ -112,6 +113,31 @@ fn joined_text<'b>(content: &'b [ContentBlock<'_>]) -> Option<Cow<'b, str>> {
             texts.for_each(|t| s.push_str(t));
             Some(Cow::Owned(s))
         }
+    }
+}
+
+/// `,"annotations":[…]`: each web search citation of a text block as OpenAI's `url_citation`,
+/// spanning that block's text in `content` (character offsets). Nothing without citations.
+fn write_annotations(out: &mut Vec<u8>, content: &[ContentBlock<'_>]) {
+    let mut at = 0usize;
+    let mut first = true;
+    for b in content.iter().filter(|b| b.kind.as_deref() == Some("text")) {
+        let len = b.text.as_deref().map_or(0, |t| t.chars().count());
+        for (url, title) in super::url_citations(b) {
+            out.extend_from_slice(if first { br#","annotations":["# } else { b"," });
+            first = false;
+            out.extend_from_slice(br#"{"type":"url_citation","url_citation":{"url":"#);
+            write_json_str(out, &url);
+            out.extend_from_slice(br#","title":"#);
+            write_json_str(out, &title);
+            out.extend_from_slice(
+                format!(r#","start_index":{at},"end_index":{}}}}}"#, at + len).as_bytes(),
+            );
+        }
+        at += len;
+    }
+    if !first {
+        out.push(b']');
     }
 }
 
@@ -284,6 +310,32 @@ mod tests {
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
         assert_eq!(v["usage"]["completion_tokens"], 7);
         assert_eq!(v["usage"]["total_tokens"], 122);
+    }
+
+    #[test]
+    fn web_search_citations_become_url_annotations() {
+        let v = to_chat(&json!({"content": [
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}},
+            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+            {"type": "text", "text": "Héllo "},
+            {"type": "text", "text": "cited", "citations": [
+                {"type": "web_search_result_location", "url": "https://a.example/1", "title": "A",
+                 "encrypted_index": "x", "cited_text": "c"},
+                {"type": "char_location", "document_index": 0}]}],
+            "stop_reason": "end_turn"}));
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], "Héllo cited");
+        assert_eq!(
+            m["annotations"],
+            json!([{"type": "url_citation", "url_citation": {"url": "https://a.example/1",
+                "title": "A", "start_index": 6, "end_index": 11}}])
+        );
+        assert!(
+            m.get("tool_calls").is_none(),
+            "server tools are not the client's calls"
+        );
+        let plain = to_chat(&json!({"content": [{"type": "text", "text": "x"}]}));
+        assert!(plain["choices"][0]["message"].get("annotations").is_none());
     }
 
     #[test]

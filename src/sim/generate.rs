@@ -26,6 +26,8 @@ pub struct Directives {
     pub gap_ms: u64,
     pub deltas: Option<usize>,
     pub cache: bool,
+    /// `[sim:search]`: a web search first, when the request offers the web search tool.
+    pub search: bool,
     pub stop: Option<String>,
     pub unknown_event: bool,
     pub no_stop: bool,
@@ -85,6 +87,7 @@ impl Directives {
                 "gap" => self.gap_ms = num().unwrap_or(0).min(60_000),
                 "deltas" => self.deltas = num().map(|n| n.clamp(1, 100_000) as usize),
                 "cache" => self.cache = true,
+                "search" => self.search = true,
                 "stop" => self.stop = Some(value.to_owned()),
                 "unknown-event" => self.unknown_event = true,
                 "no-stop" => self.no_stop = true,
@@ -149,6 +152,19 @@ pub enum Block {
         name: String,
         input: String,
     },
+    /// A server tool call (`server_tool_use`); `input` is JSON.
+    ServerToolUse {
+        id: String,
+        name: String,
+        input: String,
+    },
+    /// A server tool's result block, whole (`web_search_tool_result`).
+    ServerResult(Value),
+    /// Text that cites sources (`citations`, streamed as `citations_delta`).
+    CitedText {
+        text: String,
+        citations: Vec<Value>,
+    },
 }
 
 pub struct SimMessage2 {
@@ -159,6 +175,8 @@ pub struct SimMessage2 {
     pub tokens: Tokens,
     /// The part of `tokens.cache_write` written with the 1-hour TTL.
     pub cache_write_1h: u64,
+    /// Web searches the answer made (`usage.server_tool_use.web_search_requests`).
+    pub web_searches: u64,
     /// How many text deltas a streamed text block is cut into.
     pub deltas: usize,
 }
@@ -283,7 +301,11 @@ pub fn respond(
         .map(|b| match b {
             Block::Text(t) => t.len() as u64 / 4 + 1,
             Block::Thinking { thinking, .. } => thinking.len() as u64 / 4 + 1,
-            Block::ToolUse { input, .. } => input.len() as u64 / 4 + 8,
+            Block::ToolUse { input, .. } | Block::ServerToolUse { input, .. } => {
+                input.len() as u64 / 4 + 8
+            }
+            Block::ServerResult(_) => 0,
+            Block::CitedText { text, .. } => text.len() as u64 / 4 + 1,
         })
         .sum();
     let (cache_creation, cache_read) = if dir.cache { (2048, 8192) } else { (0, 0) };
@@ -300,6 +322,7 @@ pub fn respond(
             cache_write_1h: 0,
         },
         cache_write_1h: 0,
+        web_searches: 0,
         deltas,
     }
 }
@@ -336,6 +359,7 @@ impl SimMessage2 {
                                "ephemeral_1h_input_tokens": self.cache_write_1h},
             "output_tokens": output_tokens,
             "service_tier": "standard",
+            "server_tool_use": {"web_search_requests": self.web_searches},
         })
     }
 
@@ -351,6 +375,14 @@ impl SimMessage2 {
             Block::ToolUse { id, name, input } => {
                 let input: Value = serde_json::from_str(input).unwrap_or(Value::Null);
                 json!({"type":"tool_use","id":id,"name":name,"input":input})
+            }
+            Block::ServerToolUse { id, name, input } => {
+                let input: Value = serde_json::from_str(input).unwrap_or(Value::Null);
+                json!({"type":"server_tool_use","id":id,"name":name,"input":input})
+            }
+            Block::ServerResult(v) => v.clone(),
+            Block::CitedText { text, citations } => {
+                json!({"type":"text","text":text,"citations":citations})
             }
         }
     }
@@ -459,6 +491,11 @@ fn block_start_json(b: &Block) -> Value {
         Block::ToolUse { id, name, .. } => {
             json!({"type":"tool_use","id":id,"name":name,"input":{}})
         }
+        Block::ServerToolUse { id, name, .. } => {
+            json!({"type":"server_tool_use","id":id,"name":name,"input":{}})
+        }
+        Block::ServerResult(v) => v.clone(),
+        Block::CitedText { .. } => json!({"type":"text","text":"","citations":[]}),
     }
 }
 
@@ -501,12 +538,21 @@ fn push_block_deltas(
                 json!({"type":"signature_delta","signature":signature}),
             ));
         }
-        Block::ToolUse { input, .. } => {
+        Block::ToolUse { input, .. } | Block::ServerToolUse { input, .. } => {
             ev.push(delta(json!({"type":"input_json_delta","partial_json":""})));
             for piece in input_pieces(input) {
                 ev.push(delta(
                     json!({"type":"input_json_delta","partial_json":piece}),
                 ));
+            }
+        }
+        Block::ServerResult(_) => {}
+        Block::CitedText { text, citations } => {
+            for c in citations {
+                ev.push(delta(json!({"type":"citations_delta","citation":c})));
+            }
+            for piece in text_pieces(text, deltas) {
+                ev.push(delta(json!({"type":"text_delta","text":piece})));
             }
         }
     }

@@ -26,6 +26,7 @@
 //! | `[sim:gap=MS]` | wait between stream events |
 //! | `[sim:deltas=N]` | N text deltas |
 //! | `[sim:cache]` | fixed cache read/write usage (instead of the prompt cache's) |
+//! | `[sim:search]` | a web search and a cited answer first, when the web search tool is offered (see [`search`]) |
 //! | `[sim:stop=REASON]` | that stop_reason (e.g. max_tokens, refusal) |
 //! | `[sim:unknown-event]` | an event type the client has never seen, mid-stream |
 //! | `[sim:no-stop]` | the stream ends without `message_stop` |
@@ -50,6 +51,7 @@ pub mod generate;
 mod http_tests;
 mod model_info;
 mod openai;
+pub mod search;
 pub mod skills;
 pub mod structured;
 pub mod tools;
@@ -673,12 +675,18 @@ async fn answer(
     }
     let id = state.next_id();
     let mut message = generate::respond(req.model.as_deref(), &calls, &dir, body.len(), id);
+    let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    if dir.search
+        && let Some(v) = &parsed
+    {
+        search::apply(&mut message, v, &dir.user_text, id);
+    }
     if !dir.cache
-        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Some(v) = &parsed
         && let Some(u) =
             state
                 .prompt_cache
-                .apply(account, &v, message.tokens.input, std::time::Instant::now())
+                .apply(account, v, message.tokens.input, std::time::Instant::now())
     {
         message.cached(u);
     }

@@ -391,6 +391,8 @@ impl Answer<'_> {
                     message["reasoning_content"] = Value::from(thinking.as_str());
                 }
                 Block::ToolUse { id, name, input } => calls.push((id, name, input)),
+                // Anthropic's server tools are not offered on this endpoint.
+                Block::ServerToolUse { .. } | Block::ServerResult(_) | Block::CitedText { .. } => {}
             }
         }
         if self.legacy {
@@ -460,6 +462,7 @@ impl Answer<'_> {
                     self.push_tool_call(&mut out, tool_index, (id, name, input));
                     tool_index += 1;
                 }
+                Block::ServerToolUse { .. } | Block::ServerResult(_) | Block::CitedText { .. } => {}
             }
         }
         out.push(self.chunk(json!({}), Some(self.finish_reason())));

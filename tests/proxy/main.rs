@@ -28,3 +28,4 @@ mod security;
 mod shutdown;
 mod sim_tools;
 mod usage;
+mod web_search;

@@ -30,16 +30,30 @@ pub fn messages_to_response(
     let msg: Message = serde_json::from_slice(body)?;
     let mut out = Vec::new();
     let mut text: Option<String> = None;
+    let mut annotations = Vec::new();
     let mut thinking_bytes = 0usize;
     for b in &msg.content {
         let kind = b.kind.as_deref().unwrap_or("");
         if kind == "text" {
-            text.get_or_insert_with(String::new)
-                .push_str(b.text.as_deref().unwrap_or(""));
+            let t = text.get_or_insert_with(String::new);
+            let start = t.chars().count();
+            t.push_str(b.text.as_deref().unwrap_or(""));
+            let end = t.chars().count();
+            for (url, title) in crate::convert::url_citations(b) {
+                annotations.push(serde_json::json!({"type": "url_citation", "url": url,
+                    "title": title, "start_index": start, "end_index": end}));
+            }
             continue;
         }
         if let Some(t) = text.take() {
-            out.push(message_item(ctx, out.len(), t, ItemStatus::Completed));
+            let a = std::mem::take(&mut annotations);
+            out.push(message_item_with(
+                ctx,
+                out.len(),
+                t,
+                ItemStatus::Completed,
+                a,
+            ));
         }
         if kind == "thinking" {
             thinking_bytes += b.thinking.as_deref().map_or(0, str::len);
@@ -55,7 +69,8 @@ pub fn messages_to_response(
         } else {
             ItemStatus::Completed
         };
-        out.push(message_item(ctx, out.len(), t, item_status));
+        let a = std::mem::take(&mut annotations);
+        out.push(message_item_with(ctx, out.len(), t, item_status, a));
     }
     let mut tokens = Tokens::default();
     if let Some(u) = &msg.usage {
@@ -76,14 +91,22 @@ pub(crate) fn message_item(
     text: String,
     status: ItemStatus,
 ) -> OutputItem {
+    message_item_with(ctx, n, text, status, Vec::new())
+}
+
+/// A message item whose text cites web sources (`url_citation` annotations).
+fn message_item_with(
+    ctx: &ResponseContext,
+    n: usize,
+    text: String,
+    status: ItemStatus,
+    annotations: Vec<serde_json::Value>,
+) -> OutputItem {
     OutputItem::Message {
         id: ctx.item_id("msg", n),
         status,
         role: "assistant".to_owned(),
-        content: vec![OutputContent::OutputText {
-            text,
-            annotations: Vec::new(),
-        }],
+        content: vec![OutputContent::OutputText { text, annotations }],
     }
 }
 
