@@ -140,6 +140,9 @@ pub struct MessagesRequest<'b> {
     pub metadata: Option<Metadata<'b>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<AutoCache>,
+    /// `auto` (priority capacity when the organisation has it) | `standard_only`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<&'static str>,
 }
 
 /// A top-level `cache_control` (automatic prompt caching: the breakpoint sits on the last

@@ -66,6 +66,9 @@ pub struct ChatCompletionRequest<'a> {
     /// `in-memory` | `24h`: how long OpenAI keeps the cached prefix.
     #[serde(borrow, default)]
     pub prompt_cache_retention: Option<Str<'a>>,
+    /// `auto` | `default` | `flex` | `priority` | `scale`.
+    #[serde(borrow, default)]
+    pub service_tier: Option<Str<'a>>,
     /// Web search for the model (OpenAI's search models).
     #[serde(borrow, default)]
     pub web_search_options: Option<WebSearchOptions<'a>>,

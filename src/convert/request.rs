@@ -32,11 +32,15 @@
 //! supported type (jpeg, png, gif, webp) or `http(s)` URLs; non-object tool arguments; malformed JSON
 //! and wrong types (the message names the field, e.g. `messages[2].role: unknown role "foo"`).
 //!
+//! Also mapped: `service_tier` ([`service_tier`]), `web_search_options` (the web search server
+//! tool), and automatic prompt caching ([`auto_cache`], `prompt_cache_retention`).
+//!
 //! ## Accepted and ignored
 //! `logprobs`, `top_logprobs`, `seed`, `presence_penalty`, `frequency_penalty`, `logit_bias`,
-//! `store`, `metadata`, `service_tier`, `prediction`, `modalities`, `audio`, `verbosity`,
-//! `web_search_options`, `prompt_cache_key`, tools' `strict`, image `detail`, message `name`, and any
-//! unknown field. Anthropic has no equivalent for these; honouring them partially would mislead.
+//! `store`, `metadata` (Anthropic's holds only a user id), `service_tier` `flex` and `scale`,
+//! `prediction`, `modalities`, `audio`, `verbosity`, `prompt_cache_key` (the pool's affinity uses
+//! it), tools' `strict`, image `detail`, message `name`, and any unknown field. Anthropic has no
+//! equivalent for these; honouring them partially would mislead.
 //!
 //! ## Thinking
 //! `reasoning_effort` depends on what the target model accepts ([`model_caps`]):
@@ -416,6 +420,7 @@ fn build<'b>(
             .filter(|u| !u.is_empty())
             .map(|u| Metadata { user_id: u }),
         cache_control: None,
+        service_tier: service_tier(req.service_tier.as_deref()),
     };
     Ok((out, format))
 }
@@ -521,6 +526,17 @@ fn required_messages<'b, 'a>(
         return Err(invalid("messages", "must contain at least one message"));
     }
     Ok(messages)
+}
+
+/// OpenAI's `service_tier` → Anthropic's: `auto` and `priority` → `auto` (priority capacity is
+/// used when the organisation has it), `default` → `standard_only`; `flex` and `scale` have no
+/// equivalent (nothing is sent: the organisation's default applies).
+pub(crate) fn service_tier(tier: Option<&str>) -> Option<&'static str> {
+    match tier? {
+        "auto" | "priority" => Some("auto"),
+        "default" => Some("standard_only"),
+        _ => None,
+    }
 }
 
 /// `web_search_options`: Anthropic's web search server tool, with the approximate location.
@@ -2315,10 +2331,28 @@ mod tests {
             "claude-haiku-4-5",
             json!({"logprobs": true, "top_logprobs": 5, "seed": 1, "presence_penalty": 1.0,
                 "frequency_penalty": -1.0, "logit_bias": {"1": 2}, "store": true, "metadata": {"k": "v"},
-                "service_tier": "auto", "modalities": ["text"], "verbosity": "low", "prediction": {"type": "content", "content": "x"},
-                "prompt_cache_key": "k", "web_search_options": {}, "something_new": [1, 2]}),
+                "service_tier": "flex", "modalities": ["text"], "verbosity": "low", "prediction": {"type": "content", "content": "x"},
+                "prompt_cache_key": "k", "something_new": [1, 2]}),
         ));
         assert_eq!(v, base);
+    }
+
+    #[test]
+    fn service_tier_maps_where_anthropic_has_one() {
+        for (openai, anthropic) in [
+            ("auto", json!("auto")),
+            ("priority", json!("auto")),
+            ("default", json!("standard_only")),
+            ("flex", Value::Null),
+            ("scale", Value::Null),
+        ] {
+            let v = conv(req("claude-haiku-4-5", json!({"service_tier": openai})));
+            assert_eq!(
+                v.get("service_tier").cloned().unwrap_or(Value::Null),
+                anthropic,
+                "{openai}"
+            );
+        }
     }
 
     #[test]

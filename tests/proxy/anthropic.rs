@@ -278,11 +278,11 @@ async fn passthrough_relays_other_v1_paths() {
     .await;
     let resp = env
         .client
-        .get(env.url("/pt/v1/skills?limit=2"))
+        .get(env.url("/pt/v1/agents?limit=2"))
         .send()
         .await
         .unwrap();
-    // The simulated upstream has no /v1/skills: its own 404 comes back unchanged.
+    // The simulated upstream has no /v1/agents (Managed Agents): its own 404 comes back unchanged.
     assert_eq!(resp.status(), 404);
     let v = json_of(resp).await;
     assert_anthropic_error(&v, "not_found_error");
@@ -290,10 +290,10 @@ async fn passthrough_relays_other_v1_paths() {
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("/v1/skills")
+            .contains("/v1/agents")
     );
     let up = env.sim_state().last_request().unwrap();
-    assert_eq!(up.path, "/v1/skills");
+    assert_eq!(up.path, "/v1/agents");
     assert_eq!(up.query.as_deref(), Some("limit=2"));
 }
 

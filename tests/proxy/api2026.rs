@@ -468,14 +468,14 @@ async fn models_retrieve_and_any_other_path_in_full_and_minimal_mode() {
             .unwrap();
         assert_eq!(resp.status(), 404);
         assert_anthropic_error(&resp.json().await.unwrap(), "not_found_error");
-        // A path the upstream does not know (Skills here): relayed, its 404 relayed.
-        let resp = get(&env, &format!("{prefix}/v1/skills?limit=2"))
+        // A path the upstream does not know (Managed Agents here): relayed, its 404 relayed.
+        let resp = get(&env, &format!("{prefix}/v1/agents?limit=2"))
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 404);
         let up = env.sim_state().last_request().unwrap();
-        assert_eq!(up.path, "/v1/skills");
+        assert_eq!(up.path, "/v1/agents");
         assert_eq!(up.query.as_deref(), Some("limit=2"));
         assert_eq!(up.header("x-api-key"), Some(API_KEY));
     }

@@ -43,9 +43,11 @@
 //! output whose `call_id` no earlier call has, unknown item types, roles and part types, malformed
 //! JSON and wrong types.
 //!
+//! `service_tier` maps as in the Chat converter; automatic prompt caching likewise.
+//!
 //! ## Accepted and ignored
-//! `include`, `service_tier`, `max_tool_calls`, `text.verbosity`, `stream_options`,
-//! `client_metadata`, image `detail`, item `id` and `status`, and unknown fields.
+//! `include`, `service_tier` `flex` and `scale`, `max_tool_calls`, `text.verbosity`,
+//! `stream_options`, `client_metadata`, image `detail`, item `id` and `status`, and unknown fields.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -530,6 +532,8 @@ struct Body<'b> {
     metadata: Option<Metadata<'b>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_control: Option<crate::api::anthropic::AutoCache>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_tier: Option<&'static str>,
 }
 
 /// A tool offered to Claude.
@@ -660,6 +664,7 @@ fn build<'b>(
             output_config,
             metadata: metadata(req),
             cache_control: None,
+            service_tier: crate::convert::request::service_tier(req.service_tier.as_deref()),
         },
         custom_tools,
     })
