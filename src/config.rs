@@ -92,6 +92,8 @@ pub struct PriceOverride {
     pub cache_read: Option<f64>,
     /// 1-hour cache writes (default: twice `input`).
     pub cache_write_1h: Option<f64>,
+    /// Fast mode's multiplier of every rate (default: the built-in one, else none).
+    pub fast_multiplier: Option<f64>,
 }
 
 /// The TOML configuration file. Unknown keys are an error, so typos are caught.
@@ -945,10 +947,11 @@ impl Settings {
                 ("cache_write", p.cache_write),
                 ("cache_read", p.cache_read),
                 ("cache_write_1h", p.cache_write_1h),
+                ("fast_multiplier", p.fast_multiplier),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {
-                    out.push_str(&format!("{k:<14} = {v}\n"));
+                    out.push_str(&format!("{k:<15} = {v}\n"));
                 }
             }
         }
@@ -1241,6 +1244,7 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # cache_write = 3.75
 # cache_read = 0.30
 # cache_write_1h = 6.0
+# fast_multiplier = 2.0     # fast mode (usage.speed = "fast"): every rate times this
 
 # OpenAI model names mapped to Claude models (claude-* names always pass through).
 [model_aliases]

@@ -39,6 +39,9 @@ pub struct Tokens {
     /// The part of `cache_write` written with the 1-hour TTL (priced higher); not stored.
     #[serde(default, skip)]
     pub cache_write_1h: u64,
+    /// Fast mode served the request (`usage.speed: "fast"`, priced higher); not stored.
+    #[serde(default, skip)]
+    pub fast: bool,
 }
 
 impl Tokens {
@@ -65,6 +68,19 @@ pub struct WireUsage {
     /// The cache writes by TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_creation: Option<CacheCreation>,
+    /// `speed`: whether fast mode served the request (`"fast"`) or not (`"standard"`).
+    #[serde(
+        default,
+        rename = "speed",
+        deserialize_with = "fast_speed",
+        skip_serializing
+    )]
+    pub fast: Option<bool>,
+}
+
+fn fast_speed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let speed: Option<Cow<'de, str>> = Option::deserialize(d)?;
+    Ok(speed.map(|s| s == "fast"))
 }
 
 /// `usage.cache_creation`: the cache writes by TTL.
@@ -92,6 +108,9 @@ impl WireUsage {
         {
             t.cache_write_1h = t.cache_write_1h.max(v);
         }
+        if let Some(fast) = self.fast {
+            t.fast |= fast;
+        }
         if let Some(v) = self.output_tokens {
             t.output = v;
         }
@@ -106,6 +125,7 @@ impl From<Tokens> for WireUsage {
             cache_read_input_tokens: Some(t.cache_read),
             cache_creation_input_tokens: Some(t.cache_write),
             cache_creation: None,
+            fast: None,
         }
     }
 }

@@ -147,6 +147,7 @@ mod tests {
             cache_read: 100,
             cache_write: 7,
             cache_write_1h: 0,
+            fast: false,
         };
         let mut out = Vec::new();
         write_openai_usage(&u, &mut out);

@@ -528,12 +528,12 @@ fn required_messages<'b, 'a>(
     Ok(messages)
 }
 
-/// OpenAI's `service_tier` → Anthropic's: `auto` and `priority` → `auto` (priority capacity is
+/// OpenAI's `service_tier` → Anthropic's: `auto`, `priority` and `fast` (priority's 2026 name) → `auto` (priority capacity is
 /// used when the organisation has it), `default` → `standard_only`; `flex` and `scale` have no
 /// equivalent (nothing is sent: the organisation's default applies).
 pub(crate) fn service_tier(tier: Option<&str>) -> Option<&'static str> {
     match tier? {
-        "auto" | "priority" => Some("auto"),
+        "auto" | "priority" | "fast" => Some("auto"),
         "default" => Some("standard_only"),
         _ => None,
     }

@@ -545,6 +545,7 @@ mod tests {
                 cache_read: 0,
                 cache_write: 0,
                 cache_write_1h: 0,
+                fast: false,
             }
         );
         // One chunk per upstream text delta, unchanged; role first; ping dropped.

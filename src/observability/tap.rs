@@ -377,6 +377,7 @@ mod tests {
                 cache_read: 60,
                 cache_write: 0,
                 cache_write_1h: 0,
+                fast: false,
             }
         );
     }

@@ -177,6 +177,8 @@ pub struct SimMessage2 {
     pub cache_write_1h: u64,
     /// Web searches the answer made (`usage.server_tool_use.web_search_requests`).
     pub web_searches: u64,
+    /// Fast mode served it (`usage.speed`).
+    pub fast: bool,
     /// How many text deltas a streamed text block is cut into.
     pub deltas: usize,
 }
@@ -320,8 +322,10 @@ pub fn respond(
             cache_read,
             cache_write: cache_creation,
             cache_write_1h: 0,
+            fast: false,
         },
         cache_write_1h: 0,
+        fast: false,
         web_searches: 0,
         deltas,
     }
@@ -360,6 +364,7 @@ impl SimMessage2 {
             "output_tokens": output_tokens,
             "service_tier": "standard",
             "server_tool_use": {"web_search_requests": self.web_searches},
+            "speed": if self.fast { "fast" } else { "standard" },
         })
     }
 

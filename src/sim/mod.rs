@@ -676,6 +676,16 @@ async fn answer(
     let id = state.next_id();
     let mut message = generate::respond(req.model.as_deref(), &calls, &dir, body.len(), id);
     let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+    // Fast mode, on the models that have it (others run at standard speed, as the service does).
+    message.fast = parsed.as_ref().is_some_and(|v| v["speed"] == "fast")
+        && [
+            "claude-opus-4-6",
+            "claude-opus-4-7",
+            "claude-opus-4-8",
+            "claude-opus-5",
+        ]
+        .iter()
+        .any(|m| message.model.starts_with(m));
     if dir.search
         && let Some(v) = &parsed
     {

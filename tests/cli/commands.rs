@@ -204,7 +204,7 @@ fn config_show_prints_every_setting_aligned() {
     assert!(!out.contains("proxy-secret-token"), "{out}");
     assert!(value("auth_token").contains("…efgh"), "{out}");
     assert!(
-        out.contains("[prices.\"claude-x\"]\ninput          = 1.5\noutput         = 2\n"),
+        out.contains("[prices.\"claude-x\"]\ninput           = 1.5\noutput          = 2\n"),
         "{out}"
     );
 }

@@ -44,6 +44,7 @@ fn rec(
         cache_read: input * 4,
         cache_write: input / 2,
         cache_write_1h: 0,
+        fast: false,
     };
     UsageRecord {
         ts_ms: now_ms() - ago_min * MIN,

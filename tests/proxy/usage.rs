@@ -408,3 +408,57 @@ async fn usage_store_failing_at_run_time_is_reported() {
         "{msg}"
     );
 }
+
+/// Fast mode (`speed: "fast"`, reported back as `usage.speed`) is priced at the model's fast
+/// multiplier, streamed or whole; on a model without fast mode the standard rate applies.
+#[tokio::test]
+async fn fast_mode_is_priced_at_its_multiplier() {
+    let env = TestEnv::with_api_key().await;
+    let cases = [
+        ("claude-opus-4-8", false, 2.0),
+        ("claude-opus-4-8", true, 2.0),
+        ("claude-sonnet-4-5", false, 1.0),
+    ];
+    for (model, stream, _) in cases {
+        let body = json!({"model": model, "max_tokens": 64, "stream": stream, "speed": "fast",
+            "messages": [{"role": "user", "content": "Hello"}]});
+        let resp = env
+            .client
+            .post(env.url("/v1/messages"))
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .header("anthropic-beta", "fast-mode-2026-02-01")
+            .body(serde_json::to_vec(&body).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains(if model.contains("opus") {
+                r#""speed":"fast""#
+            } else {
+                r#""speed":"standard""#
+            }),
+            "{text}"
+        );
+    }
+    let rows = rows(&env, cases.len()).await;
+    let table = ccproxy::observability::usage::prices::PriceTable::built_in();
+    for (r, (model, _, multiplier)) in rows.iter().zip(cases) {
+        let standard = table
+            .cost(
+                model,
+                &ccproxy::api::anthropic::Tokens {
+                    fast: false,
+                    ..r.tokens
+                },
+            )
+            .unwrap();
+        let got = r.cost_usd.unwrap();
+        assert!(
+            (got - multiplier * standard).abs() < 1e-12,
+            "{model}: {got} vs {multiplier} × {standard}"
+        );
+    }
+}

@@ -299,6 +299,7 @@ mod tests {
             cache_read: 100,
             cache_write: 7,
             cache_write_1h: 0,
+            fast: false,
         };
         let u = usage(&t, 400);
         assert_eq!(

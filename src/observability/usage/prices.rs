@@ -41,6 +41,9 @@ pub struct Price {
     /// writes and reads then scale from the long input rate as they do from the normal one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub long_context: Option<(f64, f64)>,
+    /// Fast mode (`usage.speed: "fast"`): every rate times this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast: Option<f64>,
 }
 
 impl Price {
@@ -52,7 +55,14 @@ impl Price {
             cache_read,
             cache_write_1h: input * 2.0,
             long_context: None,
+            fast: None,
         }
+    }
+
+    /// With a fast-mode multiplier.
+    pub const fn fast(mut self, multiplier: f64) -> Price {
+        self.fast = Some(multiplier);
+        self
     }
 
     /// With long-context rates (input, output).
@@ -71,12 +81,18 @@ impl Price {
                 cache_read: input * 0.1,
                 cache_write_1h: input * 2.0,
                 long_context: None,
+                fast: None,
             },
             _ => *self,
         };
+        // Fast mode stacks with the other modifiers.
+        let m = match self.fast {
+            Some(m) if t.fast => m,
+            _ => 1.0,
+        };
         let one_hour = t.cache_write_1h.min(t.cache_write);
         // u64 → f64 loses precision only past 2^53 tokens.
-        (t.input as f64 * p.input
+        m * (t.input as f64 * p.input
             + t.output as f64 * p.output
             + (t.cache_write - one_hour) as f64 * p.cache_write
             + one_hour as f64 * p.cache_write_1h
@@ -104,21 +120,30 @@ pub enum PriceError {
 /// Built-in prices (USD per million tokens: input, output, 5-minute cache write,
 /// cache read), from Anthropic's public pricing page as of 2026-11. 1-hour cache writes cost
 /// twice the input rate; prompts over 200k tokens on the models with long-context rates
-/// (Sonnet 4.x: $6 / $22.50, Opus 4.6: $10 / $37.50) cost those. Not modelled: Haiku 5.5's
-/// higher rate for prompts over 100k tokens, fast mode, `inference_geo` surcharges, batch
-/// discounts, web search fees. Override with `[prices]`.
+/// (Sonnet 4.x: $6 / $22.50, Opus 4.6: $10 / $37.50) cost those. Fast mode multiplies every rate
+/// (Opus 4.6 and 4.7: 6×, Opus 4.8 and 5: 2×; Opus 5.5's is not published here: set
+/// `fast_multiplier`). Not modelled: Haiku 5.5's higher rate for prompts over 100k tokens,
+/// `inference_geo` surcharges, batch discounts, web search fees. Override with `[prices]`.
 const BUILT_IN: &[(&str, Price)] = &[
     ("claude-fable-5-1", Price::new(10.0, 50.0, 12.50, 0.25)),
     ("claude-fable-5", Price::new(10.0, 50.0, 12.50, 1.0)),
     ("claude-mythos-5-1", Price::new(10.0, 50.0, 12.50, 0.25)),
     ("claude-mythos-5", Price::new(10.0, 50.0, 12.50, 1.0)),
     ("claude-opus-5-5", Price::new(4.0, 20.0, 5.0, 0.20)),
-    ("claude-opus-5", Price::new(5.0, 25.0, 6.25, 0.50)),
-    ("claude-opus-4-8", Price::new(5.0, 25.0, 6.25, 0.50)),
-    ("claude-opus-4-7", Price::new(5.0, 25.0, 6.25, 0.50)),
+    ("claude-opus-5", Price::new(5.0, 25.0, 6.25, 0.50).fast(2.0)),
+    (
+        "claude-opus-4-8",
+        Price::new(5.0, 25.0, 6.25, 0.50).fast(2.0),
+    ),
+    (
+        "claude-opus-4-7",
+        Price::new(5.0, 25.0, 6.25, 0.50).fast(6.0),
+    ),
     (
         "claude-opus-4-6",
-        Price::new(5.0, 25.0, 6.25, 0.50).long(10.0, 37.50),
+        Price::new(5.0, 25.0, 6.25, 0.50)
+            .long(10.0, 37.50)
+            .fast(6.0),
     ),
     ("claude-sonnet-5-5", Price::new(2.0, 10.0, 2.50, 0.20)),
     ("claude-sonnet-5", Price::new(2.0, 10.0, 2.50, 0.20)),
@@ -176,6 +201,7 @@ impl PriceTable {
                 ("cache_write", o.cache_write),
                 ("cache_read", o.cache_read),
                 ("cache_write_1h", o.cache_write_1h),
+                ("fast_multiplier", o.fast_multiplier),
             ] {
                 if let Some(v) = value
                     && !(v.is_finite() && v >= 0.0)
@@ -197,10 +223,12 @@ impl PriceTable {
                         cache_read: o.cache_read.unwrap_or(b.cache_read),
                         cache_write_1h: o.cache_write_1h.unwrap_or(input * 2.0),
                         long_context: b.long_context,
+                        fast: o.fast_multiplier.or(b.fast),
                     }
                 }
                 (None, Some(input), Some(output)) => Price {
                     cache_write_1h: o.cache_write_1h.unwrap_or(input * 2.0),
+                    fast: o.fast_multiplier,
                     ..Price::new(
                         input,
                         output,
@@ -281,6 +309,7 @@ mod tests {
             cache_read: 1_000_000,
             cache_write: 1_000_000,
             cache_write_1h: 0,
+            fast: false,
         };
         assert!(approx(p.cost(&t), 3.0 + 15.0 + 3.75 + 0.30));
     }
@@ -333,5 +362,34 @@ mod tests {
             .price("claude-sonnet-4")
             .unwrap();
         assert_eq!((p.cache_write_1h, p.long_context), (9.0, Some((6.0, 22.5))));
+    }
+
+    #[test]
+    fn fast_mode_multiplies_every_rate_and_stacks() {
+        let table = PriceTable::built_in();
+        let t = Tokens {
+            input: 100_000,
+            output: 10_000,
+            cache_read: 50_000,
+            fast: true,
+            ..Tokens::default()
+        };
+        let standard = Tokens { fast: false, ..t };
+        let opus48 = table.price("claude-opus-4-8").unwrap();
+        assert!(approx(opus48.cost(&t), 2.0 * opus48.cost(&standard)));
+        let opus46 = table.price("claude-opus-4-6").unwrap();
+        assert!(approx(opus46.cost(&t), 6.0 * opus46.cost(&standard)));
+        // Over 200k: the long-context rates, times six.
+        let long = Tokens {
+            input: 250_000,
+            ..t
+        };
+        assert!(approx(
+            opus46.cost(&long),
+            6.0 * (0.25 * 10.0 + 0.01 * 37.5 + 0.05 * 1.0)
+        ));
+        // Models without fast mode: `fast` changes nothing.
+        let sonnet = table.price("claude-sonnet-4-5").unwrap();
+        assert!(approx(sonnet.cost(&t), sonnet.cost(&standard)));
     }
 }
