@@ -42,6 +42,9 @@ pub struct Tokens {
     /// Fast mode served the request (`usage.speed: "fast"`, priced higher); not stored.
     #[serde(default, skip)]
     pub fast: bool,
+    /// Message Batches results (half price); not stored.
+    #[serde(default, skip)]
+    pub batch: bool,
 }
 
 impl Tokens {

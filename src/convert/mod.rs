@@ -148,6 +148,7 @@ mod tests {
             cache_write: 7,
             cache_write_1h: 0,
             fast: false,
+            batch: false,
         };
         let mut out = Vec::new();
         write_openai_usage(&u, &mut out);

@@ -546,6 +546,7 @@ mod tests {
                 cache_write: 0,
                 cache_write_1h: 0,
                 fast: false,
+                batch: false,
             }
         );
         // One chunk per upstream text delta, unchanged; role first; ping dropped.

@@ -63,7 +63,9 @@ fn on_batch_line(line: &[u8], m: &mut Metered) {
         m.tokens.output += t.output;
         m.tokens.cache_read += t.cache_read;
         m.tokens.cache_write += t.cache_write;
+        m.tokens.cache_write_1h += t.cache_write_1h;
     }
+    m.tokens.batch = true;
     if m.model.is_none() {
         m.model = msg.model.as_deref().map(str::to_owned);
     }
@@ -378,6 +380,7 @@ mod tests {
                 cache_write: 0,
                 cache_write_1h: 0,
                 fast: false,
+                batch: false,
             }
         );
     }

@@ -323,6 +323,7 @@ pub fn respond(
             cache_write: cache_creation,
             cache_write_1h: 0,
             fast: false,
+            batch: false,
         },
         cache_write_1h: 0,
         fast: false,

@@ -45,6 +45,7 @@ fn rec(
         cache_write: input / 2,
         cache_write_1h: 0,
         fast: false,
+        batch: false,
     };
     UsageRecord {
         ts_ms: now_ms() - ago_min * MIN,

@@ -33,6 +33,7 @@ fn record(i: i64) -> UsageRecord {
             cache_write: 0,
             cache_write_1h: 0,
             fast: false,
+            batch: false,
         },
         cost_usd: Some(0.000_33),
         duration_ms: 100.0,
@@ -84,6 +85,7 @@ fn round_trip_keeps_every_field() {
             cache_write: 1213,
             cache_write_1h: 0,
             fast: false,
+            batch: false,
         },
         cost_usd: Some(0.123_456_789),
         duration_ms: 4321.125,
@@ -282,6 +284,7 @@ fn tokens(input: u64, output: u64, cache_write: u64, cache_read: u64) -> Tokens 
         cache_write,
         cache_write_1h: 0,
         fast: false,
+        batch: false,
     }
 }
 

@@ -377,6 +377,15 @@ async fn batch_results_usage_is_recorded_when_fetched() {
     assert_eq!(r.status, 200);
     assert_eq!(r.model.as_deref(), Some("claude-sonnet-5"));
     assert_eq!((r.tokens.input, r.tokens.output, r.tokens.cache_read), want);
+    // At the Batch API's price: half the standard one.
+    let standard = ccproxy::observability::usage::prices::PriceTable::built_in()
+        .cost("claude-sonnet-5", &r.tokens)
+        .unwrap();
+    let got = r.cost_usd.unwrap();
+    assert!(
+        (got - standard / 2.0).abs() < 1e-12,
+        "{got} vs {standard} / 2"
+    );
 }
 
 #[tokio::test]

@@ -300,6 +300,7 @@ mod tests {
             cache_write: 7,
             cache_write_1h: 0,
             fast: false,
+            batch: false,
         };
         let u = usage(&t, 400);
         assert_eq!(

@@ -85,11 +85,14 @@ impl Price {
             },
             _ => *self,
         };
-        // Fast mode stacks with the other modifiers.
-        let m = match self.fast {
+        // Fast mode stacks with the other modifiers; batch results cost half.
+        let mut m = match self.fast {
             Some(m) if t.fast => m,
             _ => 1.0,
         };
+        if t.batch {
+            m *= 0.5;
+        }
         let one_hour = t.cache_write_1h.min(t.cache_write);
         // u64 → f64 loses precision only past 2^53 tokens.
         m * (t.input as f64 * p.input
@@ -123,7 +126,8 @@ pub enum PriceError {
 /// (Sonnet 4.x: $6 / $22.50, Opus 4.6: $10 / $37.50) cost those. Fast mode multiplies every rate
 /// (Opus 4.6 and 4.7: 6×, Opus 4.8 and 5: 2×; Opus 5.5's is not published here: set
 /// `fast_multiplier`). Not modelled: Haiku 5.5's higher rate for prompts over 100k tokens,
-/// `inference_geo` surcharges, batch discounts, web search fees. Override with `[prices]`.
+/// `inference_geo` surcharges, web search fees. Message Batches results cost half. Override with
+/// `[prices]`.
 const BUILT_IN: &[(&str, Price)] = &[
     ("claude-fable-5-1", Price::new(10.0, 50.0, 12.50, 0.25)),
     ("claude-fable-5", Price::new(10.0, 50.0, 12.50, 1.0)),
@@ -310,6 +314,7 @@ mod tests {
             cache_write: 1_000_000,
             cache_write_1h: 0,
             fast: false,
+            batch: false,
         };
         assert!(approx(p.cost(&t), 3.0 + 15.0 + 3.75 + 0.30));
     }
@@ -388,6 +393,12 @@ mod tests {
             opus46.cost(&long),
             6.0 * (0.25 * 10.0 + 0.01 * 37.5 + 0.05 * 1.0)
         ));
+        // Batch results: half of everything.
+        let batch = Tokens {
+            batch: true,
+            ..standard
+        };
+        assert!(approx(opus48.cost(&batch), 0.5 * opus48.cost(&standard)));
         // Models without fast mode: `fast` changes nothing.
         let sonnet = table.price("claude-sonnet-4-5").unwrap();
         assert!(approx(sonnet.cost(&t), sonnet.cost(&standard)));
