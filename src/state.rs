@@ -53,6 +53,9 @@ pub struct AppState {
     pub responses: Arc<ResponseStore>,
     /// Client keys (in memory, kept in sync with the usage database's `client_keys`).
     pub keys: Arc<ClientKeys>,
+    /// The shared database (`database_url = "postgres://…"`): whether it answers, how many
+    /// replicas share it. `None` with SQLite.
+    pub database: Option<Arc<crate::db::Link>>,
 }
 
 /// The credentials configuration implied by the settings.
@@ -85,11 +88,45 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     );
     // Keys live in the usage database; with usage recording off, an existing database's keys
     // still apply (their spend is then counted in memory only).
-    let db = &settings.usage.db;
-    let keys_db = (settings.usage.enabled || db.exists()).then(|| db.clone());
-    let keys = ClientKeys::open(keys_db, settings.server.require_client_keys);
-    let (observer, usage) = start_observer(&settings, keys.clone())?;
-    let responses = Arc::new(open_response_store(&settings, usage.as_ref()));
+    let link = crate::db::Link::new();
+    let pg = settings.usage.postgres.clone();
+    let (keys, observer, usage) = match &pg {
+        None => {
+            let db = &settings.usage.db;
+            let keys_db = (settings.usage.enabled || db.exists()).then(|| db.clone());
+            let keys = ClientKeys::open(keys_db, settings.server.require_client_keys);
+            let (observer, usage) = start_observer(&settings, keys.clone(), None)?;
+            (keys, observer, usage)
+        }
+        // PostgreSQL's blocking client must not run on the async runtime's threads: the
+        // first connections (migrations, the keys' first read) are made on a thread of their
+        // own.
+        Some(url) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<_> {
+                    let keys = ClientKeys::open_db(
+                        Some(crate::db::Database::Postgres(url.clone())),
+                        settings.server.require_client_keys,
+                        link.clone(),
+                    );
+                    let sink = crate::observability::usage::pg::PgSink::open(url, link.clone());
+                    let (observer, usage) = start_observer(&settings, keys.clone(), Some(sink))?;
+                    crate::db::pg::spawn_heartbeat(url.clone(), link.clone());
+                    Ok((keys, observer, usage))
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("opening the database panicked"))?
+        })?,
+    };
+    let responses = Arc::new(match &pg {
+        Some(url) => {
+            let backend = crate::response_store::pg::PgBackend::new(url, link.clone());
+            let store = ResponseStore::durable(Arc::new(backend), settings.responses.ttl);
+            tracing::info!(store = %store.describe(), ttl_secs = settings.responses.ttl.as_secs(), "Responses API store");
+            store
+        }
+        None => open_response_store(&settings, usage.as_ref()),
+    });
     let guard = Guard {
         loopback_only: crate::access::is_loopback_host(&settings.server.host),
         cors_origins: settings.server.cors_origins.clone(),
@@ -121,6 +158,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         usage,
         responses,
         keys,
+        database: pg.map(|_| link),
     })
 }
 
@@ -272,12 +310,20 @@ fn open_response_store(settings: &Settings, usage: Option<&UsageWriter>) -> Resp
 fn start_observer(
     settings: &Settings,
     keys: Arc<ClientKeys>,
+    pg: Option<crate::observability::usage::pg::PgSink>,
 ) -> anyhow::Result<(Arc<Observer>, Option<UsageWriter>)> {
     // Installs the process-wide metrics recorder before any request is metered.
     let _ = prom::handle();
     let prices = PriceTable::with_overrides(&settings.prices)
         .map_err(|e| anyhow::anyhow!("invalid [prices] in the config file: {e}"))?;
-    let usage = if settings.usage.enabled {
+    let usage = if let Some(sink) = pg {
+        // Usage rows are always recorded in a shared database (the keys' spend needs them).
+        Some(crate::observability::usage::store::spawn_sink(
+            Box::new(sink),
+            settings.usage.database(),
+            DEFAULT_QUEUE_CAPACITY,
+        ))
+    } else if settings.usage.enabled {
         match UsageStore::open(&settings.usage.db) {
             Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
             Err(e) => {

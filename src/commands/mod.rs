@@ -57,7 +57,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Some(Command::Usage(args)) => {
             let settings = Settings::from_common(&args.config.clone().into())?;
-            let code = usage::run(&args, settings.usage.db)?;
+            let db = settings.usage.database();
+            // PostgreSQL's blocking client must not run on the async runtime's threads.
+            let code = tokio::task::spawn_blocking(move || usage::run(&args, db)).await??;
             Ok(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Keys(args)) => {

@@ -16,6 +16,7 @@
 //!   appears) they are read back from the usage rows, which carry the key's name,
 //!   so they survive a restart.
 
+pub mod pg;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -371,6 +372,8 @@ struct Window {
     /// Spend in the period starting at `period_start` (ms).
     period_start: i64,
     spend: f64,
+    /// Spend finished here since the last read of the fleet's spend (PostgreSQL).
+    unsynced: f64,
     last_used_ms: Option<i64>,
 }
 
@@ -394,6 +397,7 @@ impl Window {
             if start != self.period_start {
                 self.period_start = start;
                 self.spend = 0.0;
+                self.unsynced = 0.0;
             }
         }
     }
@@ -470,8 +474,10 @@ impl From<ProxyError> for Refused {
 /// The client keys of a running server.
 pub struct ClientKeys {
     table: RwLock<Arc<Table>>,
-    /// The usage database that holds the keys (`None`: keys are unavailable).
-    db: Option<PathBuf>,
+    /// The store that holds the keys (`None`: keys are unavailable).
+    db: Option<crate::db::Database>,
+    /// Whether the shared database answers; how many replicas share the limits.
+    link: Arc<crate::db::Link>,
     /// Why the keys table could not be read, if it could not.
     error: Mutex<Option<String>>,
     /// The reload's connection (also serialises reloads).
@@ -494,9 +500,27 @@ impl ClientKeys {
     /// Loads the keys from the usage database at `db` (created and migrated if needed)
     /// and starts the reload thread. With `db` `None`, there are no keys.
     pub fn open(db: Option<PathBuf>, required: bool) -> Arc<ClientKeys> {
+        Self::open_db(
+            db.map(crate::db::Database::Sqlite),
+            required,
+            crate::db::Link::new(),
+        )
+    }
+
+    /// [`ClientKeys::open`] on the configured store. With PostgreSQL a listener thread reloads
+    /// the moment any replica changes a key (`LISTEN ccproxy_keys`), the reload every
+    /// [`RELOAD_EVERY`] stays as the safety net, and rate limits are shared by the replicas
+    /// alive (`link`).
+    pub fn open_db(
+        db: Option<crate::db::Database>,
+        required: bool,
+        link: Arc<crate::db::Link>,
+    ) -> Arc<ClientKeys> {
+        let pg = db.as_ref().and_then(|d| d.postgres().cloned());
         let keys = Arc::new(ClientKeys {
             table: RwLock::new(Arc::new(Table::default())),
             db,
+            link,
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required,
@@ -512,6 +536,15 @@ impl ClientKeys {
                 tracing::error!(error = %e, "cannot start the client-keys reload thread; keys changed by the CLI need a restart");
             }
         }
+        if let Some(url) = pg {
+            let weak = Arc::downgrade(&keys);
+            let spawned = std::thread::Builder::new()
+                .name("ccproxy-keys-listen".into())
+                .spawn(move || listen_loop(&url, &weak));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the client-keys listener; changes arrive with the periodic reload");
+            }
+        }
         keys
     }
 
@@ -520,6 +553,7 @@ impl ClientKeys {
         Arc::new(ClientKeys {
             table: RwLock::new(Arc::new(Table::default())),
             db: None,
+            link: Arc::new(crate::db::Link::default()),
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required: false,
@@ -531,9 +565,9 @@ impl ClientKeys {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The database holding the keys, if any.
+    /// The SQLite database holding the keys, if that is where they are.
     pub fn db(&self) -> Option<&std::path::Path> {
-        self.db.as_deref()
+        self.db.as_ref().and_then(|d| d.sqlite_path())
     }
 
     /// Whether proxied requests need a client key (or the admin token): with at least one
@@ -588,13 +622,13 @@ impl ClientKeys {
             )
             .into());
         };
-        Self::admit_entry(&entry, mode, now).map_err(|error| Refused {
+        self.admit_entry(&entry, mode, now).map_err(|error| Refused {
             key: Some(entry.record.name.clone()),
             error: Box::new(error),
         })
     }
 
-    fn admit_entry(entry: &Entry, mode: Mode, now: i64) -> Result<Admitted, ProxyError> {
+    fn admit_entry(&self, entry: &Entry, mode: Mode, now: i64) -> Result<Admitted, ProxyError> {
         let rec = &entry.record;
         let name = &rec.name;
         if rec.revoked_at_ms.is_some() {
@@ -610,7 +644,22 @@ impl ClientKeys {
                 format_utc(exp)
             )));
         }
-        let limits = &rec.limits;
+        // Several replicas: each enforces its share of rpm, tpm and max-concurrent.
+        let shared;
+        let limits = if self.link.replicas() > 1 {
+            let l = &rec.limits;
+            shared = Limits {
+                rpm: l.rpm.map(|n| u32::try_from(self.share(u64::from(n))).unwrap_or(n)),
+                tpm: l.tpm.map(|n| self.share(n)),
+                max_concurrent: l
+                    .max_concurrent
+                    .map(|n| u32::try_from(self.share(u64::from(n))).unwrap_or(n)),
+                ..l.clone()
+            };
+            &shared
+        } else {
+            &rec.limits
+        };
         if !limits.allows_mode(mode) {
             reject(name, "mode");
             let allowed: Vec<&str> = limits.modes.iter().map(|m| m.name()).collect();
@@ -715,6 +764,7 @@ impl ClientKeys {
             && at_ms >= w.period_start
         {
             w.spend += c;
+            w.unsynced += c;
         }
         metrics::counter!("ccproxy_client_key_requests_total", "key" => name.to_owned())
             .increment(1);
@@ -734,12 +784,12 @@ impl ClientKeys {
         &self,
         f: impl FnOnce(&mut store::KeyDb) -> Result<T, store::KeyError>,
     ) -> Result<T, store::KeyError> {
-        let db = self.db.as_deref().ok_or(store::KeyError::NoDatabase)?;
+        let db = self.db.as_ref().ok_or(store::KeyError::NoDatabase)?;
         let out = {
             let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
             let kdb = match conn.take() {
                 Some(c) => conn.insert(c),
-                None => conn.insert(store::KeyDb::open(db)?),
+                None => conn.insert(store::KeyDb::open_db(db, &self.link)?),
             };
             f(kdb)?
         };
@@ -751,27 +801,32 @@ impl ClientKeys {
     pub fn reload(&self) {
         let Some(db) = &self.db else { return };
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let loaded = match conn.take() {
-            Some(c) => Ok(c),
-            None => store::KeyDb::open(db),
-        }
-        .and_then(|mut kdb| {
-            let records = kdb.all()?;
-            Ok((kdb, records))
-        });
-        let (kdb, records) = match loaded {
-            Ok(x) => x,
+        let report = |e: store::KeyError| {
+            let msg = e.to_string();
+            let mut last = self.error.lock().unwrap_or_else(|e| e.into_inner());
+            if last.as_deref() != Some(msg.as_str()) {
+                tracing::error!(error = %msg, "cannot read the client keys; the keys last read stay in force");
+                *last = Some(msg);
+            }
+        };
+        let mut kdb = match conn.take() {
+            Some(c) => c,
+            None => match store::KeyDb::open_db(db, &self.link) {
+                Ok(k) => k,
+                Err(e) => return report(e),
+            },
+        };
+        let records = match kdb.all() {
+            Ok(r) => r,
             Err(e) => {
-                let msg = e.to_string();
-                let mut last = self.error.lock().unwrap_or_else(|e| e.into_inner());
-                if last.as_deref() != Some(msg.as_str()) {
-                    tracing::error!(error = %msg, "cannot read the client keys");
-                    *last = Some(msg);
-                }
-                return;
+                *conn = Some(kdb);
+                return report(e);
             }
         };
         let kdb = conn.insert(kdb);
+        if db.postgres().is_some() {
+            self.sync_spend(kdb);
+        }
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let current = self.snapshot();
         let unchanged = records.len() == current.by_name.len()
@@ -795,6 +850,95 @@ impl ClientKeys {
         let any = !table.by_name.is_empty();
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.any.store(any, Ordering::Release);
+    }
+}
+
+impl ClientKeys {
+    /// The fleet's spend of each budgeted key, from the usage rows of every replica, plus
+    /// what this replica finished since (not yet in the database): shared budgets.
+    fn sync_spend(&self, kdb: &mut store::KeyDb) {
+        let table = self.snapshot();
+        let now = crate::util::time::now_ms();
+        for e in table.by_name.values() {
+            let Some(b) = e.record.limits.budget else {
+                continue;
+            };
+            let (start, _) = b.period.bounds(now);
+            let Ok(rows) = kdb.rows_of(&e.record.name, start) else {
+                return;
+            };
+            let fleet: f64 = rows.iter().filter_map(|r| r.2).sum();
+            let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
+            w.roll(Some(&b), now);
+            w.spend = fleet + w.unsynced;
+            w.unsynced = 0.0;
+        }
+    }
+
+    /// This replica's share of a fleet-wide limit: the limit divided by the replicas alive
+    /// (at least 1).
+    fn share(&self, limit: u64) -> u64 {
+        (limit / u64::from(self.link.replicas())).max(1)
+    }
+}
+
+/// Reloads the keys the moment a replica announces a change (`NOTIFY ccproxy_keys`);
+/// reconnects with backoff when the database goes away.
+fn listen_loop(url: &crate::db::PgUrl, keys: &Weak<ClientKeys>) {
+    use postgres::fallible_iterator::FallibleIterator as _;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if keys.strong_count() == 0 {
+            return;
+        }
+        let mut client = match crate::db::pg::connect(url) {
+            Ok(c) => c,
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if client
+            .batch_execute(&format!("LISTEN {}", crate::db::pg::KEYS_CHANNEL))
+            .is_err()
+        {
+            std::thread::sleep(backoff);
+            continue;
+        }
+        backoff = Duration::from_millis(250);
+        // A change made while we were not listening.
+        if let Some(k) = keys.upgrade() {
+            k.reload();
+        }
+        loop {
+            let mut got = false;
+            let mut failed = false;
+            {
+                let mut n = client.notifications();
+                let mut it = n.timeout_iter(Duration::from_secs(2));
+                loop {
+                    match it.next() {
+                        Ok(Some(_)) => got = true,
+                        Ok(None) => break,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if got {
+                        break;
+                    }
+                }
+            }
+            let Some(k) = keys.upgrade() else { return };
+            if got {
+                k.reload();
+            }
+            if failed || client.is_closed() {
+                break;
+            }
+        }
     }
 }
 

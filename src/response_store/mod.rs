@@ -23,6 +23,7 @@
 //! [`Backend`] is the whole interface a durable store implements ([`sqlite::SqliteBackend`],
 //! the usage database's `responses` table; PostgreSQL later).
 
+pub mod pg;
 pub mod sqlite;
 
 use std::collections::{HashMap, VecDeque};
