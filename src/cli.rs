@@ -35,6 +35,30 @@ pub enum Command {
     Status(StatusArgs),
     /// Client keys: one per client, with its own limits and budget.
     Keys(KeysArgs),
+    /// The configured store (`database_url`): migrate it, import a SQLite history into it.
+    Db(DbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub action: DbCommand,
+    /// Configuration file (TOML). Default: config.toml in ccproxy's configuration directory.
+    #[arg(long, env = "CCPROXY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Bring the configured store's schema up to date (servers also do it at startup).
+    Migrate,
+    /// Copy a SQLite usage database (usage rows, client keys, stored responses) into the
+    /// configured PostgreSQL store.
+    Import {
+        /// The SQLite database: sqlite://PATH (or a plain path).
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -191,3 +191,43 @@ pub(super) fn spend(
     )
     .map(|r| (r.get(0), r.get(1)))
 }
+
+/// Copies `r` (digest, prefix, limits, dates) as it is; a key of that name already there wins.
+/// Whether it was inserted.
+pub fn import(c: &mut Client, r: &KeyRecord) -> Result<bool, postgres::Error> {
+    let l = &r.limits;
+    let models = l.models.join(",");
+    let modes = super::store::join_modes(l);
+    let rpm = l.rpm.map(i64::from);
+    let tpm = l.tpm.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+    let max_concurrent = l.max_concurrent.map(i64::from);
+    let budget = l.budget.map(|b| b.usd);
+    let period = l.budget.map(|b| b.period.name());
+    let digest = r.digest.as_slice();
+    let params: [&(dyn ToSql + Sync); 13] = [
+        &r.name,
+        &digest,
+        &r.prefix,
+        &models,
+        &modes,
+        &rpm,
+        &tpm,
+        &max_concurrent,
+        &budget,
+        &period,
+        &l.expires_at_ms,
+        &r.created_at_ms,
+        &r.revoked_at_ms,
+    ];
+    let n = c.execute(
+        "INSERT INTO client_keys (name, digest, prefix, models, modes, rpm, tpm, max_concurrent,
+            budget_usd, period, expires_at_ms, created_at_ms, revoked_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT DO NOTHING",
+        &params,
+    )?;
+    if n > 0 {
+        c.execute("SELECT pg_notify($1, $2)", &[&KEYS_CHANNEL, &r.name])?;
+    }
+    Ok(n > 0)
+}
