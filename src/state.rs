@@ -121,7 +121,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     let responses = Arc::new(match &pg {
         Some(url) => {
             let backend = crate::response_store::pg::PgBackend::new(url, link.clone());
-            let store = ResponseStore::durable(Arc::new(backend), settings.responses.ttl);
+            let store = ResponseStore::durable(Arc::new(backend), settings.responses.ttl).shared();
             tracing::info!(store = %store.describe(), ttl_secs = settings.responses.ttl.as_secs(), "Responses API store");
             store
         }

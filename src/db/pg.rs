@@ -284,7 +284,7 @@ impl Conn {
                     cause: "unreachable (waiting to reconnect)".into(),
                 });
             }
-            match connect(&self.url) {
+            match open(&self.url) {
                 Ok(c) => self.client = Some(c),
                 Err(e) => {
                     self.next_try = Some(std::time::Instant::now() + self.backoff);

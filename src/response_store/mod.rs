@@ -154,7 +154,18 @@ pub struct ResponseStore {
     unqueued: AtomicU64,
     /// Backend writes that failed.
     write_errors: Arc<AtomicU64>,
+    /// The backend is shared by replicas: a miss may be a response another replica is still
+    /// writing, so it is looked up again (see [`SHARED_MISS_RETRIES`]).
+    shared: bool,
 }
+
+/// A miss in a shared backend is looked up again after each of these pauses (another replica's
+/// writer commits within milliseconds of the response's last event).
+pub const SHARED_MISS_RETRIES: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(150),
+];
 
 impl std::fmt::Debug for ResponseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +189,14 @@ impl ResponseStore {
             memory_reason: Some(reason.into()),
             unqueued: AtomicU64::new(0),
             write_errors: Arc::new(AtomicU64::new(0)),
+            shared: false,
         }
+    }
+
+    /// Marks the backend as shared by several replicas (PostgreSQL).
+    pub fn shared(mut self) -> ResponseStore {
+        self.shared = true;
+        self
     }
 
     /// A store that keeps responses in `backend`, written by a dedicated thread that also prunes
@@ -204,6 +222,7 @@ impl ResponseStore {
             memory_reason: None,
             unqueued: AtomicU64::new(0),
             write_errors,
+            shared: false,
         }
     }
 
@@ -249,12 +268,24 @@ impl ResponseStore {
         let Some(d) = &self.durable else {
             return Ok(None);
         };
-        let backend = d.backend.clone();
-        let id = id.to_owned();
-        let found = tokio::task::spawn_blocking(move || backend.get(&id, now_ms()))
-            .await
-            .map_err(|e| StoreError(format!("lookup task failed: {e}")))??;
-        Ok(found.map(Arc::new))
+        let pauses: &[Duration] = if self.shared {
+            &SHARED_MISS_RETRIES
+        } else {
+            &[]
+        };
+        let mut pauses = pauses.iter();
+        loop {
+            let backend = d.backend.clone();
+            let key = id.to_owned();
+            let found = tokio::task::spawn_blocking(move || backend.get(&key, now_ms()))
+                .await
+                .map_err(|e| StoreError(format!("lookup task failed: {e}")))??;
+            match (found, pauses.next()) {
+                (Some(r), _) => return Ok(Some(Arc::new(r))),
+                (None, Some(p)) => tokio::time::sleep(*p).await,
+                (None, None) => return Ok(None),
+            }
+        }
     }
 
     /// Deletes `id`; whether it existed (and had not expired).

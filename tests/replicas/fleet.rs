@@ -1,0 +1,204 @@
+//! Three replicas, one PostgreSQL, one simulated upstream: the scenarios.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::support::message;
+use super::{ADMIN, Cluster, Fleet, FleetOpts};
+
+/// Creates a client key through replica `i`'s admin API; returns the key.
+async fn create_key(f: &Fleet, i: usize, body: Value) -> String {
+    let r = f
+        .client
+        .post(f.replicas[i].url("/api/keys"))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["key"].as_str().unwrap().to_owned()
+}
+
+async fn status_of(f: &Fleet, i: usize, key: &str) -> u16 {
+    f.post(i, "/v1/messages", Some(key), &message("hi", false))
+        .await
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_on_one_replica_is_refused_on_the_others_within_a_second() {
+    let pg = Cluster::start();
+    let f = Fleet::start(&pg, FleetOpts::default()).await;
+    let key = create_key(&f, 0, json!({"name": "team"})).await;
+    // Created on replica 1, usable on 2 and 3 within a second.
+    let t0 = Instant::now();
+    for i in [1, 2] {
+        while status_of(&f, i, &key).await != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(1), "create not seen by replica {i}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let r = f
+        .client
+        .delete(f.replicas[0].url("/api/keys/team"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t0 = Instant::now();
+    for i in [1, 2] {
+        loop {
+            let s = status_of(&f, i, &key).await;
+            if s == 401 {
+                break;
+            }
+            assert_eq!(s, 200);
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "replica {i} still accepts the revoked key after {:?}",
+                t0.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Rotation too: the old key stops everywhere, the new one works everywhere.
+    let k2 = create_key(&f, 2, json!({"name": "other"})).await;
+    let r = f
+        .client
+        .post(f.replicas[2].url("/api/keys/other/rotate"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let rotated: Value = r.json().await.unwrap();
+    let k3 = rotated["key"].as_str().unwrap().to_owned();
+    let t0 = Instant::now();
+    while status_of(&f, 0, &k2).await != 401 || status_of(&f, 0, &k3).await != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(1), "rotation not seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn previous_response_id_from_replica_1_continues_on_replica_3() {
+    let pg = Cluster::start();
+    let f = Fleet::start(&pg, FleetOpts::default()).await;
+    let first = f
+        .post(
+            0,
+            "/openai/v1/responses",
+            Some(ADMIN),
+            &json!({"model": "gpt-4o", "input": "my name is Ada", "store": true}),
+        )
+        .await;
+    let first = first.bytes().await.unwrap();
+    let first: Value = serde_json::from_slice(&first).unwrap();
+    let id = first["id"].as_str().unwrap();
+    let next = f
+        .post(
+            2,
+            "/openai/v1/responses",
+            Some(ADMIN),
+            &json!({"model": "gpt-4o", "input": "what is my name?", "previous_response_id": id}),
+        )
+        .await;
+    assert_eq!(next.status(), 200);
+    let next: Value = next.json().await.unwrap();
+    assert_eq!(next["previous_response_id"], id);
+    // The upstream got the whole conversation from replica 3.
+    let reqs = f.sim.state.requests();
+    let last = reqs.iter().rev().find(|r| r.path == "/v1/messages").unwrap();
+    let up: Value = serde_json::from_slice(&last.body).unwrap();
+    let msgs = up["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3, "{up}");
+    assert!(msgs[0].to_string().contains("my name is Ada"));
+    // And GET works on replica 2.
+    let got = f
+        .client
+        .get(f.replicas[1].url(&format!("/openai/v1/responses/{id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive() {
+    let mut pg = Cluster::start();
+    let f = Fleet::start(&pg, FleetOpts::default()).await;
+    let key = create_key(&f, 0, json!({"name": "k"})).await;
+    let t0 = Instant::now();
+    for i in 0..3 {
+        while status_of(&f, i, &key).await != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let before = wait_rows(&pg, 3, Duration::from_secs(5)).await;
+    pg.stop();
+    // Served from what each replica has cached: the key, the credentials.
+    for n in 0..9 {
+        let s = status_of(&f, n % 3, &key).await;
+        assert_eq!(s, 200, "request {n} with the database down");
+    }
+    // /health says degraded once a store noticed.
+    let t0 = Instant::now();
+    for i in 0..3 {
+        loop {
+            let h = f.health(i).await;
+            if h["status"] == "degraded" && h["database"]["up"] == false {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "replica {i}: {h:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let metrics = f
+        .client
+        .get(f.replicas[0].url("/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ccproxy_database_up 0"), "{metrics}");
+    pg.run();
+    // The rows queued meanwhile arrive; the replicas are healthy again.
+    let after = wait_rows(&pg, before + 9, Duration::from_secs(20)).await;
+    assert_eq!(after, before + 9);
+    let t0 = Instant::now();
+    for i in 0..3 {
+        loop {
+            let h = f.health(i).await;
+            if h["status"] == "ok" && h["usage"]["rows_queued"] == 0 {
+                assert_eq!(h["usage"]["rows_dropped"], 0, "{h:#}");
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "replica {i}: {h:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits until the `requests` table has at least `n` rows; returns how many.
+async fn wait_rows(pg: &Cluster, n: i64, limit: Duration) -> i64 {
+    let t0 = Instant::now();
+    loop {
+        let got = pg.count("SELECT count(*) FROM requests").await;
+        if got >= n {
+            return got;
+        }
+        assert!(t0.elapsed() < limit, "{got} rows of {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
