@@ -79,6 +79,10 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
             }
         };
     let (pool, oauth) = build_pool(&settings, oauth, upstream.client(), &[])?;
+    let link = crate::db::Link::new();
+    if let Some(url) = &settings.usage.postgres {
+        share_refreshes(&settings, &pool, url, &link);
+    }
     let pool = PoolCell::new(pool);
     let aliases = ModelAliases::with_defaults().with_overrides(
         settings
@@ -88,7 +92,6 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     );
     // Keys live in the usage database; with usage recording off, an existing database's keys
     // still apply (their spend is then counted in memory only).
-    let link = crate::db::Link::new();
     let pg = settings.usage.postgres.clone();
     let (keys, observer, usage) = match &pg {
         None => {
@@ -160,6 +163,25 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         keys,
         database: pg.map(|_| link),
     })
+}
+
+/// With a shared database, each subscription refreshes once for the whole fleet
+/// (`credentials::fleet`).
+fn share_refreshes(settings: &Settings, pool: &Pool, url: &crate::db::PgUrl, link: &Arc<crate::db::Link>) {
+    let secret = settings.usage.secret.as_ref().map(|s| s.expose().to_owned());
+    for m in pool.members() {
+        if let MemberKind::OAuth(mgr) = &m.kind {
+            if secret.is_none() {
+                tracing::warn!(credential = %m.name, "database_secret is not set: refreshed OAuth tokens are not shared through the database; replicas must share the credentials file");
+            }
+            mgr.share_with(crate::credentials::fleet::Fleet::new(
+                url.clone(),
+                &m.name,
+                secret.as_deref(),
+                link.clone(),
+            ));
+        }
+    }
 }
 
 /// The credential pool: the `[[credentials]]` tables, or the implicit pool of today's single

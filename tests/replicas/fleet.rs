@@ -202,3 +202,55 @@ async fn wait_rows(pg: &Cluster, n: i64, limit: Duration) -> i64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_requests_over_three_replicas_at_token_expiry_make_one_refresh() {
+    use std::sync::atomic::Ordering;
+    let pg = Cluster::start();
+    // Each replica has its own copy of the credentials file (separate machines), expiring now.
+    let creds = super::support::claude_credentials(
+        super::support::OAUTH_TOKEN,
+        super::support::REFRESH_TOKEN,
+        -1_000,
+    );
+    let f = Fleet::start(
+        &pg,
+        FleetOpts {
+            credentials: Some(creds),
+            database_secret: Some("fleet-secret-for-tests"),
+        },
+    )
+    .await;
+    // A slow token endpoint widens the window in which the others would refresh too.
+    f.sim.state.token_delay_ms.store(200, Ordering::SeqCst);
+    let f = std::sync::Arc::new(f);
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = f
+                .post(n % 3, "/v1/messages", Some(ADMIN), &message("hi", false))
+                .await;
+            r.status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(
+        f.sim.state.token_calls.load(Ordering::SeqCst),
+        1,
+        "exactly one refresh upstream for the fleet"
+    );
+    // The shared row is sealed: neither token appears in the database in clear.
+    let url = pg.url();
+    let sealed: Vec<u8> = tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(url.expose(), postgres::NoTls).unwrap();
+        c.query_one("SELECT sealed FROM oauth_tokens", &[]).unwrap().get(0)
+    })
+    .await
+    .unwrap();
+    assert!(!sealed.windows(12).any(|w| w == b"sk-ant-oat01" || w == b"sk-ant-ort01"));
+}
