@@ -138,6 +138,9 @@ pub struct Link {
     last_error: Mutex<Option<(String, i64)>>,
     /// Replicas that sent a heartbeat recently (this one included; 1 until known).
     replicas: std::sync::atomic::AtomicU32,
+    /// This replica's id (random per server): its heartbeat row, its budget leases, the
+    /// `replica` column of its usage rows.
+    id: String,
 }
 
 impl Default for Link {
@@ -148,6 +151,7 @@ impl Default for Link {
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(None),
             replicas: std::sync::atomic::AtomicU32::new(1),
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
         }
     }
 }
@@ -179,6 +183,11 @@ impl Link {
             Some((error.to_owned(), crate::util::time::now_ms()));
     }
 
+    /// This replica's id.
+    pub fn replica_id(&self) -> &str {
+        &self.id
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -202,6 +211,7 @@ impl Link {
             .clone();
         serde_json::json!({
             "up": self.is_up(),
+            "replica": self.id,
             "replicas": self.replicas(),
             "failures": self.failures.load(Ordering::Relaxed),
             "reconnects": self.reconnects.load(Ordering::Relaxed),

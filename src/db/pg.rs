@@ -226,12 +226,6 @@ pub fn lock_key(what: &str) -> i64 {
     i64::from_be_bytes(b)
 }
 
-/// This process's replica id (random per start).
-pub fn replica_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned())
-}
-
 /// A blocking connection that reconnects when it is lost (with backoff), reporting to the
 /// [`Link`]. For the stores' threads.
 pub struct Conn {
@@ -337,7 +331,7 @@ pub fn spawn_heartbeat(url: PgUrl, link: Arc<Link>) {
                 let Some(link) = weak.upgrade() else { return };
                 let c = conn.get_or_insert_with(|| Conn::new(url.clone(), link.clone(), None));
                 let now = crate::util::time::now_ms();
-                let id = replica_id();
+                let id = link.replica_id().to_owned();
                 let r = c.with(|client| {
                     client.execute(
                         "INSERT INTO replicas (id, host, started_ms, seen_ms) VALUES ($1, $2, $3, $4)

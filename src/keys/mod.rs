@@ -372,8 +372,13 @@ struct Window {
     /// Spend in the period starting at `period_start` (ms).
     period_start: i64,
     spend: f64,
-    /// Spend finished here since the last read of the fleet's spend (PostgreSQL).
-    unsynced: f64,
+    /// PostgreSQL: this replica's spend lease on the budget for the period (what it may
+    /// spend in total), its spend under it, the fleet's committed spend, and whether the
+    /// fleet's budget is used up (no lease left to grant).
+    lease_granted: f64,
+    lease_used: f64,
+    fleet_committed: f64,
+    exhausted: bool,
     last_used_ms: Option<i64>,
 }
 
@@ -397,7 +402,10 @@ impl Window {
             if start != self.period_start {
                 self.period_start = start;
                 self.spend = 0.0;
-                self.unsynced = 0.0;
+                self.lease_granted = 0.0;
+                self.lease_used = 0.0;
+                self.fleet_committed = 0.0;
+                self.exhausted = false;
             }
         }
     }
@@ -478,6 +486,8 @@ pub struct ClientKeys {
     db: Option<crate::db::Database>,
     /// Whether the shared database answers; how many replicas share the limits.
     link: Arc<crate::db::Link>,
+    /// Wakes the reload thread early (a budget lease ran low).
+    poke: (Mutex<bool>, std::sync::Condvar),
     /// Why the keys table could not be read, if it could not.
     error: Mutex<Option<String>>,
     /// The reload's connection (also serialises reloads).
@@ -521,6 +531,7 @@ impl ClientKeys {
             table: RwLock::new(Arc::new(Table::default())),
             db,
             link,
+            poke: (Mutex::new(false), std::sync::Condvar::new()),
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required,
@@ -554,6 +565,7 @@ impl ClientKeys {
             table: RwLock::new(Arc::new(Table::default())),
             db: None,
             link: Arc::new(crate::db::Link::default()),
+            poke: (Mutex::new(false), std::sync::Condvar::new()),
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required: false,
@@ -678,7 +690,30 @@ impl ClientKeys {
         w.prune(now);
         w.roll(limits.budget.as_ref(), now);
         if let Some(b) = &limits.budget
-            && w.spend >= b.usd
+            && self.leased()
+            && !w.exhausted
+        {
+            // Shared budget: spend only under this replica's lease. Near its end (less than
+            // half a lease left), one request at a time, so the budget is exceeded by at most
+            // one request in flight per replica.
+            let left = w.lease_granted - w.lease_used;
+            let low = left < lease_size(b.usd, f64::from(self.link.replicas())) / 2.0;
+            if left <= 0.0 || (low && live.in_flight.load(Ordering::Acquire) > 0) {
+                self.poke();
+                reject(name, "budget_lease");
+                let mut e = rate_limited(
+                    format!("client key {name:?} is waiting for its share of the budget on this replica"),
+                    rate_info(limits, &w, now),
+                );
+                e.retry_after = Some(1);
+                return Err(e);
+            }
+            if low {
+                self.poke();
+            }
+        }
+        if let Some(b) = &limits.budget
+            && (w.spend >= b.usd || (self.leased() && w.exhausted))
         {
             reject(name, "budget");
             let (_, end) = b.period.bounds(now);
@@ -764,7 +799,7 @@ impl ClientKeys {
             && at_ms >= w.period_start
         {
             w.spend += c;
-            w.unsynced += c;
+            w.lease_used += c;
         }
         metrics::counter!("ccproxy_client_key_requests_total", "key" => name.to_owned())
             .increment(1);
@@ -824,9 +859,6 @@ impl ClientKeys {
             }
         };
         let kdb = conn.insert(kdb);
-        if db.postgres().is_some() {
-            self.sync_spend(kdb);
-        }
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let current = self.snapshot();
         let unchanged = records.len() == current.by_name.len()
@@ -834,6 +866,9 @@ impl ClientKeys {
                 .iter()
                 .all(|r| current.by_name.get(&r.name).is_some_and(|e| e.record == *r));
         if unchanged {
+            if self.leased() {
+                self.sync_leases(kdb);
+            }
             return;
         }
         let now = crate::util::time::now_ms();
@@ -850,29 +885,65 @@ impl ClientKeys {
         let any = !table.by_name.is_empty();
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.any.store(any, Ordering::Release);
+        if self.leased() {
+            self.sync_leases(kdb);
+        }
     }
 }
 
 impl ClientKeys {
-    /// The fleet's spend of each budgeted key, from the usage rows of every replica, plus
-    /// what this replica finished since (not yet in the database): shared budgets.
-    fn sync_spend(&self, kdb: &mut store::KeyDb) {
+    /// Shared budgets (PostgreSQL): reports this replica's spend under each budgeted key's
+    /// lease and renews the lease when less than half of it is left (`keys::pg::lease`).
+    fn sync_leases(&self, kdb: &mut store::KeyDb) {
         let table = self.snapshot();
         let now = crate::util::time::now_ms();
+        let replicas = f64::from(self.link.replicas());
         for e in table.by_name.values() {
             let Some(b) = e.record.limits.budget else {
                 continue;
             };
-            let (start, _) = b.period.bounds(now);
-            let Ok(rows) = kdb.rows_of(&e.record.name, start) else {
+            let (start, used) = {
+                let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
+                w.roll(Some(&b), now);
+                (w.period_start, w.lease_used)
+            };
+            let size = lease_size(b.usd, replicas);
+            let Ok(Some(lease)) = kdb.lease(&e.record.name, start, b.usd, used, size, now) else {
                 return;
             };
-            let fleet: f64 = rows.iter().filter_map(|r| r.2).sum();
             let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
-            w.roll(Some(&b), now);
-            w.spend = fleet + w.unsynced;
-            w.unsynced = 0.0;
+            if w.period_start == start {
+                w.lease_granted = lease.granted;
+                w.fleet_committed = lease.committed;
+                w.exhausted = lease.granted - w.lease_used <= 0.0 && lease.committed >= b.usd;
+                w.spend = lease.committed.max(w.spend);
+            }
         }
+    }
+
+    /// Budgets are shared through leases (PostgreSQL).
+    fn leased(&self) -> bool {
+        self.db.as_ref().is_some_and(|d| d.postgres().is_some())
+    }
+
+    /// Asks the reload thread to renew leases now.
+    fn poke(&self) {
+        *self.poke.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.poke.1.notify_one();
+    }
+
+    /// Waits for a poke or `RELOAD_EVERY`.
+    fn wait_poke(&self) {
+        let mut poked = self.poke.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !*poked {
+            poked = self
+                .poke
+                .1
+                .wait_timeout(poked, RELOAD_EVERY)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *poked = false;
     }
 
     /// This replica's share of a fleet-wide limit: the limit divided by the replicas alive
@@ -976,10 +1047,18 @@ fn restore_live(kdb: &mut store::KeyDb, r: &KeyRecord, now: i64) -> Live {
 
 fn reload_loop(keys: &Weak<ClientKeys>) {
     loop {
-        std::thread::sleep(RELOAD_EVERY);
+        {
+            let Some(k) = keys.upgrade() else { return };
+            k.wait_poke();
+        }
         let Some(k) = keys.upgrade() else { return };
         k.reload();
     }
+}
+
+/// The spend a replica leases at a time: a quarter of the budget's share per replica.
+fn lease_size(budget: f64, replicas: f64) -> f64 {
+    budget / (4.0 * replicas.max(1.0))
 }
 
 fn reject(name: &str, reason: &'static str) {

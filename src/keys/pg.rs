@@ -231,3 +231,85 @@ pub fn import(c: &mut Client, r: &KeyRecord) -> Result<bool, postgres::Error> {
     }
     Ok(n > 0)
 }
+
+/// A replica's spend lease on one key's budget for one period, after [`lease`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lease {
+    /// What this replica may spend in the period (granted so far, in total).
+    pub granted: f64,
+    /// What the fleet has committed: every replica's lease (or its spend, when larger), or
+    /// the usage rows' total, whichever is larger.
+    pub committed: f64,
+}
+
+/// A replica whose lease was not renewed for this long is gone: what it did not spend goes
+/// back to the budget.
+pub const DEAD_LEASE_MS: i64 = 30_000;
+
+/// Reports this replica's spend `used` under key `name`'s lease for the period starting at
+/// `period_start`, and tops the lease up by at most `lease` (never past `budget`, counting every
+/// replica's lease) when less than half a lease is left. Serialised per key by an advisory lock.
+#[allow(clippy::too_many_arguments)]
+pub fn lease(
+    c: &mut Client,
+    name: &str,
+    period_start: i64,
+    replica: &str,
+    budget: f64,
+    used: f64,
+    lease: f64,
+    now: i64,
+) -> Result<Lease, postgres::Error> {
+    let mut tx = c.transaction()?;
+    let key = crate::db::pg::lock_key(&format!("budget:{name}"));
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
+    tx.execute(
+        "INSERT INTO budget_leases (name, period_start, replica, granted, used, updated_ms)
+         VALUES ($1, $2, $3, 0, $4, $5)
+         ON CONFLICT (name, period_start, replica) DO UPDATE
+            SET used = GREATEST(budget_leases.used, EXCLUDED.used), updated_ms = EXCLUDED.updated_ms",
+        &[&name, &period_start, &replica, &used, &now],
+    )?;
+    tx.execute(
+        "UPDATE budget_leases SET granted = used
+         WHERE name = $1 AND period_start = $2 AND updated_ms < $3 AND granted > used",
+        &[&name, &period_start, &(now - DEAD_LEASE_MS)],
+    )?;
+    let leased: f64 = tx
+        .query_one(
+            "SELECT COALESCE(SUM(GREATEST(granted, used)), 0)::DOUBLE PRECISION FROM budget_leases
+             WHERE name = $1 AND period_start = $2",
+            &[&name, &period_start],
+        )?
+        .get(0);
+    let rows: f64 = tx
+        .query_one(
+            "SELECT COALESCE(SUM(cost_usd), 0)::DOUBLE PRECISION FROM requests
+             WHERE client_key = $1 AND ts_ms >= $2",
+            &[&name, &period_start],
+        )?
+        .get(0);
+    let mut granted: f64 = tx
+        .query_one(
+            "SELECT granted FROM budget_leases WHERE name = $1 AND period_start = $2 AND replica = $3",
+            &[&name, &period_start, &replica],
+        )?
+        .get(0);
+    let mut committed = leased.max(rows);
+    let left = granted - used;
+    let remaining = budget - committed;
+    if left < lease / 2.0 && remaining > 0.0 {
+        // Grow the lease so that `lease` is left, within what remains of the budget.
+        let top = (lease - left.max(0.0)).min(remaining);
+        let next = granted.max(used) + top;
+        tx.execute(
+            "UPDATE budget_leases SET granted = $4
+             WHERE name = $1 AND period_start = $2 AND replica = $3",
+            &[&name, &period_start, &replica, &next],
+        )?;
+        committed += next - granted.max(used);
+        granted = next;
+    }
+    tx.commit()?;
+    Ok(Lease { granted, committed })
+}

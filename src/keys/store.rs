@@ -218,6 +218,29 @@ impl KeyDb {
         }
     }
 
+    /// PostgreSQL: reports this replica's spend under key `name`'s budget lease and renews it
+    /// (`keys::pg::lease`); `None` with SQLite (one process: no lease).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lease(
+        &mut self,
+        name: &str,
+        period_start: i64,
+        budget: f64,
+        used: f64,
+        lease: f64,
+        now: i64,
+    ) -> Result<Option<super::pg::Lease>, KeyError> {
+        match &mut self.0 {
+            Inner::Sqlite(_) => Ok(None),
+            Inner::Pg(c) => {
+                let replica = c.link().replica_id().to_owned();
+                Ok(Some(c.with(|c| {
+                    super::pg::lease(c, name, period_start, &replica, budget, used, lease, now)
+                })?))
+            }
+        }
+    }
+
     /// Key `name`'s spend and request count since `since_ms`.
     fn spend(&mut self, name: &str, since_ms: i64) -> Result<(f64, i64), KeyError> {
         match &mut self.0 {

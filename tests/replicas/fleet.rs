@@ -192,9 +192,14 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
 
 /// Waits until the `requests` table has at least `n` rows; returns how many.
 async fn wait_rows(pg: &Cluster, n: i64, limit: Duration) -> i64 {
+    wait_count(pg, "SELECT count(*) FROM requests", n, limit).await
+}
+
+/// Waits until `sql` (a count) says at least `n`; returns it.
+async fn wait_count(pg: &Cluster, sql: &str, n: i64, limit: Duration) -> i64 {
     let t0 = Instant::now();
     loop {
-        let got = pg.count("SELECT count(*) FROM requests").await;
+        let got = pg.count(sql).await;
         if got >= n {
             return got;
         }
@@ -253,4 +258,88 @@ async fn two_hundred_requests_over_three_replicas_at_token_expiry_make_one_refre
     .await
     .unwrap();
     assert!(!sealed.windows(12).any(|w| w == b"sk-ant-oat01" || w == b"sk-ant-ort01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_shared_by_three_replicas_is_exceeded_by_at_most_one_request_per_replica() {
+    let pg = Cluster::start();
+    let f = std::sync::Arc::new(Fleet::start(&pg, FleetOpts::default()).await);
+    let budget = 0.02;
+    let key = create_key(
+        &f,
+        0,
+        json!({"name": "shared", "budget_usd": budget, "period": "day"}),
+    )
+    .await;
+    // One client per replica, each sending requests one after another, until refused.
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let f = f.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut served = 0;
+            for _ in 0..2000 {
+                let r = f
+                    .post(i, "/v1/messages", Some(&key), &message("hi", false))
+                    .await;
+                match r.status().as_u16() {
+                    200 => served += 1,
+                    429 => {
+                        let text = r.text().await.unwrap();
+                        if text.contains("has spent") {
+                            return served;
+                        }
+                        assert!(text.contains("share of the budget"), "{text}");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    // The key may not have reached this replica yet.
+                    401 => tokio::time::sleep(Duration::from_millis(10)).await,
+                    s => panic!("replica {i}: {s}"),
+                }
+            }
+            panic!("replica {i} never refused the key");
+        }));
+    }
+    let mut served = Vec::new();
+    for t in tasks {
+        served.push(t.await.unwrap());
+    }
+    assert!(served.iter().all(|&n| n > 0), "every replica served some: {served:?}");
+    let total: i64 = served.iter().sum();
+    let rows = wait_count(
+        &pg,
+        "SELECT count(*) FROM requests WHERE client_key = 'shared' AND status = 200",
+        total,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(rows, total);
+    let url = pg.url();
+    let (spent, max, leases): (f64, f64, String) = tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(url.expose(), postgres::NoTls).unwrap();
+        let r = c
+            .query_one(
+                "SELECT SUM(cost_usd), MAX(cost_usd) FROM requests WHERE client_key = 'shared'",
+                &[],
+            )
+            .unwrap();
+        let leases = c
+            .query("SELECT replica, granted, used FROM budget_leases", &[])
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}: {} / {}", r.get::<_, String>(0), r.get::<_, f64>(1), r.get::<_, f64>(2)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (r.get(0), r.get(1), leases)
+    })
+    .await
+    .unwrap();
+    assert!(max > 0.0);
+    // The stated bound: the budget plus one request in flight per replica.
+    assert!(
+        spent <= budget + 3.0 * max + 1e-9,
+        "spent {spent} of {budget} (max request {max}, served {served:?}; leases {leases})"
+    );
+    // And the budget was used, not refused early.
+    assert!(spent >= budget * 0.75, "spent {spent} of {budget}");
 }

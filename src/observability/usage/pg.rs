@@ -109,9 +109,9 @@ impl PgSink {
 
 impl Sink for PgSink {
     fn insert(&mut self, records: &[UsageRecord]) -> Result<(), String> {
-        let replica = crate::db::pg::replica_id();
+        let replica = self.conn.link().replica_id().to_owned();
         self.conn
-            .with(|c| insert(c, records, replica))
+            .with(|c| insert(c, records, &replica))
             .map_err(|e| e.to_string())
     }
 
