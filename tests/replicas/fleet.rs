@@ -171,7 +171,23 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("ccproxy_database_up 0"), "{metrics}");
+    // (The metrics registry is per process, and these replicas share one: its values are
+    // checked through /health; here, that the series are exported.)
+    assert!(metrics.contains("ccproxy_database_up "), "{metrics}");
+    assert!(metrics.contains("ccproxy_usage_rows_queued "), "{metrics}");
+    // The nine rows wait in the replicas' writers.
+    let t0 = Instant::now();
+    loop {
+        let mut queued = 0;
+        for i in 0..3 {
+            queued += f.health(i).await["usage"]["rows_queued"].as_u64().unwrap();
+        }
+        if queued == 9 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{queued} rows queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     pg.run();
     // The rows queued meanwhile arrive; the replicas are healthy again.
     let after = wait_rows(&pg, before + 9, Duration::from_secs(20)).await;
