@@ -165,6 +165,39 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     })
 }
 
+/// How often a replica exchanges credential state (cooldowns, holds, unified limits) through
+/// the shared database.
+pub const CREDENTIAL_STATE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// With a shared database: starts the thread that shares the pool's credential state with the
+/// other replicas every [`CREDENTIAL_STATE_EVERY`] (`credentials::fleet::sync_state`).
+pub fn share_credential_state(state: &Arc<AppState>) {
+    let (Some(url), Some(link)) = (state.settings.usage.postgres.clone(), state.database.clone())
+    else {
+        return;
+    };
+    let weak = Arc::downgrade(state);
+    let spawned = std::thread::Builder::new()
+        .name("ccproxy-credential-state".into())
+        .spawn(move || {
+            let mut conn = crate::db::pg::Conn::new(url, link, None);
+            loop {
+                std::thread::sleep(CREDENTIAL_STATE_EVERY);
+                let Some(state) = weak.upgrade() else { return };
+                let pool = state.pool.get();
+                drop(state);
+                crate::credentials::fleet::sync_state(
+                    &mut conn,
+                    &pool,
+                    crate::util::time::now_secs(),
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the credential-state thread; cooldowns are not shared");
+    }
+}
+
 /// With a shared database, each subscription refreshes once for the whole fleet
 /// (`credentials::fleet`).
 fn share_refreshes(settings: &Settings, pool: &Pool, url: &crate::db::PgUrl, link: &Arc<crate::db::Link>) {

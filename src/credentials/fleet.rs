@@ -160,3 +160,52 @@ impl Fleet {
         }
     }
 }
+
+/// Shares the pool's credential state with the other replicas, once: reads every replica's
+/// `credential_state`, adopts longer cooldowns and holds and newer unified limits, then writes
+/// back what this replica knows when it differs from the row. Blocking (a store thread).
+pub fn sync_state(conn: &mut crate::db::pg::Conn, pool: &super::Pool, now_secs: u64) {
+    let rows = conn.with(|c| {
+        c.query("SELECT name, unified FROM credential_state", &[])
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
+                    .collect::<Vec<_>>()
+            })
+    });
+    let Ok(rows) = rows else { return };
+    for m in pool.members() {
+        let remote = rows
+            .iter()
+            .find(|(n, _)| *n == m.name)
+            .and_then(|(_, j)| j.as_deref());
+        if let Some(shared) =
+            remote.and_then(|j| serde_json::from_str::<super::pool::SharedHealth>(j).ok())
+        {
+            m.adopt_shared(shared);
+        }
+        let local = m.shareable(now_secs);
+        let Ok(json) = serde_json::to_string(&local) else {
+            continue;
+        };
+        if remote == Some(json.as_str()) || (remote.is_none() && local == Default::default()) {
+            continue;
+        }
+        let until = local
+            .cooling
+            .iter()
+            .chain(local.extra_usage.iter())
+            .map(|(u, _)| i64::try_from(*u).unwrap_or(i64::MAX).saturating_mul(1000))
+            .max();
+        let now_ms = crate::util::time::now_ms();
+        let _ = conn.with(|c| {
+            c.execute(
+                "INSERT INTO credential_state (name, cooldown_until_ms, unified, updated_ms)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET cooldown_until_ms = EXCLUDED.cooldown_until_ms,
+                    unified = EXCLUDED.unified, updated_ms = EXCLUDED.updated_ms",
+                &[&m.name, &until, &json, &now_ms],
+            )
+        });
+    }
+}

@@ -78,7 +78,11 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}",))?;
         conn::raise_open_file_limit(limits.max_connections);
         Ok(Server {
-            state: Arc::new(state),
+            state: {
+                let state = Arc::new(state);
+                crate::state::share_credential_state(&state);
+                state
+            },
             listener,
             sim,
             limits,

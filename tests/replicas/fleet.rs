@@ -359,3 +359,31 @@ async fn a_budget_shared_by_three_replicas_is_exceeded_by_at_most_one_request_pe
     // And the budget was used, not refused early.
     assert!(spent >= budget * 0.75, "spent {spent} of {budget}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cooldown_seen_by_one_replica_is_used_by_the_others() {
+    let pg = Cluster::start();
+    let f = Fleet::start(&pg, FleetOpts::default()).await;
+    let now = ccproxy::util::time::now_secs();
+    let pool = f.replicas[0].state.pool.get();
+    let member = &pool.members()[0];
+    member.cool_down(now + 120, "upstream 429 (test)");
+    let name = member.name.clone();
+    let t0 = Instant::now();
+    for i in [1, 2] {
+        loop {
+            let p = f.replicas[i].state.pool.get();
+            let m = p.members().iter().find(|m| m.name == name).unwrap();
+            if let Some(b) = m.bench(now) {
+                assert_eq!(b.until, now + 120);
+                assert_eq!(b.state, "cooling");
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "replica {i} did not see the cooldown"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
