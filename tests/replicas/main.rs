@@ -12,6 +12,7 @@
 mod support;
 
 mod cluster;
+mod commands;
 mod fleet;
 mod storage;
 
