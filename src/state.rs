@@ -172,8 +172,10 @@ pub const CREDENTIAL_STATE_EVERY: std::time::Duration = std::time::Duration::fro
 /// With a shared database: starts the thread that shares the pool's credential state with the
 /// other replicas every [`CREDENTIAL_STATE_EVERY`] (`credentials::fleet::sync_state`).
 pub fn share_credential_state(state: &Arc<AppState>) {
-    let (Some(url), Some(link)) = (state.settings.usage.postgres.clone(), state.database.clone())
-    else {
+    let (Some(url), Some(link)) = (
+        state.settings.usage.postgres.clone(),
+        state.database.clone(),
+    ) else {
         return;
     };
     let weak = Arc::downgrade(state);
@@ -200,8 +202,17 @@ pub fn share_credential_state(state: &Arc<AppState>) {
 
 /// With a shared database, each subscription refreshes once for the whole fleet
 /// (`credentials::fleet`).
-fn share_refreshes(settings: &Settings, pool: &Pool, url: &crate::db::PgUrl, link: &Arc<crate::db::Link>) {
-    let secret = settings.usage.secret.as_ref().map(|s| s.expose().to_owned());
+fn share_refreshes(
+    settings: &Settings,
+    pool: &Pool,
+    url: &crate::db::PgUrl,
+    link: &Arc<crate::db::Link>,
+) {
+    let secret = settings
+        .usage
+        .secret
+        .as_ref()
+        .map(|s| s.expose().to_owned());
     for m in pool.members() {
         if let MemberKind::OAuth(mgr) = &m.kind {
             if secret.is_none() {
@@ -302,6 +313,9 @@ pub fn reload_pool(state: &AppState) -> anyhow::Result<usize> {
         if let (true, MemberKind::OAuth(mgr)) = (new_manager, &m.kind) {
             mgr.spawn_background_refresh();
         }
+    }
+    if let (Some(url), Some(link)) = (&state.settings.usage.postgres, &state.database) {
+        share_refreshes(&settings, &pool, url, link);
     }
     let n = pool.members().len();
     state.pool.replace(pool);

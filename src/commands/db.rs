@@ -92,11 +92,9 @@ fn import(source: &std::path::Path, url: &crate::db::PgUrl) -> anyhow::Result<St
         }
     }
     // Stored responses that have not expired.
-    let conn = rusqlite::Connection::open_with_flags(
-        source,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .with_context(|| format!("opening {}", source.display()))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("opening {}", source.display()))?;
     let now = crate::util::time::now_ms();
     let mut stmt = conn.prepare(
         "SELECT id, created_at, expires_at_ms, input_items, response FROM responses

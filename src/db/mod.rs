@@ -14,8 +14,8 @@ pub mod seal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A PostgreSQL connection string. Shown with its password hidden.
 #[derive(Clone, PartialEq, Eq)]
@@ -94,7 +94,10 @@ impl Database {
             .or_else(|| t.strip_prefix("sqlite:"))
         {
             if path.is_empty() {
-                return Err("database_url sqlite:// needs a path (sqlite:///var/lib/ccproxy/usage.db)".into());
+                return Err(
+                    "database_url sqlite:// needs a path (sqlite:///var/lib/ccproxy/usage.db)"
+                        .into(),
+                );
             }
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
@@ -177,7 +180,10 @@ impl Link {
         metrics::counter!("ccproxy_database_errors_total").increment(1);
         if self.up.swap(false, Ordering::AcqRel) {
             metrics::gauge!("ccproxy_database_up").set(0.0);
-            tracing::warn!(error, "the database is unreachable; serving from what is cached");
+            tracing::warn!(
+                error,
+                "the database is unreachable; serving from what is cached"
+            );
         }
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((error.to_owned(), crate::util::time::now_ms()));
@@ -227,8 +233,9 @@ mod tests {
 
     #[test]
     fn urls_parse_and_hide_passwords() {
-        let d = Database::parse("postgres://ccproxy:hunter2@db.internal:5432/ccproxy?sslmode=disable")
-            .unwrap();
+        let d =
+            Database::parse("postgres://ccproxy:hunter2@db.internal:5432/ccproxy?sslmode=disable")
+                .unwrap();
         assert_eq!(
             d.describe(),
             "postgres postgres://ccproxy:***@db.internal:5432/ccproxy"
@@ -240,6 +247,9 @@ mod tests {
         );
         assert!(Database::parse("mysql://x").is_err());
         assert!(Database::parse("sqlite://").is_err());
-        assert_eq!(redact("host=/tmp user=x password=s3cret"), "host=/tmp user=x password=***");
+        assert_eq!(
+            redact("host=/tmp user=x password=s3cret"),
+            "host=/tmp user=x password=***"
+        );
     }
 }

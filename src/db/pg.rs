@@ -161,7 +161,10 @@ pub async fn connect_async(url: &PgUrl) -> Result<tokio_postgres::Client, DbErro
     let cfg: tokio_postgres::Config = url.expose().parse().map_err(DbError::of(url))?;
     let mut cfg = cfg;
     cfg.connect_timeout(CONNECT_TIMEOUT);
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(DbError::of(url))?;
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(DbError::of(url))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -196,9 +199,13 @@ pub fn migrate(client: &mut Client, url: &PgUrl) -> Result<(i64, i64), DbError> 
             return Ok((found, v));
         };
         tx.batch_execute(step).map_err(&err)?;
-        tx.execute("DELETE FROM ccproxy_schema", &[]).map_err(&err)?;
-        tx.execute("INSERT INTO ccproxy_schema (version) VALUES ($1)", &[&(v + 1)])
+        tx.execute("DELETE FROM ccproxy_schema", &[])
             .map_err(&err)?;
+        tx.execute(
+            "INSERT INTO ccproxy_schema (version) VALUES ($1)",
+            &[&(v + 1)],
+        )
+        .map_err(&err)?;
         tx.commit().map_err(&err)?;
         tracing::info!(database = %url, version = v + 1, "database schema migrated");
     }
@@ -304,7 +311,9 @@ impl Conn {
             Err(e) => {
                 let err = DbError::of(&self.url)(e);
                 // A lost connection is retried later; an SQL error keeps the connection.
-                if self.client.as_ref().is_none_or(Client::is_closed) || err.cause.contains("connection") {
+                if self.client.as_ref().is_none_or(Client::is_closed)
+                    || err.cause.contains("connection")
+                {
                     self.client = None;
                     self.next_try = Some(std::time::Instant::now() + self.backoff);
                     self.backoff = (self.backoff * 2).min(BACKOFF_MAX);

@@ -75,7 +75,10 @@ mod tests {
         let k = SealKey::derive("s3cret");
         let s = k.seal("server_oauth", b"refresh-token");
         assert!(!s.windows(13).any(|w| w == b"refresh-token"));
-        assert_eq!(k.open("server_oauth", &s).as_deref(), Some(&b"refresh-token"[..]));
+        assert_eq!(
+            k.open("server_oauth", &s).as_deref(),
+            Some(&b"refresh-token"[..])
+        );
         assert_eq!(k.open("other", &s), None);
         assert_eq!(SealKey::derive("other").open("server_oauth", &s), None);
         let mut bad = s.clone();

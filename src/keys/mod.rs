@@ -634,10 +634,11 @@ impl ClientKeys {
             )
             .into());
         };
-        self.admit_entry(&entry, mode, now).map_err(|error| Refused {
-            key: Some(entry.record.name.clone()),
-            error: Box::new(error),
-        })
+        self.admit_entry(&entry, mode, now)
+            .map_err(|error| Refused {
+                key: Some(entry.record.name.clone()),
+                error: Box::new(error),
+            })
     }
 
     fn admit_entry(&self, entry: &Entry, mode: Mode, now: i64) -> Result<Admitted, ProxyError> {
@@ -661,7 +662,9 @@ impl ClientKeys {
         let limits = if self.link.replicas() > 1 {
             let l = &rec.limits;
             shared = Limits {
-                rpm: l.rpm.map(|n| u32::try_from(self.share(u64::from(n))).unwrap_or(n)),
+                rpm: l
+                    .rpm
+                    .map(|n| u32::try_from(self.share(u64::from(n))).unwrap_or(n)),
                 tpm: l.tpm.map(|n| self.share(n)),
                 max_concurrent: l
                     .max_concurrent
@@ -702,7 +705,9 @@ impl ClientKeys {
                 self.poke();
                 reject(name, "budget_lease");
                 let mut e = rate_limited(
-                    format!("client key {name:?} is waiting for its share of the budget on this replica"),
+                    format!(
+                        "client key {name:?} is waiting for its share of the budget on this replica"
+                    ),
                     rate_info(limits, &w, now),
                 );
                 e.retry_after = Some(1);

@@ -60,12 +60,11 @@ pub(super) fn all(c: &mut Client) -> Result<Vec<KeyRecord>, postgres::Error> {
 }
 
 pub(super) fn state(c: &mut Client, name: &str) -> Result<Option<Option<i64>>, postgres::Error> {
-    Ok(c
-        .query_opt(
-            "SELECT revoked_at_ms FROM client_keys WHERE name = $1",
-            &[&name],
-        )?
-        .map(|r| r.get(0)))
+    Ok(c.query_opt(
+        "SELECT revoked_at_ms FROM client_keys WHERE name = $1",
+        &[&name],
+    )?
+    .map(|r| r.get(0)))
 }
 
 /// Inserts (or replaces a revoked) key row and announces it.

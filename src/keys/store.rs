@@ -85,7 +85,7 @@ pub struct KeyDb(Inner);
 
 enum Inner {
     Sqlite(SqliteKeys),
-    Pg(crate::db::pg::Conn),
+    Pg(Box<crate::db::pg::Conn>),
 }
 
 /// The keys table of a SQLite usage database.
@@ -125,12 +125,13 @@ impl KeyDb {
         match db {
             crate::db::Database::Sqlite(p) => KeyDb::open(p),
             crate::db::Database::Postgres(url) => {
-                let client = crate::db::pg::open(url).inspect_err(|e| link.failed(&e.to_string()))?;
-                Ok(KeyDb(Inner::Pg(crate::db::pg::Conn::new(
+                let client =
+                    crate::db::pg::open(url).inspect_err(|e| link.failed(&e.to_string()))?;
+                Ok(KeyDb(Inner::Pg(Box::new(crate::db::pg::Conn::new(
                     url.clone(),
                     link.clone(),
                     Some(client),
-                ))))
+                )))))
             }
         }
     }
@@ -248,7 +249,6 @@ impl KeyDb {
             Inner::Pg(c) => Ok(c.with(|c| super::pg::spend(c, name, since_ms))?),
         }
     }
-
 }
 
 impl SqliteKeys {
@@ -416,7 +416,6 @@ impl SqliteKeys {
         );
         r.map_err(self.err())
     }
-
 }
 
 impl KeyDb {

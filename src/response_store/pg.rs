@@ -48,7 +48,13 @@ impl Backend for PgBackend {
                  ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at,
                     expires_at_ms = EXCLUDED.expires_at_ms, input_items = EXCLUDED.input_items,
                     response = EXCLUDED.response",
-                &[&r.id, &created, &r.expires_at_ms, &r.input_items, &r.response],
+                &[
+                    &r.id,
+                    &created,
+                    &r.expires_at_ms,
+                    &r.input_items,
+                    &r.response,
+                ],
             )
             .map(|_| ())
         })
@@ -84,6 +90,11 @@ impl Backend for PgBackend {
     }
 
     fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
-        self.with(|c| c.execute("DELETE FROM responses WHERE expires_at_ms <= $1", &[&now_ms]))
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM responses WHERE expires_at_ms <= $1",
+                &[&now_ms],
+            )
+        })
     }
 }

@@ -16,7 +16,9 @@ use crate::support;
 
 /// The directory of `initdb` and `postgres`: on `PATH`, else Debian's versioned directory.
 fn pg_bin() -> PathBuf {
-    if let Ok(out) = Command::new("sh").args(["-c", "command -v initdb"]).output()
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
         && out.status.success()
     {
         let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -79,7 +81,15 @@ impl Cluster {
         let out = as_pg_user(&bin.join("initdb"))
             .arg("-D")
             .arg(dir.path().join("data"))
-            .args(["-U", "ccproxy", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .args([
+                "-U",
+                "ccproxy",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .output()
             .unwrap();
         assert!(

@@ -59,14 +59,22 @@ fn db_migrate_then_import_a_sqlite_history_then_usage_and_keys_read_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out, err) = run(dir.path(), &url, &["db", "migrate"]);
     assert!(ok, "{err}");
-    assert!(out.contains(&format!("schema version 0 → {}", ccproxy::db::pg::SCHEMA_VERSION)), "{out}");
+    assert!(
+        out.contains(&format!(
+            "schema version 0 → {}",
+            ccproxy::db::pg::SCHEMA_VERSION
+        )),
+        "{out}"
+    );
     let (ok, out, _) = run(dir.path(), &url, &["db", "migrate"]);
     assert!(ok && out.contains("up to date"), "{out}");
 
     // A SQLite history: 40 rows, a key.
     let sqlite = dir.path().join("old.db");
     let mut store = UsageStore::open(&sqlite).unwrap();
-    store.insert(&(0..40).map(record).collect::<Vec<_>>()).unwrap();
+    store
+        .insert(&(0..40).map(record).collect::<Vec<_>>())
+        .unwrap();
     drop(store);
     KeyDb::open(&sqlite)
         .unwrap()
@@ -76,17 +84,31 @@ fn db_migrate_then_import_a_sqlite_history_then_usage_and_keys_read_postgres() {
     let from = format!("sqlite://{}", sqlite.display());
     let (ok, out, err) = run(dir.path(), &url, &["db", "import", "--from", &from]);
     assert!(ok, "{err}");
-    assert!(out.contains("imported 40 usage rows (0 already there), 1 client keys"), "{out}");
+    assert!(
+        out.contains("imported 40 usage rows (0 already there), 1 client keys"),
+        "{out}"
+    );
     let (ok, out, err) = run(dir.path(), &url, &["db", "import", "--from", &from]);
     assert!(ok, "{err}");
-    assert!(out.contains("imported 0 usage rows (40 already there), 0 client keys"), "{out}");
+    assert!(
+        out.contains("imported 0 usage rows (40 already there), 0 client keys"),
+        "{out}"
+    );
 
-    let (ok, out, err) = run(dir.path(), &url, &["usage", "--since", "all", "--format", "json"]);
+    let (ok, out, err) = run(
+        dir.path(),
+        &url,
+        &["usage", "--since", "all", "--format", "json"],
+    );
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["totals"]["requests"], 40, "{report:#}");
     assert!((report["totals"]["cost_usd"].as_f64().unwrap() - 10.0).abs() < 1e-9);
-    let (ok, out, err) = run(dir.path(), &url, &["usage", "--since", "all", "--by", "day"]);
+    let (ok, out, err) = run(
+        dir.path(),
+        &url,
+        &["usage", "--since", "all", "--by", "day"],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("2025-02-19"), "{out}");
 

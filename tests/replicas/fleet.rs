@@ -38,7 +38,10 @@ async fn a_key_revoked_on_one_replica_is_refused_on_the_others_within_a_second()
     let t0 = Instant::now();
     for i in [1, 2] {
         while status_of(&f, i, &key).await != 200 {
-            assert!(t0.elapsed() < Duration::from_secs(1), "create not seen by replica {i}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "create not seen by replica {i}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -114,7 +117,11 @@ async fn previous_response_id_from_replica_1_continues_on_replica_3() {
     assert_eq!(next["previous_response_id"], id);
     // The upstream got the whole conversation from replica 3.
     let reqs = f.sim.state.requests();
-    let last = reqs.iter().rev().find(|r| r.path == "/v1/messages").unwrap();
+    let last = reqs
+        .iter()
+        .rev()
+        .find(|r| r.path == "/v1/messages")
+        .unwrap();
     let up: Value = serde_json::from_slice(&last.body).unwrap();
     let msgs = up["messages"].as_array().unwrap();
     assert_eq!(msgs.len(), 3, "{up}");
@@ -185,7 +192,10 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
         if queued == 9 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{queued} rows queued");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{queued} rows queued"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pg.run();
@@ -269,11 +279,17 @@ async fn two_hundred_requests_over_three_replicas_at_token_expiry_make_one_refre
     let url = pg.url();
     let sealed: Vec<u8> = tokio::task::spawn_blocking(move || {
         let mut c = postgres::Client::connect(url.expose(), postgres::NoTls).unwrap();
-        c.query_one("SELECT sealed FROM oauth_tokens", &[]).unwrap().get(0)
+        c.query_one("SELECT sealed FROM oauth_tokens", &[])
+            .unwrap()
+            .get(0)
     })
     .await
     .unwrap();
-    assert!(!sealed.windows(12).any(|w| w == b"sk-ant-oat01" || w == b"sk-ant-ort01"));
+    assert!(
+        !sealed
+            .windows(12)
+            .any(|w| w == b"sk-ant-oat01" || w == b"sk-ant-ort01")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -320,7 +336,10 @@ async fn a_budget_shared_by_three_replicas_is_exceeded_by_at_most_one_request_pe
     for t in tasks {
         served.push(t.await.unwrap());
     }
-    assert!(served.iter().all(|&n| n > 0), "every replica served some: {served:?}");
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "every replica served some: {served:?}"
+    );
     let total: i64 = served.iter().sum();
     let rows = wait_count(
         &pg,
@@ -343,7 +362,14 @@ async fn a_budget_shared_by_three_replicas_is_exceeded_by_at_most_one_request_pe
             .query("SELECT replica, granted, used FROM budget_leases", &[])
             .unwrap()
             .iter()
-            .map(|r| format!("{}: {} / {}", r.get::<_, String>(0), r.get::<_, f64>(1), r.get::<_, f64>(2)))
+            .map(|r| {
+                format!(
+                    "{}: {} / {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, f64>(1),
+                    r.get::<_, f64>(2)
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
         (r.get(0), r.get(1), leases)

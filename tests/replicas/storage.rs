@@ -55,7 +55,11 @@ fn keys_suite(db: &mut KeyDb) {
     let all = db.all().unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].limits, limits);
-    assert_eq!(all[0].digest, ccproxy::keys::digest(&secret), "only the digest is kept");
+    assert_eq!(
+        all[0].digest,
+        ccproxy::keys::digest(&secret),
+        "only the digest is kept"
+    );
     let rotated = db.rotate("team-a").unwrap();
     assert_ne!(rotated, secret);
     assert_eq!(db.all().unwrap()[0].digest, ccproxy::keys::digest(&rotated));
@@ -91,5 +95,11 @@ fn postgres_backend_passes_the_storage_suite() {
     // Migrations are versioned and run once.
     let mut c = pg.client();
     let (from, to) = ccproxy::db::pg::migrate(&mut c, &pg.url()).unwrap();
-    assert_eq!((from, to), (ccproxy::db::pg::SCHEMA_VERSION, ccproxy::db::pg::SCHEMA_VERSION));
+    assert_eq!(
+        (from, to),
+        (
+            ccproxy::db::pg::SCHEMA_VERSION,
+            ccproxy::db::pg::SCHEMA_VERSION
+        )
+    );
 }

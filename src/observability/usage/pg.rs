@@ -37,7 +37,11 @@ fn finite(x: f64) -> f64 {
 }
 
 /// Writes `records` (and which replica wrote them) in one transaction.
-pub fn insert(client: &mut Client, records: &[UsageRecord], replica: &str) -> Result<(), postgres::Error> {
+pub fn insert(
+    client: &mut Client,
+    records: &[UsageRecord],
+    replica: &str,
+) -> Result<(), postgres::Error> {
     if records.is_empty() {
         return Ok(());
     }
@@ -141,7 +145,9 @@ impl PgReader {
         // Day and hour groups are in the time zone of `TZ` when set, else the server's.
         if let Ok(tz) = std::env::var("TZ")
             && !tz.is_empty()
-            && tz.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-:".contains(&b))
+            && tz
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+-:".contains(&b))
         {
             let _ = client.batch_execute(&format!("SET TIME ZONE '{tz}'"));
         }
@@ -175,7 +181,11 @@ impl PgReader {
              cache_read_tokens, cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, \
              abandoned, model IS NOT NULL FROM requests WHERE ts_ms >= $1{only} ORDER BY ts_ms, id",
             key = Self::key_sql(by),
-            only = if only_key.is_some() { " AND client_key = $2" } else { "" },
+            only = if only_key.is_some() {
+                " AND client_key = $2"
+            } else {
+                ""
+            },
         );
         let since = since_ms.unwrap_or(i64::MIN);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
@@ -224,7 +234,11 @@ impl PgReader {
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM requests WHERE ts_ms >= $1{only} \
              ORDER BY ts_ms DESC, id DESC{limit}",
-            only = if only_key.is_some() { " AND client_key = $2" } else { "" },
+            only = if only_key.is_some() {
+                " AND client_key = $2"
+            } else {
+                ""
+            },
             limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}")),
         );
         let since = since_ms.unwrap_or(i64::MIN);

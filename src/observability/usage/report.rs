@@ -293,7 +293,7 @@ pub(crate) fn aggregate<'a>(
 /// The reader's connection: the SQLite file, or PostgreSQL.
 enum ReaderConn {
     Sqlite(Connection),
-    Pg(super::pg::PgReader),
+    Pg(Box<super::pg::PgReader>),
 }
 
 /// A read-only connection to the usage database.
@@ -364,7 +364,7 @@ impl UsageReader {
             crate::db::Database::Sqlite(p) => UsageReader::open(p),
             crate::db::Database::Postgres(url) => {
                 Ok(super::pg::PgReader::open(url)?.map(|r| UsageReader {
-                    conn: ReaderConn::Pg(r),
+                    conn: ReaderConn::Pg(Box::new(r)),
                     path: PathBuf::from(url.to_string()),
                     empty: false,
                     has_key: true,
