@@ -359,6 +359,9 @@ pub struct KeyRecord {
 #[derive(Default)]
 pub struct Live {
     in_flight: AtomicU32,
+    /// Admitted requests whose cost is not counted yet (until their record has been through
+    /// the observer: a little after they end).
+    uncounted: AtomicU32,
     window: Mutex<Window>,
 }
 
@@ -434,11 +437,24 @@ impl Drop for Slot {
     }
 }
 
+/// An admitted request whose cost is not counted yet, until dropped (after the observer's sink
+/// has counted its record: `InFlight::hold_until_counted`).
+pub struct Uncounted {
+    live: Arc<Live>,
+}
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        self.live.uncounted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A request admitted under a client key.
 pub struct Admitted {
     pub name: String,
     pub limits: Limits,
     pub slot: Slot,
+    pub uncounted: Uncounted,
     /// The key's windows after this request (for the response's rate-limit headers), when
     /// it has an rpm or tpm limit.
     pub rate_limits: Option<RateLimitInfo>,
@@ -697,11 +713,11 @@ impl ClientKeys {
             && !w.exhausted
         {
             // Shared budget: spend only under this replica's lease. Near its end (less than
-            // half a lease left), one request at a time, so the budget is exceeded by at most
-            // one request in flight per replica.
+            // half a lease left), one request at a time — the next only once the previous one's
+            // cost is counted — so the budget is exceeded by at most one request per replica.
             let left = w.lease_granted - w.lease_used;
             let low = left < lease_size(b.usd, f64::from(self.link.replicas())) / 2.0;
-            if left <= 0.0 || (low && live.in_flight.load(Ordering::Acquire) > 0) {
+            if left <= 0.0 || (low && live.uncounted.load(Ordering::Acquire) > 0) {
                 self.poke();
                 reject(name, "budget_lease");
                 let mut e = rate_limited(
@@ -778,10 +794,12 @@ impl ClientKeys {
         w.last_used_ms = Some(now);
         let rate_limits = (limits.rpm.is_some() || limits.tpm.is_some()).then(|| info(&w));
         drop(w);
+        live.uncounted.fetch_add(1, Ordering::AcqRel);
         Ok(Admitted {
             name: name.clone(),
             limits: limits.clone(),
             slot: Slot { live: live.clone() },
+            uncounted: Uncounted { live: live.clone() },
             rate_limits,
         })
     }
@@ -1046,6 +1064,7 @@ fn restore_live(kdb: &mut store::KeyDb, r: &KeyRecord, now: i64) -> Live {
     w.last_used_ms = kdb.last_used(&r.name).ok().flatten();
     Live {
         in_flight: AtomicU32::new(0),
+        uncounted: AtomicU32::new(0),
         window: Mutex::new(w),
     }
 }
