@@ -384,6 +384,68 @@ async fn a_budget_shared_by_three_replicas_is_exceeded_by_at_most_one_request_pe
     );
     // And the budget was used, not refused early.
     assert!(spent >= budget * 0.75, "spent {spent} of {budget}");
+    // Every replica's dashboard data shows the fleet's requests.
+    for i in 0..3 {
+        let v: Value = f
+            .client
+            .get(f.replicas[i].url("/api/usage?since=all&key=shared"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["totals"]["requests"].as_i64().unwrap() >= total,
+            "replica {i}: {v:#}"
+        );
+        assert!((v["totals"]["cost_usd"].as_f64().unwrap() - spent).abs() < 1e-9);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_rate_limit_holds_across_the_replicas() {
+    let pg = Cluster::start();
+    let f = Fleet::start(&pg, FleetOpts::default()).await;
+    // The replicas know there are three (the heartbeat) before the limit is shared.
+    let t0 = Instant::now();
+    for i in 0..3 {
+        while f.health(i).await["database"]["replicas"] != 3 {
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let key = create_key(&f, 0, json!({"name": "limited", "rpm": 6})).await;
+    let t0 = Instant::now();
+    for i in 1..3 {
+        // Wait for the key without spending requests: /api/keys lists it everywhere.
+        loop {
+            let v: Value = f
+                .client
+                .get(f.replicas[i].url("/api/keys"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v.to_string().contains("limited") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut admitted = [0; 3];
+    for n in 0..18 {
+        if status_of(&f, n % 3, &key).await == 200 {
+            admitted[n % 3] += 1;
+        }
+    }
+    // rpm 6 over three replicas: two a minute each, six for the fleet.
+    assert_eq!(admitted, [2, 2, 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
