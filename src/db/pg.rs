@@ -271,55 +271,76 @@ impl Conn {
     /// so the next call reconnects (not before the backoff has passed).
     pub fn with<T>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, DbError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
-        }
-        if self.client.is_none() {
-            if let Some(t) = self.next_try
-                && std::time::Instant::now() < t
-            {
+        // A connection the server closed while idle fails on its first use: then once more on
+        // a fresh one.
+        let mut retry = true;
+        loop {
+            if self.client.as_ref().is_some_and(Client::is_closed) {
+                self.client = None;
+            }
+            if self.client.is_none() {
+                retry = false;
+                self.reconnect()?;
+            }
+            let Some(client) = self.client.as_mut() else {
                 return Err(DbError {
                     url: self.url.to_string(),
-                    cause: "unreachable (waiting to reconnect)".into(),
+                    cause: "not connected".into(),
                 });
-            }
-            match open(&self.url) {
-                Ok(c) => self.client = Some(c),
-                Err(e) => {
-                    self.next_try = Some(std::time::Instant::now() + self.backoff);
-                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-                    self.link.failed(&e.to_string());
-                    return Err(e);
+            };
+            match f(client) {
+                Ok(v) => {
+                    self.backoff = BACKOFF_MIN;
+                    self.next_try = None;
+                    self.link.ok();
+                    return Ok(v);
                 }
-            }
-        }
-        let Some(client) = self.client.as_mut() else {
-            return Err(DbError {
-                url: self.url.to_string(),
-                cause: "not connected".into(),
-            });
-        };
-        match f(client) {
-            Ok(v) => {
-                self.backoff = BACKOFF_MIN;
-                self.next_try = None;
-                self.link.ok();
-                Ok(v)
-            }
-            Err(e) => {
-                let err = DbError::of(&self.url)(e);
-                // A lost connection is retried later; an SQL error keeps the connection.
-                if self.client.as_ref().is_none_or(Client::is_closed)
-                    || err.cause.contains("connection")
-                {
+                Err(e) => {
+                    let err = DbError::of(&self.url)(e);
+                    // A lost connection is retried later; an SQL error keeps the connection.
+                    let lost = self.client.as_ref().is_none_or(Client::is_closed)
+                        || err.cause.contains("connection");
+                    if !lost {
+                        return Err(err);
+                    }
                     self.client = None;
+                    if retry {
+                        retry = false;
+                        continue;
+                    }
                     self.next_try = Some(std::time::Instant::now() + self.backoff);
                     self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                     self.link.failed(&err.to_string());
+                    return Err(err);
                 }
-                Err(err)
+            }
+        }
+    }
+
+    /// Connects (and migrates), unless waiting out the backoff after a failure.
+    fn reconnect(&mut self) -> Result<(), DbError> {
+        // Another store of this server reaching the database again ends the wait.
+        if let Some(t) = self.next_try
+            && std::time::Instant::now() < t
+            && !self.link.is_up()
+        {
+            return Err(DbError {
+                url: self.url.to_string(),
+                cause: "unreachable (waiting to reconnect)".into(),
+            });
+        }
+        match open(&self.url) {
+            Ok(c) => {
+                self.client = Some(c);
+                Ok(())
+            }
+            Err(e) => {
+                self.next_try = Some(std::time::Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.link.failed(&e.to_string());
+                Err(e)
             }
         }
     }

@@ -24,7 +24,7 @@ impl PgBackend {
 
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+        f: impl FnMut(&mut postgres::Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         self.conn
             .lock()

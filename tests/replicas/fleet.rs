@@ -149,6 +149,13 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    // Everything so far is in the database.
+    for r in &f.replicas {
+        let w = r.state.usage.clone().unwrap();
+        tokio::task::spawn_blocking(move || w.flush())
+            .await
+            .unwrap();
+    }
     let before = wait_rows(&pg, 3, Duration::from_secs(5)).await;
     pg.stop();
     // Served from what each replica has cached: the key, the credentials.
@@ -212,6 +219,23 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
             }
             assert!(t0.elapsed() < Duration::from_secs(10), "replica {i}: {h:#}");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Key changes flow again (the listeners reconnected).
+    let r = f
+        .client
+        .delete(f.replicas[0].url("/api/keys/k"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    let t0 = Instant::now();
+    for i in [1, 2] {
+        while status_of(&f, i, &key).await != 401 {
+            assert!(t0.elapsed() < Duration::from_secs(2), "replica {i}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
