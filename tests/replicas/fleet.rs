@@ -499,3 +499,35 @@ async fn a_cooldown_seen_by_one_replica_is_used_by_the_others() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_and_the_database_going_away_lose_no_request_in_flight_on_the_others() {
+    let mut pg = Cluster::start();
+    let mut f = Fleet::start(&pg, FleetOpts::default()).await;
+    let mut tasks = Vec::new();
+    for n in 0..6 {
+        let url = f.replicas[if n % 2 == 0 { 0 } else { 2 }].url("/v1/messages");
+        let client = f.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("x-api-key", ADMIN)
+                .header("anthropic-version", "2023-06-01")
+                .json(&message("[sim:silent=800] tell me a story", true))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Replica 2 goes away, then the database.
+    drop(f.replicas.remove(1));
+    pg.stop();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("message_stop"), "{body}");
+    }
+}
