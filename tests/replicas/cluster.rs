@@ -224,6 +224,9 @@ pub struct FleetOpts {
     /// A Claude Code credentials file (each replica gets its own copy: separate machines).
     pub credentials: Option<serde_json::Value>,
     pub database_secret: Option<&'static str>,
+    /// One credentials file for all three (one host, or a shared volume).
+    pub shared_credentials_file: bool,
+    pub refresh_skew: Option<Duration>,
 }
 
 /// The upstream, three replicas, and the client.
@@ -310,10 +313,20 @@ async fn start_replica(
     settings.usage.db = home.join("unused.db");
     settings.usage.postgres = Some(pg.url());
     settings.usage.secret = opts.database_secret.map(Secret::new);
+    if let Some(skew) = opts.refresh_skew {
+        settings.credentials.refresh_skew = skew;
+    }
     match &opts.credentials {
         Some(creds) => {
-            let path = home.join("credentials.json");
-            std::fs::write(&path, serde_json::to_vec_pretty(creds).unwrap()).unwrap();
+            let path = if opts.shared_credentials_file {
+                dir.join("shared-credentials.json")
+            } else {
+                home.join("credentials.json")
+            };
+            // A shared file is written once (a replica may have refreshed it already).
+            if !path.exists() {
+                std::fs::write(&path, serde_json::to_vec_pretty(creds).unwrap()).unwrap();
+            }
             settings.credentials.credentials_file = Some(path);
         }
         None => settings.credentials.api_key = Some(Secret::new(support::API_KEY)),

@@ -260,24 +260,42 @@ async fn wait_count(pg: &Cluster, sql: &str, n: i64, limit: Duration) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_requests_over_three_replicas_at_token_expiry_make_one_refresh() {
+    at_expiry(false).await;
+}
+
+/// Without `database_secret`, replicas that share the credentials file still refresh once
+/// (the lock, and the file re-read under it); no token is written to the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_sharing_a_credentials_file_refresh_once_without_a_secret() {
+    at_expiry(true).await;
+}
+
+async fn at_expiry(shared_file: bool) {
     use std::sync::atomic::Ordering;
     let pg = Cluster::start();
-    // Each replica has its own copy of the credentials file (separate machines), expiring now.
+    // Each replica has its own copy of the credentials file (separate machines, unless
+    // `shared_file`), due for a refresh 2 s from now: the replicas' background refreshers and
+    // the requests all reach it at once.
+    let t0 = Instant::now();
     let creds = super::support::claude_credentials(
         super::support::OAUTH_TOKEN,
         super::support::REFRESH_TOKEN,
-        -1_000,
+        3_000,
     );
     let f = Fleet::start(
         &pg,
         FleetOpts {
             credentials: Some(creds),
-            database_secret: Some("fleet-secret-for-tests"),
+            database_secret: (!shared_file).then_some("fleet-secret-for-tests"),
+            shared_credentials_file: shared_file,
+            refresh_skew: Some(Duration::from_secs(1)),
         },
     )
     .await;
     // A slow token endpoint widens the window in which the others would refresh too.
-    f.sim.state.token_delay_ms.store(200, Ordering::SeqCst);
+    f.sim.state.token_delay_ms.store(300, Ordering::SeqCst);
+    assert_eq!(f.sim.state.token_calls.load(Ordering::SeqCst), 0, "not due yet");
+    tokio::time::sleep(Duration::from_millis(2_050).saturating_sub(t0.elapsed())).await;
     let f = std::sync::Arc::new(f);
     let mut tasks = Vec::new();
     for n in 0..200 {
@@ -294,11 +312,23 @@ async fn two_hundred_requests_over_three_replicas_at_token_expiry_make_one_refre
         statuses.push(t.await.unwrap());
     }
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    // Past the old token's expiry every replica serves with the new one.
+    tokio::time::sleep(Duration::from_millis(3_300).saturating_sub(t0.elapsed())).await;
+    for n in 0..30 {
+        let r = f
+            .post(n % 3, "/v1/messages", Some(ADMIN), &message("hi", false))
+            .await;
+        assert_eq!(r.status(), 200, "after expiry, replica {}", n % 3);
+    }
     assert_eq!(
         f.sim.state.token_calls.load(Ordering::SeqCst),
         1,
         "exactly one refresh upstream for the fleet"
     );
+    if shared_file {
+        assert_eq!(pg.count("SELECT count(*) FROM oauth_tokens").await, 0);
+        return;
+    }
     // The shared row is sealed: neither token appears in the database in clear.
     let url = pg.url();
     let sealed: Vec<u8> = tokio::task::spawn_blocking(move || {
