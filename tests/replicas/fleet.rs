@@ -294,7 +294,11 @@ async fn at_expiry(shared_file: bool) {
     .await;
     // A slow token endpoint widens the window in which the others would refresh too.
     f.sim.state.token_delay_ms.store(300, Ordering::SeqCst);
-    assert_eq!(f.sim.state.token_calls.load(Ordering::SeqCst), 0, "not due yet");
+    assert_eq!(
+        f.sim.state.token_calls.load(Ordering::SeqCst),
+        0,
+        "not due yet"
+    );
     tokio::time::sleep(Duration::from_millis(2_050).saturating_sub(t0.elapsed())).await;
     let f = std::sync::Arc::new(f);
     let mut tasks = Vec::new();
