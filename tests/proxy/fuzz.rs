@@ -1226,7 +1226,18 @@ fn check_http(
     } else if ctype.starts_with("text/event-stream") {
         let text = r.text();
         if openai {
-            prop_assert!(text.ends_with("data: [DONE]\n\n"), "{path}: {text}");
+            // A whole answer ends with [DONE]; a failed one with its one error chunk (and no
+            // [DONE]), as `check_openai_stream` says.
+            let last = text
+                .split("\n\n")
+                .filter(|f| !f.is_empty())
+                .last()
+                .unwrap_or("");
+            let failed = last.starts_with("data: {\"error\"") && !text.contains("[DONE]");
+            prop_assert!(
+                failed || text.ends_with("data: [DONE]\n\n"),
+                "{path}: {text}"
+            );
         } else {
             let events = crate::support::parse_sse(&text);
             let last = events.last().map(|(n, _)| n.as_str()).unwrap_or("");
