@@ -43,6 +43,12 @@ pub const CACHE_CAPACITY: usize = 64;
 /// Puts waiting for the writer thread; more are kept in memory only (and counted).
 const QUEUE_CAPACITY: usize = 1024;
 
+/// Puts kept after a failed write (the database went away), retried every [`RETRY_EVERY`];
+/// older ones are dropped (and counted as write errors) past this.
+const PENDING_CAPACITY: usize = 10_000;
+
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
 /// One stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -374,15 +380,27 @@ fn writer_loop(
     };
     prune(errors);
     let mut last_prune = Instant::now();
+    // Puts that failed (a shared database that went away), retried in order; bounded.
+    let mut pending: VecDeque<Arc<StoredResponse>> = VecDeque::new();
     loop {
-        match rx.recv_timeout(prune_every) {
+        let wait = if pending.is_empty() {
+            prune_every
+        } else {
+            prune_every.min(RETRY_EVERY)
+        };
+        match rx.recv_timeout(wait) {
             Ok(Op::Put(r)) => {
-                if let Err(e) = backend.put(&r) {
+                if !pending.is_empty() {
+                    pending.push_back(r);
+                } else if let Err(e) = backend.put(&r) {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "cannot store a response");
+                    tracing::warn!(error = %e, "cannot store a response; retrying");
+                    pending.push_back(r);
                 }
             }
             Ok(Op::Delete(id, ack)) => {
+                // A put still waiting cannot bring the response back.
+                pending.retain(|p| p.id != id);
                 let _ = ack.send(backend.delete(&id, now_ms()));
             }
             Ok(Op::Flush(ack)) => {
@@ -390,6 +408,17 @@ fn writer_loop(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        while let Some(r) = pending.front() {
+            if backend.put(r).is_err() {
+                break;
+            }
+            pending.pop_front();
+        }
+        if pending.len() > PENDING_CAPACITY {
+            let over = pending.len() - PENDING_CAPACITY;
+            pending.drain(..over);
+            errors.fetch_add(over as u64, Ordering::Relaxed);
         }
         if last_prune.elapsed() >= prune_every {
             prune(errors);

@@ -163,6 +163,19 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
         let s = status_of(&f, n % 3, &key).await;
         assert_eq!(s, 200, "request {n} with the database down");
     }
+    // A response stored meanwhile (on replica 1, kept there and queued for the database).
+    let stored: Value = f
+        .post(
+            0,
+            "/openai/v1/responses",
+            Some(&key),
+            &json!({"model": "gpt-4o", "input": "remember 42", "store": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stored_id = stored["id"].as_str().unwrap().to_owned();
     // /health says degraded once a store noticed.
     let t0 = Instant::now();
     for i in 0..3 {
@@ -189,14 +202,14 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
     // checked through /health; here, that the series are exported.)
     assert!(metrics.contains("ccproxy_database_up "), "{metrics}");
     assert!(metrics.contains("ccproxy_usage_rows_queued "), "{metrics}");
-    // The nine rows wait in the replicas' writers.
+    // The ten rows wait in the replicas' writers.
     let t0 = Instant::now();
     loop {
         let mut queued = 0;
         for i in 0..3 {
             queued += f.health(i).await["usage"]["rows_queued"].as_u64().unwrap();
         }
-        if queued == 9 {
+        if queued == 10 {
             break;
         }
         assert!(
@@ -207,8 +220,8 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
     }
     pg.run();
     // The rows queued meanwhile arrive; the replicas are healthy again.
-    let after = wait_rows(&pg, before + 9, Duration::from_secs(20)).await;
-    assert_eq!(after, before + 9);
+    let after = wait_rows(&pg, before + 10, Duration::from_secs(20)).await;
+    assert_eq!(after, before + 10);
     let t0 = Instant::now();
     for i in 0..3 {
         loop {
@@ -220,6 +233,23 @@ async fn database_stopped_mid_run_requests_still_served_then_queued_rows_arrive(
             assert!(t0.elapsed() < Duration::from_secs(10), "replica {i}: {h:#}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    // The response stored during the outage continues on replica 3.
+    let t0 = Instant::now();
+    loop {
+        let r = f
+            .post(
+                2,
+                "/openai/v1/responses",
+                Some(&key),
+                &json!({"model": "gpt-4o", "input": "what was it?", "previous_response_id": stored_id}),
+            )
+            .await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Key changes flow again (the listeners reconnected).
     let r = f
