@@ -38,6 +38,8 @@ pub enum Command {
     /// The model list the running server serves on /v1/models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// The configured store (`database_url`): migrate it, import a SQLite history into it.
+    Db(DbArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +47,28 @@ pub enum ModelsCommand {
     /// Fetch the model list from the upstream again now (through the running server, with its
     /// credentials) and print it. Exits 1 when the upstream gave none.
     Refresh(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    #[command(subcommand)]
+    pub action: DbCommand,
+    /// Configuration file (TOML). Default: config.toml in ccproxy's configuration directory.
+    #[arg(long, env = "CCPROXY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Bring the configured store's schema up to date (servers also do it at startup).
+    Migrate,
+    /// Copy a SQLite usage database (usage rows, client keys, stored responses) into the
+    /// configured PostgreSQL store.
+    Import {
+        /// The SQLite database: sqlite://PATH (or a plain path).
+        #[arg(long)]
+        from: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -134,6 +134,10 @@ pub struct FileConfig {
     pub retry_max_wait_secs: Option<u64>,
     pub usage: Option<bool>,
     pub usage_db: Option<PathBuf>,
+    /// `postgres://…` (shared by replicas) or `sqlite://PATH`.
+    pub database_url: Option<String>,
+    /// Seals the OAuth tokens kept in a shared database.
+    pub database_secret: Option<String>,
     pub responses_ttl_secs: Option<u64>,
     #[serde(default)]
     pub model_aliases: BTreeMap<String, String>,
@@ -393,9 +397,24 @@ impl Default for LogSettings {
 /// Usage recording.
 #[derive(Debug, Clone)]
 pub struct UsageSettings {
-    /// Record usage in the SQLite store.
+    /// Record usage in the store.
     pub enabled: bool,
+    /// The SQLite file (the store without `database_url = "postgres://…"`).
     pub db: PathBuf,
+    /// `database_url = "postgres://…"` (`CCPROXY_DATABASE_URL`): the shared store instead.
+    pub postgres: Option<crate::db::PgUrl>,
+    /// `database_secret` (`CCPROXY_DATABASE_SECRET`): seals OAuth tokens shared in PostgreSQL.
+    pub secret: Option<Secret>,
+}
+
+impl UsageSettings {
+    /// The store in effect.
+    pub fn database(&self) -> crate::db::Database {
+        match &self.postgres {
+            Some(u) => crate::db::Database::Postgres(u.clone()),
+            None => crate::db::Database::Sqlite(self.db.clone()),
+        }
+    }
 }
 
 impl Default for UsageSettings {
@@ -403,6 +422,8 @@ impl Default for UsageSettings {
         UsageSettings {
             enabled: true,
             db: data_dir().join(USAGE_DB_FILE),
+            postgres: None,
+            secret: None,
         }
     }
 }
@@ -563,7 +584,7 @@ impl Settings {
             limits: Limits::merge(&file)?,
             credentials: CredentialSettings::merge(args, &mut file, &paths)?,
             retries: RetrySettings::merge(&file),
-            usage: UsageSettings::merge(args, &mut file, &upstream.target),
+            usage: UsageSettings::merge(args, &mut file, &upstream.target)?,
             responses: ResponsesSettings::merge(&file)?,
             upstream,
             model_aliases: std::mem::take(&mut file.model_aliases),
@@ -877,20 +898,46 @@ impl LogSettings {
 impl UsageSettings {
     /// Without an explicit `usage_db`, runs against the simulated upstream
     /// record into [`USAGE_SIM_DB_FILE`] beside the default database.
-    fn merge(args: &ServeArgs, file: &mut FileConfig, upstream: &UpstreamTarget) -> Self {
+    /// `database_url` (`CCPROXY_DATABASE_URL`, else the file) chooses the store: `sqlite://PATH`
+    /// is the same as `usage_db = PATH`.
+    fn merge(
+        args: &ServeArgs,
+        file: &mut FileConfig,
+        upstream: &UpstreamTarget,
+    ) -> Result<Self, ConfigError> {
         let d = Self::default();
         let default_db = match upstream {
             UpstreamTarget::Sim => d.db.with_file_name(USAGE_SIM_DB_FILE),
             UpstreamTarget::Url(_) => d.db,
         };
-        UsageSettings {
-            enabled: !args.no_usage && file.usage.unwrap_or(d.enabled),
-            db: args
-                .usage_db
-                .clone()
-                .or(file.usage_db.take())
-                .unwrap_or(default_db),
+        let mut db = args
+            .usage_db
+            .clone()
+            .or(file.usage_db.take())
+            .unwrap_or(default_db);
+        let mut postgres = None;
+        let url = env_nonempty("CCPROXY_DATABASE_URL").or(file.database_url.take());
+        if let Some(url) = url {
+            match crate::db::Database::parse(&url) {
+                Ok(crate::db::Database::Sqlite(p)) => db = p,
+                Ok(crate::db::Database::Postgres(u)) => postgres = Some(u),
+                Err(message) => {
+                    return Err(ConfigError::Invalid {
+                        name: "database_url",
+                        message,
+                    });
+                }
+            }
         }
+        let secret = env_nonempty("CCPROXY_DATABASE_SECRET")
+            .or(file.database_secret.take())
+            .map(Secret::new);
+        Ok(UsageSettings {
+            enabled: !args.no_usage && file.usage.unwrap_or(d.enabled),
+            db,
+            postgres,
+            secret,
+        })
     }
 }
 
@@ -1093,6 +1140,13 @@ impl UsageSettings {
         vec![
             ("usage", self.enabled.to_string()),
             ("usage_db", quoted_path(&self.db)),
+            (
+                "database_url",
+                self.postgres
+                    .as_ref()
+                    .map_or_else(|| "(not set)".to_owned(), |u| quoted(&u.to_string())),
+            ),
+            ("database_secret", shown_secret(&self.secret)),
         ]
     }
 }
@@ -1220,6 +1274,14 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # With upstream_url = "sim" the default database is usage-sim.db beside usage.db.
 # usage = true
 # usage_db = "/home/me/.local/share/ccproxy/usage.db"
+
+# Shared state for several replicas (usage, client keys, stored responses, budgets, rate
+# limits, credential state, the OAuth refresh): database_url = "postgres://user:pw@host/db"
+# (CCPROXY_DATABASE_URL). "sqlite://PATH" is the same as usage_db = PATH. database_secret
+# (CCPROXY_DATABASE_SECRET) seals the OAuth tokens shared through PostgreSQL; without it,
+# refreshed tokens stay in each replica's credentials file only.
+# database_url = "postgres://ccproxy@db.internal/ccproxy"
+# database_secret = "a long random string, the same on every replica"
 
 # Stored Responses API responses (previous_response_id, GET /openai/v1/responses/{id}) are
 # kept in the usage database for this long (in memory, the last 1000, without it).

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod convert;
 pub mod credentials;
+pub mod db;
 pub mod error;
 pub mod http;
 pub mod keys;

@@ -55,6 +55,9 @@ pub struct AppState {
     pub keys: Arc<ClientKeys>,
     /// The upstream's model list, cached.
     pub models: crate::model_catalog::ModelCatalog,
+    /// The shared database (`database_url = "postgres://…"`): whether it answers, how many
+    /// replicas share it. `None` with SQLite.
+    pub database: Option<Arc<crate::db::Link>>,
 }
 
 /// The credentials configuration implied by the settings.
@@ -78,6 +81,10 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
             }
         };
     let (pool, oauth) = build_pool(&settings, oauth, upstream.client(), &[])?;
+    let link = crate::db::Link::new();
+    if let Some(url) = &settings.usage.postgres {
+        share_refreshes(&settings, &pool, url, &link);
+    }
     let pool = PoolCell::new(pool);
     let aliases = ModelAliases::with_defaults().with_overrides(
         settings
@@ -87,11 +94,44 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     );
     // Keys live in the usage database; with usage recording off, an existing database's keys
     // still apply (their spend is then counted in memory only).
-    let db = &settings.usage.db;
-    let keys_db = (settings.usage.enabled || db.exists()).then(|| db.clone());
-    let keys = ClientKeys::open(keys_db, settings.server.require_client_keys);
-    let (observer, usage) = start_observer(&settings, keys.clone())?;
-    let responses = Arc::new(open_response_store(&settings, usage.as_ref()));
+    let pg = settings.usage.postgres.clone();
+    let (keys, observer, usage) = match &pg {
+        None => {
+            let db = &settings.usage.db;
+            let keys_db = (settings.usage.enabled || db.exists()).then(|| db.clone());
+            let keys = ClientKeys::open(keys_db, settings.server.require_client_keys);
+            let (observer, usage) = start_observer(&settings, keys.clone(), None)?;
+            (keys, observer, usage)
+        }
+        // PostgreSQL's blocking client must not run on the async runtime's threads: the
+        // first connections (migrations, the keys' first read) are made on a thread of their
+        // own.
+        Some(url) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<_> {
+                    let keys = ClientKeys::open_db(
+                        Some(crate::db::Database::Postgres(url.clone())),
+                        settings.server.require_client_keys,
+                        link.clone(),
+                    );
+                    let sink = crate::observability::usage::pg::PgSink::open(url, link.clone());
+                    let (observer, usage) = start_observer(&settings, keys.clone(), Some(sink))?;
+                    crate::db::pg::spawn_heartbeat(url.clone(), link.clone());
+                    Ok((keys, observer, usage))
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("opening the database panicked"))?
+        })?,
+    };
+    let responses = Arc::new(match &pg {
+        Some(url) => {
+            let backend = crate::response_store::pg::PgBackend::new(url, link.clone());
+            let store = ResponseStore::durable(Arc::new(backend), settings.responses.ttl).shared();
+            tracing::info!(store = %store.describe(), ttl_secs = settings.responses.ttl.as_secs(), "Responses API store");
+            store
+        }
+        None => open_response_store(&settings, usage.as_ref()),
+    });
     let guard = Guard {
         loopback_only: crate::access::is_loopback_host(&settings.server.host),
         cors_origins: settings.server.cors_origins.clone(),
@@ -125,7 +165,71 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         usage,
         responses,
         keys,
+        database: pg.map(|_| link),
     })
+}
+
+/// How often a replica exchanges credential state (cooldowns, holds, unified limits) through
+/// the shared database.
+pub const CREDENTIAL_STATE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// With a shared database: starts the thread that shares the pool's credential state with the
+/// other replicas every [`CREDENTIAL_STATE_EVERY`] (`credentials::fleet::sync_state`).
+pub fn share_credential_state(state: &Arc<AppState>) {
+    let (Some(url), Some(link)) = (
+        state.settings.usage.postgres.clone(),
+        state.database.clone(),
+    ) else {
+        return;
+    };
+    let weak = Arc::downgrade(state);
+    let spawned = std::thread::Builder::new()
+        .name("ccproxy-credential-state".into())
+        .spawn(move || {
+            let mut conn = crate::db::pg::Conn::new(url, link, None);
+            loop {
+                std::thread::sleep(CREDENTIAL_STATE_EVERY);
+                let Some(state) = weak.upgrade() else { return };
+                let pool = state.pool.get();
+                drop(state);
+                crate::credentials::fleet::sync_state(
+                    &mut conn,
+                    &pool,
+                    crate::util::time::now_secs(),
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the credential-state thread; cooldowns are not shared");
+    }
+}
+
+/// With a shared database, each subscription refreshes once for the whole fleet
+/// (`credentials::fleet`).
+fn share_refreshes(
+    settings: &Settings,
+    pool: &Pool,
+    url: &crate::db::PgUrl,
+    link: &Arc<crate::db::Link>,
+) {
+    let secret = settings
+        .usage
+        .secret
+        .as_ref()
+        .map(|s| s.expose().to_owned());
+    for m in pool.members() {
+        if let MemberKind::OAuth(mgr) = &m.kind {
+            if secret.is_none() {
+                tracing::warn!(credential = %m.name, "database_secret is not set: refreshed OAuth tokens are not shared through the database; replicas must share the credentials file");
+            }
+            mgr.share_with(crate::credentials::fleet::Fleet::new(
+                url.clone(),
+                &m.name,
+                secret.as_deref(),
+                link.clone(),
+            ));
+        }
+    }
 }
 
 /// The credential pool: the `[[credentials]]` tables, or the implicit pool of today's single
@@ -214,6 +318,9 @@ pub fn reload_pool(state: &AppState) -> anyhow::Result<usize> {
             mgr.spawn_background_refresh();
         }
     }
+    if let (Some(url), Some(link)) = (&state.settings.usage.postgres, &state.database) {
+        share_refreshes(&settings, &pool, url, link);
+    }
     let n = pool.members().len();
     state.pool.replace(pool);
     Ok(n)
@@ -276,12 +383,20 @@ fn open_response_store(settings: &Settings, usage: Option<&UsageWriter>) -> Resp
 fn start_observer(
     settings: &Settings,
     keys: Arc<ClientKeys>,
+    pg: Option<crate::observability::usage::pg::PgSink>,
 ) -> anyhow::Result<(Arc<Observer>, Option<UsageWriter>)> {
     // Installs the process-wide metrics recorder before any request is metered.
     let _ = prom::handle();
     let prices = PriceTable::with_overrides(&settings.prices)
         .map_err(|e| anyhow::anyhow!("invalid [prices] in the config file: {e}"))?;
-    let usage = if settings.usage.enabled {
+    let usage = if let Some(sink) = pg {
+        // Usage rows are always recorded in a shared database (the keys' spend needs them).
+        Some(crate::observability::usage::store::spawn_sink(
+            Box::new(sink),
+            settings.usage.database(),
+            DEFAULT_QUEUE_CAPACITY,
+        ))
+    } else if settings.usage.enabled {
         match UsageStore::open(&settings.usage.db) {
             Ok(store) => Some(store.spawn_writer(DEFAULT_QUEUE_CAPACITY)),
             Err(e) => {

@@ -2,7 +2,6 @@
 //! A running server picks the changes up within a second (`keys::RELOAD_EVERY`).
 
 use std::io::Write as _;
-use std::path::Path;
 
 use anyhow::Context as _;
 
@@ -26,15 +25,18 @@ pub fn request_of(a: KeyCreateArgs) -> KeyRequest {
     }
 }
 
-/// Runs one `keys` action on the database at `db`; returns the exit code.
-pub fn run(action: KeysCommand, db: &Path) -> anyhow::Result<u8> {
+/// Runs one `keys` action on the store `db`; returns the exit code. Blocking (PostgreSQL's
+/// client): call it off the async runtime.
+pub fn run(action: KeysCommand, db: &crate::db::Database) -> anyhow::Result<u8> {
     let now = now_ms();
+    let link = crate::db::Link::new();
+    let open = || KeyDb::open_db(db, &link);
     let mut out = String::new();
     match action {
         KeysCommand::Create(args) => {
             let req = request_of(args);
             let limits = req.limits(now).map_err(anyhow::Error::msg)?;
-            let mut kdb = KeyDb::open(db)?;
+            let mut kdb = open()?;
             let secret = kdb.create(&req.name, &limits, now)?;
             out.push_str(&format!(
                 "created client key {:?}; it is shown only this once, store it now:\n{secret}\n",
@@ -42,13 +44,13 @@ pub fn run(action: KeysCommand, db: &Path) -> anyhow::Result<u8> {
             ));
         }
         KeysCommand::List { format } => {
-            if !db.exists() {
+            if db.sqlite_path().is_some_and(|p| !p.exists()) {
                 match format {
                     KeysFormat::Json => out.push_str("[]\n"),
                     KeysFormat::Table => out.push_str("no client keys (no usage database yet)\n"),
                 }
             } else {
-                let mut kdb = KeyDb::open(db)?;
+                let mut kdb = open()?;
                 let keys = kdb.list(now)?;
                 match format {
                     KeysFormat::Json => {
@@ -64,11 +66,11 @@ pub fn run(action: KeysCommand, db: &Path) -> anyhow::Result<u8> {
             }
         }
         KeysCommand::Revoke { name } => {
-            KeyDb::open(db)?.revoke(&name, now)?;
+            open()?.revoke(&name, now)?;
             out.push_str(&format!("revoked client key {name:?}\n"));
         }
         KeysCommand::Rotate { name } => {
-            let secret = KeyDb::open(db)?.rotate(&name)?;
+            let secret = open()?.rotate(&name)?;
             out.push_str(&format!(
                 "rotated client key {name:?}; the old key no longer works. The new one, shown only this once:\n{secret}\n"
             ));

@@ -1,6 +1,7 @@
 //! Command implementations (glue between the CLI and the library).
 
 pub mod auth;
+pub mod db;
 pub mod keys;
 pub mod models;
 pub mod status;
@@ -62,7 +63,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Some(Command::Usage(args)) => {
             let settings = Settings::from_common(&args.config.clone().into())?;
-            let code = usage::run(&args, settings.usage.db)?;
+            let db = settings.usage.database();
+            // PostgreSQL's blocking client must not run on the async runtime's threads.
+            let code = tokio::task::spawn_blocking(move || usage::run(&args, db)).await??;
             Ok(u8::try_from(code).unwrap_or(1))
         }
         Some(Command::Keys(args)) => {
@@ -71,8 +74,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 ..CommonArgs::default()
             };
             let settings = Settings::from_common(&common)?;
-            let db = args.db.clone().unwrap_or(settings.usage.db);
-            keys::run(args.action, &db)
+            let db = args
+                .db
+                .clone()
+                .map_or_else(|| settings.usage.database(), crate::db::Database::Sqlite);
+            tokio::task::spawn_blocking(move || keys::run(args.action, &db)).await?
+        }
+        Some(Command::Db(args)) => {
+            let common = CommonArgs {
+                config: args.config.clone(),
+                ..CommonArgs::default()
+            };
+            let settings = Settings::from_common(&common)?;
+            let db = settings.usage.database();
+            tokio::task::spawn_blocking(move || db::run(args.action, &db)).await?
         }
         Some(Command::Auth(args)) => {
             let (action, endpoint) = match args.action {

@@ -1,7 +1,6 @@
 //! `ccproxy usage`: the usage report (table, JSON or CSV) from the usage store.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Context;
 
@@ -24,14 +23,21 @@ fn group_by(g: UsageGrouping) -> GroupBy {
 /// `--db` names another. Returns the exit code. A missing database is not an
 /// error: the table format says so; JSON and CSV print an empty report (and
 /// the note goes to stderr).
-pub fn run(args: &UsageArgs, default_db: PathBuf) -> anyhow::Result<i32> {
+pub fn run(args: &UsageArgs, default_db: crate::db::Database) -> anyhow::Result<i32> {
     let since = report::parse_since(&args.since)?;
     let by = group_by(args.by);
     let format = args.format;
-    let path = args.db.clone().unwrap_or(default_db);
+    let db = args
+        .db
+        .clone()
+        .map_or(default_db, crate::db::Database::Sqlite);
+    let shown = match &db {
+        crate::db::Database::Sqlite(p) => p.display().to_string(),
+        crate::db::Database::Postgres(u) => u.to_string(),
+    };
     let since_ms = report::since_ms(since, crate::util::time::now_ms());
 
-    let reader = UsageReader::open(&path)?;
+    let reader = UsageReader::open_db(&db)?;
     let report = match &reader {
         Some(r) => r.report(since_ms, by)?,
         None => Report {
@@ -47,14 +53,14 @@ pub fn run(args: &UsageArgs, default_db: PathBuf) -> anyhow::Result<i32> {
     };
     let text = match (format, reader.is_some()) {
         (Format::Table, false) => {
-            format!("no usage recorded yet at {}\n", path.display())
+            format!("no usage recorded yet at {shown}\n")
         }
         (Format::Table, true) => report::render_table(
             &report,
             &format!(
                 "ccproxy usage over {period}, by {} ({})",
                 by.as_str(),
-                path.display()
+                shown
             ),
         ),
         (Format::Json, _) => {
@@ -65,7 +71,7 @@ pub fn run(args: &UsageArgs, default_db: PathBuf) -> anyhow::Result<i32> {
         (Format::Csv, _) => report::render_csv(&report),
     };
     if reader.is_none() && format != Format::Table {
-        eprintln!("no usage recorded yet at {}", path.display());
+        eprintln!("no usage recorded yet at {shown}");
     }
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

@@ -122,6 +122,8 @@ pub struct OAuthManager {
     report: Mutex<Report>,
     /// This manager, for the task an attempt runs in (managers live in an `Arc`).
     me: Weak<Self>,
+    /// The fleet sharing this credential through PostgreSQL (one refresh for all replicas).
+    fleet: std::sync::OnceLock<super::fleet::Fleet>,
 }
 
 impl std::fmt::Debug for OAuthManager {
@@ -257,10 +259,16 @@ impl OAuthManager {
             flight: Arc::new(tokio::sync::Mutex::new(Flight::default())),
             report: Mutex::new(Report::default()),
             me,
+            fleet: std::sync::OnceLock::new(),
         }
     }
 
     /// Where the credentials come from.
+    /// Shares this credential's refresh with the replicas of `fleet` (set once).
+    pub fn share_with(&self, fleet: super::fleet::Fleet) {
+        let _ = self.fleet.set(fleet);
+    }
+
     pub fn source(&self) -> &SourceInfo {
         &self.info
     }
@@ -463,6 +471,11 @@ impl OAuthManager {
         rejected: Option<&AccessToken>,
     ) -> Result<AccessToken, CredentialError> {
         flight.last_attempt = Some(Instant::now());
+        // One replica of a fleet at a time (held until this attempt ends).
+        let fleet_lock = match self.fleet.get() {
+            Some(f) => f.lock().await.map(|l| (f, l)),
+            None => None,
+        };
         let mut cur = match self.reread().await {
             Reread::Found { root, creds } => self.merge_from_source(root, creds, false),
             Reread::Gone => return self.source_removed(flight, mode, rejected),
@@ -471,6 +484,16 @@ impl OAuthManager {
                 self.snapshot()
             }
         };
+        if let Some((f, lock)) = &fleet_lock
+            && let Some(shared) = f.load(lock).await
+            && !shared.same_tokens(&cur.creds)
+            && match (shared.expires_at_ms, cur.creds.expires_at_ms) {
+                (Some(s), Some(m)) => s > m,
+                _ => true,
+            }
+        {
+            cur = self.adopt_shared(&cur, shared).await;
+        }
         if mode != Mode::Forced && self.usable(&cur, now_ms(), rejected) {
             debug!(source = %self.info, "another process already refreshed the token");
             self.record_success(flight);
@@ -483,7 +506,13 @@ impl OAuthManager {
                 ControlFlow::Break(result) => return result,
             };
             let e = match self.post_refresh(&refresh_token).await {
-                Ok(grant) => return Ok(self.on_grant(flight, &cur, grant).await),
+                Ok(grant) => {
+                    let token = self.on_grant(flight, &cur, grant).await;
+                    if let Some((f, lock)) = &fleet_lock {
+                        f.store(lock, &self.snapshot().creds).await;
+                    }
+                    return Ok(token);
+                }
                 Err(e) => e,
             };
             if e.kind == EndpointErrorKind::InvalidGrant && reread_after_rejection {
@@ -499,6 +528,26 @@ impl OAuthManager {
             }
             return self.refresh_failed(flight, &cur, mode, rejected, refresh_token, e);
         }
+    }
+
+    /// Takes the tokens another replica refreshed (newer than ours) and writes them to our
+    /// source, so a restart does not send the refresh token they replaced.
+    async fn adopt_shared(&self, cur: &Current, shared: OAuthCreds) -> Arc<Current> {
+        info!(source = %self.info, "using the token another replica refreshed");
+        self.lock_report().last_refresh_at_ms = Some(now_ms());
+        let next = self.replace(Current {
+            creds: shared,
+            root: cur.root.clone(),
+            lifetime_ms: None,
+        });
+        let source = self.source.clone();
+        let (creds, root) = (next.creds.clone(), next.root.clone());
+        match tokio::task::spawn_blocking(move || source.save(&creds, &root)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(source = %self.info, error = %e, "could not save the shared token"),
+            Err(e) => warn!(source = %self.info, error = %e, "could not save the shared token"),
+        }
+        next
     }
 
     /// The source no longer holds credentials: refreshing them would resurrect a logout.

@@ -12,6 +12,7 @@
 //! form, errors carry paths, status codes and OAuth error codes only.
 
 pub mod endpoint;
+pub mod fleet;
 pub mod keychain;
 pub mod login;
 pub mod manager;

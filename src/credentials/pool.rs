@@ -79,7 +79,7 @@ impl MemberKind {
 
 /// The subscription limits an OAuth response reported (`anthropic-ratelimit-unified-*`),
 /// parsed leniently: anything absent or unknown is `None`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Unified {
     /// `allowed`, `allowed_warning`, `rejected`.
     pub status: Option<String>,
@@ -143,6 +143,16 @@ impl Unified {
             .filter(|r| *r > self.seen_at)
             .min()
     }
+}
+
+/// A member's state as replicas share it (`credentials::fleet::sync_state`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct SharedHealth {
+    /// A cooldown (until, epoch seconds; reason).
+    pub cooling: Option<(u64, String)>,
+    /// The extra-usage hold (until; reason).
+    pub extra_usage: Option<(u64, String)>,
+    pub unified: Option<Unified>,
 }
 
 /// Why a member is not taking requests now, and until when (epoch seconds).
@@ -353,6 +363,51 @@ impl Member {
 impl Member {
     /// Takes over what the upstream said about `old` (benches, limits, last use): a reload keeps
     /// what is known about a credential it keeps.
+    /// What other replicas should know (a shared database): the cooldown and the extra-usage
+    /// hold still running at `now` (until, reason), and the latest unified limits.
+    pub fn shareable(&self, now: u64) -> SharedHealth {
+        let h = self.health();
+        let running = |b: &Option<Bench>| {
+            b.as_ref()
+                .filter(|b| b.until > now)
+                .map(|b| (b.until, b.reason.clone()))
+        };
+        SharedHealth {
+            cooling: running(&h.cooling),
+            extra_usage: running(&h.extra_usage),
+            unified: h.unified.clone(),
+        }
+    }
+
+    /// Takes what another replica saw: a longer cooldown or extra-usage hold, newer unified
+    /// limits.
+    pub fn adopt_shared(&self, s: SharedHealth) {
+        let mut h = self.health();
+        if let Some((until, reason)) = s.cooling
+            && h.cooling.as_ref().is_none_or(|b| b.until < until)
+        {
+            h.cooling = Some(Bench {
+                state: "cooling",
+                until,
+                reason,
+            });
+        }
+        if let Some((until, reason)) = s.extra_usage
+            && h.extra_usage.as_ref().is_none_or(|b| b.until < until)
+        {
+            h.extra_usage = Some(Bench {
+                state: "extra_usage",
+                until,
+                reason,
+            });
+        }
+        if let Some(u) = s.unified
+            && h.unified.as_ref().is_none_or(|l| l.seen_at < u.seen_at)
+        {
+            h.unified = Some(u);
+        }
+    }
+
     pub fn adopt_health(&self, old: &Member) {
         let o = old.health();
         let mut h = self.health();

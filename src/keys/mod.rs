@@ -16,6 +16,7 @@
 //!   appears) they are read back from the usage rows, which carry the key's name,
 //!   so they survive a restart.
 
+pub mod pg;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -358,6 +359,9 @@ pub struct KeyRecord {
 #[derive(Default)]
 pub struct Live {
     in_flight: AtomicU32,
+    /// Admitted requests whose cost is not counted yet (until their record has been through
+    /// the observer: a little after they end).
+    uncounted: AtomicU32,
     window: Mutex<Window>,
 }
 
@@ -371,6 +375,13 @@ struct Window {
     /// Spend in the period starting at `period_start` (ms).
     period_start: i64,
     spend: f64,
+    /// PostgreSQL: this replica's spend lease on the budget for the period (what it may
+    /// spend in total), its spend under it, the fleet's committed spend, and whether the
+    /// fleet's budget is used up (no lease left to grant).
+    lease_granted: f64,
+    lease_used: f64,
+    fleet_committed: f64,
+    exhausted: bool,
     last_used_ms: Option<i64>,
 }
 
@@ -394,6 +405,10 @@ impl Window {
             if start != self.period_start {
                 self.period_start = start;
                 self.spend = 0.0;
+                self.lease_granted = 0.0;
+                self.lease_used = 0.0;
+                self.fleet_committed = 0.0;
+                self.exhausted = false;
             }
         }
     }
@@ -422,11 +437,24 @@ impl Drop for Slot {
     }
 }
 
+/// An admitted request whose cost is not counted yet, until dropped (after the observer's sink
+/// has counted its record: `InFlight::hold_until_counted`).
+pub struct Uncounted {
+    live: Arc<Live>,
+}
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        self.live.uncounted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A request admitted under a client key.
 pub struct Admitted {
     pub name: String,
     pub limits: Limits,
     pub slot: Slot,
+    pub uncounted: Uncounted,
     /// The key's windows after this request (for the response's rate-limit headers), when
     /// it has an rpm or tpm limit.
     pub rate_limits: Option<RateLimitInfo>,
@@ -470,8 +498,12 @@ impl From<ProxyError> for Refused {
 /// The client keys of a running server.
 pub struct ClientKeys {
     table: RwLock<Arc<Table>>,
-    /// The usage database that holds the keys (`None`: keys are unavailable).
-    db: Option<PathBuf>,
+    /// The store that holds the keys (`None`: keys are unavailable).
+    db: Option<crate::db::Database>,
+    /// Whether the shared database answers; how many replicas share the limits.
+    link: Arc<crate::db::Link>,
+    /// Wakes the reload thread early (a budget lease ran low).
+    poke: (Mutex<bool>, std::sync::Condvar),
     /// Why the keys table could not be read, if it could not.
     error: Mutex<Option<String>>,
     /// The reload's connection (also serialises reloads).
@@ -494,9 +526,28 @@ impl ClientKeys {
     /// Loads the keys from the usage database at `db` (created and migrated if needed)
     /// and starts the reload thread. With `db` `None`, there are no keys.
     pub fn open(db: Option<PathBuf>, required: bool) -> Arc<ClientKeys> {
+        Self::open_db(
+            db.map(crate::db::Database::Sqlite),
+            required,
+            crate::db::Link::new(),
+        )
+    }
+
+    /// [`ClientKeys::open`] on the configured store. With PostgreSQL a listener thread reloads
+    /// the moment any replica changes a key (`LISTEN ccproxy_keys`), the reload every
+    /// [`RELOAD_EVERY`] stays as the safety net, and rate limits are shared by the replicas
+    /// alive (`link`).
+    pub fn open_db(
+        db: Option<crate::db::Database>,
+        required: bool,
+        link: Arc<crate::db::Link>,
+    ) -> Arc<ClientKeys> {
+        let pg = db.as_ref().and_then(|d| d.postgres().cloned());
         let keys = Arc::new(ClientKeys {
             table: RwLock::new(Arc::new(Table::default())),
             db,
+            link,
+            poke: (Mutex::new(false), std::sync::Condvar::new()),
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required,
@@ -512,6 +563,15 @@ impl ClientKeys {
                 tracing::error!(error = %e, "cannot start the client-keys reload thread; keys changed by the CLI need a restart");
             }
         }
+        if let Some(url) = pg {
+            let weak = Arc::downgrade(&keys);
+            let spawned = std::thread::Builder::new()
+                .name("ccproxy-keys-listen".into())
+                .spawn(move || listen_loop(&url, &weak));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the client-keys listener; changes arrive with the periodic reload");
+            }
+        }
         keys
     }
 
@@ -520,6 +580,8 @@ impl ClientKeys {
         Arc::new(ClientKeys {
             table: RwLock::new(Arc::new(Table::default())),
             db: None,
+            link: Arc::new(crate::db::Link::default()),
+            poke: (Mutex::new(false), std::sync::Condvar::new()),
             error: Mutex::new(None),
             conn: Mutex::new(None),
             required: false,
@@ -531,9 +593,9 @@ impl ClientKeys {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The database holding the keys, if any.
+    /// The SQLite database holding the keys, if that is where they are.
     pub fn db(&self) -> Option<&std::path::Path> {
-        self.db.as_deref()
+        self.db.as_ref().and_then(|d| d.sqlite_path())
     }
 
     /// Whether proxied requests need a client key (or the admin token): with at least one
@@ -588,13 +650,14 @@ impl ClientKeys {
             )
             .into());
         };
-        Self::admit_entry(&entry, mode, now).map_err(|error| Refused {
-            key: Some(entry.record.name.clone()),
-            error: Box::new(error),
-        })
+        self.admit_entry(&entry, mode, now)
+            .map_err(|error| Refused {
+                key: Some(entry.record.name.clone()),
+                error: Box::new(error),
+            })
     }
 
-    fn admit_entry(entry: &Entry, mode: Mode, now: i64) -> Result<Admitted, ProxyError> {
+    fn admit_entry(&self, entry: &Entry, mode: Mode, now: i64) -> Result<Admitted, ProxyError> {
         let rec = &entry.record;
         let name = &rec.name;
         if rec.revoked_at_ms.is_some() {
@@ -610,7 +673,24 @@ impl ClientKeys {
                 format_utc(exp)
             )));
         }
-        let limits = &rec.limits;
+        // Several replicas: each enforces its share of rpm, tpm and max-concurrent.
+        let shared;
+        let limits = if self.link.replicas() > 1 {
+            let l = &rec.limits;
+            shared = Limits {
+                rpm: l
+                    .rpm
+                    .map(|n| u32::try_from(self.share(u64::from(n))).unwrap_or(n)),
+                tpm: l.tpm.map(|n| self.share(n)),
+                max_concurrent: l
+                    .max_concurrent
+                    .map(|n| u32::try_from(self.share(u64::from(n))).unwrap_or(n)),
+                ..l.clone()
+            };
+            &shared
+        } else {
+            &rec.limits
+        };
         if !limits.allows_mode(mode) {
             reject(name, "mode");
             let allowed: Vec<&str> = limits.modes.iter().map(|m| m.name()).collect();
@@ -629,7 +709,32 @@ impl ClientKeys {
         w.prune(now);
         w.roll(limits.budget.as_ref(), now);
         if let Some(b) = &limits.budget
-            && w.spend >= b.usd
+            && self.leased()
+            && !w.exhausted
+        {
+            // Shared budget: spend only under this replica's lease. Near its end (less than
+            // half a lease left), one request at a time — the next only once the previous one's
+            // cost is counted — so the budget is exceeded by at most one request per replica.
+            let left = w.lease_granted - w.lease_used;
+            let low = left < lease_size(b.usd, f64::from(self.link.replicas())) / 2.0;
+            if left <= 0.0 || (low && live.uncounted.load(Ordering::Acquire) > 0) {
+                self.poke();
+                reject(name, "budget_lease");
+                let mut e = rate_limited(
+                    format!(
+                        "client key {name:?} is waiting for its share of the budget on this replica"
+                    ),
+                    rate_info(limits, &w, now),
+                );
+                e.retry_after = Some(1);
+                return Err(e);
+            }
+            if low {
+                self.poke();
+            }
+        }
+        if let Some(b) = &limits.budget
+            && (w.spend >= b.usd || (self.leased() && w.exhausted))
         {
             reject(name, "budget");
             let (_, end) = b.period.bounds(now);
@@ -689,10 +794,12 @@ impl ClientKeys {
         w.last_used_ms = Some(now);
         let rate_limits = (limits.rpm.is_some() || limits.tpm.is_some()).then(|| info(&w));
         drop(w);
+        live.uncounted.fetch_add(1, Ordering::AcqRel);
         Ok(Admitted {
             name: name.clone(),
             limits: limits.clone(),
             slot: Slot { live: live.clone() },
+            uncounted: Uncounted { live: live.clone() },
             rate_limits,
         })
     }
@@ -715,6 +822,7 @@ impl ClientKeys {
             && at_ms >= w.period_start
         {
             w.spend += c;
+            w.lease_used += c;
         }
         metrics::counter!("ccproxy_client_key_requests_total", "key" => name.to_owned())
             .increment(1);
@@ -734,12 +842,12 @@ impl ClientKeys {
         &self,
         f: impl FnOnce(&mut store::KeyDb) -> Result<T, store::KeyError>,
     ) -> Result<T, store::KeyError> {
-        let db = self.db.as_deref().ok_or(store::KeyError::NoDatabase)?;
+        let db = self.db.as_ref().ok_or(store::KeyError::NoDatabase)?;
         let out = {
             let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
             let kdb = match conn.take() {
                 Some(c) => conn.insert(c),
-                None => conn.insert(store::KeyDb::open(db)?),
+                None => conn.insert(store::KeyDb::open_db(db, &self.link)?),
             };
             f(kdb)?
         };
@@ -751,24 +859,26 @@ impl ClientKeys {
     pub fn reload(&self) {
         let Some(db) = &self.db else { return };
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let loaded = match conn.take() {
-            Some(c) => Ok(c),
-            None => store::KeyDb::open(db),
-        }
-        .and_then(|mut kdb| {
-            let records = kdb.all()?;
-            Ok((kdb, records))
-        });
-        let (kdb, records) = match loaded {
-            Ok(x) => x,
+        let report = |e: store::KeyError| {
+            let msg = e.to_string();
+            let mut last = self.error.lock().unwrap_or_else(|e| e.into_inner());
+            if last.as_deref() != Some(msg.as_str()) {
+                tracing::error!(error = %msg, "cannot read the client keys; the keys last read stay in force");
+                *last = Some(msg);
+            }
+        };
+        let mut kdb = match conn.take() {
+            Some(c) => c,
+            None => match store::KeyDb::open_db(db, &self.link) {
+                Ok(k) => k,
+                Err(e) => return report(e),
+            },
+        };
+        let records = match kdb.all() {
+            Ok(r) => r,
             Err(e) => {
-                let msg = e.to_string();
-                let mut last = self.error.lock().unwrap_or_else(|e| e.into_inner());
-                if last.as_deref() != Some(msg.as_str()) {
-                    tracing::error!(error = %msg, "cannot read the client keys");
-                    *last = Some(msg);
-                }
-                return;
+                *conn = Some(kdb);
+                return report(e);
             }
         };
         let kdb = conn.insert(kdb);
@@ -779,6 +889,9 @@ impl ClientKeys {
                 .iter()
                 .all(|r| current.by_name.get(&r.name).is_some_and(|e| e.record == *r));
         if unchanged {
+            if self.leased() {
+                self.sync_leases(kdb);
+            }
             return;
         }
         let now = crate::util::time::now_ms();
@@ -795,6 +908,131 @@ impl ClientKeys {
         let any = !table.by_name.is_empty();
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.any.store(any, Ordering::Release);
+        if self.leased() {
+            self.sync_leases(kdb);
+        }
+    }
+}
+
+impl ClientKeys {
+    /// Shared budgets (PostgreSQL): reports this replica's spend under each budgeted key's
+    /// lease and renews the lease when less than half of it is left (`keys::pg::lease`).
+    fn sync_leases(&self, kdb: &mut store::KeyDb) {
+        let table = self.snapshot();
+        let now = crate::util::time::now_ms();
+        let replicas = f64::from(self.link.replicas());
+        for e in table.by_name.values() {
+            let Some(b) = e.record.limits.budget else {
+                continue;
+            };
+            let (start, used) = {
+                let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
+                w.roll(Some(&b), now);
+                (w.period_start, w.lease_used)
+            };
+            let size = lease_size(b.usd, replicas);
+            let Ok(Some(lease)) = kdb.lease(&e.record.name, start, b.usd, used, size, now) else {
+                return;
+            };
+            let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
+            if w.period_start == start {
+                w.lease_granted = lease.granted;
+                w.fleet_committed = lease.committed;
+                w.exhausted = lease.granted - w.lease_used <= 0.0 && lease.committed >= b.usd;
+                w.spend = lease.committed.max(w.spend);
+            }
+        }
+    }
+
+    /// Budgets are shared through leases (PostgreSQL).
+    fn leased(&self) -> bool {
+        self.db.as_ref().is_some_and(|d| d.postgres().is_some())
+    }
+
+    /// Asks the reload thread to renew leases now.
+    fn poke(&self) {
+        *self.poke.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.poke.1.notify_one();
+    }
+
+    /// Waits for a poke or `RELOAD_EVERY`.
+    fn wait_poke(&self) {
+        let mut poked = self.poke.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !*poked {
+            poked = self
+                .poke
+                .1
+                .wait_timeout(poked, RELOAD_EVERY)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *poked = false;
+    }
+
+    /// This replica's share of a fleet-wide limit: the limit divided by the replicas alive
+    /// (at least 1).
+    fn share(&self, limit: u64) -> u64 {
+        (limit / u64::from(self.link.replicas())).max(1)
+    }
+}
+
+/// Reloads the keys the moment a replica announces a change (`NOTIFY ccproxy_keys`);
+/// reconnects with backoff when the database goes away.
+fn listen_loop(url: &crate::db::PgUrl, keys: &Weak<ClientKeys>) {
+    use postgres::fallible_iterator::FallibleIterator as _;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if keys.strong_count() == 0 {
+            return;
+        }
+        let mut client = match crate::db::pg::connect(url) {
+            Ok(c) => c,
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if client
+            .batch_execute(&format!("LISTEN {}", crate::db::pg::KEYS_CHANNEL))
+            .is_err()
+        {
+            std::thread::sleep(backoff);
+            continue;
+        }
+        backoff = Duration::from_millis(250);
+        // A change made while we were not listening.
+        if let Some(k) = keys.upgrade() {
+            k.reload();
+        }
+        loop {
+            let mut got = false;
+            let mut failed = false;
+            {
+                let mut n = client.notifications();
+                let mut it = n.timeout_iter(Duration::from_secs(2));
+                loop {
+                    match it.next() {
+                        Ok(Some(_)) => got = true,
+                        Ok(None) => break,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if got {
+                        break;
+                    }
+                }
+            }
+            let Some(k) = keys.upgrade() else { return };
+            if got {
+                k.reload();
+            }
+            if failed || client.is_closed() {
+                break;
+            }
+        }
     }
 }
 
@@ -826,16 +1064,25 @@ fn restore_live(kdb: &mut store::KeyDb, r: &KeyRecord, now: i64) -> Live {
     w.last_used_ms = kdb.last_used(&r.name).ok().flatten();
     Live {
         in_flight: AtomicU32::new(0),
+        uncounted: AtomicU32::new(0),
         window: Mutex::new(w),
     }
 }
 
 fn reload_loop(keys: &Weak<ClientKeys>) {
     loop {
-        std::thread::sleep(RELOAD_EVERY);
+        {
+            let Some(k) = keys.upgrade() else { return };
+            k.wait_poke();
+        }
         let Some(k) = keys.upgrade() else { return };
         k.reload();
     }
+}
+
+/// The spend a replica leases at a time: a quarter of the budget's share per replica.
+fn lease_size(budget: f64, replicas: f64) -> f64 {
+    budget / (4.0 * replicas.max(1.0))
 }
 
 fn reject(name: &str, reason: &'static str) {

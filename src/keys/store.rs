@@ -30,6 +30,15 @@ pub enum KeyError {
     Invalid(String),
     #[error("client keys need the usage database, and usage recording is off")]
     NoDatabase,
+    /// A PostgreSQL operation failed (the message names the database, password hidden).
+    #[error("client keys: {0}")]
+    Database(String),
+}
+
+impl From<crate::db::pg::DbError> for KeyError {
+    fn from(e: crate::db::pg::DbError) -> KeyError {
+        KeyError::Database(e.to_string())
+    }
 }
 
 impl KeyError {
@@ -40,7 +49,7 @@ impl KeyError {
             KeyError::Exists(_) | KeyError::Revoked(_) => 409,
             KeyError::Invalid(_) => 400,
             KeyError::NoDatabase => 503,
-            KeyError::Usage(_) | KeyError::Sqlite { .. } => 500,
+            KeyError::Usage(_) | KeyError::Sqlite { .. } | KeyError::Database(_) => 500,
         }
     }
 }
@@ -71,13 +80,21 @@ pub struct KeyView {
     pub revoked_at_ms: Option<i64>,
 }
 
-/// A connection to the keys table.
-pub struct KeyDb {
+/// A connection to the keys table: the SQLite usage database, or PostgreSQL.
+pub struct KeyDb(Inner);
+
+enum Inner {
+    Sqlite(SqliteKeys),
+    Pg(Box<crate::db::pg::Conn>),
+}
+
+/// The keys table of a SQLite usage database.
+struct SqliteKeys {
     conn: Connection,
     path: PathBuf,
 }
 
-fn join_modes(l: &Limits) -> String {
+pub(super) fn join_modes(l: &Limits) -> String {
     l.modes
         .iter()
         .map(|m| m.name())
@@ -93,12 +110,148 @@ impl KeyDb {
     /// Opens (creating and migrating) the usage database at `path`.
     pub fn open(path: &Path) -> Result<KeyDb, KeyError> {
         let conn = UsageStore::open(path)?.into_connection();
-        Ok(KeyDb {
+        Ok(KeyDb(Inner::Sqlite(SqliteKeys {
             conn,
             path: path.to_owned(),
-        })
+        })))
     }
 
+    /// Opens the configured store (PostgreSQL: connects and migrates; failures later reconnect
+    /// with backoff and are reported to `link`).
+    pub fn open_db(
+        db: &crate::db::Database,
+        link: &std::sync::Arc<crate::db::Link>,
+    ) -> Result<KeyDb, KeyError> {
+        match db {
+            crate::db::Database::Sqlite(p) => KeyDb::open(p),
+            crate::db::Database::Postgres(url) => {
+                let client =
+                    crate::db::pg::open(url).inspect_err(|e| link.failed(&e.to_string()))?;
+                Ok(KeyDb(Inner::Pg(Box::new(crate::db::pg::Conn::new(
+                    url.clone(),
+                    link.clone(),
+                    Some(client),
+                )))))
+            }
+        }
+    }
+
+    /// Every key, revoked ones included, by name.
+    pub fn all(&mut self) -> Result<Vec<KeyRecord>, KeyError> {
+        match &mut self.0 {
+            Inner::Sqlite(s) => s.all(),
+            Inner::Pg(c) => Ok(c.with(super::pg::all)?),
+        }
+    }
+
+    fn state(&mut self, name: &str) -> Result<Option<Option<i64>>, KeyError> {
+        match &mut self.0 {
+            Inner::Sqlite(s) => s.state(name),
+            Inner::Pg(c) => Ok(c.with(|c| super::pg::state(c, name))?),
+        }
+    }
+
+    /// Creates key `name` with `limits`; returns the key (the only time it is seen).
+    /// A revoked key's name may be used again.
+    pub fn create(&mut self, name: &str, limits: &Limits, now: i64) -> Result<String, KeyError> {
+        if let Some(None) = self.state(name)? {
+            return Err(KeyError::Exists(name.to_owned()));
+        }
+        let secret = generate_secret();
+        let digest = super::digest(&secret);
+        let prefix = display_prefix(&secret);
+        match &mut self.0 {
+            Inner::Sqlite(s) => s.create(name, &digest, &prefix, limits, now)?,
+            Inner::Pg(c) => {
+                c.with(|c| super::pg::create(c, name, &digest, &prefix, limits, now))?;
+            }
+        }
+        Ok(secret)
+    }
+
+    /// Revokes key `name` (takes effect on a running server's next request, or within a
+    /// second when changed from another process or replica).
+    pub fn revoke(&mut self, name: &str, now: i64) -> Result<(), KeyError> {
+        match self.state(name)? {
+            None => Err(KeyError::NotFound(name.to_owned())),
+            Some(Some(_)) => Ok(()),
+            Some(None) => match &mut self.0 {
+                Inner::Sqlite(s) => s.revoke(name, now),
+                Inner::Pg(c) => Ok(c.with(|c| super::pg::revoke(c, name, now))?),
+            },
+        }
+    }
+
+    /// A new key for `name`, same settings; the old one stops working.
+    pub fn rotate(&mut self, name: &str) -> Result<String, KeyError> {
+        match self.state(name)? {
+            None => return Err(KeyError::NotFound(name.to_owned())),
+            Some(Some(_)) => return Err(KeyError::Revoked(name.to_owned())),
+            Some(None) => {}
+        }
+        let secret = generate_secret();
+        let digest = super::digest(&secret);
+        let prefix = display_prefix(&secret);
+        match &mut self.0 {
+            Inner::Sqlite(s) => s.rotate(name, &digest, &prefix)?,
+            Inner::Pg(c) => c.with(|c| super::pg::rotate(c, name, &digest, &prefix))?,
+        }
+        Ok(secret)
+    }
+
+    /// Key `name`'s finished requests since `since_ms`: (time, tokens, cost).
+    pub fn rows_of(
+        &mut self,
+        name: &str,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, u64, Option<f64>)>, KeyError> {
+        match &mut self.0 {
+            Inner::Sqlite(s) => s.rows_of(name, since_ms),
+            Inner::Pg(c) => Ok(c.with(|c| super::pg::rows_of(c, name, since_ms))?),
+        }
+    }
+
+    /// When key `name` last made a request.
+    pub fn last_used(&mut self, name: &str) -> Result<Option<i64>, KeyError> {
+        match &mut self.0 {
+            Inner::Sqlite(s) => s.last_used(name),
+            Inner::Pg(c) => Ok(c.with(|c| super::pg::last_used(c, name))?),
+        }
+    }
+
+    /// PostgreSQL: reports this replica's spend under key `name`'s budget lease and renews it
+    /// (`keys::pg::lease`); `None` with SQLite (one process: no lease).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lease(
+        &mut self,
+        name: &str,
+        period_start: i64,
+        budget: f64,
+        used: f64,
+        lease: f64,
+        now: i64,
+    ) -> Result<Option<super::pg::Lease>, KeyError> {
+        match &mut self.0 {
+            Inner::Sqlite(_) => Ok(None),
+            Inner::Pg(c) => {
+                let replica = c.link().replica_id().to_owned();
+                Ok(Some(c.with(|c| {
+                    super::pg::lease(c, name, period_start, &replica, budget, used, lease, now)
+                })?))
+            }
+        }
+    }
+
+    /// Key `name`'s spend and request count since `since_ms`.
+    fn spend(&mut self, name: &str, since_ms: i64) -> Result<(f64, i64), KeyError> {
+        match &mut self.0 {
+            Inner::Sqlite(s) => s.spend(name, since_ms),
+            Inner::Pg(c) => Ok(c.with(|c| super::pg::spend(c, name, since_ms))?),
+        }
+    }
+}
+
+impl SqliteKeys {
     fn err(&self) -> impl FnOnce(rusqlite::Error) -> KeyError + '_ {
         |cause| KeyError::Sqlite {
             path: self.path.clone(),
@@ -106,8 +259,7 @@ impl KeyDb {
         }
     }
 
-    /// Every key, revoked ones included, by name.
-    pub fn all(&mut self) -> Result<Vec<KeyRecord>, KeyError> {
+    fn all(&mut self) -> Result<Vec<KeyRecord>, KeyError> {
         let read = || -> rusqlite::Result<Vec<KeyRecord>> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT name, digest, prefix, models, modes, rpm, tpm, max_concurrent, budget_usd,
@@ -169,12 +321,14 @@ impl KeyDb {
 
     /// Creates key `name` with `limits`; returns the key (the only time it is seen).
     /// A revoked key's name may be used again.
-    pub fn create(&mut self, name: &str, limits: &Limits, now: i64) -> Result<String, KeyError> {
-        if let Some(None) = self.state(name)? {
-            return Err(KeyError::Exists(name.to_owned()));
-        }
-        let secret = generate_secret();
-        let digest = super::digest(&secret);
+    fn create(
+        &mut self,
+        name: &str,
+        digest: &[u8; 32],
+        prefix: &str,
+        limits: &Limits,
+        now: i64,
+    ) -> Result<(), KeyError> {
         let budget = limits.budget;
         let r = self.conn.execute(
             "INSERT OR REPLACE INTO client_keys (name, digest, prefix, models, modes, rpm, tpm,
@@ -183,7 +337,7 @@ impl KeyDb {
             params![
                 name,
                 digest.as_slice(),
-                display_prefix(&secret),
+                prefix,
                 limits.models.join(","),
                 join_modes(limits),
                 limits.rpm,
@@ -196,45 +350,39 @@ impl KeyDb {
             ],
         );
         r.map_err(self.err())?;
-        Ok(secret)
+        Ok(())
     }
 
-    /// Revokes key `name` (takes effect on a running server's next request, or within a
-    /// second when changed from another process).
-    pub fn revoke(&mut self, name: &str, now: i64) -> Result<(), KeyError> {
-        match self.state(name)? {
-            None => Err(KeyError::NotFound(name.to_owned())),
-            Some(Some(_)) => Ok(()),
-            Some(None) => {
-                let r = self.conn.execute(
-                    "UPDATE client_keys SET revoked_at_ms = ?2 WHERE name = ?1",
-                    params![name, now],
-                );
-                r.map_err(self.err())?;
-                Ok(())
-            }
-        }
-    }
-
-    /// A new key for `name`, same settings; the old one stops working.
-    pub fn rotate(&mut self, name: &str) -> Result<String, KeyError> {
-        match self.state(name)? {
-            None => return Err(KeyError::NotFound(name.to_owned())),
-            Some(Some(_)) => return Err(KeyError::Revoked(name.to_owned())),
-            Some(None) => {}
-        }
-        let secret = generate_secret();
-        let digest = super::digest(&secret);
+    fn revoke(&mut self, name: &str, now: i64) -> Result<(), KeyError> {
         let r = self.conn.execute(
-            "UPDATE client_keys SET digest = ?2, prefix = ?3 WHERE name = ?1",
-            params![name, digest.as_slice(), display_prefix(&secret)],
+            "UPDATE client_keys SET revoked_at_ms = ?2 WHERE name = ?1",
+            params![name, now],
         );
         r.map_err(self.err())?;
-        Ok(secret)
+        Ok(())
     }
 
-    /// Key `name`'s finished requests since `since_ms`: (time, tokens, cost).
-    pub fn rows_of(
+    fn rotate(&mut self, name: &str, digest: &[u8; 32], prefix: &str) -> Result<(), KeyError> {
+        let r = self.conn.execute(
+            "UPDATE client_keys SET digest = ?2, prefix = ?3 WHERE name = ?1",
+            params![name, digest.as_slice(), prefix],
+        );
+        r.map_err(self.err())?;
+        Ok(())
+    }
+
+    fn spend(&mut self, name: &str, since_ms: i64) -> Result<(f64, i64), KeyError> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(cost_usd), 0), COUNT(*) FROM requests
+                 WHERE client_key = ?1 AND ts_ms >= ?2",
+                params![name, since_ms],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(self.err())
+    }
+
+    fn rows_of(
         &mut self,
         name: &str,
         since_ms: i64,
@@ -260,8 +408,7 @@ impl KeyDb {
         r.map_err(self.err())
     }
 
-    /// When key `name` last made a request.
-    pub fn last_used(&mut self, name: &str) -> Result<Option<i64>, KeyError> {
+    fn last_used(&mut self, name: &str) -> Result<Option<i64>, KeyError> {
         let r = self.conn.query_row(
             "SELECT MAX(ts_ms) FROM requests WHERE client_key = ?1",
             [name],
@@ -269,7 +416,9 @@ impl KeyDb {
         );
         r.map_err(self.err())
     }
+}
 
+impl KeyDb {
     /// Every key as listed, with its spend this period and last use, at `now`.
     pub fn list(&mut self, now: i64) -> Result<Vec<KeyView>, KeyError> {
         let records = self.all()?;
@@ -277,15 +426,7 @@ impl KeyDb {
         for r in records {
             let period = r.limits.budget.map_or(Period::Month, |b| b.period);
             let (start, reset) = period.bounds(now);
-            let (spend, requests): (f64, i64) = self
-                .conn
-                .query_row(
-                    "SELECT COALESCE(SUM(cost_usd), 0), COUNT(*) FROM requests
-                     WHERE client_key = ?1 AND ts_ms >= ?2",
-                    params![r.name, start],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .map_err(self.err())?;
+            let (spend, requests) = self.spend(&r.name, start)?;
             let last_used_ms = self.last_used(&r.name)?;
             let status = if r.revoked_at_ms.is_some() {
                 "revoked"

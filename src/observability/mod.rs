@@ -75,6 +75,8 @@ pub struct Finished {
     pub record: UsageRecord,
     pub route: &'static str,
     pub upstream_request_id: Option<String>,
+    /// Dropped once the sink has taken the record (see [`InFlight::hold_until_counted`]).
+    pub held: Vec<Box<dyn Send + Sync>>,
 }
 
 /// Logs, meters and stores finished requests on its own thread, so the request
@@ -162,6 +164,8 @@ fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>, log:
         if let Some(sink) = sink.as_mut() {
             sink(f.record);
         }
+        // What waited for the record to be counted (a client key's uncounted request).
+        drop(f.held);
     }
 }
 
@@ -196,6 +200,8 @@ pub struct InFlight {
     /// Held until the record finishes (a credential's in-flight count, a client key's
     /// concurrency slot), whatever they are.
     held: Vec<Box<dyn Send + Sync>>,
+    /// Handed to the observer with the record (dropped after the sink).
+    held_until_counted: Vec<Box<dyn Send + Sync>>,
 }
 
 impl InFlight {
@@ -224,6 +230,7 @@ impl InFlight {
             outcome: Outcome::Pending,
             streaming: false,
             held: Vec::new(),
+            held_until_counted: Vec::new(),
         }
     }
 
@@ -237,6 +244,12 @@ impl InFlight {
     /// Keeps `value` until the request is over (its stream included).
     pub fn hold(&mut self, value: Box<dyn Send + Sync>) {
         self.held.push(value);
+    }
+
+    /// Holds `value` until the record has been through the sink (its cost counted), not only
+    /// until the request ends: a shared budget's "one request at a time" near its end.
+    pub fn hold_until_counted(&mut self, value: Box<dyn Send + Sync>) {
+        self.held_until_counted.push(value);
     }
 
     /// The request came with client key `name`; `hold` (its concurrency slot) is
@@ -378,6 +391,7 @@ impl Drop for InFlight {
             record,
             route: self.route,
             upstream_request_id: self.upstream_request_id.take(),
+            held: std::mem::take(&mut self.held_until_counted),
         });
     }
 }

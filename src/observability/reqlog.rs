@@ -276,6 +276,7 @@ mod tests {
             },
             route: "chat_completions",
             upstream_request_id: None,
+            held: Vec::new(),
         }
     }
 

@@ -69,6 +69,7 @@ impl RequestCtx {
         let (name, slot) = (k.name, k.slot);
         if let Some(r) = self.record() {
             r.client_key(name.clone(), Some(Box::new(slot)));
+            r.hold_until_counted(Box::new(k.uncounted));
         }
         (name, k.limits)
     }

@@ -23,6 +23,7 @@
 //! [`Backend`] is the whole interface a durable store implements ([`sqlite::SqliteBackend`],
 //! the usage database's `responses` table; PostgreSQL later).
 
+pub mod pg;
 pub mod sqlite;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,12 @@ pub const CACHE_CAPACITY: usize = 64;
 
 /// Puts waiting for the writer thread; more are kept in memory only (and counted).
 const QUEUE_CAPACITY: usize = 1024;
+
+/// Puts kept after a failed write (the database went away), retried every [`RETRY_EVERY`];
+/// older ones are dropped (and counted as write errors) past this.
+const PENDING_CAPACITY: usize = 10_000;
+
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// One stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +160,18 @@ pub struct ResponseStore {
     unqueued: AtomicU64,
     /// Backend writes that failed.
     write_errors: Arc<AtomicU64>,
+    /// The backend is shared by replicas: a miss may be a response another replica is still
+    /// writing, so it is looked up again (see [`SHARED_MISS_RETRIES`]).
+    shared: bool,
 }
+
+/// A miss in a shared backend is looked up again after each of these pauses (another replica's
+/// writer commits within milliseconds of the response's last event).
+pub const SHARED_MISS_RETRIES: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(150),
+];
 
 impl std::fmt::Debug for ResponseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,7 +195,14 @@ impl ResponseStore {
             memory_reason: Some(reason.into()),
             unqueued: AtomicU64::new(0),
             write_errors: Arc::new(AtomicU64::new(0)),
+            shared: false,
         }
+    }
+
+    /// Marks the backend as shared by several replicas (PostgreSQL).
+    pub fn shared(mut self) -> ResponseStore {
+        self.shared = true;
+        self
     }
 
     /// A store that keeps responses in `backend`, written by a dedicated thread that also prunes
@@ -203,6 +228,7 @@ impl ResponseStore {
             memory_reason: None,
             unqueued: AtomicU64::new(0),
             write_errors,
+            shared: false,
         }
     }
 
@@ -248,12 +274,24 @@ impl ResponseStore {
         let Some(d) = &self.durable else {
             return Ok(None);
         };
-        let backend = d.backend.clone();
-        let id = id.to_owned();
-        let found = tokio::task::spawn_blocking(move || backend.get(&id, now_ms()))
-            .await
-            .map_err(|e| StoreError(format!("lookup task failed: {e}")))??;
-        Ok(found.map(Arc::new))
+        let pauses: &[Duration] = if self.shared {
+            &SHARED_MISS_RETRIES
+        } else {
+            &[]
+        };
+        let mut pauses = pauses.iter();
+        loop {
+            let backend = d.backend.clone();
+            let key = id.to_owned();
+            let found = tokio::task::spawn_blocking(move || backend.get(&key, now_ms()))
+                .await
+                .map_err(|e| StoreError(format!("lookup task failed: {e}")))??;
+            match (found, pauses.next()) {
+                (Some(r), _) => return Ok(Some(Arc::new(r))),
+                (None, Some(p)) => tokio::time::sleep(*p).await,
+                (None, None) => return Ok(None),
+            }
+        }
     }
 
     /// Deletes `id`; whether it existed (and had not expired).
@@ -342,15 +380,27 @@ fn writer_loop(
     };
     prune(errors);
     let mut last_prune = Instant::now();
+    // Puts that failed (a shared database that went away), retried in order; bounded.
+    let mut pending: VecDeque<Arc<StoredResponse>> = VecDeque::new();
     loop {
-        match rx.recv_timeout(prune_every) {
+        let wait = if pending.is_empty() {
+            prune_every
+        } else {
+            prune_every.min(RETRY_EVERY)
+        };
+        match rx.recv_timeout(wait) {
             Ok(Op::Put(r)) => {
-                if let Err(e) = backend.put(&r) {
+                if !pending.is_empty() {
+                    pending.push_back(r);
+                } else if let Err(e) = backend.put(&r) {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "cannot store a response");
+                    tracing::warn!(error = %e, "cannot store a response; retrying");
+                    pending.push_back(r);
                 }
             }
             Ok(Op::Delete(id, ack)) => {
+                // A put still waiting cannot bring the response back.
+                pending.retain(|p| p.id != id);
                 let _ = ack.send(backend.delete(&id, now_ms()));
             }
             Ok(Op::Flush(ack)) => {
@@ -358,6 +408,17 @@ fn writer_loop(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        while let Some(r) = pending.front() {
+            if backend.put(r).is_err() {
+                break;
+            }
+            pending.pop_front();
+        }
+        if pending.len() > PENDING_CAPACITY {
+            let over = pending.len() - PENDING_CAPACITY;
+            pending.drain(..over);
+            errors.fetch_add(over as u64, Ordering::Relaxed);
         }
         if last_prune.elapsed() >= prune_every {
             prune(errors);

@@ -78,7 +78,11 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}",))?;
         conn::raise_open_file_limit(limits.max_connections);
         Ok(Server {
-            state: Arc::new(state),
+            state: {
+                let state = Arc::new(state);
+                crate::state::share_credential_state(&state);
+                state
+            },
             listener,
             sim,
             limits,
@@ -312,8 +316,10 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         None => UsageHealth::disabled(&state.settings.usage.db),
     };
     let body = serde_json::json!({
-        // Degraded: the proxy serves, but something it owns (the usage store) fails.
-        "status": if usage.healthy { "ok" } else { "degraded" },
+        // Degraded: the proxy serves, but something it owns (the usage store, the shared
+        // database) fails.
+        "status": if usage.healthy && state.database.as_ref().is_none_or(|l| l.is_up()) { "ok" } else { "degraded" },
+        "database": state.database.as_ref().map(|l| l.health()),
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": state.settings.upstream_display(),
         "upstream_base": state.upstream.base(),

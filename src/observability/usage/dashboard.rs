@@ -18,7 +18,7 @@
 //! }))
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -206,7 +206,7 @@ fn truncate_chars(s: &str, max: usize) -> String {
 /// Builds the `/api/usage` body from the database at `path` (a missing file
 /// gives an empty result with `recorded: false`). Synchronous: call it on a
 /// blocking thread.
-pub fn usage_data(path: &Path, q: &ApiQuery, now: i64) -> Result<UsageData, ApiError> {
+pub fn usage_data(db: &crate::db::Database, q: &ApiQuery, now: i64) -> Result<UsageData, ApiError> {
     let since_text = q.since.as_deref().unwrap_or("24h").trim().to_owned();
     let since =
         report::parse_since(&since_text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -216,7 +216,7 @@ pub fn usage_data(path: &Path, q: &ApiQuery, now: i64) -> Result<UsageData, ApiE
     let recent_limit = q.recent.unwrap_or(DEFAULT_RECENT).min(MAX_RECENT);
 
     let key = q.key.clone().filter(|k| !k.is_empty());
-    let reader = UsageReader::open(path)?.map(|r| r.only_key(key));
+    let reader = UsageReader::open_db(db)?.map(|r| r.only_key(key));
     let (rows, recent) = read_rows(reader.as_ref(), since_ms, recent_limit)?;
 
     // The series spans [since, now]; for `all`, from the first row.
@@ -358,7 +358,7 @@ fn groups(rows: &[Row]) -> (Stats, Vec<Group>, Vec<Group>) {
 /// usage recording is disabled → 503).
 pub async fn api_usage(db_path: Option<PathBuf>, query: ApiQuery) -> Response {
     match db_path {
-        Some(path) => answer(path, None, query).await,
+        Some(path) => answer(crate::db::Database::Sqlite(path), None, query).await,
         None => ApiError::Disabled.into_response(),
     }
 }
@@ -374,12 +374,12 @@ pub async fn api_usage_of(writer: Option<&UsageWriter>, query: ApiQuery) -> Resp
     if let Some(e) = w.open_error() {
         return ApiError::Unavailable(e.to_owned()).into_response();
     }
-    answer(w.path().to_path_buf(), Some(w.health()), query).await
+    answer(w.database().clone(), Some(w.health()), query).await
 }
 
-async fn answer(path: PathBuf, store: Option<UsageHealth>, query: ApiQuery) -> Response {
+async fn answer(db: crate::db::Database, store: Option<UsageHealth>, query: ApiQuery) -> Response {
     let now = now_ms();
-    let result = tokio::task::spawn_blocking(move || usage_data(&path, &query, now)).await;
+    let result = tokio::task::spawn_blocking(move || usage_data(&db, &query, now)).await;
     match result {
         Ok(Ok(mut data)) => {
             data.store = store;

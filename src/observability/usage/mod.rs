@@ -18,6 +18,7 @@
 //!   read-only connection per call, so they need only the database path.
 
 pub mod dashboard;
+pub mod pg;
 pub mod prices;
 pub mod report;
 pub mod store;
@@ -55,6 +56,9 @@ pub enum UsageError {
         path: PathBuf,
         cause: rusqlite::Error,
     },
+    /// A PostgreSQL operation failed (the message names the database, password hidden).
+    #[error("usage {0}")]
+    Database(String),
     #[error(
         "usage database {path} has schema version {found}, newer than this ccproxy knows ({known}); \
          upgrade ccproxy or point it at another database"

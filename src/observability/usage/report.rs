@@ -50,7 +50,7 @@ impl GroupBy {
     }
 
     /// SQL expression giving the group key of a row.
-    fn key_sql(self) -> &'static str {
+    pub(crate) fn key_sql(self) -> &'static str {
         match self {
             GroupBy::Model => "COALESCE(model, '(unknown)')",
             GroupBy::Mode => "mode",
@@ -290,9 +290,15 @@ pub(crate) fn aggregate<'a>(
     (total.finish(), groups)
 }
 
+/// The reader's connection: the SQLite file, or PostgreSQL.
+enum ReaderConn {
+    Sqlite(Connection),
+    Pg(Box<super::pg::PgReader>),
+}
+
 /// A read-only connection to the usage database.
 pub struct UsageReader {
-    conn: Connection,
+    conn: ReaderConn,
     path: PathBuf,
     /// The database has no `requests` table yet (never migrated).
     empty: bool,
@@ -354,6 +360,23 @@ fn record_from_row(row: &SqlRow<'_>) -> rusqlite::Result<UsageRecord> {
 }
 
 impl UsageReader {
+    /// Opens the configured store: [`UsageReader::open`] for SQLite; for PostgreSQL,
+    /// `Ok(None)` when its schema was never created.
+    pub fn open_db(db: &crate::db::Database) -> Result<Option<UsageReader>, UsageError> {
+        match db {
+            crate::db::Database::Sqlite(p) => UsageReader::open(p),
+            crate::db::Database::Postgres(url) => {
+                Ok(super::pg::PgReader::open(url)?.map(|r| UsageReader {
+                    conn: ReaderConn::Pg(Box::new(r)),
+                    path: PathBuf::from(url.to_string()),
+                    empty: false,
+                    has_key: true,
+                    only_key: None,
+                }))
+            }
+        }
+    }
+
     /// Opens `path` read-only; `Ok(None)` when the file does not exist.
     pub fn open(path: &Path) -> Result<Option<UsageReader>, UsageError> {
         if !path.exists() {
@@ -383,7 +406,7 @@ impl UsageReader {
             .map_err(UsageError::sqlite(path))?
             > 0;
         Ok(Some(UsageReader {
-            conn,
+            conn: ReaderConn::Sqlite(conn),
             path: path.to_owned(),
             empty: tables == 0,
             has_key,
@@ -415,6 +438,10 @@ impl UsageReader {
         if self.empty {
             return Ok(Vec::new());
         }
+        let conn = match &self.conn {
+            ReaderConn::Sqlite(c) => c,
+            ReaderConn::Pg(pg) => return pg.rows(since_ms, by, self.only_key.as_ref()),
+        };
         let sql = format!(
             "SELECT {key}, ts_ms, mode, status, stream, input_tokens, output_tokens, \
              cache_read_tokens, cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, \
@@ -427,7 +454,7 @@ impl UsageReader {
             }
         );
         let read = || -> rusqlite::Result<Vec<Row>> {
-            let mut stmt = self.conn.prepare(&sql)?;
+            let mut stmt = conn.prepare(&sql)?;
             let since = since_ms.unwrap_or(i64::MIN);
             let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since];
             if let (Some(k), true) = (&self.only_key, self.has_key) {
@@ -496,6 +523,10 @@ impl UsageReader {
         if self.empty {
             return Ok(Vec::new());
         }
+        let conn = match &self.conn {
+            ReaderConn::Sqlite(c) => c,
+            ReaderConn::Pg(pg) => return pg.recent(since_ms, Some(limit), self.only_key.as_ref()),
+        };
         let sql = format!(
             "SELECT {RECORD_COLUMNS}, {key} FROM requests WHERE ts_ms >= ?1{only} \
              ORDER BY ts_ms DESC, id DESC LIMIT ?2",
@@ -503,7 +534,7 @@ impl UsageReader {
             key = if self.has_key { "client_key" } else { "NULL" }
         );
         let read = || -> rusqlite::Result<Vec<UsageRecord>> {
-            let mut stmt = self.conn.prepare(&sql)?;
+            let mut stmt = conn.prepare(&sql)?;
             let since = since_ms.unwrap_or(i64::MIN);
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&since, &limit];
@@ -524,7 +555,16 @@ pub fn query(
     since_ms: Option<i64>,
     by: GroupBy,
 ) -> Result<Option<Report>, UsageError> {
-    match UsageReader::open(path)? {
+    query_db(&crate::db::Database::Sqlite(path.to_owned()), since_ms, by)
+}
+
+/// [`query`] of the configured store.
+pub fn query_db(
+    db: &crate::db::Database,
+    since_ms: Option<i64>,
+    by: GroupBy,
+) -> Result<Option<Report>, UsageError> {
+    match UsageReader::open_db(db)? {
         Some(reader) => reader.report(since_ms, by).map(Some),
         None => Ok(None),
     }

@@ -165,22 +165,56 @@ impl UsageStore {
     /// If the thread cannot be started, the error is logged and the returned
     /// writer drops (and counts) every record.
     pub fn spawn_writer(self, capacity: usize) -> UsageWriter {
-        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-        let shared = Arc::new(Shared::new(None));
-        let path = Arc::new(self.path.clone());
-        let thread_shared = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("ccproxy-usage-writer".into())
-            .spawn(move || writer_loop(self, rx, &thread_shared));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, path = %path.display(), "cannot start the usage writer thread; usage will not be recorded");
-            shared.fail(format!("cannot start the usage writer thread: {e}"));
-        }
-        UsageWriter {
-            tx: Some(tx),
-            shared,
-            path,
-        }
+        let db = crate::db::Database::Sqlite(self.path.clone());
+        spawn_sink(Box::new(self), db, capacity)
+    }
+}
+
+/// Where the writer thread puts rows: the SQLite file, or PostgreSQL
+/// (`observability::usage::pg`).
+pub trait Sink: Send + 'static {
+    /// Writes `records` in one transaction; the error names the store.
+    fn insert(&mut self, records: &[UsageRecord]) -> Result<(), String>;
+    /// Whether rows of a failed write are kept and retried (a shared database that may come
+    /// back) rather than dropped.
+    fn retries(&self) -> bool {
+        false
+    }
+}
+
+impl Sink for UsageStore {
+    fn insert(&mut self, records: &[UsageRecord]) -> Result<(), String> {
+        UsageStore::insert(self, records).map_err(|e| e.to_string())
+    }
+}
+
+/// Starts the writer thread over `sink`, the store `db`.
+pub fn spawn_sink(sink: Box<dyn Sink>, db: crate::db::Database, capacity: usize) -> UsageWriter {
+    let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+    let shared = Arc::new(Shared::new(None));
+    let path = Arc::new(shown_path(&db));
+    let db = Arc::new(db);
+    let thread_shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ccproxy-usage-writer".into())
+        .spawn(move || writer_loop(sink, rx, &thread_shared));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, path = %path.display(), "cannot start the usage writer thread; usage will not be recorded");
+        shared.fail(format!("cannot start the usage writer thread: {e}"));
+    }
+    UsageWriter {
+        tx: Some(tx),
+        shared,
+        path,
+        db,
+    }
+}
+
+/// What `/health` names as the store: the file, or the URL without its password.
+fn shown_path(db: &crate::db::Database) -> PathBuf {
+    match db {
+        crate::db::Database::Sqlite(p) => p.clone(),
+        crate::db::Database::Postgres(u) => PathBuf::from(u.to_string()),
     }
 }
 
@@ -288,6 +322,8 @@ struct Shared {
     dropped: AtomicU64,
     /// Transactions that failed.
     write_errors: AtomicU64,
+    /// Rows kept after a failed write, waiting for the database to come back.
+    queued: AtomicU64,
     /// The last write succeeded (and the store opened).
     healthy: AtomicBool,
     /// The store could not be opened: every record is dropped.
@@ -304,6 +340,7 @@ impl Shared {
         metrics::counter!("ccproxy_usage_rows_written_total").increment(0);
         metrics::counter!("ccproxy_usage_dropped_total").increment(0);
         metrics::counter!("ccproxy_usage_write_errors_total").increment(0);
+        metrics::gauge!("ccproxy_usage_rows_queued").set(0.0);
         let healthy = open_error.is_none();
         metrics::gauge!("ccproxy_usage_store_healthy").set(if healthy { 1.0 } else { 0.0 });
         let last_error = Mutex::new(open_error.clone().map(|e| (e, now_ms())));
@@ -311,6 +348,7 @@ impl Shared {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             healthy: AtomicBool::new(healthy),
             open_error,
             last_error,
@@ -341,6 +379,13 @@ impl Shared {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((message, now_ms()));
     }
 
+    fn set_queued(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        if self.queued.swap(n, Ordering::Relaxed) != n {
+            metrics::gauge!("ccproxy_usage_rows_queued").set(n as f64);
+        }
+    }
+
     fn wait_unstalled(&self) {
         let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
         while *stalled {
@@ -362,6 +407,7 @@ pub struct UsageWriter {
     tx: Option<SyncSender<Msg>>,
     shared: Arc<Shared>,
     path: Arc<PathBuf>,
+    db: Arc<crate::db::Database>,
 }
 
 /// The state of a usage store, as `/health` and `/api/usage` show it.
@@ -382,6 +428,8 @@ pub struct UsageHealth {
     pub rows_dropped: u64,
     /// Failed write transactions.
     pub write_errors: u64,
+    /// Rows kept while the (shared) database is unreachable, written when it is back.
+    pub rows_queued: u64,
 }
 
 impl UsageHealth {
@@ -396,6 +444,7 @@ impl UsageHealth {
             rows_written: 0,
             rows_dropped: 0,
             write_errors: 0,
+            rows_queued: 0,
         }
     }
 }
@@ -417,6 +466,7 @@ impl UsageWriter {
             tx: None,
             shared: Arc::new(Shared::new(Some(error.to_string()))),
             path: Arc::new(path.to_owned()),
+            db: Arc::new(crate::db::Database::Sqlite(path.to_owned())),
         }
     }
 
@@ -446,6 +496,7 @@ impl UsageWriter {
             rows_written: self.shared.written.load(Ordering::Relaxed),
             rows_dropped: self.dropped(),
             write_errors: self.shared.write_errors.load(Ordering::Relaxed),
+            rows_queued: self.shared.queued.load(Ordering::Relaxed),
         }
     }
 
@@ -470,9 +521,15 @@ impl UsageWriter {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// The database file (the dashboard and report open it read-only).
+    /// The database file (the dashboard and report open it read-only); for PostgreSQL, its
+    /// URL without the password.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The store the rows go to.
+    pub fn database(&self) -> &crate::db::Database {
+        &self.db
     }
 
     /// Blocks until everything queued before this call is committed (or has
@@ -544,20 +601,40 @@ impl UsageWriter {
 /// How long the writer gathers records into one transaction.
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
 
-fn writer_loop(mut store: UsageStore, rx: Receiver<Msg>, shared: &Shared) {
+/// Rows kept while a retrying sink's database is unreachable; older ones are dropped (and
+/// counted) past this.
+pub const BACKLOG_CAPACITY: usize = 100_000;
+
+/// How often a retrying sink with rows kept tries again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+fn writer_loop(mut sink: Box<dyn Sink>, rx: Receiver<Msg>, shared: &Shared) {
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(64);
     let mut acks: Vec<mpsc::Sender<()>> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    let mut backlog: std::collections::VecDeque<UsageRecord> = std::collections::VecDeque::new();
+    loop {
+        let first = if backlog.is_empty() {
+            match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(RETRY_EVERY) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        };
         // Collect for a short window so a busy proxy writes one transaction per
         // window, not one per request; a flush request ends the window at once.
         let deadline = std::time::Instant::now() + BATCH_WINDOW;
-        let mut next = Some(first);
+        let mut next = first;
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Record(r) => batch.push(*r),
                 Msg::Flush(ack) => acks.push(ack),
                 Msg::Stall(ack) => {
-                    write_batch(&mut store, &mut batch, &mut acks, shared);
+                    write_batch(sink.as_mut(), &mut batch, &mut backlog, &mut acks, shared);
                     let _ = ack.send(());
                     shared.wait_unstalled();
                 }
@@ -568,25 +645,53 @@ fn writer_loop(mut store: UsageStore, rx: Receiver<Msg>, shared: &Shared) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             next = rx.recv_timeout(left).ok();
         }
-        write_batch(&mut store, &mut batch, &mut acks, shared);
+        write_batch(sink.as_mut(), &mut batch, &mut backlog, &mut acks, shared);
     }
-    tracing::debug!(path = %store.path.display(), "usage writer stopped");
+    if !backlog.is_empty() {
+        write_batch(sink.as_mut(), &mut batch, &mut backlog, &mut acks, shared);
+    }
+    tracing::debug!("usage writer stopped");
 }
 
 fn write_batch(
-    store: &mut UsageStore,
+    sink: &mut dyn Sink,
     batch: &mut Vec<UsageRecord>,
+    backlog: &mut std::collections::VecDeque<UsageRecord>,
     acks: &mut Vec<mpsc::Sender<()>>,
     shared: &Shared,
 ) {
+    // Rows kept from failed writes go first, in order, a batch at a time.
+    while !backlog.is_empty() {
+        let n = backlog.len().min(MAX_BATCH);
+        let rows: Vec<UsageRecord> = backlog.iter().take(n).cloned().collect();
+        match sink.insert(&rows) {
+            Ok(()) => {
+                backlog.drain(..n);
+                shared.count_written(u64::try_from(n).unwrap_or(u64::MAX));
+                shared.set_queued(backlog.len());
+            }
+            Err(e) => {
+                shared.fail(e);
+                backlog.extend(batch.drain(..));
+                trim_backlog(backlog, shared);
+                break;
+            }
+        }
+    }
     if !batch.is_empty() {
         let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        match store.insert(batch) {
+        match sink.insert(batch) {
             Ok(()) => shared.count_written(n),
+            Err(e) if sink.retries() => {
+                tracing::warn!(error = %e, rows = batch.len(), "cannot write usage records; keeping them until the database is back");
+                shared.fail(e);
+                backlog.extend(batch.drain(..));
+                trim_backlog(backlog, shared);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, rows = batch.len(), "cannot write usage records; dropping them");
                 shared.count_dropped(n);
-                shared.fail(e.to_string());
+                shared.fail(e);
             }
         }
         batch.clear();
@@ -594,6 +699,16 @@ fn write_batch(
     for ack in acks.drain(..) {
         let _ = ack.send(());
     }
+}
+
+/// Drops the oldest kept rows past [`BACKLOG_CAPACITY`] (counted).
+fn trim_backlog(backlog: &mut std::collections::VecDeque<UsageRecord>, shared: &Shared) {
+    let over = backlog.len().saturating_sub(BACKLOG_CAPACITY);
+    if over > 0 {
+        backlog.drain(..over);
+        shared.count_dropped(u64::try_from(over).unwrap_or(u64::MAX));
+    }
+    shared.set_queued(backlog.len());
 }
 
 #[cfg(test)]
