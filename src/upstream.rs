@@ -5,8 +5,13 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::claude_code::{self, DEFAULT_ANTHROPIC_VERSION};
 use crate::error::{ErrorKind, Origin, ProxyError};
@@ -36,6 +41,14 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// A streamed upload's body, boxed (the client's body with its limits, `pipeline::body`).
+pub type StreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What goes to the upstream client: whole bytes, or a streamed upload.
+type ReqBody = Either<Full<Bytes>, StreamBody>;
+
 /// The body of an upstream request: bytes (sent again as they are on a retry or on the next
 /// credential), or a client's body streamed through, which can be sent only once.
 #[derive(Clone, Debug)]
@@ -43,13 +56,18 @@ pub enum UpBody {
     Bytes(Bytes),
     /// Taken by the first attempt; a later attempt finds it empty and fails with a 503 that
     /// says why (the upstream already consumed the upload).
-    Stream(std::sync::Arc<std::sync::Mutex<Option<reqwest::Body>>>),
+    Stream(std::sync::Arc<std::sync::Mutex<Option<StreamBody>>>),
 }
 
 impl UpBody {
     /// A body streamed through once.
-    pub fn streamed(body: reqwest::Body) -> UpBody {
-        UpBody::Stream(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    pub fn streamed<B>(body: B) -> UpBody
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let boxed = UnsyncBoxBody::new(body.map_err(Into::into));
+        UpBody::Stream(std::sync::Arc::new(std::sync::Mutex::new(Some(boxed))))
     }
 
     /// Whether it is known to be empty (a streamed body never is).
@@ -65,10 +83,14 @@ impl UpBody {
         }
     }
 
-    fn take(self) -> Option<reqwest::Body> {
+    fn take(self) -> Option<ReqBody> {
         match self {
-            UpBody::Bytes(b) => Some(reqwest::Body::from(b)),
-            UpBody::Stream(slot) => slot.lock().ok().and_then(|mut s| s.take()),
+            UpBody::Bytes(b) => Some(Either::Left(Full::new(b))),
+            UpBody::Stream(slot) => slot
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .map(Either::Right),
         }
     }
 }
@@ -85,11 +107,66 @@ impl Default for UpBody {
     }
 }
 
+/// The upstream's answer: its head, and its body still to be read.
+pub struct UpResponse(axum::http::Response<Incoming>);
+
+impl UpResponse {
+    pub fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.0.headers()
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
+        Ok(self.0.into_body().collect().await?.to_bytes())
+    }
+
+    /// The body, piece by piece as it arrives.
+    pub fn bytes_stream(self) -> UpStream {
+        UpStream(self.0.into_body())
+    }
+}
+
+/// An upstream body read as it arrives (data frames; trailers are dropped).
+pub struct UpStream(Incoming);
+
+impl Stream for UpStream {
+    type Item = Result<Bytes, hyper::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            return match std::task::ready!(http_body::Body::poll_frame(std::pin::Pin::new(&mut self.0), cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+                Some(Err(e)) => Poll::Ready(Some(Err(e))),
+                None => Poll::Ready(None),
+            };
+        }
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The upstream leg: hyper's pooled client (HTTP/1.1, or HTTP/2 when a TLS upstream offers it
+/// by ALPN), `TCP_NODELAY`, no redirects, no proxy; and a `reqwest` client on the same settings
+/// for the OAuth endpoints.
 pub struct Upstream {
-    client: reqwest::Client,
+    client: Client<Connector, ReqBody>,
+    oauth: reqwest::Client,
     base: String,
-    /// The base parsed once; each request only sets path and query on a clone.
-    base_url: reqwest::Url,
+    /// `scheme://authority` and the base's path without its trailing `/`, joined with each
+    /// request's path and query.
+    origin: String,
+    base_path: String,
     header_timeout: Duration,
 }
 
@@ -99,22 +176,33 @@ impl Upstream {
         connect_timeout: Duration,
         header_timeout: Duration,
     ) -> Result<Self, std::io::Error> {
-        let client = crate::http::client_builder()
+        let oauth = crate::http::client_builder()
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(std::io::Error::other)?;
-        let base_url = reqwest::Url::parse(&base).map_err(std::io::Error::other)?;
+        let uri: Uri = base.parse().map_err(std::io::Error::other)?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(std::io::Error::other(format!(
+                "upstream URL {base} needs a scheme and a host"
+            )));
+        };
+        let origin = format!("{scheme}://{authority}");
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let client = crate::http::upstream_client(connect_timeout)?;
         Ok(Upstream {
             client,
+            oauth,
             base,
-            base_url,
+            origin,
+            base_path,
             header_timeout,
         })
     }
 
+    /// The client for the OAuth endpoints (token refresh, login).
     pub fn client(&self) -> &reqwest::Client {
-        &self.client
+        &self.oauth
     }
 
     pub fn base(&self) -> &str {
@@ -129,17 +217,26 @@ impl Upstream {
         query: Option<&str>,
         headers: HeaderMap,
         body: UpBody,
-    ) -> Result<reqwest::Response, ProxyError> {
-        let mut url = self.base_url.clone();
-        let base_path = self.base_url.path().trim_end_matches('/');
-        if base_path.is_empty() {
-            url.set_path(path);
-        } else {
-            url.set_path(&format!("{base_path}{path}"));
+    ) -> Result<UpResponse, ProxyError> {
+        let mut target = String::with_capacity(
+            self.origin.len() + self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        target.push_str(&self.origin);
+        target.push_str(&self.base_path);
+        target.push_str(path);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
         }
-        url.set_query(query);
-        let mut rb = self.client.request(method.clone(), url).headers(headers);
-        if method != Method::GET && method != Method::HEAD || !body.is_empty() {
+        let uri = Uri::try_from(target).map_err(|e| {
+            ProxyError::new(
+                ErrorKind::InvalidRequest,
+                Origin::Client,
+                "the request's path cannot be sent upstream",
+            )
+            .with_cause(e)
+        })?;
+        let body = if method != Method::GET && method != Method::HEAD || !body.is_empty() {
             let Some(body) = body.take() else {
                 // Not a 502: the request must not be retried or moved to another credential.
                 return Err(ProxyError::unavailable(
@@ -148,10 +245,20 @@ impl Upstream {
                     1,
                 ));
             };
-            rb = rb.body(body);
+            body
+        } else {
+            Either::Left(Full::new(Bytes::new()))
+        };
+        let mut req = axum::http::Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        if !req.headers().contains_key(header::ACCEPT) {
+            req.headers_mut()
+                .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        match tokio::time::timeout(self.header_timeout, rb.send()).await {
-            Ok(Ok(resp)) => Ok(resp),
+        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(UpResponse(resp)),
             Ok(Err(e)) => Err(map_send_error(e)),
             Err(_) => Err(ProxyError::new(
                 ErrorKind::GatewayTimeout,
@@ -215,7 +322,7 @@ impl StreamWatch {
     /// server is ending its streams.
     pub async fn next<S>(&mut self, up: &mut S) -> StreamNext
     where
-        S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+        S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
     {
         loop {
             tokio::select! {
@@ -259,9 +366,9 @@ impl StreamWatch {
     }
 }
 
-/// A transport error sending upstream: 504 for timeouts, 502 otherwise.
-pub fn map_send_error(e: reqwest::Error) -> ProxyError {
-    if e.is_timeout() {
+/// A transport error sending upstream: 504 for timeouts (connecting included), 502 otherwise.
+pub fn map_send_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+    if is_timeout(&e) {
         ProxyError::new(
             ErrorKind::GatewayTimeout,
             Origin::Upstream,
@@ -273,8 +380,30 @@ pub fn map_send_error(e: reqwest::Error) -> ProxyError {
     }
 }
 
+/// Whether a timeout is somewhere in the error's chain.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_timeout()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// A broken upstream connection (502), with what was happening and its cause.
-pub fn transport_error(e: reqwest::Error, doing: &str) -> ProxyError {
+pub fn transport_error(
+    e: impl std::error::Error + Send + Sync + 'static,
+    doing: &str,
+) -> ProxyError {
     ProxyError::new(ErrorKind::BadGateway, Origin::Upstream, doing).with_cause(e)
 }
 

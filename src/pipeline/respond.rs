@@ -38,7 +38,7 @@ pub struct Respond<'a> {
 pub async fn respond(
     ctx: &mut RequestCtx,
     r: Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     conversion: Conversion,
     meter: Meter,
 ) -> Result<Response, ProxyError> {
@@ -85,7 +85,7 @@ pub async fn respond(
 fn relay_any(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     meter: Meter,
     sse: bool,
 ) -> Response {
@@ -109,7 +109,7 @@ fn relay_any(
 async fn batch_object(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     origin: &str,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -178,7 +178,7 @@ fn is_json(h: &HeaderMap) -> bool {
 async fn relay_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     meter: Meter,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -193,7 +193,7 @@ async fn relay_whole(
 async fn chat_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     chat: ChatInfo,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -224,7 +224,7 @@ async fn chat_whole(
 fn chat_stream(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     chat: ChatInfo,
 ) -> Response {
     let status = resp.status();
@@ -259,7 +259,7 @@ fn event_stream_headers(request_id: Option<HeaderValue>) -> HeaderMap {
 async fn responses_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     info: ResponsesInfo,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -293,7 +293,7 @@ async fn responses_whole(
 fn responses_stream(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     info: ResponsesInfo,
 ) -> Response {
     let status = resp.status();
@@ -337,7 +337,7 @@ impl Keep {
 async fn input_tokens(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
@@ -371,7 +371,7 @@ async fn input_tokens(
 async fn models(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
@@ -390,7 +390,7 @@ async fn models(
 async fn read_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
 ) -> Result<Bytes, ProxyError> {
     let Ok(read) = tokio::time::timeout_at(r.deadline, resp.bytes()).await else {
         return Err(ProxyError::new(
@@ -483,7 +483,7 @@ struct StreamState<S> {
 /// server is ending its streams, the client gets the error event of its dialect
 /// and the record says why.
 fn relay_stream(
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     watch: StreamWatch,
     record: Option<InFlight>,
     relay: Relay,
