@@ -1,5 +1,7 @@
 //! The upstream leg: one pooled client, header policy per mode, error mapping.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -303,18 +305,27 @@ impl StreamLimits {
             last_chunk: tokio::time::Instant::now(),
             timer: Box::pin(tokio::time::sleep(self.idle)),
             ended,
+            shutdown: self.shutdown.clone(),
+            armed: None,
         }
     }
 }
 
-/// One stream's idle timer and shutdown signal. The timer is not re-armed per
-/// chunk: each chunk only notes its time, and a timer that fires early is
-/// pushed to the real deadline.
+/// One stream's idle timer and shutdown signal, with no timer work per chunk: the timer is not
+/// re-armed per chunk (each chunk only notes its time, and a timer that fires early is pushed
+/// to the real deadline), and neither the timer nor the shutdown signal is polled again while
+/// they hold the stream task's waker and have not fired (a chunk costs a clock read and a look
+/// at the shutdown flag).
 pub struct StreamWatch {
     idle: Duration,
     last_chunk: tokio::time::Instant,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Completes when the server ends its streams; polled only to hold the task's waker.
     ended: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// The same signal, read at each poll.
+    shutdown: watch::Receiver<bool>,
+    /// The waker `timer` and `ended` were last polled with.
+    armed: Option<std::task::Waker>,
 }
 
 impl StreamWatch {
@@ -324,45 +335,66 @@ impl StreamWatch {
     where
         S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
     {
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut self.ended => {
-                    return StreamNext::Broken(ProxyError::new(
-                        ErrorKind::Internal,
-                        Origin::Proxy,
-                        "ccproxy is shutting down",
-                    ));
-                }
-                r = up.next() => {
-                    return match r {
-                        Some(Ok(b)) => {
-                            self.last_chunk = tokio::time::Instant::now();
-                            StreamNext::Chunk(b)
-                        }
-                        Some(Err(e)) => StreamNext::Broken(transport_error(
-                            e,
-                            "upstream connection lost",
-                        )),
-                        None => StreamNext::End,
-                    };
-                }
-                () = &mut self.timer => {
-                    let deadline = self.last_chunk + self.idle;
-                    if tokio::time::Instant::now() >= deadline {
-                        return StreamNext::Broken(ProxyError::new(
-                            ErrorKind::GatewayTimeout,
-                            Origin::Upstream,
-                            format!(
-                                "the upstream sent nothing for {} s; the stream was ended",
-                                self.idle.as_secs_f64()
-                            ),
-                        ));
-                    }
-                    self.timer.as_mut().reset(deadline);
-                }
-            }
+        std::future::poll_fn(|cx| self.poll_next(up, cx)).await
+    }
+
+    fn poll_next<S>(&mut self, up: &mut S, cx: &mut std::task::Context<'_>) -> Poll<StreamNext>
+    where
+        S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
+    {
+        if *self.shutdown.borrow() {
+            return Poll::Ready(StreamNext::Broken(ProxyError::new(
+                ErrorKind::Internal,
+                Origin::Proxy,
+                "ccproxy is shutting down",
+            )));
         }
+        match up.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.last_chunk = tokio::time::Instant::now();
+                return Poll::Ready(StreamNext::Chunk(b));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(StreamNext::Broken(transport_error(
+                    e,
+                    "upstream connection lost",
+                )));
+            }
+            Poll::Ready(None) => return Poll::Ready(StreamNext::End),
+            Poll::Pending => {}
+        }
+        let armed = self
+            .armed
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if armed && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_chunk + self.idle;
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(StreamNext::Broken(ProxyError::new(
+                    ErrorKind::GatewayTimeout,
+                    Origin::Upstream,
+                    format!(
+                        "the upstream sent nothing for {} s; the stream was ended",
+                        self.idle.as_secs_f64()
+                    ),
+                )));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        if !armed {
+            if self.ended.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(StreamNext::Broken(ProxyError::new(
+                    ErrorKind::Internal,
+                    Origin::Proxy,
+                    "ccproxy is shutting down",
+                )));
+            }
+            self.armed = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 

@@ -12,6 +12,7 @@
 # counted; the pt-anthropic arm and the relay in turn. Above 9 000 streams the client leg is h2c
 # (as run.sh). Then the proxy's RSS is sampled every 5 s for AFTER_SECS ("memory after a
 # burst"). Writes under target/bench/streams-<stamp>/: results.jsonl, rss.txt, summary.txt.
+# CCPROXY=PATH runs another ccproxy binary (a copy of an earlier build) as the proxy and the sim.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -20,7 +21,8 @@ HOLD=${2:-3}
 AFTER=${3:-30}
 OUT=$ROOT/target/bench/streams-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
-export ROOT N HOLD AFTER OUT
+CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
+export ROOT N HOLD AFTER OUT CCPROXY
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -29,12 +31,12 @@ cd "$OUT"
 BIN=$ROOT/target/release
 KEY=sk-ant-api03-bench-key
 U=http://127.0.0.1
-"$BIN/ccproxy" sim --port 18201 >sim.log 2>&1 &
+"$CCPROXY" sim --port 18201 >sim.log 2>&1 &
 SIM=$!
 mkdir -p home/.config
 echo 'max_concurrent_requests = 16384' >home/ccproxy.toml
 env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" ANTHROPIC_API_KEY=$KEY \
-  "$BIN/ccproxy" serve --config "$OUT/home/ccproxy.toml" --host 127.0.0.1 --port 18202 \
+  "$CCPROXY" serve --config "$OUT/home/ccproxy.toml" --host 127.0.0.1 --port 18202 \
   --upstream-url $U:18201 >ccproxy.log 2>&1 &
 PROXY=$!
 "$BIN/ccproxy-bench" relay --listen 127.0.0.1:18209 --upstream 127.0.0.1:18201 &
