@@ -338,7 +338,12 @@ impl StreamWatch {
         std::future::poll_fn(|cx| self.poll_next(up, cx)).await
     }
 
-    fn poll_next<S>(&mut self, up: &mut S, cx: &mut std::task::Context<'_>) -> Poll<StreamNext>
+    /// [`StreamWatch::next`] as a poll (for a body that relays the stream).
+    pub fn poll_next<S>(
+        &mut self,
+        up: &mut S,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<StreamNext>
     where
         S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
     {

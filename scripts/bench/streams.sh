@@ -12,7 +12,8 @@
 # counted; the pt-anthropic arm and the relay in turn. Above 9 000 streams the client leg is h2c
 # (as run.sh). Then the proxy's RSS is sampled every 5 s for AFTER_SECS ("memory after a
 # burst"). Writes under target/bench/streams-<stamp>/: results.jsonl, rss.txt, summary.txt.
-# CCPROXY=PATH runs another ccproxy binary (a copy of an earlier build) as the proxy and the sim.
+# CCPROXY=PATH runs another ccproxy binary (a copy of an earlier build) as the proxy and the sim;
+# PROXY_ENV="K=V ..." adds to the proxy's environment (LD_PRELOAD=another malloc, its options).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -22,7 +23,8 @@ AFTER=${3:-30}
 OUT=$ROOT/target/bench/streams-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
-export ROOT N HOLD AFTER OUT CCPROXY
+PROXY_ENV=${PROXY_ENV:-}
+export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -35,7 +37,8 @@ U=http://127.0.0.1
 SIM=$!
 mkdir -p home/.config
 echo 'max_concurrent_requests = 16384' >home/ccproxy.toml
-env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" ANTHROPIC_API_KEY=$KEY \
+# shellcheck disable=SC2086 # PROXY_ENV is a list of K=V words
+env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" ANTHROPIC_API_KEY=$KEY $PROXY_ENV \
   "$CCPROXY" serve --config "$OUT/home/ccproxy.toml" --host 127.0.0.1 --port 18202 \
   --upstream-url $U:18201 >ccproxy.log 2>&1 &
 PROXY=$!

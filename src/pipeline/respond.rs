@@ -57,7 +57,7 @@ pub async fn respond(
                 Relay::Raw
             };
             let body = relay_stream(resp, r.limits.watch(), record, relay);
-            Ok(response(status, headers, Body::from_stream(body)))
+            Ok(response(status, headers, body))
         }
         Conversion::None => relay_whole(ctx, &r, resp, meter).await,
         Conversion::Chat(chat) if resp.status().is_success() && sse => {
@@ -101,7 +101,7 @@ fn relay_any(
         Relay::Passthrough
     };
     let body = relay_stream(resp, r.limits.watch(), record, relay);
-    response(status, headers, Body::from_stream(body))
+    response(status, headers, body)
 }
 
 /// A message batch (or a list of them): every `results_url` made to lead back to the proxy
@@ -237,7 +237,7 @@ fn chat_stream(
     .legacy_functions(chat.legacy_functions);
     let record = ctx.stream_started(status.as_u16());
     let relay = Relay::Chat(Box::new((convert::SseParser::new(), conv)));
-    let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
+    let body = relay_stream(resp, r.limits.watch(), record, relay);
     response(status, event_stream_headers(request_id), body)
 }
 
@@ -305,7 +305,7 @@ fn responses_stream(
         items,
     });
     let relay = Relay::Responses(Box::new((convert::SseParser::new(), conv, keep)));
-    let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
+    let body = relay_stream(resp, r.limits.watch(), record, relay);
     response(status, event_stream_headers(request_id), body)
 }
 
@@ -483,37 +483,57 @@ struct StreamState<S> {
 /// server is ending its streams, the client gets the error event of its dialect
 /// and the record says why.
 fn relay_stream(
-    resp: crate::upstream::UpResponse,
+    resp: upstream::UpResponse,
     watch: StreamWatch,
     record: Option<InFlight>,
     relay: Relay,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let st = StreamState {
+) -> Body {
+    Body::new(StreamState {
         upstream: resp.bytes_stream(),
         watch,
         record,
         relay,
         done: false,
-    };
-    futures_util::stream::unfold(st, |mut st| async move {
+    })
+}
+
+/// The relayed stream is the response body itself: each poll waits for the upstream's next
+/// chunk and hands on what it became (no stream adapter or future per chunk).
+impl<S> http_body::Body for StreamState<S>
+where
+    S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let st = self.get_mut();
         loop {
             if st.done {
-                return None;
+                return Poll::Ready(None);
             }
-            let out = match st.watch.next(&mut st.upstream).await {
+            let out = match std::task::ready!(st.watch.poll_next(&mut st.upstream, cx)) {
                 StreamNext::Chunk(chunk) => st.on_chunk(chunk),
                 StreamNext::Broken(e) => match st.on_broken(e) {
                     Ok(bytes) => bytes,
                     // Aborts the client's response: it sees an incomplete body.
-                    Err(cut) => return Some((Err(cut), st)),
+                    Err(cut) => return Poll::Ready(Some(Err(cut))),
                 },
                 StreamNext::End => st.on_end(),
             };
             if !out.is_empty() {
-                return Some((Ok(out), st));
+                return Poll::Ready(Some(Ok(http_body::Frame::data(out))));
             }
         }
-    })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
 }
 
 impl<S> StreamState<S> {
