@@ -430,7 +430,8 @@ mod tests {
 
     #[test]
     fn raw_object_splits_by_structure() {
-        let body = br#" { "model" : "m", "a\u0062" : [1, {"x": "]}\"{"}], "s": true ,"n":-1.5e3,"o":{}} "#;
+        let body =
+            br#" { "model" : "m", "a\u0062" : [1, {"x": "]}\"{"}], "s": true ,"n":-1.5e3,"o":{}} "#;
         let obj = RawObject::parse(body).unwrap();
         let keys: Vec<&str> = obj.0.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(keys, ["model", "ab", "s", "n", "o"]);
@@ -457,7 +458,11 @@ mod tests {
             b"{\"\\q\":1}",
             b"{\"a\":\"\xff\"}",
         ] {
-            assert!(RawObject::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                RawObject::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -144,7 +144,10 @@ impl Stream for UpStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         loop {
-            return match std::task::ready!(http_body::Body::poll_frame(std::pin::Pin::new(&mut self.0), cx)) {
+            return match std::task::ready!(http_body::Body::poll_frame(
+                std::pin::Pin::new(&mut self.0),
+                cx
+            )) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => Poll::Ready(Some(Ok(data))),
                     Err(_trailers) => continue,
@@ -221,7 +224,10 @@ impl Upstream {
         body: UpBody,
     ) -> Result<UpResponse, ProxyError> {
         let mut target = String::with_capacity(
-            self.origin.len() + self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+            self.origin.len()
+                + self.base_path.len()
+                + path.len()
+                + query.map_or(0, |q| q.len() + 1),
         );
         target.push_str(&self.origin);
         target.push_str(&self.base_path);
@@ -339,11 +345,7 @@ impl StreamWatch {
     }
 
     /// [`StreamWatch::next`] as a poll (for a body that relays the stream).
-    pub fn poll_next<S>(
-        &mut self,
-        up: &mut S,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<StreamNext>
+    pub fn poll_next<S>(&mut self, up: &mut S, cx: &mut std::task::Context<'_>) -> Poll<StreamNext>
     where
         S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
     {
@@ -368,10 +370,7 @@ impl StreamWatch {
             Poll::Ready(None) => return Poll::Ready(StreamNext::End),
             Poll::Pending => {}
         }
-        let armed = self
-            .armed
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()));
+        let armed = self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
         if armed && !self.timer.is_elapsed() {
             return Poll::Pending;
         }

@@ -49,6 +49,7 @@ for p in 18201 18202 18209; do
   for i in $(seq 1 300); do (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
 done
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$PROXY/status"; }
+fds() { find "/proc/$PROXY/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$PROXY/status"; }
 echo "idle $(rss) kB" | tee rss.txt
 h2=""
@@ -62,7 +63,7 @@ ramp=$(python3 -c "print(min(1.0, $N / 2000))")
   --stall-ms 500 --timeout-secs 30 --close-between | tee summary.txt
 echo "peak $(hwm) kB" | tee -a rss.txt
 for t in $(seq 0 5 "$AFTER"); do
-  echo "after ${t}s $(rss) kB" | tee -a rss.txt
+  echo "after ${t}s $(rss) kB, $(fds) open files" | tee -a rss.txt
   [ "$t" -lt "$AFTER" ] && sleep 5
 done
 INNER

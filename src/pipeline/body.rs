@@ -60,7 +60,13 @@ pub async fn stream(
     headers: &HeaderMap,
     limit: usize,
     stall: Duration,
-) -> Result<(impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static, Fault), ProxyError> {
+) -> Result<
+    (
+        impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static,
+        Fault,
+    ),
+    ProxyError,
+> {
     let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         drain(body).await;
