@@ -111,6 +111,7 @@ pub struct FileConfig {
     pub default_max_tokens: Option<u32>,
     pub connect_timeout_secs: Option<u64>,
     pub upstream_timeout_secs: Option<u64>,
+    pub upstream_h2c: Option<bool>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub allow_open: Option<bool>,
@@ -259,6 +260,9 @@ pub struct UpstreamSettings {
     pub cli_version: String,
     /// `max_tokens` for OpenAI requests that do not set one.
     pub default_max_tokens: u32,
+    /// HTTP/2 with prior knowledge (h2c) to an `http://` upstream: one connection carries many
+    /// requests (an `https://` upstream negotiates HTTP/2 by ALPN regardless).
+    pub h2c: bool,
 }
 
 impl Default for UpstreamSettings {
@@ -270,6 +274,7 @@ impl Default for UpstreamSettings {
             stream_idle_timeout: Duration::from_secs(300),
             cli_version: DEFAULT_CLI_VERSION.to_owned(),
             default_max_tokens: 4096,
+            h2c: false,
         }
     }
 }
@@ -627,6 +632,7 @@ impl UpstreamSettings {
             stream_idle_timeout: secs(file.stream_idle_timeout_secs, d.stream_idle_timeout),
             cli_version: file.cli_version.take().unwrap_or(d.cli_version),
             default_max_tokens: file.default_max_tokens.unwrap_or(d.default_max_tokens),
+            h2c: file.upstream_h2c.unwrap_or(d.h2c),
         })
     }
 }
@@ -966,6 +972,7 @@ impl UpstreamSettings {
                 self.connect_timeout.as_secs().to_string(),
             ),
             ("upstream_timeout_secs", self.timeout.as_secs().to_string()),
+            ("upstream_h2c", self.h2c.to_string()),
             (
                 "stream_idle_timeout_secs",
                 self.stream_idle_timeout.as_secs().to_string(),
@@ -1138,6 +1145,10 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # Seconds to wait for a TCP connection / for the upstream's response headers.
 # connect_timeout_secs = 10
 # upstream_timeout_secs = 600
+
+# HTTP/2 with prior knowledge (h2c) to an http:// upstream (a local upstream that speaks it):
+# one connection carries many requests. An https:// upstream negotiates HTTP/2 by itself.
+# upstream_h2c = false
 
 # Logging: "pretty" or "json" (--log-format); level or RUST_LOG filter (--log-level).
 # log_format = "pretty"

@@ -27,9 +27,11 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 /// The upstream leg's pooled client (hyper-util's legacy client, driven directly: none of
 /// reqwest's per-request layers): `TCP_NODELAY`, TCP keep-alive, the connect timeout, idle
 /// connections kept 90 s (up to 1024 per host), no redirects, no proxy; `https://` upstreams
-/// through rustls with the platform's verifier, HTTP/2 when the server offers it by ALPN.
+/// through rustls with the platform's verifier, HTTP/2 when the server offers it by ALPN;
+/// `h2c`: every connection HTTP/2 with prior knowledge (only for an `http://` upstream).
 pub fn upstream_client<B>(
     connect_timeout: Duration,
+    h2c: bool,
 ) -> Result<
     hyper_util::client::legacy::Client<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
@@ -66,5 +68,6 @@ where
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+        .http2_only(h2c)
         .build(https))
 }

@@ -180,6 +180,7 @@ impl Upstream {
         base: String,
         connect_timeout: Duration,
         header_timeout: Duration,
+        h2c: bool,
     ) -> Result<Self, std::io::Error> {
         let oauth = crate::http::client_builder()
             .connect_timeout(connect_timeout)
@@ -194,7 +195,7 @@ impl Upstream {
         };
         let origin = format!("{scheme}://{authority}");
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        let client = crate::http::upstream_client(connect_timeout)?;
+        let client = crate::http::upstream_client(connect_timeout, h2c && scheme == "http")?;
         Ok(Upstream {
             client,
             oauth,
