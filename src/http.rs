@@ -69,5 +69,10 @@ where
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .http2_only(h2c)
+        // One HTTP/2 connection carries every stream: h2 refuses a connection (GOAWAY
+        // ENHANCE_YOUR_CALM, "too_many_data_frames") whose small DATA frames wait unread past a
+        // budget of half its window, which thousands of event streams on a busy proxy reach at
+        // the default 5 MiB; the upstream is the one configured, not a stranger.
+        .http2_initial_connection_window_size(Some(64 << 20))
         .build(https))
 }

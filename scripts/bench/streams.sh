@@ -13,7 +13,8 @@
 # (as run.sh). Then the proxy's RSS is sampled every 5 s for AFTER_SECS ("memory after a
 # burst"). Writes under target/bench/streams-<stamp>/: results.jsonl, rss.txt, summary.txt.
 # CCPROXY=PATH runs another ccproxy binary (a copy of an earlier build) as the proxy and the sim;
-# PROXY_ENV="K=V ..." adds to the proxy's environment (LD_PRELOAD=another malloc, its options).
+# PROXY_ENV="K=V ..." adds to the proxy's environment (LD_PRELOAD=another malloc, its options);
+# UPSTREAM_H2C=1 sets `upstream_h2c = true` (the proxy's upstream leg multiplexed over h2c).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -24,7 +25,8 @@ OUT=$ROOT/target/bench/streams-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
 PROXY_ENV=${PROXY_ENV:-}
-export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV
+UPSTREAM_H2C=${UPSTREAM_H2C:-0}
+export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV UPSTREAM_H2C
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -37,6 +39,7 @@ U=http://127.0.0.1
 SIM=$!
 mkdir -p home/.config
 echo 'max_concurrent_requests = 16384' >home/ccproxy.toml
+if [ "$UPSTREAM_H2C" = 1 ]; then echo 'upstream_h2c = true' >>home/ccproxy.toml; fi
 # shellcheck disable=SC2086 # PROXY_ENV is a list of K=V words
 env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" ANTHROPIC_API_KEY=$KEY $PROXY_ENV \
   "$CCPROXY" serve --config "$OUT/home/ccproxy.toml" --host 127.0.0.1 --port 18202 \
