@@ -161,11 +161,19 @@ impl Stream for UpStream {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// HTTP/2 connections to an h2c upstream, requests spread over them in turn: one connection
+/// is one task on one thread demultiplexing every stream's frames; a few spread that work (and a
+/// connection's loss) over the runtime's threads.
+const H2C_CONNECTIONS: usize = 8;
+
 /// The upstream leg: hyper's pooled client (HTTP/1.1, or HTTP/2 when a TLS upstream offers it
 /// by ALPN), `TCP_NODELAY`, no redirects, no proxy; and a `reqwest` client on the same settings
 /// for the OAuth endpoints.
 pub struct Upstream {
-    client: Client<Connector, ReqBody>,
+    /// One client (its pool) over HTTP/1.1; with `h2c`, [`H2C_CONNECTIONS`] clients taken in
+    /// turn, each with its one multiplexed connection.
+    clients: Vec<Client<Connector, ReqBody>>,
+    next: std::sync::atomic::AtomicUsize,
     oauth: reqwest::Client,
     base: String,
     /// `scheme://authority` and the base's path without its trailing `/`, joined with each
@@ -195,9 +203,13 @@ impl Upstream {
         };
         let origin = format!("{scheme}://{authority}");
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        let client = crate::http::upstream_client(connect_timeout, h2c && scheme == "http")?;
+        let h2c = h2c && scheme == "http";
+        let clients = (0..if h2c { H2C_CONNECTIONS } else { 1 })
+            .map(|_| crate::http::upstream_client(connect_timeout, h2c))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstream {
-            client,
+            clients,
+            next: std::sync::atomic::AtomicUsize::new(0),
             oauth,
             base,
             origin,
@@ -266,7 +278,14 @@ impl Upstream {
             req.headers_mut()
                 .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        match tokio::time::timeout(self.header_timeout, self.client.request(req)).await {
+        let client = match self.clients.as_slice() {
+            [one] => one,
+            many => {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                &many[i % many.len()]
+            }
+        };
+        match tokio::time::timeout(self.header_timeout, client.request(req)).await {
             Ok(Ok(resp)) => Ok(UpResponse(resp)),
             Ok(Err(e)) => Err(map_send_error(e)),
             Err(_) => Err(ProxyError::new(

@@ -561,7 +561,9 @@ async fn h2c_upstream_leg_carries_answers_and_streams(mode: &str) {
     let v = json_of(resp).await;
     assert_eq!(v["type"], "message");
     let streams = (0..8).map(|_| async {
-        let resp = env.post(&url, None, &message("[sim:deltas=16]", true)).await;
+        let resp = env
+            .post(&url, None, &message("[sim:deltas=16]", true))
+            .await;
         assert_eq!(resp.status(), 200);
         let body = resp.text().await.unwrap();
         let names: Vec<String> = parse_sse(&body).into_iter().map(|(e, _)| e).collect();
