@@ -6,11 +6,10 @@
 //! copied byte for byte.
 
 use std::borrow::Cow;
-use std::fmt;
 
 use memchr::memmem;
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
+use serde::de;
 use serde_json::value::RawValue;
 
 /// The identity text the service requires as the first system block for OAuth tokens.
@@ -29,58 +28,174 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// At most this many blocks may carry `cache_control` in one request.
 pub const MAX_CACHE_CONTROL_BLOCKS: usize = 4;
 
-/// A JSON object key, borrowed from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
 /// A JSON object split into its keys and raw (unparsed) values, in order.
-pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ObjVisitor;
-        impl<'de> Visitor<'de> for ObjVisitor {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(12));
-                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    entries.push((k.0, v));
-                }
-                Ok(RawObject(entries))
-            }
-        }
-        d.deserialize_map(ObjVisitor)
-    }
-}
+///
+/// Split by structure only, in one pass: keys are decoded; a value's extent is found by its
+/// brackets and strings (escapes honoured), and a scalar value is checked, but the inside of an
+/// object or array value is not validated: whoever reads a value parses it (shaping parses
+/// `system`, `model`, and the blocks it counts `cache_control` in, when it must), and the rest
+/// goes upstream byte for byte, which judges it. An 80 KB Claude Code body is split at memchr
+/// speed instead of being validated whole.
+pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'a> RawObject<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(body)
+        let text = std::str::from_utf8(body).map_err(|_| invalid("the body is not UTF-8"))?;
+        let mut p = Scan { text, at: 0 };
+        p.expect(b'{', "the body is not a JSON object")?;
+        let mut entries = Vec::with_capacity(12);
+        p.skip_ws();
+        if p.peek() == Some(b'}') {
+            p.at += 1;
+        } else {
+            loop {
+                p.skip_ws();
+                let key = p.key()?;
+                p.skip_ws();
+                p.expect(b':', "expected `:` after an object key")?;
+                p.skip_ws();
+                let value = p.value()?;
+                entries.push((key, value));
+                p.skip_ws();
+                match p.peek() {
+                    Some(b',') => p.at += 1,
+                    Some(b'}') => {
+                        p.at += 1;
+                        break;
+                    }
+                    _ => return Err(invalid("expected `,` or `}` after an object value")),
+                }
+            }
+        }
+        p.skip_ws();
+        if p.at != text.len() {
+            return Err(invalid("trailing characters after the JSON object"));
+        }
+        Ok(RawObject(entries))
     }
 
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<&'a str> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+fn invalid(msg: &str) -> serde_json::Error {
+    <serde_json::Error as de::Error>::custom(msg)
+}
+
+/// The cursor of [`RawObject::parse`].
+struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes().get(self.at).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, b: u8, msg: &str) -> Result<(), serde_json::Error> {
+        self.skip_ws();
+        if self.peek() != Some(b) {
+            return Err(invalid(msg));
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    /// The end (past the closing quote) of the string whose opening quote is at `self.at`.
+    fn string_end(&self) -> Result<usize, serde_json::Error> {
+        let b = self.bytes();
+        let mut from = self.at + 1;
+        loop {
+            let Some(off) = memchr::memchr2(b'"', b'\\', &b[from..]) else {
+                return Err(invalid("unterminated string"));
+            };
+            let i = from + off;
+            if b[i] == b'"' {
+                return Ok(i + 1);
+            }
+            // An escape: skip the backslash and the character it escapes.
+            from = i + 2;
+            if from > b.len() {
+                return Err(invalid("unterminated string"));
+            }
+        }
+    }
+
+    fn key(&mut self) -> Result<Cow<'a, str>, serde_json::Error> {
+        if self.peek() != Some(b'"') {
+            return Err(invalid("expected a string key"));
+        }
+        let end = self.string_end()?;
+        let raw = &self.text[self.at..end];
+        self.at = end;
+        let inner = &raw[1..raw.len() - 1];
+        if inner.bytes().any(|c| c == b'\\' || c < 0x20) {
+            // Escapes are decoded (and checked) as serde_json does.
+            return Ok(Cow::Owned(serde_json::from_str::<String>(raw)?));
+        }
+        Ok(Cow::Borrowed(inner))
+    }
+
+    /// One value: its text, from its first character to its last.
+    fn value(&mut self) -> Result<&'a str, serde_json::Error> {
+        let start = self.at;
+        let b = self.bytes();
+        match self.peek() {
+            Some(b'"') => self.at = self.string_end()?,
+            Some(b'{' | b'[') => {
+                // Brackets must match; strings inside are skipped whole.
+                let mut open: Vec<u8> = Vec::new();
+                loop {
+                    let Some(off) = b[self.at..]
+                        .iter()
+                        .position(|c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))
+                    else {
+                        return Err(invalid("unterminated object or array"));
+                    };
+                    self.at += off;
+                    match b[self.at] {
+                        b'"' => {
+                            self.at = self.string_end()?;
+                            continue;
+                        }
+                        c @ (b'{' | b'[') => open.push(c),
+                        c => {
+                            let want = if c == b'}' { b'{' } else { b'[' };
+                            if open.pop() != Some(want) {
+                                return Err(invalid("mismatched brackets"));
+                            }
+                        }
+                    }
+                    self.at += 1;
+                    if open.is_empty() {
+                        break;
+                    }
+                }
+            }
+            Some(_) => {
+                let len = b[start..]
+                    .iter()
+                    .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                    .unwrap_or(b.len() - start);
+                self.at = start + len;
+                // A scalar is short: checked whole (a number, true, false or null).
+                serde_json::from_str::<de::IgnoredAny>(&self.text[start..self.at])?;
+            }
+            None => return Err(invalid("expected a value")),
+        }
+        Ok(&self.text[start..self.at])
     }
 }
 
@@ -136,10 +251,10 @@ pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
         identity_cached: false,
         model: obj
             .get("model")
-            .and_then(|m| serde_json::from_str::<String>(m.get()).ok()),
-        stream: obj.get("stream").is_some_and(|s| s.get() == "true"),
+            .and_then(|m| serde_json::from_str::<String>(m).ok()),
+        stream: obj.get("stream").is_some_and(|s| s == "true"),
     };
-    let system = obj.get("system").filter(|v| v.get() != "null");
+    let system = obj.get("system").filter(|v| *v != "null");
     let rest = match system {
         None => None,
         Some(raw) => match system_after_identity(raw)? {
@@ -156,8 +271,7 @@ pub fn shape_request(body: &[u8]) -> Result<(Vec<u8>, Shaped), ShapeError> {
 
 /// The blocks of a (non-null) `system` to keep after the identity block, as the inside of a JSON
 /// array (empty for none); `None` when the identity already comes first.
-fn system_after_identity(raw: &RawValue) -> Result<Option<String>, ShapeError> {
-    let text = raw.get();
+fn system_after_identity(text: &str) -> Result<Option<String>, ShapeError> {
     match text.as_bytes().first() {
         Some(b'"') => {
             let s: Cow<str> = serde_json::from_str(text)?;
@@ -220,7 +334,7 @@ fn with_system(body_len: usize, obj: &RawObject<'_>, system_json: &str) -> Vec<u
             out.extend_from_slice(system_json.as_bytes());
             wrote_system = true;
         } else {
-            out.extend_from_slice(v.get().as_bytes());
+            out.extend_from_slice(v.as_bytes());
         }
     }
     if !wrote_system {
@@ -253,7 +367,7 @@ pub fn cache_control_count(body: &[u8], obj: &RawObject<'_>) -> Result<usize, Sh
     let mut n = 0;
     for key in ["system", "messages", "tools"] {
         if let Some(raw) = obj.get(key) {
-            let v: serde_json::Value = serde_json::from_str(raw.get())?;
+            let v: serde_json::Value = serde_json::from_str(raw)?;
             n += count_in(&v);
         }
     }
@@ -313,6 +427,44 @@ pub fn merge_beta(client: Option<&str>, oauth: bool) -> String {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn raw_object_splits_by_structure() {
+        let body =
+            br#" { "model" : "m", "a\u0062" : [1, {"x": "]}\"{"}], "s": true ,"n":-1.5e3,"o":{}} "#;
+        let obj = RawObject::parse(body).unwrap();
+        let keys: Vec<&str> = obj.0.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(keys, ["model", "ab", "s", "n", "o"]);
+        assert_eq!(obj.get("model"), Some(r#""m""#));
+        assert_eq!(obj.get("ab"), Some(r#"[1, {"x": "]}\"{"}]"#));
+        assert_eq!(obj.get("s"), Some("true"));
+        assert_eq!(obj.get("n"), Some("-1.5e3"));
+        assert_eq!(obj.get("o"), Some("{}"));
+        assert!(RawObject::parse(b"{}").unwrap().0.is_empty());
+        for bad in [
+            &b""[..],
+            b"{not json",
+            b"[1,2",
+            b"\"x\"",
+            b"{\"a\":1,}",
+            b"{\"a\":[}",
+            b"{\"a\":{]}",
+            b"{\"a\":1} x",
+            b"{\"a\":tru}",
+            b"{\"a\" 1}",
+            b"{\"a\":\"x}",
+            b"{\"a\":}",
+            b"{\"a\":[\"x\\\"]}",
+            b"{\"\\q\":1}",
+            b"{\"a\":\"\xff\"}",
+        ] {
+            assert!(
+                RawObject::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     fn shape(v: Value) -> (Value, Shaped) {
         let (out, s) = shape_request(&serde_json::to_vec(&v).unwrap()).unwrap();

@@ -117,6 +117,7 @@ pub struct FileConfig {
     pub openai_prompt_caching: Option<bool>,
     pub connect_timeout_secs: Option<u64>,
     pub upstream_timeout_secs: Option<u64>,
+    pub upstream_h2c: Option<bool>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub allow_open: Option<bool>,
@@ -273,6 +274,9 @@ pub struct UpstreamSettings {
     pub models_cache: Duration,
     /// Automatic prompt caching for OpenAI-dialect requests (`openai_prompt_caching`).
     pub openai_prompt_caching: bool,
+    /// HTTP/2 with prior knowledge (h2c) to an `http://` upstream: one connection carries many
+    /// requests (an `https://` upstream negotiates HTTP/2 by ALPN regardless).
+    pub h2c: bool,
 }
 
 impl Default for UpstreamSettings {
@@ -286,6 +290,7 @@ impl Default for UpstreamSettings {
             default_max_tokens: 4096,
             models_cache: Duration::from_secs(3600),
             openai_prompt_caching: true,
+            h2c: false,
         }
     }
 }
@@ -664,6 +669,7 @@ impl UpstreamSettings {
             openai_prompt_caching: file
                 .openai_prompt_caching
                 .unwrap_or(d.openai_prompt_caching),
+            h2c: file.upstream_h2c.unwrap_or(d.h2c),
         })
     }
 }
@@ -1031,6 +1037,7 @@ impl UpstreamSettings {
                 self.connect_timeout.as_secs().to_string(),
             ),
             ("upstream_timeout_secs", self.timeout.as_secs().to_string()),
+            ("upstream_h2c", self.h2c.to_string()),
             (
                 "stream_idle_timeout_secs",
                 self.stream_idle_timeout.as_secs().to_string(),
@@ -1223,6 +1230,10 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # Seconds to wait for a TCP connection / for the upstream's response headers.
 # connect_timeout_secs = 10
 # upstream_timeout_secs = 600
+
+# HTTP/2 with prior knowledge (h2c) to an http:// upstream (a local upstream that speaks it):
+# one connection carries many requests. An https:// upstream negotiates HTTP/2 by itself.
+# upstream_h2c = false
 
 # Logging: "pretty" or "json" (--log-format); level or RUST_LOG filter (--log-level).
 # log_format = "pretty"

@@ -3,7 +3,22 @@
 
 use clap::FromArgMatches as _;
 
+/// jemalloc instead of glibc's malloc: fewer instructions per allocation on the request path,
+/// and, with its background thread (started in `main`), freed memory goes back to the system
+/// after a burst (glibc kept what a burst of streams had used; mimalloc, measured too, returned
+/// less of it: `scripts/bench/changes.md`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// One jemalloc background thread purges unused memory (decay) even while the request threads
+/// are idle; without it, memory freed after a burst is returned only when allocating again.
+fn start_memory_purging() {
+    let _ = tikv_jemalloc_ctl::max_background_threads::write(1);
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
+}
+
 fn main() -> std::process::ExitCode {
+    start_memory_purging();
     let matches = ccproxy::commands::cli_command().get_matches();
     let cli = match ccproxy::cli::Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

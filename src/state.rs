@@ -71,6 +71,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         upstream_base,
         settings.upstream.connect_timeout,
         settings.upstream.timeout,
+        settings.upstream.h2c,
     )?;
     let (oauth, oauth_error) =
         match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {

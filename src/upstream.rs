@@ -1,12 +1,19 @@
 //! The upstream leg: one pooled client, header policy per mode, error mapping.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::claude_code::{self, DEFAULT_ANTHROPIC_VERSION};
 use crate::error::{ErrorKind, Origin, ProxyError};
@@ -36,6 +43,14 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// A streamed upload's body, boxed (the client's body with its limits, `pipeline::body`).
+pub type StreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What goes to the upstream client: whole bytes, or a streamed upload.
+type ReqBody = Either<Full<Bytes>, StreamBody>;
+
 /// The body of an upstream request: bytes (sent again as they are on a retry or on the next
 /// credential), or a client's body streamed through, which can be sent only once.
 #[derive(Clone, Debug)]
@@ -43,13 +58,18 @@ pub enum UpBody {
     Bytes(Bytes),
     /// Taken by the first attempt; a later attempt finds it empty and fails with a 503 that
     /// says why (the upstream already consumed the upload).
-    Stream(std::sync::Arc<std::sync::Mutex<Option<reqwest::Body>>>),
+    Stream(std::sync::Arc<std::sync::Mutex<Option<StreamBody>>>),
 }
 
 impl UpBody {
     /// A body streamed through once.
-    pub fn streamed(body: reqwest::Body) -> UpBody {
-        UpBody::Stream(std::sync::Arc::new(std::sync::Mutex::new(Some(body))))
+    pub fn streamed<B>(body: B) -> UpBody
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let boxed = UnsyncBoxBody::new(body.map_err(Into::into));
+        UpBody::Stream(std::sync::Arc::new(std::sync::Mutex::new(Some(boxed))))
     }
 
     /// Whether it is known to be empty (a streamed body never is).
@@ -65,10 +85,14 @@ impl UpBody {
         }
     }
 
-    fn take(self) -> Option<reqwest::Body> {
+    fn take(self) -> Option<ReqBody> {
         match self {
-            UpBody::Bytes(b) => Some(reqwest::Body::from(b)),
-            UpBody::Stream(slot) => slot.lock().ok().and_then(|mut s| s.take()),
+            UpBody::Bytes(b) => Some(Either::Left(Full::new(b))),
+            UpBody::Stream(slot) => slot
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .map(Either::Right),
         }
     }
 }
@@ -85,11 +109,77 @@ impl Default for UpBody {
     }
 }
 
+/// The upstream's answer: its head, and its body still to be read.
+pub struct UpResponse(axum::http::Response<Incoming>);
+
+impl UpResponse {
+    pub fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.0.headers()
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
+        Ok(self.0.into_body().collect().await?.to_bytes())
+    }
+
+    /// The body, piece by piece as it arrives.
+    pub fn bytes_stream(self) -> UpStream {
+        UpStream(self.0.into_body())
+    }
+}
+
+/// An upstream body read as it arrives (data frames; trailers are dropped).
+pub struct UpStream(Incoming);
+
+impl Stream for UpStream {
+    type Item = Result<Bytes, hyper::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            return match std::task::ready!(http_body::Body::poll_frame(
+                std::pin::Pin::new(&mut self.0),
+                cx
+            )) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+                Some(Err(e)) => Poll::Ready(Some(Err(e))),
+                None => Poll::Ready(None),
+            };
+        }
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// HTTP/2 connections to an h2c upstream, requests spread over them in turn: one connection
+/// is one task on one thread demultiplexing every stream's frames; a few spread that work (and a
+/// connection's loss) over the runtime's threads.
+const H2C_CONNECTIONS: usize = 8;
+
+/// The upstream leg: hyper's pooled client (HTTP/1.1, or HTTP/2 when a TLS upstream offers it
+/// by ALPN), `TCP_NODELAY`, no redirects, no proxy; and a `reqwest` client on the same settings
+/// for the OAuth endpoints.
 pub struct Upstream {
-    client: reqwest::Client,
+    /// One client (its pool) over HTTP/1.1; with `h2c`, [`H2C_CONNECTIONS`] clients taken in
+    /// turn, each with its one multiplexed connection.
+    clients: Vec<Client<Connector, ReqBody>>,
+    next: std::sync::atomic::AtomicUsize,
+    oauth: reqwest::Client,
     base: String,
-    /// The base parsed once; each request only sets path and query on a clone.
-    base_url: reqwest::Url,
+    /// `scheme://authority` and the base's path without its trailing `/`, joined with each
+    /// request's path and query.
+    origin: String,
+    base_path: String,
     header_timeout: Duration,
 }
 
@@ -98,23 +188,39 @@ impl Upstream {
         base: String,
         connect_timeout: Duration,
         header_timeout: Duration,
+        h2c: bool,
     ) -> Result<Self, std::io::Error> {
-        let client = crate::http::client_builder()
+        let oauth = crate::http::client_builder()
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(std::io::Error::other)?;
-        let base_url = reqwest::Url::parse(&base).map_err(std::io::Error::other)?;
+        let uri: Uri = base.parse().map_err(std::io::Error::other)?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(std::io::Error::other(format!(
+                "upstream URL {base} needs a scheme and a host"
+            )));
+        };
+        let origin = format!("{scheme}://{authority}");
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let h2c = h2c && scheme == "http";
+        let clients = (0..if h2c { H2C_CONNECTIONS } else { 1 })
+            .map(|_| crate::http::upstream_client(connect_timeout, h2c))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstream {
-            client,
+            clients,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            oauth,
             base,
-            base_url,
+            origin,
+            base_path,
             header_timeout,
         })
     }
 
+    /// The client for the OAuth endpoints (token refresh, login).
     pub fn client(&self) -> &reqwest::Client {
-        &self.client
+        &self.oauth
     }
 
     pub fn base(&self) -> &str {
@@ -129,17 +235,29 @@ impl Upstream {
         query: Option<&str>,
         headers: HeaderMap,
         body: UpBody,
-    ) -> Result<reqwest::Response, ProxyError> {
-        let mut url = self.base_url.clone();
-        let base_path = self.base_url.path().trim_end_matches('/');
-        if base_path.is_empty() {
-            url.set_path(path);
-        } else {
-            url.set_path(&format!("{base_path}{path}"));
+    ) -> Result<UpResponse, ProxyError> {
+        let mut target = String::with_capacity(
+            self.origin.len()
+                + self.base_path.len()
+                + path.len()
+                + query.map_or(0, |q| q.len() + 1),
+        );
+        target.push_str(&self.origin);
+        target.push_str(&self.base_path);
+        target.push_str(path);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
         }
-        url.set_query(query);
-        let mut rb = self.client.request(method.clone(), url).headers(headers);
-        if method != Method::GET && method != Method::HEAD || !body.is_empty() {
+        let uri = Uri::try_from(target).map_err(|e| {
+            ProxyError::new(
+                ErrorKind::InvalidRequest,
+                Origin::Client,
+                "the request's path cannot be sent upstream",
+            )
+            .with_cause(e)
+        })?;
+        let body = if method != Method::GET && method != Method::HEAD || !body.is_empty() {
             let Some(body) = body.take() else {
                 // Not a 502: the request must not be retried or moved to another credential.
                 return Err(ProxyError::unavailable(
@@ -148,10 +266,27 @@ impl Upstream {
                     1,
                 ));
             };
-            rb = rb.body(body);
+            body
+        } else {
+            Either::Left(Full::new(Bytes::new()))
+        };
+        let mut req = axum::http::Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        if !req.headers().contains_key(header::ACCEPT) {
+            req.headers_mut()
+                .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
-        match tokio::time::timeout(self.header_timeout, rb.send()).await {
-            Ok(Ok(resp)) => Ok(resp),
+        let client = match self.clients.as_slice() {
+            [one] => one,
+            many => {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                &many[i % many.len()]
+            }
+        };
+        match tokio::time::timeout(self.header_timeout, client.request(req)).await {
+            Ok(Ok(resp)) => Ok(UpResponse(resp)),
             Ok(Err(e)) => Err(map_send_error(e)),
             Err(_) => Err(ProxyError::new(
                 ErrorKind::GatewayTimeout,
@@ -196,18 +331,27 @@ impl StreamLimits {
             last_chunk: tokio::time::Instant::now(),
             timer: Box::pin(tokio::time::sleep(self.idle)),
             ended,
+            shutdown: self.shutdown.clone(),
+            armed: None,
         }
     }
 }
 
-/// One stream's idle timer and shutdown signal. The timer is not re-armed per
-/// chunk: each chunk only notes its time, and a timer that fires early is
-/// pushed to the real deadline.
+/// One stream's idle timer and shutdown signal, with no timer work per chunk: the timer is not
+/// re-armed per chunk (each chunk only notes its time, and a timer that fires early is pushed
+/// to the real deadline), and neither the timer nor the shutdown signal is polled again while
+/// they hold the stream task's waker and have not fired (a chunk costs a clock read and a look
+/// at the shutdown flag).
 pub struct StreamWatch {
     idle: Duration,
     last_chunk: tokio::time::Instant,
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Completes when the server ends its streams; polled only to hold the task's waker.
     ended: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// The same signal, read at each poll.
+    shutdown: watch::Receiver<bool>,
+    /// The waker `timer` and `ended` were last polled with.
+    armed: Option<std::task::Waker>,
 }
 
 impl StreamWatch {
@@ -215,53 +359,72 @@ impl StreamWatch {
     /// server is ending its streams.
     pub async fn next<S>(&mut self, up: &mut S) -> StreamNext
     where
-        S: Stream<Item = reqwest::Result<Bytes>> + Unpin,
+        S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
     {
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut self.ended => {
-                    return StreamNext::Broken(ProxyError::new(
-                        ErrorKind::Internal,
-                        Origin::Proxy,
-                        "ccproxy is shutting down",
-                    ));
-                }
-                r = up.next() => {
-                    return match r {
-                        Some(Ok(b)) => {
-                            self.last_chunk = tokio::time::Instant::now();
-                            StreamNext::Chunk(b)
-                        }
-                        Some(Err(e)) => StreamNext::Broken(transport_error(
-                            e,
-                            "upstream connection lost",
-                        )),
-                        None => StreamNext::End,
-                    };
-                }
-                () = &mut self.timer => {
-                    let deadline = self.last_chunk + self.idle;
-                    if tokio::time::Instant::now() >= deadline {
-                        return StreamNext::Broken(ProxyError::new(
-                            ErrorKind::GatewayTimeout,
-                            Origin::Upstream,
-                            format!(
-                                "the upstream sent nothing for {} s; the stream was ended",
-                                self.idle.as_secs_f64()
-                            ),
-                        ));
-                    }
-                    self.timer.as_mut().reset(deadline);
-                }
-            }
+        std::future::poll_fn(|cx| self.poll_next(up, cx)).await
+    }
+
+    /// [`StreamWatch::next`] as a poll (for a body that relays the stream).
+    pub fn poll_next<S>(&mut self, up: &mut S, cx: &mut std::task::Context<'_>) -> Poll<StreamNext>
+    where
+        S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
+    {
+        if *self.shutdown.borrow() {
+            return Poll::Ready(StreamNext::Broken(ProxyError::new(
+                ErrorKind::Internal,
+                Origin::Proxy,
+                "ccproxy is shutting down",
+            )));
         }
+        match up.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(b))) => {
+                self.last_chunk = tokio::time::Instant::now();
+                return Poll::Ready(StreamNext::Chunk(b));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(StreamNext::Broken(transport_error(
+                    e,
+                    "upstream connection lost",
+                )));
+            }
+            Poll::Ready(None) => return Poll::Ready(StreamNext::End),
+            Poll::Pending => {}
+        }
+        let armed = self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if armed && !self.timer.is_elapsed() {
+            return Poll::Pending;
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_chunk + self.idle;
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(StreamNext::Broken(ProxyError::new(
+                    ErrorKind::GatewayTimeout,
+                    Origin::Upstream,
+                    format!(
+                        "the upstream sent nothing for {} s; the stream was ended",
+                        self.idle.as_secs_f64()
+                    ),
+                )));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+        if !armed {
+            if self.ended.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(StreamNext::Broken(ProxyError::new(
+                    ErrorKind::Internal,
+                    Origin::Proxy,
+                    "ccproxy is shutting down",
+                )));
+            }
+            self.armed = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
-/// A transport error sending upstream: 504 for timeouts, 502 otherwise.
-pub fn map_send_error(e: reqwest::Error) -> ProxyError {
-    if e.is_timeout() {
+/// A transport error sending upstream: 504 for timeouts (connecting included), 502 otherwise.
+pub fn map_send_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+    if is_timeout(&e) {
         ProxyError::new(
             ErrorKind::GatewayTimeout,
             Origin::Upstream,
@@ -273,8 +436,30 @@ pub fn map_send_error(e: reqwest::Error) -> ProxyError {
     }
 }
 
+/// Whether a timeout is somewhere in the error's chain.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_timeout()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// A broken upstream connection (502), with what was happening and its cause.
-pub fn transport_error(e: reqwest::Error, doing: &str) -> ProxyError {
+pub fn transport_error(
+    e: impl std::error::Error + Send + Sync + 'static,
+    doing: &str,
+) -> ProxyError {
     ProxyError::new(ErrorKind::BadGateway, Origin::Upstream, doing).with_cause(e)
 }
 

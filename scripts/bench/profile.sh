@@ -10,6 +10,9 @@
 # mode and dumped after it, so each dump holds exactly that mode's requests. Writes, under
 # target/bench/profile-<stamp>/: summary.txt (instructions per request by mode) and
 # MODE.txt (callgrind_annotate, inclusive, top functions).
+#
+# CCPROXY=PATH profiles another ccproxy binary (a copy of an earlier build, for a before/after
+# without rebuilding); PROFILE_PRELOAD=LIB runs it with LD_PRELOAD=LIB (another malloc).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -17,7 +20,9 @@ N=${1:-2000}
 command -v valgrind >/dev/null || { echo "profile.sh: valgrind is not installed" >&2; exit 1; }
 OUT=$ROOT/target/bench/profile-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
-export ROOT N OUT
+CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
+PROFILE_PRELOAD=${PROFILE_PRELOAD:-}
+export ROOT N OUT CCPROXY PROFILE_PRELOAD
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -26,12 +31,12 @@ BIN=$ROOT/target/release
 KEY=sk-ant-api03-bench-key
 U=http://127.0.0.1
 FIX=$(cd "$ROOT/.." && pwd)/shared/fixtures/clients/claude_code_api_key.request.json
-"$BIN/ccproxy" sim --port 18101 >sim.log 2>&1 &
+"$CCPROXY" sim --port 18101 >sim.log 2>&1 &
 SIM=$!
 mkdir -p home
 env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" ANTHROPIC_API_KEY=$KEY \
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" --dump-instr=no \
-  "$BIN/ccproxy" serve --host 127.0.0.1 --port 18102 --upstream-url $U:18101 >ccproxy.log 2>&1 &
+  ${PROFILE_PRELOAD:+LD_PRELOAD=$PROFILE_PRELOAD} valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" --dump-instr=no \
+  "$CCPROXY" serve --host 127.0.0.1 --port 18102 --upstream-url $U:18101 >ccproxy.log 2>&1 &
 PROXY=$!
 trap 'kill "$PROXY" "$SIM" 2>/dev/null || true' EXIT
 for i in $(seq 1 600); do (echo >/dev/tcp/127.0.0.1/18102) 2>/dev/null && break; sleep 0.1; done

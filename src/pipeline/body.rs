@@ -60,7 +60,13 @@ pub async fn stream(
     headers: &HeaderMap,
     limit: usize,
     stall: Duration,
-) -> Result<(reqwest::Body, Fault), ProxyError> {
+) -> Result<
+    (
+        impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static,
+        Fault,
+    ),
+    ProxyError,
+> {
     let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         drain(body).await;
@@ -68,7 +74,7 @@ pub async fn stream(
     }
     let fault = Fault::default();
     let streamed = Streamed {
-        body: std::sync::Mutex::new(body),
+        body,
         limit: limit as u64,
         seen: 0,
         declared,
@@ -77,7 +83,7 @@ pub async fn stream(
         started: false,
         fault: fault.clone(),
     };
-    Ok((reqwest::Body::wrap(streamed), fault))
+    Ok((streamed, fault))
 }
 
 fn upload_too_large(limit: usize) -> ProxyError {
@@ -88,10 +94,9 @@ fn upload_too_large(limit: usize) -> ProxyError {
     )
 }
 
-/// See [`stream`]. The body sits in a mutex only to be `Sync` (reqwest's requirement); it is
-/// reached through `&mut` and never locked.
+/// See [`stream`].
 struct Streamed {
-    body: std::sync::Mutex<Body>,
+    body: Body,
     limit: u64,
     seen: u64,
     declared: Option<u64>,
@@ -128,10 +133,7 @@ impl http_body::Body for Streamed {
             let next = tokio::time::Instant::now() + this.stall;
             this.timer.as_mut().reset(next);
         }
-        let Ok(body) = this.body.get_mut() else {
-            return Poll::Ready(Some(Err(std::io::Error::other("request body unavailable"))));
-        };
-        match std::pin::Pin::new(body).poll_frame(cx) {
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
                 if this.seen > this.limit {
@@ -158,7 +160,7 @@ impl http_body::Body for Streamed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.lock().is_ok_and(|b| b.is_end_stream())
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

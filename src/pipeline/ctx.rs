@@ -101,7 +101,7 @@ impl RequestCtx {
     }
 
     /// The upstream answered with its head.
-    pub fn upstream_answered(&mut self, resp: &reqwest::Response, waited: Duration) {
+    pub fn upstream_answered(&mut self, resp: &crate::upstream::UpResponse, waited: Duration) {
         self.upstream_wait = Some(waited);
         let id = resp
             .headers()

@@ -322,7 +322,7 @@ fn messages(
 /// The body with its top-level `model` value replaced by `model`, every other byte unchanged.
 fn replace_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
     let obj = claude_code::RawObject::parse(body).ok()?;
-    let raw = obj.get("model")?.get();
+    let raw = obj.get("model")?;
     // The raw value is a slice of `body`: its offset is where the value starts.
     let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     let end = start + raw.len();

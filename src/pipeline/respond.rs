@@ -42,7 +42,7 @@ pub struct Respond<'a> {
 pub async fn respond(
     ctx: &mut RequestCtx,
     r: Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     conversion: Conversion,
     meter: Meter,
 ) -> Result<Response, ProxyError> {
@@ -61,7 +61,7 @@ pub async fn respond(
                 Relay::Raw
             };
             let body = relay_stream(resp, r.limits.watch(), record, relay);
-            Ok(response(status, headers, Body::from_stream(body)))
+            Ok(response(status, headers, body))
         }
         Conversion::None => relay_whole(ctx, &r, resp, meter).await,
         Conversion::Chat(chat) if resp.status().is_success() && sse => {
@@ -89,7 +89,7 @@ pub async fn respond(
 fn relay_any(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     meter: Meter,
     sse: bool,
 ) -> Response {
@@ -105,7 +105,7 @@ fn relay_any(
         Relay::Passthrough
     };
     let body = relay_stream(resp, r.limits.watch(), record, relay);
-    response(status, headers, Body::from_stream(body))
+    response(status, headers, body)
 }
 
 /// A message batch (or a list of them): every `results_url` made to lead back to the proxy
@@ -113,7 +113,7 @@ fn relay_any(
 async fn batch_object(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     origin: &str,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -182,7 +182,7 @@ fn is_json(h: &HeaderMap) -> bool {
 async fn relay_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     meter: Meter,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -197,7 +197,7 @@ async fn relay_whole(
 async fn chat_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     chat: ChatInfo,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -228,7 +228,7 @@ async fn chat_whole(
 fn chat_stream(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     chat: ChatInfo,
 ) -> Response {
     let status = resp.status();
@@ -241,7 +241,7 @@ fn chat_stream(
     .legacy_functions(chat.legacy_functions);
     let record = ctx.stream_started(status.as_u16());
     let relay = Relay::Chat(Box::new((convert::SseParser::new(), conv)));
-    let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
+    let body = relay_stream(resp, r.limits.watch(), record, relay);
     response(status, event_stream_headers(request_id), body)
 }
 
@@ -263,7 +263,7 @@ fn event_stream_headers(request_id: Option<HeaderValue>) -> HeaderMap {
 async fn responses_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     info: ResponsesInfo,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
@@ -297,7 +297,7 @@ async fn responses_whole(
 fn responses_stream(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     info: ResponsesInfo,
 ) -> Response {
     let status = resp.status();
@@ -309,7 +309,7 @@ fn responses_stream(
         items,
     });
     let relay = Relay::Responses(Box::new((convert::SseParser::new(), conv, keep)));
-    let body = Body::from_stream(relay_stream(resp, r.limits.watch(), record, relay));
+    let body = relay_stream(resp, r.limits.watch(), record, relay);
     response(status, event_stream_headers(request_id), body)
 }
 
@@ -341,7 +341,7 @@ impl Keep {
 async fn input_tokens(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
@@ -377,7 +377,7 @@ async fn input_tokens(
 async fn models(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
 ) -> Result<Response, ProxyError> {
     let status = resp.status();
     let upstream_headers = resp.headers().clone();
@@ -467,7 +467,7 @@ pub fn model_list(
 async fn read_whole(
     ctx: &mut RequestCtx,
     r: &Respond<'_>,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
 ) -> Result<Bytes, ProxyError> {
     let Ok(read) = tokio::time::timeout_at(r.deadline, resp.bytes()).await else {
         return Err(ProxyError::new(
@@ -571,37 +571,57 @@ struct StreamState<S> {
 /// server is ending its streams, the client gets the error event of its dialect
 /// and the record says why.
 fn relay_stream(
-    resp: reqwest::Response,
+    resp: upstream::UpResponse,
     watch: StreamWatch,
     record: Option<InFlight>,
     relay: Relay,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let st = StreamState {
+) -> Body {
+    Body::new(StreamState {
         upstream: resp.bytes_stream(),
         watch,
         record,
         relay,
         done: false,
-    };
-    futures_util::stream::unfold(st, |mut st| async move {
+    })
+}
+
+/// The relayed stream is the response body itself: each poll waits for the upstream's next
+/// chunk and hands on what it became (no stream adapter or future per chunk).
+impl<S> http_body::Body for StreamState<S>
+where
+    S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        let st = self.get_mut();
         loop {
             if st.done {
-                return None;
+                return Poll::Ready(None);
             }
-            let out = match st.watch.next(&mut st.upstream).await {
+            let out = match std::task::ready!(st.watch.poll_next(&mut st.upstream, cx)) {
                 StreamNext::Chunk(chunk) => st.on_chunk(chunk),
                 StreamNext::Broken(e) => match st.on_broken(e) {
                     Ok(bytes) => bytes,
                     // Aborts the client's response: it sees an incomplete body.
-                    Err(cut) => return Some((Err(cut), st)),
+                    Err(cut) => return Poll::Ready(Some(Err(cut))),
                 },
                 StreamNext::End => st.on_end(),
             };
             if !out.is_empty() {
-                return Some((Ok(out), st));
+                return Poll::Ready(Some(Ok(http_body::Frame::data(out))));
             }
         }
-    })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
 }
 
 impl<S> StreamState<S> {

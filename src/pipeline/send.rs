@@ -25,7 +25,7 @@ pub async fn send(
     query: Option<&str>,
     plan: &Plan,
     headers_for: impl Fn(&UpstreamAuth) -> HeaderMap,
-) -> Result<(reqwest::Response, Chosen), ProxyError> {
+) -> Result<(crate::upstream::UpResponse, Chosen), ProxyError> {
     let n = plan.candidates.len();
     let mut last = None;
     for (i, candidate) in plan.candidates.iter().enumerate() {
@@ -70,14 +70,14 @@ pub async fn send(
 
 enum Judged {
     /// The answer goes to the client.
-    Keep(Result<reqwest::Response, ProxyError>),
+    Keep(Result<crate::upstream::UpResponse, ProxyError>),
     /// Another credential should be tried, if there is one.
-    Next(Result<reqwest::Response, ProxyError>),
+    Next(Result<crate::upstream::UpResponse, ProxyError>),
 }
 
 /// What an answer says about the credential that got it: successes clear failure marks and
 /// report subscription limits; refusals and failures bench it.
-async fn judge(chosen: &Chosen, result: Result<reqwest::Response, ProxyError>) -> Judged {
+async fn judge(chosen: &Chosen, result: Result<crate::upstream::UpResponse, ProxyError>) -> Judged {
     let Some(member) = &chosen.member else {
         return Judged::Keep(result);
     };
@@ -118,7 +118,7 @@ async fn judge(chosen: &Chosen, result: Result<reqwest::Response, ProxyError>) -
 /// is tried. Any other 400 is the client's.
 async fn extra_usage_refusal(
     member: &crate::credentials::Member,
-    resp: reqwest::Response,
+    resp: crate::upstream::UpResponse,
     now: u64,
 ) -> Judged {
     let status = resp.status().as_u16();
@@ -155,7 +155,7 @@ async fn attempt(
     chosen: &Chosen,
     headers_for: &impl Fn(&UpstreamAuth) -> HeaderMap,
     retries: bool,
-) -> Result<reqwest::Response, ProxyError> {
+) -> Result<crate::upstream::UpResponse, ProxyError> {
     let settings = &state.settings;
     let max_retries = if retries {
         settings.retries.max_retries
@@ -213,7 +213,7 @@ async fn once(
     p: &Prepared,
     query: Option<&str>,
     headers: HeaderMap,
-) -> Result<reqwest::Response, ProxyError> {
+) -> Result<crate::upstream::UpResponse, ProxyError> {
     state
         .upstream
         .send(p.method.clone(), &p.path, query, headers, p.body.clone())
@@ -227,7 +227,7 @@ fn retry_delay(
     settings: &Settings,
     attempt: u32,
     max_retries: u32,
-    result: &Result<reqwest::Response, ProxyError>,
+    result: &Result<crate::upstream::UpResponse, ProxyError>,
 ) -> Option<Duration> {
     if attempt >= max_retries {
         return None;

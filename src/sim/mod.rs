@@ -70,7 +70,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -229,13 +228,40 @@ pub fn start_on(listener: TcpListener, record: bool) -> std::io::Result<SimHandl
     let addr = listener.local_addr()?;
     let state = Arc::new(SimState::new(record));
     let app = router(state.clone());
-    let task = tokio::spawn(async move {
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let _ = axum::serve(listener, app).await;
-    });
+    let task = tokio::spawn(serve(listener, app));
     Ok(SimHandle { addr, state, task })
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (h2c with prior knowledge), with no cap on the streams of one
+/// HTTP/2 connection (hyper's default is 200): a proxy whose upstream leg is h2c
+/// (`upstream_h2c`) carries thousands of concurrent streams on one connection.
+async fn serve(listener: TcpListener, app: Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(None);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                // Out of descriptors, say: give open connections a moment.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            |req: axum::http::Request<hyper::body::Incoming>| req.map(Body::new),
+        ));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
 }
 
 pub fn router(state: Arc<SimState>) -> Router {

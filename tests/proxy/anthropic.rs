@@ -546,6 +546,49 @@ cases!(upstream_errors_keep_status_body_and_headers {
     pt: ("/pt")
 });
 
+/// `upstream_h2c`: the upstream leg is HTTP/2 with prior knowledge, many requests on one
+/// connection; answers and streams are what they are over HTTP/1.1.
+async fn h2c_upstream_leg_carries_answers_and_streams(mode: &str) {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        tweak: Some(|s| s.upstream.h2c = true),
+        ..Opts::default()
+    })
+    .await;
+    let url = format!("{mode}/v1/messages");
+    let resp = env.post(&url, None, &message("hi", false)).await;
+    assert_eq!(resp.status(), 200, "{mode}");
+    let v = json_of(resp).await;
+    assert_eq!(v["type"], "message");
+    let streams = (0..8).map(|_| async {
+        let resp = env
+            .post(&url, None, &message("[sim:deltas=16]", true))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.unwrap();
+        let names: Vec<String> = parse_sse(&body).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(names.first().map(String::as_str), Some("message_start"));
+        assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    });
+    futures_util::future::join_all(streams).await;
+    let seen = env.sim_state().requests();
+    assert_eq!(seen.len(), 9);
+    // HTTP/2 carries the authority in its pseudo-header: no `host` header reached the upstream.
+    for r in &seen {
+        assert!(
+            !r.headers.iter().any(|(k, _)| k == "host"),
+            "{mode}: {:?}",
+            r.headers
+        );
+    }
+}
+
+cases!(h2c_upstream_leg_carries_answers_and_streams {
+    full: (""),
+    min: ("/min"),
+    pt: ("/pt")
+});
+
 async fn exactly_one_upstream_request_per_client_request(mode: &str) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
