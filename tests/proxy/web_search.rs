@@ -113,3 +113,49 @@ async fn responses_web_search_tool_gives_a_web_search_call_and_the_text() {
     let up: Value = serde_json::from_slice(&env.sim_state().last_request().unwrap().body).unwrap();
     assert_eq!(up["tools"][0]["allowed_domains"], json!(["news.example"]));
 }
+
+/// `service_tier` reaches the upstream as Anthropic's equivalent (Chat and Responses), and a
+/// `web_search_options` of the wrong shape is a 400 naming the field.
+#[tokio::test]
+async fn service_tier_is_mapped_and_bad_web_search_options_are_refused() {
+    let env = TestEnv::with_api_key().await;
+    let sent_tier = |env: &TestEnv| {
+        let up: Value =
+            serde_json::from_slice(&env.sim_state().last_request().unwrap().body).unwrap();
+        up.get("service_tier").cloned()
+    };
+    for (tier, want) in [
+        ("default", Some(json!("standard_only"))),
+        ("priority", Some(json!("auto"))),
+        ("flex", None),
+    ] {
+        let body = json!({"model": "gpt-4o", "service_tier": tier,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let resp = env.post("/openai/v1/chat/completions", None, &body).await;
+        assert_eq!(resp.status(), 200, "{tier}");
+        assert_eq!(sent_tier(&env), want, "chat {tier}");
+        let body = json!({"model": "gpt-5", "service_tier": tier, "input": "hi", "store": false});
+        let resp = env.post("/min/openai/v1/responses", None, &body).await;
+        assert_eq!(resp.status(), 200, "{tier}");
+        assert_eq!(sent_tier(&env), want, "responses {tier}");
+    }
+    let before = env.sim_state().requests().len();
+    let body = json!({"model": "gpt-4o", "web_search_options": "yes",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let resp = env.post("/openai/v1/chat/completions", None, &body).await;
+    assert_eq!(resp.status(), 400);
+    let v = json_of(resp).await;
+    assert!(is_openai_envelope(&v), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("web_search_options"),
+        "{v}"
+    );
+    assert_eq!(
+        env.sim_state().requests().len(),
+        before,
+        "nothing went upstream"
+    );
+}
