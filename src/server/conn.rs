@@ -106,7 +106,9 @@ pub async fn accept_loop(
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
             .into_owned();
-        let conn = graceful.watch(conn);
+        // The connection's own wake-ups (hyper's dispatcher and the handler feeding each other
+        // through channels) are absorbed instead of rescheduling the task: `util::gate`.
+        let conn = crate::util::gate::Coalesced::new(graceful.watch(conn));
         tokio::spawn(async move {
             // Errors here are the client's (reset, timeout, bad request line).
             let _ = conn.await;

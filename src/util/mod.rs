@@ -1,3 +1,4 @@
 //! Small leaf helpers with no dependency on the rest of the crate.
 
+pub mod gate;
 pub mod time;

@@ -27,5 +27,6 @@ mod retries;
 mod security;
 mod shutdown;
 mod sim_tools;
+mod upstream_conns;
 mod usage;
 mod web_search;

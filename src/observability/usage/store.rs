@@ -198,12 +198,17 @@ pub fn spawn_sink(sink: Box<dyn Sink>, db: crate::db::Database, capacity: usize)
     let spawned = std::thread::Builder::new()
         .name("ccproxy-usage-writer".into())
         .spawn(move || writer_loop(sink, rx, &thread_shared));
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, path = %path.display(), "cannot start the usage writer thread; usage will not be recorded");
-        shared.fail(format!("cannot start the usage writer thread: {e}"));
-    }
+    let thread = match spawned {
+        Ok(handle) => Some(handle.thread().clone()),
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "cannot start the usage writer thread; usage will not be recorded");
+            shared.fail(format!("cannot start the usage writer thread: {e}"));
+            None
+        }
+    };
     UsageWriter {
         tx: Some(tx),
+        thread,
         shared,
         path,
         db,
@@ -405,6 +410,8 @@ impl Shared {
 pub struct UsageWriter {
     /// `None`: the store could not be opened ([`UsageWriter::unavailable`]).
     tx: Option<SyncSender<Msg>>,
+    /// The writer thread, unparked by a flush (records wait for the batch window's end).
+    thread: Option<std::thread::Thread>,
     shared: Arc<Shared>,
     path: Arc<PathBuf>,
     db: Arc<crate::db::Database>,
@@ -464,6 +471,7 @@ impl UsageWriter {
     pub fn unavailable(path: &Path, error: &UsageError) -> UsageWriter {
         UsageWriter {
             tx: None,
+            thread: None,
             shared: Arc::new(Shared::new(Some(error.to_string()))),
             path: Arc::new(path.to_owned()),
             db: Arc::new(crate::db::Database::Sqlite(path.to_owned())),
@@ -516,6 +524,12 @@ impl UsageWriter {
         }
     }
 
+    fn unpark(&self) {
+        if let Some(t) = &self.thread {
+            t.unpark();
+        }
+    }
+
     /// Records dropped so far: queue full, writer gone, or a failed write.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
@@ -539,6 +553,7 @@ impl UsageWriter {
         let Some(tx) = &self.tx else { return };
         let (ack_tx, ack_rx) = mpsc::channel();
         if tx.send(Msg::Flush(ack_tx)).is_ok() {
+            self.unpark();
             let _ = ack_rx.recv();
         }
     }
@@ -559,10 +574,12 @@ impl UsageWriter {
                         return false;
                     }
                     msg = back;
+                    self.unpark();
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
         }
+        self.unpark();
         let left = deadline.saturating_duration_since(Instant::now());
         !matches!(
             ack_rx.recv_timeout(left),
@@ -590,6 +607,7 @@ impl UsageWriter {
             let Some(tx) = &self.tx else { return };
             let (ack_tx, ack_rx) = mpsc::channel();
             if tx.send(Msg::Stall(ack_tx)).is_ok() {
+                self.unpark();
                 let _ = ack_rx.recv();
             }
         } else {
@@ -600,6 +618,9 @@ impl UsageWriter {
 
 /// How long the writer gathers records into one transaction.
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The longest the writer sleeps before it looks at the queue again within a window.
+const BATCH_SLICE: Duration = Duration::from_millis(25);
 
 /// Rows kept while a retrying sink's database is unreachable; older ones are dropped (and
 /// counted) past this.
@@ -625,25 +646,34 @@ fn writer_loop(mut sink: Box<dyn Sink>, rx: Receiver<Msg>, shared: &Shared) {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         };
-        // Collect for a short window so a busy proxy writes one transaction per
-        // window, not one per request; a flush request ends the window at once.
+        // Collect for a short window so a busy proxy writes one transaction per window, not one
+        // per request; a flush request (which unparks this thread) ends the window at once.
+        // Between drains the thread sleeps in slices instead of waiting on the channel, so a
+        // record's send never wakes it: one wake-up per slice, not one per request.
         let deadline = std::time::Instant::now() + BATCH_WINDOW;
         let mut next = first;
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Record(r) => batch.push(*r),
-                Msg::Flush(ack) => acks.push(ack),
-                Msg::Stall(ack) => {
-                    write_batch(sink.as_mut(), &mut batch, &mut backlog, &mut acks, shared);
-                    let _ = ack.send(());
-                    shared.wait_unstalled();
+        'window: loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Record(r) => batch.push(*r),
+                    Msg::Flush(ack) => acks.push(ack),
+                    Msg::Stall(ack) => {
+                        write_batch(sink.as_mut(), &mut batch, &mut backlog, &mut acks, shared);
+                        let _ = ack.send(());
+                        shared.wait_unstalled();
+                    }
                 }
-            }
-            if batch.len() >= MAX_BATCH || !acks.is_empty() {
-                break;
+                if batch.len() >= MAX_BATCH || !acks.is_empty() {
+                    break 'window;
+                }
+                next = rx.try_recv().ok();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            next = rx.recv_timeout(left).ok();
+            if left.is_zero() {
+                break;
+            }
+            std::thread::park_timeout(left.min(BATCH_SLICE));
+            next = rx.try_recv().ok();
         }
         write_batch(sink.as_mut(), &mut batch, &mut backlog, &mut acks, shared);
     }

@@ -19,6 +19,8 @@ use crate::claude_code::{self, DEFAULT_ANTHROPIC_VERSION};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::routes::Mode;
 
+mod h1;
+
 /// The credential that goes upstream with one request.
 #[derive(Clone)]
 pub enum UpstreamAuth {
@@ -109,8 +111,44 @@ impl Default for UpBody {
     }
 }
 
+/// The body of an upstream answer: from hyper-util's pool (TLS, h2c), or from a connection the
+/// reader drives itself (plain HTTP/1.1, [`h1`]).
+enum RespBody {
+    Pooled(Incoming),
+    Inline(h1::InlineBody),
+}
+
+impl http_body::Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RespBody::Inline(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Pooled(b) => b.is_end_stream(),
+            RespBody::Inline(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RespBody::Pooled(b) => b.size_hint(),
+            RespBody::Inline(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The upstream's answer: its head, and its body still to be read.
-pub struct UpResponse(axum::http::Response<Incoming>);
+pub struct UpResponse(axum::http::Response<RespBody>);
 
 impl UpResponse {
     pub fn status(&self) -> StatusCode {
@@ -133,7 +171,7 @@ impl UpResponse {
 }
 
 /// An upstream body read as it arrives (data frames; trailers are dropped).
-pub struct UpStream(Incoming);
+pub struct UpStream(RespBody);
 
 impl Stream for UpStream {
     type Item = Result<Bytes, hyper::Error>;
@@ -170,6 +208,8 @@ const H2C_CONNECTIONS: usize = 8;
 /// by ALPN), `TCP_NODELAY`, no redirects, no proxy; and a `reqwest` client on the same settings
 /// for the OAuth endpoints.
 pub struct Upstream {
+    /// A plain `http://` upstream without h2c: connections driven by the requests' own tasks.
+    h1: Option<h1::Pool>,
     /// One client (its pool) over HTTP/1.1; with `h2c`, [`H2C_CONNECTIONS`] clients taken in
     /// turn, each with its one multiplexed connection.
     clients: Vec<Client<Connector, ReqBody>>,
@@ -204,10 +244,25 @@ impl Upstream {
         let origin = format!("{scheme}://{authority}");
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let h2c = h2c && scheme == "http";
+        let h1 = if scheme == "http" && !h2c {
+            let host = uri.host().unwrap_or_default();
+            let pool = h1::Pool::new(
+                host,
+                uri.port_u16().unwrap_or(80),
+                authority.as_str(),
+                connect_timeout,
+            );
+            Some(pool.ok_or_else(|| {
+                std::io::Error::other(format!("upstream URL {base} has an invalid host"))
+            })?)
+        } else {
+            None
+        };
         let clients = (0..if h2c { H2C_CONNECTIONS } else { 1 })
             .map(|_| crate::http::upstream_client(connect_timeout, h2c))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstream {
+            h1,
             clients,
             next: std::sync::atomic::AtomicUsize::new(0),
             oauth,
@@ -236,13 +291,16 @@ impl Upstream {
         headers: HeaderMap,
         body: UpBody,
     ) -> Result<UpResponse, ProxyError> {
+        // Origin form (`/path?query`) for the connections driven here, absolute otherwise.
+        let origin = if self.h1.is_some() {
+            ""
+        } else {
+            self.origin.as_str()
+        };
         let mut target = String::with_capacity(
-            self.origin.len()
-                + self.base_path.len()
-                + path.len()
-                + query.map_or(0, |q| q.len() + 1),
+            origin.len() + self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );
-        target.push_str(&self.origin);
+        target.push_str(origin);
         target.push_str(&self.base_path);
         target.push_str(path);
         if let Some(q) = query {
@@ -278,6 +336,40 @@ impl Upstream {
             req.headers_mut()
                 .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
+        let timed_out = || {
+            ProxyError::new(
+                ErrorKind::GatewayTimeout,
+                Origin::Upstream,
+                format!(
+                    "upstream did not answer within {} s",
+                    self.header_timeout.as_secs_f64()
+                ),
+            )
+        };
+        if let Some(pool) = &self.h1 {
+            return match tokio::time::timeout(self.header_timeout, pool.send(req)).await {
+                Ok(Ok(resp)) => Ok(UpResponse(resp.map(RespBody::Inline))),
+                Ok(Err(h1::SendError::Connect(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    Err(ProxyError::new(
+                        ErrorKind::GatewayTimeout,
+                        Origin::Upstream,
+                        "upstream timed out",
+                    )
+                    .with_cause(e))
+                }
+                Ok(Err(h1::SendError::Connect(e))) => {
+                    Err(transport_error(e, "upstream unreachable"))
+                }
+                Ok(Err(h1::SendError::Http(e))) if is_timeout(&e) => Err(ProxyError::new(
+                    ErrorKind::GatewayTimeout,
+                    Origin::Upstream,
+                    "upstream timed out",
+                )
+                .with_cause(e)),
+                Ok(Err(h1::SendError::Http(e))) => Err(transport_error(e, "upstream unreachable")),
+                Err(_) => Err(timed_out()),
+            };
+        }
         let client = match self.clients.as_slice() {
             [one] => one,
             many => {
@@ -286,16 +378,9 @@ impl Upstream {
             }
         };
         match tokio::time::timeout(self.header_timeout, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(UpResponse(resp)),
+            Ok(Ok(resp)) => Ok(UpResponse(resp.map(RespBody::Pooled))),
             Ok(Err(e)) => Err(map_send_error(e)),
-            Err(_) => Err(ProxyError::new(
-                ErrorKind::GatewayTimeout,
-                Origin::Upstream,
-                format!(
-                    "upstream did not answer within {} s",
-                    self.header_timeout.as_secs_f64()
-                ),
-            )),
+            Err(_) => Err(timed_out()),
         }
     }
 }

@@ -1,0 +1,254 @@
+//! The upstream leg's own connections (`upstream::h1`, a plain `http://` upstream): kept and
+//! reused across requests and streams, an idle one the upstream closed is not used (the request
+//! goes on a fresh one), and one whose answer a client abandoned is closed, not reused. Against a
+//! raw HTTP/1.1 upstream written here, which counts the connections it accepts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+const ANSWER: &str = r#"{"id":"msg_raw","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}"#;
+
+/// How the raw upstream treats a connection after an answer.
+#[derive(Clone, Copy)]
+enum AfterAnswer {
+    /// Keeps it open for the next request.
+    KeepAlive,
+    /// Closes it after this long without a request (no `Connection: close`: the proxy learns of
+    /// it only from the socket).
+    CloseIdleAfter(Duration),
+}
+
+struct RawUpstream {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    /// Connections closed by their peer (the proxy) while the upstream was still sending.
+    cut: Arc<AtomicUsize>,
+}
+
+/// An HTTP/1.1 upstream: `POST /v1/messages` answers [`ANSWER`]; with a body containing
+/// `short-stream`, a whole chunked event stream; with `slow-stream`, one SSE event and then
+/// nothing for 30 s.
+async fn raw_upstream(after: AfterAnswer) -> RawUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let cut = Arc::new(AtomicUsize::new(0));
+    let (a, c) = (accepted.clone(), cut.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(s, after, c.clone()));
+        }
+    });
+    RawUpstream { url, accepted, cut }
+}
+
+async fn serve(mut s: TcpStream, after: AfterAnswer, cut: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    loop {
+        // One request: the head, then `content-length` bytes.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = match after {
+                AfterAnswer::CloseIdleAfter(d) => {
+                    match tokio::time::timeout(d, s.read(&mut chunk)).await {
+                        Ok(r) => r,
+                        Err(_) => return, // idle too long: closed
+                    }
+                }
+                AfterAnswer::KeepAlive => s.read(&mut chunk).await,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+        buf.drain(..head_end + len);
+        if body.contains("slow-stream") {
+            let event = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_raw\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":3,\"output_tokens\":0}}}\n\n";
+            let out = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+                event.len()
+            );
+            if s.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            // Nothing more; a peer that goes away is seen as a read of 0 (or an error).
+            let mut chunk = [0u8; 64];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk)).await
+            {
+                cut.fetch_add(1, Ordering::SeqCst);
+            }
+            return;
+        }
+        if body.contains("short-stream") {
+            let events = [
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_raw\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"usage\":{\"input_tokens\":3,\"output_tokens\":0}}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n",
+                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+            ];
+            let mut out = String::from(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            );
+            for e in events {
+                out.push_str(&format!("{:x}\r\n{e}\r\n", e.len()));
+            }
+            out.push_str("0\r\n\r\n");
+            if s.write_all(out.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nrequest-id: req_raw\r\n\r\n{ANSWER}",
+            ANSWER.len()
+        );
+        if s.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn proxy_to(upstream: &RawUpstream) -> TestEnv {
+    TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        upstream_url: Some(upstream.url.clone()),
+        ..Opts::default()
+    })
+    .await
+}
+
+fn message(text: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 16,
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}]
+    })
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let up = raw_upstream(AfterAnswer::KeepAlive).await;
+    let env = proxy_to(&up).await;
+    for base in ["/pt", "/min", ""] {
+        for i in 0..10 {
+            let resp = env
+                .post(&format!("{base}/v1/messages"), None, &message("hi", false))
+                .await;
+            assert_eq!(resp.status(), 200, "{base} request {i}");
+            let v = json_of(resp).await;
+            assert_eq!(v["id"], "msg_raw", "{base} request {i}: {v}");
+        }
+    }
+    for base in ["/pt", ""] {
+        for i in 0..5 {
+            let resp = env
+                .post(
+                    &format!("{base}/v1/messages"),
+                    None,
+                    &message("short-stream", true),
+                )
+                .await;
+            assert_eq!(resp.status(), 200, "{base} stream {i}");
+            let text = resp.text().await.unwrap();
+            assert!(text.contains("message_stop"), "{base} stream {i}: {text}");
+        }
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "30 sequential requests and 10 streams should share one upstream connection"
+    );
+    // Concurrent requests open more, and those go back to the pool too.
+    let hi = message("hi", false);
+    let all = (0..8).map(|_| env.post("/pt/v1/messages", None, &hi));
+    for resp in futures_util::future::join_all(all).await {
+        assert_eq!(resp.status(), 200);
+        json_of(resp).await;
+    }
+    let after_burst = up.accepted.load(Ordering::SeqCst);
+    assert!((2..=8).contains(&after_burst), "{after_burst} connections");
+    for _ in 0..10 {
+        let resp = env
+            .post("/pt/v1/messages", None, &message("hi", false))
+            .await;
+        assert_eq!(resp.status(), 200);
+        json_of(resp).await;
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), after_burst);
+}
+
+#[tokio::test]
+async fn idle_connections_the_upstream_closed_are_not_used() {
+    let up = raw_upstream(AfterAnswer::CloseIdleAfter(Duration::from_millis(100))).await;
+    let env = proxy_to(&up).await;
+    for i in 0..5 {
+        let resp = env.post("/v1/messages", None, &message("hi", false)).await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(json_of(resp).await["id"], "msg_raw");
+        // The upstream closes the idle connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_connection_whose_answer_was_abandoned_is_closed_not_reused() {
+    let up = raw_upstream(AfterAnswer::KeepAlive).await;
+    let env = proxy_to(&up).await;
+    for base in ["/pt", ""] {
+        let mut resp = env
+            .post(
+                &format!("{base}/v1/messages"),
+                None,
+                &message("slow-stream", true),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let first = resp.chunk().await.unwrap().expect("the first event");
+        assert!(
+            String::from_utf8_lossy(&first).contains("message_start"),
+            "{first:?}"
+        );
+        drop(resp);
+    }
+    // Each abandoned answer's upstream connection is closed (the upstream sees its peer go)...
+    let cut = &up.cut;
+    assert!(
+        wait_until(Duration::from_secs(5), || cut.load(Ordering::SeqCst) == 2)
+            .await
+            .is_some(),
+        "{} of 2 abandoned upstream connections closed",
+        cut.load(Ordering::SeqCst)
+    );
+    // ... and the next request opens a fresh one.
+    let resp = env.post("/v1/messages", None, &message("hi", false)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json_of(resp).await["id"], "msg_raw");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+}
