@@ -19,6 +19,7 @@ BENCH=$BIN/ccproxy-bench
 KEY=sk-ant-api03-bench-key
 U=http://127.0.0.1
 SIM_PORT=18001 PROXY_PORT=18002 CCA_PORT=18003 LITE_PORT=18004 LEAN_PORT=18005 FRESH_PORT=18006 RELAY_PORT=18009
+KEYS0_PORT=18007 KEYS1K_PORT=18008 KEYS1_PORT=18010
 
 ip link set lo up
 # Loopback only: refuse to go on if any other interface is up.
@@ -115,9 +116,12 @@ bench() { # scenario args...
 
 if [ "$QUICK" = 1 ]; then
   R1=3 N1=200 R2=3 N2=50 S3=1 R3=1 R4=3 N4=50 R4B=2 N4B=4 HOLD=2 STEPS="64 1000" PR=2 PN=30 PS=2
+  SK=1 RK=2 SE=1 RE=2
 else
   R1=15 N1=500 R2=11 N2=150 S3=1.5 R3=3 R4=11 N4=200 R4B=5 N4B=8 HOLD=3 STEPS="64 1000 2500 5000 10000" PR=5 PN=100 PS=3
+  SK=1.5 RK=5 SE=2 RE=3
 fi
+AFTER=30 # seconds of RSS samples after the concurrent-streams burst (4c), every 5 s
 
 # --- scenario 0: the simulated upstream's own ceiling -------------------------------------
 note "== 0: simulated upstream ceiling"
@@ -169,7 +173,86 @@ for n in $STEPS; do
 done
 "$BENCH" proc --pid "$PROXY" --label ccproxy-after-load --out "$RES" >/dev/null
 "$BENCH" proc --pid "$FRESH" --label ccproxy-streams-after --out "$RES" >/dev/null
-kill "$FRESH" 2>/dev/null || true
+# Memory after the burst (issue 15): the 4c process, idle now, sampled every 5 s for $AFTER s
+# in the background while the next scenarios run (they do not touch it).
+(
+  for ((t = 5; t <= AFTER; t += 5)); do
+    sleep 5
+    "$BENCH" proc --pid "$FRESH" --label "ccproxy-streams-after-${t}s" --out "$RES" >/dev/null 2>&1 || true
+  done
+) &
+AFTER_SAMPLER=$!
+PIDS+=("$AFTER_SAMPLER")
+
+# --- scenario 4d: CPU per streamed event, ccproxy beside the bare relay --------------------
+# Streams of 64 deltas 1 ms apart (each event its own read and write on every hop), c=32. CPU per
+# event = (CPU per stream - CPU per small request at c=32, scenario 3) / events per stream, for
+# ccproxy and for the relay alike.
+note "== 4d: CPU per streamed event, c=32 (64 deltas, 1 ms apart)"
+bench s4-events-c32 --arm "$D_ANTH" --arm "$PT_ANTH" \
+  --arm "name=ccproxy-full-openai,url=$U:$PROXY_PORT/openai/v1/chat/completions,body=openai,base=direct-anthropic,$P" \
+  --arm "name=ref-tcp-relay,url=$U:$RELAY_PORT/v1/messages,base=direct-anthropic,pid=$RELAY" \
+  -c 32 --stream --deltas 64 --gap-ms 1 --seconds $SE --rounds $RE --warmup 64 --stall-ms 500
+
+# --- scenario 3k: 1 000 client keys configured vs none ------------------------------------
+# Fresh ccproxy processes with the same settings (each its own usage database): one with no client
+# key, one with a single key, one with 1 000 (the arm's key made by `ccproxy keys create`, 999 more
+# rows of the same shape written straight into its `client_keys` table: 1 000 CLI runs would take
+# ~40 s). The 1-key process tells the cost of having client keys at all from that of their
+# number. Passthrough, small requests, c=32, interleaved rounds.
+note "== 3k: 1 000 client keys vs 1 vs none, c=32"
+keys_ok=1
+CKS=()
+for k in 0 1 1k; do
+  h=$OUT/home-ccproxy-keys$k
+  mkdir -p "$h/.config"
+  printf 'max_concurrent_requests = 16384\nusage_db = "%s"\n' "$h/usage.db" >"$h/ccproxy.toml"
+  [ "$k" = 0 ] && continue
+  ck=$(env -i PATH=/usr/bin:/bin HOME="$h" XDG_CONFIG_HOME="$h/.config" \
+    "$BIN/ccproxy" keys create --config "$h/ccproxy.toml" bench-0000 2>>"$LOG" | grep -o 'ccp-[A-Za-z0-9_-]*' | head -1) || true
+  [ -n "$ck" ] || keys_ok=0
+  CKS+=("$ck")
+done
+if [ "$keys_ok" = 0 ] || ! python3 - "$OUT/home-ccproxy-keys1k/usage.db" 999 2>>"$LOG" <<'EOF'
+import hashlib, secrets, sqlite3, string, sys, time
+db, n = sys.argv[1], int(sys.argv[2])
+alphabet = string.ascii_letters + string.digits
+c = sqlite3.connect(db)
+now = int(time.time() * 1000)
+rows = []
+for i in range(1, n + 1):
+    key = "ccp-" + "".join(secrets.choice(alphabet) for _ in range(40))
+    rows.append((f"bench-{i:04d}", hashlib.sha256(key.encode()).digest(), key[:8], now))
+c.executemany("INSERT INTO client_keys (name, digest, prefix, created_at_ms) VALUES (?, ?, ?, ?)", rows)
+c.commit()
+total = c.execute("SELECT count(*) FROM client_keys").fetchone()[0]
+assert total == n + 1, total
+EOF
+then
+  note "3k: could not configure the client keys (see run.log)"
+  keys_ok=0
+fi
+if [ "$keys_ok" = 1 ]; then
+  KPIDS=()
+  for k in 0 1 1k; do
+    h=$OUT/home-ccproxy-keys$k
+    case $k in 0) port=$KEYS0_PORT ;; 1) port=$KEYS1_PORT ;; *) port=$KEYS1K_PORT ;; esac
+    env -i PATH=/usr/bin:/bin HOME="$h" XDG_CONFIG_HOME="$h/.config" ANTHROPIC_API_KEY=$KEY \
+      "$BIN/ccproxy" serve --config "$h/ccproxy.toml" --host 127.0.0.1 --port $port \
+      --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-keys$k.log" 2>&1 &
+    KPIDS+=($!)
+    PIDS+=($!)
+    wait_port $port $! || { note "ccproxy (keys $k) did not start"; keys_ok=0; }
+  done
+  if [ "$keys_ok" = 1 ]; then
+    bench s3-keys-c32 --arm "$D_ANTH" \
+      --arm "name=ccproxy-pt-keys0,url=$U:$KEYS0_PORT/pt/v1/messages,base=direct-anthropic,pid=${KPIDS[0]}" \
+      --arm "name=ccproxy-pt-keys1,url=$U:$KEYS1_PORT/pt/v1/messages,base=direct-anthropic,pid=${KPIDS[1]},auth=x-api-key:${CKS[0]}" \
+      --arm "name=ccproxy-pt-keys1000,url=$U:$KEYS1K_PORT/pt/v1/messages,base=direct-anthropic,pid=${KPIDS[2]},auth=x-api-key:${CKS[1]}" \
+      -c 32 --seconds $SK --rounds $RK --warmup 500
+  fi
+  for p in "${KPIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+fi
 
 # --- scenario 5: conversion micro-benchmarks ----------------------------------------------
 note "== 5: conversion micro-benchmarks"
@@ -183,6 +266,9 @@ if [ -n "${BENCH_CONVERT:-}" ] && [ -x "$BENCH_CONVERT" ]; then
 else
   note "micro-benchmark executable not found"
 fi
+
+wait "$AFTER_SAMPLER" 2>/dev/null || true
+kill "$FRESH" 2>/dev/null || true
 
 # --- profile: where ccproxy's CPU goes under load -----------------------------------------
 if [ "${BENCH_PROFILE:-1}" = 1 ] && command -v perf >/dev/null 2>&1; then

@@ -228,6 +228,251 @@ idle = procs.get("ccproxy-idle")
 if idle:
     target_row("idle RSS", "≤ 15 MB", f"{mib(idle['rss_kb'])} ({idle['threads']} threads)", idle["rss_kb"] <= 15 * 1000)
 
+# ---------------------------------------------------------------------------------------
+# Targets of issue 15: ratios to the bare relay (`ref-tcp-relay`) measured in the same run, the
+# peers beside them where this run measured them. Each row is computed on its own: a missing
+# result (or an unexpected record) gives "not measured", never a crash.
+RELAY = "ref-tcp-relay"
+PEERS = (("ccproxy-api", "ccproxy-api"), ("litellm", "LiteLLM"))
+t15 = []
+
+
+def ratio_txt(a, b):
+    return f"{a / b:.2f}×" if a is not None and b else "–"
+
+
+def peer_cells(fn):
+    """'ccproxy-api: …; LiteLLM: …' from fn(peer) (None: not measured), or why not."""
+    parts = []
+    for peer, label in PEERS:
+        info = peers.get(peer) or {}
+        if not info.get("started"):
+            why = info.get("reason") or ("not run (`--no-peers`)" if not info else "not started")
+            parts.append(f"{label}: {why[:80]}")
+            continue
+        try:
+            v = fn(peer)
+        except Exception:
+            v = None
+        parts.append(f"{label}: {v if v is not None else 'not measured'}")
+    return "; ".join(parts)
+
+
+def row15(figure, target, fn):
+    try:
+        measured, relay, peer, ok = fn()
+    except Exception as e:  # a malformed record: say so, keep the report
+        measured, relay, peer, ok = f"not measured ({type(e).__name__}: {str(e)[:80]})", "–", "–", None
+    t15.append((figure, target, measured, relay, peer, "–" if ok is None else verdict(ok)))
+
+
+def cpu_row(name, lim, dialect):
+    def f():
+        r = arm("s3-c32", name)
+        rel = arm("s3-c32", RELAY)
+        rel_cpu = get(rel, "cpu_us_per_req")
+        relay = f"{us(rel_cpu)}" if rel_cpu is not None else "–"
+        route = "Anthropic route" if dialect == "anthropic" else "Chat route"
+        peer = peer_cells(lambda p: f"{us(get(arm(f'peer-{p}-c32', f'{p}-{dialect}'), 'cpu_us_per_req'))} ({route})"
+                          if get(arm(f"peer-{p}-c32", f"{p}-{dialect}"), "cpu_us_per_req") is not None else None)
+        if r is None or r.get("cpu_us_per_req") is None:
+            return "not measured in this run (scenario 3, c=32)", relay, peer, None
+        c = r["cpu_us_per_req"]
+        m = f"{us(c)} (rounds: {sp(r.get('cpu_us_per_req_rounds'))}); {ratio_txt(c, rel_cpu)} the relay's"
+        return m, relay, peer, c <= lim
+    return f
+
+
+row15("CPU per small request, passthrough (c=32)", "≤ 40 µs", cpu_row("ccproxy-pt-anthropic", 40, "anthropic"))
+row15("CPU per small request, OpenAI (Chat) conversion (c=32, full mode)", "≤ 60 µs", cpu_row("ccproxy-full-openai", 60, "openai"))
+
+
+def latency_row():
+    names = ["ccproxy-pt-anthropic", "ccproxy-pt-openai"]
+    w50 = worst("s1-small-c1", names, "p50_us")
+    w99 = worst("s1-small-c1", names, "p99_us")
+    rel = arm("s1-small-c1", RELAY)
+    r50, r99 = get(rel, "added", "p50_us"), get(rel, "added", "p99_us")
+    relay = f"added p50 {sp(r50)}, p99 {sp(r99)}" if r50 else "–"
+
+    def pc(p):
+        a = arm(f"peer-{p}-small-c1", f"{p}-anthropic")
+        if get(a, "added", "p50_us") is None:
+            return None
+        return f"added p50 {sp(get(a, 'added', 'p50_us'))}, p99 {sp(get(a, 'added', 'p99_us'))} (Anthropic route)"
+    peer = peer_cells(pc)
+    if not (w50 and w99):
+        return "not measured in this run (scenario 1)", relay, peer, None
+    m = (f"added p50 {sp(w50[1])}, p99 {sp(w99[1])} (worst of pt-anthropic, pt-openai)")
+    return m, relay, peer, w50[1]["median"] <= 60 and w99[1]["median"] <= 150
+
+
+row15("added latency, c=1, passthrough (small request)", "p50 ≤ 60 µs, p99 ≤ 150 µs", latency_row)
+
+
+def per_event(scenario, name, base_scenario="s3-c32"):
+    """(CPU per stream, CPU per small request, events per stream, CPU per event) of one arm."""
+    r = arm(scenario, name)
+    if r is None or r.get("cpu_us_per_req") is None or not r.get("events_per_stream_mean"):
+        return None
+    per_stream = r["cpu_us_per_req"]
+    ev = r["events_per_stream_mean"]
+    small = get(arm(base_scenario, name), "cpu_us_per_req")
+    marginal = (per_stream - small) / ev if small is not None else per_stream / ev
+    return per_stream, small, ev, marginal
+
+
+def stream_event_row():
+    c = per_event("s4-events-c32", "ccproxy-pt-anthropic")
+    rl = per_event("s4-events-c32", RELAY)
+    conv = per_event("s4-events-c32", "ccproxy-full-openai")
+
+    def pc(p):
+        a = arm(f"peer-{p}-streams-64", f"{p}-anthropic")
+        if a is None or a.get("cpu_us_per_req") is None or not a.get("events_per_stream_mean"):
+            return None
+        return (f"{us(a['cpu_us_per_req'] / a['events_per_stream_mean'])} per event, request included "
+                f"({us(a['cpu_us_per_req'])} per stream, 64 paced streams, Anthropic route)")
+    peer = peer_cells(pc)
+
+    def fmt(x):
+        per_stream, small, ev, marginal = x
+        base = f"({us(per_stream)} per stream − {us(small)} per small request) / {ev:g} events" if small is not None \
+            else f"{us(per_stream)} per stream / {ev:g} events (no small-request figure to subtract)"
+        return f"{us(marginal)} per event = {base}"
+    relay = fmt(rl) if rl else "–"
+    if not (c and rl):
+        return "not measured in this run (scenario 4d)", relay, peer, None
+    x = c[3] / rl[3] if rl[3] > 0 else None
+    m = f"passthrough: {fmt(c)}; **{x:.2f}×** the relay's" if x is not None else f"passthrough: {fmt(c)}"
+    if conv:
+        m += f"; OpenAI conversion: {us(conv[3])} per event ({ratio_txt(conv[3], rl[3])} the relay's)"
+    m += " (scenario 4d: c=32, 64 deltas 1 ms apart)"
+    return m, relay, peer, (x is not None and x <= 2)
+
+
+row15("CPU per streamed event", "≤ 2 × the relay's", stream_event_row)
+
+steps15 = sorted({int(r["scenario"].rsplit("-", 1)[1]) for r in arms
+                  if r["scenario"].startswith("s4-streams-") and r["scenario"].rsplit("-", 1)[1].isdigit()})
+
+
+def streams_row():
+    def pc(p):
+        a = arm(f"peer-{p}-streams-64", f"{p}-anthropic")
+        if a is None:
+            return None
+        return f"64 streams only: TTFT p99 {us(get(a, 'ttft_us', 'p99'))}, {a['lost']} lost, {a['stalled']} stalled"
+    peer = peer_cells(pc)
+    n = 10000 if 10000 in steps15 else None
+    if n is None:
+        if not steps15:
+            return "not measured in this run (scenario 4c)", "–", peer, None
+        n = steps15[-1]
+    sc = f"s4-streams-{n}"
+    rel = arm(sc, RELAY)
+    rel_t = get(rel, "added", "ttft_p99_us", "median")
+    relay = (f"added TTFT p99 {us(rel_t)}, {rel['lost']} lost, {rel['stalled']} stalled, {errs(rel)} errors"
+             if rel else "–")
+    parts, ok = [], True
+    peak = 0
+    for name in ("ccproxy-pt-anthropic", "ccproxy-full-openai"):
+        r = arm(sc, name)
+        if r is None:
+            parts.append(f"{name.replace('ccproxy-', '')}: not measured")
+            ok = False
+            continue
+        t = get(r, "added", "ttft_p99_us", "median")
+        peak = max(peak, r.get("rss_peak_kb") or 0)
+        x = ""
+        if t is not None and rel_t is not None:
+            x = f" ({t / rel_t:.1f}× the relay's)" if rel_t > 0 else " (the relay's is ≤ 0: no ratio)"
+        parts.append(f"{name.replace('ccproxy-', '')}{' (h2c)' if r.get('h2') else ''}: {num(r['ok'])} of {num(r['requests'])} done, "
+                     f"{errs(r)} errors, {r['lost']} lost, {r['stalled']} stalled, added TTFT p99 {us(t)}{x}")
+        ok = ok and r["ok"] > 0 and r["lost"] == 0 and r["reordered"] == 0 and r["stalled"] == 0 and errs(r) == "0" \
+            and t is not None and rel_t is not None and t <= 2 * rel_t
+    m = f"{num(n)} streams: " + "; ".join(parts) + f"; peak RSS {mib(peak) if peak else '–'}"
+    ok = ok and 0 < peak <= 256 * 1024
+    if n != 10000:
+        return (f"not measured in this run: 10 000 streams is a step of the full run only (steps here: "
+                f"{', '.join(num(s) for s in steps15)}); largest step, " + m), relay, peer, None
+    return m, relay, peer, ok
+
+
+row15("10 000 concurrent 20 ms-paced streams (64 deltas)",
+      "no stall, no loss, added TTFT p99 ≤ 2 × the relay's, peak RSS ≤ 256 MiB", streams_row)
+
+
+def memory_row():
+    idle = procs.get("ccproxy-streams-idle")
+    peer = peer_cells(lambda p: (f"idle {mib(procs[p + '-idle']['rss_kb'])}, after its load {mib(procs[p + '-after-load']['rss_kb'])} (no burst of its own)")
+                      if procs.get(p + "-idle") and procs.get(p + "-after-load") else None)
+    samples = []
+    if procs.get("ccproxy-streams-after"):
+        samples.append((0, procs["ccproxy-streams-after"]))
+    for lab, p in procs.items():
+        mm = re.fullmatch(r"ccproxy-streams-after-(\d+)s", lab)
+        if mm:
+            samples.append((int(mm.group(1)), p))
+    samples.sort(key=lambda x: x[0])
+    if not idle or not samples:
+        return "not measured in this run (scenario 4c and the samples after it)", "–", peer, None
+    i = idle["rss_kb"]
+    burst = f"{num(steps15[-1])} streams" if steps15 else "scenario 4c"
+    within = [(t, p) for t, p in samples if t <= 30]
+    first_ok = next((t for t, p in within if p["rss_kb"] <= 2 * i), None)
+    last_t, last = within[-1] if within else samples[-1]
+    peak = max([p.get("hwm_kb") or 0 for _, p in samples])
+    m = (f"after {burst}: idle {mib(i)}, peak {mib(peak)} (VmHWM), right after {mib(samples[0][1]['rss_kb'])}, "
+         f"after {last_t} s {mib(last['rss_kb'])} = **{last['rss_kb'] / i:.1f}×** idle")
+    if first_ok is not None:
+        m += f"; ≤ 2× from {first_ok} s"
+    if last_t < 30:
+        m += f" (samples only to {last_t} s)"
+        return m, "–", peer, (True if first_ok is not None else None)
+    return m, "–", peer, first_ok is not None
+
+
+row15("memory after a burst", "back to ≤ 2 × idle RSS within 30 s", memory_row)
+
+
+def keys_row():
+    a = arm("s3-keys-c32", "ccproxy-pt-keys0")
+    one = arm("s3-keys-c32", "ccproxy-pt-keys1")
+    b = arm("s3-keys-c32", "ccproxy-pt-keys1000")
+    if not a or not b or a.get("cpu_us_per_req") is None or b.get("cpu_us_per_req") is None:
+        return "not measured in this run (scenario 3k)", "–", "–", None
+    ca, cb = a["cpu_us_per_req"], b["cpu_us_per_req"]
+    ra = a.get("cpu_us_per_req_rounds") or {}
+    d = cb - ca
+    within = ra.get("min") is not None and ra["min"] <= cb <= ra["max"]
+    small = abs(d) <= 0.05 * ca
+    m = (f"passthrough, c=32, CPU per request: {us(cb)} with 1 000 keys (rounds {sp(b.get('cpu_us_per_req_rounds'))}) "
+         f"vs {us(ca)} with none (rounds {sp(a.get('cpu_us_per_req_rounds'))}): {d:+.1f} µs ({100 * d / ca:+.1f} %)")
+    if one and one.get("cpu_us_per_req") is not None:
+        c1 = one["cpu_us_per_req"]
+        m += (f"; with 1 key {us(c1)} (rounds {sp(one.get('cpu_us_per_req_rounds'))}): 1 000 keys vs 1 "
+              f"{cb - c1:+.1f} µs ({100 * (cb - c1) / c1:+.1f} %)")
+    m += f"; added p50 {sp(get(b, 'added', 'p50_us'))} with 1 000 keys, {sp(get(a, 'added', 'p50_us'))} with none"
+    return m, "–", "–", within or small
+
+
+row15("1 000 client keys configured", "no measurable change in CPU per request (within the no-key arm's spread over rounds, or ±5 %)", keys_row)
+
+w("## Targets (issue 15)")
+w("")
+w("Ratios are to the bare TCP relay (`ref-tcp-relay`: `ccproxy-bench relay`, tokio")
+w("`copy_bidirectional`, no HTTP) measured in the same run, against the same simulated upstream; the")
+w("peers (ccproxy-api and LiteLLM, same namespace, same upstream) beside them where this run measured")
+w("the figure. CPU is the metered process's user + system time (`/proc/PID/stat`). Where a target is")
+w("missed, *Where ccproxy's time goes* below says why.")
+w("")
+w("| figure | target | ccproxy (this run) | relay (same run) | peers (same run) | |")
+w("|---|---|---|---|---|---|")
+for t in t15:
+    w("| " + " | ".join(t) + " |")
+w("")
+
 w("## Targets (issue 5)")
 w("")
 w("| figure | target | measured | |")
@@ -364,6 +609,21 @@ for c in ("c32", "c128"):
     w("")
 
 
+rs = [r for r in arms if r["scenario"] == "s3-keys-c32"]
+if rs:
+    w("## Scenario 3k: client keys configured, concurrency 32")
+    w("")
+    w(f"Fresh ccproxy processes with the same settings: no client key, one key, 1 000 keys (the arm")
+    w(f"sends a valid one); passthrough, small requests, closed loop, {rs[0]['rounds']} interleaved rounds.")
+    w("")
+    w("| arm | req/s | proxy CPU / request | added p50 | added p99 | errors |")
+    w("|---|---|---|---|---|---|")
+    for r in rs:
+        w(f"| {r['arm']} | {sp(r.get('rps'), lambda x: num(x))} | {us(r.get('cpu_us_per_req'))}{(' (rounds ' + sp(r.get('cpu_us_per_req_rounds')) + ')') if r.get('cpu_us_per_req') is not None else ''} | "
+          f"{sp(get(r, 'added', 'p50_us'))} | {sp(get(r, 'added', 'p99_us'))} | {errs(r)} |")
+    w("")
+
+
 def stream_table(scenario, title, note):
     rs = [r for r in arms if r["scenario"] == scenario]
     if not rs:
@@ -389,6 +649,23 @@ stream_table("s4-ttft-c1", "Scenario 4a: time to first token, c=1",
 stream_table("s4-gap-c1", "Scenario 4b: gaps between events, c=1",
              "Streams of 16 deltas, 5 ms apart (the upstream's timer granularity is 1 ms); gap = time between "
              "consecutive content events at the client; {rounds} rounds of {n} streams per arm.")
+
+rs = [r for r in arms if r["scenario"] == "s4-events-c32"]
+if rs:
+    w("## Scenario 4d: CPU per streamed event, c=32")
+    w("")
+    w(f"Streams of 64 deltas 1 ms apart (each event its own read and write on every hop), 32 at once,")
+    w(f"{rs[0]['rounds']} interleaved rounds. CPU per event = (CPU per stream − the same process's CPU per")
+    w("small request at c=32, scenario 3) / events per stream; the relay's is the floor.")
+    w("")
+    w("| arm | streams | CPU / stream | CPU / small request | events / stream | CPU / event | added TTFT p99 | gap p99 | lost / stalled |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for r in rs:
+        pe = per_event("s4-events-c32", r["arm"])
+        w(f"| {r['arm']} | {num(r.get('ok'))} | {us(r.get('cpu_us_per_req'))} | {us(pe[1]) if pe else '–'} | "
+          f"{r.get('events_per_stream_mean') or '–'} | {us(pe[3]) if pe else '–'} | {sp(get(r, 'added', 'ttft_p99_us'))} | "
+          f"{sp(r.get('gap_p99_us'))} | {r.get('lost')} / {r.get('stalled')} |")
+    w("")
 
 if steps:
     w("## Scenario 4c: concurrent 20 ms-paced streams")
@@ -421,6 +698,7 @@ w("|---|---|---|---|---|")
 for label, who, when in [("ccproxy-idle", "ccproxy", "idle, after start"), ("ccproxy-after-load", "ccproxy", "after scenarios 1–4b"),
                          ("ccproxy-streams-idle", "ccproxy (scenario 4c)", "idle, after start"),
                          ("ccproxy-streams-after", "ccproxy (scenario 4c)", "after 4c"),
+                         ("ccproxy-streams-after-30s", "ccproxy (scenario 4c)", "30 s after 4c, idle"),
                          ("sim-idle", "ccproxy sim", "idle"), ("ccproxy-api-idle", "ccproxy-api", "idle, after start"),
                          ("ccproxy-api-after-load", "ccproxy-api", "after its scenarios"), ("litellm-idle", "LiteLLM", "idle, after start"),
                          ("litellm-after-load", "LiteLLM", "after its scenarios")]:
@@ -483,7 +761,7 @@ if os.path.exists(micro):
     w("`openai_request_to_anthropic/cc` and `full_mode_shape_request/cc` use the ~80 KB Claude Code request.")
     w("")
 
-perfs = sorted(f for f in os.listdir(OUT) if f.startswith("perf-") and f.endswith(".txt") and not f.endswith("-dso.txt"))
+perfs = sorted(f for f in (os.listdir(OUT) if os.path.isdir(OUT) else []) if f.startswith("perf-") and f.endswith(".txt") and not f.endswith("-dso.txt"))
 if perfs:
     w("## Profile under load (perf)")
     w("")

@@ -165,7 +165,7 @@ impl Observer {
 /// How long the observer sleeps between rounds while requests keep finishing.
 const ROUND: Duration = Duration::from_millis(2);
 /// Empty rounds before it goes back to waiting on the channel.
-const QUIET_ROUNDS: u32 = 25;
+const QUIET_ROUNDS: u32 = 5;
 
 /// Handles finished requests. The first record after a quiet spell wakes the thread (a blocking
 /// receive); while requests keep finishing it takes them in rounds every [`ROUND`], asleep in

@@ -133,10 +133,10 @@ impl Fields<'_> {
         let _ = write!(self.out, "{v}");
     }
 
-    fn float(&mut self, k: &str, v: f64, decimals: usize) {
+    fn float(&mut self, k: &str, v: f64, decimals: u32) {
         self.key(k);
         if v.is_finite() {
-            let _ = write!(self.out, "{v:.decimals$}");
+            crate::util::fmt::push_fixed(&mut self.out, v, decimals);
         } else {
             self.out.push_str("null");
         }

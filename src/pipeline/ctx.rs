@@ -183,14 +183,20 @@ impl RequestCtx {
 
     fn server_timing(&self) -> String {
         let total = self.t0.elapsed();
-        match self.upstream_wait {
-            Some(up) => format!(
-                "upstream;dur={:.3}, proxy;dur={:.3}",
-                up.as_secs_f64() * 1000.0,
-                total.saturating_sub(up).as_secs_f64() * 1000.0
-            ),
-            None => format!("proxy;dur={:.3}", total.as_secs_f64() * 1000.0),
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let mut s = String::with_capacity(48);
+        if let Some(up) = self.upstream_wait {
+            s.push_str("upstream;dur=");
+            crate::util::fmt::push_fixed(&mut s, ms(up), 3);
+            s.push_str(", ");
         }
+        s.push_str("proxy;dur=");
+        crate::util::fmt::push_fixed(
+            &mut s,
+            ms(total.saturating_sub(self.upstream_wait.unwrap_or_default())),
+            3,
+        );
+        s
     }
 }
 
@@ -206,8 +212,17 @@ fn request_id(headers: &HeaderMap) -> String {
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(rand::random);
-    format!(
-        "req_{prefix:08x}{:012x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let mut id = String::with_capacity(24);
+    id.push_str("req_");
+    push_hex(&mut id, u64::from(prefix), 8);
+    push_hex(&mut id, COUNTER.fetch_add(1, Ordering::Relaxed), 12);
+    id
+}
+
+/// Appends the low `digits` hex digits of `v`, zero-padded (`{v:0digits$x}` for values that fit).
+fn push_hex(out: &mut String, v: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        let nibble = (v >> (i * 4)) & 0xf;
+        out.push(char::from(b"0123456789abcdef"[nibble as usize]));
+    }
 }

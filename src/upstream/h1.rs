@@ -320,7 +320,13 @@ impl hyper::body::Body for InlineBody {
             Some(link) => {
                 let Link { conn, gate, .. } = &mut **link;
                 let body = &mut this.body;
+                // The body first (a frame already in its channel is taken without touching the
+                // connection; polling it asks the connection for more), then the connection
+                // (which reads and hands the next frame over), then the body again.
                 gate.drive(cx, |gcx| {
+                    if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(gcx) {
+                        return Poll::Ready(frame);
+                    }
                     poll_conn(conn, gcx);
                     Pin::new(&mut *body).poll_frame(gcx)
                 })

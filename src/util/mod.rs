@@ -1,4 +1,5 @@
 //! Small leaf helpers with no dependency on the rest of the crate.
 
+pub mod fmt;
 pub mod gate;
 pub mod time;
