@@ -136,7 +136,7 @@ impl Fields<'_> {
     fn float(&mut self, k: &str, v: f64, decimals: u32) {
         self.key(k);
         if v.is_finite() {
-            crate::util::fmt::push_fixed(&mut self.out, v, decimals);
+            crate::util::fmt::push_fixed(self.out, v, decimals);
         } else {
             self.out.push_str("null");
         }
