@@ -73,7 +73,7 @@ impl Server {
             max_connections: settings.limits.max_connections,
         };
         let state = crate::state::build_state(settings, base)?;
-        let listener = TcpListener::bind((host.as_str(), port))
+        let listener = crate::util::net::listen(host.as_str(), port)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}",))?;
         conn::raise_open_file_limit(limits.max_connections);

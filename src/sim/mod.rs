@@ -220,7 +220,7 @@ impl Drop for SimHandle {
 
 /// Starts a simulated upstream on `addr` (use port 0 for a free port).
 pub async fn start(addr: SocketAddr, record: bool) -> std::io::Result<SimHandle> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = crate::util::net::listen(&addr.ip().to_string(), addr.port()).await?;
     start_on(listener, record)
 }
 

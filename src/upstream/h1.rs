@@ -43,6 +43,8 @@ pub const WARM: usize = 64;
 pub const SPARE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many idle connections.
 pub const MAX_IDLE: usize = 1024;
+/// Connection attempts in flight at once; more wait their turn.
+pub const MAX_CONNECTING: usize = 256;
 /// How often idle connections are looked over.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 
@@ -70,6 +72,8 @@ struct Inner {
     /// Most recently used last.
     idle: Mutex<Vec<Idle>>,
     reaper: AtomicBool,
+    /// Connection attempts in flight, at most [`MAX_CONNECTING`].
+    connecting: tokio::sync::Semaphore,
 }
 
 struct Idle {
@@ -92,6 +96,7 @@ impl Pool {
                 connect_timeout,
                 idle: Mutex::new(Vec::new()),
                 reaper: AtomicBool::new(false),
+                connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
             }),
         })
     }
@@ -170,6 +175,9 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<Box<Link>, SendError> {
+        // A burst of new streams would otherwise open thousands of connections at once and
+        // overflow the upstream's accept queue (SYNs dropped, retried after seconds).
+        let _turn = self.connecting.acquire().await;
         let stream = tokio::time::timeout(self.connect_timeout, self.open())
             .await
             .map_err(|_| {

@@ -2,4 +2,5 @@
 
 pub mod fmt;
 pub mod gate;
+pub mod net;
 pub mod time;
