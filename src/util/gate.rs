@@ -147,3 +147,84 @@ impl<F: Future> Future for Coalesced<F> {
         this.gate.drive(cx, |gcx| inner.as_mut().poll(gcx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts the wake-ups that reach the task.
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Ready after `turns` polls; wakes its own waker at each poll before that (as hyper's
+    /// channels do between a dispatcher and the body it feeds).
+    struct SelfWaking {
+        turns: usize,
+    }
+
+    impl Future for SelfWaking {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.turns == 0 {
+                return Poll::Ready(());
+            }
+            self.turns -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    fn poll_once<F: Future + Unpin>(f: &mut F, counter: &Arc<Counter>) -> Poll<F::Output> {
+        let waker = Waker::from(counter.clone());
+        Pin::new(f).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn self_wake_ups_become_turns_of_the_same_poll() {
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let mut f = Coalesced::new(SelfWaking { turns: 5 });
+        assert!(poll_once(&mut f, &counter).is_ready());
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            0,
+            "no wake-up reached the task"
+        );
+    }
+
+    #[test]
+    fn a_future_that_keeps_waking_itself_yields_after_max_turns() {
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let mut f = Coalesced::new(SelfWaking {
+            turns: MAX_TURNS * 2,
+        });
+        assert!(poll_once(&mut f, &counter).is_pending());
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "woken once, to be polled again"
+        );
+        assert!(poll_once(&mut f, &counter).is_pending());
+        assert!(poll_once(&mut f, &counter).is_ready());
+    }
+
+    #[test]
+    fn wake_ups_from_elsewhere_reach_the_task() {
+        let counter = Arc::new(Counter(AtomicUsize::new(0)));
+        let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+        let mut f = Coalesced::new(rx);
+        assert!(poll_once(&mut f, &counter).is_pending());
+        tx.send(7).unwrap();
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "the send woke the task"
+        );
+        assert!(matches!(poll_once(&mut f, &counter), Poll::Ready(Ok(7))));
+    }
+}
