@@ -67,6 +67,31 @@ pub(super) fn state(c: &mut Client, name: &str) -> Result<Option<Option<i64>>, p
     .map(|r| r.get(0)))
 }
 
+/// A key's limits as the `client_keys` columns hold them.
+struct LimitColumns {
+    models: String,
+    modes: String,
+    rpm: Option<i64>,
+    tpm: Option<i64>,
+    max_concurrent: Option<i64>,
+    budget: Option<f64>,
+    period: Option<&'static str>,
+}
+
+impl LimitColumns {
+    fn of(l: &Limits) -> LimitColumns {
+        LimitColumns {
+            models: l.models.join(","),
+            modes: super::store::join_modes(l),
+            rpm: l.rpm.map(i64::from),
+            tpm: l.tpm.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+            max_concurrent: l.max_concurrent.map(i64::from),
+            budget: l.budget.map(|b| b.usd),
+            period: l.budget.map(|b| b.period.name()),
+        }
+    }
+}
+
 /// Inserts (or replaces a revoked) key row and announces it.
 pub(super) fn create(
     c: &mut Client,
@@ -76,25 +101,19 @@ pub(super) fn create(
     limits: &Limits,
     now: i64,
 ) -> Result<(), postgres::Error> {
-    let models = limits.models.join(",");
-    let modes = super::store::join_modes(limits);
-    let rpm = limits.rpm.map(i64::from);
-    let tpm = limits.tpm.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
-    let max_concurrent = limits.max_concurrent.map(i64::from);
-    let budget = limits.budget.map(|b| b.usd);
-    let period = limits.budget.map(|b| b.period.name());
+    let cols = LimitColumns::of(limits);
     let digest = digest.as_slice();
     let params: [&(dyn ToSql + Sync); 12] = [
         &name,
         &digest,
         &prefix,
-        &models,
-        &modes,
-        &rpm,
-        &tpm,
-        &max_concurrent,
-        &budget,
-        &period,
+        &cols.models,
+        &cols.modes,
+        &cols.rpm,
+        &cols.tpm,
+        &cols.max_concurrent,
+        &cols.budget,
+        &cols.period,
         &limits.expires_at_ms,
         &now,
     ];
@@ -194,27 +213,20 @@ pub(super) fn spend(
 /// Copies `r` (digest, prefix, limits, dates) as it is; a key of that name already there wins.
 /// Whether it was inserted.
 pub fn import(c: &mut Client, r: &KeyRecord) -> Result<bool, postgres::Error> {
-    let l = &r.limits;
-    let models = l.models.join(",");
-    let modes = super::store::join_modes(l);
-    let rpm = l.rpm.map(i64::from);
-    let tpm = l.tpm.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
-    let max_concurrent = l.max_concurrent.map(i64::from);
-    let budget = l.budget.map(|b| b.usd);
-    let period = l.budget.map(|b| b.period.name());
+    let cols = LimitColumns::of(&r.limits);
     let digest = r.digest.as_slice();
     let params: [&(dyn ToSql + Sync); 13] = [
         &r.name,
         &digest,
         &r.prefix,
-        &models,
-        &modes,
-        &rpm,
-        &tpm,
-        &max_concurrent,
-        &budget,
-        &period,
-        &l.expires_at_ms,
+        &cols.models,
+        &cols.modes,
+        &cols.rpm,
+        &cols.tpm,
+        &cols.max_concurrent,
+        &cols.budget,
+        &cols.period,
+        &r.limits.expires_at_ms,
         &r.created_at_ms,
         &r.revoked_at_ms,
     ];

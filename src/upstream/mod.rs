@@ -349,24 +349,8 @@ impl Upstream {
         if let Some(pool) = &self.h1 {
             return match tokio::time::timeout(self.header_timeout, pool.send(req)).await {
                 Ok(Ok(resp)) => Ok(UpResponse(resp.map(RespBody::Inline))),
-                Ok(Err(h1::SendError::Connect(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    Err(ProxyError::new(
-                        ErrorKind::GatewayTimeout,
-                        Origin::Upstream,
-                        "upstream timed out",
-                    )
-                    .with_cause(e))
-                }
-                Ok(Err(h1::SendError::Connect(e))) => {
-                    Err(transport_error(e, "upstream unreachable"))
-                }
-                Ok(Err(h1::SendError::Http(e))) if is_timeout(&e) => Err(ProxyError::new(
-                    ErrorKind::GatewayTimeout,
-                    Origin::Upstream,
-                    "upstream timed out",
-                )
-                .with_cause(e)),
-                Ok(Err(h1::SendError::Http(e))) => Err(transport_error(e, "upstream unreachable")),
+                Ok(Err(h1::SendError::Connect(e))) => Err(map_send_error(e)),
+                Ok(Err(h1::SendError::Http(e))) => Err(map_send_error(e)),
                 Err(_) => Err(timed_out()),
             };
         }
@@ -508,7 +492,7 @@ impl StreamWatch {
 }
 
 /// A transport error sending upstream: 504 for timeouts (connecting included), 502 otherwise.
-pub fn map_send_error(e: hyper_util::client::legacy::Error) -> ProxyError {
+pub fn map_send_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> ProxyError {
     if is_timeout(&e) {
         ProxyError::new(
             ErrorKind::GatewayTimeout,

@@ -28,8 +28,10 @@ pub(crate) async fn rows(env: &TestEnv, n: usize) -> Vec<UsageRecord> {
     let reader = ccproxy::observability::usage::report::UsageReader::open(&path)
         .unwrap()
         .unwrap();
+    // Newest first (time, then insertion order): reversed, oldest first, and requests that
+    // started in the same millisecond stay in the order they were recorded.
     let mut recent = reader.recent(None, 1000).unwrap();
-    recent.sort_by_key(|r| r.ts_ms);
+    recent.reverse();
     assert_eq!(recent.len(), n, "{recent:#?}");
     recent
 }

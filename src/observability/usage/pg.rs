@@ -187,17 +187,7 @@ impl PgReader {
                 ""
             },
         );
-        let since = since_ms.unwrap_or(i64::MIN);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
-        if let Some(k) = only_key {
-            params.push(k);
-        }
-        let rows = self
-            .client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .query(&sql, &params)
-            .map_err(self.err())?;
+        let rows = self.query_since(&sql, since_ms, only_key)?;
         Ok(rows
             .iter()
             .map(|row| Row {
@@ -225,6 +215,25 @@ impl PgReader {
             .collect())
     }
 
+    /// Runs `sql` with `$1` = `since_ms` (none: from the start) and, with a key, `$2` = the key.
+    fn query_since(
+        &self,
+        sql: &str,
+        since_ms: Option<i64>,
+        only_key: Option<&String>,
+    ) -> Result<Vec<postgres::Row>, UsageError> {
+        let since = since_ms.unwrap_or(i64::MIN);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
+        if let Some(k) = only_key {
+            params.push(k);
+        }
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .query(sql, &params)
+            .map_err(self.err())
+    }
+
     /// The newest `limit` records (newest first) since `since_ms`, optionally of one key.
     pub fn recent(
         &self,
@@ -242,17 +251,7 @@ impl PgReader {
             },
             limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}")),
         );
-        let since = since_ms.unwrap_or(i64::MIN);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
-        if let Some(k) = only_key {
-            params.push(k);
-        }
-        let rows = self
-            .client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .query(&sql, &params)
-            .map_err(self.err())?;
+        let rows = self.query_since(&sql, since_ms, only_key)?;
         Ok(rows.iter().map(record_of).collect())
     }
 }
