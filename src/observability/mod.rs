@@ -44,6 +44,7 @@ pub struct UsageRecord {
     pub client_key: Option<String>,
 }
 
+mod jscan;
 pub mod prom;
 mod reqlog;
 pub mod tap;
@@ -77,6 +78,24 @@ pub struct Finished {
     pub upstream_request_id: Option<String>,
     /// Dropped once the sink has taken the record (see [`InFlight::hold_until_counted`]).
     pub held: Vec<Box<dyn Send + Sync>>,
+    /// A whole body whose usage and model the observer reads (see [`Tap::Whole`]).
+    pub deferred: Option<Tap>,
+}
+
+impl Finished {
+    /// Reads the deferred body, if any, into the record: its tokens, and its model when the
+    /// request named none.
+    fn read_deferred(&mut self) {
+        let Some(mut tap) = self.deferred.take() else {
+            return;
+        };
+        let mut m = Metered::default();
+        tap.finish(&mut m);
+        self.record.tokens = m.tokens;
+        if self.record.model.is_none() {
+            self.record.model = m.model;
+        }
+    }
 }
 
 /// Logs, meters and stores finished requests on its own thread, so the request
@@ -170,18 +189,24 @@ const QUIET_ROUNDS: u32 = 5;
 /// Handles finished requests. The first record after a quiet spell wakes the thread (a blocking
 /// receive); while requests keep finishing it takes them in rounds every [`ROUND`], asleep in
 /// between, so a request's send never wakes it (no futex call and no context switch per request
-/// on the request path); after [`QUIET_ROUNDS`] empty rounds it waits on the channel again.
+/// on the request path); after [`QUIET_ROUNDS`] empty rounds it waits on the channel again. A
+/// round's request log lines go to stderr in one write.
 fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>, log: LogStyle) {
     let mut metrics = reqlog::MetricCache::default();
     let mut line = String::with_capacity(512);
-    let mut handle = |msg: Msg| {
+    // The round's request log lines, written with one call before the thread sleeps (a write
+    // per line was a system call per request).
+    let mut lines = String::with_capacity(LOG_BATCH);
+    let mut handle = |msg: Msg, lines: &mut String| {
         let mut f = match msg {
             Msg::Finished(f) => f,
             Msg::Flush(done) => {
+                write_lines(lines);
                 let _ = done.send(());
                 return;
             }
         };
+        f.read_deferred();
         let r = &mut f.record;
         if let Some(model) = r.model.as_deref() {
             r.cost_usd = cost(model, &r.tokens);
@@ -189,8 +214,10 @@ fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>, log:
         metrics.record(r);
         if tracing::enabled!(target: "ccproxy::request", tracing::Level::INFO) {
             reqlog::write_line(&mut line, &f, log);
-            use std::io::Write as _;
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            lines.push_str(&line);
+            if lines.len() >= LOG_BATCH {
+                write_lines(lines);
+            }
         }
         if let Some(sink) = sink.as_mut() {
             sink(f.record);
@@ -199,24 +226,42 @@ fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>, log:
         drop(f.held);
     };
     while let Ok(msg) = rx.recv() {
-        handle(msg);
+        handle(msg, &mut lines);
         let mut quiet = 0;
         while quiet < QUIET_ROUNDS {
             let mut took = false;
             loop {
                 match rx.try_recv() {
                     Ok(msg) => {
-                        handle(msg);
+                        handle(msg, &mut lines);
                         took = true;
                     }
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        write_lines(&mut lines);
+                        return;
+                    }
                 }
             }
+            write_lines(&mut lines);
             quiet = if took { 0 } else { quiet + 1 };
             std::thread::park_timeout(ROUND);
         }
     }
+    write_lines(&mut lines);
+}
+
+/// Request log lines are written once this many bytes are waiting, even mid-round.
+const LOG_BATCH: usize = 32 * 1024;
+
+/// Writes the waiting request log lines to stderr in one call, and empties them.
+fn write_lines(lines: &mut String) {
+    if lines.is_empty() {
+        return;
+    }
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_all(lines.as_bytes());
+    lines.clear();
 }
 
 /// How a request ended, as far as its record is concerned. A record is in
@@ -360,6 +405,13 @@ impl InFlight {
         self.responded(status);
     }
 
+    /// The whole upstream body passed, metered with `tap`: a JSON body is read on the observer
+    /// thread, after the answer went out (see [`Tap::Whole`]).
+    pub fn observe_whole(&mut self, tap: Tap, body: &bytes::Bytes) {
+        self.tap = tap.over_whole(body, &mut self.metered);
+        self.note_content();
+    }
+
     /// A chunk of the upstream body passed (fed to the tap; notes the first content).
     pub fn observe(&mut self, chunk: &[u8]) {
         self.tap.push(chunk, &mut self.metered);
@@ -397,6 +449,12 @@ impl InFlight {
     }
 
     fn finish_tap(&mut self) {
+        if self.tap.is_deferred() {
+            // Read by the observer; the body is all there, so its content came.
+            self.metered.first_content = true;
+            self.note_content();
+            return;
+        }
         let mut tap = std::mem::replace(&mut self.tap, Tap::None);
         tap.finish(&mut self.metered);
         self.note_content();
@@ -437,11 +495,16 @@ impl Drop for InFlight {
             record.error = self.metered.stream_error.take();
         }
         record.abandoned = self.outcome == Outcome::Pending;
+        let deferred = match std::mem::replace(&mut self.tap, Tap::None) {
+            tap @ Tap::Whole(..) => Some(tap),
+            _ => None,
+        };
         self.observer.submit(Finished {
             record,
             route: self.route,
             upstream_request_id: self.upstream_request_id.take(),
             held: std::mem::take(&mut self.held_until_counted),
+            deferred,
         });
     }
 }

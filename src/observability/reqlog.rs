@@ -263,6 +263,7 @@ mod tests {
 
     fn finished() -> Finished {
         Finished {
+            deferred: None,
             record: UsageRecord {
                 request_id: "req_1".into(),
                 mode: "full".into(),

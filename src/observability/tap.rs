@@ -6,6 +6,8 @@ use serde::Deserialize;
 use crate::api::anthropic::{Message, StreamEvent, Tokens, WireUsage};
 use crate::convert::SseParser;
 
+use super::jscan;
+
 /// The largest non-stream body the tap keeps to read its usage.
 const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
 
@@ -30,6 +32,16 @@ pub enum Tap {
     /// Message batch results (JSONL): the partial line so far; each succeeded result's usage
     /// is added up (the model is the first one named).
     BatchResults(Vec<u8>),
+    /// A whole non-stream body, kept as it is (no copy) and read when the record is handled, on
+    /// the observer thread: off the request path, after the answer went out.
+    Whole(WholeKind, bytes::Bytes),
+}
+
+/// The dialect of a whole body a [`Tap::Whole`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WholeKind {
+    Anthropic,
+    OpenAi,
 }
 
 /// One line of a batch's results, as far as usage goes.
@@ -127,6 +139,24 @@ impl Tap {
         Tap::BatchResults(Vec::new())
     }
 
+    /// This tap over a whole body that already arrived: a JSON tap keeps the body to read later
+    /// (see [`Tap::Whole`]); any other reads it now.
+    pub fn over_whole(self, body: &bytes::Bytes, m: &mut Metered) -> Tap {
+        match self {
+            Tap::AnthropicJson(_) => Tap::Whole(WholeKind::Anthropic, body.clone()),
+            Tap::OpenAiJson(_) => Tap::Whole(WholeKind::OpenAi, body.clone()),
+            mut other => {
+                other.push(body, m);
+                other
+            }
+        }
+    }
+
+    /// Whether this tap reads its body when the record is handled (see [`Tap::Whole`]).
+    pub fn is_deferred(&self) -> bool {
+        matches!(self, Tap::Whole(..))
+    }
+
     /// Feeds a relayed chunk.
     pub fn push(&mut self, chunk: &[u8], m: &mut Metered) {
         match self {
@@ -156,21 +186,24 @@ impl Tap {
                     buf.extend_from_slice(chunk);
                 }
             }
+            // Already whole.
+            Tap::Whole(..) => {}
         }
     }
 
     /// The body ended (completely).
     pub fn finish(&mut self, m: &mut Metered) {
         match self {
-            Tap::AnthropicJson(buf) => {
-                m.first_content = true;
-                if let Some(quick) = quick_anthropic_usage(buf) {
-                    quick.0.merge_into(&mut m.tokens);
-                    if quick.1.is_some() {
-                        m.model = quick.1;
+            Tap::AnthropicJson(buf) => anthropic_json(buf, m),
+            Tap::OpenAiJson(buf) => openai_json(buf, m),
+            Tap::Whole(kind, body) => {
+                if body.len() <= MAX_JSON_TAP {
+                    match kind {
+                        WholeKind::Anthropic => anthropic_json(body, m),
+                        WholeKind::OpenAi => openai_json(body, m),
                     }
-                } else if let Ok(msg) = serde_json::from_slice::<Message>(buf) {
-                    on_anthropic_message(&msg, m);
+                } else {
+                    m.first_content = true;
                 }
             }
             Tap::BatchResults(partial) => {
@@ -179,18 +212,33 @@ impl Tap {
                 }
                 partial.clear();
             }
-            Tap::OpenAiJson(buf) => {
-                m.first_content = true;
-                if let Ok(b) = serde_json::from_slice::<OpenAiBody>(buf) {
-                    if let Some(u) = &b.usage {
-                        u.apply(&mut m.tokens);
-                    }
-                    if m.model.is_none() {
-                        m.model = b.model;
-                    }
-                }
-            }
             _ => {}
+        }
+    }
+}
+
+/// Usage and model of a whole Messages response.
+fn anthropic_json(buf: &[u8], m: &mut Metered) {
+    m.first_content = true;
+    if let Some(quick) = quick_anthropic_usage(buf) {
+        quick.0.merge_into(&mut m.tokens);
+        if quick.1.is_some() {
+            m.model = quick.1;
+        }
+    } else if let Ok(msg) = serde_json::from_slice::<Message>(buf) {
+        on_anthropic_message(&msg, m);
+    }
+}
+
+/// Usage and model of a whole OpenAI answer.
+fn openai_json(buf: &[u8], m: &mut Metered) {
+    m.first_content = true;
+    if let Ok(b) = serde_json::from_slice::<OpenAiBody>(buf) {
+        if let Some(u) = &b.usage {
+            u.apply(&mut m.tokens);
+        }
+        if m.model.is_none() {
+            m.model = b.model;
         }
     }
 }
@@ -206,10 +254,14 @@ fn quick_anthropic_usage(buf: &[u8]) -> Option<(WireUsage, Option<String>)> {
     if rest[colon] != b':' {
         return None;
     }
-    let mut it = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<WireUsage>();
-    let usage = it.next()?.ok()?;
+    let value = &rest[colon + 1..];
+    let (usage, used) = jscan::usage(value).or_else(|| {
+        let mut it = serde_json::Deserializer::from_slice(value).into_iter::<WireUsage>();
+        let usage = it.next()?.ok()?;
+        Some((usage, it.byte_offset()))
+    })?;
     // Only what follows can be the closing brace of the message.
-    let tail = &rest[colon + 1 + it.byte_offset()..];
+    let tail = &value[used..];
     if !tail.iter().all(|b| b.is_ascii_whitespace() || *b == b'}') {
         return None;
     }
@@ -223,8 +275,14 @@ fn quick_anthropic_usage(buf: &[u8]) -> Option<(WireUsage, Option<String>)> {
     if after[colon] != b':' {
         return None;
     }
-    let mut it = serde_json::Deserializer::from_slice(&after[colon + 1..]).into_iter::<String>();
-    let model = it.next()?.ok();
+    let value = &after[colon + 1..];
+    let model = match jscan::string(value) {
+        Some((model, _)) => Some(model.to_owned()),
+        None => {
+            let mut it = serde_json::Deserializer::from_slice(value).into_iter::<String>();
+            it.next()?.ok()
+        }
+    };
     Some((usage, model))
 }
 

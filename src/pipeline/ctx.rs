@@ -121,11 +121,11 @@ impl RequestCtx {
         }
     }
 
-    /// A whole body passed: metered with `tap`, and the answer complete.
-    pub fn completed_with(&mut self, tap: crate::observability::tap::Tap, body: &[u8]) {
+    /// A whole body passed: metered with `tap` (a JSON body is read by the observer, after the
+    /// answer went out), and the answer complete.
+    pub fn completed_with(&mut self, tap: crate::observability::tap::Tap, body: &bytes::Bytes) {
         if let Some(r) = self.record() {
-            r.meter_with(tap);
-            r.observe(body);
+            r.observe_whole(tap, body);
             r.completed();
         }
     }

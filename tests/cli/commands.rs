@@ -305,12 +305,12 @@ fn serve_subcommand_accepts_env_settings() {
     assert_eq!(status, 401, "{body}");
 }
 
-#[test]
-fn json_logs_have_one_line_per_request() {
-    let dir = tempfile::tempdir().unwrap();
+/// `ccproxy serve` on the simulated upstream with JSON logs to a file: the process, its port
+/// and the log's path.
+fn serve_json_logs(dir: &std::path::Path) -> (Killed, u16, std::path::PathBuf) {
     let port = free_port();
-    let log = dir.path().join("stderr.log");
-    let child = cmd(dir.path())
+    let log = dir.join("stderr.log");
+    let child = cmd(dir)
         .args([
             "--upstream-url",
             "sim",
@@ -325,6 +325,71 @@ fn json_logs_have_one_line_per_request() {
         .unwrap();
     let guard = Killed(child);
     wait_health(port);
+    (guard, port, log)
+}
+
+/// The request log lines in `log` once there are `want` of them (or after 10 s); every one
+/// must be a whole JSON line.
+fn request_lines(log: &std::path::Path, want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| l.contains("\"ccproxy::request\""))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= want || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The request log lines of a round go out together: under a burst every request still gets
+/// exactly one whole line, with its own usage.
+#[test]
+fn json_logs_stay_whole_lines_under_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guard, port, log) = serve_json_logs(dir.path());
+    const THREADS: usize = 8;
+    const EACH: usize = 40;
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let body = format!(
+                        r#"{{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{{"role":"user","content":"burst {t} {i}"}}]}}"#
+                    );
+                    let (status, _) = post_json(port, "/pt/v1/messages", &body);
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let want = THREADS * EACH;
+    let lines = request_lines(&log, want);
+    drop(guard);
+    assert_eq!(lines.len(), want, "{lines:?}");
+    let ids: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|l| l["fields"]["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), want);
+    for l in &lines {
+        assert_eq!(l["fields"]["status"], 200);
+        assert!(l["fields"]["input_tokens"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["fields"]["output_tokens"].as_u64().unwrap() > 0, "{l}");
+    }
+}
+
+#[test]
+fn json_logs_have_one_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guard, port, log) = serve_json_logs(dir.path());
     let (status, _) = post_json(
         port,
         "/min/v1/messages",
@@ -333,19 +398,7 @@ fn json_logs_have_one_line_per_request() {
     assert_eq!(status, 200);
     let (status, _) = post_json(port, "/v1/messages", "{bad");
     assert_eq!(status, 400);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lines: Vec<serde_json::Value> = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["target"] == "ccproxy::request")
-            .collect();
-        if lines.len() >= 2 || Instant::now() > deadline {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let lines = request_lines(&log, 2);
     drop(guard);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let ok = &lines[0]["fields"];
