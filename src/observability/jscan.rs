@@ -33,7 +33,7 @@ pub fn usage(s: &[u8]) -> Option<(WireUsage, usize)> {
             b"cache_read_input_tokens" => u.cache_read_input_tokens = r.opt_u64()?,
             b"cache_creation_input_tokens" => u.cache_creation_input_tokens = r.opt_u64()?,
             b"cache_creation" => u.cache_creation = r.cache_creation()?,
-            _ => u.fast = r.opt_str()?.map(|s| s == "fast"),
+            _ => u.fast = r.opt_str()?.map(|s| s == b"fast"),
         }
         Some(())
     })?;
@@ -44,7 +44,7 @@ pub fn usage(s: &[u8]) -> Option<(WireUsage, usize)> {
 /// text and how many bytes it took.
 pub fn string(s: &[u8]) -> Option<(&str, usize)> {
     let mut r = Reader { s, i: 0 };
-    let text = r.plain_str()?;
+    let text = std::str::from_utf8(r.plain_str()?).ok()?;
     Some((text, r.i))
 }
 
@@ -85,7 +85,7 @@ impl<'a> Reader<'a> {
             return Some(());
         }
         loop {
-            let key = self.plain_str()?.as_bytes();
+            let key = self.plain_str()?;
             self.eat(b':')?;
             member(self, key)?;
             match self.peek()? {
@@ -99,20 +99,25 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A string with no escape and no control character (else `None`).
-    fn plain_str(&mut self) -> Option<&'a str> {
+    /// The raw bytes of a string with no escape and no control character (else `None`). A byte
+    /// loop: the keys and values read here are too short for a vectorised search to pay its
+    /// setup. Not checked for UTF-8 (see [`string`]).
+    fn plain_str(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
-        let len = memchr::memchr2(b'"', b'\\', &self.s[start..])?;
-        let raw = &self.s[start..start + len];
-        if self.s[start + len] != b'"' || raw.iter().any(|&b| b < 0x20) {
-            return None;
+        loop {
+            match *self.s.get(self.i)? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => self.i += 1,
+            }
         }
-        self.i = start + len + 1;
-        std::str::from_utf8(raw).ok()
+        let raw = &self.s[start..self.i];
+        self.i += 1;
+        Some(raw)
     }
 
-    fn opt_str(&mut self) -> Option<Option<&'a str>> {
+    fn opt_str(&mut self) -> Option<Option<&'a [u8]>> {
         if self.peek()? == b'n' {
             self.literal(b"null")?;
             return Some(None);

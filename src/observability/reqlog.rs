@@ -5,7 +5,6 @@
 //! metric handles are looked up once per label set and kept.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -119,7 +118,7 @@ impl Fields<'_> {
             self.out.push_str(v);
         } else {
             // A JSON string literal is also a readable quoted form for the pretty style.
-            let _ = write!(self.out, "{}", serde_json::Value::from(v));
+            push_json_str(self.out, v);
         }
     }
 
@@ -128,9 +127,9 @@ impl Fields<'_> {
         self.out.push_str(v);
     }
 
-    fn num(&mut self, k: &str, v: impl std::fmt::Display) {
+    fn num(&mut self, k: &str, v: impl Into<u64>) {
         self.key(k);
-        let _ = write!(self.out, "{v}");
+        crate::util::fmt::push_padded(self.out, v.into(), 0);
     }
 
     fn float(&mut self, k: &str, v: f64, decimals: u32) {
@@ -143,19 +142,57 @@ impl Fields<'_> {
     }
 }
 
+/// Appends `v` as a JSON string literal, escaped as serde_json escapes it.
+fn push_json_str(out: &mut String, v: &str) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in v.bytes().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&v[plain..i]);
+        plain = i + 1;
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(esc);
+        }
+    }
+    out.push_str(&v[plain..]);
+    out.push('"');
+}
+
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-24T05:16:37.812383Z`.
 fn write_timestamp(out: &mut String, since_epoch: std::time::Duration) {
     let secs = since_epoch.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = crate::util::time::civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_micros()
-    );
+    use crate::util::fmt::push_padded;
+    push_padded(out, y.max(0) as u64, 4);
+    out.push('-');
+    push_padded(out, m as u64, 2);
+    out.push('-');
+    push_padded(out, d as u64, 2);
+    out.push('T');
+    let rem = rem as u64;
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, rem % 3600 / 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
+    out.push('.');
+    push_padded(out, u64::from(since_epoch.subsec_micros()), 6);
+    out.push('Z');
 }
 
 /// Static label values for the few modes and dialects.
@@ -313,6 +350,21 @@ mod tests {
         assert!(s.contains(" mode=full "), "{s}");
         assert!(s.contains(r#" error="a \"quoted\" problem""#), "{s}");
         assert!(s.ends_with('\n'));
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_does() {
+        for v in [
+            "",
+            "plain",
+            "a \"quoted\" \\ problem",
+            "line\nbreak\r\ttab\u{8}\u{c}\u{1}\u{1f}",
+            "ünïcödé → ✓ /slash",
+        ] {
+            let mut s = String::new();
+            push_json_str(&mut s, v);
+            assert_eq!(s, serde_json::to_string(v).unwrap());
+        }
     }
 
     #[test]

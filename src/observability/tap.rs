@@ -7,6 +7,8 @@ use crate::api::anthropic::{Message, StreamEvent, Tokens, WireUsage};
 use crate::convert::SseParser;
 
 use super::jscan;
+use memchr::memmem;
+use std::sync::LazyLock;
 
 /// The largest non-stream body the tap keeps to read its usage.
 const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
@@ -248,7 +250,13 @@ fn openai_json(buf: &[u8], m: &mut Metered) {
 /// and keys inside content can only appear before `usage`. Falls back (`None`)
 /// to a full parse when the body is shaped otherwise.
 fn quick_anthropic_usage(buf: &[u8]) -> Option<(WireUsage, Option<String>)> {
-    let at = memchr::memmem::rfind(buf, b"\"usage\"")?;
+    static USAGE: LazyLock<memmem::FinderRev<'static>> =
+        LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
+    static MODEL: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"model\""));
+    static CONTENT: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"content\""));
+    let at = USAGE.rfind(buf)?;
     let rest = &buf[at + 7..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     if rest[colon] != b':' {
@@ -266,8 +274,8 @@ fn quick_anthropic_usage(buf: &[u8]) -> Option<(WireUsage, Option<String>)> {
         return None;
     }
     // `model` is trusted only before `content` (a tool input may have a `model` key).
-    let model_at = memchr::memmem::find(buf, b"\"model\"")?;
-    if memchr::memmem::find(buf, b"\"content\"").is_some_and(|c| c < model_at) {
+    let model_at = MODEL.find(buf)?;
+    if CONTENT.find(buf).is_some_and(|c| c < model_at) {
         return None;
     }
     let after = &buf[model_at + 7..];

@@ -31,9 +31,37 @@ pub fn push_fixed(out: &mut String, v: f64, decimals: u32) {
     let _ = write!(out, "{v:.prec$}", prec = decimals as usize);
 }
 
+/// Appends `v` in decimal, zero-padded to at least `width` digits (`{v:0width$}`).
+pub fn push_padded(out: &mut String, v: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let text = digits.format(v);
+    for _ in text.len()..width {
+        out.push('0');
+    }
+    out.push_str(text);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_matches_core_fmt() {
+        for &(v, w) in &[
+            (0, 0),
+            (0, 2),
+            (7, 2),
+            (42, 2),
+            (123, 2),
+            (5, 6),
+            (999_999, 6),
+            (u64::MAX, 4),
+        ] {
+            let mut s = String::new();
+            push_padded(&mut s, v, w);
+            assert_eq!(s, format!("{v:0w$}"));
+        }
+    }
 
     fn fixed(v: f64, d: u32) -> String {
         let mut s = String::new();
