@@ -49,9 +49,12 @@ use crate::upstream;
 /// The entry point for every proxied route.
 pub async fn handle(state: Arc<AppState>, mode: Mode, route: Route, req: Request) -> Response {
     let mut ctx = RequestCtx::new(state.observer.clone(), mode, route, req.headers());
+    // Boxed: in place, `run`'s 5.7 KB state was laid out twice in this future (12.9 KB), which
+    // the router boxes and copies for every request; boxed, this future is 1.4 KB.
+    let run = Box::pin(run(&state, &mut ctx, req));
     let result = tokio::select! {
         biased;
-        r = run(&state, &mut ctx, req) => r,
+        r = run => r,
         // When the shutdown grace period ends, a request still waiting for the
         // upstream gets a clean 503 rather than a closed connection.
         () = shutdown_over(&state) => Err(ProxyError::unavailable(
