@@ -405,9 +405,9 @@ impl InFlight {
         self.responded(status);
     }
 
-    /// The whole upstream body passed, metered with `tap`: a JSON body is read on the observer
-    /// thread, after the answer went out (see [`Tap::Whole`]).
-    pub fn observe_whole(&mut self, tap: Tap, body: &bytes::Bytes) {
+    /// The whole upstream body passed, metered with `tap`: a small JSON body is read on the
+    /// observer thread, after the answer went out (see [`Tap::Whole`]).
+    pub fn observe_whole(&mut self, tap: Tap, body: &[u8]) {
         self.tap = tap.over_whole(body, &mut self.metered);
         self.note_content();
     }

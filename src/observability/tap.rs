@@ -12,6 +12,9 @@ use std::sync::LazyLock;
 
 /// The largest non-stream body the tap keeps to read its usage.
 const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
+/// The largest whole body read on the observer thread (larger ones are read on the request
+/// path, so that a queue of records waiting for the observer stays small).
+const MAX_DEFERRED: usize = 4 * 1024;
 
 /// What a tap learned.
 #[derive(Debug, Default, Clone)]
@@ -34,8 +37,8 @@ pub enum Tap {
     /// Message batch results (JSONL): the partial line so far; each succeeded result's usage
     /// is added up (the model is the first one named).
     BatchResults(Vec<u8>),
-    /// A whole non-stream body, kept as it is (no copy) and read when the record is handled, on
-    /// the observer thread: off the request path, after the answer went out.
+    /// A whole non-stream body of at most [`MAX_DEFERRED`] bytes, read when the record is
+    /// handled, on the observer thread: off the request path, after the answer went out.
     Whole(WholeKind, bytes::Bytes),
 }
 
@@ -141,17 +144,24 @@ impl Tap {
         Tap::BatchResults(Vec::new())
     }
 
-    /// This tap over a whole body that already arrived: a JSON tap keeps the body to read later
-    /// (see [`Tap::Whole`]); any other reads it now.
-    pub fn over_whole(self, body: &bytes::Bytes, m: &mut Metered) -> Tap {
-        match self {
-            Tap::AnthropicJson(_) => Tap::Whole(WholeKind::Anthropic, body.clone()),
-            Tap::OpenAiJson(_) => Tap::Whole(WholeKind::OpenAi, body.clone()),
+    /// This tap over a whole body that already arrived: a JSON tap keeps a small body (a copy
+    /// of its own, not the connection's read buffer it is a slice of) to read later (see
+    /// [`Tap::Whole`]); a larger one, or any other tap, reads it now. While the observer is
+    /// behind, its queue holds at most [`MAX_DEFERRED`] bytes of body per record.
+    pub fn over_whole(self, body: &[u8], m: &mut Metered) -> Tap {
+        let kind = match self {
+            Tap::AnthropicJson(_) => WholeKind::Anthropic,
+            Tap::OpenAiJson(_) => WholeKind::OpenAi,
             mut other => {
                 other.push(body, m);
-                other
+                return other;
             }
+        };
+        if body.len() > MAX_DEFERRED {
+            read_whole(kind, body, m);
+            return Tap::None;
         }
+        Tap::Whole(kind, bytes::Bytes::copy_from_slice(body))
     }
 
     /// Whether this tap reads its body when the record is handled (see [`Tap::Whole`]).
@@ -198,16 +208,7 @@ impl Tap {
         match self {
             Tap::AnthropicJson(buf) => anthropic_json(buf, m),
             Tap::OpenAiJson(buf) => openai_json(buf, m),
-            Tap::Whole(kind, body) => {
-                if body.len() <= MAX_JSON_TAP {
-                    match kind {
-                        WholeKind::Anthropic => anthropic_json(body, m),
-                        WholeKind::OpenAi => openai_json(body, m),
-                    }
-                } else {
-                    m.first_content = true;
-                }
-            }
+            Tap::Whole(kind, body) => read_whole(*kind, body, m),
             Tap::BatchResults(partial) => {
                 if !partial.is_empty() && partial.len() <= MAX_BATCH_LINE {
                     on_batch_line(partial, m);
@@ -216,6 +217,19 @@ impl Tap {
             }
             _ => {}
         }
+    }
+}
+
+/// Usage and model of a whole body of `kind` (one larger than [`MAX_JSON_TAP`] only counts as
+/// content).
+fn read_whole(kind: WholeKind, body: &[u8], m: &mut Metered) {
+    if body.len() > MAX_JSON_TAP {
+        m.first_content = true;
+        return;
+    }
+    match kind {
+        WholeKind::Anthropic => anthropic_json(body, m),
+        WholeKind::OpenAi => openai_json(body, m),
     }
 }
 

@@ -121,9 +121,9 @@ impl RequestCtx {
         }
     }
 
-    /// A whole body passed: metered with `tap` (a JSON body is read by the observer, after the
-    /// answer went out), and the answer complete.
-    pub fn completed_with(&mut self, tap: crate::observability::tap::Tap, body: &bytes::Bytes) {
+    /// A whole body passed: metered with `tap` (a small JSON body is read by the observer, after
+    /// the answer went out), and the answer complete.
+    pub fn completed_with(&mut self, tap: crate::observability::tap::Tap, body: &[u8]) {
         if let Some(r) = self.record() {
             r.observe_whole(tap, body);
             r.completed();

@@ -464,3 +464,64 @@ async fn fast_mode_is_priced_at_its_multiplier() {
         );
     }
 }
+
+/// A whole answer's usage is read after the answer went out (on the observer thread) when it is
+/// small, on the request path when it is large: either way the record has the answer's tokens and
+/// model, on the Anthropic route and on an OpenAI one.
+#[tokio::test]
+async fn whole_answers_small_and_large_are_metered() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        ..Opts::default()
+    })
+    .await;
+    // A thousand words make a > 4 KB answer (the simulated upstream writes `tok0 tok1 …`).
+    let long = "[sim:deltas=1000]".to_owned();
+    let mut sent = Vec::new();
+    for text in ["short", long.as_str()] {
+        let r = env
+            .post("/pt/v1/messages", None, &message(text, false))
+            .await;
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        sent.push((body.len(), v["usage"].clone()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(sent[0].0 < 4096 && sent[1].0 > 4096, "{sent:?}");
+    for text in ["short", long.as_str()] {
+        let r = env
+            .post(
+                "/openai/v1/chat/completions",
+                None,
+                &json!({"model":"claude-sonnet-4-5","messages":[{"role":"user","content":text}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        sent.push((0, v["usage"].clone()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rows = rows(&env, 4).await;
+    for (row, (_, usage)) in rows.iter().zip(&sent).take(2) {
+        assert_eq!(row.tokens.input, usage["input_tokens"].as_u64().unwrap());
+        assert_eq!(row.tokens.output, usage["output_tokens"].as_u64().unwrap());
+        assert!(row.tokens.output > 0);
+        assert_eq!(row.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert!(row.ttft_ms.is_some() && row.cost_usd.is_some(), "{row:?}");
+    }
+    for (row, (_, usage)) in rows.iter().zip(&sent).skip(2) {
+        assert_eq!(
+            row.tokens.input + row.tokens.cache_read,
+            usage["prompt_tokens"].as_u64().unwrap()
+        );
+        assert_eq!(
+            row.tokens.output,
+            usage["completion_tokens"].as_u64().unwrap()
+        );
+        assert!(row.tokens.output > 0);
+    }
+    // The long answers counted more tokens.
+    assert!(rows[1].tokens.output > rows[0].tokens.output);
+    assert!(rows[3].tokens.output > rows[2].tokens.output);
+}
