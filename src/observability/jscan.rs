@@ -175,7 +175,8 @@ impl<'a> Reader<'a> {
                 b'"' => {
                     self.i += 1;
                     loop {
-                        let at = memchr::memchr2(b'"', b'\\', &self.s[self.i..])?;
+                        // `get`: an escape as the input's last byte leaves `i` past its end.
+                        let at = memchr::memchr2(b'"', b'\\', self.s.get(self.i..)?)?;
                         self.i += at + 1;
                         if self.s[self.i - 1] == b'"' {
                             break;
@@ -253,10 +254,18 @@ mod tests {
             br#"{"input_tokens":1"#,
             br#"{"input_tokens":1,}"#,
             br#"["input_tokens"]"#,
+            // Cut short inside a skipped string, on an escape.
+            br#"{"x":"\"#,
+            br#"{"a":{"b":"\"#,
+            br#"{"x":"a\"#,
+            br#"{"x":"#,
+            br#"{"x":[1,"#,
         ] {
             assert_eq!(usage(s), None, "{}", String::from_utf8_lossy(s));
         }
         assert_eq!(string(br#""a\"b""#), None);
+        assert_eq!(string(b"\""), None);
+        assert_eq!(string(b""), None);
         assert_eq!(string(br#" "claude-x" ,"#), Some(("claude-x", 11)));
     }
 
@@ -290,7 +299,24 @@ mod tests {
             .prop_map(|(k, n, o, pick_num)| format!("\"{k}\" : {}", if pick_num { n } else { o }))
     }
 
+    #[test]
+    fn every_prefix_of_an_answer_is_read_without_panic() {
+        let s = br#"{"x":"a\"b\\","input_tokens":12,"cache_creation":{"ephemeral_1h_input_tokens":3,"y":[1,{"z":"\u0041"}]},"speed":"fast","output_tokens":40}"#;
+        for n in 0..s.len() {
+            assert_eq!(usage(&s[..n]), None, "{n}");
+            let _ = string(&s[n..]);
+        }
+        assert!(usage(s).is_some());
+    }
+
     proptest! {
+        /// Any bytes at all: an answer, never a panic.
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = usage(&bytes);
+            let _ = string(&bytes);
+        }
+
         /// Wherever the hand reader answers, serde answers the same; where serde reads a
         /// usage and the hand reader does not, the caller's fallback is serde anyway.
         #[test]

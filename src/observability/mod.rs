@@ -90,7 +90,13 @@ impl Finished {
             return;
         };
         let mut m = Metered::default();
-        tap.finish(&mut m);
+        // The body is the upstream's: whatever it holds must not take the observer thread down
+        // with it (every later record would be lost).
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tap.finish(&mut m)));
+        if read.is_err() {
+            tracing::error!(request_id = %self.record.request_id, "could not read the answer's usage");
+            return;
+        }
         self.record.tokens = m.tokens;
         if self.record.model.is_none() {
             self.record.model = m.model;
