@@ -22,7 +22,8 @@ OUT=$ROOT/target/bench/profile-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
 PROFILE_PRELOAD=${PROFILE_PRELOAD:-}
-export ROOT N OUT CCPROXY PROFILE_PRELOAD
+PROFILE_MODES=${PROFILE_MODES:-}
+export ROOT N OUT CCPROXY PROFILE_PRELOAD PROFILE_MODES
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -44,6 +45,7 @@ for i in $(seq 1 600); do (echo >/dev/tcp/127.0.0.1/18102) 2>/dev/null && break;
 run() { # mode url body stream-args...
   local mode=$1 url=$2 body=$3 n=$4
   shift 4
+  if [ -n "$PROFILE_MODES" ] && [[ " $PROFILE_MODES " != *" $mode "* ]]; then return 0; fi
   "$BIN/ccproxy-bench" run --arm "name=$mode,url=$url,body=$body" --requests 50 --cc-fixture "$FIX" --quiet "$@" >/dev/null
   callgrind_control -z "$PROXY" >/dev/null 2>&1
   "$BIN/ccproxy-bench" run --arm "name=$mode,url=$url,body=$body" --requests "$n" --cc-fixture "$FIX" --quiet "$@" >"$mode.load.txt"

@@ -154,6 +154,89 @@ fn migrations_are_versioned_and_idempotent() {
 }
 
 #[test]
+fn one_batch_of_many_rows_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let mut store = UsageStore::open(&path).unwrap();
+    // 19 rows: written as two statements of eight rows and three of one.
+    let rows: Vec<UsageRecord> = (0..19)
+        .map(|i| {
+            let mut r = record(i);
+            r.tokens.input = 100 + i as u64;
+            r.status = if i % 5 == 0 { 429 } else { 200 };
+            r.client_key = (i % 3 == 0).then(|| format!("team-{}", i % 2));
+            r.error = (i % 7 == 0).then(|| format!("error of row {i}"));
+            r.ttft_ms = (i % 4 != 0).then_some(i as f64);
+            r
+        })
+        .collect();
+    store.insert(&rows).unwrap();
+    drop(store);
+    let got = UsageReader::open(&path)
+        .unwrap()
+        .expect("exists")
+        .recent(None, 100)
+        .unwrap();
+    let mut want = rows;
+    want.reverse();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_client_key_index_holds_only_keyed_rows_and_serves_key_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    drop(UsageStore::open(&path).unwrap());
+    // A database from before migration 5: the full index, version 4.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX requests_client_key;
+         CREATE INDEX requests_client_key ON requests (client_key, ts_ms);
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = UsageStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let mut keyed = record(2);
+    keyed.client_key = Some("team-a".into());
+    store.insert(&[record(1), keyed]).unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'requests_client_key'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("WHERE client_key IS NOT NULL"), "{sql}");
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT SUM(input_tokens) FROM requests
+             WHERE client_key = ?1 AND ts_ms >= ?2",
+        )
+        .unwrap()
+        .query_map(rusqlite::params!["team-a", 0], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter().any(|p| p.contains("requests_client_key")),
+        "{plan:?}"
+    );
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM requests INDEXED BY requests_client_key
+             WHERE client_key IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.db");

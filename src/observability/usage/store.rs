@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
 use super::UsageError;
@@ -81,6 +81,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX requests_client_key ON requests (client_key, ts_ms);",
     // 4: what each request was billed to (a subscription's plan or extra usage, an API key).
     "ALTER TABLE requests ADD COLUMN bucket TEXT;",
+    // 5: the client-key index holds only rows that have a key (a lookup by key is the only
+    // use; a row without one no longer pays for an index insert).
+    "DROP INDEX requests_client_key;
+    CREATE INDEX requests_client_key ON requests (client_key, ts_ms) WHERE client_key IS NOT NULL;",
 ];
 
 /// The schema version this build writes.
@@ -265,47 +269,87 @@ fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The columns of a usage row, in the order [`bind_row`] binds them.
+const COLUMNS: &str = "ts_ms, request_id, mode, dialect, model, stream, status, upstream_status,
+    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, duration_ms,
+    ttft_ms, proxy_ms, abandoned, error, credential, bucket, client_key";
+const COLUMN_COUNT: usize = 21;
+
+/// Rows per `INSERT` statement, largest first: a batch is written as statements of these
+/// sizes, so the per-statement work (opening the table and its indexes, halting, resetting)
+/// is shared by eight rows. Larger statements cost more than they save: their bound texts
+/// no longer fit the connection's lookaside memory and each copy goes to `malloc`
+/// (callgrind, passthrough, instructions per request: 102.0k with one row per statement and
+/// the full client-key index; with the partial index, 8 rows 99.2k, 16 rows 100.0k, 64 rows
+/// 102.3k).
+const ROWS_PER_STATEMENT: [usize; 2] = [8, 1];
+
+/// `INSERT INTO requests (…) VALUES (?, …), …` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let tuple = format!("({})", vec!["?"; COLUMN_COUNT].join(","));
+    format!(
+        "INSERT INTO requests ({COLUMNS}) VALUES {}",
+        vec![tuple; rows].join(",")
+    )
+}
+
 fn insert(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()> {
     if records.is_empty() {
         return Ok(());
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO requests (ts_ms, request_id, mode, dialect, model, stream, status,
-                upstream_status, input_tokens, output_tokens, cache_read_tokens,
-                cache_write_tokens, cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned,
-                error, credential, bucket, client_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                ?17, ?18, ?19, ?20, ?21)",
-        )?;
-        for r in records {
-            stmt.execute(params![
-                r.ts_ms,
-                r.request_id,
-                r.mode,
-                r.dialect,
-                r.model,
-                r.stream,
-                r.status,
-                r.upstream_status,
-                int(r.tokens.input),
-                int(r.tokens.output),
-                int(r.tokens.cache_read),
-                int(r.tokens.cache_write),
-                r.cost_usd.filter(|c| c.is_finite()),
-                finite(r.duration_ms),
-                r.ttft_ms.filter(|t| t.is_finite()),
-                finite(r.proxy_ms),
-                r.abandoned,
-                r.error,
-                r.credential,
-                r.bucket,
-                r.client_key,
-            ])?;
+    let mut rest = records;
+    for size in ROWS_PER_STATEMENT {
+        if rest.len() < size {
+            continue;
+        }
+        let mut stmt = tx.prepare_cached(&insert_sql(size))?;
+        while rest.len() >= size {
+            let (now, later) = rest.split_at(size);
+            for (i, r) in now.iter().enumerate() {
+                bind_row(&mut stmt, i * COLUMN_COUNT, r)?;
+            }
+            stmt.raw_execute()?;
+            rest = later;
         }
     }
     tx.commit()
+}
+
+/// Binds one row's values to parameters `base + 1 ..= base + COLUMN_COUNT`.
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    base: usize,
+    r: &UsageRecord,
+) -> rusqlite::Result<()> {
+    let mut n = base;
+    let mut bind = |value: &dyn rusqlite::ToSql| {
+        n += 1;
+        stmt.raw_bind_parameter(n, value)
+    };
+    bind(&r.ts_ms)?;
+    bind(&r.request_id)?;
+    bind(&r.mode)?;
+    bind(&r.dialect)?;
+    bind(&r.model)?;
+    bind(&r.stream)?;
+    bind(&r.status)?;
+    bind(&r.upstream_status)?;
+    bind(&int(r.tokens.input))?;
+    bind(&int(r.tokens.output))?;
+    bind(&int(r.tokens.cache_read))?;
+    bind(&int(r.tokens.cache_write))?;
+    bind(&r.cost_usd.filter(|c| c.is_finite()))?;
+    bind(&finite(r.duration_ms))?;
+    bind(&r.ttft_ms.filter(|t| t.is_finite()))?;
+    bind(&finite(r.proxy_ms))?;
+    bind(&r.abandoned)?;
+    bind(&r.error)?;
+    bind(&r.credential)?;
+    bind(&r.bucket)?;
+    bind(&r.client_key)?;
+    debug_assert_eq!(n - base, COLUMN_COUNT);
+    Ok(())
 }
 
 fn finite(x: f64) -> f64 {
