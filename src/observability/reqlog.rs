@@ -4,7 +4,7 @@
 //! in the same shapes as the tracing subscriber's pretty and JSON output; the
 //! metric handles are looked up once per label set and kept.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 

@@ -251,14 +251,25 @@ impl PriceTable {
         Ok(table)
     }
 
-    /// The price of `model`: the longest prefix that matches at a boundary.
+    /// The price of `model`: the longest prefix that matches at a boundary. Looked up from
+    /// the longest boundary down (a model id has a handful), not by a scan of every entry.
     pub fn price(&self, model: &str) -> Option<Price> {
-        let model = model.trim().to_ascii_lowercase();
-        self.entries
-            .iter()
-            .filter(|(prefix, _)| matches_prefix(&model, prefix))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, price)| *price)
+        let model = model.trim();
+        let lower;
+        let model = if model.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = model.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            model
+        };
+        if let Some(p) = self.entries.get(model) {
+            return Some(*p);
+        }
+        model
+            .char_indices()
+            .rev()
+            .filter(|(_, c)| !c.is_ascii_alphanumeric())
+            .find_map(|(end, _)| self.entries.get(&model[..end]).copied())
     }
 
     /// Estimated cost of `t` on `model` in USD; `None` when the price is unknown.
@@ -273,7 +284,8 @@ impl PriceTable {
 }
 
 /// `prefix` matches `model` when `model` is `prefix` or continues it with a
-/// separator (not a letter or digit).
+/// separator (not a letter or digit): the rule [`PriceTable::price`] implements by lookups.
+#[cfg(test)]
 fn matches_prefix(model: &str, prefix: &str) -> bool {
     match model.strip_prefix(prefix) {
         Some(rest) => rest
@@ -302,6 +314,56 @@ mod tests {
         ));
         assert!(!matches_prefix("claude-opus-40", "claude-opus-4"));
         assert!(!matches_prefix("claude-opu", "claude-opus-4"));
+    }
+
+    /// The rule as a scan over every entry: what `price` answered before it looked prefixes up.
+    fn price_by_scan(table: &PriceTable, model: &str) -> Option<Price> {
+        let model = model.trim().to_ascii_lowercase();
+        table
+            .entries
+            .iter()
+            .filter(|(prefix, _)| matches_prefix(&model, prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, price)| *price)
+    }
+
+    #[test]
+    fn lookup_agrees_with_the_scan_on_known_ids() {
+        let table = PriceTable::built_in();
+        for model in [
+            "claude-opus-4",
+            "claude-opus-4-20250514",
+            "claude-opus-4-5@20251101",
+            " Claude-Sonnet-4-5-20250929 ",
+            "claude-opus-40",
+            "claude-opu",
+            "claude-3-5-haiku-latest",
+            "claude-haiku-4-5",
+            "",
+            "-",
+            "gpt-4o",
+        ] {
+            assert_eq!(
+                table.price(model),
+                price_by_scan(&table, model),
+                "{model:?}"
+            );
+        }
+        assert!(table.price("claude-sonnet-4-5-20250929").is_some());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lookup_agrees_with_the_scan(
+            model in "[ a-zA-Z0-9@._-]{0,40}",
+            known in proptest::sample::select(BUILT_IN.iter().map(|(k, _)| *k).collect::<Vec<_>>()),
+            tail in "[a-zA-Z0-9@._-]{0,12}",
+        ) {
+            let table = PriceTable::built_in();
+            for m in [model.clone(), format!("{known}{tail}"), format!("{known}{model}")] {
+                proptest::prop_assert_eq!(table.price(&m), price_by_scan(&table, &m), "{:?}", m);
+            }
+        }
     }
 
     #[test]
