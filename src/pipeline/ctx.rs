@@ -11,6 +11,7 @@ use axum::response::Response;
 use crate::error::ProxyError;
 use crate::observability::{InFlight, Observer};
 use crate::routes::{Dialect, Mode, Route};
+use crate::util::names;
 
 /// Carried through every phase of one request.
 pub struct RequestCtx {
@@ -105,7 +106,7 @@ impl RequestCtx {
         self.upstream_wait = Some(waited);
         let id = resp
             .headers()
-            .get("request-id")
+            .get(names::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if let Some(r) = self.record() {
@@ -159,10 +160,10 @@ impl RequestCtx {
         }
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            h.insert("x-request-id", v);
+            h.insert(names::X_REQUEST_ID, v);
         }
         if let Ok(v) = HeaderValue::from_str(&self.server_timing()) {
-            h.insert("server-timing", v);
+            h.insert(names::SERVER_TIMING, v);
         }
         // A refusal carries its own (taken when it was refused).
         if let Some(info) = &self.rate_limits
@@ -202,7 +203,7 @@ impl RequestCtx {
 
 /// The client's `x-request-id` when it is reasonable, else a new one.
 fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(v) = headers.get(names::X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= 128
         && v.bytes().all(|b| b.is_ascii_graphic())

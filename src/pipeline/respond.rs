@@ -232,7 +232,7 @@ fn chat_stream(
     chat: ChatInfo,
 ) -> Response {
     let status = resp.status();
-    let request_id = resp.headers().get("request-id").cloned();
+    let request_id = resp.headers().get(crate::util::names::REQUEST_ID).cloned();
     let conv = convert::stream::ChatStreamConverter::new(
         chat.client_model,
         chat.include_usage,
@@ -301,7 +301,7 @@ fn responses_stream(
     info: ResponsesInfo,
 ) -> Response {
     let status = resp.status();
-    let request_id = resp.headers().get("request-id").cloned();
+    let request_id = resp.headers().get(crate::util::names::REQUEST_ID).cloned();
     let record = ctx.stream_started(status.as_u16());
     let conv = convert::responses::ResponsesStreamConverter::new(info.context);
     let keep = info.keep.map(|items| Keep {

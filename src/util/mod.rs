@@ -2,5 +2,6 @@
 
 pub mod fmt;
 pub mod gate;
+pub mod names;
 pub mod net;
 pub mod time;
