@@ -53,7 +53,10 @@ impl std::fmt::Debug for ProxyToken {
 
 /// The token a client presented: `x-api-key`, else `Authorization: Bearer`.
 pub fn presented_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(crate::util::names::X_API_KEY).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(crate::util::names::X_API_KEY)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         if !v.is_empty() {
             return Some(v);

@@ -203,7 +203,9 @@ impl RequestCtx {
 
 /// The client's `x-request-id` when it is reasonable, else a new one.
 fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get(names::X_REQUEST_ID).and_then(|v| v.to_str().ok())
+    if let Some(v) = headers
+        .get(names::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= 128
         && v.bytes().all(|b| b.is_ascii_graphic())
