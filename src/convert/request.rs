@@ -191,7 +191,7 @@ pub fn chat_to_messages(
             code: Some("invalid_type"),
         });
     }
-    let req: ChatCompletionRequest = match serde_json::from_slice(body) {
+    let req: ChatCompletionRequest = match crate::util::json::from_bytes(body) {
         Ok(r) => r,
         Err(e) => return Err(parse_error::<ChatCompletionRequest>(body, e)),
     };

@@ -44,7 +44,7 @@ pub fn messages_to_chat_with(
     created: u64,
     legacy_functions: bool,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let msg: Message = serde_json::from_slice(body)?;
+    let msg: Message = crate::util::json::from_bytes(body)?;
     let mut out = Vec::with_capacity(body.len() + 256);
     write_completion_head(&mut out, msg.id.as_deref(), client_model, created);
     out.extend_from_slice(br#","choices":[{"index":0,"message":{"role":"assistant","content":"#);

@@ -123,7 +123,7 @@ impl ChatStreamConverter {
         if self.done {
             return;
         }
-        let ev: StreamEvent = match serde_json::from_slice(data) {
+        let ev: StreamEvent = match crate::util::json::from_bytes(data) {
             Ok(ev) => ev,
             Err(_) => {
                 if event == "error" {

@@ -241,7 +241,7 @@ fn anthropic_json(buf: &[u8], m: &mut Metered) {
         if quick.1.is_some() {
             m.model = quick.1;
         }
-    } else if let Ok(msg) = serde_json::from_slice::<Message>(buf) {
+    } else if let Ok(msg) = crate::util::json::from_bytes::<Message>(buf) {
         on_anthropic_message(&msg, m);
     }
 }
@@ -249,7 +249,7 @@ fn anthropic_json(buf: &[u8], m: &mut Metered) {
 /// Usage and model of a whole OpenAI answer.
 fn openai_json(buf: &[u8], m: &mut Metered) {
     m.first_content = true;
-    if let Ok(b) = serde_json::from_slice::<OpenAiBody>(buf) {
+    if let Ok(b) = crate::util::json::from_bytes::<OpenAiBody>(buf) {
         if let Some(u) = &b.usage {
             u.apply(&mut m.tokens);
         }
@@ -337,7 +337,7 @@ pub fn on_anthropic_event(event: &str, data: &[u8], m: &mut Metered) {
     match event {
         "content_block_delta" | "content_block_start" => m.first_content = true,
         "message_start" | "message_delta" | "error" => {
-            if let Ok(ev) = serde_json::from_slice::<StreamEvent>(data) {
+            if let Ok(ev) = crate::util::json::from_bytes::<StreamEvent>(data) {
                 if let Some(msg) = &ev.message {
                     on_anthropic_message(msg, m);
                 }
@@ -364,7 +364,7 @@ fn on_openai_chunk(data: &[u8], m: &mut Metered) {
     m.first_content = true;
     // Only chunks with usage are parsed fully (cheap check first).
     if memchr::memmem::find(data, b"\"usage\"").is_some()
-        && let Ok(b) = serde_json::from_slice::<OpenAiBody>(data)
+        && let Ok(b) = crate::util::json::from_bytes::<OpenAiBody>(data)
         && let Some(u) = &b.usage
     {
         u.apply(&mut m.tokens);

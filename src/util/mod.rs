@@ -2,6 +2,7 @@
 
 pub mod fmt;
 pub mod gate;
+pub mod json;
 pub mod names;
 pub mod net;
 pub mod time;

@@ -332,7 +332,7 @@ fn parse(body: &[u8]) -> Result<CreateRequest<'_>, RequestError> {
             code: Some("invalid_type"),
         });
     }
-    serde_json::from_slice(body).map_err(|e| parse_error::<CreateRequest>(body, e))
+    crate::util::json::from_bytes(body).map_err(|e| parse_error::<CreateRequest>(body, e))
 }
 
 /// Fields whose meaning the proxy cannot honour.

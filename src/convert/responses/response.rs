@@ -27,7 +27,7 @@ pub fn messages_to_response(
     body: &[u8],
     ctx: &ResponseContext,
 ) -> Result<Response, serde_json::Error> {
-    let msg: Message = serde_json::from_slice(body)?;
+    let msg: Message = crate::util::json::from_bytes(body)?;
     let mut out = Vec::new();
     let mut text: Option<String> = None;
     let mut annotations = Vec::new();

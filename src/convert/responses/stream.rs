@@ -185,7 +185,7 @@ impl ResponsesStreamConverter {
         if self.done {
             return;
         }
-        let ev: Upstream = match serde_json::from_slice(data) {
+        let ev: Upstream = match crate::util::json::from_bytes(data) {
             Ok(ev) => ev,
             Err(_) => {
                 if event == "error" {
