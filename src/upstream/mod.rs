@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use crate::claude_code::{self, DEFAULT_ANTHROPIC_VERSION};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::routes::Mode;
+use crate::util::names;
 
 mod h1;
 
@@ -551,13 +552,13 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-fn put(h: &mut HeaderMap, name: &'static str, value: &str) {
+fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(HeaderName::from_static(name), v);
+        h.insert(name, v);
     }
 }
 
-fn client_value<'a>(client: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn client_value(client: &HeaderMap, name: HeaderName) -> Option<&str> {
     client.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -566,7 +567,7 @@ fn set_auth(h: &mut HeaderMap, auth: &UpstreamAuth) {
         UpstreamAuth::ApiKey(k) => {
             if let Ok(mut v) = HeaderValue::from_str(k) {
                 v.set_sensitive(true);
-                h.insert(HeaderName::from_static("x-api-key"), v);
+                h.insert(names::X_API_KEY, v);
             }
         }
         UpstreamAuth::OAuth(t) => {
@@ -621,32 +622,29 @@ pub fn request_headers(
             if let Some(v) = client.get(header::ACCEPT) {
                 h.insert(header::ACCEPT, v.clone());
             }
-            let version = client_value(client, "anthropic-version")
+            let version = client_value(client, names::ANTHROPIC_VERSION)
                 .filter(|v| !v.is_empty())
                 .unwrap_or(DEFAULT_ANTHROPIC_VERSION);
-            put(&mut h, "anthropic-version", version);
-            let client_beta = joined(client, "anthropic-beta");
+            put(&mut h, names::ANTHROPIC_VERSION, version);
+            let client_beta = joined(client, names::ANTHROPIC_BETA);
             if mode == Mode::Full {
                 put(
                     &mut h,
-                    "anthropic-beta",
+                    names::ANTHROPIC_BETA,
                     &claude_code::merge_beta(client_beta.as_deref(), auth.is_oauth()),
                 );
                 put(
                     &mut h,
-                    "user-agent",
+                    header::USER_AGENT,
                     &format!("claude-cli/{cli_version} (external, cli)"),
                 );
-                put(&mut h, "x-app", "cli");
-                put(&mut h, "anthropic-dangerous-direct-browser-access", "true");
-                if let Some(v) = client.get("x-claude-code-session-id") {
-                    h.insert(
-                        HeaderName::from_static("x-claude-code-session-id"),
-                        v.clone(),
-                    );
+                put(&mut h, names::X_APP, "cli");
+                put(&mut h, names::DIRECT_BROWSER_ACCESS, "true");
+                if let Some(v) = client.get(names::X_CLAUDE_CODE_SESSION_ID) {
+                    h.insert(names::X_CLAUDE_CODE_SESSION_ID, v.clone());
                 }
             } else if let Some(beta) = client_beta.filter(|b| !b.is_empty()) {
-                put(&mut h, "anthropic-beta", &beta);
+                put(&mut h, names::ANTHROPIC_BETA, &beta);
             }
         }
     }
@@ -668,7 +666,7 @@ pub fn keep_content_type(h: &mut HeaderMap, client: &HeaderMap) {
 }
 
 /// All values of a header joined with commas (clients may repeat `anthropic-beta`).
-fn joined(h: &HeaderMap, name: &str) -> Option<String> {
+fn joined(h: &HeaderMap, name: HeaderName) -> Option<String> {
     let mut it = h.get_all(name).iter().filter_map(|v| v.to_str().ok());
     let first = it.next()?;
     let mut s = first.to_owned();
