@@ -4,7 +4,7 @@
 //! in the same shapes as the tracing subscriber's pretty and JSON output; the
 //! metric handles are looked up once per label set and kept.
 
-use foldhash::HashMap;
+use std::collections::HashMap;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -207,14 +207,16 @@ fn static_label(v: &str) -> &'static str {
     }
 }
 
-/// Metric handles by label set, looked up once and reused.
+/// Metric handles by label set, looked up once and reused. Maps keyed by the crate's own static
+/// labels use foldhash (fast, not meant to resist chosen keys); the ones keyed by a model family,
+/// which a client chooses, keep std's SipHash.
 #[derive(Default)]
 pub struct MetricCache {
-    requests: HashMap<(&'static str, &'static str, &'static str), Counter>,
-    timings: HashMap<(&'static str, &'static str), [Histogram; 3]>,
+    requests: foldhash::HashMap<(&'static str, &'static str, &'static str), Counter>,
+    timings: foldhash::HashMap<(&'static str, &'static str), [Histogram; 3]>,
     tokens: HashMap<String, [Counter; 4]>,
     cost: HashMap<String, Gauge>,
-    upstream_errors: HashMap<&'static str, Counter>,
+    upstream_errors: foldhash::HashMap<&'static str, Counter>,
 }
 
 impl MetricCache {

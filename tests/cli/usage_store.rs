@@ -182,27 +182,7 @@ fn one_batch_of_many_rows_keeps_every_row() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn the_client_key_index_holds_only_keyed_rows_and_serves_key_lookups() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("usage.db");
-    drop(UsageStore::open(&path).unwrap());
-    // A database from before migration 5: the full index, version 4.
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "DROP INDEX requests_client_key;
-         CREATE INDEX requests_client_key ON requests (client_key, ts_ms);
-         PRAGMA user_version = 4;",
-    )
-    .unwrap();
-    drop(conn);
-    let mut store = UsageStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    let mut keyed = record(2);
-    keyed.client_key = Some("team-a".into());
-    store.insert(&[record(1), keyed]).unwrap();
-    drop(store);
-    let conn = rusqlite::Connection::open(&path).unwrap();
+fn assert_partial_key_index(conn: &rusqlite::Connection) {
     let sql: String = conn
         .query_row(
             "SELECT sql FROM sqlite_master WHERE name = 'requests_client_key'",
@@ -211,6 +191,30 @@ fn the_client_key_index_holds_only_keyed_rows_and_serves_key_lookups() {
         )
         .unwrap();
     assert!(sql.contains("WHERE client_key IS NOT NULL"), "{sql}");
+}
+
+#[test]
+fn the_client_key_index_holds_only_keyed_rows_and_serves_key_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    drop(UsageStore::open(&path).unwrap());
+    // A database from an earlier build: the index over every row.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "DROP INDEX requests_client_key;
+         CREATE INDEX requests_client_key ON requests (client_key, ts_ms);",
+    )
+    .unwrap();
+    drop(conn);
+    let mut store = UsageStore::open(&path).unwrap();
+    // Not a versioned migration: the version an earlier build knows is kept.
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let mut keyed = record(2);
+    keyed.client_key = Some("team-a".into());
+    store.insert(&[record(1), keyed]).unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_partial_key_index(&conn);
     let plan: Vec<String> = conn
         .prepare(
             "EXPLAIN QUERY PLAN SELECT SUM(input_tokens) FROM requests
@@ -234,6 +238,16 @@ fn the_client_key_index_holds_only_keyed_rows_and_serves_key_lookups() {
         )
         .unwrap();
     assert_eq!(n, 1);
+
+    // An index removed by hand comes back (partial) at the next start; a start with the
+    // partial index in place changes nothing.
+    conn.execute_batch("DROP INDEX requests_client_key;")
+        .unwrap();
+    drop(conn);
+    drop(UsageStore::open(&path).unwrap());
+    drop(UsageStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    assert_partial_key_index(&conn);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::UsageError;
@@ -81,10 +81,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX requests_client_key ON requests (client_key, ts_ms);",
     // 4: what each request was billed to (a subscription's plan or extra usage, an API key).
     "ALTER TABLE requests ADD COLUMN bucket TEXT;",
-    // 5: the client-key index holds only rows that have a key (a lookup by key is the only
-    // use; a row without one no longer pays for an index insert).
-    "DROP INDEX requests_client_key;
-    CREATE INDEX requests_client_key ON requests (client_key, ts_ms) WHERE client_key IS NOT NULL;",
 ];
 
 /// The schema version this build writes.
@@ -131,6 +127,7 @@ impl UsageStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         migrate(&mut conn, path)?;
+        partial_client_key_index(&conn).map_err(err)?;
         // A cheap structural check, so a damaged table is reported at startup
         // rather than on the first write.
         conn.query_row("SELECT count(*) FROM requests WHERE id < 0", [], |row| {
@@ -262,6 +259,33 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), UsageError> {
         }
     };
     apply(conn).map_err(err)
+}
+
+/// Makes the client-key index hold only rows that have a key: a lookup by key is its only use
+/// (`client_key = ?` implies `IS NOT NULL`, so SQLite still uses it), and a row without a key,
+/// the common case, no longer pays for an index insert. Not a versioned migration: it changes
+/// nothing an older build relies on, and a version bump would make older builds refuse the
+/// file (and, with it, the client keys it holds). Idempotent; safe against another process
+/// doing the same at once (an immediate transaction, `IF EXISTS`).
+fn partial_client_key_index(conn: &Connection) -> rusqlite::Result<()> {
+    const PARTIAL: &str = "CREATE INDEX requests_client_key ON requests (client_key, ts_ms) \
+                           WHERE client_key IS NOT NULL";
+    let current: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'requests_client_key'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if current.as_deref() == Some(PARTIAL) {
+        return Ok(());
+    }
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         DROP INDEX IF EXISTS requests_client_key;
+         {PARTIAL};
+         COMMIT;"
+    ))
 }
 
 /// Saturating conversion for SQLite's signed integers.
