@@ -510,8 +510,12 @@ pub struct ClientKeys {
     conn: Mutex<Option<store::KeyDb>>,
     /// `require_client_keys`: enforce even with no key configured.
     required: bool,
-    /// At least one key is configured (the hot path's one load when there are none).
+    /// At least one key is configured, or `unread` (the hot path's one load when there are
+    /// none).
     any: std::sync::atomic::AtomicBool,
+    /// The keys could not be read at startup and may exist: every key is refused until a
+    /// reload reads them (fail closed: a table that cannot be read never opens the proxy).
+    unread: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ClientKeys {
@@ -552,9 +556,26 @@ impl ClientKeys {
             conn: Mutex::new(None),
             required,
             any: std::sync::atomic::AtomicBool::new(false),
+            unread: std::sync::atomic::AtomicBool::new(false),
         });
-        if keys.db.is_some() {
+        if let Some(db) = &keys.db {
+            // Unread until the first read succeeds (before the reload thread starts, and
+            // before the server serves anything).
+            keys.unread.store(true, Ordering::Release);
             keys.reload();
+            if keys.unread.load(Ordering::Acquire) {
+                if store::holds_no_keys(db) {
+                    keys.unread.store(false, Ordering::Release);
+                    tracing::warn!(
+                        "the client keys cannot be read, and the database holds none: the proxy runs without client keys"
+                    );
+                } else {
+                    keys.any.store(true, Ordering::Release);
+                    tracing::error!(
+                        "the client keys cannot be read: proxied requests are refused (503) until they can; the admin token still works"
+                    );
+                }
+            }
             let weak = Arc::downgrade(&keys);
             let spawned = std::thread::Builder::new()
                 .name("ccproxy-keys".into())
@@ -586,6 +607,7 @@ impl ClientKeys {
             conn: Mutex::new(None),
             required: false,
             any: std::sync::atomic::AtomicBool::new(false),
+            unread: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -600,11 +622,42 @@ impl ClientKeys {
 
     /// Whether proxied requests need a client key (or the admin token): with at least one
     /// key (revoked ones count: revoking the last key does not open the proxy), or with
-    /// `require_client_keys`. A table that cannot be read at startup counts as no keys (the
-    /// proxy token, if set, still guards the proxy; the error is logged); on a later read
-    /// error the keys last read stay in force.
+    /// `require_client_keys`, or while a table that could not be read at startup may hold
+    /// keys (every key is then refused with a 503 until a reload reads the table; the admin
+    /// token still works). A store that provably holds no key ([`store::holds_no_keys`]: the
+    /// file does not exist, or has no key in it) leaves the proxy open; on a later read error
+    /// the keys last read stay in force.
     pub fn enforced(&self) -> bool {
         self.required || self.any.load(Ordering::Acquire)
+    }
+
+    /// Why the keys are not read yet, while requests are refused for it.
+    pub fn unreadable(&self) -> Option<String> {
+        if !self.unread.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            self.last_error()
+                .unwrap_or_else(|| "not read yet".to_owned()),
+        )
+    }
+
+    /// The last error reading the keys, until a read succeeds.
+    fn last_error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The refusal while the keys cannot be read: the cause (with its path) is in the log and
+    /// on `/health`, not in the client's answer.
+    fn check_read(&self) -> Result<(), ProxyError> {
+        if !self.unread.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        Err(ProxyError::new(
+            ErrorKind::Overloaded,
+            Origin::Proxy,
+            "ccproxy cannot read its client keys, and refuses requests until it can (its log and /health say why)",
+        ))
     }
 
     /// How many keys are configured (revoked ones included).
@@ -626,6 +679,7 @@ impl ClientKeys {
 
     /// Whether `token` is a key that is neither revoked nor expired (no limit is counted).
     pub fn usable(&self, token: Option<&str>, now: i64) -> Result<(), ProxyError> {
+        self.check_read()?;
         let e = token
             .and_then(|t| self.find(t))
             .ok_or_else(|| ProxyError::auth("invalid or missing client key"))?;
@@ -644,6 +698,7 @@ impl ClientKeys {
     /// its limits. Counts the request (rpm) and takes a concurrency slot.
     /// A refusal names the key (for the usage row and the log line) when it was one.
     pub fn admit(&self, token: Option<&str>, mode: Mode, now: i64) -> Result<Admitted, Refused> {
+        self.check_read()?;
         let Some(entry) = token.and_then(|t| self.find(t)) else {
             return Err(ProxyError::auth(
                 "invalid or missing client key: send your ccproxy client key (ccp-…) as x-api-key or Authorization: Bearer",
@@ -863,7 +918,11 @@ impl ClientKeys {
             let msg = e.to_string();
             let mut last = self.error.lock().unwrap_or_else(|e| e.into_inner());
             if last.as_deref() != Some(msg.as_str()) {
-                tracing::error!(error = %msg, "cannot read the client keys; the keys last read stay in force");
+                if self.unread.load(Ordering::Acquire) {
+                    tracing::error!(error = %msg, "cannot read the client keys");
+                } else {
+                    tracing::error!(error = %msg, "cannot read the client keys; the keys last read stay in force");
+                }
                 *last = Some(msg);
             }
         };
@@ -889,6 +948,10 @@ impl ClientKeys {
                 .iter()
                 .all(|r| current.by_name.get(&r.name).is_some_and(|e| e.record == *r));
         if unchanged {
+            if self.unread.swap(false, Ordering::AcqRel) {
+                self.any
+                    .store(!current.by_name.is_empty(), Ordering::Release);
+            }
             if self.leased() {
                 self.sync_leases(kdb);
             }
@@ -908,6 +971,8 @@ impl ClientKeys {
         let any = !table.by_name.is_empty();
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
         self.any.store(any, Ordering::Release);
+        // After the table: a key read now is enforced before the refusal lifts.
+        self.unread.store(false, Ordering::Release);
         if self.leased() {
             self.sync_leases(kdb);
         }

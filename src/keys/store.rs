@@ -106,6 +106,35 @@ fn opt_u32(v: Option<i64>) -> Option<u32> {
     v.and_then(|n| u32::try_from(n).ok())
 }
 
+/// Whether the store provably holds no client key, for a store that could not be opened:
+/// no file at the SQLite path (nothing, or a directory), or a file that SQLite reads without
+/// a `client_keys` table or with an empty one (read-only, without migrating: a database of a
+/// newer schema still answers). Anything else (a file that is not a database, a lock held past the busy timeout,
+/// PostgreSQL out of reach) may hide keys, and the proxy then refuses requests until the keys
+/// can be read ([`super::ClientKeys::enforced`]).
+pub fn holds_no_keys(db: &crate::db::Database) -> bool {
+    let Some(path) = db.sqlite_path() else {
+        return false;
+    };
+    // Nothing, or a directory: no database is there.
+    if !path.is_file() {
+        return true;
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = Connection::open_with_flags(path, flags) else {
+        return false;
+    };
+    match conn
+        .query_row("SELECT 1 FROM client_keys LIMIT 1", [], |_| Ok(()))
+        .optional()
+    {
+        Ok(found) => found.is_none(),
+        Err(rusqlite::Error::SqliteFailure(_, Some(msg))) => msg.starts_with("no such table"),
+        Err(_) => false,
+    }
+}
+
 impl KeyDb {
     /// Opens (creating and migrating) the usage database at `path`.
     pub fn open(path: &Path) -> Result<KeyDb, KeyError> {

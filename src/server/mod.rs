@@ -315,16 +315,21 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         Some(w) => w.health(),
         None => UsageHealth::disabled(&state.settings.usage.db),
     };
+    let keys_error = state.keys.unreadable();
+    let healthy =
+        usage.healthy && keys_error.is_none() && state.database.as_ref().is_none_or(|l| l.is_up());
     let body = serde_json::json!({
         // Degraded: the proxy serves, but something it owns (the usage store, the shared
-        // database) fails.
-        "status": if usage.healthy && state.database.as_ref().is_none_or(|l| l.is_up()) { "ok" } else { "degraded" },
+        // database) fails, or it refuses requests because its client keys cannot be read.
+        "status": if healthy { "ok" } else { "degraded" },
         "database": state.database.as_ref().map(|l| l.health()),
         "version": env!("CARGO_PKG_VERSION"),
         "upstream": state.settings.upstream_display(),
         "upstream_base": state.upstream.base(),
         "auth_required": state.proxy_token.is_some() || state.keys.enforced(),
         "client_keys": state.keys.count(),
+        // Why every client key is refused (503), while the keys cannot be read.
+        "client_keys_error": keys_error,
         "credentials": {
             "active": active,
             "oauth": oauth,

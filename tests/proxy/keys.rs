@@ -704,3 +704,145 @@ async fn the_keys_api_refuses_bad_input_without_panicking() {
     assert_eq!(v["keys"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["keys"][0]["modes"], json!(["minimal"]));
 }
+
+/// A database that SQLite cannot read (garbage where the usage database should be) may hold
+/// keys: the proxy fails closed. Every proxied request is a 503 in its dialect (the cause is in
+/// `/health`, not in the client's answer), the admin token still works, and once the file is a
+/// database again its keys are read and enforced within a second or two.
+#[tokio::test]
+async fn keys_that_cannot_be_read_at_startup_close_the_proxy_until_they_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    std::fs::write(&db, vec![0x5A; 8192]).unwrap();
+    let env = keyed_env(Some(db.clone())).await;
+
+    let r = env.post("/v1/messages", None, &message("hi", false)).await;
+    assert_eq!(r.status(), 503);
+    let v = json_of(r).await;
+    assert_anthropic_error(&v, "overloaded_error");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("cannot read its client keys"), "{msg}");
+    assert!(!msg.contains(&db.display().to_string()), "{msg}");
+    let r = post_bearer(
+        &env,
+        "/openai/v1/chat/completions",
+        "ccp-not-a-key-at-all-0000000000000000000000",
+        &chat("hi", false),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert_openai_error(&json_of(r).await, "server_error");
+    assert_eq!(
+        env.upstream_messages(),
+        0,
+        "a refused request went upstream"
+    );
+
+    // The admin token is not a client key: it still goes through.
+    let r = env
+        .post("/v1/messages", Some(PROXY_TOKEN), &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    let health = json_of(env.client.get(env.url("/health")).send().await.unwrap()).await;
+    assert_eq!(health["status"], "degraded", "{health:#}");
+    assert_eq!(health["auth_required"], true, "{health:#}");
+    let why = health["client_keys_error"].as_str().unwrap_or_default();
+    assert!(why.contains("not a database"), "{health:#}");
+
+    // The file becomes a database holding one key (what `ccproxy keys create` writes).
+    std::fs::remove_file(&db).unwrap();
+    let mut kdb = ccproxy::keys::store::KeyDb::open(&db).unwrap();
+    let key = kdb
+        .create(
+            "team",
+            &ccproxy::keys::Limits::default(),
+            ccproxy::util::time::now_ms(),
+        )
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let with = env
+            .post("/v1/messages", Some(&key), &message("hi", false))
+            .await
+            .status();
+        let without = env
+            .post("/v1/messages", None, &message("hi", false))
+            .await
+            .status();
+        if with == 200 && without == 401 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "keys not read: {with} {without}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = json_of(env.client.get(env.url("/health")).send().await.unwrap()).await;
+    assert_eq!(health["client_keys_error"], Value::Null, "{health:#}");
+    assert_eq!(health["client_keys"], 1, "{health:#}");
+}
+
+/// A usage database written by a newer ccproxy (a schema version this build does not know)
+/// cannot be opened. If it holds a key, the proxy stays closed (503); if it holds none, or the
+/// database cannot even be created, there is no key to enforce and the proxy stays open.
+#[tokio::test]
+async fn a_newer_database_closes_the_proxy_only_when_it_holds_keys() {
+    for (holds_a_key, expected) in [(true, 503), (false, 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("usage.db");
+        {
+            let mut kdb = ccproxy::keys::store::KeyDb::open(&db).unwrap();
+            if holds_a_key {
+                kdb.create(
+                    "team",
+                    &ccproxy::keys::Limits::default(),
+                    ccproxy::util::time::now_ms(),
+                )
+                .unwrap();
+            }
+        }
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        // No admin token: only client keys could close this proxy.
+        let env = TestEnv::start(Opts {
+            api_key: Some(API_KEY),
+            usage_db: Some(db.clone()),
+            ..Opts::default()
+        })
+        .await;
+        let r = env.post("/v1/messages", None, &message("hi", false)).await;
+        assert_eq!(r.status(), expected, "holds a key: {holds_a_key}");
+        let health = json_of(env.client.get(env.url("/health")).send().await.unwrap()).await;
+        assert_eq!(
+            health["client_keys_error"].is_string(),
+            holds_a_key,
+            "{health:#}"
+        );
+        if holds_a_key {
+            assert!(
+                health["client_keys_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("newer than this ccproxy knows"),
+                "{health:#}"
+            );
+        }
+    }
+
+    // A database that cannot be created (its directory is a file) holds nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        usage_db: Some(blocker.join("usage.db")),
+        ..Opts::default()
+    })
+    .await;
+    let r = env.post("/v1/messages", None, &message("hi", false)).await;
+    assert_eq!(r.status(), 200);
+}

@@ -273,12 +273,16 @@ fn db_parent_is_a_file(s: &mut ccproxy::config::Settings) {
 }
 
 /// A usage database that cannot be opened at startup (root ignores permissions,
-/// so these are failures root meets too): the proxy serves, `/health` says
-/// `degraded` with the error naming the file, every record is counted as
-/// dropped, `/api/usage` answers 503 naming the problem, and the metrics say so.
+/// so these are failures root meets too): `/health` says `degraded` with the error
+/// naming the file, every record is counted as dropped, `/api/usage` answers 503
+/// naming the problem, and the metrics say so. Where no database can be (a directory,
+/// a parent that is a file) there are no client keys and the proxy serves; a file
+/// that SQLite cannot read may hold keys, and the proxy refuses requests (503) until
+/// it can (`keys::keys_that_cannot_be_read_at_startup_close_the_proxy_until_they_can`).
 async fn unopenable_usage_store_is_reported(
     tweak: fn(&mut ccproxy::config::Settings),
     problem: &str,
+    status: u16,
 ) {
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
@@ -287,7 +291,7 @@ async fn unopenable_usage_store_is_reported(
     })
     .await;
     let r = env.post("/v1/messages", None, &message("hi", false)).await;
-    assert_eq!(r.status(), 200, "the proxy serves without its usage store");
+    assert_eq!(r.status(), status);
     r.bytes().await.unwrap();
     let health = usage_health(&env, |u| u["rows_dropped"] == 1).await;
     let u = &health["usage"];
@@ -328,9 +332,17 @@ async fn unopenable_usage_store_is_reported(
 cases!(
     #[tokio::test]
     unopenable_usage_store_is_reported {
-        garbage: (super::db_is_garbage, "not a database"),
-        directory: (super::db_is_a_directory, "unable to open database file"),
-        parent_is_a_file: (super::db_parent_is_a_file, "cannot create the directory"),
+        garbage: (super::db_is_garbage, "not a database", 503),
+        directory: (
+            super::db_is_a_directory,
+            "unable to open database file",
+            200
+        ),
+        parent_is_a_file: (
+            super::db_parent_is_a_file,
+            "cannot create the directory",
+            200
+        ),
     }
 );
 
