@@ -103,3 +103,117 @@ fn postgres_backend_passes_the_storage_suite() {
         )
     );
 }
+
+/// Usage rows in PostgreSQL, as a replica's writer thread writes them: a batch is one
+/// statement and every field reads back as written (a NUL, which PostgreSQL's text cannot
+/// hold, is replaced instead of failing the batch); the statement prepared on a connection that
+/// is gone (the database restarted) is prepared again on the next one, and no row is lost.
+#[test]
+fn usage_rows_go_in_a_batch_per_statement_and_after_a_database_restart() {
+    use ccproxy::observability::usage::pg::insert_prepared;
+    use ccproxy::observability::{Tokens, UsageRecord};
+    let mut pg = Cluster::start();
+    let url = pg.url();
+    let rec = |i: i64| UsageRecord {
+        ts_ms: 1_790_000_000_000 + i,
+        request_id: format!("req_{i:03}"),
+        mode: ["full", "minimal", "passthrough"][i as usize % 3].into(),
+        dialect: if i % 2 == 0 { "anthropic" } else { "openai" }.into(),
+        model: (i % 5 != 0).then(|| format!("claude-sonnet-4-{i}")),
+        stream: i % 2 == 1,
+        status: if i % 7 == 0 { 429 } else { 200 },
+        upstream_status: (i % 11 != 0).then_some(200),
+        tokens: Tokens {
+            input: 1000 + i as u64,
+            output: 2 * i as u64,
+            cache_read: 3 * i as u64,
+            cache_write: 4 * i as u64,
+            ..Tokens::default()
+        },
+        cost_usd: (i % 5 != 0).then_some(i as f64 / 1000.0),
+        duration_ms: 100.0 + i as f64,
+        ttft_ms: (i % 2 == 1).then_some(50.0 + i as f64),
+        proxy_ms: 0.25,
+        abandoned: i % 13 == 0,
+        error: (i % 7 == 0).then(|| "rate_limit_error: slow down".to_owned()),
+        credential: Some(format!("cred-{}", i % 3)),
+        bucket: Some(if i % 2 == 0 { "api" } else { "plan" }.into()),
+        client_key: (i % 4 == 0).then(|| "team".to_owned()),
+    };
+    let mut batch: Vec<UsageRecord> = (0..100).map(rec).collect();
+    batch[8].model = Some("claude\0evil".into());
+    batch[9].error = Some("upstream said \0".into());
+    let mut client = ccproxy::db::pg::open(&url).unwrap();
+    let mut prepared = None;
+    insert_prepared(&mut client, &mut prepared, &batch, "replica-1").unwrap();
+    assert!(
+        prepared.is_some(),
+        "the statement is kept for the next batch"
+    );
+
+    let rows = client
+        .query(
+            "SELECT ts_ms, request_id, mode, dialect, model, stream, status, upstream_status,
+                input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
+                duration_ms, ttft_ms, proxy_ms, abandoned, error, credential, bucket, client_key,
+                replica
+             FROM requests ORDER BY ts_ms",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), batch.len());
+    let nul = |s: &Option<String>| s.as_ref().map(|s| s.replace('\0', "\u{FFFD}"));
+    for (row, r) in rows.iter().zip(&batch) {
+        let back = UsageRecord {
+            ts_ms: row.get(0),
+            request_id: row.get(1),
+            mode: row.get(2),
+            dialect: row.get(3),
+            model: row.get(4),
+            stream: row.get(5),
+            status: u16::try_from(row.get::<_, i32>(6)).unwrap(),
+            upstream_status: row.get::<_, Option<i32>>(7).map(|s| s as u16),
+            tokens: Tokens {
+                input: row.get::<_, i64>(8) as u64,
+                output: row.get::<_, i64>(9) as u64,
+                cache_read: row.get::<_, i64>(10) as u64,
+                cache_write: row.get::<_, i64>(11) as u64,
+                ..Tokens::default()
+            },
+            cost_usd: row.get(12),
+            duration_ms: row.get(13),
+            ttft_ms: row.get(14),
+            proxy_ms: row.get(15),
+            abandoned: row.get(16),
+            error: row.get(17),
+            credential: row.get(18),
+            bucket: row.get(19),
+            client_key: row.get(20),
+        };
+        let want = UsageRecord {
+            model: nul(&r.model),
+            error: nul(&r.error),
+            ..r.clone()
+        };
+        assert_eq!(back, want);
+        assert_eq!(row.get::<_, String>(21), "replica-1");
+    }
+    assert_eq!(
+        rows[8].get::<_, Option<String>>(4).as_deref(),
+        Some("claude\u{FFFD}evil")
+    );
+
+    // The database restarts: the kept statement belongs to a connection that is gone.
+    drop(client);
+    pg.stop();
+    pg.run();
+    let mut client = ccproxy::db::pg::open(&url).unwrap();
+    let more: Vec<UsageRecord> = (100..103).map(rec).collect();
+    insert_prepared(&mut client, &mut prepared, &more, "replica-1").unwrap();
+    insert_prepared(&mut client, &mut prepared, &[], "replica-1").unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM requests", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 103);
+}

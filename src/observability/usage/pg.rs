@@ -17,12 +17,18 @@ use crate::db::pg::{Conn, DbError};
 use crate::db::{Link, PgUrl};
 use crate::observability::{Tokens, UsageRecord};
 
+/// One statement for a whole batch: each column travels as one array parameter and
+/// `UNNEST` turns them back into rows (the replica's name is one value for all). A batch of
+/// 512 rows is two round trips (parse, then bind and execute) where a statement per row took
+/// 515 (`scripts/bench/pg-rows.sh`: BENCHMARKS.md).
 const INSERT: &str = "INSERT INTO requests (ts_ms, request_id, mode, dialect, model, stream,
     status, upstream_status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
     cost_usd, duration_ms, ttft_ms, proxy_ms, abandoned, error, credential, bucket, client_key,
     replica)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-    $19, $20, $21, $22)";
+    SELECT r.*, $22::text FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[],
+        $5::text[], $6::boolean[], $7::integer[], $8::integer[], $9::bigint[], $10::bigint[],
+        $11::bigint[], $12::bigint[], $13::float8[], $14::float8[], $15::float8[],
+        $16::float8[], $17::boolean[], $18::text[], $19::text[], $20::text[], $21::text[]) AS r";
 
 const RECORD_COLUMNS: &str = "ts_ms, request_id, mode, dialect, model, stream, status, \
     upstream_status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, \
@@ -36,61 +42,115 @@ fn finite(x: f64) -> f64 {
     if x.is_finite() { x } else { 0.0 }
 }
 
-/// Writes `records` (and which replica wrote them) in one transaction.
+/// PostgreSQL's text cannot hold NUL (a client can put `\u0000` in a model name): it is
+/// replaced, so that one row cannot fail its whole batch again and again.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+fn opt_text(s: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+    s.as_deref().map(text)
+}
+
+/// Writes `records` (and which replica wrote them) in one statement, so all or none.
 pub fn insert(
     client: &mut Client,
+    records: &[UsageRecord],
+    replica: &str,
+) -> Result<(), postgres::Error> {
+    insert_prepared(client, &mut None, records, replica)
+}
+
+/// [`insert`] with its statement prepared once per connection and kept in `prepared`: a batch
+/// is then one round trip, and PostgreSQL plans it once. A statement whose connection is gone
+/// (the caller reconnected) is prepared again.
+pub fn insert_prepared(
+    client: &mut Client,
+    prepared: &mut Option<postgres::Statement>,
     records: &[UsageRecord],
     replica: &str,
 ) -> Result<(), postgres::Error> {
     if records.is_empty() {
         return Ok(());
     }
-    let mut tx = client.transaction()?;
-    let stmt = tx.prepare(INSERT)?;
-    for r in records {
-        let status = i32::from(r.status);
-        let upstream_status = r.upstream_status.map(i32::from);
-        let cost = r.cost_usd.filter(|c| c.is_finite());
-        let ttft = r.ttft_ms.filter(|t| t.is_finite());
-        let (duration, proxy) = (finite(r.duration_ms), finite(r.proxy_ms));
-        let (i, o, cr, cw) = (
-            int(r.tokens.input),
-            int(r.tokens.output),
-            int(r.tokens.cache_read),
-            int(r.tokens.cache_write),
-        );
-        let params: [&(dyn ToSql + Sync); 22] = [
-            &r.ts_ms,
-            &r.request_id,
-            &r.mode,
-            &r.dialect,
-            &r.model,
-            &r.stream,
-            &status,
-            &upstream_status,
-            &i,
-            &o,
-            &cr,
-            &cw,
-            &cost,
-            &duration,
-            &ttft,
-            &proxy,
-            &r.abandoned,
-            &r.error,
-            &r.credential,
-            &r.bucket,
-            &r.client_key,
-            &replica,
-        ];
-        tx.execute(&stmt, &params)?;
+    fn col<'a, T>(records: &'a [UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
+        records.iter().map(f).collect()
     }
-    tx.commit()
+    let ts = col(records, |r| r.ts_ms);
+    let request_id = col(records, |r| text(&r.request_id));
+    let mode = col(records, |r| text(&r.mode));
+    let dialect = col(records, |r| text(&r.dialect));
+    let model = col(records, |r| opt_text(&r.model));
+    let stream = col(records, |r| r.stream);
+    let status = col(records, |r| i32::from(r.status));
+    let upstream_status = col(records, |r| r.upstream_status.map(i32::from));
+    let input = col(records, |r| int(r.tokens.input));
+    let output = col(records, |r| int(r.tokens.output));
+    let cache_read = col(records, |r| int(r.tokens.cache_read));
+    let cache_write = col(records, |r| int(r.tokens.cache_write));
+    let cost = col(records, |r| r.cost_usd.filter(|c| c.is_finite()));
+    let duration = col(records, |r| finite(r.duration_ms));
+    let ttft = col(records, |r| r.ttft_ms.filter(|t| t.is_finite()));
+    let proxy = col(records, |r| finite(r.proxy_ms));
+    let abandoned = col(records, |r| r.abandoned);
+    let error = col(records, |r| opt_text(&r.error));
+    let credential = col(records, |r| opt_text(&r.credential));
+    let bucket = col(records, |r| opt_text(&r.bucket));
+    let client_key = col(records, |r| opt_text(&r.client_key));
+    let replica = text(replica);
+    let params: [&(dyn ToSql + Sync); 22] = [
+        &ts,
+        &request_id,
+        &mode,
+        &dialect,
+        &model,
+        &stream,
+        &status,
+        &upstream_status,
+        &input,
+        &output,
+        &cache_read,
+        &cache_write,
+        &cost,
+        &duration,
+        &ttft,
+        &proxy,
+        &abandoned,
+        &error,
+        &credential,
+        &bucket,
+        &client_key,
+        &replica,
+    ];
+    let stmt = match prepared.take() {
+        Some(s) => s,
+        None => client.prepare(INSERT)?,
+    };
+    match client.execute(&stmt, &params) {
+        Ok(_) => {
+            *prepared = Some(stmt);
+            Ok(())
+        }
+        Err(e) if e.code() == Some(&postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) => {
+            let stmt = client.prepare(INSERT)?;
+            client.execute(&stmt, &params)?;
+            *prepared = Some(stmt);
+            Ok(())
+        }
+        // Any other failure may have come with a new connection: prepared again next time.
+        Err(e) => Err(e),
+    }
 }
 
 /// The writer thread's way into PostgreSQL.
 pub struct PgSink {
     conn: Conn,
+    /// The insert, prepared on the current connection.
+    prepared: Option<postgres::Statement>,
 }
 
 impl PgSink {
@@ -107,6 +167,7 @@ impl PgSink {
         };
         PgSink {
             conn: Conn::new(url.clone(), link, client),
+            prepared: None,
         }
     }
 }
@@ -115,7 +176,7 @@ impl Sink for PgSink {
     fn insert(&mut self, records: &[UsageRecord]) -> Result<(), String> {
         let replica = self.conn.link().replica_id().to_owned();
         self.conn
-            .with(|c| insert(c, records, &replica))
+            .with(|c| insert_prepared(c, &mut self.prepared, records, &replica))
             .map_err(|e| e.to_string())
     }
 

@@ -50,6 +50,18 @@ enum Cmd {
         #[arg(long)]
         upstream: std::net::SocketAddr,
     },
+    /// Usage rows into PostgreSQL as a replica's writer thread writes them
+    /// (`observability::usage::pg::insert_prepared`, batches of `--batch`): rows per second, and the CPU
+    /// of this process and of its database backend per row.
+    PgRows {
+        /// The database (`postgres://…`; migrated if needed). Rows are added to `requests`.
+        #[arg(long, env = "DATABASE_URL")]
+        url: String,
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
     /// Print the memory and CPU time of a process (and its descendants) as JSON.
     Proc {
         #[arg(long)]
@@ -693,6 +705,71 @@ fn print_arm(name: &str, seg: &Seg, line: &Value, stream: bool) {
     }
 }
 
+fn pg_rows(url: &str, rows: usize, batch: usize) -> Result<()> {
+    use ccproxy::observability::{Tokens, UsageRecord};
+    let url = ccproxy::db::PgUrl::new(url);
+    let mut client = ccproxy::db::pg::open(&url).map_err(|e| anyhow!("{e}"))?;
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .map_err(|e| anyhow!("{e}"))?
+        .get(0);
+    let record = |i: usize| UsageRecord {
+        ts_ms: 1_790_000_000_000 + i as i64,
+        request_id: format!("req_bench_{i:08}"),
+        mode: "full".into(),
+        dialect: if i.is_multiple_of(2) { "anthropic" } else { "openai" }.into(),
+        model: Some("claude-sonnet-4-5".into()),
+        stream: i.is_multiple_of(3),
+        status: 200,
+        upstream_status: Some(200),
+        tokens: Tokens {
+            input: 1200 + i as u64 % 97,
+            output: 300,
+            cache_read: 4096,
+            ..Tokens::default()
+        },
+        cost_usd: Some(0.0123),
+        duration_ms: 812.5,
+        ttft_ms: i.is_multiple_of(3).then_some(140.0),
+        proxy_ms: 0.05,
+        credential: Some("server_api_key".into()),
+        bucket: Some("api".into()),
+        client_key: i.is_multiple_of(4).then(|| "team".to_owned()),
+        ..UsageRecord::default()
+    };
+    let batches: Vec<Vec<UsageRecord>> = (0..rows)
+        .collect::<Vec<_>>()
+        .chunks(batch.max(1))
+        .map(|c| c.iter().map(|&i| record(i)).collect())
+        .collect();
+    let pids = [std::process::id(), u32::try_from(backend).unwrap_or(0)];
+    let cpu0 = [procfs::cpu_ticks(&pids[..1]), procfs::cpu_ticks(&pids[1..])];
+    let t0 = std::time::Instant::now();
+    let mut prepared = None;
+    for b in &batches {
+        ccproxy::observability::usage::pg::insert_prepared(&mut client, &mut prepared, b, "bench")
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = [
+        procfs::cpu_ticks(&pids[..1]) - cpu0[0],
+        procfs::cpu_ticks(&pids[1..]) - cpu0[1],
+    ];
+    // Clock ticks are 10 ms.
+    let per_row = |ticks: u64| ticks as f64 * 10_000.0 / rows as f64;
+    let line = json!({
+        "kind": "pg_rows",
+        "rows": rows,
+        "batch": batch,
+        "seconds": secs,
+        "rows_per_sec": rows as f64 / secs,
+        "client_cpu_us_per_row": per_row(cpu[0]),
+        "backend_cpu_us_per_row": per_row(cpu[1]),
+    });
+    println!("{line}");
+    Ok(())
+}
+
 fn proc_info(pid: u32, label: &str, out: Option<&str>) -> Result<()> {
     let pids = procfs::tree(pid);
     if pids.is_empty() {
@@ -738,6 +815,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Proc { pid, label, out } => proc_info(pid, &label, out.as_deref()),
+        Cmd::PgRows { url, rows, batch } => pg_rows(&url, rows, batch),
         Cmd::Relay { listen, upstream } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
