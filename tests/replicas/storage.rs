@@ -151,57 +151,30 @@ fn usage_rows_go_in_a_batch_per_statement_and_after_a_database_restart() {
         "the statement is kept for the next batch"
     );
 
-    let rows = client
-        .query(
-            "SELECT ts_ms, request_id, mode, dialect, model, stream, status, upstream_status,
-                input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd,
-                duration_ms, ttft_ms, proxy_ms, abandoned, error, credential, bucket, client_key,
-                replica
-             FROM requests ORDER BY ts_ms",
-            &[],
-        )
+    // Read back as `ccproxy usage` reads them (newest first).
+    let reader = ccproxy::observability::usage::pg::PgReader::open(&url)
+        .unwrap()
         .unwrap();
-    assert_eq!(rows.len(), batch.len());
+    let mut back = reader.recent(None, None, None).unwrap();
+    back.reverse();
     let nul = |s: &Option<String>| s.as_ref().map(|s| s.replace('\0', "\u{FFFD}"));
-    for (row, r) in rows.iter().zip(&batch) {
-        let back = UsageRecord {
-            ts_ms: row.get(0),
-            request_id: row.get(1),
-            mode: row.get(2),
-            dialect: row.get(3),
-            model: row.get(4),
-            stream: row.get(5),
-            status: u16::try_from(row.get::<_, i32>(6)).unwrap(),
-            upstream_status: row.get::<_, Option<i32>>(7).map(|s| s as u16),
-            tokens: Tokens {
-                input: row.get::<_, i64>(8) as u64,
-                output: row.get::<_, i64>(9) as u64,
-                cache_read: row.get::<_, i64>(10) as u64,
-                cache_write: row.get::<_, i64>(11) as u64,
-                ..Tokens::default()
-            },
-            cost_usd: row.get(12),
-            duration_ms: row.get(13),
-            ttft_ms: row.get(14),
-            proxy_ms: row.get(15),
-            abandoned: row.get(16),
-            error: row.get(17),
-            credential: row.get(18),
-            bucket: row.get(19),
-            client_key: row.get(20),
-        };
-        let want = UsageRecord {
+    let want: Vec<UsageRecord> = batch
+        .iter()
+        .map(|r| UsageRecord {
             model: nul(&r.model),
             error: nul(&r.error),
             ..r.clone()
-        };
-        assert_eq!(back, want);
-        assert_eq!(row.get::<_, String>(21), "replica-1");
-    }
-    assert_eq!(
-        rows[8].get::<_, Option<String>>(4).as_deref(),
-        Some("claude\u{FFFD}evil")
-    );
+        })
+        .collect();
+    assert_eq!(back, want);
+    assert_eq!(back[8].model.as_deref(), Some("claude\u{FFFD}evil"));
+    let replicas: Vec<String> = client
+        .query("SELECT DISTINCT replica FROM requests", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(replicas, ["replica-1"]);
 
     // The database restarts: the kept statement belongs to a connection that is gone.
     drop(client);

@@ -717,7 +717,12 @@ fn pg_rows(url: &str, rows: usize, batch: usize) -> Result<()> {
         ts_ms: 1_790_000_000_000 + i as i64,
         request_id: format!("req_bench_{i:08}"),
         mode: "full".into(),
-        dialect: if i.is_multiple_of(2) { "anthropic" } else { "openai" }.into(),
+        dialect: if i.is_multiple_of(2) {
+            "anthropic"
+        } else {
+            "openai"
+        }
+        .into(),
         model: Some("claude-sonnet-4-5".into()),
         stream: i.is_multiple_of(3),
         status: 200,
