@@ -99,7 +99,10 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     let (keys, observer, usage) = match &pg {
         None => {
             let db = &settings.usage.db;
-            let keys_db = (settings.usage.enabled || db.exists()).then(|| db.clone());
+            // A database that cannot even be looked for may hold keys: opened (and then
+            // failing closed) rather than skipped.
+            let keys_db = (settings.usage.enabled || !matches!(db.try_exists(), Ok(false)))
+                .then(|| db.clone());
             let keys = ClientKeys::open(keys_db, settings.server.require_client_keys);
             let (observer, usage) = start_observer(&settings, keys.clone(), None)?;
             (keys, observer, usage)

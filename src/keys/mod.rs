@@ -653,10 +653,10 @@ impl ClientKeys {
         if !self.unread.load(Ordering::Acquire) {
             return Ok(());
         }
-        Err(ProxyError::new(
-            ErrorKind::Overloaded,
-            Origin::Proxy,
+        // Retry-After: the table is read again every second.
+        Err(ProxyError::unavailable(
             "ccproxy cannot read its client keys, and refuses requests until it can (its log and /health say why)",
+            RELOAD_EVERY.as_secs().max(1),
         ))
     }
 
@@ -948,9 +948,11 @@ impl ClientKeys {
                 .iter()
                 .all(|r| current.by_name.get(&r.name).is_some_and(|e| e.record == *r));
         if unchanged {
-            if self.unread.swap(false, Ordering::AcqRel) {
+            if self.unread.load(Ordering::Acquire) {
+                // `any` first: the refusal lifts onto the table's own enforcement.
                 self.any
                     .store(!current.by_name.is_empty(), Ordering::Release);
+                self.unread.store(false, Ordering::Release);
             }
             if self.leased() {
                 self.sync_leases(kdb);

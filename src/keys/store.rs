@@ -107,7 +107,7 @@ fn opt_u32(v: Option<i64>) -> Option<u32> {
 }
 
 /// Whether the store provably holds no client key, for a store that could not be opened:
-/// no file at the SQLite path (nothing, or a directory), or a file that SQLite reads without
+/// nothing at the SQLite path (or a directory), or a file that SQLite reads without
 /// a `client_keys` table or with an empty one (read-only, without migrating: a database of a
 /// newer schema still answers). Anything else (a file that is not a database, a lock held past the busy timeout,
 /// PostgreSQL out of reach) may hide keys, and the proxy then refuses requests until the keys
@@ -116,9 +116,20 @@ pub fn holds_no_keys(db: &crate::db::Database) -> bool {
     let Some(path) = db.sqlite_path() else {
         return false;
     };
-    // Nothing, or a directory: no database is there.
-    if !path.is_file() {
-        return true;
+    // Nothing there (or a parent that is not a directory), or a directory: no database. A
+    // path that cannot even be looked at (no permission, a dangling link) may hide one.
+    match std::fs::symlink_metadata(path) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return true;
+        }
+        Ok(m) if m.is_dir() => return true,
+        Ok(_) => {}
+        Err(_) => return false,
     }
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;

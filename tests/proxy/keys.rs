@@ -718,6 +718,11 @@ async fn keys_that_cannot_be_read_at_startup_close_the_proxy_until_they_can() {
 
     let r = env.post("/v1/messages", None, &message("hi", false)).await;
     assert_eq!(r.status(), 503);
+    assert_eq!(
+        header(&r, "retry-after"),
+        Some("1"),
+        "the table is read again every second"
+    );
     let v = json_of(r).await;
     assert_anthropic_error(&v, "overloaded_error");
     let msg = v["error"]["message"].as_str().unwrap();
@@ -785,8 +790,9 @@ async fn keys_that_cannot_be_read_at_startup_close_the_proxy_until_they_can() {
 }
 
 /// A usage database written by a newer ccproxy (a schema version this build does not know)
-/// cannot be opened. If it holds a key, the proxy stays closed (503); if it holds none, or the
-/// database cannot even be created, there is no key to enforce and the proxy stays open.
+/// cannot be opened. If it holds a key, the proxy stays closed (503), as behind a link to a
+/// volume that is not there; if it holds none, or the database cannot even be created, there
+/// is no key to enforce and the proxy stays open.
 #[tokio::test]
 async fn a_newer_database_closes_the_proxy_only_when_it_holds_keys() {
     for (holds_a_key, expected) in [(true, 503), (false, 200)] {
@@ -832,6 +838,19 @@ async fn a_newer_database_closes_the_proxy_only_when_it_holds_keys() {
             );
         }
     }
+
+    // A link to a volume that is not mounted may hide a database with keys: closed.
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usage.db");
+    std::os::unix::fs::symlink(dir.path().join("unmounted/usage.db"), &link).unwrap();
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        usage_db: Some(link),
+        ..Opts::default()
+    })
+    .await;
+    let r = env.post("/v1/messages", None, &message("hi", false)).await;
+    assert_eq!(r.status(), 503);
 
     // A database that cannot be created (its directory is a file) holds nothing.
     let dir = tempfile::tempdir().unwrap();
