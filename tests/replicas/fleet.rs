@@ -470,8 +470,15 @@ async fn a_budget_shared_by_three_replicas_is_exceeded_by_at_most_one_request_pe
         spent <= budget + 3.0 * max + 1e-9,
         "spent {spent} of {budget} (max request {max}, served {served:?}; leases {leases})"
     );
-    // And the budget was used, not refused early.
-    assert!(spent >= budget * 0.75, "spent {spent} of {budget}");
+    // And the budget was used, not refused early. The design's bound: once the fleet has
+    // leased the whole budget, each replica may hold up to one unused lease (a quarter of its
+    // share, `keys::lease_size`) when it refuses, so at least three quarters is spent, less the
+    // request that found the last lease just short.
+    let unused_leases = 3.0 * budget / (4.0 * 3.0);
+    assert!(
+        spent >= budget - unused_leases - max - 1e-9,
+        "spent {spent} of {budget} (max request {max}, served {served:?}; leases {leases})"
+    );
     // Every replica's dashboard data shows the fleet's requests.
     for i in 0..3 {
         let v: Value = f
