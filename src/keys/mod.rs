@@ -376,12 +376,15 @@ struct Window {
     period_start: i64,
     spend: f64,
     /// PostgreSQL: this replica's spend lease on the budget for the period (what it may
-    /// spend in total), its spend under it, the fleet's committed spend, and whether the
-    /// fleet's budget is used up (no lease left to grant).
+    /// spend in total), its spend under it, and whether the fleet has leased (or spent) the
+    /// whole budget, as of the last renewal.
     lease_granted: f64,
     lease_used: f64,
-    fleet_committed: f64,
-    exhausted: bool,
+    fleet_full: bool,
+    /// The largest cost of one request of this key seen by this process, and whether any of
+    /// its requests has been counted yet: what an admitted request not yet counted may cost.
+    max_cost: f64,
+    counted_any: bool,
     last_used_ms: Option<i64>,
 }
 
@@ -407,8 +410,7 @@ impl Window {
                 self.spend = 0.0;
                 self.lease_granted = 0.0;
                 self.lease_used = 0.0;
-                self.fleet_committed = 0.0;
-                self.exhausted = false;
+                self.fleet_full = false;
             }
         }
     }
@@ -763,34 +765,46 @@ impl ClientKeys {
         let mut w = live.window.lock().unwrap_or_else(|e| e.into_inner());
         w.prune(now);
         w.roll(limits.budget.as_ref(), now);
-        if let Some(b) = &limits.budget
-            && self.leased()
-            && !w.exhausted
-        {
-            // Shared budget: spend only under this replica's lease. Near its end (less than
-            // half a lease left), one request at a time — the next only once the previous one's
-            // cost is counted — so the budget is exceeded by at most one request per replica.
-            let left = w.lease_granted - w.lease_used;
-            let low = left < lease_size(b.usd, f64::from(self.link.replicas())) / 2.0;
-            if left <= 0.0 || (low && live.uncounted.load(Ordering::Acquire) > 0) {
-                self.poke();
-                reject(name, "budget_lease");
-                let mut e = rate_limited(
-                    format!(
-                        "client key {name:?} is waiting for its share of the budget on this replica"
-                    ),
-                    rate_info(limits, &w, now),
-                );
-                e.retry_after = Some(1);
-                return Err(e);
+        // The budget. With PostgreSQL it is shared through leases: a replica spends only under
+        // its own lease, and the budget is spent when this replica's lease is used up and the
+        // fleet has nothing left to grant (what other replicas hold, they still spend).
+        let spent = match &limits.budget {
+            Some(b) if self.leased() => {
+                let left = w.lease_granted - w.lease_used;
+                if left <= 0.0 && w.fleet_full {
+                    true
+                } else {
+                    // Requests admitted but not counted yet are reserved at the largest cost
+                    // seen. Near the lease's end (less than half a lease left), or before any
+                    // cost is known, one request at a time: the next only once the previous
+                    // one's cost is counted. So a replica spends at most its lease and one
+                    // request.
+                    let pending = live.uncounted.load(Ordering::Acquire);
+                    let free = left - f64::from(pending) * w.max_cost;
+                    let low = !w.counted_any
+                        || free < lease_size(b.usd, f64::from(self.link.replicas())) / 2.0;
+                    if free <= 0.0 || (low && pending > 0) {
+                        self.poke();
+                        reject(name, "budget_lease");
+                        let mut e = rate_limited(
+                            format!(
+                                "client key {name:?} is waiting for its share of the budget on this replica"
+                            ),
+                            rate_info(limits, &w, now),
+                        );
+                        e.retry_after = Some(1);
+                        return Err(e);
+                    }
+                    if low {
+                        self.poke();
+                    }
+                    false
+                }
             }
-            if low {
-                self.poke();
-            }
-        }
-        if let Some(b) = &limits.budget
-            && (w.spend >= b.usd || (self.leased() && w.exhausted))
-        {
+            Some(b) => w.spend >= b.usd,
+            None => false,
+        };
+        if spent && let Some(b) = &limits.budget {
             reject(name, "budget");
             let (_, end) = b.period.bounds(now);
             let mut e = ProxyError::new(
@@ -873,12 +887,14 @@ impl ClientKeys {
             w.tokens.push_back((now, tokens));
             w.token_sum = w.token_sum.saturating_add(tokens);
         }
-        if let Some(c) = cost_usd.filter(|c| c.is_finite() && *c > 0.0)
-            && at_ms >= w.period_start
-        {
-            w.spend += c;
-            w.lease_used += c;
+        if let Some(c) = cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
+            w.max_cost = w.max_cost.max(c);
+            if at_ms >= w.period_start {
+                w.spend += c;
+                w.lease_used += c;
+            }
         }
+        w.counted_any = true;
         metrics::counter!("ccproxy_client_key_requests_total", "key" => name.to_owned())
             .increment(1);
     }
@@ -1004,9 +1020,8 @@ impl ClientKeys {
             let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
             if w.period_start == start {
                 w.lease_granted = lease.granted;
-                w.fleet_committed = lease.committed;
-                w.exhausted = lease.granted - w.lease_used <= 0.0 && lease.committed >= b.usd;
-                w.spend = lease.committed.max(w.spend);
+                w.fleet_full = lease.committed >= b.usd;
+                w.spend = lease.spent.max(w.spend);
             }
         }
     }
@@ -1124,6 +1139,8 @@ fn restore_live(kdb: &mut store::KeyDb, r: &KeyRecord, now: i64) -> Live {
                 if r.limits.budget.is_some() && ts >= w.period_start {
                     w.spend += cost.unwrap_or(0.0);
                 }
+                w.max_cost = w.max_cost.max(cost.unwrap_or(0.0));
+                w.counted_any = true;
             }
         }
         Err(e) => tracing::warn!(key = %r.name, error = %e, "cannot read the key's past usage"),

@@ -251,6 +251,8 @@ pub struct Lease {
     /// What the fleet has committed: every replica's lease (or its spend, when larger), or
     /// the usage rows' total, whichever is larger.
     pub committed: f64,
+    /// What the fleet's usage rows say the key has spent in the period.
+    pub spent: f64,
 }
 
 /// A replica whose lease was not renewed for this long is gone: what it did not spend goes
@@ -322,5 +324,9 @@ pub fn lease(
         granted = next;
     }
     tx.commit()?;
-    Ok(Lease { granted, committed })
+    Ok(Lease {
+        granted,
+        committed,
+        spent: rows,
+    })
 }
