@@ -10,6 +10,7 @@
 //! - [`models`]: model aliases and per-model capabilities.
 //! - [`responses`]: the same for the OpenAI Responses API (request, response, stream).
 
+pub(crate) mod delta;
 pub mod model_list;
 pub mod models;
 pub mod request;

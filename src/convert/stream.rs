@@ -123,6 +123,19 @@ impl ChatStreamConverter {
         if self.done {
             return;
         }
+        // Most events are text deltas: copied over without decoding (`super::delta`).
+        // (The data's `type` wins over the event's name, as below.)
+        if let Some(d) = super::delta::text_delta(data) {
+            if !d.is_empty() && matches!(self.state(d.index), Some(BlockState::Text) | None) {
+                self.content_literal(b"content", d.literal, out);
+            }
+            return;
+        }
+        self.on_decoded(event, data, out);
+    }
+
+    /// [`Self::on_event`] through serde_json.
+    fn on_decoded(&mut self, event: &str, data: &[u8], out: &mut Vec<u8>) {
         let ev: StreamEvent = match crate::util::json::from_bytes(data) {
             Ok(ev) => ev,
             Err(_) => {
@@ -281,6 +294,18 @@ impl ChatStreamConverter {
         out.extend_from_slice(field.as_bytes());
         out.extend_from_slice(b"\":");
         write_json_str(out, text);
+        out.push(b'}');
+        self.chunk_end(out, None);
+    }
+
+    /// [`Self::content`] with the text as a JSON string literal in serde_json's escaping.
+    fn content_literal(&mut self, field: &[u8], literal: &[u8], out: &mut Vec<u8>) {
+        self.ensure_role(out);
+        self.chunk_start(out);
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(field);
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(literal);
         out.push(b'}');
         self.chunk_end(out, None);
     }
@@ -458,6 +483,25 @@ impl ChatStreamConverter {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    proptest::proptest! {
+        /// The text-delta fast path (`convert::delta`) and the serde path give the same bytes.
+        #[test]
+        fn text_deltas_come_out_the_same_with_or_without_serde(
+            ops in proptest::collection::vec((0u8..10, 0u8..3, ".{0,12}", proptest::bool::weighted(0.8)), 0..24),
+            usage in proptest::bool::ANY,
+        ) {
+            let events = crate::convert::test_support::upstream_events(&ops);
+            let (a, b) = crate::convert::test_support::both_paths(
+                &events,
+                (conv(usage), conv(usage)),
+                |c, e, out| c.on_event("", e, out),
+                |c, e, out| c.on_decoded("", e, out),
+                |c, out| c.finish(out),
+            );
+            proptest::prop_assert_eq!(a, b);
+        }
+    }
 
     fn fixture(path: &str) -> Vec<u8> {
         let p = format!("{}/../shared/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));

@@ -185,6 +185,22 @@ impl ResponsesStreamConverter {
         if self.done {
             return;
         }
+        // Most events are text deltas: read without serde (`convert::delta`). The data's
+        // `type` wins over the event's name, as below.
+        if let Some(d) = crate::convert::delta::text_delta(data) {
+            if matches!(
+                self.blocks.iter().find(|(i, _)| *i == d.index),
+                None | Some((_, Open::Text))
+            ) {
+                self.text(&d.text(), out);
+            }
+            return;
+        }
+        self.on_decoded(event, data, out);
+    }
+
+    /// [`Self::on_event`] through serde_json.
+    fn on_decoded(&mut self, event: &str, data: &[u8], out: &mut dyn EventSink) {
         let ev: Upstream = match crate::util::json::from_bytes(data) {
             Ok(ev) => ev,
             Err(_) => {
@@ -994,6 +1010,25 @@ mod tests {
     use crate::convert::SseParser;
     use crate::convert::responses::messages_to_response;
     use serde_json::{Value, json};
+
+    proptest::proptest! {
+        /// The text-delta fast path (`convert::delta`) and the serde path give the same bytes.
+        #[test]
+        fn text_deltas_come_out_the_same_with_or_without_serde(
+            ops in proptest::collection::vec((0u8..10, 0u8..3, ".{0,12}", proptest::bool::weighted(0.8)), 0..24),
+            summaries in proptest::bool::ANY,
+        ) {
+            let events = crate::convert::test_support::upstream_events(&ops);
+            let (a, b) = crate::convert::test_support::both_paths(
+                &events,
+                (ResponsesStreamConverter::new(ctx(summaries)), ResponsesStreamConverter::new(ctx(summaries))),
+                |c, e, out| c.on_event("", e, out),
+                |c, e, out| c.on_decoded("", e, out),
+                |c, out| c.finish(out),
+            );
+            proptest::prop_assert_eq!(a, b);
+        }
+    }
 
     fn fixture(path: &str) -> Vec<u8> {
         let p = format!("{}/../shared/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
