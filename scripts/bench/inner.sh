@@ -98,6 +98,9 @@ FULL_ANTH="name=ccproxy-full-anthropic,url=$U:$PROXY_PORT/v1/messages,base=direc
 PT_OAI="name=ccproxy-pt-openai,url=$U:$PROXY_PORT/pt/openai/v1/chat/completions,body=openai,base=direct-openai,$P"
 MIN_OAI="name=ccproxy-min-openai,url=$U:$PROXY_PORT/min/openai/v1/chat/completions,body=openai,base=direct-converted,$P"
 FULL_OAI="name=ccproxy-full-openai,url=$U:$PROXY_PORT/openai/v1/chat/completions,body=openai,base=direct-converted,$P"
+# The Responses route (full mode), measured in scenarios 3 (c=32) and 4d only. Its baseline is the
+# Chat request's conversion: the same model and text, so the upstream does the same work.
+FULL_RESP="name=ccproxy-full-responses,url=$U:$PROXY_PORT/openai/v1/responses,body=responses,base=direct-converted,$P"
 ALL9=(--arm "$D_ANTH" --arm "$PT_ANTH" --arm "$MIN_ANTH" --arm "$FULL_ANTH"
   --arm "$D_CHAT" --arm "$PT_OAI" --arm "$D_CONV" --arm "$MIN_OAI" --arm "$FULL_OAI")
 # Reference arms: the L4 relay, and ccproxy without request log line and usage database.
@@ -138,7 +141,7 @@ bench s2-cc-c1 "${ALL9[@]}" -c 1 --body-size cc --requests $N2 --rounds $R2 --wa
 
 # --- scenario 3: throughput and CPU per request -------------------------------------------
 note "== 3: throughput"
-bench s3-c32 "${ALL9[@]}" "${REF[@]}" -c 32 --seconds $S3 --rounds $R3 --warmup 500
+bench s3-c32 "${ALL9[@]}" --arm "$FULL_RESP" "${REF[@]}" -c 32 --seconds $S3 --rounds $R3 --warmup 500
 bench s3-c128 --arm "$D_ANTH" --arm "$PT_ANTH" --arm "$FULL_ANTH" --arm "$D_CONV" --arm "$FULL_OAI" \
   -c 128 --seconds $S3 --rounds $R3 --warmup 500
 
@@ -187,10 +190,11 @@ PIDS+=("$AFTER_SAMPLER")
 # --- scenario 4d: CPU per streamed event, ccproxy beside the bare relay --------------------
 # Streams of 64 deltas 1 ms apart (each event its own read and write on every hop), c=32. CPU per
 # event = (CPU per stream - CPU per small request at c=32, scenario 3) / events per stream, for
-# ccproxy and for the relay alike.
+# ccproxy and for the relay alike. The Responses arm's stream has 8 framing events (Chat's 6).
 note "== 4d: CPU per streamed event, c=32 (64 deltas, 1 ms apart)"
 bench s4-events-c32 --arm "$D_ANTH" --arm "$PT_ANTH" \
   --arm "name=ccproxy-full-openai,url=$U:$PROXY_PORT/openai/v1/chat/completions,body=openai,base=direct-anthropic,$P" \
+  --arm "${FULL_RESP/base=direct-converted/base=direct-anthropic}" \
   --arm "name=ref-tcp-relay,url=$U:$RELAY_PORT/v1/messages,base=direct-anthropic,pid=$RELAY" \
   -c 32 --stream --deltas 64 --gap-ms 1 --seconds $SE --rounds $RE --warmup 64 --stall-ms 500
 

@@ -13,6 +13,9 @@
 #
 # CCPROXY=PATH profiles another ccproxy binary (a copy of an earlier build, for a before/after
 # without rebuilding); PROFILE_PRELOAD=LIB runs it with LD_PRELOAD=LIB (another malloc).
+# PROFILE_MODES="MODE ..." profiles only those modes (pt-anthropic min-anthropic full-anthropic
+# full-openai full-anthropic-cc pt-anthropic-stream64 full-openai-stream64 full-responses
+# full-responses-stream64).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -67,6 +70,8 @@ run full-openai "$U:18102/openai/v1/chat/completions" openai "$N"
 run full-anthropic-cc "$U:18102/v1/messages" anthropic $((N / 4)) --body-size cc
 run pt-anthropic-stream64 "$U:18102/pt/v1/messages" anthropic $((N / 20)) --stream --deltas 64 --gap-ms 1
 run full-openai-stream64 "$U:18102/openai/v1/chat/completions" openai $((N / 20)) --stream --deltas 64 --gap-ms 1
+run full-responses "$U:18102/openai/v1/responses" responses "$N"
+run full-responses-stream64 "$U:18102/openai/v1/responses" responses $((N / 20)) --stream --deltas 64 --gap-ms 1
 kill "$PROXY" "$SIM" 2>/dev/null || true
 wait 2>/dev/null || true
 INNER

@@ -1,5 +1,6 @@
-//! Request bodies: a small request and the ~80 KB Claude Code request, in both dialects,
-//! with the simulated upstream's scenario markers in the last user message.
+//! Request bodies: a small request and the ~80 KB Claude Code request, in each dialect
+//! (Anthropic Messages, OpenAI Chat Completions, OpenAI Responses), with the simulated
+//! upstream's scenario markers in the last user message.
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
@@ -15,6 +16,9 @@ pub enum BodyKind {
     /// exactly what ccproxy sends upstream for the OpenAI request (the direct baseline of
     /// the converting modes).
     Converted,
+    /// OpenAI Responses request (`input`, `max_output_tokens`); Responses answer (a `response`
+    /// object, or `response.*` events ending at `response.completed`).
+    Responses,
 }
 
 impl BodyKind {
@@ -23,9 +27,10 @@ impl BodyKind {
             "anthropic" => BodyKind::Anthropic,
             "openai" => BodyKind::OpenAi,
             "converted" => BodyKind::Converted,
+            "responses" => BodyKind::Responses,
             _ => {
                 return Err(anyhow!(
-                    "unknown body kind {s:?} (anthropic|openai|converted)"
+                    "unknown body kind {s:?} (anthropic|openai|converted|responses)"
                 ));
             }
         })
@@ -36,7 +41,13 @@ impl BodyKind {
             BodyKind::Anthropic => "anthropic",
             BodyKind::OpenAi => "openai",
             BodyKind::Converted => "converted",
+            BodyKind::Responses => "responses",
         }
+    }
+
+    /// An OpenAI-dialect request (bearer auth by default, no `anthropic-version`).
+    pub fn is_openai(self) -> bool {
+        matches!(self, BodyKind::OpenAi | BodyKind::Responses)
     }
 }
 
@@ -87,6 +98,11 @@ impl BodySpec {
         Ok(match kind {
             BodyKind::Anthropic => serde_json::to_vec(&anthropic()?)?,
             BodyKind::OpenAi => serde_json::to_vec(&openai()?)?,
+            BodyKind::Responses => serde_json::to_vec(&if self.size == "cc" {
+                anthropic_to_responses(&self.cc_anthropic()?)
+            } else {
+                self.small_responses()
+            })?,
             BodyKind::Converted => {
                 let aliases = ccproxy::convert::ModelAliases::with_defaults();
                 let opts = ccproxy::convert::ConvertOptions {
@@ -115,6 +131,17 @@ impl BodySpec {
             v["stream"] = json!(false);
         }
         v
+    }
+
+    /// The small request as a Responses create body: the same model and text (markers
+    /// included) as the other dialects', so the simulated upstream does the same work.
+    fn small_responses(&self) -> Value {
+        json!({
+            "model": self.model,
+            "input": format!("Say hello to the benchmark.{}", self.markers()),
+            "stream": self.stream,
+            "max_output_tokens": 256,
+        })
     }
 
     fn cc_anthropic(&self) -> Result<Value> {
@@ -210,5 +237,66 @@ pub fn anthropic_to_openai(a: &Value) -> Value {
     if a["stream"] == json!(true) {
         v["stream"] = json!(true);
     }
+    v
+}
+
+/// The Responses-dialect equivalent of an Anthropic request: the system text as `instructions`,
+/// the turns as input messages (`input_text` / `output_text` parts), the tools as function
+/// tools.
+pub fn anthropic_to_responses(a: &Value) -> Value {
+    let instructions = match &a["system"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n"),
+        _ => String::new(),
+    };
+    let input: Vec<Value> = a["messages"]
+        .as_array()
+        .map(|msgs| {
+            msgs.iter()
+                .map(|m| {
+                    let part = if m["role"] == "assistant" {
+                        "output_text"
+                    } else {
+                        "input_text"
+                    };
+                    let content = match text_of(&m["content"]) {
+                        Value::Array(blocks) => Value::Array(
+                            blocks
+                                .into_iter()
+                                .map(|b| json!({"type": part, "text": b["text"]}))
+                                .collect(),
+                        ),
+                        other => other,
+                    };
+                    json!({"type": "message", "role": m["role"], "content": content})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let tools: Vec<Value> = a["tools"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| {
+                    json!({"type": "function", "name": t["name"],
+                        "description": t["description"], "parameters": t["input_schema"]})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut v = json!({"model": a["model"]});
+    if !instructions.is_empty() {
+        v["instructions"] = json!(instructions);
+    }
+    v["input"] = Value::Array(input);
+    if !tools.is_empty() {
+        v["tools"] = Value::Array(tools);
+    }
+    v["stream"] = json!(a["stream"] == json!(true));
+    v["max_output_tokens"] = a["max_tokens"].clone();
     v
 }

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use crate::bodies::BodyKind;
 use crate::http1::{BodySink, Conn, Target, request_bytes};
-use crate::sse::{PlainSink, SseTrack};
+use crate::sse::{PlainSink, SseTrack, responses_answer_ok};
 
 /// One target of a run.
 pub struct Arm {
@@ -253,8 +253,17 @@ async fn worker(
     mut link: Option<Link>,
 ) -> (Seg, Option<Link>) {
     let mut seg = Seg::default();
-    let mut track = SseTrack::new();
+    let responses = arm.kind == BodyKind::Responses;
+    let mut track = if responses {
+        SseTrack::responses()
+    } else {
+        SseTrack::new()
+    };
     let mut plain = PlainSink::default();
+    if responses && !plan.stream {
+        // A Responses answer is checked whole: a completed `response` with message text.
+        plain.whole = Some(Vec::with_capacity(4096));
+    }
     while let Some(due) = next_due(plan, shared).await {
         seg.requests += 1;
         let sink: &mut dyn BodySink = if plan.stream {
@@ -263,6 +272,9 @@ async fn worker(
         } else {
             plain.bytes = 0;
             plain.start.clear();
+            if let Some(w) = &mut plain.whole {
+                w.clear();
+            }
             &mut plain
         };
         let fut = exchange(arm, &mut link, sink);
@@ -293,6 +305,18 @@ async fn worker(
             seg.err_status += 1;
             let body = String::from_utf8_lossy(&plain.start).into_owned();
             seg.note_error(format!("{}: HTTP {} {}", arm.name, head.0, body));
+            continue;
+        }
+        if let Some(w) = &plain.whole
+            && !responses_answer_ok(w)
+        {
+            // A 200 that is not a completed response with text: an error, as a non-200 is.
+            seg.err_status += 1;
+            let body = String::from_utf8_lossy(&plain.start).into_owned();
+            seg.note_error(format!(
+                "{}: HTTP 200 without a completed response: {}",
+                arm.name, body
+            ));
             continue;
         }
         seg.ok += 1;

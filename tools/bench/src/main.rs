@@ -79,7 +79,7 @@ struct RunArgs {
     /// Scenario name, copied into the output.
     #[arg(long, default_value = "run")]
     scenario: String,
-    /// An arm: `name=N,url=http://IP:PORT/PATH[,body=anthropic|openai|converted][,base=ARM]
+    /// An arm: `name=N,url=http://IP:PORT/PATH[,body=anthropic|openai|converted|responses][,base=ARM]
     /// [,pid=PID][,auth=x-api-key:KEY|bearer:KEY|none][,h2=true][,hdr=NAME:VALUE]`.
     #[arg(long = "arm", required = true)]
     arms: Vec<String>,
@@ -195,7 +195,7 @@ fn parse_arm(s: &str) -> Result<ArmSpec> {
     if a.name.is_empty() || a.url.is_empty() {
         return Err(anyhow!("an arm needs name= and url=: {s}"));
     }
-    let default_auth = if a.body == BodyKind::OpenAi {
+    let default_auth = if a.body.is_openai() {
         format!("bearer:{DEFAULT_KEY}")
     } else {
         format!("x-api-key:{DEFAULT_KEY}")
@@ -353,7 +353,7 @@ fn plan_of(args: &RunArgs) -> Plan {
 /// An arm ready to run: its request built and its connections set up.
 fn arm_run(args: &RunArgs, spec: &BodySpec, plan: &Plan, a: ArmSpec) -> Result<ArmRun> {
     let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
-    if a.body != BodyKind::OpenAi {
+    if !a.body.is_openai() {
         headers.push(("anthropic-version".to_owned(), "2023-06-01".to_owned()));
     }
     headers.push((
