@@ -7,6 +7,9 @@
 #   scripts/bench/cpu-ab.sh OLD_BINARY NEW_BINARY [ROUNDS]   (default 8 rounds of 3 s each;
 #       needs target/release/ccproxy-bench)
 #
+# AB_PATH and AB_BODY choose another route (default /pt/v1/messages with an Anthropic body; e.g.
+# AB_PATH=/openai/v1/responses AB_BODY=responses).
+#
 # Inside `unshare -n` (loopback only); results under target/bench/cpu-ab-<stamp>/ (rounds.txt:
 # build, requests, user and system nanoseconds per request).
 set -euo pipefail
@@ -17,7 +20,9 @@ B=$(realpath "${2:?new binary}")
 ROUNDS=${3:-8}
 OUT=$ROOT/target/bench/cpu-ab-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
-export ROOT A B ROUNDS OUT
+AB_PATH=${AB_PATH:-/pt/v1/messages}
+AB_BODY=${AB_BODY:-anthropic}
+export ROOT A B ROUNDS OUT AB_PATH AB_BODY
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -41,12 +46,12 @@ ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 one() { # name pid port
   local u0 s0 u1 s1 n
   read -r u0 s0 < <(ticks "$2")
-  n=$("$BENCH" run --arm "name=x,url=http://127.0.0.1:$3/pt/v1/messages" -c 32 --seconds 3 --quiet | awk '$1=="x"{print $2}')
+  n=$("$BENCH" run --arm "name=x,url=http://127.0.0.1:$3$AB_PATH,body=$AB_BODY" -c 32 --seconds 3 --quiet | awk '$1=="x"{print $2}')
   read -r u1 s1 < <(ticks "$2")
   echo "$1 $n $(( (u1 - u0) * TICK_NS / n )) $(( (s1 - s0) * TICK_NS / n ))"
 }
 for p in 18502 18503; do
-  "$BENCH" run --arm "name=w,url=http://127.0.0.1:$p/pt/v1/messages" -c 32 --seconds 1 --quiet >/dev/null
+  "$BENCH" run --arm "name=w,url=http://127.0.0.1:$p$AB_PATH,body=$AB_BODY" -c 32 --seconds 1 --quiet >/dev/null
 done
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then one old "$PA" 18502; one new "$PB" 18503

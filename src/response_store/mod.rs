@@ -48,6 +48,8 @@ const QUEUE_CAPACITY: usize = 1024;
 const PENDING_CAPACITY: usize = 10_000;
 
 const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// The most responses written in one transaction.
+const BATCH: usize = 256;
 
 /// One stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +84,11 @@ pub trait Backend: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Inserts or replaces `r`.
     fn put(&self, r: &StoredResponse) -> Result<(), StoreError>;
+    /// Inserts or replaces all of `rs`, in order (on an error some may be written: a put is
+    /// idempotent, so the caller puts them all again).
+    fn put_all(&self, rs: &[Arc<StoredResponse>]) -> Result<(), StoreError> {
+        rs.iter().try_for_each(|r| self.put(r))
+    }
     /// The response `id`, unless unknown or expired at `now_ms`.
     fn get(&self, id: &str, now_ms: i64) -> Result<Option<StoredResponse>, StoreError>;
     /// Deletes `id`; whether a live (unexpired) response was deleted.
@@ -388,16 +395,40 @@ fn writer_loop(
         } else {
             prune_every.min(RETRY_EVERY)
         };
-        match rx.recv_timeout(wait) {
-            Ok(Op::Put(r)) => {
-                if !pending.is_empty() {
-                    pending.push_back(r);
-                } else if let Err(e) = backend.put(&r) {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "cannot store a response; retrying");
-                    pending.push_back(r);
-                }
+        // The puts queued behind the first go in one transaction (up to `BATCH`); the first
+        // other operation is handled after them, in order.
+        let mut batch = Vec::new();
+        let mut next = rx.recv_timeout(wait);
+        while let Ok(Op::Put(r)) = next {
+            batch.push(r);
+            next = if batch.len() < BATCH {
+                rx.try_recv().map_err(|e| match e {
+                    mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+                    mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
+                })
+            } else {
+                Err(mpsc::RecvTimeoutError::Timeout)
+            };
+        }
+        if !batch.is_empty() && !pending.is_empty() {
+            pending.extend(batch);
+        } else if !batch.is_empty()
+            && let Err(e) = backend.put_all(&batch)
+        {
+            errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "cannot store responses; retrying");
+            pending.extend(batch);
+        }
+        // Puts that failed before, again: before a flush is answered or a delete is done.
+        while let Some(r) = pending.front() {
+            if backend.put(r).is_err() {
+                break;
             }
+            pending.pop_front();
+        }
+        match next {
+            // Not reached (the loop above takes every put); in order if it were.
+            Ok(Op::Put(r)) => pending.push_back(r),
             Ok(Op::Delete(id, ack)) => {
                 // A put still waiting cannot bring the response back.
                 pending.retain(|p| p.id != id);
@@ -408,12 +439,6 @@ fn writer_loop(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        while let Some(r) = pending.front() {
-            if backend.put(r).is_err() {
-                break;
-            }
-            pending.pop_front();
         }
         if pending.len() > PENDING_CAPACITY {
             let over = pending.len() - PENDING_CAPACITY;
@@ -509,6 +534,92 @@ mod tests {
         assert!(s.get("resp_gone").await.unwrap().is_none());
         assert!(backend.get("resp_gone", now_ms()).unwrap().is_none());
         assert_eq!(s.health()["durable"], true);
+    }
+
+    /// A backend in memory that holds its first `put_all` until released, and fails the
+    /// batches it is told to; it records the size of each `put_all`.
+    #[derive(Default)]
+    struct Gated {
+        rows: Mutex<HashMap<String, String>>,
+        batches: Mutex<Vec<usize>>,
+        release: (Mutex<bool>, std::sync::Condvar),
+        fail_batches: Mutex<Vec<usize>>,
+    }
+
+    impl Backend for Gated {
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+        fn put(&self, r: &StoredResponse) -> Result<(), StoreError> {
+            let mut rows = self.rows.lock().unwrap();
+            rows.insert(r.id.clone(), r.response.clone());
+            Ok(())
+        }
+        fn put_all(&self, rs: &[Arc<StoredResponse>]) -> Result<(), StoreError> {
+            let n = {
+                let mut b = self.batches.lock().unwrap();
+                b.push(rs.len());
+                b.len()
+            };
+            let mut open = self.release.0.lock().unwrap();
+            while !*open {
+                open = self.release.1.wait(open).unwrap();
+            }
+            drop(open);
+            if self.fail_batches.lock().unwrap().contains(&n) {
+                return Err(StoreError("down".into()));
+            }
+            rs.iter().try_for_each(|r| self.put(r))
+        }
+        fn get(&self, id: &str, _: i64) -> Result<Option<StoredResponse>, StoreError> {
+            Ok(self
+                .rows
+                .lock()
+                .unwrap()
+                .get(id)
+                .map(|resp| StoredResponse {
+                    id: id.into(),
+                    created_at: 1,
+                    expires_at_ms: i64::MAX,
+                    input_items: "[]".into(),
+                    response: resp.clone(),
+                }))
+        }
+        fn delete(&self, id: &str, _: i64) -> Result<bool, StoreError> {
+            Ok(self.rows.lock().unwrap().remove(id).is_some())
+        }
+        fn prune(&self, _: i64) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn queued_puts_are_written_a_batch_at_a_time_and_a_failed_batch_again() {
+        let backend = Arc::new(Gated::default());
+        // The third batch fails: its responses are put again, one by one.
+        backend.fail_batches.lock().unwrap().push(3);
+        let s = ResponseStore::durable(backend.clone(), Duration::from_secs(60));
+        s.put("resp_first".into(), 1, "[]".into(), "{}".into());
+        // The writer holds the first batch (of one) while 300 more are queued.
+        while backend.batches.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 0..300 {
+            s.put(
+                format!("resp_{i}"),
+                1,
+                "[]".into(),
+                format!("{{\"n\":{i}}}"),
+            );
+        }
+        *backend.release.0.lock().unwrap() = true;
+        backend.release.1.notify_all();
+        assert!(s.flush(Duration::from_secs(5)));
+        assert_eq!(*backend.batches.lock().unwrap(), [1, BATCH, 300 - BATCH]);
+        let rows = backend.rows.lock().unwrap();
+        assert_eq!(rows.len(), 301);
+        assert_eq!(rows["resp_299"], "{\"n\":299}");
+        assert_eq!(s.health()["write_errors"], 1);
     }
 
     #[test]

@@ -34,29 +34,42 @@ impl PgBackend {
     }
 }
 
+fn upsert(c: &mut impl postgres::GenericClient, r: &StoredResponse) -> Result<(), postgres::Error> {
+    let created = i64::try_from(r.created_at).unwrap_or(i64::MAX);
+    c.execute(
+        "INSERT INTO responses (id, created_at, expires_at_ms, input_items, response)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at,
+            expires_at_ms = EXCLUDED.expires_at_ms, input_items = EXCLUDED.input_items,
+            response = EXCLUDED.response",
+        &[
+            &r.id,
+            &created,
+            &r.expires_at_ms,
+            &r.input_items,
+            &r.response,
+        ],
+    )
+    .map(|_| ())
+}
+
 impl Backend for PgBackend {
     fn describe(&self) -> String {
         format!("postgres {}", self.shown)
     }
 
     fn put(&self, r: &StoredResponse) -> Result<(), StoreError> {
-        let created = i64::try_from(r.created_at).unwrap_or(i64::MAX);
+        self.with(|c| upsert(c, r))
+    }
+
+    /// One transaction for all (one commit, not one per response).
+    fn put_all(&self, rs: &[Arc<StoredResponse>]) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
-                "INSERT INTO responses (id, created_at, expires_at_ms, input_items, response)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at,
-                    expires_at_ms = EXCLUDED.expires_at_ms, input_items = EXCLUDED.input_items,
-                    response = EXCLUDED.response",
-                &[
-                    &r.id,
-                    &created,
-                    &r.expires_at_ms,
-                    &r.input_items,
-                    &r.response,
-                ],
-            )
-            .map(|_| ())
+            let mut tx = c.transaction()?;
+            for r in rs {
+                upsert(&mut tx, r)?;
+            }
+            tx.commit()
         })
     }
 

@@ -2,7 +2,7 @@
 //! [`crate::observability::usage::store`]), one row per response.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -34,28 +34,39 @@ impl SqliteBackend {
     }
 }
 
+fn insert(conn: &Connection, r: &StoredResponse) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO responses (id, created_at, expires_at_ms, input_items, response)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        r.id,
+        i64::try_from(r.created_at).unwrap_or(i64::MAX),
+        r.expires_at_ms,
+        r.input_items,
+        r.response
+    ])
+    .map(|_| ())
+}
+
 impl Backend for SqliteBackend {
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
     }
 
     fn put(&self, r: &StoredResponse) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached(
-                "INSERT OR REPLACE INTO responses (id, created_at, expires_at_ms, input_items, response)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    r.id,
-                    i64::try_from(r.created_at).unwrap_or(i64::MAX),
-                    r.expires_at_ms,
-                    r.input_items,
-                    r.response
-                ])
-            })
-            .map(|_| ())
-            .map_err(self.err())
+        insert(&self.conn(), r).map_err(self.err())
+    }
+
+    /// One transaction for all: a commit per response was most of a put's cost (callgrind:
+    /// 31k instructions per response on the `full-responses` profile).
+    fn put_all(&self, rs: &[Arc<StoredResponse>]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        for r in rs {
+            insert(&tx, r).map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
     }
 
     fn get(&self, id: &str, now_ms: i64) -> Result<Option<StoredResponse>, StoreError> {
@@ -117,6 +128,34 @@ mod tests {
             input_items: r#"[{"id":"msg_1"}]"#.into(),
             response: r#"{"id":"x"}"#.into(),
         }
+    }
+
+    #[test]
+    fn put_all_writes_every_row_in_one_transaction_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SqliteBackend::open(&dir.path().join("usage.db")).unwrap();
+        let rows: Vec<Arc<StoredResponse>> = (0..50)
+            .map(|i| Arc::new(row(&format!("resp_{i}"), 1_000)))
+            .collect();
+        b.put_all(&rows).unwrap();
+        for r in &rows {
+            assert_eq!(b.get(&r.id, 500).unwrap().as_ref(), Some(&**r));
+        }
+        // A row that cannot be written (a trigger refuses it) takes its batch with it.
+        b.conn()
+            .execute_batch(
+                "CREATE TRIGGER no_bad BEFORE INSERT ON responses WHEN NEW.id = 'resp_bad'
+                 BEGIN SELECT RAISE(ABORT, 'bad row'); END;",
+            )
+            .unwrap();
+        let batch = vec![
+            Arc::new(row("resp_x", 1_000)),
+            Arc::new(row("resp_bad", 1_000)),
+        ];
+        assert!(b.put_all(&batch).unwrap_err().0.contains("bad row"));
+        assert_eq!(b.get("resp_x", 500).unwrap(), None);
+        b.put_all(&batch[..1]).unwrap();
+        assert!(b.get("resp_x", 500).unwrap().is_some());
     }
 
     #[test]
