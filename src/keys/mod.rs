@@ -385,6 +385,9 @@ struct Window {
     /// its requests has been counted yet: what an admitted request not yet counted may cost.
     max_cost: f64,
     counted_any: bool,
+    /// When a request of this key last wanted budget on this replica (admitted, or waiting for
+    /// a lease): a replica that has not for [`IDLE_LEASE_MS`] gives its unused lease back.
+    wanted_ms: i64,
     last_used_ms: Option<i64>,
 }
 
@@ -770,8 +773,13 @@ impl ClientKeys {
         // fleet has nothing left to grant (what other replicas hold, they still spend).
         let spent = match &limits.budget {
             Some(b) if self.leased() => {
+                w.wanted_ms = now;
                 let left = w.lease_granted - w.lease_used;
-                if left <= 0.0 && w.fleet_full {
+                // Spent: this replica's lease is used up, no lease is left to grant, and the
+                // fleet's recorded spend has reached the budget. While other replicas still
+                // hold some of it (in flight, or idle for less than `IDLE_LEASE_MS`), the key
+                // waits for its share instead.
+                if left <= 0.0 && w.fleet_full && w.spend >= b.usd * (1.0 - 1e-9) {
                     true
                 } else {
                     // Requests admitted but not counted yet are reserved at the largest cost
@@ -783,7 +791,11 @@ impl ClientKeys {
                     let free = left - f64::from(pending) * w.max_cost;
                     let low = !w.counted_any
                         || free < lease_size(b.usd, f64::from(self.link.replicas())) / 2.0;
-                    if free <= 0.0 || (low && pending > 0) {
+                    // No lease left, but the fleet has budget to grant (a replica the key has
+                    // not used lately holds none): one request, while the lease is asked for.
+                    // It takes the replica past its lease by itself at most.
+                    let unleased = left >= 0.0 && pending == 0 && !w.fleet_full;
+                    if (free <= 0.0 && !unleased) || (low && pending > 0) {
                         self.poke();
                         reject(name, "budget_lease");
                         let mut e = rate_limited(
@@ -889,12 +901,16 @@ impl ClientKeys {
         }
         if let Some(c) = cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
             w.max_cost = w.max_cost.max(c);
+            w.counted_any = true;
             if at_ms >= w.period_start {
                 w.spend += c;
                 w.lease_used += c;
             }
+        } else if tokens > 0 {
+            // The model was used and its cost is not known (no price): nothing to reserve. A
+            // refused or failed request (no tokens) tells nothing.
+            w.counted_any = true;
         }
-        w.counted_any = true;
         metrics::counter!("ccproxy_client_key_requests_total", "key" => name.to_owned())
             .increment(1);
     }
@@ -1008,12 +1024,21 @@ impl ClientKeys {
             let Some(b) = e.record.limits.budget else {
                 continue;
             };
-            let (start, used) = {
+            let (start, used, wanted_ms) = {
                 let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
                 w.roll(Some(&b), now);
-                (w.period_start, w.lease_used)
+                (w.period_start, w.lease_used, w.wanted_ms)
             };
-            let size = lease_size(b.usd, replicas);
+            // A replica the key has not used lately (and with nothing of it in flight) holds
+            // no lease: it gives back what it did not spend, so that the replicas serving the
+            // key can spend the whole budget (a balancer may keep a client on one replica).
+            let idle =
+                now - wanted_ms > IDLE_LEASE_MS && e.live.uncounted.load(Ordering::Acquire) == 0;
+            let size = if idle {
+                0.0
+            } else {
+                lease_size(b.usd, replicas)
+            };
             let Ok(Some(lease)) = kdb.lease(&e.record.name, start, b.usd, used, size, now) else {
                 return;
             };
@@ -1140,7 +1165,7 @@ fn restore_live(kdb: &mut store::KeyDb, r: &KeyRecord, now: i64) -> Live {
                     w.spend += cost.unwrap_or(0.0);
                 }
                 w.max_cost = w.max_cost.max(cost.unwrap_or(0.0));
-                w.counted_any = true;
+                w.counted_any |= w.max_cost > 0.0 || tokens > 0;
             }
         }
         Err(e) => tracing::warn!(key = %r.name, error = %e, "cannot read the key's past usage"),
@@ -1163,6 +1188,9 @@ fn reload_loop(keys: &Weak<ClientKeys>) {
         k.reload();
     }
 }
+
+/// How long a replica keeps a budget lease the key does not use there (ms).
+pub const IDLE_LEASE_MS: i64 = 5_000;
 
 /// The spend a replica leases at a time: a quarter of the budget's share per replica.
 fn lease_size(budget: f64, replicas: f64) -> f64 {

@@ -261,7 +261,8 @@ pub const DEAD_LEASE_MS: i64 = 30_000;
 
 /// Reports this replica's spend `used` under key `name`'s lease for the period starting at
 /// `period_start`, and tops the lease up by at most `lease` (never past `budget`, counting every
-/// replica's lease) when less than half a lease is left. Serialised per key by an advisory lock.
+/// replica's lease) when less than half a lease is left; with `lease` 0 (the key is idle on this
+/// replica), gives back what it did not spend. Serialised per key by an advisory lock.
 #[allow(clippy::too_many_arguments)]
 pub fn lease(
     c: &mut Client,
@@ -288,6 +289,14 @@ pub fn lease(
          WHERE name = $1 AND period_start = $2 AND updated_ms < $3 AND granted > used",
         &[&name, &period_start, &(now - DEAD_LEASE_MS)],
     )?;
+    if lease <= 0.0 {
+        // This replica wants no lease (the key is idle here): what it did not spend goes back.
+        tx.execute(
+            "UPDATE budget_leases SET granted = used
+             WHERE name = $1 AND period_start = $2 AND replica = $3 AND granted > used",
+            &[&name, &period_start, &replica],
+        )?;
+    }
     let leased: f64 = tx
         .query_one(
             "SELECT COALESCE(SUM(GREATEST(granted, used)), 0)::DOUBLE PRECISION FROM budget_leases

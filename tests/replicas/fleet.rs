@@ -390,6 +390,99 @@ async fn a_shared_budget_holds_under_concurrent_clients_on_every_replica() {
     shared_budget(4).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_used_on_one_replica_gets_what_the_idle_replicas_give_back() {
+    let pg = Cluster::start();
+    let f = Fleet::start(&pg, FleetOpts::default()).await;
+    let budget = 0.02;
+    let key = create_key(
+        &f,
+        0,
+        json!({"name": "pinned", "budget_usd": budget, "period": "day"}),
+    )
+    .await;
+    // Every replica serves the key a little (each takes a lease), then a client kept on
+    // replica 0 by its balancer goes on alone until the budget is spent.
+    let mut served = 0i64;
+    let mut waited = 0;
+    for i in [1, 2, 0] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut here = 0;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "replica {i}: the budget was not spent in time (served {served}, waited {waited})"
+            );
+            let r = f
+                .post(i, "/v1/messages", Some(&key), &message("hi", false))
+                .await;
+            match r.status().as_u16() {
+                200 => {
+                    served += 1;
+                    here += 1;
+                    if i != 0 && here == 3 {
+                        break;
+                    }
+                }
+                429 => {
+                    let text = r.text().await.unwrap();
+                    if text.contains("has spent") {
+                        assert_eq!(i, 0, "{text}");
+                        break;
+                    }
+                    assert!(text.contains("share of the budget"), "{text}");
+                    waited += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                401 => tokio::time::sleep(Duration::from_millis(10)).await,
+                s => panic!("replica {i}: {s}"),
+            }
+        }
+    }
+    let rows = wait_count(
+        &pg,
+        "SELECT count(*) FROM requests WHERE client_key = 'pinned' AND status = 200",
+        served,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(rows, served);
+    let url = pg.url();
+    let (spent, max, leases): (f64, f64, Vec<(f64, f64)>) =
+        tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(url.expose(), postgres::NoTls).unwrap();
+            let r = c
+                .query_one(
+                    "SELECT SUM(cost_usd), MAX(cost_usd) FROM requests WHERE client_key = 'pinned'",
+                    &[],
+                )
+                .unwrap();
+            let leases = c
+                .query("SELECT granted, used FROM budget_leases", &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            (r.get(0), r.get(1), leases)
+        })
+        .await
+        .unwrap();
+    let shown = format!(
+        "spent {spent} of {budget} (max request {max}; replica 0 waited {waited} times; leases {leases:?})"
+    );
+    assert!(spent >= budget - 1e-9, "{shown}");
+    assert!(spent <= budget + 3.0 * max + 1e-9, "{shown}");
+    // The idle replicas (the two smaller leases) gave back what they did not spend. (Replica
+    // 0's row holds the use it last reported: its last requests may not be in it yet.)
+    assert_eq!(leases.len(), 3, "{shown}");
+    let mut leases = leases;
+    leases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(
+        leases[..2].iter().all(|(g, u)| g <= &(u + 1e-12)),
+        "{shown}"
+    );
+}
+
 /// A budget shared by three replicas, `clients` clients per replica each sending requests
 /// one after another until refused: spent in whole, exceeded by at most one request per
 /// replica.
