@@ -635,10 +635,11 @@ where
 impl<S> StreamState<S> {
     fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
         // Room for what the chunk converts to at once: growing from empty, event by event, cost
-        // ~2k instructions per Responses event in reallocations (callgrind).
+        // ~2k instructions per Responses event in reallocations (callgrind). At most 16 KiB up
+        // front: the buffer lives as long as the frame waits for a slow client.
         let mut out = match self.relay {
             Relay::Raw | Relay::Passthrough => Vec::new(),
-            _ => Vec::with_capacity(chunk.len().saturating_mul(2).saturating_add(256)),
+            _ => Vec::with_capacity((chunk.len().saturating_mul(2) + 256).min(16 * 1024)),
         };
         let mut record = self.record.as_mut();
         let done = match &mut self.relay {
