@@ -1024,16 +1024,21 @@ impl ClientKeys {
             let Some(b) = e.record.limits.budget else {
                 continue;
             };
-            let (start, used, wanted_ms) = {
-                let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
-                w.roll(Some(&b), now);
-                (w.period_start, w.lease_used, w.wanted_ms)
-            };
             // A replica the key has not used lately (and with nothing of it in flight) holds
             // no lease: it gives back what it did not spend, so that the replicas serving the
             // key can spend the whole budget (a balancer may keep a client on one replica).
-            let idle =
-                now - wanted_ms > IDLE_LEASE_MS && e.live.uncounted.load(Ordering::Acquire) == 0;
+            // Given back here first, under the lock an admission takes, so that no request is
+            // admitted against it meanwhile.
+            let (start, used, idle) = {
+                let mut w = e.live.window.lock().unwrap_or_else(|e| e.into_inner());
+                w.roll(Some(&b), now);
+                let idle = now - w.wanted_ms > IDLE_LEASE_MS
+                    && e.live.uncounted.load(Ordering::Acquire) == 0;
+                if idle {
+                    w.lease_granted = w.lease_granted.min(w.lease_used);
+                }
+                (w.period_start, w.lease_used, idle)
+            };
             let size = if idle {
                 0.0
             } else {
