@@ -418,7 +418,7 @@ fn start_observer(
         if let Some(name) = r.client_key.as_deref() {
             let t = &r.tokens;
             let tokens = t.input + t.output + t.cache_read + t.cache_write;
-            keys.finished(name, r.ts_ms, tokens, r.cost_usd);
+            keys.finished(name, r.ts_ms, tokens, r.cost_usd, r.model.as_deref());
         }
         if let Some(w) = &writer {
             w.record(r);

@@ -388,6 +388,8 @@ struct Window {
     /// When a request of this key last wanted budget on this replica (admitted, or waiting for
     /// a lease): a replica that has not for [`IDLE_LEASE_MS`] gives its unused lease back.
     wanted_ms: i64,
+    /// Models this key used at no known cost that were warned of (a few at most).
+    unpriced_warned: Vec<String>,
     last_used_ms: Option<i64>,
 }
 
@@ -885,8 +887,17 @@ impl ClientKeys {
         })
     }
 
-    /// A finished request of key `name`: its tokens (tpm) and cost (budget).
-    pub fn finished(&self, name: &str, at_ms: i64, tokens: u64, cost_usd: Option<f64>) {
+    /// A finished request of key `name`: its tokens (tpm) and cost (budget). A budgeted key's
+    /// request that used `model` at no known cost is counted in
+    /// `ccproxy_client_key_unpriced_total` and warned of once per key and model.
+    pub fn finished(
+        &self,
+        name: &str,
+        at_ms: i64,
+        tokens: u64,
+        cost_usd: Option<f64>,
+        model: Option<&str>,
+    ) {
         let table = self.snapshot();
         let Some(entry) = table.by_name.get(name) else {
             return;
@@ -910,6 +921,20 @@ impl ClientKeys {
             // The model was used and its cost is not known (no price): nothing to reserve. A
             // refused or failed request (no tokens) tells nothing.
             w.counted_any = true;
+            if cost_usd.is_none() && entry.record.limits.budget.is_some() {
+                // The budget cannot count it: say so, rather than let it spend unseen.
+                metrics::counter!("ccproxy_client_key_unpriced_total", "key" => name.to_owned())
+                    .increment(1);
+                let model = model.unwrap_or("(unknown)");
+                if !w.unpriced_warned.iter().any(|m| m == model) && w.unpriced_warned.len() < 16 {
+                    w.unpriced_warned.push(model.to_owned());
+                    tracing::warn!(
+                        key = %name,
+                        model = %model,
+                        "a request of this budgeted client key has no known cost (no price for its model): it does not count toward the budget; give the model a price in [prices]"
+                    );
+                }
+            }
         }
         metrics::counter!("ccproxy_client_key_requests_total", "key" => name.to_owned())
             .increment(1);

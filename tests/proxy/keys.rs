@@ -568,6 +568,51 @@ async fn a_budget_crossed_during_a_stream_finishes_it_then_refuses() {
 }
 
 #[tokio::test]
+async fn a_budgeted_request_at_no_known_cost_is_counted_as_unpriced() {
+    let env = keyed_env(None).await;
+    let key = create(
+        &env,
+        json!({"name": "nopriced", "budget_usd": 5, "period": "day"}),
+    )
+    .await;
+    let unpriced = |metrics: &str| -> Option<String> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("ccproxy_client_key_unpriced_total{key=\"nopriced\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    let metrics = || async {
+        env.client
+            .get(env.url("/metrics"))
+            .header("x-api-key", PROXY_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // A model the price table knows: counted toward the budget, not unpriced.
+    let r = env
+        .post("/pt/v1/messages", Some(&key), &message("hi", false))
+        .await;
+    assert_eq!(r.status(), 200);
+    settle(&env).await;
+    assert_eq!(unpriced(&metrics().await), None);
+    // A model without a price, twice: the budget cannot count them, and says so.
+    let mut body = message("hi", false);
+    body["model"] = json!("claude-nonesuch-1");
+    for _ in 0..2 {
+        let r = env.post("/pt/v1/messages", Some(&key), &body).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    settle(&env).await;
+    let m = metrics().await;
+    assert_eq!(unpriced(&m).as_deref(), Some("2"), "{m}");
+}
+
+#[tokio::test]
 async fn spend_survives_a_restart_and_the_key_is_nowhere_in_plain_text() {
     let outer = tempfile::tempdir().unwrap();
     let db = outer.path().join("usage.db");
