@@ -193,11 +193,9 @@ fn text_of(content: &Value) -> Value {
     }
 }
 
-/// The OpenAI-dialect equivalent of an Anthropic request: the same system text, turns and
-/// tools (as functions), so the two dialects carry comparable bytes.
-pub fn anthropic_to_openai(a: &Value) -> Value {
-    let mut messages = Vec::new();
-    let system = match &a["system"] {
+/// An Anthropic request's system prompt as one text (blocks joined by a blank line).
+fn system_text(a: &Value) -> String {
+    match &a["system"] {
         Value::String(s) => s.clone(),
         Value::Array(blocks) => blocks
             .iter()
@@ -205,7 +203,14 @@ pub fn anthropic_to_openai(a: &Value) -> Value {
             .collect::<Vec<_>>()
             .join("\n\n"),
         _ => String::new(),
-    };
+    }
+}
+
+/// The OpenAI-dialect equivalent of an Anthropic request: the same system text, turns and
+/// tools (as functions), so the two dialects carry comparable bytes.
+pub fn anthropic_to_openai(a: &Value) -> Value {
+    let mut messages = Vec::new();
+    let system = system_text(a);
     if !system.is_empty() {
         messages.push(json!({"role": "system", "content": system}));
     }
@@ -244,15 +249,7 @@ pub fn anthropic_to_openai(a: &Value) -> Value {
 /// the turns as input messages (`input_text` / `output_text` parts), the tools as function
 /// tools.
 pub fn anthropic_to_responses(a: &Value) -> Value {
-    let instructions = match &a["system"] {
-        Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n\n"),
-        _ => String::new(),
-    };
+    let instructions = system_text(a);
     let input: Vec<Value> = a["messages"]
         .as_array()
         .map(|msgs| {
