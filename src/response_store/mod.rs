@@ -51,6 +51,15 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// The most responses written in one transaction.
 const BATCH: usize = 256;
 
+/// How long the writer gathers puts into one transaction after the first: a busy proxy commits
+/// once per window, not once per response (a commit cost as much as the row's insert), and a
+/// put does not wake the writer. Until written, a response is found in [`Durable::unwritten`];
+/// another replica's lookup of it waits out the window ([`SHARED_MISS_RETRIES`]).
+const WINDOW: Duration = Duration::from_millis(50);
+/// The longest the writer sleeps within a window before it looks at the queue again (a delete or
+/// a flush unparks it at once).
+const SLICE: Duration = Duration::from_millis(10);
+
 /// One stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -154,6 +163,28 @@ enum Op {
 struct Durable {
     backend: Arc<dyn Backend>,
     tx: SyncSender<Op>,
+    /// The writer thread, unparked when an operation must not wait for the window to end.
+    writer: std::thread::Thread,
+    /// Puts queued, being written or kept after a failed write: a lookup finds them here until
+    /// the backend has them (the recent map keeps only the last [`CACHE_CAPACITY`]).
+    unwritten: Arc<Unwritten>,
+}
+
+/// Responses not in the backend yet, by id.
+type Unwritten = Mutex<HashMap<String, Arc<StoredResponse>>>;
+
+fn lock(u: &Unwritten) -> std::sync::MutexGuard<'_, HashMap<String, Arc<StoredResponse>>> {
+    u.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `written` are in the backend now: no longer looked up in memory (unless put again since).
+fn forget<'a>(u: &Unwritten, written: impl IntoIterator<Item = &'a Arc<StoredResponse>>) {
+    let mut map = lock(u);
+    for r in written {
+        if map.get(&r.id).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            map.remove(&r.id);
+        }
+    }
 }
 
 /// The request path's store: in-memory recent puts in front of an optional durable backend.
@@ -217,21 +248,34 @@ impl ResponseStore {
     pub fn durable(backend: Arc<dyn Backend>, ttl: Duration) -> ResponseStore {
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let write_errors = Arc::new(AtomicU64::new(0));
-        let thread_backend = backend.clone();
-        let errors = write_errors.clone();
-        let prune_every = (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        let unwritten = Arc::new(Unwritten::default());
+        let writer = Writer {
+            backend: backend.clone(),
+            rx,
+            prune_every: (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(600)),
+            errors: write_errors.clone(),
+            unwritten: unwritten.clone(),
+        };
         let spawned = std::thread::Builder::new()
             .name("ccproxy-responses-writer".into())
-            .spawn(move || writer_loop(&*thread_backend, &rx, prune_every, &errors));
-        if let Err(e) = spawned {
-            let reason = format!("cannot start the response store's writer thread: {e}");
-            tracing::error!(%reason, "responses are kept in memory only");
-            return ResponseStore::memory(ttl, MEMORY_CAPACITY, reason);
-        }
+            .spawn(move || writer.run());
+        let writer = match spawned {
+            Ok(handle) => handle.thread().clone(),
+            Err(e) => {
+                let reason = format!("cannot start the response store's writer thread: {e}");
+                tracing::error!(%reason, "responses are kept in memory only");
+                return ResponseStore::memory(ttl, MEMORY_CAPACITY, reason);
+            }
+        };
         ResponseStore {
             ttl,
             recent: Mutex::new(Recent::new(CACHE_CAPACITY)),
-            durable: Some(Durable { backend, tx }),
+            durable: Some(Durable {
+                backend,
+                tx,
+                writer,
+                unwritten,
+            }),
             memory_reason: None,
             unqueued: AtomicU64::new(0),
             write_errors,
@@ -261,14 +305,14 @@ impl ResponseStore {
         });
         self.recent().insert(r.clone(), now);
         if let Some(d) = &self.durable {
-            match d.tx.try_send(Op::Put(r)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.unqueued.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "the response store's queue is full: a response is kept in memory only"
-                    );
-                }
+            lock(&d.unwritten).insert(r.id.clone(), r.clone());
+            if d.tx.try_send(Op::Put(r.clone())).is_err() {
+                // Full, or the writer is gone.
+                forget(&d.unwritten, [&r]);
+                self.unqueued.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "the response store's queue is full: a response is kept in memory only"
+                );
             }
         }
     }
@@ -281,6 +325,9 @@ impl ResponseStore {
         let Some(d) = &self.durable else {
             return Ok(None);
         };
+        if let Some(r) = lock(&d.unwritten).get(id).filter(|r| r.live(now_ms())) {
+            return Ok(Some(r.clone()));
+        }
         let pauses: &[Duration] = if self.shared {
             &SHARED_MISS_RETRIES
         } else {
@@ -303,19 +350,26 @@ impl ResponseStore {
 
     /// Deletes `id`; whether it existed (and had not expired).
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        let in_memory = self.recent().remove(id, now_ms());
+        let now = now_ms();
+        let mut in_memory = self.recent().remove(id, now);
         let Some(d) = &self.durable else {
             return Ok(in_memory);
         };
+        in_memory |= lock(&d.unwritten).remove(id).is_some_and(|r| r.live(now));
         let (ack, done) = tokio::sync::oneshot::channel();
         // Through the writer, after any queued put of the same id. `send` may wait for room in
         // the queue: off the runtime.
         let tx = d.tx.clone();
+        let writer = d.writer.clone();
         let owned = id.to_owned();
-        tokio::task::spawn_blocking(move || tx.send(Op::Delete(owned, ack)))
-            .await
-            .map_err(|e| StoreError(format!("delete task failed: {e}")))?
-            .map_err(|_| StoreError("the writer thread is gone".to_owned()))?;
+        tokio::task::spawn_blocking(move || {
+            let sent = tx.send(Op::Delete(owned, ack));
+            writer.unpark();
+            sent
+        })
+        .await
+        .map_err(|e| StoreError(format!("delete task failed: {e}")))?
+        .map_err(|_| StoreError("the writer thread is gone".to_owned()))?;
         let in_backend = done
             .await
             .map_err(|_| StoreError("the writer thread is gone".to_owned()))??;
@@ -331,7 +385,10 @@ impl ResponseStore {
         let mut op = Op::Flush(ack);
         loop {
             match d.tx.try_send(op) {
-                Ok(()) => break,
+                Ok(()) => {
+                    d.writer.unpark();
+                    break;
+                }
                 Err(TrySendError::Disconnected(_)) => return true,
                 Err(TrySendError::Full(back)) => {
                     if Instant::now() >= deadline {
@@ -373,84 +430,127 @@ impl ResponseStore {
     }
 }
 
-fn writer_loop(
-    backend: &dyn Backend,
-    rx: &Receiver<Op>,
+/// The writer thread's state: puts written a window's batch at a time, deletes and flushes in
+/// order with them, failed puts retried, expired responses pruned.
+struct Writer {
+    backend: Arc<dyn Backend>,
+    rx: Receiver<Op>,
     prune_every: Duration,
-    errors: &AtomicU64,
-) {
-    let prune = |errors: &AtomicU64| {
-        if let Err(e) = backend.prune(now_ms()) {
-            errors.fetch_add(1, Ordering::Relaxed);
+    errors: Arc<AtomicU64>,
+    unwritten: Arc<Unwritten>,
+}
+
+/// `try_recv` in `recv_timeout`'s terms (an empty queue is a timeout).
+fn try_next(rx: &Receiver<Op>) -> Result<Op, mpsc::RecvTimeoutError> {
+    rx.try_recv().map_err(|e| match e {
+        mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+        mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
+    })
+}
+
+impl Writer {
+    fn prune(&self) {
+        if let Err(e) = self.backend.prune(now_ms()) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "cannot prune expired responses");
         }
-    };
-    prune(errors);
-    let mut last_prune = Instant::now();
-    // Puts that failed (a shared database that went away), retried in order; bounded.
-    let mut pending: VecDeque<Arc<StoredResponse>> = VecDeque::new();
-    loop {
-        let wait = if pending.is_empty() {
-            prune_every
-        } else {
-            prune_every.min(RETRY_EVERY)
-        };
-        // The puts queued behind the first go in one transaction (up to `BATCH`); the first
-        // other operation is handled after them, in order.
+    }
+
+    /// The puts that arrive within [`WINDOW`] of `first` (up to [`BATCH`]), and what ended the
+    /// window: another operation (handled after them, in order), or a timeout.
+    fn gather(
+        &self,
+        first: Result<Op, mpsc::RecvTimeoutError>,
+    ) -> (Vec<Arc<StoredResponse>>, Result<Op, mpsc::RecvTimeoutError>) {
         let mut batch = Vec::new();
-        let mut next = rx.recv_timeout(wait);
-        while let Ok(Op::Put(r)) = next {
-            batch.push(r);
-            next = if batch.len() < BATCH {
-                rx.try_recv().map_err(|e| match e {
-                    mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
-                    mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
-                })
-            } else {
-                Err(mpsc::RecvTimeoutError::Timeout)
-            };
-        }
-        if !batch.is_empty() && !pending.is_empty() {
-            pending.extend(batch);
-        } else if !batch.is_empty()
-            && let Err(e) = backend.put_all(&batch)
-        {
-            errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "cannot store responses; retrying");
-            pending.extend(batch);
-        }
-        // Puts that failed before, again: before a flush is answered or a delete is done.
-        while let Some(r) = pending.front() {
-            if backend.put(r).is_err() {
-                break;
+        let deadline = Instant::now() + WINDOW;
+        let mut next = first;
+        loop {
+            match next {
+                Ok(Op::Put(r)) => {
+                    batch.push(r);
+                    if batch.len() >= BATCH {
+                        return (batch, Err(mpsc::RecvTimeoutError::Timeout));
+                    }
+                    next = try_next(&self.rx);
+                }
+                // Between drains the thread sleeps instead of waiting on the queue, so a put
+                // does not wake it; a delete or a flush unparks it.
+                Err(mpsc::RecvTimeoutError::Timeout) if !batch.is_empty() => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return (batch, next);
+                    }
+                    std::thread::park_timeout(left.min(SLICE));
+                    next = try_next(&self.rx);
+                }
+                other => return (batch, other),
             }
-            pending.pop_front();
-        }
-        match next {
-            // Not reached (the loop above takes every put); in order if it were.
-            Ok(Op::Put(r)) => pending.push_back(r),
-            Ok(Op::Delete(id, ack)) => {
-                // A put still waiting cannot bring the response back.
-                pending.retain(|p| p.id != id);
-                let _ = ack.send(backend.delete(&id, now_ms()));
-            }
-            Ok(Op::Flush(ack)) => {
-                let _ = ack.send(());
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if pending.len() > PENDING_CAPACITY {
-            let over = pending.len() - PENDING_CAPACITY;
-            pending.drain(..over);
-            errors.fetch_add(over as u64, Ordering::Relaxed);
-        }
-        if last_prune.elapsed() >= prune_every {
-            prune(errors);
-            last_prune = Instant::now();
         }
     }
-    tracing::debug!(backend = %backend.describe(), "response store writer stopped");
+
+    fn run(self) {
+        let backend = &*self.backend;
+        self.prune();
+        let mut last_prune = Instant::now();
+        // Puts that failed (a shared database that went away), retried in order; bounded.
+        let mut pending: VecDeque<Arc<StoredResponse>> = VecDeque::new();
+        loop {
+            let wait = if pending.is_empty() {
+                self.prune_every
+            } else {
+                self.prune_every.min(RETRY_EVERY)
+            };
+            let (batch, next) = self.gather(self.rx.recv_timeout(wait));
+            if !batch.is_empty() && !pending.is_empty() {
+                pending.extend(batch);
+            } else if !batch.is_empty() {
+                match backend.put_all(&batch) {
+                    Ok(()) => forget(&self.unwritten, &batch),
+                    Err(e) => {
+                        self.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cannot store responses; retrying");
+                        pending.extend(batch);
+                    }
+                }
+            }
+            // Puts that failed before, again: before a flush is answered or a delete is done.
+            while let Some(r) = pending.front() {
+                if backend.put(r).is_err() {
+                    break;
+                }
+                forget(&self.unwritten, [r]);
+                pending.pop_front();
+            }
+            match next {
+                // Not reached (`gather` takes every put); in order if it were.
+                Ok(Op::Put(r)) => pending.push_back(r),
+                Ok(Op::Delete(id, ack)) => {
+                    // A put still waiting cannot bring the response back.
+                    pending.retain(|p| p.id != id);
+                    let _ = ack.send(backend.delete(&id, now_ms()));
+                }
+                Ok(Op::Flush(ack)) => {
+                    let _ = ack.send(());
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            if pending.len() > PENDING_CAPACITY {
+                let over = pending.len() - PENDING_CAPACITY;
+                forget(
+                    &self.unwritten,
+                    pending.drain(..over).collect::<Vec<_>>().iter(),
+                );
+                self.errors.fetch_add(over as u64, Ordering::Relaxed);
+            }
+            if last_prune.elapsed() >= self.prune_every {
+                self.prune();
+                last_prune = Instant::now();
+            }
+        }
+        tracing::debug!(backend = %backend.describe(), "response store writer stopped");
+    }
 }
 
 /// The id of the response an item id of ours belongs to (`fc_<48 hex>…` → `resp_<48 hex>`).
@@ -534,6 +634,8 @@ mod tests {
         assert!(s.get("resp_gone").await.unwrap().is_none());
         assert!(backend.get("resp_gone", now_ms()).unwrap().is_none());
         assert_eq!(s.health()["durable"], true);
+        let d = s.durable.as_ref().unwrap();
+        assert!(lock(&d.unwritten).is_empty(), "written ones are not kept");
     }
 
     /// A backend in memory that holds its first `put_all` until released, and fails the
@@ -612,14 +714,72 @@ mod tests {
                 format!("{{\"n\":{i}}}"),
             );
         }
-        *backend.release.0.lock().unwrap() = true;
-        backend.release.1.notify_all();
+        release(&backend);
         assert!(s.flush(Duration::from_secs(5)));
         assert_eq!(*backend.batches.lock().unwrap(), [1, BATCH, 300 - BATCH]);
         let rows = backend.rows.lock().unwrap();
         assert_eq!(rows.len(), 301);
         assert_eq!(rows["resp_299"], "{\"n\":299}");
         assert_eq!(s.health()["write_errors"], 1);
+    }
+
+    fn release(backend: &Gated) {
+        *backend.release.0.lock().unwrap() = true;
+        backend.release.1.notify_all();
+    }
+
+    #[tokio::test]
+    async fn a_response_not_written_yet_is_found_after_it_left_the_recent_map() {
+        let backend = Arc::new(Gated::default());
+        let s = ResponseStore::durable(backend.clone(), Duration::from_secs(60));
+        s.put("resp_held".into(), 1, "[]".into(), "{\"held\":1}".into());
+        while backend.batches.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The writer is stuck on the first batch (a slow disk) while more than the recent map
+        // holds are put behind it.
+        for i in 0..(CACHE_CAPACITY * 3) {
+            s.put(
+                format!("resp_{i}"),
+                1,
+                "[]".into(),
+                format!("{{\"n\":{i}}}"),
+            );
+        }
+        assert!(s.recent().get("resp_0", now_ms()).is_none());
+        assert!(s.recent().get("resp_held", now_ms()).is_none());
+        assert_eq!(
+            s.get("resp_0").await.unwrap().unwrap().response,
+            "{\"n\":0}"
+        );
+        assert_eq!(
+            s.get("resp_held").await.unwrap().unwrap().response,
+            "{\"held\":1}"
+        );
+        assert!(backend.rows.lock().unwrap().is_empty());
+        release(&backend);
+        assert!(s.flush(Duration::from_secs(5)));
+        assert!(lock(&s.durable.as_ref().unwrap().unwritten).is_empty());
+        assert_eq!(backend.rows.lock().unwrap().len(), CACHE_CAPACITY * 3 + 1);
+        assert_eq!(
+            s.get("resp_0").await.unwrap().unwrap().response,
+            "{\"n\":0}"
+        );
+    }
+
+    #[test]
+    fn puts_within_a_window_are_one_transaction() {
+        let backend = Arc::new(Gated::default());
+        release(&backend);
+        let s = ResponseStore::durable(backend.clone(), Duration::from_secs(60));
+        for i in 0..10 {
+            s.put(format!("resp_{i}"), 1, "[]".into(), "{}".into());
+        }
+        // The flush ends the window at once (it does not wait the window out).
+        let t = Instant::now();
+        assert!(s.flush(Duration::from_secs(5)));
+        assert!(t.elapsed() < WINDOW, "flushed in {:?}", t.elapsed());
+        assert_eq!(*backend.batches.lock().unwrap(), [10]);
     }
 
     #[test]
