@@ -322,16 +322,12 @@ struct Keep {
 }
 
 impl Keep {
-    /// Stores `response` when it completed or ended incomplete (as OpenAI, whose
-    /// `previous_response_id` can continue either); a failed one is not stored.
-    fn store(self, response: &crate::api::responses::Response) {
-        use crate::api::responses::Status;
-        if !matches!(response.status, Status::Completed | Status::Incomplete) {
-            return;
-        }
-        match serde_json::to_string(response) {
-            Ok(json) => self.store_json(response, json),
-            Err(e) => tracing::warn!(error = %e, "cannot encode a response to store it"),
+    /// Stores a stream's response when it completed or ended incomplete (as OpenAI, whose
+    /// `previous_response_id` can continue either), as its terminal event encoded it; a failed
+    /// one is not stored.
+    fn store(self, conv: &mut ResponsesStreamConverter) {
+        if let Some(json) = conv.take_response_json() {
+            self.store_json(conv.response(), json);
         }
     }
 
@@ -669,7 +665,7 @@ impl<S> StreamState<S> {
                 });
                 let done = conv.is_done();
                 if done && let Some(k) = keep.take() {
-                    k.store(conv.response());
+                    k.store(conv);
                 }
                 done
             }
@@ -713,7 +709,7 @@ impl<S> StreamState<S> {
                 let (_, conv, keep) = &mut **resp;
                 conv.finish(&mut out);
                 if let Some(k) = keep.take() {
-                    k.store(conv.response());
+                    k.store(conv);
                 }
             }
             Relay::Raw | Relay::Passthrough => {}

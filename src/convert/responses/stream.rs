@@ -95,6 +95,34 @@ impl Emitter {
         out.event(KIND, &self.buf);
     }
 
+    /// Writes `response` once per kind in `kinds` (`response.created`, …), each as
+    /// [`Emitter::emit`] writes an [`EventBody`] holding it, from one encoding of `response`
+    /// (serde's takes ~15k instructions for a small one); returns that encoding.
+    fn responses(
+        &mut self,
+        kinds: &[&'static str],
+        response: &Response,
+        out: &mut dyn EventSink,
+    ) -> Option<String> {
+        // Serialising owned strings and numbers cannot fail; if it did, no event is written.
+        let json = serde_json::to_string(response).ok()?;
+        for kind in kinds {
+            let b = &mut self.buf;
+            b.clear();
+            b.reserve(json.len() + kind.len() + 64);
+            b.extend_from_slice(br#"{"type":""#);
+            b.extend_from_slice(kind.as_bytes());
+            b.extend_from_slice(br#"","response":"#);
+            b.extend_from_slice(json.as_bytes());
+            b.extend_from_slice(br#","sequence_number":"#);
+            b.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+            b.push(b'}');
+            self.seq += 1;
+            out.event(kind, &self.buf);
+        }
+        Some(json)
+    }
+
     /// Writes `body` as a [`StreamEvent`]: the body (an object tagged by `type`), then
     /// `sequence_number` as its last member. serde's `flatten` writes the same bytes through a
     /// map of buffered values: about twice the instructions (callgrind, `full-responses-stream64`).
@@ -175,6 +203,9 @@ pub struct ResponsesStreamConverter {
     usage: Tokens,
     stop_reason: Option<String>,
     thinking_bytes: usize,
+    /// The JSON of the response as the terminal event sent it, when it completed or ended
+    /// incomplete (what the store keeps, without encoding it again).
+    final_json: Option<String>,
 }
 
 impl ResponsesStreamConverter {
@@ -192,6 +223,7 @@ impl ResponsesStreamConverter {
             usage: Tokens::default(),
             stop_reason: None,
             thinking_bytes: 0,
+            final_json: None,
         }
     }
 
@@ -203,6 +235,12 @@ impl ResponsesStreamConverter {
     /// Tokens reported so far.
     pub fn usage(&self) -> Tokens {
         self.usage
+    }
+
+    /// The JSON of the response the terminal event sent, once it completed or ended incomplete
+    /// (`None` before, and for a failed response); taken once.
+    pub fn take_response_json(&mut self) -> Option<String> {
+        self.final_json.take()
     }
 
     /// The response as it stands: once done, the one sent in the terminal event (what the store
@@ -309,16 +347,19 @@ impl ResponsesStreamConverter {
     fn ensure_started(&mut self, out: &mut dyn EventSink) {
         if !self.started {
             self.started = true;
-            self.em.emit(
-                EventBody::Created {
-                    response: &self.resp,
-                },
-                out,
-            );
-            self.em.emit(
-                EventBody::InProgress {
-                    response: &self.resp,
-                },
+            // The same response in both.
+            self.em.responses(
+                &[
+                    EventBody::Created {
+                        response: &self.resp,
+                    }
+                    .kind(),
+                    EventBody::InProgress {
+                        response: &self.resp,
+                    }
+                    .kind(),
+                ],
+                &self.resp,
                 out,
             );
         }
@@ -351,15 +392,16 @@ impl ResponsesStreamConverter {
             reason: r.to_owned(),
         });
         self.resp.usage = Some(usage(&self.usage, self.thinking_bytes));
-        let body = match status {
+        let kind = match status {
             Status::Incomplete => EventBody::Incomplete {
                 response: &self.resp,
             },
             _ => EventBody::Completed {
                 response: &self.resp,
             },
-        };
-        self.em.emit(body, out);
+        }
+        .kind();
+        self.final_json = self.em.responses(&[kind], &self.resp, out);
         self.done = true;
     }
 
@@ -1182,6 +1224,17 @@ mod tests {
             serde_json::to_value(c.response()).unwrap(),
             last["response"]
         );
+        // What the store keeps is the terminal event's response, byte for byte, once.
+        let kept = c.take_response_json().unwrap();
+        assert_eq!(kept, serde_json::to_string(c.response()).unwrap());
+        assert_eq!(
+            serde_json::from_str::<Value>(&kept).unwrap(),
+            last["response"]
+        );
+        assert!(c.take_response_json().is_none());
+        // `response.created` and `response.in_progress` hold the same response.
+        assert_eq!(evs[0]["response"], evs[1]["response"]);
+        assert_eq!(evs[0]["response"]["status"], "in_progress");
     }
 
     #[test]
@@ -1345,6 +1398,9 @@ mod tests {
             last["response"]["incomplete_details"],
             json!({"reason": "max_output_tokens"})
         );
+        // An incomplete response is kept too (`previous_response_id` can continue it).
+        let kept: Value = serde_json::from_str(&c.take_response_json().unwrap()).unwrap();
+        assert_eq!(kept, last["response"]);
         // The same response as the non-stream converter gives for the same message.
         let message = json!({"content": [
             {"type": "thinking", "thinking": "Let me think.", "signature": "SIG"},
@@ -1372,6 +1428,10 @@ mod tests {
         let last = evs.last().unwrap();
         assert_eq!(last["type"], "response.failed");
         assert_eq!(last["response"]["status"], "failed");
+        assert!(
+            c.take_response_json().is_none(),
+            "a failed response is not kept"
+        );
         assert_eq!(
             last["response"]["error"],
             json!({"code": "overloaded", "message": "Overloaded"})
