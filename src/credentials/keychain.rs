@@ -130,13 +130,9 @@ pub(crate) fn decode_password_output(stdout: &[u8]) -> Vec<u8> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut s = String::new();
+    crate::util::fmt::push_hex(&mut s, bytes);
+    s
 }
 
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {

@@ -31,6 +31,16 @@ pub fn push_fixed(out: &mut String, v: f64, decimals: u32) {
     let _ = write!(out, "{v:.prec$}", prec = decimals as usize);
 }
 
+/// Appends `bytes` in lowercase hex, two digits each.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
 /// Appends `v` in decimal, zero-padded to at least `width` digits (`{v:0width$}`).
 pub fn push_padded(out: &mut String, v: u64, width: usize) {
     let mut digits = itoa::Buffer::new();
@@ -44,6 +54,15 @@ pub fn push_padded(out: &mut String, v: u64, width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_matches_core_fmt() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut s = String::from("x");
+        push_hex(&mut s, &bytes);
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(s, format!("x{want}"));
+    }
 
     #[test]
     fn padded_matches_core_fmt() {

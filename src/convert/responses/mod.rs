@@ -170,11 +170,14 @@ impl ResponseContext {
     }
 }
 
-/// A new `resp_…` id (48 hex digits, as OpenAI's).
+/// A new `resp_…` id (48 hex digits, as OpenAI's): 24 bytes from the thread's CSPRNG (seeded
+/// from the OS; an id is what `GET /responses/{id}` needs, so it must not be guessable). Two
+/// `Uuid::new_v4` took a `getrandom` system call each.
 pub fn new_response_id() -> String {
-    let a = uuid::Uuid::new_v4().simple().to_string();
-    let b = uuid::Uuid::new_v4().simple().to_string();
-    format!("resp_{a}{}", &b[..16])
+    let mut id = String::with_capacity(53);
+    id.push_str("resp_");
+    crate::util::fmt::push_hex(&mut id, &rand::random::<[u8; 24]>());
+    id
 }
 
 /// Responses `usage` from Anthropic's counts: `input_tokens` includes cache reads and writes,
@@ -259,6 +262,27 @@ pub fn decode_reasoning(encrypted: &str) -> Option<ThinkingBlock> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_ids_are_48_random_hex_digits() {
+        let a = new_response_id();
+        let b = new_response_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let hex = id.strip_prefix("resp_").unwrap();
+            assert_eq!(hex.len(), 48, "{id}");
+            assert!(
+                hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+            // Item ids made from it name it again.
+            let item = format!("msg_{hex}i000");
+            assert_eq!(
+                crate::response_store::response_of_item(&item).as_ref(),
+                Some(id)
+            );
+        }
+    }
 
     #[test]
     fn reasoning_encoding_round_trips() {
