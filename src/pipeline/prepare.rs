@@ -372,7 +372,10 @@ fn chat(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, Prox
 fn responses(mode: Mode, body: &[u8], opts: &PrepareOptions) -> Result<Prepared, ProxyError> {
     let converted = convert_responses(body, opts)?;
     let keep = if converted.store {
-        Some(items_to_store(opts.stored, body, &converted.context.id)?)
+        Some(match &converted.input_text {
+            Some(text) => text_items_to_store(&opts.stored.prior, text, &converted.context.id),
+            None => items_to_store(opts.stored, body, &converted.context.id)?,
+        })
     } else {
         None
     };
@@ -542,6 +545,30 @@ fn items_to_store(stored: &StoredItems, body: &[u8], resp_id: &str) -> Result<St
     })
 }
 
+/// [`items_to_store`] for an `input` that is a string, written directly: the prior items, then
+/// the one user message the string stands for, as the general path lists it (content as parts,
+/// its `id` last) — without parsing the body again and building, encoding and parsing the item.
+fn text_items_to_store(prior: &[Box<RawValue>], text: &str, resp_id: &str) -> String {
+    let base = resp_id.strip_prefix("resp_").unwrap_or(resp_id);
+    let mut out = Vec::with_capacity(
+        prior.iter().map(|p| p.get().len() + 1).sum::<usize>() + text.len() + base.len() + 96,
+    );
+    out.push(b'[');
+    for p in prior {
+        out.extend_from_slice(p.get().as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(
+        br#"{"type":"message","role":"user","content":[{"type":"input_text","text":"#,
+    );
+    convert::write_json_str(&mut out, text);
+    out.extend_from_slice(br#"}],"id":"msg_"#);
+    out.extend_from_slice(base.as_bytes());
+    out.extend_from_slice(br#"i000"}]"#);
+    // Only UTF-8 was written (the items are JSON text, `text` and `base` strings).
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// The few top-level fields minimal mode reads (the rest is validated and skipped).
 #[derive(serde::Deserialize)]
 struct RequestHead {
@@ -565,6 +592,44 @@ fn read_head(body: &[u8]) -> Result<RequestHead, ProxyError> {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn a_string_input_is_stored_as_the_general_path_stores_it() {
+        let id = "resp_0123456789abcdef0123456789abcdef0123456789abcdef";
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        for prior in [
+            vec![],
+            vec![
+                raw(
+                    r#"{"type":"message","role":"user","content":[{"type":"input_text","text":"a"}],"id":"msg_1"}"#,
+                ),
+                raw(r#"{"type":"message","role":"assistant","content":[],"id":"msg_2"}"#),
+            ],
+        ] {
+            let stored = StoredItems {
+                prior,
+                ..StoredItems::default()
+            };
+            for text in [
+                "hi",
+                "",
+                "quote \" back\\ nl\n tab\t \u{1} é 😀 </script>",
+                "\u{7f}\u{2028}",
+            ] {
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"model": "m", "input": text})).unwrap();
+                let general = items_to_store(&stored, &body, id).unwrap();
+                assert_eq!(
+                    text_items_to_store(&stored.prior, text, id),
+                    general,
+                    "{text:?}"
+                );
+                let items: Vec<Value> = serde_json::from_str(&general).unwrap();
+                assert_eq!(items.len(), stored.prior.len() + 1);
+                assert_eq!(items.last().unwrap()["content"][0]["text"], text);
+            }
+        }
+    }
 
     const MSG: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     const CHAT: &str =

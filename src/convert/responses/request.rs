@@ -111,6 +111,8 @@ pub struct ConvertedResponsesRequest {
     pub previous_response_id: Option<String>,
     /// For the response or stream converter (holds the new `resp_…` id and the client's model).
     pub context: ResponseContext,
+    /// `input` when it was a string (one user message).
+    pub input_text: Option<String>,
 }
 
 /// Converts a Responses create body into an Anthropic Messages body.
@@ -166,6 +168,10 @@ pub fn responses_to_messages(
         store: req.store.unwrap_or(true),
         previous_response_id: req.previous_response_id.as_deref().map(str::to_owned),
         context,
+        input_text: match &req.input {
+            Some(Input::Text(t)) => Some(String::from(&**t)),
+            _ => None,
+        },
     })
 }
 
