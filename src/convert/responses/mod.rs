@@ -170,13 +170,20 @@ impl ResponseContext {
     }
 }
 
-/// A new `resp_…` id (48 hex digits, as OpenAI's): 24 bytes from the thread's CSPRNG (seeded
-/// from the OS; an id is what `GET /responses/{id}` needs, so it must not be guessable). Two
-/// `Uuid::new_v4` took a `getrandom` system call each.
+/// A new `resp_…` id (48 hex digits, as OpenAI's): the creation time in milliseconds (12
+/// digits), then 18 bytes from the thread's CSPRNG (seeded from the OS; an id is what
+/// `GET /responses/{id}` needs, so it must not be guessable: 144 random bits are).
+///
+/// Time first, so new ids sort after the stored ones: the store's index on `id` grows at its
+/// end, and a batch of puts changes a few of its pages. Random ids changed one index page per
+/// response, scattered over the whole index (as many pages written as for the rows themselves
+/// once the store holds a few thousand responses).
 pub fn new_response_id() -> String {
     let mut id = String::with_capacity(53);
     id.push_str("resp_");
-    crate::util::fmt::push_hex(&mut id, &rand::random::<[u8; 24]>());
+    let ms = u64::try_from(crate::util::time::now_ms()).unwrap_or(0);
+    crate::util::fmt::push_hex(&mut id, &ms.to_be_bytes()[2..]);
+    crate::util::fmt::push_hex(&mut id, &rand::random::<[u8; 18]>());
     id
 }
 
@@ -264,10 +271,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn response_ids_are_48_random_hex_digits() {
+    fn response_ids_are_48_hex_digits_time_first() {
         let a = new_response_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
         let b = new_response_id();
         assert_ne!(a, b);
+        // Later ids sort after earlier ones (the store's index grows at its end).
+        assert!(a < b, "{a} {b}");
+        let ms = u64::from_str_radix(&a[5..17], 16).unwrap();
+        let now = u64::try_from(crate::util::time::now_ms()).unwrap();
+        assert!(ms <= now && now - ms < 60_000, "{ms} {now}");
+        // The rest is random: two ids made in the same millisecond still differ.
+        let same: std::collections::HashSet<String> = (0..1000)
+            .map(|_| new_response_id()[17..].to_owned())
+            .collect();
+        assert_eq!(same.len(), 1000);
         for id in [&a, &b] {
             let hex = id.strip_prefix("resp_").unwrap();
             assert_eq!(hex.len(), 48, "{id}");
