@@ -27,7 +27,7 @@ pub mod pg;
 pub mod sqlite;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,8 +53,10 @@ const BATCH: usize = 256;
 
 /// How long the writer gathers puts into one transaction after the first: a busy proxy commits
 /// once per window, not once per response (a commit cost as much as the row's insert), and a
-/// put does not wake the writer. Until written, a response is found in [`Durable::unwritten`];
-/// another replica's lookup of it waits out the window ([`SHARED_MISS_RETRIES`]).
+/// put does not wake the writer. Until written, a response is found in [`Durable::unwritten`].
+/// A store shared by replicas has no window: another replica may look the response up (or
+/// delete it) as soon as its client has it, so it is written at once (the puts already queued
+/// still go together).
 const WINDOW: Duration = Duration::from_millis(50);
 /// The longest the writer sleeps within a window before it looks at the queue again (a delete or
 /// a flush unparks it at once).
@@ -168,6 +170,8 @@ struct Durable {
     /// Puts queued, being written or kept after a failed write: a lookup finds them here until
     /// the backend has them (the recent map keeps only the last [`CACHE_CAPACITY`]).
     unwritten: Arc<Unwritten>,
+    /// The backend is shared: puts are written without a [`WINDOW`].
+    no_window: Arc<AtomicBool>,
 }
 
 /// Responses not in the backend yet, by id.
@@ -204,7 +208,8 @@ pub struct ResponseStore {
 }
 
 /// A miss in a shared backend is looked up again after each of these pauses (another replica's
-/// writer commits within milliseconds of the response's last event).
+/// writer commits within milliseconds of the response's last event: a shared store has no
+/// write window).
 pub const SHARED_MISS_RETRIES: [Duration; 3] = [
     Duration::from_millis(50),
     Duration::from_millis(100),
@@ -237,9 +242,12 @@ impl ResponseStore {
         }
     }
 
-    /// Marks the backend as shared by several replicas (PostgreSQL).
+    /// Marks the backend as shared by several replicas (PostgreSQL): no write window.
     pub fn shared(mut self) -> ResponseStore {
         self.shared = true;
+        if let Some(d) = &self.durable {
+            d.no_window.store(true, Ordering::Relaxed);
+        }
         self
     }
 
@@ -249,12 +257,14 @@ impl ResponseStore {
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let write_errors = Arc::new(AtomicU64::new(0));
         let unwritten = Arc::new(Unwritten::default());
+        let no_window = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             backend: backend.clone(),
             rx,
             prune_every: (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(600)),
             errors: write_errors.clone(),
             unwritten: unwritten.clone(),
+            no_window: no_window.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("ccproxy-responses-writer".into())
@@ -275,6 +285,7 @@ impl ResponseStore {
                 tx,
                 writer,
                 unwritten,
+                no_window,
             }),
             memory_reason: None,
             unqueued: AtomicU64::new(0),
@@ -438,6 +449,7 @@ struct Writer {
     prune_every: Duration,
     errors: Arc<AtomicU64>,
     unwritten: Arc<Unwritten>,
+    no_window: Arc<AtomicBool>,
 }
 
 /// `try_recv` in `recv_timeout`'s terms (an empty queue is a timeout).
@@ -463,7 +475,12 @@ impl Writer {
         first: Result<Op, mpsc::RecvTimeoutError>,
     ) -> (Vec<Arc<StoredResponse>>, Result<Op, mpsc::RecvTimeoutError>) {
         let mut batch = Vec::new();
-        let deadline = Instant::now() + WINDOW;
+        let window = if self.no_window.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            WINDOW
+        };
+        let deadline = Instant::now() + window;
         let mut next = first;
         loop {
             match next {
@@ -772,14 +789,27 @@ mod tests {
         let backend = Arc::new(Gated::default());
         release(&backend);
         let s = ResponseStore::durable(backend.clone(), Duration::from_secs(60));
-        for i in 0..10 {
+        // A put 20 ms after the first is still in the first one's window.
+        s.put("resp_first".into(), 1, "[]".into(), "{}".into());
+        std::thread::sleep(Duration::from_millis(20));
+        for i in 0..9 {
             s.put(format!("resp_{i}"), 1, "[]".into(), "{}".into());
         }
-        // The flush ends the window at once (it does not wait the window out).
-        let t = Instant::now();
         assert!(s.flush(Duration::from_secs(5)));
-        assert!(t.elapsed() < WINDOW, "flushed in {:?}", t.elapsed());
         assert_eq!(*backend.batches.lock().unwrap(), [10]);
+        // A shared store writes at once: the same puts are two transactions.
+        let backend = Arc::new(Gated::default());
+        release(&backend);
+        let s = ResponseStore::durable(backend.clone(), Duration::from_secs(60)).shared();
+        s.put("resp_first".into(), 1, "[]".into(), "{}".into());
+        std::thread::sleep(Duration::from_millis(20));
+        for i in 0..9 {
+            s.put(format!("resp_{i}"), 1, "[]".into(), "{}".into());
+        }
+        assert!(s.flush(Duration::from_secs(5)));
+        let batches = backend.batches.lock().unwrap().clone();
+        assert_eq!(batches.first(), Some(&1), "{batches:?}");
+        assert_eq!(batches.iter().sum::<usize>(), 10);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub struct ConvertedResponsesRequest {
     pub previous_response_id: Option<String>,
     /// For the response or stream converter (holds the new `resp_…` id and the client's model).
     pub context: ResponseContext,
-    /// `input` when it was a string (one user message).
+    /// `input` when it was a string (one user message) and the response is stored.
     pub input_text: Option<String>,
 }
 
@@ -169,7 +169,7 @@ pub fn responses_to_messages(
         previous_response_id: req.previous_response_id.as_deref().map(str::to_owned),
         context,
         input_text: match &req.input {
-            Some(Input::Text(t)) => Some(String::from(&**t)),
+            Some(Input::Text(t)) if req.store.unwrap_or(true) => Some(String::from(&**t)),
             _ => None,
         },
     })
