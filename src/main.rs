@@ -26,6 +26,8 @@ fn main() -> std::process::ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A worker about to sleep hands a burst's cached memory back when asked.
+        .on_thread_park(ccproxy::util::memory::release_if_asked)
         .build()
     {
         Ok(rt) => rt,

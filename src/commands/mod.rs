@@ -182,6 +182,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         }
     }
     reload_on_hangup(state.clone());
+    crate::util::memory::spawn_release_timer();
     server.run(shutdown_signal()).await?;
     tracing::info!("ccproxy stopped");
     Ok(0)

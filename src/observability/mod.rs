@@ -231,7 +231,7 @@ fn observer_loop(rx: Receiver<Msg>, cost: CostFn, mut sink: Option<SinkFn>, log:
         // What waited for the record to be counted (a client key's uncounted request).
         drop(f.held);
     };
-    while let Ok(msg) = rx.recv() {
+    while let Ok(msg) = crate::util::memory::recv(&rx) {
         handle(msg, &mut lines);
         let mut quiet = 0;
         while quiet < QUIET_ROUNDS {

@@ -514,7 +514,7 @@ impl Writer {
         let mut pending: VecDeque<Arc<StoredResponse>> = VecDeque::new();
         loop {
             let wait = if pending.is_empty() {
-                self.prune_every
+                self.prune_every.min(crate::util::memory::RELEASE_EVERY)
             } else {
                 self.prune_every.min(RETRY_EVERY)
             };
@@ -550,7 +550,7 @@ impl Writer {
                 Ok(Op::Flush(ack)) => {
                     let _ = ack.send(());
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => crate::util::memory::release_if_asked(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             if pending.len() > PENDING_CAPACITY {

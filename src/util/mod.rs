@@ -3,6 +3,7 @@
 pub mod fmt;
 pub mod gate;
 pub mod json;
+pub mod memory;
 pub mod names;
 pub mod net;
 pub mod time;
