@@ -25,6 +25,11 @@ pub const MAX_BATCH: usize = 512;
 /// How long opening and each write wait for another process's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The page size of a new store file. Each WAL frame is one page and costs two `pwrite`s (its
+/// header, its page), so the system time of a batch follows the number of pages it dirties:
+/// 16 KiB pages take a quarter of the calls of SQLite's default 4 KiB for the same rows.
+const PAGE_SIZE: i64 = 16384;
+
 /// The page cache of a store's connection: 512 KiB (SQLite reads a negative `cache_size` as KiB).
 const PAGE_CACHE_KIB: i64 = -512;
 
@@ -123,6 +128,10 @@ impl UsageStore {
         };
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // A new file gets pages of PAGE_SIZE (an existing one keeps its own): a batch of rows
+        // is fewer, larger page writes, to the WAL and again at checkpoint.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)
+            .map_err(err)?;
         // Reading the header here is what detects a corrupt or foreign file.
         let _mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -133,6 +142,11 @@ impl UsageStore {
         // table and of each index: 512 KiB of page cache holds them. SQLite's default (2 MiB per
         // connection) stayed resident after a burst of writes.
         conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
+            .map_err(err)?;
+        // A multi-row INSERT inside a transaction keeps a statement journal (the pages it
+        // changes, to undo it alone). SQLite writes it to a temporary file once it passes
+        // 64 KiB, four 16 KiB pages: kept in memory, it costs no system call.
+        conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(err)?;
         migrate(&mut conn, path)?;
         partial_client_key_index(&conn).map_err(err)?;
@@ -825,6 +839,62 @@ mod tests {
     fn writer_is_send_sync_clone() {
         fn check<T: Send + Sync + Clone>() {}
         check::<UsageWriter>();
+    }
+
+    fn pragma(conn: &Connection, name: &str) -> i64 {
+        conn.pragma_query_value(None, name, |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_store_has_large_pages_and_keeps_statement_journals_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = UsageStore::open(&dir.path().join("u.db")).unwrap();
+        assert_eq!(pragma(&store.conn, "page_size"), PAGE_SIZE);
+        assert_eq!(pragma(&store.conn, "cache_size"), PAGE_CACHE_KIB);
+        assert_eq!(pragma(&store.conn, "temp_store"), 2, "MEMORY");
+        let rows: Vec<UsageRecord> = (0..20)
+            .map(|i| UsageRecord {
+                ts_ms: 1_000 + i,
+                ..UsageRecord::default()
+            })
+            .collect();
+        store.insert(&rows).unwrap();
+        let n: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM requests", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(n, 20);
+    }
+
+    #[test]
+    fn a_store_made_with_small_pages_keeps_them_and_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "page_size", 4096).unwrap();
+            let _: String = conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+                .unwrap();
+        }
+        let mut store = UsageStore::open(&path).unwrap();
+        store
+            .insert(&[UsageRecord {
+                ts_ms: 5,
+                ..UsageRecord::default()
+            }])
+            .unwrap();
+        drop(store);
+        let store = UsageStore::open(&path).unwrap();
+        assert_eq!(pragma(&store.conn, "page_size"), 4096);
+        let n: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM requests WHERE ts_ms = 5", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]
