@@ -143,9 +143,10 @@ impl UsageStore {
         // connection) stayed resident after a burst of writes.
         conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
             .map_err(err)?;
-        // A multi-row INSERT inside a transaction keeps a statement journal (the pages it
-        // changes, to undo it alone). SQLite writes it to a temporary file once it passes
-        // 64 KiB, four 16 KiB pages: kept in memory, it costs no system call.
+        // A statement that changes several rows inside a transaction (a prune's DELETE) keeps
+        // a statement journal (the pages it changes, to undo it alone). SQLite writes it to a
+        // temporary file once it passes 64 KiB, four 16 KiB pages: kept in memory, it costs
+        // no system call. (Usage rows need none: `insert_sql`.)
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(err)?;
         migrate(&mut conn, path)?;
@@ -330,11 +331,16 @@ const COLUMN_COUNT: usize = 21;
 /// 102.3k).
 const ROWS_PER_STATEMENT: [usize; 2] = [8, 1];
 
-/// `INSERT INTO requests (…) VALUES (?, …), …` for `rows` rows.
+/// `INSERT OR ROLLBACK INTO requests (…) VALUES (?, …), …` for `rows` rows.
+///
+/// `OR ROLLBACK`: a batch is written whole or not at all (a failed statement fails its
+/// transaction, which is then dropped), so a statement need not be undone alone. With the
+/// default `ABORT`, SQLite kept a statement journal for every multi-row statement, a copy of
+/// each page it changed: 3.6k instructions per row with 16 KiB pages.
 fn insert_sql(rows: usize) -> String {
     let tuple = format!("({})", vec!["?"; COLUMN_COUNT].join(","));
     format!(
-        "INSERT INTO requests ({COLUMNS}) VALUES {}",
+        "INSERT OR ROLLBACK INTO requests ({COLUMNS}) VALUES {}",
         vec![tuple; rows].join(",")
     )
 }
