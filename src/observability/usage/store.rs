@@ -138,16 +138,10 @@ impl UsageStore {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        // Rows are appended (ids and times only grow), so a write touches the last pages of the
-        // table and of each index: 512 KiB of page cache holds them. SQLite's default (2 MiB per
+        // Rows are appended (ids and times only grow; the keys table is small), so a write
+        // touches the last pages of the table and of each index: 512 KiB of page cache holds them. SQLite's default (2 MiB per
         // connection) stayed resident after a burst of writes.
         conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
-            .map_err(err)?;
-        // A statement that changes several rows inside a transaction (a prune's DELETE) keeps
-        // a statement journal (the pages it changes, to undo it alone). SQLite writes it to a
-        // temporary file once it passes 64 KiB, four 16 KiB pages: kept in memory, it costs
-        // no system call. (Usage rows need none: `insert_sql`.)
-        conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(err)?;
         migrate(&mut conn, path)?;
         partial_client_key_index(&conn).map_err(err)?;
@@ -853,12 +847,11 @@ mod tests {
     }
 
     #[test]
-    fn a_new_store_has_large_pages_and_keeps_statement_journals_in_memory() {
+    fn a_new_store_has_large_pages_and_a_small_cache() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = UsageStore::open(&dir.path().join("u.db")).unwrap();
         assert_eq!(pragma(&store.conn, "page_size"), PAGE_SIZE);
         assert_eq!(pragma(&store.conn, "cache_size"), PAGE_CACHE_KIB);
-        assert_eq!(pragma(&store.conn, "temp_store"), 2, "MEMORY");
         let rows: Vec<UsageRecord> = (0..20)
             .map(|i| UsageRecord {
                 ts_ms: 1_000 + i,
