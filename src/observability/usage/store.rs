@@ -139,8 +139,8 @@ impl UsageStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         // Rows are appended (ids and times only grow; the keys table is small), so a write
-        // touches the last pages of the table and of each index: 512 KiB of page cache holds them. SQLite's default (2 MiB per
-        // connection) stayed resident after a burst of writes.
+        // touches the last pages of the table and of each index: 512 KiB of page cache holds
+        // them. SQLite's default (2 MiB per connection) stayed resident after a burst of writes.
         conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
             .map_err(err)?;
         migrate(&mut conn, path)?;
