@@ -5,8 +5,11 @@
 //!   [`anthropic::Tokens`], the one token count type of the crate.
 //! - [`openai`]: Chat Completions (the request side, borrowed; the usage object of responses).
 //! - [`responses`]: the Responses API (request borrowed; response object, items, stream events).
+//! - [`json`]: JSON text written by hand (strings escaped eight bytes at a time), byte for byte
+//!   serde_json's.
 
 pub mod anthropic;
+pub mod json;
 pub mod openai;
 pub mod responses;
 

@@ -19,6 +19,8 @@ use serde_json::value::RawValue;
 
 pub use super::Str;
 
+mod encode;
+
 // ---------------------------------------------------------------------------------------------
 // Request.
 

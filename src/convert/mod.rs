@@ -60,8 +60,7 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 
 /// Appends `s` as a JSON string literal.
 pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    crate::api::json::string(out, s);
 }
 
 /// Appends valid JSON `raw` without the whitespace between tokens (strings untouched).

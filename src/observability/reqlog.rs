@@ -118,7 +118,7 @@ impl Fields<'_> {
             self.out.push_str(v);
         } else {
             // A JSON string literal is also a readable quoted form for the pretty style.
-            push_json_str(self.out, v);
+            crate::api::json::string(self.out, v);
         }
     }
 
@@ -140,36 +140,6 @@ impl Fields<'_> {
             self.out.push_str("null");
         }
     }
-}
-
-/// Appends `v` as a JSON string literal, escaped as serde_json escapes it.
-fn push_json_str(out: &mut String, v: &str) {
-    out.push('"');
-    let mut plain = 0;
-    for (i, b) in v.bytes().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..0x20 => "",
-            _ => continue,
-        };
-        out.push_str(&v[plain..i]);
-        plain = i + 1;
-        if esc.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(esc);
-        }
-    }
-    out.push_str(&v[plain..]);
-    out.push('"');
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-24T05:16:37.812383Z`.
@@ -352,21 +322,6 @@ mod tests {
         assert!(s.contains(" mode=full "), "{s}");
         assert!(s.contains(r#" error="a \"quoted\" problem""#), "{s}");
         assert!(s.ends_with('\n'));
-    }
-
-    #[test]
-    fn json_strings_are_escaped_as_serde_does() {
-        for v in [
-            "",
-            "plain",
-            "a \"quoted\" \\ problem",
-            "line\nbreak\r\ttab\u{8}\u{c}\u{1}\u{1f}",
-            "ünïcödé → ✓ /slash",
-        ] {
-            let mut s = String::new();
-            push_json_str(&mut s, v);
-            assert_eq!(s, serde_json::to_string(v).unwrap());
-        }
     }
 
     #[test]

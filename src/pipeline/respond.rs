@@ -282,7 +282,7 @@ async fn responses_whole(
         )
     };
     let object = convert::responses::messages_to_response(&body, &info.context).map_err(invalid)?;
-    let json = serde_json::to_string(&object).map_err(invalid)?;
+    let json = object.to_json();
     if let Some(items) = info.keep {
         // The stored copy is the answer's own JSON (encoding it again cost as much again).
         Keep {

@@ -97,15 +97,14 @@ impl Emitter {
 
     /// Writes `response` once per kind in `kinds` (`response.created`, …), each as
     /// [`Emitter::emit`] writes an [`EventBody`] holding it, from one encoding of `response`
-    /// (serde's takes ~15k instructions for a small one); returns that encoding.
+    /// (hand-written, [`Response::to_json`]); returns that encoding.
     fn responses(
         &mut self,
         kinds: &[&'static str],
         response: &Response,
         out: &mut dyn EventSink,
-    ) -> Option<String> {
-        // Serialising owned strings and numbers cannot fail; if it did, no event is written.
-        let json = serde_json::to_string(response).ok()?;
+    ) -> String {
+        let json = response.to_json();
         for kind in kinds {
             let b = &mut self.buf;
             b.clear();
@@ -120,7 +119,7 @@ impl Emitter {
             self.seq += 1;
             out.event(kind, &self.buf);
         }
-        Some(json)
+        json
     }
 
     /// Writes `body` as a [`StreamEvent`]: the body (an object tagged by `type`), then
@@ -401,7 +400,7 @@ impl ResponsesStreamConverter {
             },
         }
         .kind();
-        self.final_json = self.em.responses(&[kind], &self.resp, out);
+        self.final_json = Some(self.em.responses(&[kind], &self.resp, out));
         self.done = true;
     }
 
