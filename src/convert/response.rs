@@ -45,7 +45,25 @@ pub fn messages_to_chat_with(
     legacy_functions: bool,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let msg: Message = crate::util::json::from_bytes(body)?;
-    let mut out = Vec::with_capacity(body.len() + 256);
+    Ok(message_to_chat(
+        &msg,
+        body.len(),
+        client_model,
+        created,
+        legacy_functions,
+    ))
+}
+
+/// [`messages_to_chat_with`] of an answer already read (`size` is its body's length, what
+/// the Chat body is about to be).
+pub fn message_to_chat(
+    msg: &Message<'_>,
+    size: usize,
+    client_model: &str,
+    created: u64,
+    legacy_functions: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size + 256);
     write_completion_head(&mut out, msg.id.as_deref(), client_model, created);
     out.extend_from_slice(br#","choices":[{"index":0,"message":{"role":"assistant","content":"#);
     match joined_text(&msg.content) {
@@ -77,7 +95,7 @@ pub fn messages_to_chat_with(
     }
     write_openai_usage(&usage, &mut out);
     out.push(b'}');
-    Ok(out)
+    out
 }
 
 /// `{"id":…,"object":"chat.completion","created":…,"model":…` — the id is `chatcmpl-` and the

@@ -418,6 +418,14 @@ impl InFlight {
         self.note_content();
     }
 
+    /// A whole Messages answer the pipeline parsed itself (to convert it): its usage and
+    /// model, without a tap reading the body again.
+    pub fn observe_message(&mut self, msg: &crate::api::anthropic::Message<'_>) {
+        self.metered.first_content = true;
+        tap::on_anthropic_message(msg, &mut self.metered);
+        self.note_content();
+    }
+
     /// A chunk of the upstream body passed (fed to the tap; notes the first content).
     pub fn observe(&mut self, chunk: &[u8]) {
         self.tap.push(chunk, &mut self.metered);

@@ -323,7 +323,7 @@ fn rfind_usage_key(buf: &[u8]) -> Option<usize> {
 }
 
 /// Usage and model of a Messages response (or of the `message` of `message_start`).
-fn on_anthropic_message(msg: &Message<'_>, m: &mut Metered) {
+pub fn on_anthropic_message(msg: &Message<'_>, m: &mut Metered) {
     if let Some(u) = &msg.usage {
         u.merge_into(&mut m.tokens);
     }

@@ -131,6 +131,15 @@ impl RequestCtx {
         }
     }
 
+    /// The answer is complete: a Messages answer the pipeline parsed (usage and model read
+    /// from it).
+    pub fn completed_with_message(&mut self, msg: &crate::api::anthropic::Message<'_>) {
+        if let Some(r) = self.record() {
+            r.observe_message(msg);
+            r.completed();
+        }
+    }
+
     /// The answer is complete (nothing to meter).
     pub fn completed(&mut self) {
         if let Some(r) = self.record() {

@@ -207,21 +207,38 @@ async fn chat_whole(
         ctx.completed();
         return Ok(upstream_error(status, &upstream_headers, &body));
     }
-    ctx.completed_with(Tap::anthropic(false), &body);
-    let json = convert::response::messages_to_chat_with(
-        &body,
+    let msg = read_message(ctx, &body)?;
+    let json = convert::response::message_to_chat(
+        &msg,
+        body.len(),
         &chat.client_model,
         crate::util::time::now_secs(),
         chat.legacy_functions,
-    )
-    .map_err(|e| {
-        ProxyError::new(
-            ErrorKind::BadGateway,
-            Origin::Upstream,
-            format!("upstream sent a response that is not a valid message: {e}"),
-        )
-    })?;
+    );
     Ok(json_response(status, &upstream_headers, json))
+}
+
+/// A Messages 200 answer read to be converted; its usage and model go to the record from it.
+/// One that cannot be read is metered from its bytes as a relayed answer would be (the upstream
+/// billed it all the same), and the client gets a 502.
+fn read_message<'b>(
+    ctx: &mut RequestCtx,
+    body: &'b [u8],
+) -> Result<crate::api::anthropic::Message<'b>, ProxyError> {
+    match crate::util::json::from_bytes(body) {
+        Ok(msg) => {
+            ctx.completed_with_message(&msg);
+            Ok(msg)
+        }
+        Err(e) => {
+            ctx.completed_with(Tap::anthropic(false), body);
+            Err(ProxyError::new(
+                ErrorKind::BadGateway,
+                Origin::Upstream,
+                format!("upstream sent a response that is not a valid message: {e}"),
+            ))
+        }
+    }
 }
 
 /// A Messages event stream converted to Chat Completions chunks as events arrive.
@@ -273,15 +290,8 @@ async fn responses_whole(
         ctx.completed();
         return Ok(upstream_error(status, &upstream_headers, &body));
     }
-    ctx.completed_with(Tap::anthropic(false), &body);
-    let invalid = |e: serde_json::Error| {
-        ProxyError::new(
-            ErrorKind::BadGateway,
-            Origin::Upstream,
-            format!("upstream sent a response that is not a valid message: {e}"),
-        )
-    };
-    let object = convert::responses::messages_to_response(&body, &info.context).map_err(invalid)?;
+    let msg = read_message(ctx, &body)?;
+    let object = convert::responses::message_to_response(&msg, &info.context);
     let json = object.to_json();
     if let Some(items) = info.keep {
         // The stored copy is the answer's own JSON (encoding it again cost as much again).

@@ -14,6 +14,9 @@ use crate::support::*;
 
 const ANSWER: &str = r#"{"id":"msg_raw","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}"#;
 
+/// A 200 answer that is not a message (`content` is not a list) but carries usage.
+const MALFORMED: &str = r#"{"id":"msg_raw","type":"message","model":"claude-sonnet-4-5","content":"oops","usage":{"input_tokens":7,"output_tokens":4}}"#;
+
 /// How the raw upstream treats a connection after an answer.
 #[derive(Clone, Copy)]
 enum AfterAnswer {
@@ -31,7 +34,8 @@ struct RawUpstream {
     cut: Arc<AtomicUsize>,
 }
 
-/// An HTTP/1.1 upstream: `POST /v1/messages` answers [`ANSWER`]; with a body containing
+/// An HTTP/1.1 upstream: `POST /v1/messages` answers [`ANSWER`] ([`MALFORMED`] when the body
+/// contains `malformed-answer`); with a body containing
 /// `short-stream`, a whole chunked event stream; with `slow-stream`, one SSE event and then
 /// nothing for 30 s.
 async fn raw_upstream(after: AfterAnswer) -> RawUpstream {
@@ -123,9 +127,14 @@ async fn serve(mut s: TcpStream, after: AfterAnswer, cut: Arc<AtomicUsize>) {
             }
             continue;
         }
+        let answer = if body.contains("malformed-answer") {
+            MALFORMED
+        } else {
+            ANSWER
+        };
         let out = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nrequest-id: req_raw\r\n\r\n{ANSWER}",
-            ANSWER.len()
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nrequest-id: req_raw\r\n\r\n{answer}",
+            answer.len()
         );
         if s.write_all(out.as_bytes()).await.is_err() {
             return;
@@ -251,4 +260,65 @@ async fn a_connection_whose_answer_was_abandoned_is_closed_not_reused() {
     assert_eq!(resp.status(), 200);
     assert_eq!(json_of(resp).await["id"], "msg_raw");
     assert_eq!(up.accepted.load(Ordering::SeqCst), 3);
+}
+
+/// A converted answer is metered from the message the proxy read to convert it (no tap reads
+/// the body again); one that is not a message is still metered from its bytes (the upstream
+/// billed it), and the client gets a 502 in its dialect.
+#[tokio::test]
+async fn converted_answers_are_metered_even_when_they_cannot_be_converted() {
+    let up = raw_upstream(AfterAnswer::KeepAlive).await;
+    let env = proxy_to(&up).await;
+    let chat = |text: &str| serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]});
+    let responses = |text: &str| serde_json::json!({"model": "gpt-4o", "input": text});
+    let cases = [
+        ("/openai/v1/chat/completions", chat("hi"), 200, (3, 1)),
+        ("/openai/v1/responses", responses("hi"), 200, (3, 1)),
+        (
+            "/openai/v1/chat/completions",
+            chat("malformed-answer"),
+            502,
+            (7, 4),
+        ),
+        (
+            "/openai/v1/responses",
+            responses("malformed-answer"),
+            502,
+            (7, 4),
+        ),
+    ];
+    for (i, (path, body, status, _)) in cases.iter().enumerate() {
+        let resp = env.post(path, None, body).await;
+        assert_eq!(resp.status(), *status, "{path}");
+        let v = json_of(resp).await;
+        if *status == 200 {
+            let text = v.to_string();
+            assert!(
+                text.contains(r#""text":"hi""#) || text.contains(r#""content":"hi""#),
+                "{v}"
+            );
+        } else {
+            // OpenAI's envelope: `error.type`, no top-level `type` (Anthropic's).
+            assert!(
+                v["error"]["type"].is_string() && v.get("type").is_none(),
+                "{v}"
+            );
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("not a valid message"),
+                "{path}: {v}"
+            );
+        }
+        let rows = crate::usage::rows(&env, i + 1).await;
+        let row = &rows[i];
+        assert_eq!(row.status, *status, "{path}: {row:?}");
+        assert_eq!(
+            (row.tokens.input, row.tokens.output),
+            cases[i].3,
+            "{path}: {row:?}"
+        );
+        assert!(row.ttft_ms.is_some(), "{path}: {row:?}");
+    }
 }

@@ -38,7 +38,7 @@ pub use request::{
     ConvertedResponsesRequest, ItemResolver, NoStore, continued_id, input_items,
     responses_to_messages,
 };
-pub use response::messages_to_response;
+pub use response::{message_to_response, messages_to_response};
 pub use stream::{EventSink, JsonEvents, ResponsesStreamConverter};
 
 use base64::Engine as _;

@@ -28,6 +28,11 @@ pub fn messages_to_response(
     ctx: &ResponseContext,
 ) -> Result<Response, serde_json::Error> {
     let msg: Message = crate::util::json::from_bytes(body)?;
+    Ok(message_to_response(&msg, ctx))
+}
+
+/// [`messages_to_response`] of an answer already read.
+pub fn message_to_response(msg: &Message<'_>, ctx: &ResponseContext) -> Response {
     let mut out = Vec::new();
     let mut text: Option<String> = None;
     let mut annotations = Vec::new();
@@ -82,7 +87,7 @@ pub fn messages_to_response(
     r.incomplete_details = reason.map(|r| IncompleteDetails {
         reason: r.to_owned(),
     });
-    Ok(r)
+    r
 }
 
 pub(crate) fn message_item(
