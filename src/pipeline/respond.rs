@@ -291,7 +291,7 @@ async fn responses_whole(
         return Ok(upstream_error(status, &upstream_headers, &body));
     }
     let msg = read_message(ctx, &body)?;
-    let object = convert::responses::message_to_response(&msg, &info.context);
+    let object = convert::responses::message_to_response(&msg, info.context);
     let json = object.to_json();
     if let Some(items) = info.keep {
         // The stored copy is the answer's own JSON (encoding it again cost as much again).

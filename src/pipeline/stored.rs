@@ -37,6 +37,9 @@ pub async fn lookup(
     held: Option<&super::Prior>,
 ) -> Result<StoredItems, ProxyError> {
     let mut out = StoredItems::default();
+    if !may_refer(body) {
+        return Ok(out);
+    }
     let Ok(peek) = serde_json::from_slice::<Peek>(body) else {
         return Ok(out);
     };
@@ -123,6 +126,16 @@ fn index(items: &[Box<RawValue>]) -> HashMap<String, Box<RawValue>> {
             Some((id, raw.clone()))
         })
         .collect()
+}
+
+/// Whether `body` may continue a response or reference items: it names
+/// `previous_response_id` or `item_reference`, or has a `\u` escape (a key written with one
+/// is found only by parsing). Most requests do neither, and need not be parsed for it.
+fn may_refer(body: &[u8]) -> bool {
+    use memchr::memmem::find;
+    find(body, b"previous_response_id").is_some()
+        || find(body, b"item_reference").is_some()
+        || find(body, b"\\u").is_some()
 }
 
 /// The ids the `item_reference` items of `input` name.
@@ -389,6 +402,18 @@ mod tests {
         let q = ListQuery::parse(Some("after=nope")).unwrap();
         let e = list(&items(2), &q).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("after"));
+    }
+
+    #[test]
+    fn only_a_body_that_may_refer_is_parsed_for_references() {
+        assert!(!may_refer(br#"{"model":"m","input":"hi"}"#));
+        assert!(may_refer(
+            br#"{"previous_response_id":"resp_1","input":"hi"}"#
+        ));
+        assert!(may_refer(
+            br#"{"input":[{"type":"item_reference","id":"x"}]}"#
+        ));
+        assert!(may_refer(br#"{"previous_response\u005fid":"resp_1"}"#));
     }
 
     #[test]

@@ -331,6 +331,38 @@ cases!(chain {
     min_stream: ("/min", true),
 });
 
+/// A continuation whose `previous_response_id` key is written with an escape (valid JSON,
+/// which a byte search for the key would miss) still continues the stored response.
+#[tokio::test]
+async fn an_escaped_previous_response_id_key_still_continues() {
+    let env = TestEnv::with_api_key().await;
+    let r1 = create_ok(
+        &env,
+        "",
+        &json!({"model": "gpt-4o", "input": "my name is Ada"}),
+    )
+    .await;
+    let body = format!(
+        r#"{{"model":"gpt-4o","input":"what is my name?","previous_response\u005fid":"{}"}}"#,
+        r1["id"].as_str().unwrap()
+    );
+    let r = env
+        .client
+        .post(env.url("/openai/v1/responses"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r2 = json_of(r).await;
+    assert_eq!(r2["previous_response_id"], r1["id"], "{r2}");
+    let up = last_upstream(&env);
+    let msgs = up["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3, "the first turn goes back: {up}");
+    assert!(msgs[0].to_string().contains("my name is Ada"), "{up}");
+}
+
 /// Codex's loop: a function call, then only its output with previous_response_id.
 #[tokio::test]
 async fn function_call_loop_with_previous_response_id() {

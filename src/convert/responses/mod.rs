@@ -134,31 +134,36 @@ impl ResponseContext {
 
     /// An empty response object in `status`, echoing the request's settings.
     pub fn response(&self, status: Status) -> Response {
+        self.clone().into_response(status)
+    }
+
+    /// [`ResponseContext::response`], the context's strings and settings moved into it.
+    pub fn into_response(self, status: Status) -> Response {
         Response {
-            id: self.id.clone(),
+            id: self.id,
             object: "response".to_owned(),
             created_at: self.created_at,
             status,
-            model: self.model.clone(),
+            model: self.model,
             output: Vec::new(),
             usage: None,
             incomplete_details: None,
             error: None,
-            instructions: self.instructions.clone(),
-            previous_response_id: self.previous_response_id.clone(),
-            metadata: self.metadata.clone(),
-            tools: self.tools.clone(),
-            tool_choice: self.tool_choice.clone(),
+            instructions: self.instructions,
+            previous_response_id: self.previous_response_id,
+            metadata: self.metadata,
+            tools: self.tools,
+            tool_choice: self.tool_choice,
             parallel_tool_calls: self.parallel_tool_calls,
             temperature: self.temperature,
             top_p: self.top_p,
             max_output_tokens: self.max_output_tokens,
-            reasoning: self.reasoning.clone(),
-            text: self.text.clone(),
+            reasoning: self.reasoning,
+            text: self.text,
             store: self.store,
-            truncation: self.truncation.clone(),
+            truncation: self.truncation,
             background: false,
-            user: self.user.clone(),
+            user: self.user,
         }
     }
 

@@ -28,11 +28,11 @@ pub fn messages_to_response(
     ctx: &ResponseContext,
 ) -> Result<Response, serde_json::Error> {
     let msg: Message = crate::util::json::from_bytes(body)?;
-    Ok(message_to_response(&msg, ctx))
+    Ok(message_to_response(&msg, ctx.clone()))
 }
 
-/// [`messages_to_response`] of an answer already read.
-pub fn message_to_response(msg: &Message<'_>, ctx: &ResponseContext) -> Response {
+/// [`messages_to_response`] of an answer already read, the context moved into the response.
+pub fn message_to_response(msg: &Message<'_>, ctx: ResponseContext) -> Response {
     let mut out = Vec::new();
     let mut text: Option<String> = None;
     let mut annotations = Vec::new();
@@ -53,7 +53,7 @@ pub fn message_to_response(msg: &Message<'_>, ctx: &ResponseContext) -> Response
         if let Some(t) = text.take() {
             let a = std::mem::take(&mut annotations);
             out.push(message_item_with(
-                ctx,
+                &ctx,
                 out.len(),
                 t,
                 ItemStatus::Completed,
@@ -63,7 +63,7 @@ pub fn message_to_response(msg: &Message<'_>, ctx: &ResponseContext) -> Response
         if kind == "thinking" {
             thinking_bytes += b.thinking.as_deref().map_or(0, str::len);
         }
-        if let Some(item) = block_item(ctx, out.len(), b) {
+        if let Some(item) = block_item(&ctx, out.len(), b) {
             out.push(item);
         }
     }
@@ -75,13 +75,13 @@ pub fn message_to_response(msg: &Message<'_>, ctx: &ResponseContext) -> Response
             ItemStatus::Completed
         };
         let a = std::mem::take(&mut annotations);
-        out.push(message_item_with(ctx, out.len(), t, item_status, a));
+        out.push(message_item_with(&ctx, out.len(), t, item_status, a));
     }
     let mut tokens = Tokens::default();
     if let Some(u) = &msg.usage {
         u.merge_into(&mut tokens);
     }
-    let mut r = ctx.response(status);
+    let mut r = ctx.into_response(status);
     r.output = out;
     r.usage = Some(usage(&tokens, thinking_bytes));
     r.incomplete_details = reason.map(|r| IncompleteDetails {
