@@ -92,6 +92,11 @@ pub struct ResponseContext {
     pub user: Option<String>,
 }
 
+/// `text` as echoed when the request sets no format.
+pub(crate) fn default_text() -> Value {
+    serde_json::json!({"format": {"type": "text"}})
+}
+
 impl ResponseContext {
     /// A context with defaults for everything but the id, time and model (tests, replays).
     pub fn new(id: impl Into<String>, created_at: u64, model: impl Into<String>) -> Self {
@@ -112,7 +117,7 @@ impl ResponseContext {
             top_p: None,
             max_output_tokens: None,
             reasoning: serde_json::json!({"effort": null, "summary": null}),
-            text: serde_json::json!({"format": {"type": "text"}}),
+            text: default_text(),
             store: true,
             truncation: "disabled".to_owned(),
             user: None,

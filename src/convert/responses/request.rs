@@ -393,39 +393,45 @@ fn context(
     custom_tools: Vec<String>,
     created_at: u64,
 ) -> ResponseContext {
-    let mut c = ResponseContext::new(new_response_id(), created_at, client_model);
-    c.custom_tools = custom_tools;
     let reasoning = req.reasoning.as_ref();
     let summary = reasoning.and_then(|r| r.summary.as_deref().or(r.generate_summary.as_deref()));
-    c.summaries = summary.is_some_and(|s| s != "none");
-    c.instructions = req.instructions.as_deref().map(str::to_owned);
-    c.previous_response_id = req.previous_response_id.as_deref().map(str::to_owned);
-    if let Some(m) = json_value(req.metadata).filter(|m| !m.is_null()) {
-        c.metadata = m;
+    // Built whole: every setting once (a default replaced later was built for nothing).
+    ResponseContext {
+        id: new_response_id(),
+        created_at,
+        model: client_model.to_owned(),
+        custom_tools,
+        namespaced: Vec::new(),
+        summaries: summary.is_some_and(|s| s != "none"),
+        instructions: req.instructions.as_deref().map(str::to_owned),
+        previous_response_id: req.previous_response_id.as_deref().map(str::to_owned),
+        metadata: json_value(req.metadata)
+            .filter(|m| !m.is_null())
+            .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
+        tools: Value::Array(
+            req.tools
+                .iter()
+                .flatten()
+                .map(echo_tool)
+                .collect::<Vec<_>>(),
+        ),
+        tool_choice: echo_tool_choice(req.tool_choice.as_ref()),
+        parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_output_tokens: req.max_output_tokens,
+        reasoning: serde_json::json!({
+            "effort": reasoning.and_then(|r| r.effort.as_deref()),
+            "summary": summary,
+        }),
+        text: match req.text.as_ref().and_then(|t| t.format.as_ref()) {
+            Some(f) => serde_json::json!({"format": echo_text_format(f)}),
+            None => super::default_text(),
+        },
+        store: req.store.unwrap_or(true),
+        truncation: req.truncation.as_deref().unwrap_or("disabled").to_owned(),
+        user: req.user.as_deref().map(str::to_owned),
     }
-    c.parallel_tool_calls = req.parallel_tool_calls.unwrap_or(true);
-    c.temperature = req.temperature;
-    c.top_p = req.top_p;
-    c.max_output_tokens = req.max_output_tokens;
-    c.reasoning = serde_json::json!({
-        "effort": reasoning.and_then(|r| r.effort.as_deref()),
-        "summary": summary,
-    });
-    c.store = req.store.unwrap_or(true);
-    c.truncation = req.truncation.as_deref().unwrap_or("disabled").to_owned();
-    c.user = req.user.as_deref().map(str::to_owned);
-    c.tools = Value::Array(
-        req.tools
-            .iter()
-            .flatten()
-            .map(echo_tool)
-            .collect::<Vec<_>>(),
-    );
-    c.tool_choice = echo_tool_choice(req.tool_choice.as_ref());
-    if let Some(f) = req.text.as_ref().and_then(|t| t.format.as_ref()) {
-        c.text = serde_json::json!({"format": echo_text_format(f)});
-    }
-    c
 }
 
 /// `tool_choice` as the response echoes it.
