@@ -110,6 +110,17 @@ pub fn float(out: &mut impl Sink, f: f64) {
     }
 }
 
+/// Appends a number as serde_json does (integers through `itoa`, as its serializer).
+fn number(out: &mut impl Sink, n: &serde_json::Number) {
+    if let Some(u) = n.as_u64() {
+        uint(out, u);
+    } else if let Some(i) = n.as_i64() {
+        out.put(itoa::Buffer::new().format(i));
+    } else {
+        out.put(&n.to_string());
+    }
+}
+
 /// Appends `s`, or `null`.
 pub fn opt_string(out: &mut impl Sink, s: Option<&str>) {
     match s {
@@ -136,7 +147,7 @@ pub fn value(out: &mut impl Sink, v: &Value) {
         Value::Null => out.put("null"),
         Value::Bool(true) => out.put("true"),
         Value::Bool(false) => out.put("false"),
-        Value::Number(n) => out.put(&n.to_string()),
+        Value::Number(n) => number(out, n),
         Value::String(s) => string(out, s),
         Value::Array(a) => array(out, a, value),
         Value::Object(m) => {

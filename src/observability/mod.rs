@@ -419,7 +419,9 @@ impl InFlight {
     }
 
     /// A whole Messages answer the pipeline parsed itself (to convert it): its usage and
-    /// model, without a tap reading the body again.
+    /// model, without a tap reading the body again. Unlike the tap, which only counts an
+    /// answer over `MAX_JSON_TAP` as content, this reads the usage of any size; the first
+    /// content is noted once the answer is parsed.
     pub fn observe_message(&mut self, msg: &crate::api::anthropic::Message<'_>) {
         self.metered.first_content = true;
         tap::on_anthropic_message(msg, &mut self.metered);

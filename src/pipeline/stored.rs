@@ -129,8 +129,9 @@ fn index(items: &[Box<RawValue>]) -> HashMap<String, Box<RawValue>> {
 }
 
 /// Whether `body` may continue a response or reference items: it names
-/// `previous_response_id` or `item_reference`, or has a `\u` escape (a key written with one
-/// is found only by parsing). Most requests do neither, and need not be parsed for it.
+/// `previous_response_id` or `item_reference`, or has a `\u` escape (either name written
+/// with one is found only by parsing). Most requests do neither, and need not be parsed for
+/// it; a client that escapes all non-ASCII text (Python's `json.dumps` by default) always is.
 fn may_refer(body: &[u8]) -> bool {
     use memchr::memmem::find;
     find(body, b"previous_response_id").is_some()
@@ -140,10 +141,11 @@ fn may_refer(body: &[u8]) -> bool {
 
 /// The ids the `item_reference` items of `input` name.
 fn references(input: &RawValue) -> Vec<String> {
-    if !input.get().contains("item_reference") {
+    let raw = input.get();
+    if !raw.contains("item_reference") && !raw.contains("\\u") {
         return Vec::new();
     }
-    let Ok(items) = serde_json::from_str::<Vec<Value>>(input.get()) else {
+    let Ok(items) = serde_json::from_str::<Vec<Value>>(raw) else {
         return Vec::new();
     };
     items

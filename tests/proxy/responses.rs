@@ -267,6 +267,17 @@ async fn get(env: &TestEnv, path: &str) -> reqwest::Response {
     env.client.get(env.url(path)).send().await.unwrap()
 }
 
+/// `POST /openai/v1/responses` with `body` sent as written (JSON a `Value` would re-encode).
+async fn post_text(env: &TestEnv, body: String) -> reqwest::Response {
+    env.client
+        .post(env.url("/openai/v1/responses"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn delete(env: &TestEnv, path: &str) -> reqwest::Response {
     env.client.delete(env.url(path)).send().await.unwrap()
 }
@@ -346,14 +357,7 @@ async fn an_escaped_previous_response_id_key_still_continues() {
         r#"{{"model":"gpt-4o","input":"what is my name?","previous_response\u005fid":"{}"}}"#,
         r1["id"].as_str().unwrap()
     );
-    let r = env
-        .client
-        .post(env.url("/openai/v1/responses"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = post_text(&env, body).await;
     assert_eq!(r.status(), 200);
     let r2 = json_of(r).await;
     assert_eq!(r2["previous_response_id"], r1["id"], "{r2}");
@@ -629,6 +633,23 @@ async fn item_reference_resolves_stored_items() {
     );
     let list = json_of(get(&env, &path).await).await;
     assert_eq!(list["data"][1]["type"], "function_call", "{list}");
+    // The same reference with its type written with an escape (valid JSON) resolves too.
+    let escaped = body
+        .to_string()
+        .replace(r#""item_reference""#, r#""item\u005freference""#);
+    assert!(!escaped.contains("item_reference"), "{escaped}");
+    let r = post_text(&env, escaped).await;
+    assert_eq!(r.status(), 200);
+    json_of(r).await;
+    let up = last_upstream(&env);
+    assert!(
+        up["messages"][1]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "tool_use" && b["id"] == call["call_id"]),
+        "{up}"
+    );
     // An unknown reference is a 400 naming it.
     let body =
         json!({"model": "gpt-4o", "input": [{"type": "item_reference", "id": "fc_nothing"}]});
