@@ -133,10 +133,17 @@ fn index(items: &[Box<RawValue>]) -> HashMap<String, Box<RawValue>> {
 /// with one is found only by parsing). Most requests do neither, and need not be parsed for
 /// it; a client that escapes all non-ASCII text (Python's `json.dumps` by default) always is.
 fn may_refer(body: &[u8]) -> bool {
-    use memchr::memmem::find;
-    find(body, b"previous_response_id").is_some()
-        || find(body, b"item_reference").is_some()
-        || find(body, b"\\u").is_some()
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    // Built once: a searcher built per call cost more than the three searches.
+    static NAMES: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+        [
+            Finder::new(b"previous_response_id"),
+            Finder::new(b"item_reference"),
+            Finder::new(b"\\u"),
+        ]
+    });
+    NAMES.iter().any(|f| f.find(body).is_some())
 }
 
 /// The ids the `item_reference` items of `input` name.
