@@ -74,10 +74,24 @@ for _k in list(os.environ):
 os.environ.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
 
 
+_next_port = 20_000 + (os.getpid() * 7919) % 12_000
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free to listen on, from below the kernel's ephemeral range (32768-60999): a port
+    bind(0) hands out is also one the kernel gives an outgoing connection as its source port, so a
+    child told to listen there could find it taken. Below the range only this counter hands it out."""
+    global _next_port
+    for _ in range(12_000):
+        port = _next_port
+        _next_port = 20_000 + (_next_port - 20_000 + 1) % 12_000
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000..32000")
 
 
 def http_get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:

@@ -18,12 +18,34 @@ pub fn cmd(dir: &Path) -> Command {
     c
 }
 
+/// A port free to listen on, for a child process told to listen there.
+///
+/// Ports come from below the kernel's ephemeral range (32768–60999 on Linux):
+/// a port the kernel hands out for `bind(0)` is also one it hands out as the
+/// source port of any outgoing connection, so between this function releasing
+/// it and the child binding it, another test's client socket could take it
+/// (CI saw `Address already in use` that way). Below the range only another
+/// caller of this function can, and the counter keeps those apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test binary starts at its own place (by pid) so two running at once
+    // rarely walk the same ports; the bind check settles the rest.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A child process killed (by its own pid) and reaped when dropped.
