@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -148,24 +147,8 @@ def healthy(port: int) -> bool:
         return False
 
 
-_next_port = 20_000 + (os.getpid() * 7919) % 12_000
-
-
-def free_port() -> int:
-    """A port free to listen on, from below the kernel's ephemeral range (32768-60999): a port
-    bind(0) hands out is also one the kernel gives an outgoing connection as its source port, so a
-    child told to listen there could find it taken. Below the range only this counter hands it out."""
-    global _next_port
-    for _ in range(12_000):
-        port = _next_port
-        _next_port = 20_000 + (_next_port - 20_000 + 1) % 12_000
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000..32000")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from ports import free_port  # noqa: E402  (tests/support/ports.py)
 
 
 def model_catalog(codex_home: Path, env: dict[str, str]) -> Path:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -74,24 +74,8 @@ for _k in list(os.environ):
 os.environ.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
 
 
-_next_port = 20_000 + (os.getpid() * 7919) % 12_000
-
-
-def free_port() -> int:
-    """A port free to listen on, from below the kernel's ephemeral range (32768-60999): a port
-    bind(0) hands out is also one the kernel gives an outgoing connection as its source port, so a
-    child told to listen there could find it taken. Below the range only this counter hands it out."""
-    global _next_port
-    for _ in range(12_000):
-        port = _next_port
-        _next_port = 20_000 + (_next_port - 20_000 + 1) % 12_000
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000..32000")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from ports import free_port  # noqa: E402  (tests/support/ports.py)
 
 
 def http_get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
