@@ -78,6 +78,12 @@ cpu = ""
 for l in open("/proc/cpuinfo"):
     if l.startswith("model name"):
         cpu = l.split(":", 1)[1].strip(); break
+def release_profile():
+    """`[profile.release]`'s lto and codegen-units, as Cargo.toml has them for this build."""
+    import tomllib
+    p = tomllib.load(open("Cargo.toml", "rb")).get("profile", {}).get("release", {})
+    lto = {True: "fat", "fat": "fat", "thin": "thin", False: "thin-local", "off": "off"}.get(p.get("lto", False), str(p.get("lto")))
+    return f"{lto} LTO, {p.get('codegen-units', 16)} codegen unit{'s' if p.get('codegen-units', 16) != 1 else ''}"
 mem = 0
 for l in open("/proc/meminfo"):
     if l.startswith("MemTotal"):
@@ -89,6 +95,7 @@ json.dump({
     "kernel": platform.release(), "rustc": sh("rustc -V"),
     "git": sh("git rev-parse --short HEAD") + (" (with local changes)" if sh("git status --porcelain --untracked-files=no") else ""),
     "loadavg": open("/proc/loadavg").read().split()[:3],
+    "release_profile": release_profile(),
 }, open(sys.argv[1], "w"), indent=1)
 EOF
 
