@@ -636,7 +636,7 @@ pub fn request_headers(
                 put(
                     &mut h,
                     header::USER_AGENT,
-                    &format!("claude-cli/{cli_version} (external, cli)"),
+                    &["claude-cli/", cli_version, " (external, cli)"].concat(),
                 );
                 put(&mut h, names::X_APP, "cli");
                 put(&mut h, names::DIRECT_BROWSER_ACCESS, "true");

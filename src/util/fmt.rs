@@ -51,6 +51,18 @@ pub fn push_padded(out: &mut String, v: u64, width: usize) {
     out.push_str(text);
 }
 
+/// Appends `v` in lowercase hex, zero-padded to at least `width` digits (`{v:0width$x}`).
+pub fn push_hex_padded(out: &mut String, v: u64, width: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let len = ((64 - v.leading_zeros()).div_ceil(4) as usize).max(1);
+    for _ in len..width {
+        out.push('0');
+    }
+    for i in (0..len).rev() {
+        out.push(char::from(DIGITS[((v >> (i * 4)) & 0xf) as usize]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +91,21 @@ mod tests {
             let mut s = String::new();
             push_padded(&mut s, v, w);
             assert_eq!(s, format!("{v:0w$}"));
+        }
+    }
+
+    #[test]
+    fn hex_padded_matches_core_fmt() {
+        let values = (0..=0x1100u64)
+            .chain((0..64).map(|b| 1u64 << b))
+            .chain((0..64).map(|b| (1u64 << b) - 1))
+            .chain([u64::MAX, 0xdead_beef, 0x0123_4567_89ab_cdef]);
+        for v in values {
+            for w in [0, 1, 3, 5, 17, 20] {
+                let mut s = String::from("x");
+                push_hex_padded(&mut s, v, w);
+                assert_eq!(s, format!("x{v:0w$x}"), "{v} {w}");
+            }
         }
     }
 

@@ -176,7 +176,13 @@ impl ResponseContext {
     /// within the response and across responses, and stable for a given response id.
     pub(crate) fn item_id(&self, prefix: &str, n: usize) -> String {
         let base = self.id.strip_prefix("resp_").unwrap_or(&self.id);
-        format!("{prefix}_{base}{n:03x}")
+        // Written by hand: `format!` took 1.8k instructions a response (callgrind).
+        let mut id = String::with_capacity(prefix.len() + 1 + base.len() + 3);
+        id.push_str(prefix);
+        id.push('_');
+        id.push_str(base);
+        crate::util::fmt::push_hex_padded(&mut id, n as u64, 3);
+        id
     }
 }
 

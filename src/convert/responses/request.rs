@@ -203,27 +203,50 @@ fn parse_prior(prior: &[Box<RawValue>]) -> Result<Vec<InputItem<'_>>, RequestErr
         .collect()
 }
 
+/// The path of an input item or of one of its parts, for an error's `param`. Written out only
+/// when an error names it: formatting one for every item and part cost hundreds of instructions
+/// each on every request, and a coding agent's conversation has hundreds of items.
+#[derive(Clone, Copy, Debug)]
+enum Param<'a> {
+    /// The `k`th item of the response `previous_response_id` continues.
+    Prior(usize),
+    /// `input[k]`.
+    Input(usize),
+    /// A part of an item: `{item}.{field}[{j}]`.
+    Part(&'a Param<'a>, &'static str, usize),
+}
+
+impl std::fmt::Display for Param<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Param::Prior(k) => write!(f, "previous_response_id[{k}]"),
+            Param::Input(k) => write!(f, "input[{k}]"),
+            Param::Part(item, field, j) => write!(f, "{item}.{field}[{j}]"),
+        }
+    }
+}
+
 /// The prior items, then the request's, each with its parameter path.
 fn list_items<'a, 'i>(
     prior: &'a [InputItem<'i>],
     request: &'a [InputItem<'i>],
-) -> Vec<(String, &'a InputItem<'i>)> {
+) -> Vec<(Param<'static>, &'a InputItem<'i>)> {
     prior
         .iter()
         .enumerate()
-        .map(|(k, it)| (format!("previous_response_id[{k}]"), it))
+        .map(|(k, it)| (Param::Prior(k), it))
         .chain(
             request
                 .iter()
                 .enumerate()
-                .map(|(k, it)| (format!("input[{k}]"), it)),
+                .map(|(k, it)| (Param::Input(k), it)),
         )
         .collect()
 }
 
 /// The stored items the `item_reference`s name, in order, as their JSON.
 fn fetch_references(
-    listed: &[(String, &InputItem<'_>)],
+    listed: &[(Param<'static>, &InputItem<'_>)],
     resolver: &dyn ItemResolver,
 ) -> Result<Vec<Box<RawValue>>, RequestError> {
     let mut referenced = Vec::new();
@@ -247,9 +270,9 @@ fn fetch_references(
 
 /// `listed` with each `item_reference` replaced by the item it names (`referenced`, in order).
 fn substitute_references<'a, 'i>(
-    listed: Vec<(String, &'a InputItem<'i>)>,
+    listed: Vec<(Param<'static>, &'a InputItem<'i>)>,
     referenced: &'a [serde_json::Result<InputItem<'i>>],
-) -> Result<Vec<(String, &'a InputItem<'i>)>, RequestError> {
+) -> Result<Vec<(Param<'static>, &'a InputItem<'i>)>, RequestError> {
     let mut refs = referenced.iter();
     let mut items = Vec::with_capacity(listed.len());
     for (param, it) in listed {
@@ -271,7 +294,9 @@ fn substitute_references<'a, 'i>(
 }
 
 /// The thinking block each `reasoning` item carries (ours), by item.
-fn decode_reasoning_items(items: &[(String, &InputItem<'_>)]) -> Vec<Option<ThinkingBlock>> {
+fn decode_reasoning_items(
+    items: &[(Param<'static>, &InputItem<'_>)],
+) -> Vec<Option<ThinkingBlock>> {
     items
         .iter()
         .map(|(_, it)| {
@@ -635,7 +660,7 @@ struct Built<'b> {
 
 fn build<'b>(
     req: &'b CreateRequest<'b>,
-    items: &[(String, &'b InputItem<'b>)],
+    items: &[(Param<'static>, &'b InputItem<'b>)],
     decoded: &'b [Option<ThinkingBlock>],
     names: &'b Namespaces,
     model: &'b str,
@@ -721,7 +746,7 @@ const MAX_TOOL_NAME: usize = 128;
 impl Namespaces {
     /// Declared members first (in order), then namespaced calls in the history; the joined names
     /// avoid every plain tool name the request declares or its history calls.
-    fn of(req: &CreateRequest<'_>, items: &[(String, &InputItem<'_>)]) -> Self {
+    fn of(req: &CreateRequest<'_>, items: &[(Param<'static>, &InputItem<'_>)]) -> Self {
         fn non_empty<'s>(s: Option<&'s Str<'_>>) -> Option<&'s str> {
             s.map(|s| &**s).filter(|s| !s.is_empty())
         }
@@ -1099,7 +1124,7 @@ impl<'b> Conversation<'b> {
     /// `instructions`, the items, then a string `input`; an input with no turn is refused.
     fn of_request(
         req: &'b CreateRequest<'b>,
-        items: &[(String, &'b InputItem<'b>)],
+        items: &[(Param<'static>, &'b InputItem<'b>)],
         decoded: &'b [Option<ThinkingBlock>],
         names: &'b Namespaces,
     ) -> Result<Self, RequestError> {
@@ -1137,7 +1162,7 @@ impl<'b> Conversation<'b> {
     }
     fn items(
         &mut self,
-        items: &[(String, &'b InputItem<'b>)],
+        items: &[(Param<'static>, &'b InputItem<'b>)],
         decoded: &'b [Option<ThinkingBlock>],
     ) -> Result<(), RequestError> {
         for (k, (p, it)) in items.iter().enumerate() {
@@ -1148,7 +1173,7 @@ impl<'b> Conversation<'b> {
 
     fn item(
         &mut self,
-        p: &str,
+        p: &Param<'_>,
         it: &'b InputItem<'b>,
         decoded: Option<&'b ThinkingBlock>,
     ) -> Result<(), RequestError> {
@@ -1183,7 +1208,7 @@ impl<'b> Conversation<'b> {
     /// A `function_call` or `custom_tool_call`: a `tool_use` in an assistant turn.
     fn tool_call(
         &mut self,
-        p: &str,
+        p: &Param<'_>,
         it: &'b InputItem<'b>,
         custom: bool,
     ) -> Result<(), RequestError> {
@@ -1219,7 +1244,7 @@ impl<'b> Conversation<'b> {
     }
 
     /// A `function_call_output` or `custom_tool_call_output`: a `tool_result` in a user turn.
-    fn tool_output(&mut self, p: &str, it: &'b InputItem<'b>) -> Result<(), RequestError> {
+    fn tool_output(&mut self, p: &Param<'_>, it: &'b InputItem<'b>) -> Result<(), RequestError> {
         let id = required(it.call_id.as_ref(), p, "call_id")?;
         if !self.call_ids.contains(id) {
             return Err(invalid(
@@ -1235,7 +1260,7 @@ impl<'b> Conversation<'b> {
             Some(Content::Text(t)) => push_text(&mut content, t, None),
             Some(Content::Parts(parts)) => {
                 for (j, part) in parts.iter().enumerate() {
-                    user_part(&mut content, part, &format!("{p}.output[{j}]"))?;
+                    user_part(&mut content, part, &Param::Part(p, "output", j))?;
                 }
             }
         }
@@ -1248,7 +1273,7 @@ impl<'b> Conversation<'b> {
         Ok(())
     }
 
-    fn message(&mut self, p: &str, it: &'b InputItem<'b>) -> Result<(), RequestError> {
+    fn message(&mut self, p: &Param<'_>, it: &'b InputItem<'b>) -> Result<(), RequestError> {
         let Some(role) = it.role.as_deref() else {
             return Err(missing(format!("{p}.role")));
         };
@@ -1271,7 +1296,7 @@ impl<'b> Conversation<'b> {
             Some(Content::Text(t)) => push_text(&mut blocks, t, None),
             Some(Content::Parts(parts)) => {
                 for (j, part) in parts.iter().enumerate() {
-                    let pp = format!("{p}.content[{j}]");
+                    let pp = Param::Part(p, "content", j);
                     match (role, part.kind.as_deref()) {
                         ("user", _) => user_part(&mut blocks, part, &pp)?,
                         (_, Some("input_text" | "output_text" | "text")) => {
@@ -1306,20 +1331,24 @@ impl<'b> Conversation<'b> {
     }
 }
 
-fn required<'b>(v: Option<&'b Str<'_>>, p: &str, field: &str) -> Result<&'b str, RequestError> {
+fn required<'b>(
+    v: Option<&'b Str<'_>>,
+    p: &Param<'_>,
+    field: &str,
+) -> Result<&'b str, RequestError> {
     match v.map(|s| &**s) {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(missing(format!("{p}.{field}"))),
     }
 }
 
-fn text_of<'p>(part: &'p ContentPart<'_>, p: &str) -> Result<&'p str, RequestError> {
+fn text_of<'p>(part: &'p ContentPart<'_>, p: &Param<'_>) -> Result<&'p str, RequestError> {
     part.text
         .as_deref()
         .ok_or_else(|| missing(format!("{p}.text")))
 }
 
-fn bad_part(p: &str, kind: Option<&str>, why: &str) -> RequestError {
+fn bad_part(p: &Param<'_>, kind: Option<&str>, why: &str) -> RequestError {
     match kind {
         None => missing(format!("{p}.type")),
         Some(k) => RequestError::new(
@@ -1334,7 +1363,7 @@ fn bad_part(p: &str, kind: Option<&str>, why: &str) -> RequestError {
 fn user_part<'b>(
     blocks: &mut Vec<Block<'b>>,
     part: &'b ContentPart<'_>,
-    p: &str,
+    p: &Param<'_>,
 ) -> Result<(), RequestError> {
     match part.kind.as_deref() {
         Some("input_text" | "output_text" | "text") => push_text(blocks, text_of(part, p)?, None),
@@ -1748,6 +1777,20 @@ mod tests {
             let e = err(json!({"model": "m", "input": [{"role": "user", "content": [part]}]}));
             assert_eq!(e.param.as_deref(), Some(param), "{e}");
         }
+        // Deeper paths: a later item's later part, and a tool output's parts.
+        let e = err(json!({"model": "m", "input": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "a"}, {"type": "input_image"}]},
+        ]}));
+        assert_eq!(e.param.as_deref(), Some("input[1].content[1].type"), "{e}");
+        let e = err(json!({"model": "m", "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [
+                {"type": "input_text", "text": "ok"}, {"type": "input_text", "text": "ok"}, {"type": "input_audio"},
+            ]},
+        ]}));
+        assert_eq!(e.param.as_deref(), Some("input[2].output[2].type"), "{e}");
     }
 
     #[test]

@@ -138,3 +138,69 @@ fn anthropic_response_to_openai(b: Bencher) {
             .unwrap_or(0)
     });
 }
+
+/// A coding agent's turn as the Responses API carries it without `previous_response_id`: the
+/// whole conversation resent, `turns` rounds of a user message (two parts), an assistant
+/// message, a function call and its output.
+fn agent_conversation(turns: usize) -> Vec<u8> {
+    let mut input = Vec::with_capacity(turns * 4);
+    for t in 0..turns {
+        input.push(serde_json::json!({"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": format!("Step {t}: look at src/lib.rs and fix the failing test.")},
+            {"type": "input_text", "text": "<environment_context>cwd=/work</environment_context>"},
+        ]}));
+        input.push(
+            serde_json::json!({"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": format!("Reading the file for step {t}.")},
+            ]}),
+        );
+        input.push(serde_json::json!({"type": "function_call", "call_id": format!("call_{t}"),
+            "name": "shell", "arguments": format!("{{\"command\":[\"cat\",\"src/lib.rs\"],\"step\":{t}}}")}));
+        input.push(
+            serde_json::json!({"type": "function_call_output", "call_id": format!("call_{t}"),
+            "output": format!("fn main() {{ println!(\"step {t}\"); }}")}),
+        );
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "instructions": "You are a coding agent.",
+        "input": input,
+        "tools": [{"type": "function", "name": "shell", "description": "Runs a command",
+            "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}}}}],
+        "stream": true,
+    }))
+    .expect("serializable")
+}
+
+/// Responses request → Anthropic request (`convert::responses::responses_to_messages`): the
+/// small request, the ~80 KB Claude Code request as Responses input, and a 50-round agent
+/// conversation (200 input items).
+#[divan::bench(args = ["small", "cc", "agent50"])]
+fn responses_request_to_anthropic(b: Bencher, size: &str) {
+    let body = if size == "agent50" {
+        agent_conversation(50)
+    } else {
+        body(size, bodies::BodyKind::Responses)
+    };
+    let aliases = ModelAliases::with_defaults();
+    let opts = ConvertOptions {
+        default_max_tokens: 4096,
+        aliases: &aliases,
+        auto_cache: true,
+    };
+    let run = |body: &[u8]| {
+        convert::responses::responses_to_messages(
+            body,
+            &[],
+            &convert::responses::NoStore,
+            &opts,
+            1_700_000_000,
+        )
+    };
+    // Measure the conversion, not its error path.
+    if let Err(e) = run(&body) {
+        panic!("the {size} body does not convert: {e}");
+    }
+    b.counter(BytesCount::of_slice(&body))
+        .bench(|| run(black_box(&body)).map(|c| c.body.len()).unwrap_or(0));
+}
