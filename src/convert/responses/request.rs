@@ -888,12 +888,12 @@ fn declared_tools<'b>(
                     return Err(missing(format!("tools[{i}].tools")));
                 };
                 for (j, m) in members.iter().enumerate() {
-                    let p = format!("tools[{i}].tools[{j}]");
+                    let p = |field: &str| format!("tools[{i}].tools[{j}].{field}");
                     match m.kind.as_deref() {
                         Some("function") | None => {}
                         Some(k) => {
                             return Err(RequestError::new(
-                                format!("{p}.type"),
+                                p("type"),
                                 "unsupported_value",
                                 format_args!("a namespace holds function tools, not {k:?}"),
                             ));
@@ -901,10 +901,10 @@ fn declared_tools<'b>(
                     }
                     let member = match m.name.as_deref() {
                         Some(n) if !n.is_empty() => n,
-                        _ => return Err(missing(format!("{p}.name"))),
+                        _ => return Err(missing(p("name"))),
                     };
                     let Some(joined) = names.joined(ns, member) else {
-                        return Err(missing(format!("{p}.name")));
+                        return Err(missing(p("name")));
                     };
                     tools.push(ToolSpec::Function {
                         def: ToolDef {
