@@ -69,9 +69,10 @@ struct Emitter {
 }
 
 impl Emitter {
-    /// `response.output_text.delta` with the text as a JSON string literal in serde_json's own
-    /// escaping (`convert::delta`), written as [`Emitter::emit`] writes it — without serde's
-    /// flattened-enum path, the most of an event's cost.
+    /// `response.output_text.delta`, the same bytes [`Emitter::emit`] writes for an
+    /// [`EventBody::OutputTextDelta`], but with the delta's JSON string literal copied as the
+    /// upstream wrote it (`convert::delta`, in serde_json's own escaping) instead of unescaped
+    /// and escaped again: the one event a stream sends per token.
     fn text_delta(
         &mut self,
         item_id: &str,
@@ -123,10 +124,7 @@ impl Emitter {
     }
 
     /// Writes `body` as a [`StreamEvent`]: the body (an object tagged by `type`, written by
-    /// [`EventBody::write_json`]), then `sequence_number` as its last member. serde's `flatten`
-    /// writes the same bytes through a map of buffered values: about twice the instructions of
-    /// serde's plain derive (callgrind, `full-responses-stream64`), itself slower than the
-    /// hand-written encoder.
+    /// [`EventBody::write_json`]), then `sequence_number` as its last member.
     fn emit(&mut self, body: EventBody<'_>, out: &mut dyn EventSink) {
         self.buf.clear();
         body.write_json(&mut self.buf);
