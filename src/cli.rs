@@ -296,6 +296,10 @@ pub struct SimArgs {
     /// Keep the last requests received, for inspection at GET /_sim/requests.
     #[arg(long)]
     pub record: bool,
+    /// Most concurrent streams on one HTTP/2 connection (its SETTINGS_MAX_CONCURRENT_STREAMS,
+    /// as a real server advertises one); 0 for no limit.
+    #[arg(long, default_value_t = crate::sim::DEFAULT_H2_MAX_STREAMS)]
+    pub h2_max_streams: u32,
 }
 
 #[derive(Debug, Subcommand)]

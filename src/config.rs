@@ -118,6 +118,7 @@ pub struct FileConfig {
     pub connect_timeout_secs: Option<u64>,
     pub upstream_timeout_secs: Option<u64>,
     pub upstream_h2c: Option<bool>,
+    pub upstream_h2_max_streams: Option<usize>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub allow_open: Option<bool>,
@@ -277,7 +278,14 @@ pub struct UpstreamSettings {
     /// HTTP/2 with prior knowledge (h2c) to an `http://` upstream: one connection carries many
     /// requests (an `https://` upstream negotiates HTTP/2 by ALPN regardless).
     pub h2c: bool,
+    /// Most requests in flight on one HTTP/2 upstream connection (`upstream_h2_max_streams`):
+    /// past it, another connection is opened instead of queueing behind streams that may last
+    /// minutes.
+    pub h2_max_streams: usize,
 }
+
+/// RFC 9113 §6.5.2 recommends that a server allow at least this many concurrent streams.
+pub const DEFAULT_H2_MAX_STREAMS: usize = 100;
 
 impl Default for UpstreamSettings {
     fn default() -> Self {
@@ -291,6 +299,7 @@ impl Default for UpstreamSettings {
             models_cache: Duration::from_secs(3600),
             openai_prompt_caching: true,
             h2c: false,
+            h2_max_streams: DEFAULT_H2_MAX_STREAMS,
         }
     }
 }
@@ -670,6 +679,16 @@ impl UpstreamSettings {
                 .openai_prompt_caching
                 .unwrap_or(d.openai_prompt_caching),
             h2c: file.upstream_h2c.unwrap_or(d.h2c),
+            h2_max_streams: match file.upstream_h2_max_streams {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        name: "upstream_h2_max_streams",
+                        message: "must be greater than 0".into(),
+                    });
+                }
+                Some(n) => n,
+                None => d.h2_max_streams,
+            },
         })
     }
 }
@@ -1038,6 +1057,7 @@ impl UpstreamSettings {
             ),
             ("upstream_timeout_secs", self.timeout.as_secs().to_string()),
             ("upstream_h2c", self.h2c.to_string()),
+            ("upstream_h2_max_streams", self.h2_max_streams.to_string()),
             (
                 "stream_idle_timeout_secs",
                 self.stream_idle_timeout.as_secs().to_string(),
@@ -1234,6 +1254,11 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # HTTP/2 with prior knowledge (h2c) to an http:// upstream (a local upstream that speaks it):
 # one connection carries many requests. An https:// upstream negotiates HTTP/2 by itself.
 # upstream_h2c = false
+
+# Most requests in flight on one HTTP/2 upstream connection; past it ccproxy opens another
+# connection rather than queue requests behind streams that can last minutes. Lower it to the
+# upstream's SETTINGS_MAX_CONCURRENT_STREAMS if that is below 100.
+# upstream_h2_max_streams = 100
 
 # Logging: "pretty" or "json" (--log-format); level or RUST_LOG filter (--log-level).
 # log_format = "pretty"

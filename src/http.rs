@@ -24,28 +24,15 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         .no_proxy()
 }
 
-/// The upstream leg's pooled client (hyper-util's legacy client, driven directly: none of
-/// reqwest's per-request layers): `TCP_NODELAY`, TCP keep-alive, the connect timeout, idle
-/// connections kept 90 s (up to 1024 per host), no redirects, no proxy; `https://` upstreams
-/// through rustls with the platform's verifier, HTTP/2 when the server offers it by ALPN;
-/// `h2c`: every connection HTTP/2 with prior knowledge (only for an `http://` upstream).
-pub fn upstream_client<B>(
-    connect_timeout: Duration,
-    h2c: bool,
-) -> Result<
-    hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        B,
-    >,
-    std::io::Error,
->
-where
-    B: http_body::Body + Send,
-    B::Data: Send,
-{
-    use hyper_util::client::legacy::Client;
+/// The upstream leg's connector: `TCP_NODELAY`, TCP keep-alive, the connect timeout; `https://`
+/// upstreams through rustls with the platform's verifier, offering HTTP/2 and HTTP/1.1 by ALPN.
+/// Built once (loading the platform's roots is slow) and cloned into each [`upstream_client`].
+pub type UpstreamConnector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// See [`UpstreamConnector`].
+pub fn upstream_connector(connect_timeout: Duration) -> Result<UpstreamConnector, std::io::Error> {
     use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use rustls_platform_verifier::ConfigVerifierExt;
 
     install_crypto_provider();
@@ -57,22 +44,40 @@ where
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
     http.set_keepalive_retries(Some(3));
     let tls = rustls::ClientConfig::with_platform_verifier().map_err(std::io::Error::other)?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+        .wrap_connector(http))
+}
+
+/// One pooled client of the upstream leg (hyper-util's legacy client, driven directly: none of
+/// reqwest's per-request layers) over `connector`: idle connections kept 90 s (up to 1024 per
+/// host), no redirects, no proxy; HTTP/2 when a TLS server offers it by ALPN; `h2c`: every
+/// connection HTTP/2 with prior knowledge (only for an `http://` upstream). Over HTTP/2 the
+/// client keeps one connection; `upstream::Upstream` keeps several clients to have several.
+pub fn upstream_client<B>(
+    connector: UpstreamConnector,
+    h2c: bool,
+) -> hyper_util::client::legacy::Client<UpstreamConnector, B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .http2_only(h2c)
-        // One HTTP/2 connection carries every stream: h2 refuses a connection (GOAWAY
+        // One HTTP/2 connection carries many streams: h2 refuses a connection (GOAWAY
         // ENHANCE_YOUR_CALM, "too_many_data_frames") whose small DATA frames wait unread past a
         // budget of half its window, which thousands of event streams on a busy proxy reach at
         // the default 5 MiB; the upstream is the one configured, not a stranger.
         .http2_initial_connection_window_size(Some(64 << 20))
-        .build(https))
+        .build(connector)
 }

@@ -72,6 +72,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         settings.upstream.connect_timeout,
         settings.upstream.timeout,
         settings.upstream.h2c,
+        settings.upstream.h2_max_streams,
     )?;
     let (oauth, oauth_error) =
         match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {

@@ -265,7 +265,8 @@ async fn sim(args: SimArgs) -> anyhow::Result<u8> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid address {}:{}", args.host, args.port))?;
-    let handle = crate::sim::start(addr, args.record).await?;
+    let max_streams = (args.h2_max_streams > 0).then_some(args.h2_max_streams);
+    let handle = crate::sim::start_with(addr, args.record, max_streams).await?;
     println!("simulated Anthropic upstream listening on {}", handle.url());
     shutdown_signal().await;
     Ok(0)

@@ -218,29 +218,47 @@ impl Drop for SimHandle {
     }
 }
 
+/// How many streams one HTTP/2 connection to the sim may carry at once, by default: like a real
+/// server, which advertises a limit in `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 recommends no
+/// fewer than 100; hyper's default is 200), so that a client that puts every request on one
+/// connection meets the queueing it would meet upstream.
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 100;
+
 /// Starts a simulated upstream on `addr` (use port 0 for a free port).
 pub async fn start(addr: SocketAddr, record: bool) -> std::io::Result<SimHandle> {
+    start_with(addr, record, Some(DEFAULT_H2_MAX_STREAMS)).await
+}
+
+/// [`start`], with a limit on the concurrent streams of one HTTP/2 connection (`None`: none).
+pub async fn start_with(
+    addr: SocketAddr,
+    record: bool,
+    h2_max_streams: Option<u32>,
+) -> std::io::Result<SimHandle> {
     let listener = crate::util::net::listen(&addr.ip().to_string(), addr.port()).await?;
-    start_on(listener, record)
+    let addr = listener.local_addr()?;
+    let state = Arc::new(SimState::new(record));
+    let app = router(state.clone());
+    let task = tokio::spawn(serve(listener, app, h2_max_streams));
+    Ok(SimHandle { addr, state, task })
 }
 
 pub fn start_on(listener: TcpListener, record: bool) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let state = Arc::new(SimState::new(record));
     let app = router(state.clone());
-    let task = tokio::spawn(serve(listener, app));
+    let task = tokio::spawn(serve(listener, app, Some(DEFAULT_H2_MAX_STREAMS)));
     Ok(SimHandle { addr, state, task })
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (h2c with prior knowledge), with no cap on the streams of one
-/// HTTP/2 connection (hyper's default is 200): a proxy whose upstream leg is h2c
-/// (`upstream_h2c`) carries thousands of concurrent streams on one connection.
-async fn serve(listener: TcpListener, app: Router) {
+/// Serves HTTP/1.1 and HTTP/2 (h2c with prior knowledge), at most `h2_max_streams` concurrent
+/// streams on one HTTP/2 connection.
+async fn serve(listener: TcpListener, app: Router, h2_max_streams: Option<u32>) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().max_concurrent_streams(None);
+    builder.http2().max_concurrent_streams(h2_max_streams);
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,

@@ -12,8 +12,6 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::claude_code::{self, DEFAULT_ANTHROPIC_VERSION};
 use crate::error::{ErrorKind, Origin, ProxyError};
@@ -21,6 +19,7 @@ use crate::routes::Mode;
 use crate::util::names;
 
 mod h1;
+mod lanes;
 
 /// The credential that goes upstream with one request.
 #[derive(Clone)]
@@ -112,10 +111,11 @@ impl Default for UpBody {
     }
 }
 
-/// The body of an upstream answer: from hyper-util's pool (TLS, h2c), or from a connection the
-/// reader drives itself (plain HTTP/1.1, [`h1`]).
+/// The body of an upstream answer: from hyper-util's pool (TLS, h2c; the request holds its
+/// lane's slot until the body is read or dropped), or from a connection the reader drives itself
+/// (plain HTTP/1.1, [`h1`]).
 enum RespBody {
-    Pooled(Incoming),
+    Pooled { body: Incoming, _slot: lanes::Slot },
     Inline(h1::InlineBody),
 }
 
@@ -128,21 +128,21 @@ impl http_body::Body for RespBody {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            RespBody::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RespBody::Pooled { body, .. } => std::pin::Pin::new(body).poll_frame(cx),
             RespBody::Inline(b) => std::pin::Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RespBody::Pooled(b) => b.is_end_stream(),
+            RespBody::Pooled { body, .. } => body.is_end_stream(),
             RespBody::Inline(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            RespBody::Pooled(b) => b.size_hint(),
+            RespBody::Pooled { body, .. } => body.size_hint(),
             RespBody::Inline(b) => b.size_hint(),
         }
     }
@@ -198,23 +198,15 @@ impl Stream for UpStream {
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// HTTP/2 connections to an h2c upstream, requests spread over them in turn: one connection
-/// is one task on one thread demultiplexing every stream's frames; a few spread that work (and a
-/// connection's loss) over the runtime's threads.
-const H2C_CONNECTIONS: usize = 8;
-
 /// The upstream leg: hyper's pooled client (HTTP/1.1, or HTTP/2 when a TLS upstream offers it
-/// by ALPN), `TCP_NODELAY`, no redirects, no proxy; and a `reqwest` client on the same settings
-/// for the OAuth endpoints.
+/// by ALPN, or h2c), `TCP_NODELAY`, no redirects, no proxy, spread over [`lanes`] so that no
+/// HTTP/2 connection carries more than `upstream_h2_max_streams` requests; and a `reqwest`
+/// client on the same settings for the OAuth endpoints.
 pub struct Upstream {
     /// A plain `http://` upstream without h2c: connections driven by the requests' own tasks.
     h1: Option<h1::Pool>,
-    /// One client (its pool) over HTTP/1.1; with `h2c`, [`H2C_CONNECTIONS`] clients taken in
-    /// turn, each with its one multiplexed connection.
-    clients: Vec<Client<Connector, ReqBody>>,
-    next: std::sync::atomic::AtomicUsize,
+    /// Every other upstream: pooled clients, each with at most one HTTP/2 connection.
+    lanes: lanes::Lanes,
     oauth: reqwest::Client,
     base: String,
     /// `scheme://authority` and the base's path without its trailing `/`, joined with each
@@ -230,6 +222,7 @@ impl Upstream {
         connect_timeout: Duration,
         header_timeout: Duration,
         h2c: bool,
+        h2_max_streams: usize,
     ) -> Result<Self, std::io::Error> {
         let oauth = crate::http::client_builder()
             .connect_timeout(connect_timeout)
@@ -259,13 +252,14 @@ impl Upstream {
         } else {
             None
         };
-        let clients = (0..if h2c { H2C_CONNECTIONS } else { 1 })
-            .map(|_| crate::http::upstream_client(connect_timeout, h2c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let lanes = lanes::Lanes::new(
+            crate::http::upstream_connector(connect_timeout)?,
+            h2c,
+            h2_max_streams,
+        );
         Ok(Upstream {
             h1,
-            clients,
-            next: std::sync::atomic::AtomicUsize::new(0),
+            lanes,
             oauth,
             base,
             origin,
@@ -355,15 +349,11 @@ impl Upstream {
                 Err(_) => Err(timed_out()),
             };
         }
-        let client = match self.clients.as_slice() {
-            [one] => one,
-            many => {
-                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                &many[i % many.len()]
-            }
-        };
+        let (client, slot) = self.lanes.take();
         match tokio::time::timeout(self.header_timeout, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(UpResponse(resp.map(RespBody::Pooled))),
+            Ok(Ok(resp)) => Ok(UpResponse(
+                resp.map(|body| RespBody::Pooled { body, _slot: slot }),
+            )),
             Ok(Err(e)) => Err(map_send_error(e)),
             Err(_) => Err(timed_out()),
         }

@@ -134,7 +134,7 @@ fn config_show_prints_every_setting_aligned() {
     std::fs::write(
         &file,
         "retries = 3\nretry_429 = true\nmax_body_bytes = 1000\nstream_idle_timeout_secs = 7\n\
-         [prices.\"claude-x\"]\ninput = 1.5\noutput = 2.0\n",
+         upstream_h2_max_streams = 50\n[prices.\"claude-x\"]\ninput = 1.5\noutput = 2.0\n",
     )
     .unwrap();
     let (ok, out, err) = stdout_of(
@@ -198,6 +198,7 @@ fn config_show_prints_every_setting_aligned() {
     assert_eq!(value("retry_max_wait_secs"), "30");
     assert_eq!(value("max_body_bytes"), "1000");
     assert_eq!(value("stream_idle_timeout_secs"), "7");
+    assert_eq!(value("upstream_h2_max_streams"), "50");
     assert_eq!(value("log_format"), "\"json\"");
     assert_eq!(value("upstream_url"), "\"sim\"");
     assert_eq!(value("api_key"), "(not set)");
@@ -222,6 +223,14 @@ fn bad_config_is_a_clear_error() {
         stdout_of(cmd(dir.path()).args(["config", "show", "--upstream-url", "ftp://x"]));
     assert!(!ok);
     assert!(err.contains("upstream_url"), "{err}");
+    std::fs::write(&file, "upstream_h2_max_streams = 0\n").unwrap();
+    let (ok, _, err) =
+        stdout_of(cmd(dir.path()).args(["config", "show", "--config", file.to_str().unwrap()]));
+    assert!(!ok);
+    assert!(
+        err.contains("upstream_h2_max_streams") && err.contains("greater than 0"),
+        "{err}"
+    );
     let (ok, _, err) =
         stdout_of(cmd(dir.path()).args(["config", "show", "--config", "/nonexistent/c.toml"]));
     assert!(!ok);

@@ -322,3 +322,61 @@ async fn converted_answers_are_metered_even_when_they_cannot_be_converted() {
         assert!(row.ttft_ms.is_some(), "{path}: {row:?}");
     }
 }
+
+/// Reads `resp` until its first text delta (`None` if the stream ends or fails first).
+async fn first_delta(resp: &mut reqwest::Response) -> Option<()> {
+    let mut seen = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        seen.extend_from_slice(&chunk);
+        if seen.windows(10).any(|w| w == b"text_delta") {
+            return Some(());
+        }
+    }
+    None
+}
+
+/// An HTTP/2 upstream that allows 2 streams per connection (the sim's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`), and more endless streams at once than the h2c leg's first
+/// connections can carry: every stream starts, on connections opened for them, instead of
+/// waiting for a stream to end (which these never do).
+#[tokio::test]
+async fn streams_past_an_h2_connections_limit_go_on_another_connection() {
+    let sim = ccproxy::sim::start_with("127.0.0.1:0".parse().unwrap(), true, Some(2))
+        .await
+        .unwrap();
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        upstream_url: Some(sim.url()),
+        upstream_timeout: Some(Duration::from_secs(30)),
+        tweak: Some(|s| {
+            s.upstream.h2c = true;
+            s.upstream.h2_max_streams = 2;
+        }),
+        ..Opts::default()
+    })
+    .await;
+    // The h2c leg starts with 8 connections: 16 streams fill them.
+    let n = 24;
+    let opened = futures_util::future::join_all((0..n).map(|_| async {
+        let mut resp = env
+            .post(
+                "/pt/v1/messages",
+                None,
+                &message("[sim:endless] [sim:gap=50]", true),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let started = tokio::time::timeout(Duration::from_secs(20), first_delta(&mut resp)).await;
+        (started, resp)
+    }))
+    .await;
+    let started = opened
+        .iter()
+        .filter(|(s, _)| matches!(s, Ok(Some(()))))
+        .count();
+    assert_eq!(
+        started, n,
+        "streams that started while the others were open"
+    );
+    assert_eq!(sim.state.requests().len(), n);
+}
