@@ -18,7 +18,7 @@ BIN=$ROOT/target/release
 BENCH=$BIN/ccproxy-bench
 KEY=sk-ant-api03-bench-key
 U=http://127.0.0.1
-SIM_PORT=18001 PROXY_PORT=18002 CCA_PORT=18003 LITE_PORT=18004 LEAN_PORT=18005 FRESH_PORT=18006 RELAY_PORT=18009
+SIM_PORT=18001 PROXY_PORT=18002 CCA_PORT=18003 LITE_PORT=18004 LEAN_PORT=18005 FRESH_PORT=18006 FRESH_H2_PORT=18007 RELAY_PORT=18009
 KEYS0_PORT=18007 KEYS1K_PORT=18008 KEYS1_PORT=18010
 
 ip link set lo up
@@ -159,21 +159,41 @@ FRESH=$!
 PIDS+=("$FRESH")
 wait_port $FRESH_PORT $FRESH || { echo "ccproxy (streams) did not start" >&2; exit 1; }
 "$BENCH" proc --pid "$FRESH" --label ccproxy-streams-idle --out "$RES" >/dev/null
+# Above ~9 000 streams an HTTP/1.1 client leg would need more than the 20 000 open files this
+# machine allows a process (ccproxy holds both legs): the client leg is h2c there (100 streams
+# per connection), and so is ccproxy's upstream leg, from another fresh process with
+# `upstream_h2c = true` (as an https:// upstream negotiates HTTP/2): each leg then holds about
+# n / 100 connections, like the relay, which pipes each client connection to one of its own.
+PHOME_H2=$OUT/home-ccproxy-h2
+mkdir -p "$PHOME_H2/.config"
+printf 'max_concurrent_requests = 16384\nupstream_h2c = true\n' >"$PHOME_H2/ccproxy.toml"
+FRESH_H2=""
 for n in $STEPS; do
-  # Above ~9 000 streams an HTTP/1.1 client leg would need more than the 20 000 open files
-  # this machine allows a process (ccproxy holds both legs): the client leg uses h2c there.
   h2=""
-  [ "$n" -gt 9000 ] && h2=",h2=true"
+  port=$FRESH_PORT pid=$FRESH
+  if [ "$n" -gt 9000 ]; then
+    h2=",h2=true"
+    if [ -z "$FRESH_H2" ]; then
+      env -i PATH=/usr/bin:/bin HOME="$PHOME_H2" XDG_CONFIG_HOME="$PHOME_H2/.config" ANTHROPIC_API_KEY=$KEY \
+        "$BIN/ccproxy" serve --config "$PHOME_H2/ccproxy.toml" --host 127.0.0.1 --port $FRESH_H2_PORT \
+        --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-streams-h2.log" 2>&1 &
+      FRESH_H2=$!
+      PIDS+=("$FRESH_H2")
+      wait_port $FRESH_H2_PORT $FRESH_H2 || { echo "ccproxy (streams, h2c) did not start" >&2; exit 1; }
+    fi
+    port=$FRESH_H2_PORT pid=$FRESH_H2
+  fi
   rounds=1
   [ "$n" = 1000 ] && [ "$QUICK" = 0 ] && rounds=3
   ramp=$(python3 -c "print(min(1.0, $n / 2000))")
   bench "s4-streams-$n" --arm "$D_ANTH$h2" \
-    --arm "name=ccproxy-pt-anthropic,url=$U:$FRESH_PORT/pt/v1/messages,base=direct-anthropic,pid=$FRESH$h2" \
-    --arm "name=ccproxy-full-openai,url=$U:$FRESH_PORT/openai/v1/chat/completions,body=openai,base=direct-anthropic,pid=$FRESH$h2" \
+    --arm "name=ccproxy-pt-anthropic,url=$U:$port/pt/v1/messages,base=direct-anthropic,pid=$pid$h2" \
+    --arm "name=ccproxy-full-openai,url=$U:$port/openai/v1/chat/completions,body=openai,base=direct-anthropic,pid=$pid$h2" \
     --arm "name=ref-tcp-relay,url=$U:$RELAY_PORT/v1/messages,base=direct-anthropic,pid=$RELAY$h2" \
     -c "$n" --stream --deltas 64 --gap-ms 20 --ramp-secs "$ramp" --seconds $HOLD --rounds $rounds \
     --stall-ms 500 --timeout-secs 30 --close-between
 done
+if [ -n "$FRESH_H2" ]; then kill "$FRESH_H2" 2>/dev/null || true; fi
 "$BENCH" proc --pid "$PROXY" --label ccproxy-after-load --out "$RES" >/dev/null
 "$BENCH" proc --pid "$FRESH" --label ccproxy-streams-after --out "$RES" >/dev/null
 # Memory after the burst (issue 15): the 4c process, idle now, sampled every 5 s for $AFTER s

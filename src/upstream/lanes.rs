@@ -39,7 +39,8 @@ struct Lane {
 }
 
 pub(super) struct Lanes {
-    lanes: Box<[OnceLock<Lane>]>,
+    /// Boxed: a slot not taken yet costs a pointer, not a client.
+    lanes: Box<[OnceLock<Box<Lane>>]>,
     /// Lanes `0..count` are set.
     count: AtomicUsize,
     /// Where the next request starts looking, so that requests spread over the lanes.
@@ -116,10 +117,10 @@ impl Lanes {
         if n != seen || n >= MAX_LANES {
             return;
         }
-        let _ = self.lanes[n].set(Lane {
+        let _ = self.lanes[n].set(Box::new(Lane {
             client: crate::http::upstream_client(self.connector.clone(), self.h2c),
             in_flight: Arc::new(AtomicUsize::new(0)),
-        });
+        }));
         self.count.store(n + 1, Ordering::Release);
         if n > 0 {
             tracing::debug!(
