@@ -75,6 +75,14 @@ fn describe() {
         "The subscription's reported utilisation of its 5-hour and 7-day limits (fraction)"
     );
     describe_gauge!("ccproxy_active_streams", "Streams being relayed now");
+    describe_gauge!(
+        "ccproxy_upstream_lanes",
+        "Pooled upstream clients of a TLS or h2c upstream, each at most one HTTP/2 connection (another opens when every one carries upstream_h2_max_streams requests)"
+    );
+    describe_gauge!(
+        "ccproxy_upstream_lane_requests",
+        "Requests in flight on the pooled upstream clients (answer not yet read to the end)"
+    );
     describe_counter!(
         "ccproxy_oauth_refreshes_total",
         "OAuth token refreshes by result"

@@ -486,6 +486,10 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return e.into_response(Dialect::Anthropic);
     }
     credential_gauges(&state);
+    if let Some((lanes, in_flight)) = state.upstream.lanes() {
+        metrics::gauge!("ccproxy_upstream_lanes").set(lanes as f64);
+        metrics::gauge!("ccproxy_upstream_lane_requests").set(in_flight as f64);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -83,6 +83,15 @@ impl Lanes {
         self.count.load(Ordering::Acquire)
     }
 
+    /// How many lanes there are, and the requests in flight on them.
+    pub(super) fn load(&self) -> (usize, usize) {
+        let n = self.len();
+        let in_flight = (0..n)
+            .map(|i| self.lane(i).in_flight.load(Ordering::Relaxed))
+            .sum();
+        (n, in_flight)
+    }
+
     /// A client with a free slot, and the slot.
     pub(super) fn take(&self) -> (&LaneClient, Slot) {
         let start = self.next.fetch_add(1, Ordering::Relaxed);

@@ -228,7 +228,7 @@ impl Upstream {
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(std::io::Error::other)?;
+            .map_err(tls_setup_error)?;
         let uri: Uri = base.parse().map_err(std::io::Error::other)?;
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
             return Err(std::io::Error::other(format!(
@@ -253,7 +253,7 @@ impl Upstream {
             None
         };
         let lanes = lanes::Lanes::new(
-            crate::http::upstream_connector(connect_timeout)?,
+            crate::http::upstream_connector(connect_timeout).map_err(tls_setup_error)?,
             h2c,
             h2_max_streams,
         );
@@ -266,6 +266,13 @@ impl Upstream {
             base_path,
             header_timeout,
         })
+    }
+
+    /// The pooled lanes of a TLS or h2c upstream (each at most one HTTP/2 connection) and the
+    /// requests in flight on them; `None` for a plain `http://` upstream, whose connections the
+    /// requests drive themselves.
+    pub fn lanes(&self) -> Option<(usize, usize)> {
+        self.h1.is_none().then(|| self.lanes.load())
     }
 
     /// The client for the OAuth endpoints (token refresh, login).
@@ -358,6 +365,22 @@ impl Upstream {
             Err(_) => Err(timed_out()),
         }
     }
+}
+
+/// Setting up the HTTPS clients failed (on a machine without CA certificates, say): says what
+/// it was for, and how to give ccproxy the certificates.
+fn tls_setup_error(e: impl std::error::Error + 'static) -> std::io::Error {
+    let mut msg = format!(
+        "cannot set up HTTPS for the upstream: {}",
+        crate::error::chain(&e)
+    );
+    if msg.contains("CA certificates") {
+        msg.push_str(
+            " (ccproxy verifies servers with the system's CA certificates: install them, e.g. \
+             the ca-certificates package, or name a PEM bundle in SSL_CERT_FILE)",
+        );
+    }
+    std::io::Error::other(msg)
 }
 
 /// What waiting for the next piece of an upstream stream gave.

@@ -28,5 +28,6 @@ mod security;
 mod shutdown;
 mod sim_tools;
 mod upstream_conns;
+mod upstream_tls;
 mod usage;
 mod web_search;
