@@ -30,12 +30,32 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 pub type UpstreamConnector =
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
-/// See [`UpstreamConnector`].
-pub fn upstream_connector(connect_timeout: Duration) -> Result<UpstreamConnector, std::io::Error> {
-    use hyper_util::client::legacy::connect::HttpConnector;
+/// The TLS settings of the upstream leg and its OAuth client: rustls with the platform's
+/// verifier (the system's CA certificates, or the PEM bundle named by `SSL_CERT_FILE`). An error
+/// when there are none to load.
+pub fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
     use rustls_platform_verifier::ConfigVerifierExt;
-
     install_crypto_provider();
+    rustls::ClientConfig::with_platform_verifier()
+}
+
+/// TLS settings that trust no server: for a plain `http://` upstream on a machine without CA
+/// certificates, where HTTPS is needed only for an OAuth refresh, which then fails its handshake
+/// (unknown issuer) instead of the whole server failing to start.
+pub fn tls_config_trusting_nothing() -> rustls::ClientConfig {
+    install_crypto_provider();
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// See [`UpstreamConnector`]; `tls` from [`tls_config`].
+pub fn upstream_connector(
+    connect_timeout: Duration,
+    tls: rustls::ClientConfig,
+) -> UpstreamConnector {
+    use hyper_util::client::legacy::connect::HttpConnector;
+
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -43,13 +63,12 @@ pub fn upstream_connector(connect_timeout: Duration) -> Result<UpstreamConnector
     http.set_keepalive(Some(Duration::from_secs(15)));
     http.set_keepalive_interval(Some(Duration::from_secs(15)));
     http.set_keepalive_retries(Some(3));
-    let tls = rustls::ClientConfig::with_platform_verifier().map_err(std::io::Error::other)?;
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http))
+        .wrap_connector(http)
 }
 
 /// One pooled client of the upstream leg (hyper-util's legacy client, driven directly: none of

@@ -147,7 +147,10 @@ mod tests {
 
     fn lanes(h2c: bool, max: usize) -> Lanes {
         crate::http::install_crypto_provider();
-        let connector = crate::http::upstream_connector(std::time::Duration::from_secs(1)).unwrap();
+        let connector = crate::http::upstream_connector(
+            std::time::Duration::from_secs(1),
+            crate::http::tls_config_trusting_nothing(),
+        );
         Lanes::new(connector, h2c, max)
     }
 

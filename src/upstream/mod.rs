@@ -224,17 +224,29 @@ impl Upstream {
         h2c: bool,
         h2_max_streams: usize,
     ) -> Result<Self, std::io::Error> {
-        let oauth = crate::http::client_builder()
-            .connect_timeout(connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(tls_setup_error)?;
         let uri: Uri = base.parse().map_err(std::io::Error::other)?;
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
             return Err(std::io::Error::other(format!(
                 "upstream URL {base} needs a scheme and a host"
             )));
         };
+        let tls = match crate::http::tls_config() {
+            Ok(tls) => tls,
+            Err(e) if scheme == "http" => {
+                tracing::warn!(
+                    error = %tls_setup_error(e),
+                    "HTTPS requests (an OAuth token refresh) will fail; the upstream is plain HTTP"
+                );
+                crate::http::tls_config_trusting_nothing()
+            }
+            Err(e) => return Err(tls_setup_error(e)),
+        };
+        let oauth = crate::http::client_builder()
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_backend_preconfigured(tls.clone())
+            .build()
+            .map_err(tls_setup_error)?;
         let origin = format!("{scheme}://{authority}");
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let h2c = h2c && scheme == "http";
@@ -253,7 +265,7 @@ impl Upstream {
             None
         };
         let lanes = lanes::Lanes::new(
-            crate::http::upstream_connector(connect_timeout).map_err(tls_setup_error)?,
+            crate::http::upstream_connector(connect_timeout, tls),
             h2c,
             h2_max_streams,
         );

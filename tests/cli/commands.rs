@@ -294,6 +294,32 @@ fn default_command_serves_on_the_simulated_upstream() {
     assert_eq!(status, 200);
 }
 
+/// The try-it path needs no HTTPS: on a machine without CA certificates (an empty bundle in
+/// `SSL_CERT_FILE`) it still starts and answers, and says once that HTTPS requests will fail.
+#[test]
+fn try_it_path_runs_on_a_machine_without_ca_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let bundle = dir.path().join("empty.pem");
+    std::fs::write(&bundle, "").unwrap();
+    let mut c = cmd(dir.path());
+    c.env("SSL_CERT_FILE", &bundle)
+        .args(["--upstream-url", "sim", "--port", &port.to_string()]);
+    let mut p = spawn(c, dir.path(), "ccproxy");
+    wait_port(port, &mut p);
+    let (status, body) = post_json(
+        port,
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let logs = p.logs();
+    assert!(
+        logs.contains("HTTPS requests") && logs.contains("SSL_CERT_FILE"),
+        "{logs}"
+    );
+}
+
 #[test]
 fn serve_subcommand_accepts_env_settings() {
     let dir = tempfile::tempdir().unwrap();
