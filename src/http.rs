@@ -1,7 +1,7 @@
 //! Construction of the outbound HTTP clients (and their TLS provider): hyper's pooled client
 //! for the upstream leg, `reqwest` for the OAuth endpoints.
 
-use std::sync::Once;
+use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 /// Installs the process-wide rustls crypto provider (ring) exactly once.
@@ -31,22 +31,109 @@ pub type UpstreamConnector =
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// The TLS settings of the upstream leg and its OAuth client: rustls with the platform's
-/// verifier (the system's CA certificates, or the PEM bundle named by `SSL_CERT_FILE`). An error
-/// when there are none to load.
-pub fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    use rustls_platform_verifier::ConfigVerifierExt;
-    install_crypto_provider();
-    rustls::ClientConfig::with_platform_verifier()
+/// verifier (the system's CA certificates, or the PEM bundle named by `SSL_CERT_FILE`), which
+/// loads them when the first server is verified: a process that never makes an HTTPS request (a
+/// plain `http://` upstream with an API key) never parses the ~150 root certificates, and a
+/// machine without any still starts; its first HTTPS handshake fails, saying why.
+/// [`check_ca_certificates`] loads them now, for an upstream that needs them.
+pub fn tls_config() -> rustls::ClientConfig {
+    let provider = crypto_provider();
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(LazyVerifier { provider }))
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| {
+            // The ring provider supports the default versions; this is not reached.
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
 }
 
-/// TLS settings that trust no server: for a plain `http://` upstream on a machine without CA
-/// certificates, where HTTPS is needed only for an OAuth refresh, which then fails its handshake
-/// (unknown issuer) instead of the whole server failing to start.
-pub fn tls_config_trusting_nothing() -> rustls::ClientConfig {
+/// The process-wide crypto provider (ring), installed if need be.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     install_crypto_provider();
-    rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// Loads the platform's CA certificates now (what [`tls_config`]'s verifier does on first use):
+/// an error when there are none.
+pub fn check_ca_certificates() -> Result<(), rustls::Error> {
+    platform_verifier().map(|_| ())
+}
+
+fn platform_verifier() -> Result<Arc<rustls_platform_verifier::Verifier>, rustls::Error> {
+    static VERIFIER: OnceLock<Result<Arc<rustls_platform_verifier::Verifier>, rustls::Error>> =
+        OnceLock::new();
+    VERIFIER
+        .get_or_init(|| rustls_platform_verifier::Verifier::new(crypto_provider()).map(Arc::new))
+        .clone()
+}
+
+/// The platform's verifier, created on the first certificate to verify (shared by every
+/// client); signatures are checked with the provider's algorithms as the platform verifier's
+/// own WebPKI verifier does.
+#[derive(Debug)]
+struct LazyVerifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for LazyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        platform_verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// See [`UpstreamConnector`]; `tls` from [`tls_config`].

@@ -149,7 +149,7 @@ mod tests {
         crate::http::install_crypto_provider();
         let connector = crate::http::upstream_connector(
             std::time::Duration::from_secs(1),
-            crate::http::tls_config_trusting_nothing(),
+            crate::http::tls_config(),
         );
         Lanes::new(connector, h2c, max)
     }

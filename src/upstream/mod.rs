@@ -230,17 +230,11 @@ impl Upstream {
                 "upstream URL {base} needs a scheme and a host"
             )));
         };
-        let tls = match crate::http::tls_config() {
-            Ok(tls) => tls,
-            Err(e) if scheme == "http" => {
-                tracing::warn!(
-                    error = %tls_setup_error(e),
-                    "HTTPS requests (an OAuth token refresh) will fail; the upstream is plain HTTP"
-                );
-                crate::http::tls_config_trusting_nothing()
-            }
-            Err(e) => return Err(tls_setup_error(e)),
-        };
+        let tls = crate::http::tls_config();
+        if scheme == "https" {
+            // Every request needs them: say now if there are none, not on each request.
+            crate::http::check_ca_certificates().map_err(tls_setup_error)?;
+        }
         let oauth = crate::http::client_builder()
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
