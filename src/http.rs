@@ -25,8 +25,8 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 }
 
 /// The upstream leg's connector: `TCP_NODELAY`, TCP keep-alive, the connect timeout; `https://`
-/// upstreams through rustls with the platform's verifier, offering HTTP/2 and HTTP/1.1 by ALPN.
-/// Built once (loading the platform's roots is slow) and cloned into each [`upstream_client`].
+/// upstreams through rustls ([`tls_config`]), offering HTTP/2 and HTTP/1.1 by ALPN. Built once
+/// and cloned into each [`upstream_client`] (each lane of `upstream::lanes`).
 pub type UpstreamConnector =
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 

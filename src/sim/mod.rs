@@ -236,18 +236,22 @@ pub async fn start_with(
     h2_max_streams: Option<u32>,
 ) -> std::io::Result<SimHandle> {
     let listener = crate::util::net::listen(&addr.ip().to_string(), addr.port()).await?;
+    serve_on(listener, record, h2_max_streams)
+}
+
+pub fn start_on(listener: TcpListener, record: bool) -> std::io::Result<SimHandle> {
+    serve_on(listener, record, Some(DEFAULT_H2_MAX_STREAMS))
+}
+
+fn serve_on(
+    listener: TcpListener,
+    record: bool,
+    h2_max_streams: Option<u32>,
+) -> std::io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let state = Arc::new(SimState::new(record));
     let app = router(state.clone());
     let task = tokio::spawn(serve(listener, app, h2_max_streams));
-    Ok(SimHandle { addr, state, task })
-}
-
-pub fn start_on(listener: TcpListener, record: bool) -> std::io::Result<SimHandle> {
-    let addr = listener.local_addr()?;
-    let state = Arc::new(SimState::new(record));
-    let app = router(state.clone());
-    let task = tokio::spawn(serve(listener, app, Some(DEFAULT_H2_MAX_STREAMS)));
     Ok(SimHandle { addr, state, task })
 }
 
