@@ -46,6 +46,17 @@ wait_port() { # port pid
   done
   return 1
 }
+# `ccproxy serve` in the background with a clean environment, HOME (and its config, ccproxy.toml)
+# in $1, on port $2, logging to $3, against the sim; its PID in $STARTED (also in PIDS). Returns
+# 1 if it did not start.
+start_ccproxy() { # home port log
+  env -i PATH=/usr/bin:/bin HOME="$1" XDG_CONFIG_HOME="$1/.config" ANTHROPIC_API_KEY=$KEY \
+    "$BIN/ccproxy" serve --config "$1/ccproxy.toml" --host 127.0.0.1 --port "$2" \
+    --upstream-url $U:$SIM_PORT >"$3" 2>&1 &
+  STARTED=$!
+  PIDS+=("$STARTED")
+  wait_port "$2" "$STARTED"
+}
 
 note() { echo "$*" | tee -a "$LOG"; }
 
@@ -61,23 +72,15 @@ mkdir -p "$PHOME/.config"
 # scenario 4c can reach 10 000 streams. A clean HOME: no subscription credentials, the server
 # API key only.
 echo 'max_concurrent_requests = 16384' >"$PHOME/ccproxy.toml"
-env -i PATH=/usr/bin:/bin HOME="$PHOME" XDG_CONFIG_HOME="$PHOME/.config" ANTHROPIC_API_KEY=$KEY \
-  "$BIN/ccproxy" serve --config "$PHOME/ccproxy.toml" --host 127.0.0.1 --port $PROXY_PORT \
-  --upstream-url $U:$SIM_PORT >"$OUT/ccproxy.log" 2>&1 &
-PROXY=$!
-PIDS+=("$PROXY")
-wait_port $PROXY_PORT $PROXY || { echo "ccproxy did not start" >&2; cat "$OUT/ccproxy.log" >&2; exit 1; }
+start_ccproxy "$PHOME" $PROXY_PORT "$OUT/ccproxy.log" || { echo "ccproxy did not start" >&2; cat "$OUT/ccproxy.log" >&2; exit 1; }
+PROXY=$STARTED
 # The same binary with its observability turned down (no request log line, no usage database):
 # measures what those cost on the request path, for the profile findings.
 LHOME=$OUT/home-ccproxy-lean
 mkdir -p "$LHOME/.config"
 printf 'max_concurrent_requests = 16384\nusage = false\nlog_level = "warn"\n' >"$LHOME/ccproxy.toml"
-env -i PATH=/usr/bin:/bin HOME="$LHOME" XDG_CONFIG_HOME="$LHOME/.config" ANTHROPIC_API_KEY=$KEY \
-  "$BIN/ccproxy" serve --config "$LHOME/ccproxy.toml" --host 127.0.0.1 --port $LEAN_PORT \
-  --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-lean.log" 2>&1 &
-LEAN=$!
-PIDS+=("$LEAN")
-wait_port $LEAN_PORT $LEAN || { echo "ccproxy (lean) did not start" >&2; exit 1; }
+start_ccproxy "$LHOME" $LEAN_PORT "$OUT/ccproxy-lean.log" || { echo "ccproxy (lean) did not start" >&2; exit 1; }
+LEAN=$STARTED
 # A reference L4 relay (TCP in, TCP out, no HTTP): the floor one extra loopback hop costs here.
 "$BENCH" relay --listen 127.0.0.1:$RELAY_PORT --upstream 127.0.0.1:$SIM_PORT &
 RELAY=$!
@@ -152,12 +155,8 @@ note "== 4b: inter-event gaps, c=1 (16 deltas, 5 ms apart)"
 bench s4-gap-c1 "${ALL9[@]}" -c 1 --stream --deltas 16 --gap-ms 5 --requests $N4B --rounds $R4B --warmup 2
 note "== 4c: concurrent 20 ms-paced streams (64 deltas)"
 # A fresh ccproxy process (same settings), so that its peak RSS is that of this load alone.
-env -i PATH=/usr/bin:/bin HOME="$PHOME" XDG_CONFIG_HOME="$PHOME/.config" ANTHROPIC_API_KEY=$KEY \
-  "$BIN/ccproxy" serve --config "$PHOME/ccproxy.toml" --host 127.0.0.1 --port $FRESH_PORT \
-  --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-streams.log" 2>&1 &
-FRESH=$!
-PIDS+=("$FRESH")
-wait_port $FRESH_PORT $FRESH || { echo "ccproxy (streams) did not start" >&2; exit 1; }
+start_ccproxy "$PHOME" $FRESH_PORT "$OUT/ccproxy-streams.log" || { echo "ccproxy (streams) did not start" >&2; exit 1; }
+FRESH=$STARTED
 "$BENCH" proc --pid "$FRESH" --label ccproxy-streams-idle --out "$RES" >/dev/null
 # Above ~9 000 streams an HTTP/1.1 client leg would need more than the 20 000 open files this
 # machine allows a process (ccproxy holds both legs): the client leg is h2c there (100 streams
@@ -174,12 +173,9 @@ for n in $STEPS; do
   if [ "$n" -gt 9000 ]; then
     h2=",h2=true"
     if [ -z "$FRESH_H2" ]; then
-      env -i PATH=/usr/bin:/bin HOME="$PHOME_H2" XDG_CONFIG_HOME="$PHOME_H2/.config" ANTHROPIC_API_KEY=$KEY \
-        "$BIN/ccproxy" serve --config "$PHOME_H2/ccproxy.toml" --host 127.0.0.1 --port $FRESH_H2_PORT \
-        --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-streams-h2.log" 2>&1 &
-      FRESH_H2=$!
-      PIDS+=("$FRESH_H2")
-      wait_port $FRESH_H2_PORT $FRESH_H2 || { echo "ccproxy (streams, h2c) did not start" >&2; exit 1; }
+      start_ccproxy "$PHOME_H2" $FRESH_H2_PORT "$OUT/ccproxy-streams-h2.log" ||
+        { echo "ccproxy (streams, h2c) did not start" >&2; exit 1; }
+      FRESH_H2=$STARTED
     fi
     port=$FRESH_H2_PORT pid=$FRESH_H2
   fi
@@ -261,12 +257,8 @@ if [ "$keys_ok" = 1 ]; then
   for k in 0 1 1k; do
     h=$OUT/home-ccproxy-keys$k
     case $k in 0) port=$KEYS0_PORT ;; 1) port=$KEYS1_PORT ;; *) port=$KEYS1K_PORT ;; esac
-    env -i PATH=/usr/bin:/bin HOME="$h" XDG_CONFIG_HOME="$h/.config" ANTHROPIC_API_KEY=$KEY \
-      "$BIN/ccproxy" serve --config "$h/ccproxy.toml" --host 127.0.0.1 --port $port \
-      --upstream-url $U:$SIM_PORT >"$OUT/ccproxy-keys$k.log" 2>&1 &
-    KPIDS+=($!)
-    PIDS+=($!)
-    wait_port $port $! || { note "ccproxy (keys $k) did not start"; keys_ok=0; }
+    start_ccproxy "$h" $port "$OUT/ccproxy-keys$k.log" || { note "ccproxy (keys $k) did not start"; keys_ok=0; }
+    KPIDS+=("$STARTED")
   done
   if [ "$keys_ok" = 1 ]; then
     bench s3-keys-c32 --arm "$D_ANTH" \

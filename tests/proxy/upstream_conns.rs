@@ -323,18 +323,6 @@ async fn converted_answers_are_metered_even_when_they_cannot_be_converted() {
     }
 }
 
-/// Reads `resp` until its first text delta (`None` if the stream ends or fails first).
-async fn first_delta(resp: &mut reqwest::Response) -> Option<()> {
-    let mut seen = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        seen.extend_from_slice(&chunk);
-        if seen.windows(10).any(|w| w == b"text_delta") {
-            return Some(());
-        }
-    }
-    None
-}
-
 /// An HTTP/2 upstream that allows 2 streams per connection (the sim's
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`), and more endless streams at once than the h2c leg's first
 /// connections can carry: every stream starts, on connections opened for them, instead of
@@ -366,14 +354,12 @@ async fn streams_past_an_h2_connections_limit_go_on_another_connection() {
             )
             .await;
         assert_eq!(resp.status(), 200);
-        let started = tokio::time::timeout(Duration::from_secs(20), first_delta(&mut resp)).await;
+        let started =
+            tokio::time::timeout(Duration::from_secs(20), first_text_delta(&mut resp)).await;
         (started, resp)
     }))
     .await;
-    let started = opened
-        .iter()
-        .filter(|(s, _)| matches!(s, Ok(Some(()))))
-        .count();
+    let started = opened.iter().filter(|(s, _)| matches!(s, Ok(true))).count();
     assert_eq!(
         started, n,
         "streams that started while the others were open"

@@ -137,17 +137,8 @@ async fn https_upstream_speaks_http2_and_opens_connections_past_the_stream_limit
     let opened = futures_util::future::join_all((0..n).map(|_| async move {
         let mut resp = post(port, &message("[sim:endless] [sim:gap=50]", true)).await;
         assert_eq!(resp.status(), 200);
-        let mut seen = Vec::new();
-        let started = tokio::time::timeout(Duration::from_secs(15), async {
-            while let Ok(Some(chunk)) = resp.chunk().await {
-                seen.extend_from_slice(&chunk);
-                if seen.windows(10).any(|w| w == b"text_delta") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
+        let started =
+            tokio::time::timeout(Duration::from_secs(15), first_text_delta(&mut resp)).await;
         (started, resp)
     }))
     .await;

@@ -146,3 +146,15 @@ pub async fn body_until_cut(resp: reqwest::Response) -> (Vec<u8>, bool) {
     }
     (got, false)
 }
+
+/// Reads a streamed answer until its first text delta: `false` if it ends or fails first.
+pub async fn first_text_delta(resp: &mut reqwest::Response) -> bool {
+    let mut seen = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        seen.extend_from_slice(&chunk);
+        if seen.windows(10).any(|w| w == b"text_delta") {
+            return true;
+        }
+    }
+    false
+}
