@@ -14,7 +14,8 @@
 # burst"). Writes under target/bench/streams-<stamp>/: results.jsonl, rss.txt, summary.txt.
 # CCPROXY=PATH runs another ccproxy binary (a copy of an earlier build) as the proxy and the sim;
 # PROXY_ENV="K=V ..." adds to the proxy's environment (LD_PRELOAD=another malloc, its options);
-# UPSTREAM_H2C=1 sets `upstream_h2c = true` (the proxy's upstream leg multiplexed over h2c).
+# UPSTREAM_H2C=1 sets `upstream_h2c = true` (the proxy's upstream leg multiplexed over h2c);
+# CLIENT_H2=1 makes the client leg h2c at any STREAMS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -26,7 +27,8 @@ mkdir -p "$OUT"
 CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
 PROXY_ENV=${PROXY_ENV:-}
 UPSTREAM_H2C=${UPSTREAM_H2C:-0}
-export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV UPSTREAM_H2C
+CLIENT_H2=${CLIENT_H2:-0}
+export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV UPSTREAM_H2C CLIENT_H2
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -56,7 +58,7 @@ fds() { find "/proc/$PROXY/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$PROXY/status"; }
 echo "idle $(rss) kB" | tee rss.txt
 h2=""
-[ "$N" -gt 9000 ] && h2=",h2=true"
+if [ "$N" -gt 9000 ] || [ "$CLIENT_H2" = 1 ]; then h2=",h2=true"; fi
 ramp=$(python3 -c "print(min(1.0, $N / 2000))")
 "$BIN/ccproxy-bench" run --scenario "streams-$N" --sim-pid "$SIM" --out results.jsonl --quiet \
   --arm "name=direct-anthropic,url=$U:18201/v1/messages$h2" \
