@@ -278,9 +278,9 @@ pub struct UpstreamSettings {
     /// HTTP/2 with prior knowledge (h2c) to an `http://` upstream: one connection carries many
     /// requests (an `https://` upstream negotiates HTTP/2 by ALPN regardless).
     pub h2c: bool,
-    /// Most requests in flight on one HTTP/2 upstream connection (`upstream_h2_max_streams`):
-    /// past it, another connection is opened instead of queueing behind streams that may last
-    /// minutes.
+    /// Most requests in flight on one HTTP/2 upstream connection (`upstream_h2_max_streams`), or
+    /// fewer if the server announces fewer: past it, another connection is opened instead of
+    /// queueing behind streams that may last minutes.
     pub h2_max_streams: usize,
 }
 
@@ -1256,8 +1256,8 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 # upstream_h2c = false
 
 # Most requests in flight on one HTTP/2 upstream connection; past it ccproxy opens another
-# connection rather than queue requests behind streams that can last minutes. Lower it to the
-# upstream's SETTINGS_MAX_CONCURRENT_STREAMS if that is below 100.
+# connection rather than queue requests behind streams that can last minutes. A server that
+# announces a lower limit (SETTINGS_MAX_CONCURRENT_STREAMS) gets its own.
 # upstream_h2_max_streams = 100
 
 # Logging: "pretty" or "json" (--log-format); level or RUST_LOG filter (--log-level).

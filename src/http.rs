@@ -159,15 +159,14 @@ pub fn upstream_connector(
 }
 
 /// One pooled client of the upstream leg (hyper-util's legacy client, driven directly: none of
-/// reqwest's per-request layers) over `connector`: idle connections kept 90 s (up to 1024 per
-/// host), no redirects, no proxy; HTTP/2 when a TLS server offers it by ALPN; `h2c`: every
+/// reqwest's per-request layers) over `connector` (an [`UpstreamConnector`], wrapped): idle
+/// connections kept 90 s (up to 1024 per host), no redirects, no proxy; HTTP/2 when a TLS
+/// server offers it by ALPN; `h2c`: every
 /// connection HTTP/2 with prior knowledge (only for an `http://` upstream). Over HTTP/2 the
 /// client keeps one connection; `upstream::Upstream` keeps several clients to have several.
-pub fn upstream_client<B>(
-    connector: UpstreamConnector,
-    h2c: bool,
-) -> hyper_util::client::legacy::Client<UpstreamConnector, B>
+pub fn upstream_client<C, B>(connector: C, h2c: bool) -> hyper_util::client::legacy::Client<C, B>
 where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
     B: http_body::Body + Send,
     B::Data: Send,
 {

@@ -77,7 +77,11 @@ fn describe() {
     describe_gauge!("ccproxy_active_streams", "Streams being relayed now");
     describe_gauge!(
         "ccproxy_upstream_lanes",
-        "Pooled upstream clients of a TLS or h2c upstream, each at most one HTTP/2 connection (another opens when every one carries upstream_h2_max_streams requests)"
+        "Pooled upstream clients of a TLS or h2c upstream, each at most one HTTP/2 connection (another opens when every one carries as many requests as it allows)"
+    );
+    describe_gauge!(
+        "ccproxy_upstream_streams_per_connection",
+        "Requests one upstream HTTP/2 connection carries at most: upstream_h2_max_streams, or the server's SETTINGS_MAX_CONCURRENT_STREAMS if smaller"
     );
     describe_gauge!(
         "ccproxy_upstream_lane_requests",

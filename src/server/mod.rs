@@ -486,9 +486,12 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return e.into_response(Dialect::Anthropic);
     }
     credential_gauges(&state);
-    if let Some((lanes, in_flight)) = state.upstream.lanes() {
-        metrics::gauge!("ccproxy_upstream_lanes").set(lanes as f64);
-        metrics::gauge!("ccproxy_upstream_lane_requests").set(in_flight as f64);
+    if let Some(load) = state.upstream.lanes() {
+        metrics::gauge!("ccproxy_upstream_lanes").set(load.lanes as f64);
+        metrics::gauge!("ccproxy_upstream_lane_requests").set(load.in_flight as f64);
+        if let Some(n) = load.per_connection {
+            metrics::gauge!("ccproxy_upstream_streams_per_connection").set(n as f64);
+        }
     }
     (
         [(

@@ -20,6 +20,9 @@ use crate::util::names;
 
 mod h1;
 mod lanes;
+mod settings;
+
+pub use lanes::Load as LaneLoad;
 
 /// The credential that goes upstream with one request.
 #[derive(Clone)]
@@ -262,6 +265,7 @@ impl Upstream {
             crate::http::upstream_connector(connect_timeout, tls),
             h2c,
             h2_max_streams,
+            connect_timeout,
         );
         Ok(Upstream {
             h1,
@@ -274,10 +278,10 @@ impl Upstream {
         })
     }
 
-    /// The pooled lanes of a TLS or h2c upstream (each at most one HTTP/2 connection) and the
-    /// requests in flight on them; `None` for a plain `http://` upstream, whose connections the
-    /// requests drive themselves.
-    pub fn lanes(&self) -> Option<(usize, usize)> {
+    /// The pooled lanes of a TLS or h2c upstream (each at most one HTTP/2 connection), the
+    /// requests in flight on them and the most one carries; `None` for a plain `http://`
+    /// upstream, whose connections the requests drive themselves.
+    pub fn lanes(&self) -> Option<LaneLoad> {
         self.h1.is_none().then(|| self.lanes.load())
     }
 
@@ -362,7 +366,7 @@ impl Upstream {
                 Err(_) => Err(timed_out()),
             };
         }
-        let (client, slot) = self.lanes.take();
+        let (client, slot) = self.lanes.take().await;
         match tokio::time::timeout(self.header_timeout, client.request(req)).await {
             Ok(Ok(resp)) => Ok(UpResponse(
                 resp.map(|body| RespBody::Pooled { body, _slot: slot }),

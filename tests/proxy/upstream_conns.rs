@@ -326,19 +326,36 @@ async fn converted_answers_are_metered_even_when_they_cannot_be_converted() {
 /// An HTTP/2 upstream that allows 2 streams per connection (the sim's
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`), and more endless streams at once than the h2c leg's first
 /// connections can carry: every stream starts, on connections opened for them, instead of
-/// waiting for a stream to end (which these never do).
+/// waiting for a stream to end (which these never do). The proxy's own cap is left at its
+/// default (100): the lanes follow what the server announced.
 #[tokio::test]
-async fn streams_past_an_h2_connections_limit_go_on_another_connection() {
-    let sim = ccproxy::sim::start_with("127.0.0.1:0".parse().unwrap(), true, Some(2))
+async fn streams_past_an_h2_servers_stream_limit_go_on_another_connection() {
+    endless_h2c_streams_all_start(Some(2), false).await;
+}
+
+/// The same with a server that announces no limit and `upstream_h2_max_streams = 2`: the
+/// configured cap spreads the streams.
+#[tokio::test]
+async fn upstream_h2_max_streams_caps_the_streams_on_one_connection() {
+    endless_h2c_streams_all_start(None, true).await;
+}
+
+/// `capped`: `upstream_h2_max_streams = 2` (else the default, 100).
+async fn endless_h2c_streams_all_start(server_limit: Option<u32>, capped: bool) {
+    let sim = ccproxy::sim::start_with("127.0.0.1:0".parse().unwrap(), true, server_limit)
         .await
         .unwrap();
     let env = TestEnv::start(Opts {
         api_key: Some(API_KEY),
         upstream_url: Some(sim.url()),
         upstream_timeout: Some(Duration::from_secs(30)),
-        tweak: Some(|s| {
-            s.upstream.h2c = true;
-            s.upstream.h2_max_streams = 2;
+        tweak: Some(if capped {
+            |s| {
+                s.upstream.h2c = true;
+                s.upstream.h2_max_streams = 2;
+            }
+        } else {
+            |s| s.upstream.h2c = true
         }),
         ..Opts::default()
     })
@@ -365,4 +382,12 @@ async fn streams_past_an_h2_connections_limit_go_on_another_connection() {
         "streams that started while the others were open"
     );
     assert_eq!(sim.state.requests().len(), n);
+    let (metrics, gauge) = scrape(&env.url("/metrics")).await;
+    assert_eq!(
+        gauge("ccproxy_upstream_streams_per_connection"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(gauge("ccproxy_upstream_lane_requests"), Some(n as f64));
+    assert!(gauge("ccproxy_upstream_lanes").unwrap() >= (n / 2) as f64);
 }

@@ -77,14 +77,11 @@ async fn tls_front(config: Arc<rustls::ServerConfig>, backend: SocketAddr) -> (u
 type Alpns = Arc<Mutex<Vec<Option<Vec<u8>>>>>;
 
 /// `ccproxy serve` on `port`, upstream `https://127.0.0.1:{upstream_port}`, trusting only the
-/// CA certificates in `ca_pem` (`SSL_CERT_FILE`).
+/// CA certificates in `ca_pem` (`SSL_CERT_FILE`); `upstream_h2_max_streams` left at its default
+/// (100).
 fn serve(dir: &std::path::Path, port: u16, upstream_port: u16, ca_pem: &str) -> Proc {
     let config = dir.join("ccproxy.toml");
-    std::fs::write(
-        &config,
-        "upstream_h2_max_streams = 2\nupstream_timeout_secs = 20\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "upstream_timeout_secs = 20\n").unwrap();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
     let mut c = cmd(dir);
@@ -118,7 +115,7 @@ async fn post(port: u16, body: &serde_json::Value) -> reqwest::Response {
 }
 
 #[tokio::test]
-async fn https_upstream_speaks_http2_and_opens_connections_past_the_stream_limit() {
+async fn https_upstream_speaks_http2_and_follows_the_servers_stream_limit() {
     let dir = tempfile::tempdir().unwrap();
     let sim = ccproxy::sim::start_with("127.0.0.1:0".parse().unwrap(), true, Some(2))
         .await
@@ -132,7 +129,8 @@ async fn https_upstream_speaks_http2_and_opens_connections_past_the_stream_limit
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["type"], "message", "{v}");
 
-    // Five endless streams on connections that allow two each: all five start.
+    // Five endless streams on connections that allow two each (the server's SETTINGS say so;
+    // the proxy's own cap is 100): all five start.
     let n = 5;
     let opened = futures_util::future::join_all((0..n).map(|_| async move {
         let mut resp = post(port, &message("[sim:endless] [sim:gap=50]", true)).await;
@@ -154,18 +152,13 @@ async fn https_upstream_speaks_http2_and_opens_connections_past_the_stream_limit
     );
     // One connection for the first answer, then at least three for five streams, two each.
     assert!(alpns.len() >= 3, "{} connections", alpns.len());
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let gauge = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-    };
+    let (metrics, gauge) = scrape(&format!("http://127.0.0.1:{port}/metrics")).await;
     assert_eq!(gauge("ccproxy_upstream_lanes"), Some(3.0), "{metrics}");
+    assert_eq!(
+        gauge("ccproxy_upstream_streams_per_connection"),
+        Some(2.0),
+        "{metrics}"
+    );
     assert_eq!(
         gauge("ccproxy_upstream_lane_requests"),
         Some(5.0),

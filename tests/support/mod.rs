@@ -24,6 +24,18 @@ pub const ANTHROPIC_MODES: [&str; 3] = ["", "/min", "/pt"];
 /// OpenAI bases that convert to the Messages API (full, minimal).
 pub const OPENAI_CONVERTING: [&str; 2] = ["/openai", "/min/openai"];
 
+/// `/metrics` at `url`: its text, and a reader of one unlabelled gauge or counter in it.
+pub async fn scrape(url: &str) -> (String, impl Fn(&str) -> Option<f64> + use<>) {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let lines = text.clone();
+    let value = move |name: &str| {
+        lines
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    (text, value)
+}
+
 /// Polls `cond` every 5 ms until it holds or `limit` passes; returns the time it took.
 pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let t0 = Instant::now();
