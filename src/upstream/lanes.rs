@@ -11,10 +11,12 @@
 //! lane (another connection) is opened. A slot is held until the answer's body has been read to
 //! the end or dropped.
 //!
-//! Until a lane's first connection is up and its server's first frame read, the lane carries one
-//! request (the one that opens the connection) and the requests that find every other lane full
-//! wait for that frame (at most the connect timeout), instead of queueing on a connection that
-//! may take fewer streams than they are.
+//! Until the first lane's connection is up and its server's first frame read, that lane carries
+//! one request (the one that opens the connection) and the requests that find every other lane
+//! full wait for that frame (at most the connect timeout in all), instead of queueing on a
+//! connection that may take fewer streams than they are. Once one server has spoken, a new lane
+//! starts with the limit it announced (the same upstream), so a burst opens its lanes at once;
+//! each lane's own server then has the last word.
 //!
 //! Lanes are only ever added (a lane's idle connection closes after the pool's idle timeout and
 //! costs nothing more); taking a slot is a few atomic operations, without a lock, unless a lane
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::ReqBody;
 use super::settings::LaneConnector;
@@ -38,7 +41,7 @@ use crate::http::UpstreamConnector;
 const H2C_START: usize = 8;
 
 /// At most this many lanes (at 100 streams each, 102 400 requests in flight); past it a request
-/// waits on the next lane in turn.
+/// waits on a lane in turn.
 const MAX_LANES: usize = 1024;
 
 pub(super) type LaneClient = Client<LaneConnector, ReqBody>;
@@ -60,33 +63,84 @@ pub(super) struct LaneState {
     limit: AtomicUsize,
     /// Wakes the requests waiting for the limit (or for the lane's one pending slot).
     known: Notify,
+    /// The last limit any lane's server announced (not 0), shared by the lanes: [`PENDING`]
+    /// until one has spoken.
+    hint: Arc<AtomicUsize>,
 }
 
 impl Default for LaneState {
     fn default() -> LaneState {
-        LaneState {
-            in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(PENDING),
-            known: Notify::new(),
-        }
+        LaneState::new(Arc::new(AtomicUsize::new(PENDING)))
     }
 }
 
 impl LaneState {
+    fn new(hint: Arc<AtomicUsize>) -> LaneState {
+        LaneState {
+            in_flight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(PENDING),
+            known: Notify::new(),
+            hint,
+        }
+    }
+
     /// The server announced `n` streams per connection.
     pub(super) fn learn(&self, n: u32) {
         let n = usize::try_from(n).unwrap_or(UNLIMITED).min(UNLIMITED);
         self.limit.store(n, Ordering::Release);
+        if n > 0 {
+            self.hint.store(n, Ordering::Release);
+        }
         self.known.notify_waiters();
     }
 
-    /// The lane's connection will not say (HTTP/1.1, no limit announced, failed, or too slow):
-    /// the configured limit applies, unless a server's limit is known already.
-    pub(super) fn settle(&self) {
-        let _ =
-            self.limit
-                .compare_exchange(PENDING, UNLIMITED, Ordering::AcqRel, Ordering::Acquire);
+    /// The lane's connection has no limit of its own (its server announced none, or it is
+    /// HTTP/1.1): the configured one applies.
+    pub(super) fn unlimited(&self) {
+        self.limit.store(UNLIMITED, Ordering::Release);
+        self.hint.store(UNLIMITED, Ordering::Release);
         self.known.notify_waiters();
+    }
+
+    /// The lane's connection failed, or ended, before its server spoke: a waiting request may
+    /// take the lane's slot and connect itself.
+    pub(super) fn wake(&self) {
+        self.known.notify_waiters();
+    }
+
+    /// A connection of the lane closed: one whose server allowed no streams at all (0) leaves
+    /// the lane to the next connection's word, instead of shut for good.
+    pub(super) fn closed(&self) {
+        if self
+            .limit
+            .compare_exchange(0, PENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.known.notify_waiters();
+        }
+    }
+
+    /// A slot, if fewer than `cap` requests are in flight (a full lane is only read).
+    fn try_take(self: &Arc<Self>, cap: usize) -> Option<Slot> {
+        let mut n = self.in_flight.load(Ordering::Acquire);
+        while n < cap {
+            match self.in_flight.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Slot(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+        None
+    }
+
+    /// What [`LaneState::known`] waits on.
+    #[cfg(test)]
+    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.known.notified()
     }
 
     /// `None` while pending; `Some(None)` without a limit of the server's.
@@ -99,20 +153,18 @@ impl LaneState {
         }
     }
 
-    /// Waits, at most `wait`, until the lane's limit is known or its pending slot is free.
-    async fn known(&self, wait: Duration) {
+    /// Waits, until `deadline` at most, for the lane's limit or its pending slot to be free;
+    /// false if the deadline passed.
+    async fn known(&self, deadline: Instant) -> bool {
         let notified = self.known.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if self.limit.load(Ordering::Acquire) != PENDING
             || self.in_flight.load(Ordering::Acquire) == 0
         {
-            return;
+            return true;
         }
-        if tokio::time::timeout(wait, notified).await.is_err() {
-            // Connected, and no first frame all this time: go by the configured limit.
-            self.settle();
-        }
+        tokio::time::timeout_at(deadline, notified).await.is_ok()
     }
 }
 
@@ -130,6 +182,8 @@ pub(super) struct Lanes {
     max_streams: usize,
     /// The longest a request waits for a new lane's server to announce its limit.
     wait: Duration,
+    /// See [`LaneState::hint`].
+    hint: Arc<AtomicUsize>,
 }
 
 /// What [`Lanes::load`] reports (`/metrics`).
@@ -172,6 +226,7 @@ impl Lanes {
             h2c,
             max_streams: max_streams.max(1),
             wait,
+            hint: Arc::new(AtomicUsize::new(PENDING)),
         };
         for _ in 0..if h2c { H2C_START } else { 1 } {
             lanes.add(lanes.count.load(Ordering::Acquire));
@@ -208,31 +263,42 @@ impl Lanes {
     /// A client with a free slot, and the slot.
     pub(super) async fn take(&self) -> (&LaneClient, Slot) {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Set when the request first waits for a lane's server: it waits until then in all.
+        let mut deadline = None;
+        let mut patient = true;
         loop {
             let n = self.len();
+            let hint = self.hint.load(Ordering::Acquire);
             let mut pending = None;
             for k in 0..n {
                 let lane = self.lane((start + k) % n);
                 let cap = match lane.state.limit.load(Ordering::Acquire) {
-                    PENDING => {
+                    // Not connected yet: as the lanes whose server spoke, if one did.
+                    PENDING if hint != PENDING => hint.min(self.max_streams),
+                    PENDING if patient => {
                         pending.get_or_insert(lane);
                         1
                     }
+                    PENDING => self.max_streams,
                     limit => limit.min(self.max_streams),
                 };
-                if lane.state.in_flight.fetch_add(1, Ordering::AcqRel) < cap {
-                    return (&lane.client, Slot(lane.state.clone()));
+                if let Some(slot) = lane.state.try_take(cap) {
+                    return (&lane.client, slot);
                 }
-                lane.state.in_flight.fetch_sub(1, Ordering::Release);
             }
             if let Some(lane) = pending {
                 // A lane is connecting: its server's limit decides whether it takes this request.
-                lane.state.known(self.wait).await;
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.wait);
+                patient = lane.state.known(deadline).await;
                 continue;
             }
             if n >= MAX_LANES {
-                // Every lane is full: wait on one in turn (HTTP/2 queues the request).
-                let lane = self.lane(start % n);
+                // Every lane is full: wait on one in turn (HTTP/2 queues the request), not on
+                // one whose server allows no streams.
+                let lane = (0..n)
+                    .map(|k| self.lane((start + k) % n))
+                    .find(|l| l.state.limit.load(Ordering::Relaxed) != 0)
+                    .unwrap_or_else(|| self.lane(start % n));
                 lane.state.in_flight.fetch_add(1, Ordering::AcqRel);
                 return (&lane.client, Slot(lane.state.clone()));
             }
@@ -252,7 +318,7 @@ impl Lanes {
         if n != seen || n >= MAX_LANES {
             return;
         }
-        let state = Arc::new(LaneState::default());
+        let state = Arc::new(LaneState::new(self.hint.clone()));
         let connector = LaneConnector {
             inner: self.connector.clone(),
             lane: state.clone(),
@@ -303,7 +369,7 @@ mod tests {
     /// Takes a slot as if every lane's server had spoken without a limit of its own.
     async fn take_settled(l: &Lanes) -> (&LaneClient, Slot) {
         for i in 0..l.len() {
-            l.lane(i).state.settle();
+            l.lane(i).state.unlimited();
         }
         l.take().await
     }
@@ -376,17 +442,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lane_whose_server_says_nothing_goes_by_the_configured_limit() {
+    async fn a_request_waits_for_a_silent_server_no_longer_than_the_wait() {
         let l = lanes_waiting(false, 3, Duration::from_millis(30));
         let _a = l.take().await;
-        // Nothing from the server within the wait: the configured 3 apply.
+        // Nothing from the server within the wait: the configured 3 apply to these requests.
+        let t0 = Instant::now();
         let _b = l.take().await;
         let _c = l.take().await;
+        assert!(
+            t0.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            t0.elapsed()
+        );
         assert_eq!(in_flight(&l), [3]);
-        assert_eq!(l.load().per_connection, Some(3));
-        // A server's limit read later (the lane's next connection) still counts.
+        assert_eq!(l.load().per_connection, None);
+        // A server's limit read later (the lane's next connection) counts.
         l.lane(0).state.learn(1);
         assert_eq!(l.load().per_connection, Some(1));
+    }
+
+    #[tokio::test]
+    async fn once_a_server_has_spoken_new_lanes_start_with_its_limit() {
+        let l = lanes(false, 100);
+        let a = l.take().await;
+        l.lane(0).state.learn(2);
+        let b = l.take().await;
+        // Lane 0 is full; lane 1 is not connected yet, and takes two at once (no waiting).
+        let c = tokio::time::timeout(Duration::from_secs(1), l.take()).await;
+        let d = tokio::time::timeout(Duration::from_secs(1), l.take()).await;
+        assert!(c.is_ok() && d.is_ok(), "waited for the new lane's server");
+        assert_eq!(in_flight(&l), [2, 2]);
+        // Its own server has the last word.
+        l.lane(1).state.learn(1);
+        let e = l.take().await;
+        assert_eq!(in_flight(&l), [2, 2, 1]);
+        drop((a, b, c, d, e));
     }
 
     #[tokio::test]

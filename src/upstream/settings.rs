@@ -55,17 +55,18 @@ impl Service<Uri> for LaneConnector {
                     let h2 = h2c || io.connected().is_negotiated_h2();
                     if !h2 {
                         // HTTP/1.1: one request per connection, and the pool opens what it needs.
-                        lane.settle();
+                        lane.unlimited();
                     }
                     Ok(Watched {
                         io,
-                        preface: h2.then(|| Preface::new(lane)),
+                        preface: h2.then(Preface::default),
+                        lane,
                     })
                 }
                 Err(e) => {
-                    // The requests waiting for this connection's SETTINGS go ahead (each tries
-                    // to connect, as before lanes learned limits).
-                    lane.settle();
+                    // A request waiting for this connection's SETTINGS may take the lane's slot
+                    // (once this request gives it back) and connect itself.
+                    lane.wake();
                     Err(e)
                 }
             }
@@ -78,6 +79,17 @@ pub(super) struct Watched<T> {
     io: T,
     /// Until the server's first frame has been read.
     preface: Option<Preface>,
+    lane: Arc<LaneState>,
+}
+
+impl<T> Drop for Watched<T> {
+    fn drop(&mut self) {
+        if self.preface.is_some() {
+            // Closed before its server spoke: a waiting request may connect again.
+            self.lane.wake();
+        }
+        self.lane.closed();
+    }
 }
 
 /// At most this much is read at once while the first frame is still incomplete (it is a few
@@ -91,20 +103,18 @@ impl<T: Read + Unpin> Read for Watched<T> {
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(preface) = this.preface.as_mut() else {
+        let n = PREFACE_READ.min(buf.remaining());
+        let Some(preface) = this.preface.as_mut().filter(|_| n > 0) else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
         let mut space = [0u8; PREFACE_READ];
-        let n = PREFACE_READ.min(buf.remaining());
         let mut read = ReadBuf::new(&mut space[..n]);
-        if let Err(e) = std::task::ready!(Pin::new(&mut this.io).poll_read(cx, read.unfilled())) {
-            this.preface = None;
-            return Poll::Ready(Err(e));
-        }
+        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, read.unfilled()))?;
         let got = read.filled();
         buf.put_slice(got);
-        // The end of the stream, or the whole first frame: nothing more to read for.
-        if got.is_empty() || preface.feed(got) {
+        // The whole first frame: nothing more to read for (the end of the stream, or an error,
+        // leaves the preface unread, and the lane waiting for its next connection).
+        if !got.is_empty() && preface.feed(got, &this.lane) {
             this.preface = None;
         }
         Poll::Ready(Ok(()))
@@ -156,31 +166,24 @@ const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const MAX_SETTINGS_LEN: usize = 6 * 64;
 
 /// The server's first frame, as its bytes arrive; the lane learns its limit when it is complete.
+#[derive(Default)]
 struct Preface {
     bytes: Vec<u8>,
-    lane: Arc<LaneState>,
-    done: bool,
 }
 
 impl Preface {
-    fn new(lane: Arc<LaneState>) -> Preface {
-        Preface {
-            bytes: Vec::new(),
-            lane,
-            done: false,
-        }
-    }
-
-    /// Takes the next bytes the server sent; true once the first frame has been read (or is
-    /// not a SETTINGS frame, which hyper will answer as the protocol error it is).
-    fn feed(&mut self, got: &[u8]) -> bool {
+    /// Takes the next bytes the server sent; true once the first frame has been read, and
+    /// `lane` told (or once it is not a SETTINGS frame, which hyper answers as the protocol
+    /// error it is).
+    fn feed(&mut self, got: &[u8], lane: &LaneState) -> bool {
         self.bytes.extend_from_slice(got);
         let Some(header) = self.bytes.get(..HEADER) else {
             return false;
         };
         let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
         if header[3] != SETTINGS || !len.is_multiple_of(6) || len > MAX_SETTINGS_LEN {
-            return self.unlimited();
+            lane.wake();
+            return true;
         }
         let Some(payload) = self.bytes.get(HEADER..HEADER + len) else {
             return false;
@@ -192,29 +195,11 @@ impl Preface {
             // Settings apply in order: the last one of a kind is the one in force.
             .next_back();
         match limit {
-            Some(n) => {
-                self.lane.learn(n);
-                self.done = true;
-                true
-            }
+            Some(n) => lane.learn(n),
             // No limit announced: unlimited, so the configured one applies.
-            None => self.unlimited(),
+            None => lane.unlimited(),
         }
-    }
-
-    fn unlimited(&mut self) -> bool {
-        self.lane.settle();
-        self.done = true;
         true
-    }
-}
-
-impl Drop for Preface {
-    fn drop(&mut self) {
-        // A connection that ended (or failed) before its first frame: waiting requests go ahead.
-        if !self.done {
-            self.lane.settle();
-        }
     }
 }
 
@@ -244,11 +229,11 @@ mod tests {
 
     fn feed_in_pieces(bytes: &[u8], piece: usize) -> (Arc<LaneState>, bool) {
         let lane = Arc::new(LaneState::default());
-        let mut p = Preface::new(lane.clone());
+        let mut p = Preface::default();
         let mut done = false;
         for chunk in bytes.chunks(piece) {
             assert!(!done, "read past the first frame");
-            done = p.feed(chunk);
+            done = p.feed(chunk, &lane);
         }
         (lane, done)
     }
@@ -265,36 +250,66 @@ mod tests {
         }
         let (lane, _) = feed_in_pieces(&bytes, bytes.len());
         assert_eq!(lane.server_limit(), Some(Some(7)));
+        // The last of a kind is the one in force.
+        let twice = settings(&[(MAX_CONCURRENT_STREAMS, 7), (MAX_CONCURRENT_STREAMS, 3)]);
+        assert_eq!(feed_in_pieces(&twice, 4).0.server_limit(), Some(Some(3)));
     }
 
     #[test]
-    fn no_limit_announced_or_no_settings_frame_first_leaves_the_configured_one() {
+    fn no_limit_announced_leaves_the_configured_one() {
         let (lane, done) = feed_in_pieces(&settings(&[(0x4, 65535)]), 4);
         assert!(done);
         assert_eq!(lane.server_limit(), Some(None));
         let (lane, done) = feed_in_pieces(&settings(&[]), 4);
         assert!(done);
         assert_eq!(lane.server_limit(), Some(None));
-        // A GOAWAY first is a protocol error (hyper says so); the lane does not wait on it.
+    }
+
+    #[test]
+    fn a_first_frame_that_is_not_settings_is_not_read_further() {
+        // A GOAWAY first is a protocol error (hyper says so); the lane's next connection speaks.
         let (lane, done) = feed_in_pieces(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0], 3);
         assert!(done);
-        assert_eq!(lane.server_limit(), Some(None));
+        assert_eq!(lane.server_limit(), None);
     }
 
-    #[test]
-    fn a_connection_that_ends_before_its_first_frame_lets_waiting_requests_go() {
+    #[tokio::test]
+    async fn a_connection_that_ends_before_its_first_frame_wakes_waiting_requests() {
         let lane = Arc::new(LaneState::default());
+        let mut preface = Preface::default();
+        assert!(!preface.feed(&settings(&[(MAX_CONCURRENT_STREAMS, 3)])[..5], &lane));
+        let conn = Watched {
+            io: (),
+            preface: Some(preface),
+            lane: lane.clone(),
+        };
+        let woken = lane.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        drop(conn);
+        tokio::time::timeout(std::time::Duration::from_secs(1), woken)
+            .await
+            .expect("a waiting request is woken");
         assert_eq!(lane.server_limit(), None);
-        let mut p = Preface::new(lane.clone());
-        assert!(!p.feed(&settings(&[(MAX_CONCURRENT_STREAMS, 3)])[..5]));
-        assert_eq!(lane.server_limit(), None);
-        drop(p);
-        assert_eq!(lane.server_limit(), Some(None));
     }
 
     #[test]
-    fn a_limit_of_zero_is_kept() {
+    fn a_connection_whose_server_allowed_no_streams_leaves_the_lane_to_the_next_one() {
         let (lane, _) = feed_in_pieces(&settings(&[(MAX_CONCURRENT_STREAMS, 0)]), 100);
         assert_eq!(lane.server_limit(), Some(Some(0)));
+        drop(Watched {
+            io: (),
+            preface: None,
+            lane: lane.clone(),
+        });
+        assert_eq!(lane.server_limit(), None);
+        // Another limit is kept when a connection closes.
+        let (lane, _) = feed_in_pieces(&settings(&[(MAX_CONCURRENT_STREAMS, 5)]), 100);
+        drop(Watched {
+            io: (),
+            preface: None,
+            lane: lane.clone(),
+        });
+        assert_eq!(lane.server_limit(), Some(Some(5)));
     }
 }
