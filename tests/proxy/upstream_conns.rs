@@ -362,21 +362,11 @@ async fn endless_h2c_streams_all_start(server_limit: Option<u32>, capped: bool) 
     .await;
     // The h2c leg starts with 8 connections: 16 streams fill them.
     let n = 24;
-    let opened = futures_util::future::join_all((0..n).map(|_| async {
-        let mut resp = env
-            .post(
-                "/pt/v1/messages",
-                None,
-                &message("[sim:endless] [sim:gap=50]", true),
-            )
-            .await;
-        assert_eq!(resp.status(), 200);
-        let started =
-            tokio::time::timeout(Duration::from_secs(20), first_text_delta(&mut resp)).await;
-        (started, resp)
-    }))
+    let endless = message("[sim:endless] [sim:gap=50]", true);
+    let (started, _open) = streams_started(n, Duration::from_secs(20), || {
+        env.post("/pt/v1/messages", None, &endless)
+    })
     .await;
-    let started = opened.iter().filter(|(s, _)| matches!(s, Ok(true))).count();
     assert_eq!(
         started, n,
         "streams that started while the others were open"

@@ -1,8 +1,9 @@
 //! The upstream leg over TLS, as to the real API: the built binary against an `https://`
 //! upstream (a TLS terminator written here, with a certificate from a test CA the proxy trusts
 //! through `SSL_CERT_FILE`, in front of the simulated upstream). HTTP/2 is negotiated by ALPN,
-//! streams past a connection's stream limit go on another connection, and a certificate the
-//! proxy does not trust is a clear 502, not an answer.
+//! streams past the stream limit the server announces go on another connection, a server that
+//! offers only HTTP/1.1 gets a connection per request, and a certificate the proxy does not
+//! trust is a clear 502, not an answer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,8 +25,14 @@ fn test_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     (ca.pem(), Issuer::new(ca_params, ca_key))
 }
 
-/// A test CA's certificate (PEM) and a server configuration for `127.0.0.1` signed by it.
+/// A test CA's certificate (PEM) and a server configuration for `127.0.0.1` signed by it,
+/// offering HTTP/2 and HTTP/1.1.
 fn tls_material() -> (String, Arc<rustls::ServerConfig>) {
+    tls_material_offering(&[b"h2", b"http/1.1"])
+}
+
+/// [`tls_material`] with the protocols the server offers by ALPN.
+fn tls_material_offering(alpn: &[&[u8]]) -> (String, Arc<rustls::ServerConfig>) {
     use rcgen::{CertificateParams, KeyPair};
     let (ca_pem, issuer) = test_ca();
     let leaf_key = KeyPair::generate().unwrap();
@@ -41,7 +48,7 @@ fn tls_material() -> (String, Arc<rustls::ServerConfig>) {
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     (ca_pem, Arc::new(config))
 }
 
@@ -81,7 +88,13 @@ type Alpns = Arc<Mutex<Vec<Option<Vec<u8>>>>>;
 /// (100).
 fn serve(dir: &std::path::Path, port: u16, upstream_port: u16, ca_pem: &str) -> Proc {
     let config = dir.join("ccproxy.toml");
-    std::fs::write(&config, "upstream_timeout_secs = 20\n").unwrap();
+    // A long connect timeout: a request waiting for a server's word that never comes (an
+    // HTTP/1.1 connection has none) would wait past the tests' own time limits.
+    std::fs::write(
+        &config,
+        "upstream_timeout_secs = 20\nconnect_timeout_secs = 60\n",
+    )
+    .unwrap();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
     let mut c = cmd(dir);
@@ -114,6 +127,27 @@ async fn post(port: u16, body: &serde_json::Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// `n` endless streams at once through the proxy on `port`: all of them start. Returns them,
+/// open.
+async fn endless_streams_start(port: u16, n: usize) -> Vec<reqwest::Response> {
+    let endless = message("[sim:endless] [sim:gap=50]", true);
+    let (started, open) =
+        streams_started(n, Duration::from_secs(15), || post(port, &endless)).await;
+    assert_eq!(
+        started, n,
+        "streams that started while the others were open"
+    );
+    open
+}
+
+/// A small request through the proxy on `port` gets its message.
+async fn answers(port: u16) {
+    let resp = post(port, &message("hi", false)).await;
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "message", "{v}");
+}
+
 #[tokio::test]
 async fn https_upstream_speaks_http2_and_follows_the_servers_stream_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,27 +158,12 @@ async fn https_upstream_speaks_http2_and_follows_the_servers_stream_limit() {
     let (tls_port, alpns) = tls_front(config, sim.addr).await;
     let (_proxy, port) = proxy(dir.path(), tls_port, &ca);
 
-    let resp = post(port, &message("hi", false)).await;
-    assert_eq!(resp.status(), 200);
-    let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v["type"], "message", "{v}");
+    answers(port).await;
 
     // Five endless streams on connections that allow two each (the server's SETTINGS say so;
     // the proxy's own cap is 100): all five start.
     let n = 5;
-    let opened = futures_util::future::join_all((0..n).map(|_| async move {
-        let mut resp = post(port, &message("[sim:endless] [sim:gap=50]", true)).await;
-        assert_eq!(resp.status(), 200);
-        let started =
-            tokio::time::timeout(Duration::from_secs(15), first_text_delta(&mut resp)).await;
-        (started, resp)
-    }))
-    .await;
-    let started = opened.iter().filter(|(s, _)| matches!(s, Ok(true))).count();
-    assert_eq!(
-        started, n,
-        "streams that started while the others were open"
-    );
+    let _open = endless_streams_start(port, n).await;
     let alpns = alpns.lock().unwrap().clone();
     assert!(
         alpns.iter().all(|a| a.as_deref() == Some(&b"h2"[..])),
@@ -172,6 +191,32 @@ async fn https_upstream_speaks_http2_and_follows_the_servers_stream_limit() {
             r.headers
         );
     }
+}
+
+/// A TLS upstream that offers only HTTP/1.1 (some corporate gateways): each request has a
+/// connection of its own, all on the one lane, and no stream limit is waited for.
+#[tokio::test]
+async fn https_upstream_without_http2_gets_a_connection_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ccproxy::sim::start_with("127.0.0.1:0".parse().unwrap(), true, Some(2))
+        .await
+        .unwrap();
+    let (ca, config) = tls_material_offering(&[b"http/1.1"]);
+    let (tls_port, alpns) = tls_front(config, sim.addr).await;
+    let (_proxy, port) = proxy(dir.path(), tls_port, &ca);
+
+    let n = 5;
+    let _open = endless_streams_start(port, n).await;
+    answers(port).await;
+
+    let alpns = alpns.lock().unwrap().clone();
+    assert!(
+        alpns.iter().all(|a| a.as_deref() == Some(&b"http/1.1"[..])),
+        "{alpns:?}"
+    );
+    assert!(alpns.len() > n, "{} connections", alpns.len());
+    let (metrics, gauge) = scrape(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(gauge("ccproxy_upstream_lanes"), Some(1.0), "{metrics}");
 }
 
 #[tokio::test]

@@ -158,3 +158,25 @@ pub async fn first_text_delta(resp: &mut reqwest::Response) -> bool {
     }
     false
 }
+
+/// Opens `n` streams at once with `open` and reads each to its first text delta; how many got
+/// there within `limit`, and the answers (held open: what the streams hold stays held).
+pub async fn streams_started<F, Fut>(
+    n: usize,
+    limit: std::time::Duration,
+    open: F,
+) -> (usize, Vec<reqwest::Response>)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    let opened = futures_util::future::join_all((0..n).map(|_| async {
+        let mut resp = open().await;
+        assert_eq!(resp.status(), 200);
+        let started = tokio::time::timeout(limit, first_text_delta(&mut resp)).await;
+        (matches!(started, Ok(true)), resp)
+    }))
+    .await;
+    let started = opened.iter().filter(|(s, _)| *s).count();
+    (started, opened.into_iter().map(|(_, r)| r).collect())
+}
