@@ -53,8 +53,11 @@ struct Lane {
 
 /// [`LaneState::limit`] before the lane's first connection has said anything.
 const PENDING: usize = usize::MAX;
-/// [`LaneState::limit`] of a server that announced no limit (or of an HTTP/1.1 connection).
+/// [`LaneState::limit`] of a server that announced no limit.
 const UNLIMITED: usize = usize::MAX - 1;
+/// [`LaneState::limit`] of a lane whose connections are HTTP/1.1 (one request each): the
+/// configured limit splits the requests over the lanes.
+const HTTP1: usize = usize::MAX - 2;
 
 /// A lane's requests in flight, and the limit its server announced.
 pub(super) struct LaneState {
@@ -94,11 +97,19 @@ impl LaneState {
         self.known.notify_waiters();
     }
 
-    /// The lane's connection has no limit of its own (its server announced none, or it is
-    /// HTTP/1.1): the configured one applies.
+    /// The lane's server announced no limit: the configured one applies.
     pub(super) fn unlimited(&self) {
-        self.limit.store(UNLIMITED, Ordering::Release);
-        self.hint.store(UNLIMITED, Ordering::Release);
+        self.set(UNLIMITED);
+    }
+
+    /// The lane's connection is HTTP/1.1 (one request each): the configured limit applies.
+    pub(super) fn http1(&self) {
+        self.set(HTTP1);
+    }
+
+    fn set(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Release);
+        self.hint.store(limit, Ordering::Release);
         self.known.notify_waiters();
     }
 
@@ -148,7 +159,7 @@ impl LaneState {
     pub(super) fn server_limit(&self) -> Option<Option<u32>> {
         match self.limit.load(Ordering::Acquire) {
             PENDING => None,
-            UNLIMITED => Some(None),
+            UNLIMITED | HTTP1 => Some(None),
             n => Some(u32::try_from(n).ok()),
         }
     }
@@ -190,8 +201,8 @@ pub(super) struct Lanes {
 pub struct Load {
     pub lanes: usize,
     pub in_flight: usize,
-    /// The most requests one connection carries: the configured limit, or the server's if
-    /// smaller (the smallest over the lanes whose server has spoken).
+    /// The most requests one HTTP/2 connection carries: the configured limit, or the server's
+    /// if smaller (the smallest over the lanes whose server has spoken).
     pub per_connection: Option<usize>,
 }
 
@@ -252,7 +263,8 @@ impl Lanes {
             let state = &self.lane(i).state;
             load.in_flight += state.in_flight.load(Ordering::Relaxed);
             let limit = state.limit.load(Ordering::Relaxed);
-            if limit != PENDING {
+            // HTTP/1.1 connections carry one request each: not a figure for this gauge.
+            if limit != PENDING && limit != HTTP1 {
                 let cap = limit.min(self.max_streams);
                 load.per_connection = Some(load.per_connection.map_or(cap, |c: usize| c.min(cap)));
             }

@@ -55,7 +55,7 @@ impl Service<Uri> for LaneConnector {
                     let h2 = h2c || io.connected().is_negotiated_h2();
                     if !h2 {
                         // HTTP/1.1: one request per connection, and the pool opens what it needs.
-                        lane.unlimited();
+                        lane.http1();
                     }
                     Ok(Watched {
                         io,

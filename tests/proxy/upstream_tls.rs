@@ -217,6 +217,12 @@ async fn https_upstream_without_http2_gets_a_connection_per_request() {
     assert!(alpns.len() > n, "{} connections", alpns.len());
     let (metrics, gauge) = scrape(&format!("http://127.0.0.1:{port}/metrics")).await;
     assert_eq!(gauge("ccproxy_upstream_lanes"), Some(1.0), "{metrics}");
+    // No HTTP/2 connection, so no streams-per-connection figure.
+    assert_eq!(
+        gauge("ccproxy_upstream_streams_per_connection"),
+        None,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
