@@ -62,39 +62,42 @@ const HTTP1: usize = usize::MAX - 2;
 /// A lane's requests in flight, and the limit its server announced.
 pub(super) struct LaneState {
     in_flight: AtomicUsize,
-    /// [`PENDING`], [`UNLIMITED`], or the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    /// [`PENDING`], [`UNLIMITED`], [`HTTP1`], or the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
     limit: AtomicUsize,
-    /// Wakes the requests waiting for the limit (or for the lane's one pending slot).
-    known: Notify,
-    /// The last limit any lane's server announced (not 0), shared by the lanes: [`PENDING`]
-    /// until one has spoken.
-    hint: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+/// What the lanes share.
+struct Shared {
+    /// The smallest limit a lane's server announced (not 0): what a lane not connected yet
+    /// goes by. [`PENDING`] until one has spoken.
+    hint: AtomicUsize,
+    /// Wakes the requests waiting for a lane's limit (or for a lane's one pending slot).
+    changed: Notify,
 }
 
 impl Default for LaneState {
     fn default() -> LaneState {
-        LaneState::new(Arc::new(AtomicUsize::new(PENDING)))
+        LaneState::new(Arc::new(Shared {
+            hint: AtomicUsize::new(PENDING),
+            changed: Notify::new(),
+        }))
     }
 }
 
 impl LaneState {
-    fn new(hint: Arc<AtomicUsize>) -> LaneState {
+    fn new(shared: Arc<Shared>) -> LaneState {
         LaneState {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(PENDING),
-            known: Notify::new(),
-            hint,
+            shared,
         }
     }
 
     /// The server announced `n` streams per connection.
     pub(super) fn learn(&self, n: u32) {
         let n = usize::try_from(n).unwrap_or(UNLIMITED).min(UNLIMITED);
-        self.limit.store(n, Ordering::Release);
-        if n > 0 {
-            self.hint.store(n, Ordering::Release);
-        }
-        self.known.notify_waiters();
+        self.set(n);
     }
 
     /// The lane's server announced no limit: the configured one applies.
@@ -109,14 +112,18 @@ impl LaneState {
 
     fn set(&self, limit: usize) {
         self.limit.store(limit, Ordering::Release);
-        self.hint.store(limit, Ordering::Release);
-        self.known.notify_waiters();
+        if limit > 0 {
+            // The smallest word wins: a lane that takes too few requests only opens another
+            // lane, one that takes too many queues them behind streams that may not end.
+            self.shared.hint.fetch_min(limit, Ordering::AcqRel);
+        }
+        self.wake();
     }
 
     /// The lane's connection failed, or ended, before its server spoke: a waiting request may
     /// take the lane's slot and connect itself.
     pub(super) fn wake(&self) {
-        self.known.notify_waiters();
+        self.shared.changed.notify_waiters();
     }
 
     /// A connection of the lane closed: one whose server allowed no streams at all (0) leaves
@@ -127,7 +134,7 @@ impl LaneState {
             .compare_exchange(0, PENDING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.known.notify_waiters();
+            self.wake();
         }
     }
 
@@ -151,7 +158,7 @@ impl LaneState {
     /// What [`LaneState::known`] waits on.
     #[cfg(test)]
     pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.known.notified()
+        self.shared.changed.notified()
     }
 
     /// `None` while pending; `Some(None)` without a limit of the server's.
@@ -164,13 +171,14 @@ impl LaneState {
         }
     }
 
-    /// Waits, until `deadline` at most, for the lane's limit or its pending slot to be free;
-    /// false if the deadline passed.
+    /// Waits, until `deadline` at most, for this lane's (or any lane's) limit, or for this
+    /// lane's pending slot to be free; false if the deadline passed.
     async fn known(&self, deadline: Instant) -> bool {
-        let notified = self.known.notified();
+        let notified = self.shared.changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if self.limit.load(Ordering::Acquire) != PENDING
+            || self.shared.hint.load(Ordering::Acquire) != PENDING
             || self.in_flight.load(Ordering::Acquire) == 0
         {
             return true;
@@ -193,8 +201,16 @@ pub(super) struct Lanes {
     max_streams: usize,
     /// The longest a request waits for a new lane's server to announce its limit.
     wait: Duration,
-    /// See [`LaneState::hint`].
-    hint: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+/// `wait` from now, or a year if that is past what a clock can say (a configured timeout of
+/// any size).
+fn far(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
 }
 
 /// What [`Lanes::load`] reports (`/metrics`).
@@ -214,7 +230,7 @@ impl Drop for Slot {
         self.0.in_flight.fetch_sub(1, Ordering::Release);
         if self.0.limit.load(Ordering::Acquire) == PENDING {
             // The lane's one slot before its limit is known: the next waiting request's turn.
-            self.0.known.notify_waiters();
+            self.0.wake();
         }
     }
 }
@@ -237,7 +253,10 @@ impl Lanes {
             h2c,
             max_streams: max_streams.max(1),
             wait,
-            hint: Arc::new(AtomicUsize::new(PENDING)),
+            shared: Arc::new(Shared {
+                hint: AtomicUsize::new(PENDING),
+                changed: Notify::new(),
+            }),
         };
         for _ in 0..if h2c { H2C_START } else { 1 } {
             lanes.add(lanes.count.load(Ordering::Acquire));
@@ -280,7 +299,7 @@ impl Lanes {
         let mut patient = true;
         loop {
             let n = self.len();
-            let hint = self.hint.load(Ordering::Acquire);
+            let hint = self.shared.hint.load(Ordering::Acquire);
             let mut pending = None;
             for k in 0..n {
                 let lane = self.lane((start + k) % n);
@@ -300,7 +319,7 @@ impl Lanes {
             }
             if let Some(lane) = pending {
                 // A lane is connecting: its server's limit decides whether it takes this request.
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.wait);
+                let deadline = *deadline.get_or_insert_with(|| far(self.wait));
                 patient = lane.state.known(deadline).await;
                 continue;
             }
@@ -330,7 +349,7 @@ impl Lanes {
         if n != seen || n >= MAX_LANES {
             return;
         }
-        let state = Arc::new(LaneState::new(self.hint.clone()));
+        let state = Arc::new(LaneState::new(self.shared.clone()));
         let connector = LaneConnector {
             inner: self.connector.clone(),
             lane: state.clone(),
@@ -461,16 +480,66 @@ mod tests {
         let t0 = Instant::now();
         let _b = l.take().await;
         let _c = l.take().await;
-        assert!(
-            t0.elapsed() >= Duration::from_millis(60),
-            "{:?}",
-            t0.elapsed()
-        );
+        // Two requests, each waiting the 30 ms once (the second found the first's place taken).
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(60), "{waited:?}");
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
         assert_eq!(in_flight(&l), [3]);
         assert_eq!(l.load().per_connection, None);
         // A server's limit read later (the lane's next connection) counts.
         l.lane(0).state.learn(1);
         assert_eq!(l.load().per_connection, Some(1));
+    }
+
+    #[tokio::test]
+    async fn wake_ups_that_bring_no_limit_do_not_extend_the_wait() {
+        let l = lanes_waiting(false, 3, Duration::from_millis(100));
+        let _a = l.take().await;
+        let state = l.lane(0).state.clone();
+        let poke = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                state.wake();
+            }
+        });
+        let t0 = Instant::now();
+        let _b = l.take().await;
+        let waited = t0.elapsed();
+        poke.abort();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_on_one_lane_takes_another_once_its_server_speaks() {
+        let l = lanes(true, 100);
+        let mut first = Vec::new();
+        for _ in 0..H2C_START {
+            first.push(l.take().await);
+        }
+        let next = l.take();
+        tokio::pin!(next);
+        assert_waits(&mut next).await;
+        // Whichever lane it waits on, another lane's word lets it in.
+        l.lane(H2C_START - 1).state.learn(2);
+        tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("woken by another lane's limit");
+    }
+
+    #[tokio::test]
+    async fn the_smallest_limit_heard_is_what_new_lanes_go_by() {
+        let l = lanes(true, 100);
+        l.lane(0).state.learn(2);
+        l.lane(1).state.unlimited();
+        l.lane(2).state.learn(50);
+        // Lanes 3.. have not connected: they take 2 each, as the strictest server said.
+        let mut held = Vec::new();
+        for _ in 0..40 {
+            held.push(l.take().await);
+        }
+        let loads = in_flight(&l);
+        assert!(loads[3..].iter().all(|&n| n <= 2), "{loads:?}");
     }
 
     #[tokio::test]

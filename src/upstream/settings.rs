@@ -61,6 +61,7 @@ impl Service<Uri> for LaneConnector {
                         io,
                         preface: h2.then(Preface::default),
                         lane,
+                        allowed_none: false,
                     })
                 }
                 Err(e) => {
@@ -80,6 +81,8 @@ pub(super) struct Watched<T> {
     /// Until the server's first frame has been read.
     preface: Option<Preface>,
     lane: Arc<LaneState>,
+    /// Its server allowed no streams at all.
+    allowed_none: bool,
 }
 
 impl<T> Drop for Watched<T> {
@@ -88,7 +91,10 @@ impl<T> Drop for Watched<T> {
             // Closed before its server spoke: a waiting request may connect again.
             self.lane.wake();
         }
-        self.lane.closed();
+        if self.allowed_none {
+            // The lane goes by its next connection's word, instead of shut for good.
+            self.lane.closed();
+        }
     }
 }
 
@@ -114,8 +120,9 @@ impl<T: Read + Unpin> Read for Watched<T> {
         buf.put_slice(got);
         // The whole first frame: nothing more to read for (the end of the stream, or an error,
         // leaves the preface unread, and the lane waiting for its next connection).
-        if !got.is_empty() && preface.feed(got, &this.lane) {
+        if let Some(limit) = preface.feed(got, &this.lane).filter(|_| !got.is_empty()) {
             this.preface = None;
+            this.allowed_none = limit == Some(0);
         }
         Poll::Ready(Ok(()))
     }
@@ -161,9 +168,9 @@ impl<T: Connection> Connection for Watched<T> {
 const HEADER: usize = 9;
 const SETTINGS: u8 = 0x4;
 const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-/// A first SETTINGS frame longer than this is not read (the protocol defines 7 settings; a server
-/// that sends hundreds is not one whose limit we guess at).
-const MAX_SETTINGS_LEN: usize = 6 * 64;
+/// A first SETTINGS frame longer than this is not read for a limit (the protocol defines 7
+/// settings; a server that sends hundreds gets the configured limit).
+const MAX_SETTINGS_LEN: usize = 6 * 256;
 
 /// The server's first frame, as its bytes arrive; the lane learns its limit when it is complete.
 #[derive(Default)]
@@ -172,22 +179,22 @@ struct Preface {
 }
 
 impl Preface {
-    /// Takes the next bytes the server sent; true once the first frame has been read, and
-    /// `lane` told (or once it is not a SETTINGS frame, which hyper answers as the protocol
-    /// error it is).
-    fn feed(&mut self, got: &[u8], lane: &LaneState) -> bool {
+    /// Takes the next bytes the server sent; once the first frame has been read, and `lane`
+    /// told, the limit it announced (`Some(None)`: none). A first frame that is not SETTINGS
+    /// ends the reading too (hyper answers it as the protocol error it is).
+    fn feed(&mut self, got: &[u8], lane: &LaneState) -> Option<Option<u32>> {
         self.bytes.extend_from_slice(got);
-        let Some(header) = self.bytes.get(..HEADER) else {
-            return false;
-        };
+        let header = self.bytes.get(..HEADER)?;
         let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-        if header[3] != SETTINGS || !len.is_multiple_of(6) || len > MAX_SETTINGS_LEN {
+        if header[3] != SETTINGS || !len.is_multiple_of(6) {
             lane.wake();
-            return true;
+            return Some(None);
         }
-        let Some(payload) = self.bytes.get(HEADER..HEADER + len) else {
-            return false;
-        };
+        if len > MAX_SETTINGS_LEN {
+            lane.unlimited();
+            return Some(None);
+        }
+        let payload = self.bytes.get(HEADER..HEADER + len)?;
         let limit = payload
             .chunks_exact(6)
             .filter(|s| u16::from_be_bytes([s[0], s[1]]) == MAX_CONCURRENT_STREAMS)
@@ -199,7 +206,7 @@ impl Preface {
             // No limit announced: unlimited, so the configured one applies.
             None => lane.unlimited(),
         }
-        true
+        Some(limit)
     }
 }
 
@@ -233,7 +240,7 @@ mod tests {
         let mut done = false;
         for chunk in bytes.chunks(piece) {
             assert!(!done, "read past the first frame");
-            done = p.feed(chunk, &lane);
+            done = p.feed(chunk, &lane).is_some();
         }
         (lane, done)
     }
@@ -266,6 +273,14 @@ mod tests {
     }
 
     #[test]
+    fn a_first_settings_frame_too_long_to_read_leaves_the_configured_limit() {
+        let entries: Vec<(u16, u32)> = (0..300).map(|i| (0x100 + i, 1)).collect();
+        let (lane, done) = feed_in_pieces(&settings(&entries)[..512], 512);
+        assert!(done);
+        assert_eq!(lane.server_limit(), Some(None));
+    }
+
+    #[test]
     fn a_first_frame_that_is_not_settings_is_not_read_further() {
         // A GOAWAY first is a protocol error (hyper says so); the lane's next connection speaks.
         let (lane, done) = feed_in_pieces(&[0, 0, 8, 0x7, 0, 0, 0, 0, 0], 3);
@@ -277,11 +292,16 @@ mod tests {
     async fn a_connection_that_ends_before_its_first_frame_wakes_waiting_requests() {
         let lane = Arc::new(LaneState::default());
         let mut preface = Preface::default();
-        assert!(!preface.feed(&settings(&[(MAX_CONCURRENT_STREAMS, 3)])[..5], &lane));
+        assert!(
+            preface
+                .feed(&settings(&[(MAX_CONCURRENT_STREAMS, 3)])[..5], &lane)
+                .is_none()
+        );
         let conn = Watched {
             io: (),
             preface: Some(preface),
             lane: lane.clone(),
+            allowed_none: false,
         };
         let woken = lane.notified();
         tokio::pin!(woken);
@@ -297,19 +317,20 @@ mod tests {
     fn a_connection_whose_server_allowed_no_streams_leaves_the_lane_to_the_next_one() {
         let (lane, _) = feed_in_pieces(&settings(&[(MAX_CONCURRENT_STREAMS, 0)]), 100);
         assert_eq!(lane.server_limit(), Some(Some(0)));
+        // Another connection of the lane closing (an old one, draining) changes nothing.
         drop(Watched {
             io: (),
             preface: None,
             lane: lane.clone(),
+            allowed_none: false,
+        });
+        assert_eq!(lane.server_limit(), Some(Some(0)));
+        drop(Watched {
+            io: (),
+            preface: None,
+            lane: lane.clone(),
+            allowed_none: true,
         });
         assert_eq!(lane.server_limit(), None);
-        // Another limit is kept when a connection closes.
-        let (lane, _) = feed_in_pieces(&settings(&[(MAX_CONCURRENT_STREAMS, 5)]), 100);
-        drop(Watched {
-            io: (),
-            preface: None,
-            lane: lane.clone(),
-        });
-        assert_eq!(lane.server_limit(), Some(Some(5)));
     }
 }

@@ -160,7 +160,8 @@ pub async fn first_text_delta(resp: &mut reqwest::Response) -> bool {
 }
 
 /// Opens `n` streams at once with `open` and reads each to its first text delta; how many got
-/// there within `limit`, and the answers (held open: what the streams hold stays held).
+/// there within `limit` of their start (the request included), and the answers that did (held
+/// open: what the streams hold stays held).
 pub async fn streams_started<F, Fut>(
     n: usize,
     limit: std::time::Duration,
@@ -170,13 +171,18 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = reqwest::Response>,
 {
-    let opened = futures_util::future::join_all((0..n).map(|_| async {
-        let mut resp = open().await;
-        assert_eq!(resp.status(), 200);
-        let started = tokio::time::timeout(limit, first_text_delta(&mut resp)).await;
-        (matches!(started, Ok(true)), resp)
+    let opened = futures_util::future::join_all((0..n).map(|_| {
+        let start = open();
+        tokio::time::timeout(limit, async {
+            let mut resp = start.await;
+            assert_eq!(resp.status(), 200);
+            first_text_delta(&mut resp).await.then_some(resp)
+        })
     }))
     .await;
-    let started = opened.iter().filter(|(s, _)| *s).count();
-    (started, opened.into_iter().map(|(_, r)| r).collect())
+    let started: Vec<_> = opened
+        .into_iter()
+        .filter_map(|r| r.ok().flatten())
+        .collect();
+    (started.len(), started)
 }
