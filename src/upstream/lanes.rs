@@ -11,12 +11,12 @@
 //! lane (another connection) is opened. A slot is held until the answer's body has been read to
 //! the end or dropped.
 //!
-//! Until the first lane's connection is up and its server's first frame read, that lane carries
-//! one request (the one that opens the connection) and the requests that find every other lane
-//! full wait for that frame (at most the connect timeout in all), instead of queueing on a
-//! connection that may take fewer streams than they are. Once one server has spoken, a new lane
-//! starts with the limit it announced (the same upstream), so a burst opens its lanes at once;
-//! each lane's own server then has the last word.
+//! Until a server has spoken, a lane not connected yet carries one request (the one that opens
+//! its connection), and the requests that find every other lane full wait for the first word
+//! from any lane's server (at most the connect timeout in all), instead of queueing on a
+//! connection that may take fewer streams than they are. Once a server has spoken, a lane not
+//! connected yet goes by the smallest limit heard (the same upstream), so a burst opens its
+//! lanes at once; each lane's own server then has the last word.
 //!
 //! Lanes are only ever added (a lane's idle connection closes after the pool's idle timeout and
 //! costs nothing more); taking a slot is a few atomic operations, without a lock, unless a lane
