@@ -118,9 +118,13 @@ impl<T: Read + Unpin> Read for Watched<T> {
         std::task::ready!(Pin::new(&mut this.io).poll_read(cx, read.unfilled()))?;
         let got = read.filled();
         buf.put_slice(got);
-        // The whole first frame: nothing more to read for (the end of the stream, or an error,
-        // leaves the preface unread, and the lane waiting for its next connection).
-        if let Some(limit) = preface.feed(got, &this.lane).filter(|_| !got.is_empty()) {
+        // The end of the stream (or an error, above) leaves the preface unread, and the lane
+        // waiting for its next connection.
+        if got.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        // The whole first frame: nothing more to read for.
+        if let Some(limit) = preface.feed(got, &this.lane) {
             this.preface = None;
             this.allowed_none = limit == Some(0);
         }
