@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::access::{Guard, ProxyToken};
 use crate::config::Settings;
@@ -44,8 +44,8 @@ pub struct AppState {
     pub limiter: Option<Arc<Semaphore>>,
     /// Idle timeout and shutdown signal for relayed streams.
     pub stream_limits: StreamLimits,
-    /// Set to `true` when the shutdown grace period is over: streams end.
-    pub end_streams: watch::Sender<bool>,
+    /// Ends the relayed streams when the shutdown grace period is over.
+    pub end_streams: crate::upstream::StreamEnder,
     /// The usage store's writer (`None` when disabled; when the store could not
     /// be opened, a writer that drops every record and reports why).
     pub usage: Option<UsageWriter>,
@@ -143,11 +143,8 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     };
     let limiter = (settings.limits.max_concurrent_requests > 0)
         .then(|| Arc::new(Semaphore::new(settings.limits.max_concurrent_requests)));
-    let (end_streams, shutdown_rx) = watch::channel(false);
-    let stream_limits = StreamLimits {
-        idle: settings.upstream.stream_idle_timeout,
-        shutdown: shutdown_rx,
-    };
+    let (end_streams, stream_limits) =
+        crate::upstream::stream_limits(settings.upstream.stream_idle_timeout);
     let models = crate::model_catalog::ModelCatalog::new(settings.upstream.models_cache);
     Ok(AppState {
         models,

@@ -180,7 +180,7 @@ for n in $STEPS; do
     port=$FRESH_H2_PORT pid=$FRESH_H2
   fi
   rounds=1
-  [ "$n" = 1000 ] && [ "$QUICK" = 0 ] && rounds=3
+  { [ "$n" = 1000 ] || [ "$n" = 10000 ]; } && [ "$QUICK" = 0 ] && rounds=3
   ramp=$(python3 -c "print(min(1.0, $n / 2000))")
   bench "s4-streams-$n" --arm "$D_ANTH$h2" \
     --arm "name=ccproxy-pt-anthropic,url=$U:$port/pt/v1/messages,base=direct-anthropic,pid=$pid$h2" \

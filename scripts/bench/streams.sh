@@ -15,7 +15,9 @@
 # CCPROXY=PATH runs another ccproxy binary (a copy of an earlier build) as the proxy and the sim;
 # PROXY_ENV="K=V ..." adds to the proxy's environment (LD_PRELOAD=another malloc, its options);
 # UPSTREAM_H2C=1 sets `upstream_h2c = true` (the proxy's upstream leg multiplexed over h2c);
-# CLIENT_H2=1 makes the client leg h2c at any STREAMS.
+# CLIENT_H2=1 makes the client leg h2c at any STREAMS; ROUTES="..." picks the proxy's arms, in
+# order (default "pt-anthropic"; run.sh's 4c has "pt-anthropic full-openai"): pt-anthropic,
+# min-anthropic, full-anthropic, min-openai and full-openai (Chat Completions), full-responses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -28,7 +30,8 @@ CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
 PROXY_ENV=${PROXY_ENV:-}
 UPSTREAM_H2C=${UPSTREAM_H2C:-0}
 CLIENT_H2=${CLIENT_H2:-0}
-export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV UPSTREAM_H2C CLIENT_H2
+ROUTES=${ROUTES:-pt-anthropic}
+export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV UPSTREAM_H2C CLIENT_H2 ROUTES
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -60,9 +63,22 @@ echo "idle $(rss) kB" | tee rss.txt
 h2=""
 if [ "$N" -gt 9000 ] || [ "$CLIENT_H2" = 1 ]; then h2=",h2=true"; fi
 ramp=$(python3 -c "print(min(1.0, $N / 2000))")
+arms=()
+for r in $ROUTES; do
+  case $r in
+    pt-anthropic) path=/pt/v1/messages body=anthropic ;;
+    min-anthropic) path=/min/v1/messages body=anthropic ;;
+    full-anthropic) path=/v1/messages body=anthropic ;;
+    min-openai) path=/min/openai/v1/chat/completions body=openai ;;
+    full-openai) path=/openai/v1/chat/completions body=openai ;;
+    full-responses) path=/openai/v1/responses body=responses ;;
+    *) echo "streams.sh: unknown route $r" >&2; exit 2 ;;
+  esac
+  arms+=(--arm "name=ccproxy-$r,url=$U:18202$path,body=$body,base=direct-anthropic,pid=$PROXY$h2")
+done
 "$BIN/ccproxy-bench" run --scenario "streams-$N" --sim-pid "$SIM" --out results.jsonl --quiet \
   --arm "name=direct-anthropic,url=$U:18201/v1/messages$h2" \
-  --arm "name=ccproxy-pt-anthropic,url=$U:18202/pt/v1/messages,base=direct-anthropic,pid=$PROXY$h2" \
+  "${arms[@]}" \
   --arm "name=ref-tcp-relay,url=$U:18209/v1/messages,base=direct-anthropic,pid=$RELAY$h2" \
   -c "$N" --stream --deltas 64 --gap-ms 20 --ramp-secs "$ramp" --seconds "$HOLD" \
   --stall-ms 500 --timeout-secs 30 --close-between | tee summary.txt

@@ -12,15 +12,41 @@
 pub struct SseParser {
     /// Partial line carried over from the previous chunk.
     line: Vec<u8>,
-    event: String,
+    event: EventName,
     data: Vec<u8>,
     has_data: bool,
+    /// Which events' data the caller reads (`None`: every event's). The data of the others is
+    /// not kept: they are dispatched with empty data.
+    wanted: Option<fn(&str) -> bool>,
+    /// The event being assembled is one whose data is not kept.
+    skipping: bool,
     /// The previous chunk ended with `\r`: a `\n` starting the next chunk belongs to that line end.
     pending_cr: bool,
     /// Past the possible BOM at the very start of the stream.
     started: bool,
     /// Bytes of the BOM matched so far (held back until we know).
     bom_matched: usize,
+}
+
+/// The name of the event being assembled. The Messages API's names are held as the static
+/// strings they are, so that an event of a stream touches no name buffer on the heap (with
+/// thousands of streams, each buffer touched per event is a likely cache miss).
+#[derive(Debug, Default)]
+enum EventName {
+    #[default]
+    None,
+    Known(&'static str),
+    Other(String),
+}
+
+impl EventName {
+    fn as_str(&self) -> &str {
+        match self {
+            EventName::None => "",
+            EventName::Known(name) => name,
+            EventName::Other(name) => name,
+        }
+    }
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -46,6 +72,17 @@ fn known_event(name: &[u8]) -> Option<&'static str> {
 impl SseParser {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A parser for a caller that reads the data of only the events `wanted` says yes to: the
+    /// others are still dispatched, with empty data, and their data is not copied from the
+    /// `event:` line on. (An unnamed event is read whole; an event named twice keeps skipping
+    /// once its data was skipped.)
+    pub fn reading_only(wanted: fn(&str) -> bool) -> Self {
+        SseParser {
+            wanted: Some(wanted),
+            ..Self::default()
+        }
     }
 
     /// Feeds bytes; calls `f(event, data)` for each complete event (event is `""` when the event had
@@ -117,17 +154,18 @@ impl SseParser {
 
     /// Bytes held for the partial line and the event being assembled.
     pub fn buffered_len(&self) -> usize {
-        self.line.len() + self.data.len() + self.event.len()
+        self.line.len() + self.data.len() + self.event.as_str().len()
     }
 
     fn process_line(&mut self, line: &[u8], f: &mut impl FnMut(&str, &[u8])) {
         if line.is_empty() {
             if self.has_data {
-                f(&self.event, &self.data);
+                f(self.event.as_str(), &self.data);
             }
-            self.event.clear();
+            self.event = EventName::None;
             self.data.clear();
             self.has_data = false;
+            self.skipping = false;
             return;
         }
         if line[0] == b':' {
@@ -142,20 +180,27 @@ impl SseParser {
         };
         match name {
             b"data" => {
-                if self.has_data {
-                    self.data.push(b'\n');
+                if !self.skipping {
+                    if self.has_data {
+                        self.data.push(b'\n');
+                    }
+                    self.data.extend_from_slice(value);
                 }
-                self.data.extend_from_slice(value);
                 self.has_data = true;
             }
             b"event" => {
-                self.event.clear();
-                match known_event(value) {
-                    Some(name) => self.event.push_str(name),
-                    None => match std::str::from_utf8(value) {
-                        Ok(name) => self.event.push_str(name),
-                        Err(_) => self.event.push_str(&String::from_utf8_lossy(value)),
-                    },
+                self.event = match known_event(value) {
+                    Some(name) => EventName::Known(name),
+                    None => EventName::Other(match std::str::from_utf8(value) {
+                        Ok(name) => name.to_owned(),
+                        Err(_) => String::from_utf8_lossy(value).into_owned(),
+                    }),
+                };
+                if let Some(wanted) = self.wanted
+                    && !wanted(self.event.as_str())
+                {
+                    self.skipping = true;
+                    self.data.clear();
                 }
             }
             _ => {}
@@ -237,6 +282,27 @@ mod tests {
     }
 
     #[test]
+    fn data_of_unwanted_events_is_not_kept() {
+        let mut p = SseParser::reading_only(|e| e == "keep");
+        let mut out = Vec::new();
+        let s = "event: skip\ndata: 1\ndata: 2\n\ndata: 0\nevent: skip\ndata: 3\n\n\
+                 event: keep\ndata: 4\n\ndata: 5\n\nevent: other\n\n";
+        p.push(s.as_bytes(), |e, d| {
+            out.push((e.to_owned(), String::from_utf8_lossy(d).into_owned()))
+        });
+        assert_eq!(
+            out,
+            vec![ev("skip", ""), ev("skip", ""), ev("keep", "4"), ev("", "5")],
+            "skipped events still come (empty); an unnamed one is read; one without data does not come"
+        );
+        // While an unwanted event is assembled, nothing of it is held.
+        p.push(b"event: skip\ndata: 123456789", |_, _| {});
+        assert_eq!(p.buffered_len(), "skip".len() + "data: 123456789".len());
+        p.push(b"\n", |_, _| {});
+        assert_eq!(p.buffered_len(), "skip".len());
+    }
+
+    #[test]
     fn incomplete_event_not_dispatched() {
         assert_eq!(parse_chunks(&[b"data: 1\n"]), vec![]);
         assert_eq!(parse_chunks(&[b"data: 1"]), vec![]);
@@ -307,7 +373,22 @@ mod tests {
                 last = p;
             }
             chunks.push(&s[last..]);
-            prop_assert_eq!(parse_chunks(&chunks), whole);
+            prop_assert_eq!(parse_chunks(&chunks), whole.clone());
+            // A parser that reads only some events' data: the same events, in the same order,
+            // with the data of those and none of the others.
+            let mut p = SseParser::reading_only(|e| e == "message_delta" || e == "message_start");
+            let mut only = Vec::new();
+            for c in &chunks {
+                p.push(c, |e, d| only.push((e.to_owned(), String::from_utf8_lossy(d).into_owned())));
+            }
+            let want: Vec<(String, String)> = whole
+                .into_iter()
+                .map(|(e, d)| {
+                    let keep = e == "message_delta" || e == "message_start";
+                    (e, if keep { d } else { String::new() })
+                })
+                .collect();
+            prop_assert_eq!(only, want);
         }
 
         #[test]

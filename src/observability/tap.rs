@@ -126,7 +126,7 @@ impl OpenAiUsage {
 impl Tap {
     pub fn anthropic(is_sse: bool) -> Tap {
         if is_sse {
-            Tap::AnthropicSse(Box::default())
+            Tap::AnthropicSse(Box::new(SseParser::reading_only(carries_usage)))
         } else {
             Tap::AnthropicJson(Vec::new())
         }
@@ -330,6 +330,12 @@ pub fn on_anthropic_message(msg: &Message<'_>, m: &mut Metered) {
     if let Some(model) = msg.model.as_deref() {
         m.model = Some(model.to_owned());
     }
+}
+
+/// The Anthropic events whose data [`on_anthropic_event`] reads; of the others (text deltas
+/// above all) it reads only the name.
+fn carries_usage(event: &str) -> bool {
+    matches!(event, "message_start" | "message_delta" | "error")
 }
 
 /// Reads one Anthropic SSE event.

@@ -120,7 +120,7 @@ impl Server {
                 grace_secs = grace.as_secs_f64(),
                 "grace period over: ending open streams"
             );
-            let _ = state.end_streams.send(true);
+            state.end_streams.end();
             // Give the error events a moment to reach the clients.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut all_closed).await;
         }

@@ -1,6 +1,8 @@
 //! The upstream leg: one pooled client, header policy per mode, error mapping.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -407,6 +409,35 @@ pub enum StreamNext {
 pub struct StreamLimits {
     pub idle: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// The same signal as a flag, for the check at every poll of every relayed stream: a load
+    /// of a line no one writes until shutdown. (A `watch` borrow takes a read lock: two atomic
+    /// writes to one shared line per event, which the workers trade between their caches.)
+    ending: Arc<AtomicBool>,
+}
+
+/// Ends the relayed streams of [`StreamLimits`] (when the shutdown grace period is over).
+pub struct StreamEnder {
+    tx: watch::Sender<bool>,
+    ending: Arc<AtomicBool>,
+}
+
+impl StreamEnder {
+    pub fn end(&self) {
+        self.ending.store(true, Ordering::Release);
+        let _ = self.tx.send(true);
+    }
+}
+
+/// Stream limits with `idle` as the longest silence, and what ends their streams.
+pub fn stream_limits(idle: Duration) -> (StreamEnder, StreamLimits) {
+    let (tx, shutdown) = watch::channel(false);
+    let ending = Arc::new(AtomicBool::new(false));
+    let limits = StreamLimits {
+        idle,
+        shutdown,
+        ending: ending.clone(),
+    };
+    (StreamEnder { tx, ending }, limits)
 }
 
 impl StreamLimits {
@@ -424,7 +455,7 @@ impl StreamLimits {
             last_chunk: tokio::time::Instant::now(),
             timer: Box::pin(tokio::time::sleep(self.idle)),
             ended,
-            shutdown: self.shutdown.clone(),
+            ending: self.ending.clone(),
             armed: None,
         }
     }
@@ -442,7 +473,7 @@ pub struct StreamWatch {
     /// Completes when the server ends its streams; polled only to hold the task's waker.
     ended: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     /// The same signal, read at each poll.
-    shutdown: watch::Receiver<bool>,
+    ending: Arc<AtomicBool>,
     /// The waker `timer` and `ended` were last polled with.
     armed: Option<std::task::Waker>,
 }
@@ -462,7 +493,7 @@ impl StreamWatch {
     where
         S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
     {
-        if *self.shutdown.borrow() {
+        if self.ending.load(Ordering::Acquire) {
             return Poll::Ready(StreamNext::Broken(ProxyError::new(
                 ErrorKind::Internal,
                 Origin::Proxy,
