@@ -16,14 +16,17 @@
 //! from any lane's server (at most the connect timeout in all), instead of queueing on a
 //! connection that may take fewer streams than they are. Once a server has spoken, a lane not
 //! connected yet goes by the smallest limit heard (the same upstream), so a burst opens its
-//! lanes at once; each lane's own server then has the last word.
+//! lanes at once; each lane's own server then has the last word. Over TLS (an HTTP/2 server),
+//! the requests a new lane takes beyond the first wait, their places held, for the connection
+//! the first opens: hyper-util cannot tell before the handshake that an `https://` connection
+//! will be HTTP/2 and shared, so each would open one of its own, all but one closed again.
 //!
 //! Lanes are only ever added (a lane's idle connection closes after the pool's idle timeout and
 //! costs nothing more); taking a slot is a few atomic operations, without a lock, unless a lane
 //! has to be added. Over HTTP/1.1 (a TLS upstream that does not offer HTTP/2) each lane's pool
 //! opens the connections it needs, and the lanes only split them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -64,6 +67,9 @@ pub(super) struct LaneState {
     in_flight: AtomicUsize,
     /// [`PENDING`], [`UNLIMITED`], [`HTTP1`], or the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
     limit: AtomicUsize,
+    /// A request of this TLS lane is opening its connection while the others on the lane wait
+    /// for it (see [`Lanes::take`]).
+    opening: AtomicBool,
     shared: Arc<Shared>,
 }
 
@@ -90,6 +96,7 @@ impl LaneState {
         LaneState {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(PENDING),
+            opening: AtomicBool::new(false),
             shared,
         }
     }
@@ -148,7 +155,7 @@ impl LaneState {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(Slot(self.clone())),
+                Ok(_) => return Some(Slot::new(self.clone())),
                 Err(now) => n = now,
             }
         }
@@ -184,6 +191,27 @@ impl LaneState {
             return true;
         }
         tokio::time::timeout_at(deadline, notified).await.is_ok()
+    }
+
+    /// For a request with a slot on this lane while its connection is not open yet: waits,
+    /// until `deadline` at most, for the lane's server to speak, or for the lane to have no
+    /// request opening its connection (then this one opens it: `slot` says so).
+    async fn opened(&self, slot: &mut Slot, deadline: Instant) {
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.limit.load(Ordering::Acquire) != PENDING {
+                return;
+            }
+            if !self.opening.swap(true, Ordering::AcqRel) {
+                slot.opener = true;
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -223,14 +251,31 @@ pub struct Load {
 }
 
 /// A request's place on a lane; given back when dropped.
-pub(super) struct Slot(Arc<LaneState>);
+pub(super) struct Slot {
+    state: Arc<LaneState>,
+    /// This request opened (or is opening) the lane's connection for the requests waiting on it.
+    opener: bool,
+}
+
+impl Slot {
+    fn new(state: Arc<LaneState>) -> Slot {
+        Slot {
+            state,
+            opener: false,
+        }
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Release);
-        if self.0.limit.load(Ordering::Acquire) == PENDING {
-            // The lane's one slot before its limit is known: the next waiting request's turn.
-            self.0.wake();
+        self.state.in_flight.fetch_sub(1, Ordering::Release);
+        if self.opener {
+            self.state.opening.store(false, Ordering::Release);
+        }
+        if self.state.limit.load(Ordering::Acquire) == PENDING {
+            // The lane's one slot before its limit is known, or the request that was opening
+            // its connection: the next waiting request's turn.
+            self.state.wake();
         }
     }
 }
@@ -303,9 +348,17 @@ impl Lanes {
             let mut pending = None;
             for k in 0..n {
                 let lane = self.lane((start + k) % n);
+                let mut follow = false;
                 let cap = match lane.state.limit.load(Ordering::Acquire) {
-                    // Not connected yet: as the lanes whose server spoke, if one did.
-                    PENDING if hint != PENDING => hint.min(self.max_streams),
+                    // Not connected yet: as the lanes whose server spoke, if one did. Over TLS
+                    // to an HTTP/2 server, the lane's requests then wait for the one that opens
+                    // its connection: each would otherwise open a TLS connection of its own
+                    // (hyper-util cannot know before the handshake that the connection will be
+                    // shared), of which one is kept.
+                    PENDING if hint != PENDING => {
+                        follow = !self.h2c && hint != HTTP1;
+                        hint.min(self.max_streams)
+                    }
                     PENDING if patient => {
                         pending.get_or_insert(lane);
                         1
@@ -313,7 +366,11 @@ impl Lanes {
                     PENDING => self.max_streams,
                     limit => limit.min(self.max_streams),
                 };
-                if let Some(slot) = lane.state.try_take(cap) {
+                if let Some(mut slot) = lane.state.try_take(cap) {
+                    if follow {
+                        let deadline = *deadline.get_or_insert_with(|| far(self.wait));
+                        lane.state.opened(&mut slot, deadline).await;
+                    }
                     return (&lane.client, slot);
                 }
             }
@@ -331,7 +388,7 @@ impl Lanes {
                     .find(|l| l.state.limit.load(Ordering::Relaxed) != 0)
                     .unwrap_or_else(|| self.lane(start % n));
                 lane.state.in_flight.fetch_add(1, Ordering::AcqRel);
-                return (&lane.client, Slot(lane.state.clone()));
+                return (&lane.client, Slot::new(lane.state.clone()));
             }
             self.add(n);
         }
@@ -472,6 +529,71 @@ mod tests {
         drop((a, b, c));
     }
 
+    /// Two lanes, the first full at its server's 2, the second connecting (one request, its
+    /// opener, on it).
+    async fn a_second_lane_opening(l: &Lanes) -> Vec<(&LaneClient, Slot)> {
+        let a = l.take().await;
+        l.lane(0).state.learn(2);
+        let b = l.take().await;
+        let c = l.take().await;
+        assert!(c.1.opener, "the first request on a new lane opens it");
+        assert_eq!(in_flight(l), [2, 1]);
+        vec![a, b, c]
+    }
+
+    #[tokio::test]
+    async fn on_a_new_tls_lane_requests_wait_for_the_one_opening_its_connection() {
+        let l = lanes(false, 100);
+        let _held = a_second_lane_opening(&l).await;
+        let d = l.take();
+        tokio::pin!(d);
+        // Its slot is taken (the lane goes by the 2 heard), but it waits for the connection.
+        assert_waits(&mut d).await;
+        assert_eq!(in_flight(&l), [2, 2]);
+        l.lane(1).state.learn(2);
+        let d = d.await;
+        assert!(!d.1.opener);
+        assert_eq!(in_flight(&l), [2, 2]);
+    }
+
+    #[tokio::test]
+    async fn when_the_opener_goes_a_waiting_request_opens_the_lane() {
+        let l = lanes(false, 100);
+        let mut held = a_second_lane_opening(&l).await;
+        let d = l.take();
+        tokio::pin!(d);
+        assert_waits(&mut d).await;
+        // The opener's connection failed and its request ended: the next one connects.
+        drop(held.pop());
+        let d = d.await;
+        assert!(d.1.opener);
+        assert_eq!(in_flight(&l), [2, 1]);
+    }
+
+    #[tokio::test]
+    async fn h2c_and_http1_lanes_take_requests_without_waiting_for_an_opener() {
+        // h2c: hyper-util's client is HTTP/2-only and shares the one connection it is opening.
+        let l = lanes(true, 100);
+        for i in 0..H2C_START {
+            l.lane(i).state.learn(1);
+        }
+        let mut held = Vec::new();
+        for _ in 0..H2C_START + 2 {
+            held.push(l.take().await);
+        }
+        assert_eq!(in_flight(&l)[H2C_START..], [1, 1]);
+        // HTTP/1.1 over TLS: each request needs a connection of its own anyway.
+        let l = lanes(false, 2);
+        let a = l.take().await;
+        l.lane(0).state.http1();
+        let b = l.take().await;
+        let c = l.take().await;
+        let d = tokio::time::timeout(Duration::from_secs(1), l.take()).await;
+        assert!(d.is_ok(), "waited for an opener on an HTTP/1.1 lane");
+        assert_eq!(in_flight(&l), [2, 2]);
+        drop((a, b, c, d));
+    }
+
     #[tokio::test]
     async fn a_request_waits_for_a_silent_server_no_longer_than_the_wait() {
         let l = lanes_waiting(false, 3, Duration::from_millis(30));
@@ -548,16 +670,26 @@ mod tests {
         let a = l.take().await;
         l.lane(0).state.learn(2);
         let b = l.take().await;
-        // Lane 0 is full; lane 1 is not connected yet, and takes two at once (no waiting).
-        let c = tokio::time::timeout(Duration::from_secs(1), l.take()).await;
-        let d = tokio::time::timeout(Duration::from_secs(1), l.take()).await;
-        assert!(c.is_ok() && d.is_ok(), "waited for the new lane's server");
+        // Lane 0 is full; lane 1 is not connected yet, and takes two at once: the second waits
+        // for the connection the first opens, but its place is held, so a fifth request opens
+        // lane 2 meanwhile (a burst opens its lanes at once, not one after another).
+        let c = tokio::time::timeout(Duration::from_secs(1), l.take())
+            .await
+            .expect("the new lane's first request opens it at once");
+        let d = l.take();
+        tokio::pin!(d);
+        assert_waits(&mut d).await;
         assert_eq!(in_flight(&l), [2, 2]);
-        // Its own server has the last word.
-        l.lane(1).state.learn(1);
-        let e = l.take().await;
+        let e = tokio::time::timeout(Duration::from_secs(1), l.take())
+            .await
+            .expect("waited for lane 1's server before opening lane 2");
         assert_eq!(in_flight(&l), [2, 2, 1]);
-        drop((a, b, c, d, e));
+        // Its own server has the last word, and the smallest word heard is what new lanes go by.
+        l.lane(1).state.learn(1);
+        let d = d.await;
+        let f = l.take().await;
+        assert_eq!(in_flight(&l), [2, 2, 1, 1]);
+        drop((a, b, c, d, e, f));
     }
 
     #[tokio::test]

@@ -148,15 +148,25 @@ async fn answers(port: u16) {
     assert_eq!(v["type"], "message", "{v}");
 }
 
-#[tokio::test]
-async fn https_upstream_speaks_http2_and_follows_the_servers_stream_limit() {
+/// The sim (HTTP/2 streams per connection: `max_streams`) behind a TLS terminator offering
+/// HTTP/2, and the proxy in front of it: the proxy's directory, the sim, the terminator's
+/// record of connections, the proxy and its port.
+async fn behind_tls(
+    max_streams: u32,
+) -> (tempfile::TempDir, ccproxy::sim::SimHandle, Alpns, Proc, u16) {
     let dir = tempfile::tempdir().unwrap();
-    let sim = ccproxy::sim::start_with("127.0.0.1:0".parse().unwrap(), true, Some(2))
+    let sim = ccproxy::sim::start_with("127.0.0.1:0".parse().unwrap(), true, Some(max_streams))
         .await
         .unwrap();
     let (ca, config) = tls_material();
     let (tls_port, alpns) = tls_front(config, sim.addr).await;
-    let (_proxy, port) = proxy(dir.path(), tls_port, &ca);
+    let (proxy, port) = proxy(dir.path(), tls_port, &ca);
+    (dir, sim, alpns, proxy, port)
+}
+
+#[tokio::test]
+async fn https_upstream_speaks_http2_and_follows_the_servers_stream_limit() {
+    let (_dir, sim, alpns, _proxy, port) = behind_tls(2).await;
 
     answers(port).await;
 
@@ -191,6 +201,30 @@ async fn https_upstream_speaks_http2_and_follows_the_servers_stream_limit() {
             r.headers
         );
     }
+}
+
+/// A burst that needs a new lane opens one TLS connection for it: the lane's requests wait for
+/// the one that opens it, instead of each opening a connection of its own (hyper-util cannot
+/// know before the handshake that an `https://` connection will be HTTP/2, shared), of which
+/// one would be kept and the others closed.
+#[tokio::test]
+async fn a_burst_on_a_new_tls_lane_opens_one_connection_for_it() {
+    let (_dir, _sim, alpns, _proxy, port) = behind_tls(3).await;
+
+    // The first lane's connection, and the server's word: three streams each.
+    answers(port).await;
+    assert_eq!(alpns.lock().unwrap().len(), 1);
+    // Six streams at once: three on that connection, three on a second lane's.
+    let _open = endless_streams_start(port, 6).await;
+    let alpns = alpns.lock().unwrap().clone();
+    assert_eq!(alpns.len(), 2, "TLS connections opened: {alpns:?}");
+    let (metrics, gauge) = scrape(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(gauge("ccproxy_upstream_lanes"), Some(2.0), "{metrics}");
+    assert_eq!(
+        gauge("ccproxy_upstream_lane_requests"),
+        Some(6.0),
+        "{metrics}"
+    );
 }
 
 /// A TLS upstream that offers only HTTP/1.1 (some corporate gateways): each request has a
