@@ -13,6 +13,8 @@ pub struct SseParser {
     /// Partial line carried over from the previous chunk.
     line: Vec<u8>,
     event: EventName,
+    /// The name of an [`EventName::Other`] event (the buffer is kept from event to event).
+    other: String,
     data: Vec<u8>,
     has_data: bool,
     /// Which events' data the caller reads (`None`: every event's). The data of the others is
@@ -20,6 +22,10 @@ pub struct SseParser {
     wanted: Option<fn(&str) -> bool>,
     /// The event being assembled is one whose data is not kept.
     skipping: bool,
+    /// Data of the event being assembled was dropped: it stays skipped, whatever it is renamed.
+    skipped: bool,
+    /// A line or an event went past [`MAX_EVENT`]: nothing more is read.
+    too_long: bool,
     /// The previous chunk ended with `\r`: a `\n` starting the next chunk belongs to that line end.
     pending_cr: bool,
     /// Past the possible BOM at the very start of the stream.
@@ -36,20 +42,17 @@ enum EventName {
     #[default]
     None,
     Known(&'static str),
-    Other(String),
-}
-
-impl EventName {
-    fn as_str(&self) -> &str {
-        match self {
-            EventName::None => "",
-            EventName::Known(name) => name,
-            EventName::Other(name) => name,
-        }
-    }
+    /// In [`SseParser::other`].
+    Other,
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The most a parser holds of one line, or of one event's data: an upstream that sends more
+/// without a line end, or without the blank line that ends an event, is broken (or hostile).
+/// Past it the parser drops what it held, reads nothing more, and [`SseParser::too_long`] says
+/// so.
+pub const MAX_EVENT: usize = 16 * 1024 * 1024;
 
 /// The Messages API's event names, matched as bytes: UTF-8 validation of a short name
 /// (`core::str::from_utf8`) cost ~160 instructions per streamed event, 1.3 % of a relayed
@@ -76,8 +79,9 @@ impl SseParser {
 
     /// A parser for a caller that reads the data of only the events `wanted` says yes to: the
     /// others are still dispatched, with empty data, and their data is not copied from the
-    /// `event:` line on. (An unnamed event is read whole; an event named twice keeps skipping
-    /// once its data was skipped.)
+    /// `event:` line on. An unnamed event (no name, or an empty one) is read whole. An event
+    /// renamed by a later `event:` line goes by its last name, unless data of it was already
+    /// dropped: then it stays skipped (dispatched with empty data).
     pub fn reading_only(wanted: fn(&str) -> bool) -> Self {
         SseParser {
             wanted: Some(wanted),
@@ -88,6 +92,9 @@ impl SseParser {
     /// Feeds bytes; calls `f(event, data)` for each complete event (event is `""` when the event had
     /// no `event:` field).
     pub fn push(&mut self, mut chunk: &[u8], mut f: impl FnMut(&str, &[u8])) {
+        if self.too_long {
+            return;
+        }
         if !self.started {
             let mut i = 0;
             while i < chunk.len()
@@ -123,18 +130,27 @@ impl SseParser {
         while !chunk.is_empty() {
             match memchr::memchr2(b'\n', b'\r', chunk) {
                 None => {
+                    if self.line.len() + chunk.len() > MAX_EVENT {
+                        self.give_up();
+                        return;
+                    }
                     self.line.extend_from_slice(chunk);
                     break;
                 }
                 Some(pos) => {
                     if self.line.is_empty() {
                         self.process_line(&chunk[..pos], f);
+                    } else if self.line.len() + pos > MAX_EVENT {
+                        self.give_up();
                     } else {
                         let mut line = std::mem::take(&mut self.line);
                         line.extend_from_slice(&chunk[..pos]);
                         self.process_line(&line, f);
                         line.clear();
                         self.line = line;
+                    }
+                    if self.too_long {
+                        return;
                     }
                     let mut next = pos + 1;
                     if chunk[pos] == b'\r' {
@@ -152,20 +168,43 @@ impl SseParser {
         }
     }
 
+    /// A line or an event went past [`MAX_EVENT`]: the parser dropped what it held and reads
+    /// nothing more.
+    pub fn too_long(&self) -> bool {
+        self.too_long
+    }
+
+    fn give_up(&mut self) {
+        self.too_long = true;
+        self.line = Vec::new();
+        self.data = Vec::new();
+        self.has_data = false;
+        self.event = EventName::None;
+    }
+
     /// Bytes held for the partial line and the event being assembled.
     pub fn buffered_len(&self) -> usize {
-        self.line.len() + self.data.len() + self.event.as_str().len()
+        self.line.len() + self.data.len() + self.event_name().len()
+    }
+
+    fn event_name(&self) -> &str {
+        match self.event {
+            EventName::None => "",
+            EventName::Known(name) => name,
+            EventName::Other => &self.other,
+        }
     }
 
     fn process_line(&mut self, line: &[u8], f: &mut impl FnMut(&str, &[u8])) {
         if line.is_empty() {
             if self.has_data {
-                f(self.event.as_str(), &self.data);
+                f(self.event_name(), &self.data);
             }
             self.event = EventName::None;
             self.data.clear();
             self.has_data = false;
             self.skipping = false;
+            self.skipped = false;
             return;
         }
         if line[0] == b':' {
@@ -180,7 +219,12 @@ impl SseParser {
         };
         match name {
             b"data" => {
-                if !self.skipping {
+                if self.skipping {
+                    self.skipped = true;
+                } else if self.data.len() + value.len() >= MAX_EVENT {
+                    self.give_up();
+                    return;
+                } else {
                     if self.has_data {
                         self.data.push(b'\n');
                     }
@@ -191,16 +235,24 @@ impl SseParser {
             b"event" => {
                 self.event = match known_event(value) {
                     Some(name) => EventName::Known(name),
-                    None => EventName::Other(match std::str::from_utf8(value) {
-                        Ok(name) => name.to_owned(),
-                        Err(_) => String::from_utf8_lossy(value).into_owned(),
-                    }),
+                    None => {
+                        self.other.clear();
+                        match std::str::from_utf8(value) {
+                            Ok(name) => self.other.push_str(name),
+                            Err(_) => self.other.push_str(&String::from_utf8_lossy(value)),
+                        }
+                        EventName::Other
+                    }
                 };
-                if let Some(wanted) = self.wanted
-                    && !wanted(self.event.as_str())
-                {
-                    self.skipping = true;
-                    self.data.clear();
+                if let Some(wanted) = self.wanted {
+                    let name = self.event_name();
+                    let skip = self.skipped || (!name.is_empty() && !wanted(name));
+                    if skip && !self.skipping && self.has_data {
+                        // Data of it read under another name (or none) is dropped now.
+                        self.skipped = true;
+                        self.data.clear();
+                    }
+                    self.skipping = skip;
                 }
             }
             _ => {}
@@ -295,11 +347,60 @@ mod tests {
             vec![ev("skip", ""), ev("skip", ""), ev("keep", "4"), ev("", "5")],
             "skipped events still come (empty); an unnamed one is read; one without data does not come"
         );
+        // Renamed: the last name counts, unless data was already dropped.
+        out.clear();
+        let s = "event: skip\nevent: keep\ndata: 6\n\nevent: keep\ndata: 7\nevent: skip\n\n\
+                 event: skip\ndata: 8\nevent: keep\ndata: 9\n\nevent: skip\nevent:\ndata: 10\n\n";
+        p.push(s.as_bytes(), |e, d| {
+            out.push((e.to_owned(), String::from_utf8_lossy(d).into_owned()))
+        });
+        assert_eq!(
+            out,
+            vec![
+                ev("keep", "6"),
+                ev("skip", ""),
+                ev("keep", ""),
+                ev("", "10")
+            ]
+        );
         // While an unwanted event is assembled, nothing of it is held.
         p.push(b"event: skip\ndata: 123456789", |_, _| {});
         assert_eq!(p.buffered_len(), "skip".len() + "data: 123456789".len());
         p.push(b"\n", |_, _| {});
         assert_eq!(p.buffered_len(), "skip".len());
+    }
+
+    #[test]
+    fn a_line_or_an_event_past_the_limit_ends_the_reading() {
+        let big = vec![b'x'; MAX_EVENT / 2 + 1];
+        // One line that never ends, in pieces.
+        let mut p = SseParser::new();
+        let mut n = 0;
+        p.push(b"data: 1\n\ndata: ", |_, _| n += 1);
+        p.push(&big, |_, _| n += 1);
+        assert!(!p.too_long());
+        p.push(&big, |_, _| n += 1);
+        assert!(p.too_long());
+        assert_eq!(p.buffered_len(), 0, "what it held is dropped");
+        p.push(b"\n\ndata: 2\n\n", |_, _| n += 1);
+        assert_eq!(n, 1, "nothing more is read");
+        // Lines that end, of one event that does not.
+        let mut p = SseParser::new();
+        let mut line = b"data: ".to_vec();
+        line.extend_from_slice(&big);
+        line.push(b'\n');
+        p.push(&line, |_, _| n += 1);
+        assert!(!p.too_long());
+        p.push(&line, |_, _| n += 1);
+        assert!(p.too_long());
+        assert_eq!(p.buffered_len(), 0);
+        // The data of a skipped event is not held, so it does not count.
+        let mut p = SseParser::reading_only(|_| false);
+        p.push(b"event: e\n", |_, _| {});
+        for _ in 0..3 {
+            p.push(&line, |_, _| {});
+        }
+        assert!(!p.too_long());
     }
 
     #[test]
@@ -364,15 +465,7 @@ mod tests {
             }
             let whole = parse_chunks(&[&s]);
             prop_assert_eq!(whole.len(), 22);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(s.len() + 1)).collect();
-            points.sort_unstable();
-            let mut chunks: Vec<&[u8]> = Vec::new();
-            let mut last = 0;
-            for p in points {
-                chunks.push(&s[last..p]);
-                last = p;
-            }
-            chunks.push(&s[last..]);
+            let chunks = crate::convert::test_support::split(&s, &cuts);
             prop_assert_eq!(parse_chunks(&chunks), whole.clone());
             // A parser that reads only some events' data: the same events, in the same order,
             // with the data of those and none of the others.
@@ -389,6 +482,49 @@ mod tests {
                 })
                 .collect();
             prop_assert_eq!(only, want);
+        }
+
+        /// Events named (once, several times, or not at all) before their data, any line ends,
+        /// split anywhere: a parser that reads some events' data gives what a full parser gives,
+        /// with the data of the others (by their last name; unnamed ones read) empty.
+        #[test]
+        fn reading_only_is_a_full_parse_with_the_unwanted_data_blanked(
+            events in proptest::collection::vec(
+                (proptest::collection::vec(0usize..6, 0..3), proptest::collection::vec("[a-z{}\":0-9 ]{0,12}", 0..3)),
+                0..8),
+            end in 0usize..3,
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            const NAMES: [&str; 6] = ["ping", "message_delta", "message_start", "content_block_delta", "", "custom"];
+            fn wanted(e: &str) -> bool {
+                e == "message_delta" || e == "message_start"
+            }
+            let eol = ["\n", "\r\n", "\r"][end];
+            let mut text = String::new();
+            for (names, datas) in &events {
+                for &n in names {
+                    text.push_str(&format!("event: {}{eol}", NAMES[n]));
+                }
+                for d in datas {
+                    text.push_str(&format!("data: {d}{eol}"));
+                }
+                text.push_str(eol);
+            }
+            let s = text.as_bytes();
+            let chunks = crate::convert::test_support::split(s, &cuts);
+            let want: Vec<(String, String)> = parse_chunks(&chunks)
+                .into_iter()
+                .map(|(e, d)| {
+                    let keep = e.is_empty() || wanted(&e);
+                    (e, if keep { d } else { String::new() })
+                })
+                .collect();
+            let mut p = SseParser::reading_only(wanted);
+            let mut got = Vec::new();
+            for c in &chunks {
+                p.push(c, |e, d| got.push((e.to_owned(), String::from_utf8_lossy(d).into_owned())));
+            }
+            prop_assert_eq!(got, want);
         }
 
         #[test]

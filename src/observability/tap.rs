@@ -191,8 +191,18 @@ impl Tap {
                     partial.extend_from_slice(rest);
                 }
             }
-            Tap::AnthropicSse(p) => p.push(chunk, |event, data| on_anthropic_event(event, data, m)),
-            Tap::OpenAiSse(p) => p.push(chunk, |_, data| on_openai_chunk(data, m)),
+            Tap::AnthropicSse(p) => {
+                p.push(chunk, |event, data| on_anthropic_event(event, data, m));
+                if p.too_long() {
+                    self.too_long();
+                }
+            }
+            Tap::OpenAiSse(p) => {
+                p.push(chunk, |_, data| on_openai_chunk(data, m));
+                if p.too_long() {
+                    self.too_long();
+                }
+            }
             Tap::AnthropicJson(buf) | Tap::OpenAiJson(buf) => {
                 if buf.len() + chunk.len() <= MAX_JSON_TAP {
                     buf.extend_from_slice(chunk);
@@ -201,6 +211,16 @@ impl Tap {
             // Already whole.
             Tap::Whole(..) => {}
         }
+    }
+
+    /// The stream has an event longer than the parser holds ([`crate::convert::sse::MAX_EVENT`]):
+    /// its bytes are still relayed as they are, but its usage is not read any further.
+    fn too_long(&mut self) {
+        tracing::warn!(
+            max_bytes = crate::convert::sse::MAX_EVENT,
+            "an upstream stream event is longer than the usage tap reads: its usage is not counted"
+        );
+        *self = Tap::None;
     }
 
     /// The body ended (completely).

@@ -557,6 +557,18 @@ fn is_event_stream(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
+/// An upstream stream event too long to convert (the events converted before it went out).
+fn event_too_long() -> ProxyError {
+    ProxyError::new(
+        ErrorKind::BadGateway,
+        Origin::Upstream,
+        format!(
+            "the upstream sent a stream event longer than {} MiB; the stream was ended",
+            convert::sse::MAX_EVENT >> 20
+        ),
+    )
+}
+
 /// How a relayed stream's bytes reach the client.
 enum Relay {
     /// As they are (the record's tap meters them); errors as Anthropic events.
@@ -618,8 +630,15 @@ where
             if st.done {
                 return Poll::Ready(None);
             }
-            let out = match std::task::ready!(st.watch.poll_next(&mut st.upstream, cx)) {
-                StreamNext::Chunk(chunk) => st.on_chunk(chunk),
+            let next = match std::task::ready!(st.watch.poll_next(&mut st.upstream, cx)) {
+                StreamNext::Chunk(chunk) => match st.on_chunk(chunk) {
+                    Ok(out) => StreamNext::Chunk(out),
+                    Err(e) => StreamNext::Broken(e),
+                },
+                other => other,
+            };
+            let out = match next {
+                StreamNext::Chunk(out) => out,
                 StreamNext::Broken(e) => match st.on_broken(e) {
                     Ok(bytes) => bytes,
                     // Aborts the client's response: it sees an incomplete body.
@@ -639,7 +658,9 @@ where
 }
 
 impl<S> StreamState<S> {
-    fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
+    /// The chunk's bytes for the client; an error if the stream cannot be converted further
+    /// (an event longer than the converter's parser holds).
+    fn on_chunk(&mut self, chunk: Bytes) -> Result<Bytes, ProxyError> {
         // Room for what the chunk converts to at once: growing from empty, event by event, cost
         // ~2k instructions per Responses event in reallocations (callgrind). At most 16 KiB up
         // front: the buffer lives as long as the frame waits for a slow client.
@@ -653,7 +674,7 @@ impl<S> StreamState<S> {
                 if let Some(r) = record {
                     r.observe(&chunk);
                 }
-                return chunk;
+                return Ok(chunk);
             }
             Relay::Chat(chat) => {
                 let (parser, conv) = &mut **chat;
@@ -663,6 +684,9 @@ impl<S> StreamState<S> {
                     }
                     conv.on_event(event, data, &mut out)
                 });
+                if parser.too_long() {
+                    return Err(event_too_long());
+                }
                 conv.is_done()
             }
             Relay::Responses(resp) => {
@@ -673,6 +697,9 @@ impl<S> StreamState<S> {
                     }
                     conv.on_event(event, data, &mut out)
                 });
+                if parser.too_long() {
+                    return Err(event_too_long());
+                }
                 let done = conv.is_done();
                 if done && let Some(k) = keep.take() {
                     k.store(conv);
@@ -686,7 +713,7 @@ impl<S> StreamState<S> {
         if done {
             self.finish_ok();
         }
-        Bytes::from(out)
+        Ok(Bytes::from(out))
     }
 
     fn on_broken(&mut self, e: ProxyError) -> Result<Bytes, std::io::Error> {

@@ -26,7 +26,7 @@
 //! has to be added. Over HTTP/1.1 (a TLS upstream that does not offer HTTP/2) each lane's pool
 //! opens the connections it needs, and the lanes only split them.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -67,9 +67,9 @@ pub(super) struct LaneState {
     in_flight: AtomicUsize,
     /// [`PENDING`], [`UNLIMITED`], [`HTTP1`], or the server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
     limit: AtomicUsize,
-    /// A request of this TLS lane is opening its connection while the others on the lane wait
-    /// for it (see [`Lanes::take`]).
-    opening: AtomicBool,
+    /// The request opening this TLS lane's connection while the others on the lane wait for
+    /// it (see [`Lanes::take`]): its [`Slot::opener`] number; 0 when none is.
+    opening: AtomicU64,
     shared: Arc<Shared>,
 }
 
@@ -96,7 +96,7 @@ impl LaneState {
         LaneState {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(PENDING),
-            opening: AtomicBool::new(false),
+            opening: AtomicU64::new(0),
             shared,
         }
     }
@@ -119,6 +119,8 @@ impl LaneState {
 
     fn set(&self, limit: usize) {
         self.limit.store(limit, Ordering::Release);
+        // The server spoke: the opening is over, whether or not its request is still going.
+        self.opening.store(0, Ordering::Release);
         if limit > 0 {
             // The smallest word wins: a lane that takes too few requests only opens another
             // lane, one that takes too many queues them behind streams that may not end.
@@ -195,25 +197,46 @@ impl LaneState {
 
     /// For a request with a slot on this lane while its connection is not open yet: waits,
     /// until `deadline` at most, for the lane's server to speak, or for the lane to have no
-    /// request opening its connection (then this one opens it: `slot` says so).
-    async fn opened(&self, slot: &mut Slot, deadline: Instant) {
+    /// request opening its connection (then this one opens it: `slot` says so). False if the
+    /// server's word leaves no room for the slot (the lane went by another lane's limit, and
+    /// its own server allows fewer): the request should take another place.
+    async fn opened(&self, slot: &mut Slot, max: usize, deadline: Instant) -> bool {
+        let mut waited = false;
         loop {
             let notified = self.shared.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.limit.load(Ordering::Acquire) != PENDING {
-                return;
+            let limit = self.limit.load(Ordering::Acquire);
+            if limit != PENDING {
+                if waited {
+                    // The lane hears its server in the connection's own task, which can happen
+                    // just before hyper-util pools the connection (it does once that task has
+                    // run): one turn of the scheduler lets it, so that this request finds the
+                    // connection instead of opening one of its own.
+                    tokio::task::yield_now().await;
+                }
+                return self.in_flight.load(Ordering::Acquire) <= limit.min(max);
             }
-            if !self.opening.swap(true, Ordering::AcqRel) {
-                slot.opener = true;
-                return;
+            let me = OPENERS.fetch_add(1, Ordering::Relaxed) + 1;
+            if self
+                .opening
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                slot.opener = me;
+                return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return;
+                // Nothing heard in time: the request goes ahead (and connects, if it must).
+                return true;
             }
+            waited = true;
         }
     }
 }
+
+/// Numbers the requests that open a lane's connection (0 is none).
+static OPENERS: AtomicU64 = AtomicU64::new(0);
 
 pub(super) struct Lanes {
     /// Boxed: a slot not taken yet costs a pointer, not a client.
@@ -253,24 +276,28 @@ pub struct Load {
 /// A request's place on a lane; given back when dropped.
 pub(super) struct Slot {
     state: Arc<LaneState>,
-    /// This request opened (or is opening) the lane's connection for the requests waiting on it.
-    opener: bool,
+    /// Not 0: this request is opening (or opened) the lane's connection for the requests
+    /// waiting on it, as [`LaneState::opening`]'s number.
+    opener: u64,
 }
 
 impl Slot {
     fn new(state: Arc<LaneState>) -> Slot {
-        Slot {
-            state,
-            opener: false,
-        }
+        Slot { state, opener: 0 }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.state.in_flight.fetch_sub(1, Ordering::Release);
-        if self.opener {
-            self.state.opening.store(false, Ordering::Release);
+        if self.opener != 0 {
+            // Unless the opening is over, or another request's by now.
+            let _ = self.state.opening.compare_exchange(
+                self.opener,
+                0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
         if self.state.limit.load(Ordering::Acquire) == PENDING {
             // The lane's one slot before its limit is known, or the request that was opening
@@ -342,7 +369,7 @@ impl Lanes {
         // Set when the request first waits for a lane's server: it waits until then in all.
         let mut deadline = None;
         let mut patient = true;
-        loop {
+        'take: loop {
             let n = self.len();
             let hint = self.shared.hint.load(Ordering::Acquire);
             let mut pending = None;
@@ -369,7 +396,15 @@ impl Lanes {
                 if let Some(mut slot) = lane.state.try_take(cap) {
                     if follow {
                         let deadline = *deadline.get_or_insert_with(|| far(self.wait));
-                        lane.state.opened(&mut slot, deadline).await;
+                        if !lane
+                            .state
+                            .opened(&mut slot, self.max_streams, deadline)
+                            .await
+                        {
+                            // Look again, with what the lanes' servers have said since.
+                            drop(slot);
+                            continue 'take;
+                        }
                     }
                     return (&lane.client, slot);
                 }
@@ -536,7 +571,7 @@ mod tests {
         l.lane(0).state.learn(2);
         let b = l.take().await;
         let c = l.take().await;
-        assert!(c.1.opener, "the first request on a new lane opens it");
+        assert!(c.1.opener != 0, "the first request on a new lane opens it");
         assert_eq!(in_flight(l), [2, 1]);
         vec![a, b, c]
     }
@@ -552,7 +587,7 @@ mod tests {
         assert_eq!(in_flight(&l), [2, 2]);
         l.lane(1).state.learn(2);
         let d = d.await;
-        assert!(!d.1.opener);
+        assert_eq!(d.1.opener, 0);
         assert_eq!(in_flight(&l), [2, 2]);
     }
 
@@ -566,7 +601,7 @@ mod tests {
         // The opener's connection failed and its request ended: the next one connects.
         drop(held.pop());
         let d = d.await;
-        assert!(d.1.opener);
+        assert!(d.1.opener != 0);
         assert_eq!(in_flight(&l), [2, 1]);
     }
 
@@ -684,12 +719,58 @@ mod tests {
             .await
             .expect("waited for lane 1's server before opening lane 2");
         assert_eq!(in_flight(&l), [2, 2, 1]);
-        // Its own server has the last word, and the smallest word heard is what new lanes go by.
+        // Lane 1's own server has the last word: 1. The waiting request takes another place
+        // (not a queue behind c's stream): lane 2 goes by the smallest word heard (1, taken by
+        // e), so a fourth lane, which it opens.
         l.lane(1).state.learn(1);
         let d = d.await;
-        let f = l.take().await;
-        assert_eq!(in_flight(&l), [2, 2, 1, 1]);
-        drop((a, b, c, d, e, f));
+        assert!(d.1.opener != 0);
+        assert_eq!(in_flight(&l), [2, 1, 1, 1]);
+        drop((a, b, c, d, e));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_goes_ahead_at_the_deadline_and_gives_its_place_back_if_dropped() {
+        let l = lanes_waiting(false, 100, Duration::from_millis(200));
+        let _held = a_second_lane_opening(&l).await;
+        {
+            let d = l.take();
+            tokio::pin!(d);
+            assert_waits(&mut d).await;
+            assert_eq!(in_flight(&l), [2, 2]);
+        }
+        // Given up while it waited: its place is free again.
+        assert_eq!(in_flight(&l), [2, 1]);
+        let t0 = Instant::now();
+        let d = l.take().await;
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        assert_eq!(
+            d.1.opener, 0,
+            "nothing heard: it goes ahead, not as the opener"
+        );
+        assert_eq!(in_flight(&l), [2, 2]);
+    }
+
+    #[tokio::test]
+    async fn the_opening_ends_when_the_server_speaks_and_an_old_opener_does_not_end_a_new_one() {
+        let l = lanes(false, 100);
+        let mut held = a_second_lane_opening(&l).await;
+        let c = held.pop().unwrap();
+        let lane = l.lane(1).state.clone();
+        // The server allows nothing on this connection, which then closes: the lane waits for
+        // its next connection's word, with c's request (its stream) still going.
+        lane.learn(0);
+        lane.closed();
+        let g = tokio::time::timeout(Duration::from_secs(1), l.take())
+            .await
+            .expect("no one is opening the lane: this request does");
+        assert!(g.1.opener != 0 && g.1.opener != c.1.opener);
+        drop(c);
+        assert_eq!(lane.opening.load(Ordering::Acquire), g.1.opener);
+        let h = l.take();
+        tokio::pin!(h);
+        assert_waits(&mut h).await;
+        drop(g);
     }
 
     #[tokio::test]

@@ -972,3 +972,70 @@ async fn early_refusal_reaches_a_client_still_sending_its_body() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+// ---------------------------------------------------------------- oversized stream events
+
+/// An upstream whose stream has one event of 17 MiB (a data line with no end in sight for that
+/// long), between ordinary ones; the body's length.
+async fn upstream_with_a_huge_event() -> (std::net::SocketAddr, usize) {
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n\
+          event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+          event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"",
+    );
+    body.resize(body.len() + 17 * 1024 * 1024, b'x');
+    body.extend_from_slice(
+        b"\"}}\n\nevent: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+          event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n\
+          event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let len = body.len();
+    let body = bytes::Bytes::from(body);
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post(move || {
+            let body = body.clone();
+            async move { ([("content-type", "text/event-stream")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, len)
+}
+
+/// Past 16 MiB in one event the proxy stops reading the stream's events (it holds no more of
+/// it): a converted stream ends with an error chunk that says why; the passthrough still
+/// relays every byte as it came.
+#[tokio::test]
+async fn an_upstream_event_past_16_mib_ends_a_converted_stream_and_passes_through_raw() {
+    let (upstream, len) = upstream_with_a_huge_event().await;
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        upstream_url: Some(format!("http://{upstream}")),
+        ..Opts::default()
+    })
+    .await;
+    let resp = env
+        .post("/openai/v1/chat/completions", None, &chat("hi", true))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 1024 * 1024, "{} bytes converted", text.len());
+    let err = openai_stream_error(&text);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 16 MiB"),
+        "{err}"
+    );
+    let resp = env
+        .post("/pt/v1/messages", None, &message("hi", true))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got.len(), len, "the passthrough relays the stream whole");
+    assert!(got.ends_with(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+}
