@@ -26,6 +26,9 @@ pub struct SseParser {
     skipped: bool,
     /// A line or an event went past [`MAX_EVENT`]: nothing more is read.
     too_long: bool,
+    /// Inside a data line of a skipped event, split across chunks: its bytes are dropped as
+    /// they come, up to its end.
+    discarding: bool,
     /// The previous chunk ended with `\r`: a `\n` starting the next chunk belongs to that line end.
     pending_cr: bool,
     /// Past the possible BOM at the very start of the stream.
@@ -130,15 +133,28 @@ impl SseParser {
         while !chunk.is_empty() {
             match memchr::memchr2(b'\n', b'\r', chunk) {
                 None => {
+                    if self.discarding {
+                        break;
+                    }
                     if self.line.len() + chunk.len() > MAX_EVENT {
                         self.give_up();
                         return;
                     }
                     self.line.extend_from_slice(chunk);
+                    if self.skipping && self.line.starts_with(b"data:") {
+                        // A data line of an event whose data is not kept: it counts as data,
+                        // and its bytes are not held (an event's length does not matter then).
+                        self.line.clear();
+                        self.discarding = true;
+                        self.has_data = true;
+                        self.skipped = true;
+                    }
                     break;
                 }
                 Some(pos) => {
-                    if self.line.is_empty() {
+                    if self.discarding {
+                        self.discarding = false;
+                    } else if self.line.is_empty() {
                         self.process_line(&chunk[..pos], f);
                     } else if self.line.len() + pos > MAX_EVENT {
                         self.give_up();
@@ -146,8 +162,10 @@ impl SseParser {
                         let mut line = std::mem::take(&mut self.line);
                         line.extend_from_slice(&chunk[..pos]);
                         self.process_line(&line, f);
-                        line.clear();
-                        self.line = line;
+                        if !self.too_long {
+                            line.clear();
+                            self.line = line;
+                        }
                     }
                     if self.too_long {
                         return;
@@ -179,6 +197,7 @@ impl SseParser {
         self.line = Vec::new();
         self.data = Vec::new();
         self.has_data = false;
+        self.discarding = false;
         self.event = EventName::None;
     }
 
@@ -205,6 +224,7 @@ impl SseParser {
             self.has_data = false;
             self.skipping = false;
             self.skipped = false;
+            self.discarding = false;
             return;
         }
         if line[0] == b':' {
@@ -221,7 +241,7 @@ impl SseParser {
             b"data" => {
                 if self.skipping {
                     self.skipped = true;
-                } else if self.data.len() + value.len() >= MAX_EVENT {
+                } else if self.data.len() + usize::from(self.has_data) + value.len() > MAX_EVENT {
                     self.give_up();
                     return;
                 } else {
@@ -363,10 +383,11 @@ mod tests {
                 ev("", "10")
             ]
         );
-        // While an unwanted event is assembled, nothing of it is held.
+        // While an unwanted event is assembled, nothing of it is held but its name, not even
+        // the start of a data line.
         p.push(b"event: skip\ndata: 123456789", |_, _| {});
-        assert_eq!(p.buffered_len(), "skip".len() + "data: 123456789".len());
-        p.push(b"\n", |_, _| {});
+        assert_eq!(p.buffered_len(), "skip".len());
+        p.push(b"0\n", |_, _| {});
         assert_eq!(p.buffered_len(), "skip".len());
     }
 
@@ -394,13 +415,21 @@ mod tests {
         p.push(&line, |_, _| n += 1);
         assert!(p.too_long());
         assert_eq!(p.buffered_len(), 0);
-        // The data of a skipped event is not held, so it does not count.
-        let mut p = SseParser::reading_only(|_| false);
+        // The data of a skipped event is not held, so it does not count, even split in pieces.
+        let mut p = SseParser::reading_only(|e| e == "keep");
+        let mut got = Vec::new();
         p.push(b"event: e\n", |_, _| {});
         for _ in 0..3 {
-            p.push(&line, |_, _| {});
+            for piece in line.chunks(16 * 1024) {
+                p.push(piece, |e, d| got.push((e.to_owned(), d.len())));
+                assert!(p.buffered_len() <= 16 * 1024, "{}", p.buffered_len());
+            }
         }
         assert!(!p.too_long());
+        p.push(b"\nevent: keep\ndata: 5\n\n", |e, d| {
+            got.push((e.to_owned(), d.len()))
+        });
+        assert_eq!(got, [("e".to_owned(), 0), ("keep".to_owned(), 1)]);
     }
 
     #[test]

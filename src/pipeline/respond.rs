@@ -630,15 +630,8 @@ where
             if st.done {
                 return Poll::Ready(None);
             }
-            let next = match std::task::ready!(st.watch.poll_next(&mut st.upstream, cx)) {
-                StreamNext::Chunk(chunk) => match st.on_chunk(chunk) {
-                    Ok(out) => StreamNext::Chunk(out),
-                    Err(e) => StreamNext::Broken(e),
-                },
-                other => other,
-            };
-            let out = match next {
-                StreamNext::Chunk(out) => out,
+            let out = match std::task::ready!(st.watch.poll_next(&mut st.upstream, cx)) {
+                StreamNext::Chunk(chunk) => st.on_chunk(chunk),
                 StreamNext::Broken(e) => match st.on_broken(e) {
                     Ok(bytes) => bytes,
                     // Aborts the client's response: it sees an incomplete body.
@@ -658,9 +651,9 @@ where
 }
 
 impl<S> StreamState<S> {
-    /// The chunk's bytes for the client; an error if the stream cannot be converted further
-    /// (an event longer than the converter's parser holds).
-    fn on_chunk(&mut self, chunk: Bytes) -> Result<Bytes, ProxyError> {
+    /// The chunk's bytes for the client. A converted stream with an event longer than its
+    /// parser holds ends there: what the chunk converted to before it, then the error.
+    fn on_chunk(&mut self, chunk: Bytes) -> Bytes {
         // Room for what the chunk converts to at once: growing from empty, event by event, cost
         // ~2k instructions per Responses event in reallocations (callgrind). At most 16 KiB up
         // front: the buffer lives as long as the frame waits for a slow client.
@@ -674,7 +667,7 @@ impl<S> StreamState<S> {
                 if let Some(r) = record {
                     r.observe(&chunk);
                 }
-                return Ok(chunk);
+                return chunk;
             }
             Relay::Chat(chat) => {
                 let (parser, conv) = &mut **chat;
@@ -685,7 +678,9 @@ impl<S> StreamState<S> {
                     conv.on_event(event, data, &mut out)
                 });
                 if parser.too_long() {
-                    return Err(event_too_long());
+                    let e = event_too_long();
+                    conv.abort(&e, &mut out);
+                    return self.ended_by(e, out);
                 }
                 conv.is_done()
             }
@@ -698,7 +693,9 @@ impl<S> StreamState<S> {
                     conv.on_event(event, data, &mut out)
                 });
                 if parser.too_long() {
-                    return Err(event_too_long());
+                    let e = event_too_long();
+                    conv.abort(&e, &mut out);
+                    return self.ended_by(e, out);
                 }
                 let done = conv.is_done();
                 if done && let Some(k) = keep.take() {
@@ -713,15 +710,26 @@ impl<S> StreamState<S> {
         if done {
             self.finish_ok();
         }
-        Ok(Bytes::from(out))
+        Bytes::from(out)
     }
 
-    fn on_broken(&mut self, e: ProxyError) -> Result<Bytes, std::io::Error> {
+    /// The stream ends with `e` (already written, in the client's dialect, at the end of `out`).
+    fn ended_by(&mut self, e: ProxyError, out: Vec<u8>) -> Bytes {
+        self.stop(&e);
+        Bytes::from(out)
+    }
+
+    /// The stream ends early with `e`: the record says so.
+    fn stop(&mut self, e: &ProxyError) {
         tracing::warn!(reason = %e.message(), "stream ended early");
         self.done = true;
         if let Some(mut r) = self.record.take() {
-            r.failed(&e);
+            r.failed(e);
         }
+    }
+
+    fn on_broken(&mut self, e: ProxyError) -> Result<Bytes, std::io::Error> {
+        self.stop(&e);
         Ok(match &mut self.relay {
             Relay::Raw => e.stream_event(Dialect::Anthropic),
             Relay::Passthrough => return Err(std::io::Error::other(e.message().into_owned())),

@@ -223,8 +223,15 @@ impl LaneState {
                 .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                slot.opener = me;
-                return true;
+                if self.limit.load(Ordering::Acquire) == PENDING {
+                    slot.opener = me;
+                    return true;
+                }
+                // The server spoke in between (which ended the opening): no opener after all.
+                let _ = self
+                    .opening
+                    .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+                continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 // Nothing heard in time: the request goes ahead (and connects, if it must).

@@ -1038,4 +1038,19 @@ async fn an_upstream_event_past_16_mib_ends_a_converted_stream_and_passes_throug
     let got = resp.bytes().await.unwrap();
     assert_eq!(got.len(), len, "the passthrough relays the stream whole");
     assert!(got.ends_with(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+    // The records: the converted stream failed, saying why; the passthrough's usage tap read
+    // the stream to its end (it does not hold the text deltas it does not read), so its output
+    // tokens are those of the final message_delta.
+    let recs = crate::usage::rows(&env, 2).await;
+    assert_eq!(recs[0].status, 502, "{:?}", recs[0]);
+    assert!(
+        recs[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("longer than 16 MiB")),
+        "{:?}",
+        recs[0]
+    );
+    assert_eq!(recs[1].status, 200, "{:?}", recs[1]);
+    assert_eq!((recs[1].tokens.input, recs[1].tokens.output), (5, 9));
 }
