@@ -677,7 +677,7 @@ impl<S> StreamState<S> {
                     }
                     conv.on_event(event, data, &mut out)
                 });
-                if parser.too_long() {
+                if parser.too_long() && !conv.is_done() {
                     let e = event_too_long();
                     conv.abort(&e, &mut out);
                     return self.ended_by(e, out);
@@ -692,7 +692,7 @@ impl<S> StreamState<S> {
                     }
                     conv.on_event(event, data, &mut out)
                 });
-                if parser.too_long() {
+                if parser.too_long() && !conv.is_done() {
                     let e = event_too_long();
                     conv.abort(&e, &mut out);
                     return self.ended_by(e, out);
@@ -774,6 +774,33 @@ impl<S> StreamState<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_event_past_the_cap_ends_a_chat_stream_after_what_its_chunk_converted_to() {
+        let (_end, limits) = upstream::stream_limits(std::time::Duration::from_secs(60));
+        let conv = convert::stream::ChatStreamConverter::with_id("chatcmpl-1", "m", false, 1);
+        let mut st = StreamState {
+            upstream: futures_util::stream::empty::<Result<Bytes, hyper::Error>>(),
+            watch: limits.watch(),
+            record: None,
+            relay: Relay::Chat(Box::new((convert::SseParser::new(), conv))),
+            done: false,
+        };
+        let mut chunk = br#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[],"usage":{"input_tokens":1,"output_tokens":1}}}
+
+event: content_block_delta
+data: "#
+            .to_vec();
+        chunk.resize(chunk.len() + convert::sse::MAX_EVENT + 1, b'x');
+        let out = st.on_chunk(Bytes::from(chunk));
+        let text = String::from_utf8_lossy(&out);
+        let role = text.find(r#""role":"assistant""#).expect("the role chunk");
+        let error = text.find("longer than 16 MiB").expect("the error chunk");
+        assert!(role < error, "{text}");
+        assert!(!text.contains("[DONE]"), "{text}");
+        assert!(st.done);
+    }
 
     #[test]
     fn results_urls_lead_back_to_the_proxy_and_nothing_else_changes() {
