@@ -193,16 +193,8 @@ impl Tap {
             }
             Tap::AnthropicSse(p) => {
                 p.push(chunk, |event, data| on_anthropic_event(event, data, m));
-                if p.too_long() {
-                    self.too_long();
-                }
             }
-            Tap::OpenAiSse(p) => {
-                p.push(chunk, |_, data| on_openai_chunk(data, m));
-                if p.too_long() {
-                    self.too_long();
-                }
-            }
+            Tap::OpenAiSse(p) => p.push(chunk, |_, data| on_openai_chunk(data, m)),
             Tap::AnthropicJson(buf) | Tap::OpenAiJson(buf) => {
                 if buf.len() + chunk.len() <= MAX_JSON_TAP {
                     buf.extend_from_slice(chunk);
@@ -210,6 +202,11 @@ impl Tap {
             }
             // Already whole.
             Tap::Whole(..) => {}
+        }
+        if let Tap::AnthropicSse(p) | Tap::OpenAiSse(p) = self
+            && p.too_long()
+        {
+            self.too_long();
         }
     }
 

@@ -662,7 +662,8 @@ impl<S> StreamState<S> {
             _ => Vec::with_capacity((chunk.len().saturating_mul(2) + 256).min(16 * 1024)),
         };
         let mut record = self.record.as_mut();
-        let done = match &mut self.relay {
+        // `cut`: an event past the parser's cap, before the converter finished.
+        let (done, cut) = match &mut self.relay {
             Relay::Raw | Relay::Passthrough => {
                 if let Some(r) = record {
                     r.observe(&chunk);
@@ -677,12 +678,7 @@ impl<S> StreamState<S> {
                     }
                     conv.on_event(event, data, &mut out)
                 });
-                if parser.too_long() && !conv.is_done() {
-                    let e = event_too_long();
-                    conv.abort(&e, &mut out);
-                    return self.ended_by(e, out);
-                }
-                conv.is_done()
+                (conv.is_done(), parser.too_long() && !conv.is_done())
             }
             Relay::Responses(resp) => {
                 let (parser, conv, keep) = &mut **resp;
@@ -692,30 +688,26 @@ impl<S> StreamState<S> {
                     }
                     conv.on_event(event, data, &mut out)
                 });
-                if parser.too_long() && !conv.is_done() {
-                    let e = event_too_long();
-                    conv.abort(&e, &mut out);
-                    return self.ended_by(e, out);
-                }
                 let done = conv.is_done();
                 if done && let Some(k) = keep.take() {
                     k.store(conv);
                 }
-                done
+                (done, parser.too_long() && !done)
             }
         };
+        if cut {
+            // What the chunk converted to before that event, then the error.
+            let e = event_too_long();
+            self.stop(&e);
+            self.abort_into(&e, &mut out);
+            return Bytes::from(out);
+        }
         if let Some(r) = self.record.as_mut() {
             r.note_content();
         }
         if done {
             self.finish_ok();
         }
-        Bytes::from(out)
-    }
-
-    /// The stream ends with `e` (already written, in the client's dialect, at the end of `out`).
-    fn ended_by(&mut self, e: ProxyError, out: Vec<u8>) -> Bytes {
-        self.stop(&e);
         Bytes::from(out)
     }
 
@@ -728,22 +720,26 @@ impl<S> StreamState<S> {
         }
     }
 
+    /// A converted stream's ending with `e`, in its client's dialect (nothing for a relayed one).
+    fn abort_into(&mut self, e: &ProxyError, out: &mut Vec<u8>) {
+        match &mut self.relay {
+            Relay::Chat(chat) => chat.1.abort(e, out),
+            Relay::Responses(resp) => resp.1.abort(e, out),
+            Relay::Raw | Relay::Passthrough => {}
+        }
+    }
+
     fn on_broken(&mut self, e: ProxyError) -> Result<Bytes, std::io::Error> {
         self.stop(&e);
-        Ok(match &mut self.relay {
-            Relay::Raw => e.stream_event(Dialect::Anthropic),
-            Relay::Passthrough => return Err(std::io::Error::other(e.message().into_owned())),
-            Relay::Chat(chat) => {
+        match self.relay {
+            Relay::Raw => Ok(e.stream_event(Dialect::Anthropic)),
+            Relay::Passthrough => Err(std::io::Error::other(e.message().into_owned())),
+            Relay::Chat(_) | Relay::Responses(_) => {
                 let mut out = Vec::new();
-                chat.1.abort(&e, &mut out);
-                Bytes::from(out)
+                self.abort_into(&e, &mut out);
+                Ok(Bytes::from(out))
             }
-            Relay::Responses(resp) => {
-                let mut out = Vec::new();
-                resp.1.abort(&e, &mut out);
-                Bytes::from(out)
-            }
-        })
+        }
     }
 
     fn on_end(&mut self) -> Bytes {

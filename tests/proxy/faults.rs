@@ -1006,8 +1006,8 @@ async fn upstream_with_a_huge_event() -> (std::net::SocketAddr, usize) {
 }
 
 /// Past 16 MiB in one event the proxy stops reading the stream's events (it holds no more of
-/// it): a converted stream ends with an error chunk that says why; the passthrough still
-/// relays every byte as it came.
+/// it): a converted stream (Chat, Responses) ends with its dialect's error, saying why; the
+/// passthrough still relays every byte as it came, and its usage is counted.
 #[tokio::test]
 async fn an_upstream_event_past_16_mib_ends_a_converted_stream_and_passes_through_raw() {
     let (upstream, len) = upstream_with_a_huge_event().await;
@@ -1031,6 +1031,15 @@ async fn an_upstream_event_past_16_mib_ends_a_converted_stream_and_passes_throug
             .contains("longer than 16 MiB"),
         "{err}"
     );
+    // The Responses API: the stream ends with response.failed, saying why.
+    let body = serde_json::json!({"model": "claude-sonnet-4-5", "input": "hi", "stream": true});
+    let resp = env.post("/openai/v1/responses", None, &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let last_event = text.lines().rfind(|l| l.starts_with("event: "));
+    assert_eq!(last_event, Some("event: response.failed"), "{text}");
+    assert!(!text.contains("response.completed"), "{text}");
+    assert!(text.contains("longer than 16 MiB"), "{text}");
     let resp = env
         .post("/pt/v1/messages", None, &message("hi", true))
         .await;
@@ -1041,16 +1050,16 @@ async fn an_upstream_event_past_16_mib_ends_a_converted_stream_and_passes_throug
     // The records: the converted stream failed, saying why; the passthrough's usage tap read
     // the stream to its end (it does not hold the text deltas it does not read), so its output
     // tokens are those of the final message_delta.
-    let recs = crate::usage::rows(&env, 2).await;
-    assert_eq!(recs[0].status, 502, "{:?}", recs[0]);
-    assert!(
-        recs[0]
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("longer than 16 MiB")),
-        "{:?}",
-        recs[0]
-    );
-    assert_eq!(recs[1].status, 200, "{:?}", recs[1]);
-    assert_eq!((recs[1].tokens.input, recs[1].tokens.output), (5, 9));
+    let recs = crate::usage::rows(&env, 3).await;
+    for r in &recs[..2] {
+        assert_eq!(r.status, 502, "{r:?}");
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("longer than 16 MiB")),
+            "{r:?}"
+        );
+    }
+    assert_eq!(recs[2].status, 200, "{:?}", recs[2]);
+    assert_eq!((recs[2].tokens.input, recs[2].tokens.output), (5, 9));
 }
