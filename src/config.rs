@@ -131,6 +131,7 @@ pub struct FileConfig {
     pub body_read_timeout_secs: Option<u64>,
     pub stream_idle_timeout_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
+    pub workers: Option<usize>,
     pub retries: Option<u32>,
     pub retry_429: Option<bool>,
     pub retry_max_wait_secs: Option<u64>,
@@ -242,6 +243,9 @@ pub struct ServerSettings {
     pub require_client_keys: bool,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// Threads that serve client connections, each with a runtime of its own (0: one per core;
+    /// see `server::workers`).
+    pub workers: usize,
 }
 
 impl Default for ServerSettings {
@@ -254,6 +258,7 @@ impl Default for ServerSettings {
             cors_origins: Vec::new(),
             require_client_keys: false,
             shutdown_grace: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -334,6 +339,9 @@ impl Default for CredentialSettings {
         }
     }
 }
+
+/// The most serving threads `workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
 
 /// Bounds on what one request and the whole server may take.
 #[derive(Debug, Clone)]
@@ -631,6 +639,14 @@ impl Settings {
 }
 
 impl ServerSettings {
+    /// The threads that serve client connections: `workers`, or one per core when it is 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n.min(MAX_WORKERS),
+        }
+    }
+
     fn merge(args: &ServeArgs, file: &mut FileConfig) -> Self {
         let d = Self::default();
         ServerSettings {
@@ -648,6 +664,7 @@ impl ServerSettings {
                 .unwrap_or_else(|| std::mem::take(&mut file.cors_origins)),
             require_client_keys: file.require_client_keys.unwrap_or(d.require_client_keys),
             shutdown_grace: secs(file.shutdown_grace_secs, d.shutdown_grace),
+            workers: file.workers.unwrap_or(d.workers),
         }
     }
 }
@@ -1044,6 +1061,7 @@ impl ServerSettings {
                 "shutdown_grace_secs",
                 self.shutdown_grace.as_secs().to_string(),
             ),
+            ("workers", self.workers.to_string()),
         ]
     }
 }
@@ -1297,6 +1315,11 @@ pub const CONFIG_TEMPLATE: &str = r#"# ccproxy configuration.
 
 # On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.
 # shutdown_grace_secs = 30
+
+# Threads that serve client connections, each with its own async runtime: a
+# connection, its requests and their upstream connections stay on one thread
+# (0 = one per CPU core).
+# workers = 0
 
 # Retries before any byte reaches the client: connection failures and 529
 # (and 429 when retry_429 = true), with jittered exponential backoff that honours

@@ -24,16 +24,9 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // The main runtime: commands, background work, the acceptor and the in-process simulated
+    // upstream. `serve` serves client connections on threads of its own (`server::workers`).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // No LIFO slot: a task woken by the running one goes to the back of the worker's queue instead
-    // of running next. With many HTTP/2 streams, each stream that hands its client connection an
-    // event would otherwise have that connection run, and write, at once: one write per event.
-    // Queued behind the other streams, the connection writes their events together (4 000
-    // streams over HTTP/2 legs: 45 % fewer writes, ~10 % less CPU per stream; c=1 and c=32
-    // unchanged; scripts/bench/findings.md). Needs `--cfg tokio_unstable` (.cargo/config.toml);
-    // a build without it keeps tokio's default.
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
     let runtime = match builder
         .enable_all()
         // A worker about to sleep hands a burst's cached memory back when asked.

@@ -46,6 +46,8 @@ pub struct AppState {
     pub stream_limits: StreamLimits,
     /// Ends the relayed streams when the shutdown grace period is over.
     pub end_streams: crate::upstream::StreamEnder,
+    /// The client connections open on each serving thread (`server::workers`).
+    pub connections: Arc<crate::util::worker::Connections>,
     /// The usage store's writer (`None` when disabled; when the store could not
     /// be opened, a writer that drops every record and reports why).
     pub usage: Option<UsageWriter>,
@@ -73,6 +75,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         settings.upstream.timeout,
         settings.upstream.h2c,
         settings.upstream.h2_max_streams,
+        settings.server.worker_threads(),
     )?;
     let (oauth, oauth_error) =
         match OAuthManager::discover(credentials_config(&settings), upstream.client().clone()) {
@@ -146,6 +149,9 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
     let (end_streams, stream_limits) =
         crate::upstream::stream_limits(settings.upstream.stream_idle_timeout);
     let models = crate::model_catalog::ModelCatalog::new(settings.upstream.models_cache);
+    let connections = Arc::new(crate::util::worker::Connections::new(
+        settings.server.worker_threads(),
+    ));
     Ok(AppState {
         models,
         proxy_token: settings
@@ -164,6 +170,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         limiter,
         stream_limits,
         end_streams,
+        connections,
         usage,
         responses,
         keys,

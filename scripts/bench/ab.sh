@@ -5,6 +5,9 @@
 #
 #   scripts/bench/ab.sh BEFORE_BINARY AFTER_BINARY     (needs target/release/ccproxy-bench)
 #
+# A_TOML / B_TOML: a config file's text for that arm (say `usage = false`), to compare settings of
+# one build (pass the same binary twice).
+#
 # Inside `unshare -n` (loopback only); results under target/bench/ab-<stamp>/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +16,9 @@ A=$(realpath "${1:?before binary}")
 B=$(realpath "${2:?after binary}")
 OUT=$ROOT/target/bench/ab-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
-export ROOT A B OUT
+A_TOML=${A_TOML:-}
+B_TOML=${B_TOML:-}
+export ROOT A B OUT A_TOML B_TOML
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -24,14 +29,15 @@ KEY=sk-ant-api03-bench-key
 U=http://127.0.0.1
 "$B" sim --port 18401 >sim.log 2>&1 &
 SIM=$!
-start() { # binary port dir
+start() { # binary port dir config-text
   mkdir -p "$3/.config"
+  printf '%s\n' "$4" >"$OUT/$3/ccproxy.toml"
   env -i PATH=/usr/bin:/bin HOME="$OUT/$3" XDG_CONFIG_HOME="$OUT/$3/.config" ANTHROPIC_API_KEY=$KEY \
-    "$1" serve --host 127.0.0.1 --port "$2" --upstream-url $U:18401 >"$3.log" 2>&1 &
+    "$1" serve --config "$OUT/$3/ccproxy.toml" --host 127.0.0.1 --port "$2" --upstream-url $U:18401 >"$3.log" 2>&1 &
 }
-start "$A" 18402 before
+start "$A" 18402 before "$A_TOML"
 PA=$!
-start "$B" 18403 after
+start "$B" 18403 after "$B_TOML"
 PB=$!
 "$BENCH" relay --listen 127.0.0.1:18409 --upstream 127.0.0.1:18401 &
 RELAY=$!

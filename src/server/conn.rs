@@ -9,19 +9,18 @@
 //! - Accept errors (out of descriptors, say) are logged, rate-limited, and the
 //!   loop keeps accepting once descriptors return.
 //! - Every connection is watched for graceful shutdown.
+//! - Each connection is served by one of the serving threads (`workers`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use super::workers::Workers;
 
 /// Limits on client connections (from `settings.limits`).
 #[derive(Debug, Clone)]
@@ -52,16 +51,15 @@ pub fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-/// Accepts connections until `stop` completes, serving each with `app` under
-/// `graceful`'s watch. Returns when it stops accepting.
-pub async fn accept_loop(
+/// Accepts connections until `stop` completes, handing each to a serving thread of `workers`
+/// under `graceful`'s watch. Returns when it stops accepting.
+pub(super) async fn accept_loop(
     listener: TcpListener,
-    app: Router,
+    workers: &Workers,
     limits: &ConnLimits,
     graceful: &GracefulShutdown,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let builder = builder(limits);
     let slots =
         (limits.max_connections > 0).then(|| Arc::new(Semaphore::new(limits.max_connections)));
     let mut errors = RateLimitedLog::default();
@@ -99,25 +97,12 @@ pub async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
-            app.clone(),
-            |req: axum::http::Request<Incoming>| req.map(Body::new),
-        ));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-            .into_owned();
-        // The connection's own wake-ups (hyper's dispatcher and the handler feeding each other
-        // through channels) are absorbed instead of rescheduling the task: `util::gate`.
-        let conn = crate::util::gate::Coalesced::new(graceful.watch(conn));
-        tokio::spawn(async move {
-            // Errors here are the client's (reset, timeout, bad request line).
-            let _ = conn.await;
-            drop(permit);
-        });
+        workers.dispatch(tcp, graceful.watcher(), permit);
     }
 }
 
-fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+/// How client connections are served (HTTP/1.1 or HTTP/2, by what the client speaks).
+pub(super) fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())

@@ -26,6 +26,7 @@ pub use crate::state::{AppState, credentials_config};
 
 mod conn;
 mod socket;
+mod workers;
 pub use conn::ConnLimits;
 
 /// A server ready to accept connections, and the simulated upstream it may own.
@@ -110,7 +111,8 @@ impl Server {
         let _sim = self.sim;
         let limits = self.limits.clone();
         let graceful = GracefulShutdown::new();
-        conn::accept_loop(self.listener, app, &limits, &graceful, shutdown).await;
+        let workers = workers::Workers::start(&state.connections, &app, &limits)?;
+        conn::accept_loop(self.listener, &workers, &limits, &graceful, shutdown).await;
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");
         let all_closed = graceful.shutdown();
         tokio::pin!(all_closed);
@@ -124,6 +126,7 @@ impl Server {
             // Give the error events a moment to reach the clients.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut all_closed).await;
         }
+        workers.stop().await;
         flush_records(&state).await;
         Ok(())
     }
@@ -328,6 +331,11 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "upstream_base": state.upstream.base(),
         "auth_required": state.proxy_token.is_some() || state.keys.enforced(),
         "client_keys": state.keys.count(),
+        // The threads serving client connections, and the connections open on each.
+        "serving": {
+            "threads": state.connections.threads(),
+            "connections": state.connections.open(),
+        },
         // Why every client key is refused (503), while the keys cannot be read.
         "client_keys_error": keys_error,
         "credentials": {
@@ -486,6 +494,9 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return e.into_response(Dialect::Anthropic);
     }
     credential_gauges(&state);
+    for (i, n) in state.connections.open().into_iter().enumerate() {
+        metrics::gauge!("ccproxy_client_connections", "thread" => i.to_string()).set(n as f64);
+    }
     if let Some(load) = state.upstream.lanes() {
         metrics::gauge!("ccproxy_upstream_lanes").set(load.lanes as f64);
         metrics::gauge!("ccproxy_upstream_lane_requests").set(load.in_flight as f64);

@@ -209,9 +209,12 @@ impl Stream for UpStream {
 /// client on the same settings for the OAuth endpoints.
 pub struct Upstream {
     /// A plain `http://` upstream without h2c: connections driven by the requests' own tasks.
-    h1: Option<h1::Pool>,
-    /// Every other upstream: pooled clients, each with at most one HTTP/2 connection.
-    lanes: lanes::Lanes,
+    /// One pool per serving thread ([`crate::util::worker`]): a connection's I/O is handled by
+    /// the thread that opened it, so a request uses only its own thread's connections.
+    h1: Option<Box<[h1::Pool]>>,
+    /// Every other upstream: pooled clients, each with at most one HTTP/2 connection; one set per
+    /// serving thread, as `h1` (an HTTP/2 connection's task runs on the thread that opened it).
+    lanes: Box<[lanes::Lanes]>,
     oauth: reqwest::Client,
     base: String,
     /// `scheme://authority` and the base's path without its trailing `/`, joined with each
@@ -228,7 +231,9 @@ impl Upstream {
         header_timeout: Duration,
         h2c: bool,
         h2_max_streams: usize,
+        workers: usize,
     ) -> Result<Self, std::io::Error> {
+        let workers = workers.max(1);
         let uri: Uri = base.parse().map_err(std::io::Error::other)?;
         let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
             return Err(std::io::Error::other(format!(
@@ -251,24 +256,24 @@ impl Upstream {
         let h2c = h2c && scheme == "http";
         let h1 = if scheme == "http" && !h2c {
             let host = uri.host().unwrap_or_default();
-            let pool = h1::Pool::new(
-                host,
-                uri.port_u16().unwrap_or(80),
-                authority.as_str(),
-                connect_timeout,
-            );
-            Some(pool.ok_or_else(|| {
+            let pools = (0..workers).map(|_| {
+                h1::Pool::new(
+                    host,
+                    uri.port_u16().unwrap_or(80),
+                    authority.as_str(),
+                    connect_timeout,
+                )
+            });
+            Some(pools.collect::<Option<Box<[_]>>>().ok_or_else(|| {
                 std::io::Error::other(format!("upstream URL {base} has an invalid host"))
             })?)
         } else {
             None
         };
-        let lanes = lanes::Lanes::new(
-            crate::http::upstream_connector(connect_timeout, tls),
-            h2c,
-            h2_max_streams,
-            connect_timeout,
-        );
+        let connector = crate::http::upstream_connector(connect_timeout, tls);
+        let lanes = (0..workers)
+            .map(|_| lanes::Lanes::new(connector.clone(), h2c, h2_max_streams, connect_timeout))
+            .collect();
         Ok(Upstream {
             h1,
             lanes,
@@ -284,7 +289,23 @@ impl Upstream {
     /// requests in flight on them and the most one carries; `None` for a plain `http://`
     /// upstream, whose connections the requests drive themselves.
     pub fn lanes(&self) -> Option<LaneLoad> {
-        self.h1.is_none().then(|| self.lanes.load())
+        self.h1.is_none().then(|| {
+            let mut all = LaneLoad {
+                lanes: 0,
+                in_flight: 0,
+                per_connection: None,
+            };
+            for l in &self.lanes {
+                let load = l.load();
+                all.lanes += load.lanes;
+                all.in_flight += load.in_flight;
+                all.per_connection = match (all.per_connection, load.per_connection) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            all
+        })
     }
 
     /// The client for the OAuth endpoints (token refresh, login).
@@ -360,7 +381,8 @@ impl Upstream {
                 ),
             )
         };
-        if let Some(pool) = &self.h1 {
+        if let Some(pools) = &self.h1 {
+            let pool = &pools[crate::util::worker::index() % pools.len()];
             return match tokio::time::timeout(self.header_timeout, pool.send(req)).await {
                 Ok(Ok(resp)) => Ok(UpResponse(resp.map(RespBody::Inline))),
                 Ok(Err(h1::SendError::Connect(e))) => Err(map_send_error(e)),
@@ -368,7 +390,8 @@ impl Upstream {
                 Err(_) => Err(timed_out()),
             };
         }
-        let (client, slot) = self.lanes.take().await;
+        let lanes = &self.lanes[crate::util::worker::index() % self.lanes.len()];
+        let (client, slot) = lanes.take().await;
         match tokio::time::timeout(self.header_timeout, client.request(req)).await {
             Ok(Ok(resp)) => Ok(UpResponse(
                 resp.map(|body| RespBody::Pooled { body, _slot: slot }),

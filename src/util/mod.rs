@@ -7,3 +7,4 @@ pub mod memory;
 pub mod names;
 pub mod net;
 pub mod time;
+pub mod worker;

@@ -198,3 +198,92 @@ async fn out_of_descriptors_is_logged_and_survived() {
         proc.logs()
     );
 }
+
+/// `/health`'s view of the serving threads: their number, and the connections open on each.
+async fn serving(env: &TestEnv) -> (u64, Vec<u64>) {
+    let v: serde_json::Value = env
+        .client
+        .get(env.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let threads = v["serving"]["threads"].as_u64().unwrap();
+    let open = v["serving"]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    (threads, open)
+}
+
+/// Client connections are served by `workers` threads, each new one by the thread with the
+/// fewest open; `/health` and `/metrics` count them per thread, and a closed one is uncounted.
+#[tokio::test]
+async fn connections_spread_over_the_serving_threads() {
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        tweak: Some(|s| s.server.workers = 3),
+        ..Opts::default()
+    })
+    .await;
+    let held = [
+        TcpStream::connect(env.addr).await.unwrap(),
+        TcpStream::connect(env.addr).await.unwrap(),
+        TcpStream::connect(env.addr).await.unwrap(),
+    ];
+    // The three held connections and the client's own, once all are accepted.
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        let (threads, now) = serving(&env).await;
+        assert_eq!(threads, 3);
+        if now.iter().sum::<u64>() == 4 {
+            open = now;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open.sort_unstable();
+    assert_eq!(open, [1, 1, 2], "four connections over three threads");
+    let (text, _) = scrape(&env.url("/metrics")).await;
+    for t in 0..3 {
+        assert!(
+            text.contains(&format!("ccproxy_client_connections{{thread=\"{t}\"}}")),
+            "no gauge for thread {t}: {text}"
+        );
+    }
+    // Requests on each thread are served.
+    for mut s in held {
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        assert!(closed.is_some());
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // Closed connections are no longer counted: only the client's own is left.
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = serving(&env).await.1;
+        if left.iter().sum::<u64>() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left.iter().sum::<u64>(), 1, "{left:?}");
+}
+
+/// Unset (0), `workers` is one thread per core.
+#[tokio::test]
+async fn by_default_one_serving_thread_per_core() {
+    let env = TestEnv::with_api_key().await;
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(serving(&env).await.0, cores);
+}

@@ -381,3 +381,39 @@ async fn endless_h2c_streams_all_start(server_limit: Option<u32>, capped: bool) 
     assert_eq!(gauge("ccproxy_upstream_lane_requests"), Some(n as f64));
     assert!(gauge("ccproxy_upstream_lanes").unwrap() >= (n / 2) as f64);
 }
+
+/// Each serving thread has its own upstream connections (their I/O is its own): two clients
+/// served by two threads open one upstream connection each, and each client's next requests
+/// reuse its thread's.
+#[tokio::test]
+async fn each_serving_thread_keeps_its_own_upstream_connections() {
+    let up = raw_upstream(AfterAnswer::KeepAlive).await;
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        upstream_url: Some(up.url.clone()),
+        tweak: Some(|s| s.server.workers = 2),
+        ..Opts::default()
+    })
+    .await;
+    // Two clients, each with one connection: the second goes to the other, idle thread.
+    let clients = [reqwest::Client::new(), reqwest::Client::new()];
+    let url = env.url("/pt/v1/messages");
+    for round in 0..5 {
+        for (c, client) in clients.iter().enumerate() {
+            let resp = client
+                .post(&url)
+                .header("anthropic-version", "2023-06-01")
+                .json(&message("hi", false))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "client {c}, round {round}");
+            assert_eq!(json_of(resp).await["id"], "msg_raw");
+        }
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        2,
+        "two serving threads, one upstream connection each"
+    );
+}

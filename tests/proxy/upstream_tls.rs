@@ -89,10 +89,11 @@ type Alpns = Arc<Mutex<Vec<Option<Vec<u8>>>>>;
 fn serve(dir: &std::path::Path, port: u16, upstream_port: u16, ca_pem: &str) -> Proc {
     let config = dir.join("ccproxy.toml");
     // A long connect timeout: a request waiting for a server's word that never comes (an
-    // HTTP/1.1 connection has none) would wait past the tests' own time limits.
+    // HTTP/1.1 connection has none) would wait past the tests' own time limits. One serving
+    // thread: its lanes are all the proxy's (each thread has lanes of its own).
     std::fs::write(
         &config,
-        "upstream_timeout_secs = 20\nconnect_timeout_secs = 60\n",
+        "upstream_timeout_secs = 20\nconnect_timeout_secs = 60\nworkers = 1\n",
     )
     .unwrap();
     let ca = dir.join("ca.pem");
