@@ -642,7 +642,9 @@ impl ServerSettings {
     /// The threads that serve client connections: `workers`, or one per core when it is 0.
     pub fn worker_threads(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            0 => std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_WORKERS),
             n => n.min(MAX_WORKERS),
         }
     }

@@ -25,8 +25,13 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     // The main runtime: commands, background work, the acceptor and the in-process simulated
-    // upstream. `serve` serves client connections on threads of its own (`server::workers`).
+    // upstream. `serve` serves client connections on threads of its own (`server::workers`), so
+    // its main runtime needs one worker; the other commands (the standalone `sim` among them)
+    // get one per core.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, None | Some(ccproxy::cli::Command::Serve(_))) {
+        builder.worker_threads(1);
+    }
     let runtime = match builder
         .enable_all()
         // A worker about to sleep hands a burst's cached memory back when asked.

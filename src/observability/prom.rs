@@ -76,6 +76,10 @@ fn describe() {
     );
     describe_gauge!("ccproxy_active_streams", "Streams being relayed now");
     describe_gauge!(
+        "ccproxy_client_connections",
+        "Client connections open on each serving thread (label thread; setting workers)"
+    );
+    describe_gauge!(
         "ccproxy_upstream_lanes",
         "Pooled upstream clients of a TLS or h2c upstream, each at most one HTTP/2 connection (another opens when every one carries as many requests as it allows)"
     );

@@ -111,7 +111,9 @@ impl Server {
         let _sim = self.sim;
         let limits = self.limits.clone();
         let graceful = GracefulShutdown::new();
-        let workers = workers::Workers::start(&state.connections, &app, &limits)?;
+        let workers = workers::Workers::start(&state.connections, &app, &limits).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot start the serving threads: {e}"))
+        })?;
         conn::accept_loop(self.listener, &workers, &limits, &graceful, shutdown).await;
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");
         let all_closed = graceful.shutdown();

@@ -12,12 +12,14 @@
 //! keys, the observer's channel).
 //!
 //! The acceptor (on the main runtime) hands each new connection to the serving thread with the
-//! fewest open connections (the first such, so that a client opening one connection after
-//! another finds the thread, and the upstream connections, it used before), and long-lived
-//! connections (HTTP/2 clients, keep-alive pools) spread evenly whatever order they come and go
-//! in.
+//! fewest open connections (the first such: on an idle server, a client opening one connection
+//! after another finds the thread, and the upstream connections, it used before), so that
+//! long-lived connections (HTTP/2 clients, keep-alive pools) spread evenly whatever order they
+//! come and go in. A connection stays on its thread: all the streams of one HTTP/2 client
+//! connection share one core, as in other servers built this way.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -29,6 +31,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use super::conn::{self, ConnLimits};
 use crate::util::worker::Connections;
+
+/// How long [`Workers::stop`] waits for the serving threads.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// A connection the acceptor took, on its way to a serving thread.
 struct Accepted {
@@ -76,6 +81,9 @@ impl Workers {
                 .spawn(move || {
                     crate::util::worker::set_index(i);
                     runtime.block_on(serve);
+                    // Blocking work still running (a slow database call of a request that is
+                    // gone) is left to finish on its own: shutdown does not wait for it.
+                    runtime.shutdown_timeout(Duration::from_millis(100));
                 })?;
             workers.push(Worker { tx, exit, thread });
         }
@@ -106,6 +114,10 @@ impl Workers {
         if self.workers[i].tx.send(accepted).is_err() {
             // The thread is gone (it cannot be, before `stop`): the connection closes.
             self.open.closed(i);
+            tracing::error!(
+                thread = i,
+                "a serving thread has stopped; a connection was closed"
+            );
         }
     }
 
@@ -119,12 +131,14 @@ impl Workers {
                 w.thread
             })
             .collect();
-        let _ = tokio::task::spawn_blocking(move || {
+        let joined = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout(STOP_WAIT, joined).await.is_err() {
+            tracing::warn!("the serving threads did not stop in time; going on without them");
+        }
     }
 }
 
@@ -139,6 +153,16 @@ async fn serve(
     index: usize,
 ) {
     let builder = conn::builder(&limits);
+    // A quiet thread may not park for a long time after a burst: it hands its allocator cache
+    // back when asked at least this often (`util::memory`).
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(crate::util::memory::RELEASE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            crate::util::memory::release_if_asked();
+        }
+    });
     let accept = async {
         while let Some(a) = rx.recv().await {
             let Ok(tcp) = tokio::net::TcpStream::from_std(a.tcp) else {

@@ -3,7 +3,8 @@
 //! hyper-util's pooled client runs every connection as a task of its own and spawns one more
 //! per request to put the connection back in its pool: each request crosses three tasks (the
 //! client's connection, ccproxy's request, the pool's return), and each hand-over is a wake-up
-//! that the runtime may send to another thread (a futex call, a context switch, caches moved).
+//! and another trip through the scheduler (on a multi-threaded runtime, often to another thread:
+//! a futex call, a context switch, caches moved).
 //! Here a connection is driven by whoever waits on it: the request's own task polls hyper's
 //! HTTP/1 [`Connection`] while it waits for the response head, and the response body polls it
 //! while the client's connection reads the body, so the whole exchange stays in the task that
@@ -43,7 +44,7 @@ pub const WARM: usize = 64;
 pub const SPARE_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many idle connections.
 pub const MAX_IDLE: usize = 1024;
-/// Connection attempts in flight at once; more wait their turn.
+/// Connection attempts in flight at once, over all serving threads; more wait their turn.
 pub const MAX_CONNECTING: usize = 256;
 /// How often idle connections are looked over.
 const REAP_EVERY: Duration = Duration::from_secs(5);
@@ -73,7 +74,7 @@ struct Inner {
     idle: Mutex<Vec<Idle>>,
     reaper: AtomicBool,
     /// Connection attempts in flight, at most [`MAX_CONNECTING`].
-    connecting: tokio::sync::Semaphore,
+    connecting: Arc<tokio::sync::Semaphore>,
 }
 
 struct Idle {
@@ -82,7 +83,15 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(host: &str, port: u16, authority: &str, connect_timeout: Duration) -> Option<Pool> {
+    /// `connecting`: the connection attempts in flight at once, shared by the serving threads'
+    /// pools ([`MAX_CONNECTING`]).
+    pub fn new(
+        host: &str,
+        port: u16,
+        authority: &str,
+        connect_timeout: Duration,
+        connecting: Arc<tokio::sync::Semaphore>,
+    ) -> Option<Pool> {
         let authority = HeaderValue::from_str(authority).ok()?;
         let host = host
             .trim_start_matches('[')
@@ -96,7 +105,7 @@ impl Pool {
                 connect_timeout,
                 idle: Mutex::new(Vec::new()),
                 reaper: AtomicBool::new(false),
-                connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
+                connecting,
             }),
         })
     }

@@ -38,9 +38,10 @@ use super::ReqBody;
 use super::settings::LaneConnector;
 use crate::http::UpstreamConnector;
 
-/// Lanes an h2c upstream starts with: one connection is one task on one thread demultiplexing
-/// every stream's frames; a few spread that work (and a connection's loss) over the runtime's
-/// threads.
+/// Lanes an h2c upstream starts with, on each serving thread (each has lanes of its own): one
+/// connection is one task demultiplexing every stream's frames. Fewer, each carrying more streams,
+/// measured worse at 10 000 streams (`scripts/bench/changes.md`, fifteenth round: 4 a thread
+/// against 8 on two threads, added TTFT p99 404 / 409 ms against 325 / 317 ms).
 const H2C_START: usize = 8;
 
 /// At most this many lanes (at 100 streams each, 102 400 requests in flight); past it a request

@@ -256,12 +256,14 @@ impl Upstream {
         let h2c = h2c && scheme == "http";
         let h1 = if scheme == "http" && !h2c {
             let host = uri.host().unwrap_or_default();
+            let connecting = Arc::new(tokio::sync::Semaphore::new(h1::MAX_CONNECTING));
             let pools = (0..workers).map(|_| {
                 h1::Pool::new(
                     host,
                     uri.port_u16().unwrap_or(80),
                     authority.as_str(),
                     connect_timeout,
+                    connecting.clone(),
                 )
             });
             Some(pools.collect::<Option<Box<[_]>>>().ok_or_else(|| {

@@ -3,8 +3,9 @@
 //!
 //! When a future wakes its own task during the task's poll (hyper's channels between a
 //! connection's dispatcher and the request or response body it feeds, in the same task), tokio
-//! reschedules the task as if it had yielded, and a yielding task makes the scheduler wake an idle
-//! worker thread to steal work: a futex call and a context switch per request for nothing. A
+//! reschedules the task as if it had yielded: another trip through the scheduler, behind every
+//! other task ready on the thread (and on a multi-threaded runtime, an idle worker woken to steal
+//! it: a futex call and a context switch per request for nothing). A
 //! [`Gate`] polls with a waker of its own that, while the owner polls, only notes the wake-up; the
 //! owner then polls again before it returns. Wake-ups from elsewhere (a socket, a timer, another
 //! task) reach the task as usual.

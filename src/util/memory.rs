@@ -8,7 +8,8 @@
 //! When jemalloc is not the allocator (the library's tests), the call changes nothing.
 //!
 //! A worker asleep when the epoch moves keeps its cache until it next has work and parks again;
-//! the timer's own worker releases at once. The figure this serves (memory 30 s after a burst,
+//! the timer's own worker releases at once, and each serving thread (`server::workers`) wakes to
+//! check every [`RELEASE_EVERY`]. The figure this serves (memory 30 s after a burst,
 //! `scripts/bench/streams.sh`) is measured with that.
 
 use std::cell::Cell;

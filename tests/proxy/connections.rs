@@ -149,8 +149,13 @@ async fn connections_over_the_cap_are_closed() {
 async fn out_of_descriptors_is_logged_and_survived() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let script =
-        format!("ulimit -n 64 && exec {BIN} serve --port {port} --upstream-url sim --no-usage");
+    // Two serving threads, whatever the machine's cores (each runtime takes a few descriptors).
+    let config = dir.path().join("ccproxy.toml");
+    std::fs::write(&config, "workers = 2\n").unwrap();
+    let script = format!(
+        "ulimit -n 64 && exec {BIN} serve --port {port} --upstream-url sim --no-usage --config {}",
+        config.display()
+    );
     let mut c = std::process::Command::new("bash");
     c.args(["-c", &script])
         .env("HOME", dir.path().join("home"))
@@ -283,7 +288,12 @@ async fn connections_spread_over_the_serving_threads() {
 /// Unset (0), `workers` is one thread per core.
 #[tokio::test]
 async fn by_default_one_serving_thread_per_core() {
-    let env = TestEnv::with_api_key().await;
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        tweak: Some(|s| s.server.workers = 0),
+        ..Opts::default()
+    })
+    .await;
     let cores = std::thread::available_parallelism().unwrap().get() as u64;
     assert_eq!(serving(&env).await.0, cores);
 }

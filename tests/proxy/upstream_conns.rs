@@ -349,13 +349,18 @@ async fn endless_h2c_streams_all_start(server_limit: Option<u32>, capped: bool) 
         api_key: Some(API_KEY),
         upstream_url: Some(sim.url()),
         upstream_timeout: Some(Duration::from_secs(30)),
+        // One serving thread: its lanes are all the proxy's (each thread has 8 of its own).
         tweak: Some(if capped {
             |s| {
+                s.server.workers = 1;
                 s.upstream.h2c = true;
                 s.upstream.h2_max_streams = 2;
             }
         } else {
-            |s| s.upstream.h2c = true
+            |s| {
+                s.server.workers = 1;
+                s.upstream.h2c = true;
+            }
         }),
         ..Opts::default()
     })

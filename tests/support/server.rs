@@ -105,6 +105,9 @@ impl TestEnv {
             .usage_db
             .clone()
             .unwrap_or_else(|| dir.path().join("usage.db"));
+        // Two serving threads, whatever the machine's cores: tests that count connections see
+        // the same spread everywhere.
+        settings.server.workers = 2;
         if let Some(tweak) = opts.tweak {
             tweak(&mut settings);
         }
