@@ -44,7 +44,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match runtime.block_on(ccproxy::commands::run(cli)) {
+    let result = runtime.block_on(ccproxy::commands::run(cli));
+    // Blocking work still running (a stuck call of a request that is gone) does not hold the
+    // exit: what must be written was flushed before `run` returned.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             // The error and its causes, each once (a cause already in a message is not repeated).

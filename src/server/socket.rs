@@ -97,9 +97,16 @@ pub(super) async fn upgrade(state: Arc<AppState>, mode: Mode, req: Request) -> R
         opened: Instant::now(),
         served: Served::default(),
     };
+    // The connection's place on its serving thread stays taken while the session lasts.
+    let hold = parts
+        .extensions
+        .remove::<Arc<super::workers::ConnectionHold>>();
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session.run(socket))
+        .on_upgrade(move |socket| async move {
+            session.run(socket).await;
+            drop(hold);
+        })
         .into_response()
 }
 

@@ -44,6 +44,22 @@ struct Accepted {
     permit: Option<OwnedSemaphorePermit>,
 }
 
+/// A client connection's place on its serving thread (and under `max_connections`), given back
+/// when the last holder drops it: the connection's task, and a WebSocket session the connection
+/// was upgraded to (`socket.rs` takes it from the upgrade request's extensions), which outlives the
+/// HTTP connection it came from.
+pub(super) struct ConnectionHold {
+    open: Arc<Connections>,
+    index: usize,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ConnectionHold {
+    fn drop(&mut self) {
+        self.open.closed(self.index);
+    }
+}
+
 /// The serving threads.
 pub(super) struct Workers {
     workers: Vec<Worker>,
@@ -131,12 +147,18 @@ impl Workers {
                 w.thread
             })
             .collect();
-        let joined = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        });
-        if tokio::time::timeout(STOP_WAIT, joined).await.is_err() {
+        // Joined on a thread of its own, not the runtime's blocking pool: a stuck serving thread
+        // must not keep the process from exiting (the runtime waits for its blocking tasks).
+        let (done, joined) = oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("ccproxy-serve-join".into())
+            .spawn(move || {
+                for t in threads {
+                    let _ = t.join();
+                }
+                let _ = done.send(());
+            });
+        if joiner.is_err() || tokio::time::timeout(STOP_WAIT, joined).await.is_err() {
             tracing::warn!("the serving threads did not stop in time; going on without them");
         }
     }
@@ -165,13 +187,26 @@ async fn serve(
     });
     let accept = async {
         while let Some(a) = rx.recv().await {
+            let hold = Arc::new(ConnectionHold {
+                open: open.clone(),
+                index,
+                _permit: a.permit,
+            });
             let Ok(tcp) = tokio::net::TcpStream::from_std(a.tcp) else {
-                open.closed(index);
                 continue;
             };
+            let upgrades = hold.clone();
             let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
                 app.clone(),
-                |req: axum::http::Request<Incoming>| req.map(Body::new),
+                move |req: axum::http::Request<Incoming>| {
+                    let mut req = req.map(Body::new);
+                    // Only a request asking to upgrade carries the hold: a plain request pays
+                    // one header lookup.
+                    if req.headers().contains_key(axum::http::header::UPGRADE) {
+                        req.extensions_mut().insert(upgrades.clone());
+                    }
+                    req
+                },
             ));
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
@@ -180,13 +215,10 @@ async fn serve(
             // other through channels) are absorbed instead of rescheduling the task:
             // `util::gate`.
             let conn = crate::util::gate::Coalesced::new(a.watcher.watch(conn));
-            let permit = a.permit;
-            let open = open.clone();
             tokio::spawn(async move {
                 // Errors here are the client's (reset, timeout, bad request line).
                 let _ = conn.await;
-                drop(permit);
-                open.closed(index);
+                drop(hold);
             });
         }
         std::future::pending::<()>().await;

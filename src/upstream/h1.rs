@@ -13,8 +13,8 @@
 //!
 //! Wake-ups that the exchange sends itself while it is being polled (hyper's own channels between
 //! the connection and the response) are caught by a [`Gate`] and turned into one more turn of
-//! the same poll, instead of rescheduling the task (which the runtime answers by waking an idle
-//! thread), whoever polls the body. Idle connections are checked when they are taken (one that the upstream closed is
+//! the same poll, instead of rescheduling the task (another trip through the scheduler), whoever
+//! polls the body. Idle connections are checked when they are taken (one that the upstream closed is
 //! dropped, and a request it could not send goes to another connection) and dropped after
 //! [`IDLE_TIMEOUT`]; beyond the [`WARM`] most recently used, after [`SPARE_TIMEOUT`], so a burst's
 //! connections do not hold memory long after it.
@@ -38,7 +38,8 @@ use crate::util::gate::Gate;
 
 /// Idle connections are closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept up to [`IDLE_TIMEOUT`]; those beyond are closed after [`SPARE_TIMEOUT`].
+/// Idle connections kept up to [`IDLE_TIMEOUT`] (per serving thread, as the limits below but
+/// [`MAX_CONNECTING`]); those beyond are closed after [`SPARE_TIMEOUT`].
 pub const WARM: usize = 64;
 /// How long an idle connection beyond the [`WARM`] most recent is kept.
 pub const SPARE_TIMEOUT: Duration = Duration::from_secs(10);

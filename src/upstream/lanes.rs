@@ -44,8 +44,8 @@ use crate::http::UpstreamConnector;
 /// against 8 on two threads, added TTFT p99 404 / 409 ms against 325 / 317 ms).
 const H2C_START: usize = 8;
 
-/// At most this many lanes (at 100 streams each, 102 400 requests in flight); past it a request
-/// waits on a lane in turn.
+/// At most this many lanes on each serving thread (at 100 streams each, 102 400 requests in
+/// flight); past it a request waits on a lane in turn.
 const MAX_LANES: usize = 1024;
 
 pub(super) type LaneClient = Client<LaneConnector, ReqBody>;

@@ -204,27 +204,6 @@ async fn out_of_descriptors_is_logged_and_survived() {
     );
 }
 
-/// `/health`'s view of the serving threads: their number, and the connections open on each.
-async fn serving(env: &TestEnv) -> (u64, Vec<u64>) {
-    let v: serde_json::Value = env
-        .client
-        .get(env.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let threads = v["serving"]["threads"].as_u64().unwrap();
-    let open = v["serving"]["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_u64().unwrap())
-        .collect();
-    (threads, open)
-}
-
 /// Client connections are served by `workers` threads, each new one by the thread with the
 /// fewest open; `/health` and `/metrics` count them per thread, and a closed one is uncounted.
 #[tokio::test]
@@ -243,7 +222,7 @@ async fn connections_spread_over_the_serving_threads() {
     // The three held connections and the client's own, once all are accepted.
     let mut open = Vec::new();
     for _ in 0..100 {
-        let (threads, now) = serving(&env).await;
+        let (threads, now) = env.serving().await;
         assert_eq!(threads, 3);
         if now.iter().sum::<u64>() == 4 {
             open = now;
@@ -276,7 +255,7 @@ async fn connections_spread_over_the_serving_threads() {
     // Closed connections are no longer counted: only the client's own is left.
     let mut left = Vec::new();
     for _ in 0..100 {
-        left = serving(&env).await.1;
+        left = env.serving().await.1;
         if left.iter().sum::<u64>() == 1 {
             break;
         }
@@ -295,5 +274,5 @@ async fn by_default_one_serving_thread_per_core() {
     })
     .await;
     let cores = std::thread::available_parallelism().unwrap().get() as u64;
-    assert_eq!(serving(&env).await.0, cores);
+    assert_eq!(env.serving().await.0, cores);
 }

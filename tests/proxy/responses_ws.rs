@@ -34,6 +34,19 @@ async fn try_connect(
     tokio_tungstenite::connect_async(req).await.map(|(s, _)| s)
 }
 
+/// Sends a ping with `payload`; the next message is its pong.
+async fn ping(ws: &mut Socket, payload: &[u8]) {
+    ws.send(Message::Ping(payload.to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, Message::Pong(payload.to_vec().into()));
+}
+
 async fn send(ws: &mut Socket, v: &Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
@@ -333,15 +346,7 @@ async fn messages_sent_back_to_back_are_answered_in_order() {
 async fn ping_and_clean_close() {
     let env = TestEnv::with_api_key().await;
     let mut ws = connect(&env, "", None).await;
-    ws.send(Message::Ping(b"are you there".to_vec().into()))
-        .await
-        .unwrap();
-    let pong = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(pong, Message::Pong(b"are you there".to_vec().into()));
+    ping(&mut ws, b"are you there").await;
     ws.send(Message::Close(Some(CloseFrame {
         code: 1000.into(),
         reason: "bye".into(),
@@ -505,4 +510,27 @@ async fn client_keys_on_the_socket() {
     assert_eq!(e["status"], 429, "the key's rpm applies per response: {e}");
     assert_eq!(env.upstream_messages(), 1);
     assert!(!e.to_string().contains(&key));
+}
+
+/// A socket keeps its connection's place on its serving thread (what the acceptor's choice and
+/// `/health` see) while the session lasts, though the HTTP connection it came from has ended;
+/// closed, it gives the place back.
+#[tokio::test]
+async fn a_socket_counts_as_an_open_connection_until_it_closes() {
+    let env = TestEnv::with_api_key().await;
+    let mut ws = connect(&env, "", None).await;
+    ping(&mut ws, b"up?").await;
+    // The socket and the client's own connection.
+    assert_eq!(env.serving().await.1.iter().sum::<u64>(), 2);
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut left = 0;
+    for _ in 0..100 {
+        left = env.serving().await.1.iter().sum::<u64>();
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 1, "the closed socket is still counted");
 }

@@ -140,6 +140,28 @@ impl TestEnv {
         self.dir.path().join("credentials.json")
     }
 
+    /// `/health`'s view of the serving threads: their number, and the client connections open
+    /// on each.
+    pub async fn serving(&self) -> (u64, Vec<u64>) {
+        let v: serde_json::Value = self
+            .client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("health answers")
+            .json()
+            .await
+            .expect("health is JSON");
+        let threads = v["serving"]["threads"].as_u64().expect("serving.threads");
+        let open = v["serving"]["connections"]
+            .as_array()
+            .expect("serving.connections")
+            .iter()
+            .map(|n| n.as_u64().expect("a count"))
+            .collect();
+        (threads, open)
+    }
+
     /// POSTs JSON with an optional x-api-key.
     pub async fn post(
         &self,
