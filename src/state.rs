@@ -46,6 +46,9 @@ pub struct AppState {
     pub stream_limits: StreamLimits,
     /// Ends the relayed streams when the shutdown grace period is over.
     pub end_streams: crate::upstream::StreamEnder,
+    /// Set when shutdown begins (no new connections): a WebSocket session closes at its next idle
+    /// point instead of waiting for another request.
+    pub draining: tokio::sync::watch::Sender<bool>,
     /// The client connections open on each serving thread (`server::workers`).
     pub connections: Arc<crate::util::worker::Connections>,
     /// The usage store's writer (`None` when disabled; when the store could not
@@ -170,6 +173,7 @@ pub fn build_state(settings: Settings, upstream_base: String) -> anyhow::Result<
         limiter,
         stream_limits,
         end_streams,
+        draining: tokio::sync::watch::Sender::new(false),
         connections,
         usage,
         responses,

@@ -97,7 +97,7 @@ pub(super) async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        workers.dispatch(tcp, graceful.watcher(), permit);
+        workers.dispatch(tcp, [graceful.watcher(), graceful.watcher()], permit);
     }
 }
 

@@ -115,6 +115,7 @@ impl Server {
             std::io::Error::new(e.kind(), format!("cannot start the serving threads: {e}"))
         })?;
         conn::accept_loop(self.listener, &workers, &limits, &graceful, shutdown).await;
+        state.draining.send_replace(true);
         tracing::info!("shutting down: no new connections; waiting for in-flight requests");
         let all_closed = graceful.shutdown();
         tokio::pin!(all_closed);

@@ -162,8 +162,9 @@ impl Session {
     }
 
     async fn serve(&mut self, mut socket: WebSocket) {
-        let shutdown = self.state.stream_limits.shutdown.clone();
-        let shutdown = shutting_down(shutdown);
+        // Shutdown has begun: a session closes when it is idle (a response in progress is
+        // finished first, or ended with the streams when the grace period is over).
+        let shutdown = shutting_down(self.state.draining.subscribe());
         tokio::pin!(shutdown);
         loop {
             let text = match self.queued.pop_front() {

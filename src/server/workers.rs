@@ -38,20 +38,23 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 /// A connection the acceptor took, on its way to a serving thread.
 struct Accepted {
     tcp: std::net::TcpStream,
-    /// Graceful shutdown's watch, taken before the acceptor stopped (so shutdown waits for it).
-    watcher: Watcher,
+    /// Graceful shutdown's watches, taken before the acceptor stopped (so shutdown waits for
+    /// them): one for the HTTP connection, one held by its [`ConnectionHold`] (so shutdown also
+    /// waits for a WebSocket session it was upgraded to).
+    watchers: [Watcher; 2],
     /// The connection's place under `max_connections`, held until it closes.
     permit: Option<OwnedSemaphorePermit>,
 }
 
-/// A client connection's place on its serving thread (and under `max_connections`), given back
-/// when the last holder drops it: the connection's task, and a WebSocket session the connection
+/// A client connection's place on its serving thread (and under `max_connections`, and in what
+/// graceful shutdown waits for), given back when the last holder drops it: the connection's task, and a WebSocket session the connection
 /// was upgraded to (`socket.rs` takes it from the upgrade request's extensions), which outlives the
 /// HTTP connection it came from.
 pub(super) struct ConnectionHold {
     open: Arc<Connections>,
     index: usize,
     _permit: Option<OwnedSemaphorePermit>,
+    _watcher: Watcher,
 }
 
 impl Drop for ConnectionHold {
@@ -113,7 +116,7 @@ impl Workers {
     pub(super) fn dispatch(
         &self,
         tcp: tokio::net::TcpStream,
-        watcher: Watcher,
+        watchers: [Watcher; 2],
         permit: Option<OwnedSemaphorePermit>,
     ) {
         // Off this runtime's poller; the serving thread registers it with its own.
@@ -124,7 +127,7 @@ impl Workers {
         self.open.opened(i);
         let accepted = Accepted {
             tcp,
-            watcher,
+            watchers,
             permit,
         };
         if self.workers[i].tx.send(accepted).is_err() {
@@ -187,10 +190,12 @@ async fn serve(
     });
     let accept = async {
         while let Some(a) = rx.recv().await {
+            let [watcher, held] = a.watchers;
             let hold = Arc::new(ConnectionHold {
                 open: open.clone(),
                 index,
                 _permit: a.permit,
+                _watcher: held,
             });
             let Ok(tcp) = tokio::net::TcpStream::from_std(a.tcp) else {
                 continue;
@@ -214,7 +219,7 @@ async fn serve(
             // The connection's own wake-ups (hyper's dispatcher and the handler feeding each
             // other through channels) are absorbed instead of rescheduling the task:
             // `util::gate`.
-            let conn = crate::util::gate::Coalesced::new(a.watcher.watch(conn));
+            let conn = crate::util::gate::Coalesced::new(watcher.watch(conn));
             tokio::spawn(async move {
                 // Errors here are the client's (reset, timeout, bad request line).
                 let _ = conn.await;

@@ -1,7 +1,8 @@
 //! Graceful shutdown of the built binary on SIGTERM/SIGINT: stop accepting, let
 //! in-flight requests and streams finish within `shutdown_grace_secs`, then end
-//! the streams still open with an error event, and exit 0. Also: a client that
-//! disconnects mid-stream is still recorded (the request log line).
+//! the streams still open with an error event, and exit 0; Responses WebSocket sessions close
+//! when idle. Also: a client that disconnects mid-stream is still recorded (the request log
+//! line).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -311,4 +312,87 @@ fn after_the_grace_period_pending_requests_get_an_error_response() {
         );
     }
     assert_eq!(p.wait_exit(Duration::from_secs(8)).unwrap().code(), Some(0));
+}
+
+/// The next message on a Responses WebSocket, within 10 s.
+async fn next_message(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> tokio_tungstenite::tungstenite::Message {
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("the socket is open")
+        .expect("a message, not an error")
+}
+
+/// On SIGTERM, a Responses WebSocket session that is idle is closed at once ("going away",
+/// 1001); one in the middle of a response gets the whole response first, then the close; the
+/// process waits for it and exits 0.
+#[tokio::test]
+async fn sigterm_closes_idle_sockets_and_lets_a_socket_finish_its_response() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, port) = serve(dir.path(), "shutdown_grace_secs = 20\n", &[]);
+    let url = format!("ws://127.0.0.1:{port}/openai/v1/responses");
+    let (mut idle, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let (mut busy, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    // A response of 20 deltas 100 ms apart: about 2 s.
+    let create = serde_json::json!({
+        "type": "response.create",
+        "model": "gpt-4o",
+        "input": "[sim:deltas=20] [sim:gap=100] tell me a story",
+    });
+    busy.send(Message::Text(create.to_string().into()))
+        .await
+        .unwrap();
+    // Its first event: the response is under way.
+    assert!(matches!(next_message(&mut busy).await, Message::Text(_)));
+    let t0 = Instant::now();
+    p.signal("TERM");
+    match next_message(&mut idle).await {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001, "{f:?}"),
+        other => panic!("the idle socket got {other:?}, not a close"),
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "the idle socket was closed {:?} after SIGTERM",
+        t0.elapsed()
+    );
+    let mut types = Vec::new();
+    loop {
+        match next_message(&mut busy).await {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                types.push(v["type"].as_str().unwrap_or_default().to_owned());
+            }
+            Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 1001, "{f:?}");
+                break;
+            }
+            other => panic!("the busy socket got {other:?}"),
+        }
+    }
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("response.completed"),
+        "{types:?}"
+    );
+    assert!(
+        types
+            .iter()
+            .filter(|t| *t == "response.output_text.delta")
+            .count()
+            >= 15,
+        "{types:?}"
+    );
+    let st = p.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(st.success(), "{st:?}\n{}", p.logs());
 }
