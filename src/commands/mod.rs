@@ -199,10 +199,17 @@ fn reload_on_hangup(state: std::sync::Arc<AppState>) {
             return;
         };
         while hup.recv().await.is_some() {
-            match crate::state::reload_pool(&state) {
-                Ok(n) => tracing::info!(credentials = n, "credential pool reloaded"),
-                Err(e) => tracing::error!(
+            // It reads files (the configuration, credentials): off the main runtime's one
+            // worker, which also accepts connections.
+            let s = state.clone();
+            match tokio::task::spawn_blocking(move || crate::state::reload_pool(&s)).await {
+                Ok(Ok(n)) => tracing::info!(credentials = n, "credential pool reloaded"),
+                Ok(Err(e)) => tracing::error!(
                     error = %crate::error::chain(e.as_ref()),
+                    "credential pool not reloaded (the previous pool stays)"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
                     "credential pool not reloaded (the previous pool stays)"
                 ),
             }

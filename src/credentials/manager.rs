@@ -124,6 +124,9 @@ pub struct OAuthManager {
     me: Weak<Self>,
     /// The fleet sharing this credential through PostgreSQL (one refresh for all replicas).
     fleet: std::sync::OnceLock<super::fleet::Fleet>,
+    /// The runtime the manager was made on (the server's main one), where refresh attempts run:
+    /// not a serving thread's, which ends with its connections at shutdown.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for OAuthManager {
@@ -260,6 +263,7 @@ impl OAuthManager {
             report: Mutex::new(Report::default()),
             me,
             fleet: std::sync::OnceLock::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -446,12 +450,16 @@ impl OAuthManager {
         // The attempt (POST, then the write of the rotated tokens) runs in its own task, holding
         // the single-flight lock: if this caller is dropped, the attempt still completes.
         let rejected = rejected.cloned();
-        let task = tokio::spawn(async move {
+        let attempt = async move {
             let result = me.attempt(&mut flight, mode, rejected.as_ref()).await;
             me.attempts.fetch_add(1, Ordering::AcqRel);
             drop(flight);
             result
-        });
+        };
+        let task = match &self.runtime {
+            Some(rt) => rt.spawn(attempt),
+            None => tokio::spawn(attempt),
+        };
         task.await.unwrap_or_else(|e| {
             Err(CredentialError::Interrupted {
                 origin: self.info.description.clone(),
