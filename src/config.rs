@@ -600,8 +600,18 @@ impl Settings {
         paths: Paths,
     ) -> Result<Settings, ConfigError> {
         let upstream = UpstreamSettings::merge(args, &mut file)?;
+        let server = ServerSettings::merge(args, &mut file);
+        if server.workers > MAX_WORKERS {
+            return Err(ConfigError::Invalid {
+                name: "workers",
+                message: format!(
+                    "{} serving threads asked for; at most {MAX_WORKERS} (0 = one per CPU core)",
+                    server.workers
+                ),
+            });
+        }
         Ok(Settings {
-            server: ServerSettings::merge(args, &mut file),
+            server,
             logging: LogSettings::merge(args, &mut file)?,
             limits: Limits::merge(&file)?,
             credentials: CredentialSettings::merge(args, &mut file, &paths)?,
@@ -645,7 +655,7 @@ impl ServerSettings {
             0 => std::thread::available_parallelism()
                 .map_or(1, std::num::NonZeroUsize::get)
                 .min(MAX_WORKERS),
-            n => n.min(MAX_WORKERS),
+            n => n,
         }
     }
 

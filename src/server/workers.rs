@@ -46,10 +46,10 @@ struct Accepted {
     permit: Option<OwnedSemaphorePermit>,
 }
 
-/// A client connection's place on its serving thread (and under `max_connections`, and in what
-/// graceful shutdown waits for), given back when the last holder drops it: the connection's task, and a WebSocket session the connection
-/// was upgraded to (`socket.rs` takes it from the upgrade request's extensions), which outlives the
-/// HTTP connection it came from.
+/// A client connection's place on its serving thread, under `max_connections` and in what
+/// graceful shutdown waits for; given back when the last holder drops it: the connection's task,
+/// and a WebSocket session the connection was upgraded to (`socket.rs` takes it from the upgrade
+/// request's extensions), which outlives the HTTP connection it came from.
 pub(super) struct ConnectionHold {
     open: Arc<Connections>,
     index: usize,

@@ -231,6 +231,14 @@ fn bad_config_is_a_clear_error() {
         err.contains("upstream_h2_max_streams") && err.contains("greater than 0"),
         "{err}"
     );
+    std::fs::write(&file, "workers = 5000\n").unwrap();
+    let (ok, _, err) =
+        stdout_of(cmd(dir.path()).args(["config", "show", "--config", file.to_str().unwrap()]));
+    assert!(!ok);
+    assert!(
+        err.contains("workers") && err.contains("at most 1024"),
+        "{err}"
+    );
     let (ok, _, err) =
         stdout_of(cmd(dir.path()).args(["config", "show", "--config", "/nonexistent/c.toml"]));
     assert!(!ok);
