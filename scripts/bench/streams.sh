@@ -14,6 +14,7 @@
 # burst"). Writes under target/bench/streams-<stamp>/: results.jsonl, rss.txt, summary.txt.
 # CCPROXY=PATH runs another ccproxy binary (a copy of an earlier build) as the proxy and the sim;
 # PROXY_ENV="K=V ..." adds to the proxy's environment (LD_PRELOAD=another malloc, its options);
+# PROXY_TOML="k = v; ..." adds settings to the proxy's configuration file (`;` separates lines);
 # UPSTREAM_H2C=1 sets `upstream_h2c = true` (the proxy's upstream leg multiplexed over h2c);
 # CLIENT_H2=1 makes the client leg h2c at any STREAMS; ROUTES="..." picks the proxy's arms, in
 # order (default "pt-anthropic"; run.sh's 4c has "pt-anthropic full-openai"): pt-anthropic,
@@ -30,8 +31,9 @@ CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
 PROXY_ENV=${PROXY_ENV:-}
 UPSTREAM_H2C=${UPSTREAM_H2C:-0}
 CLIENT_H2=${CLIENT_H2:-0}
+PROXY_TOML=${PROXY_TOML:-}
 ROUTES=${ROUTES:-pt-anthropic}
-export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV UPSTREAM_H2C CLIENT_H2 ROUTES
+export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV PROXY_TOML UPSTREAM_H2C CLIENT_H2 ROUTES
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -45,6 +47,7 @@ SIM=$!
 mkdir -p home/.config
 echo 'max_concurrent_requests = 16384' >home/ccproxy.toml
 if [ "$UPSTREAM_H2C" = 1 ]; then echo 'upstream_h2c = true' >>home/ccproxy.toml; fi
+if [ -n "$PROXY_TOML" ]; then tr ';' '\n' <<<"$PROXY_TOML" >>home/ccproxy.toml; fi
 # shellcheck disable=SC2086 # PROXY_ENV is a list of K=V words
 env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" ANTHROPIC_API_KEY=$KEY $PROXY_ENV \
   "$CCPROXY" serve --config "$OUT/home/ccproxy.toml" --host 127.0.0.1 --port 18202 \

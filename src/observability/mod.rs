@@ -286,16 +286,24 @@ enum Outcome {
 /// transitions. Dropping it finishes it (the one place records are finished):
 /// logged, metered and stored, also when the client went away mid-stream
 /// (recorded as abandoned, with the tokens of what was delivered).
+///
+/// `repr(C)`: what a streamed event touches comes first, on as few cache lines as it fits (see
+/// `pipeline::respond`'s `StreamState`): the tap, `t0` (in practice where rustc keeps the `None`
+/// of an `Option<InFlight>`, in its nanoseconds' invalid values: `Some` is told on this line
+/// too), whether the first content was noted, and what the tap meters.
+#[repr(C)]
 pub struct InFlight {
+    tap: Tap,
+    t0: Instant,
+    /// `record.ttft_ms` is set (read per event, beside the tap, not in the record).
+    content_noted: bool,
+    metered: Metered,
     observer: Arc<Observer>,
     record: UsageRecord,
     route: &'static str,
-    t0: Instant,
     upstream_request_id: Option<String>,
     /// How long the upstream took to answer with its head (or whole body).
     upstream_wait: Option<Duration>,
-    tap: Tap,
-    metered: Metered,
     outcome: Outcome,
     streaming: bool,
     /// Held until the record finishes (a credential's in-flight count, a client key's
@@ -327,6 +335,7 @@ impl InFlight {
             upstream_request_id: None,
             upstream_wait: None,
             tap: Tap::None,
+            content_noted: false,
             metered: Metered::default(),
             outcome: Outcome::Pending,
             streaming: false,
@@ -441,8 +450,11 @@ impl InFlight {
 
     /// Notes the first content event now, if it came and was not yet noted.
     pub fn note_content(&mut self) {
-        if self.record.ttft_ms.is_none() && self.metered.first_content {
-            self.record.ttft_ms = Some(self.elapsed_ms());
+        if !self.content_noted && self.metered.first_content {
+            self.content_noted = true;
+            if self.record.ttft_ms.is_none() {
+                self.record.ttft_ms = Some(self.elapsed_ms());
+            }
         }
     }
 

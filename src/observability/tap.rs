@@ -18,11 +18,14 @@ const MAX_DEFERRED: usize = 4 * 1024;
 
 /// What a tap learned.
 #[derive(Debug, Default, Clone)]
+/// `repr(C)`: `first_content`, written per content event, first (beside the tap in
+/// [`super::InFlight`]).
+#[repr(C)]
 pub struct Metered {
-    pub tokens: Tokens,
-    pub model: Option<String>,
     /// Set when the first content event (or, for JSON, the body) was seen.
     pub first_content: bool,
+    pub tokens: Tokens,
+    pub model: Option<String>,
     /// An error event inside a 200 stream.
     pub stream_error: Option<String>,
 }

@@ -220,21 +220,43 @@ async fn admission(State(state): State<Arc<AppState>>, req: Request, next: Next)
     };
     let mut resp = next.run(req).await;
     access::add_cors(&mut resp, cors);
-    match permit {
-        None => resp,
-        Some(permit) => resp.map(|body| {
-            Body::new(Permitted {
-                body,
-                _permit: permit,
-            })
-        }),
+    if let Some(permit) = permit {
+        // Moved into the body by the serving thread ([`Permitted::new`]).
+        resp.extensions_mut().insert(HeldPermit {
+            _permit: Arc::new(permit),
+        });
     }
+    resp
 }
 
-/// A response body that holds a concurrency permit until it is done.
-struct Permitted {
+/// A concurrency permit, in a response's extensions on its way out of the router.
+#[derive(Clone)]
+struct HeldPermit {
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A response body that holds its request's concurrency permit until it is done. It wraps the
+/// router's body outside the router, at the connection, so that a streamed body is one box
+/// deep, not two (each box an event goes through is a likely cache miss with thousands of
+/// streams).
+pub(super) struct Permitted {
     body: Body,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: Option<HeldPermit>,
+}
+
+impl Permitted {
+    /// The router's response, its permit (if it holds one) moved into its body.
+    pub(super) fn new(resp: Response) -> axum::http::Response<Permitted> {
+        let (mut parts, body) = resp.into_parts();
+        let permit = parts.extensions.remove::<HeldPermit>();
+        axum::http::Response::from_parts(
+            parts,
+            Permitted {
+                body,
+                _permit: permit,
+            },
+        )
+    }
 }
 
 impl http_body::Body for Permitted {

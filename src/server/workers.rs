@@ -201,17 +201,20 @@ async fn serve(
                 continue;
             };
             let upgrades = hold.clone();
-            let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
-                app.clone(),
-                move |req: axum::http::Request<Incoming>| {
-                    let mut req = req.map(Body::new);
-                    // Only a request asking to upgrade carries the hold: a plain request pays
-                    // one header lookup.
-                    if req.headers().contains_key(axum::http::header::UPGRADE) {
-                        req.extensions_mut().insert(upgrades.clone());
-                    }
-                    req
-                },
+            let svc = TowerToHyperService::new(tower::ServiceExt::map_response(
+                tower::ServiceExt::map_request(
+                    app.clone(),
+                    move |req: axum::http::Request<Incoming>| {
+                        let mut req = req.map(Body::new);
+                        // Only a request asking to upgrade carries the hold: a plain request
+                        // pays one header lookup.
+                        if req.headers().contains_key(axum::http::header::UPGRADE) {
+                            req.extensions_mut().insert(upgrades.clone());
+                        }
+                        req
+                    },
+                ),
+                super::Permitted::new,
             ));
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
