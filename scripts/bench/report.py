@@ -718,14 +718,16 @@ if steps:
     w("arms' order reversed each round; on two cores shared with the load client and the upstream, a")
     w("single round's TTFT at 10 000 streams moved by a factor of ten from run to run): *added TTFT p99*")
     w("is the median of the rounds with their spread, streams and stall counts are totals over the rounds.")
+    w("*Head p50* is the time to the response head (status and headers; TTFT is to the first token,")
+    w("two 20 ms gaps later); *sim CPU / stream* is the upstream simulator's own, on the same two cores.")
     w("")
-    w("| streams | arm | streams done | errors | lost / reordered / stalled | TTFT p50 | TTFT p99 | added TTFT p99 | gap p99 | peak RSS | CPU / stream |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| streams | arm | streams done | errors | lost / reordered / stalled | head p50 | TTFT p50 | TTFT p99 | added TTFT p99 | gap p99 | peak RSS | CPU / stream | sim CPU / stream |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in steps:
         for r in [x for x in arms if x["scenario"] == f"s4-streams-{n}"]:
             w(f"| {num(n)} | {r['arm']}{(' (h2c, both legs)' if r['arm'].startswith('ccproxy') else ' (h2c)') if r['h2'] else ''} | {num(r['ok'])} | {errs(r)} | {r['lost']} / {r['reordered']} / {r['stalled']} | "
-              f"{us(get(r, 'ttft_us', 'p50'))} | {us(get(r, 'ttft_us', 'p99'))} | {sp(get(r, 'added', 'ttft_p99_us'))} | {us(get(r, 'gap_us', 'p99'))} | "
-              f"{mib(r['rss_peak_kb']) if r.get('rss_peak_kb') else '–'} | {us(r['cpu_us_per_req'])} |")
+              f"{us(get(r, 'ttfb_us', 'p50'))} | {us(get(r, 'ttft_us', 'p50'))} | {us(get(r, 'ttft_us', 'p99'))} | {sp(get(r, 'added', 'ttft_p99_us'))} | {us(get(r, 'gap_us', 'p99'))} | "
+              f"{mib(r['rss_peak_kb']) if r.get('rss_peak_kb') else '–'} | {us(r['cpu_us_per_req'])} | {us(r.get('sim_cpu_us_per_req'))} |")
     w("")
     errs_seen = [(r["scenario"], r["arm"], r["first_error"]) for r in arms if r["scenario"].startswith("s4-streams-") and r.get("first_error")]
     for s, a, e in errs_seen[:6]:
