@@ -288,9 +288,9 @@ enum Outcome {
 /// (recorded as abandoned, with the tokens of what was delivered).
 ///
 /// `repr(C)`: what a streamed event touches comes first, on as few cache lines as it fits (see
-/// `pipeline::respond`'s `StreamState`): the tap, `t0` (in practice where rustc keeps the `None`
-/// of an `Option<InFlight>`, in its nanoseconds' invalid values: `Some` is told on this line
-/// too), whether the first content was noted, and what the tap meters.
+/// `pipeline::respond`'s `StreamState`): the tap, `t0`, whether the first content was noted, and
+/// what the tap meters. (Where an `Option<InFlight>` keeps its `None` is rustc's choice: in
+/// today's builds, a line further in.)
 #[repr(C)]
 pub struct InFlight {
     tap: Tap,

@@ -17,9 +17,10 @@ const MAX_JSON_TAP: usize = 4 * 1024 * 1024;
 const MAX_DEFERRED: usize = 4 * 1024;
 
 /// What a tap learned.
-#[derive(Debug, Default, Clone)]
+///
 /// `repr(C)`: `first_content`, written per content event, first (beside the tap in
 /// [`super::InFlight`]).
+#[derive(Debug, Default, Clone)]
 #[repr(C)]
 pub struct Metered {
     /// Set when the first content event (or, for JSON, the body) was seen.
