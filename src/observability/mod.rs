@@ -288,16 +288,19 @@ enum Outcome {
 /// (recorded as abandoned, with the tokens of what was delivered).
 ///
 /// `repr(C)`: what a streamed event touches comes first, on as few cache lines as it fits (see
-/// `pipeline::respond`'s `StreamState`): the tap, `t0`, whether the first content was noted, and
-/// what the tap meters. (Where an `Option<InFlight>` keeps its `None` is rustc's choice: in
-/// today's builds, a line further in.)
+/// `pipeline::respond`'s `StreamState`): the tap, the time to the first content once noted,
+/// and what the tap meters. rustc keeps the `None` of an `Option<InFlight>` in the first
+/// field with the most invalid values, an `Option<f64>`'s tag: `first_content_ms`, here, rather
+/// than the record's `cost_usd`, a line of its own read at every event (`perf annotate`,
+/// 10 000 streams).
 #[repr(C)]
 pub struct InFlight {
     tap: Tap,
-    t0: Instant,
-    /// `record.ttft_ms` is set (read per event, beside the tap, not in the record).
-    content_noted: bool,
+    /// Milliseconds to the first content event, once noted (then also in `record.ttft_ms`):
+    /// read per event, beside the tap.
+    first_content_ms: Option<f64>,
     metered: Metered,
+    t0: Instant,
     observer: Arc<Observer>,
     record: UsageRecord,
     route: &'static str,
@@ -335,7 +338,7 @@ impl InFlight {
             upstream_request_id: None,
             upstream_wait: None,
             tap: Tap::None,
-            content_noted: false,
+            first_content_ms: None,
             metered: Metered::default(),
             outcome: Outcome::Pending,
             streaming: false,
@@ -450,11 +453,10 @@ impl InFlight {
 
     /// Notes the first content event now, if it came and was not yet noted.
     pub fn note_content(&mut self) {
-        if !self.content_noted && self.metered.first_content {
-            self.content_noted = true;
-            if self.record.ttft_ms.is_none() {
-                self.record.ttft_ms = Some(self.elapsed_ms());
-            }
+        if self.first_content_ms.is_none() && self.metered.first_content {
+            let ms = self.elapsed_ms();
+            self.first_content_ms = Some(ms);
+            self.record.ttft_ms.get_or_insert(ms);
         }
     }
 

@@ -583,7 +583,7 @@ enum Relay {
     Responses(Box<(convert::SseParser, ResponsesStreamConverter, Option<Keep>)>),
 }
 
-/// `repr(C)`: what an event touches (the flags, the watch, the record's tap, the upstream body)
+/// `repr(C)`: what an event touches (the flags, the watch, the upstream body, the record's tap)
 /// comes first, on a few adjacent cache lines. With thousands of streams,
 /// an event finds its stream's state out of the cache: laid out by size, as Rust does, the
 /// fields an event reads were spread over the whole ~750 bytes, a miss for each line.
@@ -592,10 +592,10 @@ struct StreamState<S> {
     done: bool,
     relay: Relay,
     watch: StreamWatch,
+    upstream: S,
     /// The usage record, finished when the stream ends (or, if the client goes
     /// away first, when the body is dropped: abandoned).
     record: Option<InFlight>,
-    upstream: S,
 }
 
 /// Relays an upstream event stream. If the upstream breaks, goes silent, or the
