@@ -158,13 +158,13 @@ pub fn upstream_connector(
         .wrap_connector(http)
 }
 
-/// One pooled client of the upstream leg (hyper-util's legacy client, driven directly: none of
-/// reqwest's per-request layers) over `connector` (an [`UpstreamConnector`], wrapped): idle
-/// connections kept 90 s (up to 1024 per host), no redirects, no proxy; HTTP/2 when a TLS
-/// server offers it by ALPN; `h2c`: every
-/// connection HTTP/2 with prior knowledge (only for an `http://` upstream). Over HTTP/2 the
-/// client keeps one connection; `upstream::Upstream` keeps several clients to have several.
-pub fn upstream_client<C, B>(connector: C, h2c: bool) -> hyper_util::client::legacy::Client<C, B>
+/// One pooled client of the upstream leg over TLS (hyper-util's legacy client, driven directly:
+/// none of reqwest's per-request layers) over `connector` (an [`UpstreamConnector`], wrapped):
+/// idle connections kept 90 s (up to 1024 per host), no redirects, no proxy; HTTP/2 when the
+/// server offers it by ALPN, HTTP/1.1 otherwise. Over HTTP/2 the client keeps one connection;
+/// `upstream::Upstream` keeps several clients to have several. (An h2c upstream's connections
+/// are driven on h2 directly, `upstream::h2c`; a plain `http://` one's by `upstream::h1`.)
+pub fn upstream_client<C, B>(connector: C) -> hyper_util::client::legacy::Client<C, B>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone,
     B: http_body::Body + Send,
@@ -178,7 +178,6 @@ where
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
-        .http2_only(h2c)
         // One HTTP/2 connection carries many streams: h2 refuses a connection (GOAWAY
         // ENHANCE_YOUR_CALM, "too_many_data_frames") whose small DATA frames wait unread past a
         // budget of half its window, which thousands of event streams on a busy proxy reach at

@@ -15,7 +15,7 @@
 # without rebuilding); PROFILE_PRELOAD=LIB runs it with LD_PRELOAD=LIB (another malloc).
 # PROFILE_MODES="MODE ..." profiles only those modes (pt-anthropic min-anthropic full-anthropic
 # full-openai full-anthropic-cc pt-anthropic-stream64 full-openai-stream64 full-responses
-# full-responses-stream64).
+# full-responses-stream64). PROFILE_H2C=1 sets `upstream_h2c = true` (the upstream leg over h2c).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -26,7 +26,8 @@ mkdir -p "$OUT"
 CCPROXY=${CCPROXY:-$ROOT/target/release/ccproxy}
 PROFILE_PRELOAD=${PROFILE_PRELOAD:-}
 PROFILE_MODES=${PROFILE_MODES:-}
-export ROOT N OUT CCPROXY PROFILE_PRELOAD PROFILE_MODES
+PROFILE_H2C=${PROFILE_H2C:-0}
+export ROOT N OUT CCPROXY PROFILE_PRELOAD PROFILE_MODES PROFILE_H2C
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -38,9 +39,11 @@ FIX=$(cd "$ROOT/.." && pwd)/shared/fixtures/clients/claude_code_api_key.request.
 "$CCPROXY" sim --port 18101 >sim.log 2>&1 &
 SIM=$!
 mkdir -p home
+: >home/ccproxy.toml
+if [ "$PROFILE_H2C" = 1 ]; then echo 'upstream_h2c = true' >home/ccproxy.toml; fi
 env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" ANTHROPIC_API_KEY=$KEY \
   ${PROFILE_PRELOAD:+LD_PRELOAD=$PROFILE_PRELOAD} valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" --dump-instr=no \
-  "$CCPROXY" serve --host 127.0.0.1 --port 18102 --upstream-url $U:18101 >ccproxy.log 2>&1 &
+  "$CCPROXY" serve --config "$OUT/home/ccproxy.toml" --host 127.0.0.1 --port 18102 --upstream-url $U:18101 >ccproxy.log 2>&1 &
 PROXY=$!
 trap 'kill "$PROXY" "$SIM" 2>/dev/null || true' EXIT
 for i in $(seq 1 600); do (echo >/dev/tcp/127.0.0.1/18102) 2>/dev/null && break; sleep 0.1; done

@@ -620,7 +620,7 @@ fn relay_stream(
 /// chunk and hands on what it became (no stream adapter or future per chunk).
 impl<S> http_body::Body for StreamState<S>
 where
-    S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
+    S: Stream<Item = Result<Bytes, crate::upstream::BodyError>> + Unpin,
 {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -781,7 +781,7 @@ mod tests {
         let (_end, limits) = upstream::stream_limits(std::time::Duration::from_secs(60));
         let conv = convert::stream::ChatStreamConverter::with_id("chatcmpl-1", "m", false, 1);
         let mut st = StreamState {
-            upstream: futures_util::stream::empty::<Result<Bytes, hyper::Error>>(),
+            upstream: futures_util::stream::empty::<Result<Bytes, crate::upstream::BodyError>>(),
             watch: limits.watch(),
             record: None,
             relay: Relay::Chat(Box::new((convert::SseParser::new(), conv))),

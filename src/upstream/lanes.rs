@@ -1,7 +1,7 @@
 //! Pooled upstream clients ("lanes"), each with at most one HTTP/2 connection, and the requests
 //! in flight on each.
 //!
-//! hyper-util's client keeps one HTTP/2 connection per host and never opens a second: once the
+//! An HTTP/2 client keeps one connection per host (hyper-util's never opens a second): once the
 //! server's `SETTINGS_MAX_CONCURRENT_STREAMS` is reached (100 to 256 on common servers), every
 //! further request waits on that connection for a stream to end. Model answers stream for
 //! minutes, so a busy proxy's requests would wait minutes, or until the header timeout, for a
@@ -50,8 +50,16 @@ const MAX_LANES: usize = 1024;
 
 pub(super) type LaneClient = Client<LaneConnector, ReqBody>;
 
+/// A lane's client: hyper-util's pool (TLS: HTTP/2 by ALPN, or HTTP/1.1), or, for h2c, one
+/// connection driven on h2 directly ([`super::h2c`]).
+#[allow(clippy::large_enum_variant)] // one per lane, boxed with it: nothing is saved by a box
+pub(super) enum LaneConn {
+    Pooled(LaneClient),
+    H2c(super::h2c::H2cLane),
+}
+
 struct Lane {
-    client: LaneClient,
+    client: LaneConn,
     state: Arc<LaneState>,
 }
 
@@ -100,6 +108,11 @@ impl LaneState {
             opening: AtomicU64::new(0),
             shared,
         }
+    }
+
+    /// The lane's requests in flight.
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// The server announced `n` streams per connection.
@@ -372,7 +385,7 @@ impl Lanes {
     }
 
     /// A client with a free slot, and the slot.
-    pub(super) async fn take(&self) -> (&LaneClient, Slot) {
+    pub(super) async fn take(&self) -> (&LaneConn, Slot) {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // Set when the request first waits for a lane's server: it waits until then in all.
         let mut deadline = None;
@@ -455,10 +468,12 @@ impl Lanes {
             lane: state.clone(),
             h2c: self.h2c,
         };
-        let _ = self.lanes[n].set(Box::new(Lane {
-            client: crate::http::upstream_client(connector, self.h2c),
-            state,
-        }));
+        let client = if self.h2c {
+            LaneConn::H2c(super::h2c::H2cLane::new(connector))
+        } else {
+            LaneConn::Pooled(crate::http::upstream_client(connector))
+        };
+        let _ = self.lanes[n].set(Box::new(Lane { client, state }));
         self.count.store(n + 1, Ordering::Release);
         if n > 0 {
             tracing::debug!(
@@ -498,7 +513,7 @@ mod tests {
     }
 
     /// Takes a slot as if every lane's server had spoken without a limit of its own.
-    async fn take_settled(l: &Lanes) -> (&LaneClient, Slot) {
+    async fn take_settled(l: &Lanes) -> (&LaneConn, Slot) {
         for i in 0..l.len() {
             l.lane(i).state.unlimited();
         }
@@ -574,7 +589,7 @@ mod tests {
 
     /// Two lanes, the first full at its server's 2, the second connecting (one request, its
     /// opener, on it).
-    async fn a_second_lane_opening(l: &Lanes) -> Vec<(&LaneClient, Slot)> {
+    async fn a_second_lane_opening(l: &Lanes) -> Vec<(&LaneConn, Slot)> {
         let a = l.take().await;
         l.lane(0).state.learn(2);
         let b = l.take().await;
@@ -615,7 +630,8 @@ mod tests {
 
     #[tokio::test]
     async fn h2c_and_http1_lanes_take_requests_without_waiting_for_an_opener() {
-        // h2c: hyper-util's client is HTTP/2-only and shares the one connection it is opening.
+        // h2c: a lane's requests share the one connection its first request opens (the others
+        // wait for it in `h2c::H2cLane`).
         let l = lanes(true, 100);
         for i in 0..H2C_START {
             l.lane(i).state.learn(1);

@@ -21,6 +21,7 @@ use crate::routes::Mode;
 use crate::util::names;
 
 mod h1;
+mod h2c;
 mod lanes;
 mod settings;
 
@@ -116,31 +117,56 @@ impl Default for UpBody {
     }
 }
 
-/// The body of an upstream answer: from hyper-util's pool (TLS, h2c; the request holds its
-/// lane's slot until the body is read or dropped), or from a connection the reader drives itself
-/// (plain HTTP/1.1, [`h1`]).
+/// The body of an upstream answer: from hyper-util's pool (TLS) or an h2c stream ([`h2c`]),
+/// the request holding its lane's slot until the body is read or dropped; or from a connection
+/// the reader drives itself (plain HTTP/1.1, [`h1`]).
 enum RespBody {
-    Pooled { body: Incoming, _slot: lanes::Slot },
+    Pooled {
+        body: Incoming,
+        _slot: lanes::Slot,
+    },
+    H2c {
+        body: h2c::H2Body,
+        _slot: lanes::Slot,
+    },
     Inline(h1::InlineBody),
+}
+
+/// Reading an upstream body failed: the HTTP/1.1 or pooled connection's error, or the h2c
+/// stream's.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] h2::Error),
 }
 
 impl http_body::Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            RespBody::Pooled { body, .. } => std::pin::Pin::new(body).poll_frame(cx),
-            RespBody::Inline(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RespBody::Pooled { body, .. } => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BodyError::Http),
+            RespBody::H2c { body, .. } => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(BodyError::H2),
+            RespBody::Inline(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(BodyError::Http),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Pooled { body, .. } => body.is_end_stream(),
+            RespBody::H2c { body, .. } => body.is_end_stream(),
             RespBody::Inline(b) => b.is_end_stream(),
         }
     }
@@ -148,6 +174,7 @@ impl http_body::Body for RespBody {
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             RespBody::Pooled { body, .. } => body.size_hint(),
+            RespBody::H2c { body, .. } => body.size_hint(),
             RespBody::Inline(b) => b.size_hint(),
         }
     }
@@ -166,7 +193,7 @@ impl UpResponse {
     }
 
     /// The whole body.
-    pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
+    pub async fn bytes(self) -> Result<Bytes, BodyError> {
         Ok(self.0.into_body().collect().await?.to_bytes())
     }
 
@@ -180,7 +207,7 @@ impl UpResponse {
 pub struct UpStream(RespBody);
 
 impl Stream for UpStream {
-    type Item = Result<Bytes, hyper::Error>;
+    type Item = Result<Bytes, BodyError>;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
@@ -203,10 +230,12 @@ impl Stream for UpStream {
     }
 }
 
-/// The upstream leg: hyper's pooled client (HTTP/1.1, or HTTP/2 when a TLS upstream offers it
-/// by ALPN, or h2c), `TCP_NODELAY`, no redirects, no proxy, spread over [`lanes`] so that no
-/// HTTP/2 connection carries more than `upstream_h2_max_streams` requests; and a `reqwest`
-/// client on the same settings for the OAuth endpoints.
+/// The upstream leg: a plain `http://` upstream's connections driven by the requests ([`h1`]);
+/// a TLS upstream's through hyper-util's pooled client (HTTP/2 when the server offers it by
+/// ALPN, HTTP/1.1 otherwise); an h2c upstream's on h2 directly ([`h2c`]). `TCP_NODELAY`, no
+/// redirects, no proxy; HTTP/2 spread over [`lanes`] so that no connection carries more than
+/// `upstream_h2_max_streams` requests. And a `reqwest` client on the same settings for the
+/// OAuth endpoints.
 pub struct Upstream {
     /// A plain `http://` upstream without h2c: connections driven by the requests' own tasks.
     /// One pool per serving thread ([`crate::util::worker`]): a connection's I/O is handled by
@@ -394,12 +423,25 @@ impl Upstream {
         }
         let lanes = &self.lanes[crate::util::worker::index() % self.lanes.len()];
         let (client, slot) = lanes.take().await;
-        match tokio::time::timeout(self.header_timeout, client.request(req)).await {
-            Ok(Ok(resp)) => Ok(UpResponse(
-                resp.map(|body| RespBody::Pooled { body, _slot: slot }),
-            )),
-            Ok(Err(e)) => Err(map_send_error(e)),
-            Err(_) => Err(timed_out()),
+        match client {
+            lanes::LaneConn::Pooled(client) => {
+                match tokio::time::timeout(self.header_timeout, client.request(req)).await {
+                    Ok(Ok(resp)) => Ok(UpResponse(
+                        resp.map(|body| RespBody::Pooled { body, _slot: slot }),
+                    )),
+                    Ok(Err(e)) => Err(map_send_error(e)),
+                    Err(_) => Err(timed_out()),
+                }
+            }
+            lanes::LaneConn::H2c(lane) => {
+                match tokio::time::timeout(self.header_timeout, lane.send(req)).await {
+                    Ok(Ok(resp)) => Ok(UpResponse(
+                        resp.map(|body| RespBody::H2c { body, _slot: slot }),
+                    )),
+                    Ok(Err(e)) => Err(map_send_error(e)),
+                    Err(_) => Err(timed_out()),
+                }
+            }
         }
     }
 }
@@ -517,7 +559,7 @@ impl StreamWatch {
     /// server is ending its streams.
     pub async fn next<S>(&mut self, up: &mut S) -> StreamNext
     where
-        S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
+        S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
     {
         std::future::poll_fn(|cx| self.poll_next(up, cx)).await
     }
@@ -525,7 +567,7 @@ impl StreamWatch {
     /// [`StreamWatch::next`] as a poll (for a body that relays the stream).
     pub fn poll_next<S>(&mut self, up: &mut S, cx: &mut std::task::Context<'_>) -> Poll<StreamNext>
     where
-        S: Stream<Item = Result<Bytes, hyper::Error>> + Unpin,
+        S: Stream<Item = Result<Bytes, BodyError>> + Unpin,
     {
         if self.ending.load(Ordering::Acquire) {
             return Poll::Ready(StreamNext::Broken(ProxyError::new(

@@ -11,7 +11,7 @@ const PREFIXES: &[&str] = &["", "/full", "/min"];
 
 const BOUNDARY: &str = "ccproxy-test-boundary-7d1f";
 
-fn multipart(filename: &str, mime: &str, content: &[u8]) -> Vec<u8> {
+pub(crate) fn multipart(filename: &str, mime: &str, content: &[u8]) -> Vec<u8> {
     let mut b = format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n"
     )
@@ -21,7 +21,7 @@ fn multipart(filename: &str, mime: &str, content: &[u8]) -> Vec<u8> {
     b
 }
 
-fn upload(env: &TestEnv, prefix: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+pub(crate) fn upload(env: &TestEnv, prefix: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
     env.client
         .post(env.url(&format!("{prefix}/v1/files")))
         .header("anthropic-version", "2023-06-01")

@@ -28,6 +28,7 @@ mod security;
 mod shutdown;
 mod sim_tools;
 mod upstream_conns;
+mod upstream_h2c;
 mod upstream_tls;
 mod usage;
 mod web_search;
