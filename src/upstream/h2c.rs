@@ -15,9 +15,9 @@
 //! lane's connector, so that the lane learns its server's stream limit as before), and opens the
 //! next when it has ended. A connection that carried nothing for [`IDLE_TIMEOUT`] is let go.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -47,12 +47,16 @@ const MAX_FRAME: u32 = 16 << 10;
 const MAX_HEADER_LIST: u32 = 16 << 10;
 const MAX_SEND_BUFFER: usize = 1 << 20;
 
+/// Streams a connection may open before its server's SETTINGS say how many it takes (hyper's).
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+
 /// Why a request got no answer head.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SendError {
     #[error("connecting to the upstream failed")]
     Connect(#[source] BoxError),
-    #[error(transparent)]
+    /// In the chain (not transparent), so that `super::is_timeout` finds an I/O timeout in it.
+    #[error("the upstream HTTP/2 connection failed")]
     H2(#[from] h2::Error),
 }
 
@@ -64,6 +68,18 @@ pub(super) struct H2cLane {
     /// Held while a connection is opened, so that the requests which find none wait for the
     /// one being opened instead of each opening their own.
     opening: tokio::sync::Mutex<()>,
+    /// Openings that ended (succeeded or failed), and the last failure: the requests that
+    /// waited on a failed opening share its answer instead of each connecting in turn (k
+    /// connect timeouts for the k-th, against an upstream that does not answer).
+    opened: AtomicU64,
+    failed: Mutex<Option<Failure>>,
+}
+
+/// A failed opening, as its waiters report it.
+#[derive(Clone)]
+struct Failure {
+    kind: std::io::ErrorKind,
+    what: Arc<str>,
 }
 
 #[derive(Clone)]
@@ -71,6 +87,8 @@ struct Live {
     send: SendRequest<Bytes>,
     /// Set by the connection's task when it ends.
     ended: Arc<AtomicBool>,
+    /// Requests sent on the connection, for its task's idle check.
+    sent: Arc<AtomicU64>,
 }
 
 impl H2cLane {
@@ -79,6 +97,8 @@ impl H2cLane {
             connector,
             live: Arc::new(Mutex::new(None)),
             opening: tokio::sync::Mutex::new(()),
+            opened: AtomicU64::new(0),
+            failed: Mutex::new(None),
         }
     }
 
@@ -105,10 +125,41 @@ impl H2cLane {
         if let Some(live) = self.current() {
             return Ok(live);
         }
+        let before = self.opened.load(Ordering::Acquire);
         let _opening = self.opening.lock().await;
         if let Some(live) = self.current() {
             return Ok(live);
         }
+        if self.opened.load(Ordering::Acquire) != before {
+            // An opening ended while this request waited for it, and left no connection.
+            let failed = self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(f) = failed {
+                return Err(SendError::Connect(Box::new(std::io::Error::new(
+                    f.kind,
+                    f.what.to_string(),
+                ))));
+            }
+        }
+        let opened = self.open(uri).await;
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
+            opened.as_ref().err().map(|e| Failure {
+                kind: if super::is_timeout(e) {
+                    std::io::ErrorKind::TimedOut
+                } else {
+                    std::io::ErrorKind::Other
+                },
+                what: chain(e).into(),
+            });
+        self.opened.fetch_add(1, Ordering::Release);
+        opened
+    }
+
+    /// Connects, shakes hands and starts the connection's task.
+    async fn open(&self, uri: &Uri) -> Result<Live, SendError> {
         let io = self
             .connector
             .clone()
@@ -116,6 +167,7 @@ impl H2cLane {
             .await
             .map_err(SendError::Connect)?;
         let (send, conn) = h2::client::Builder::new()
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
@@ -127,6 +179,7 @@ impl H2cLane {
         let live = Live {
             send,
             ended: Arc::new(AtomicBool::new(false)),
+            sent: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(drive(
             conn,
@@ -144,7 +197,12 @@ impl H2cLane {
         let (mut parts, body) = req.into_parts();
         strip_connection_headers(&mut parts.headers);
         if let Some(len) = body.size_hint().exact()
-            && (len != 0 || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH))
+            // As hyper: a length for every method whose body means something, even 0.
+            && (len != 0
+                || !matches!(
+                    parts.method,
+                    Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+                ))
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
         {
             parts
@@ -175,9 +233,17 @@ impl H2cLane {
         req: Request<ReqBody>,
         live: &Live,
     ) -> Result<Response<H2Body>, SendError> {
+        live.sent.fetch_add(1, Ordering::Relaxed);
         let (parts, body) = req.into_parts();
         let head = Request::from_parts(parts, ());
-        let (answer, body_left) = match body {
+        // A connection that fails a request's opening is not the lane's any more (one that
+        // refuses a request as malformed still is).
+        let gone = |e: &h2::Error| {
+            if e.is_io() || e.is_go_away() {
+                self.forget(live);
+            }
+        };
+        let (answer, upload) = match body {
             Either::Left(full) => {
                 let bytes = full
                     .collect()
@@ -186,7 +252,7 @@ impl H2cLane {
                     .unwrap_or_default();
                 let (answer, mut stream) = send
                     .send_request(head, bytes.is_empty())
-                    .inspect_err(|_| self.forget(live))?;
+                    .inspect_err(gone)?;
                 if !bytes.is_empty() {
                     // Buffered by h2, and sent as the server's windows allow.
                     stream.send_data(bytes, true)?;
@@ -195,16 +261,22 @@ impl H2cLane {
             }
             Either::Right(streamed) => {
                 let end = streamed.is_end_stream();
-                let (answer, stream) = send
-                    .send_request(head, end)
-                    .inspect_err(|_| self.forget(live))?;
-                (answer, (!end).then_some((streamed, stream)))
+                let (answer, stream) = send.send_request(head, end).inspect_err(gone)?;
+                if end {
+                    (answer, None)
+                } else {
+                    // Until the head arrives, dropping this request (the header timeout, the
+                    // client gone) drops `armed`, and the upload's task resets the stream.
+                    let (armed, disarm) = tokio::sync::oneshot::channel();
+                    tokio::spawn(pipe(streamed, stream, disarm));
+                    (answer, Some(armed))
+                }
             }
         };
-        if let Some((body, stream)) = body_left {
-            tokio::spawn(pipe(body, stream));
-        }
         let resp = answer.await?;
+        if let Some(armed) = upload {
+            let _ = armed.send(());
+        }
         Ok(resp.map(|recv| H2Body {
             recv,
             data_done: false,
@@ -212,8 +284,21 @@ impl H2cLane {
     }
 }
 
-/// Drives a connection until it ends, or until it has been idle (no stream open) for
-/// [`IDLE_TIMEOUT`]: then the lane forgets it, and h2 closes it once its last handle is gone.
+/// The chain of an error's messages, `: `-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+/// Drives a connection until it ends, or until no request has used it for about
+/// [`IDLE_TIMEOUT`] (three checks a third of it apart): then the lane forgets it, and h2 closes
+/// it once its last handle and its last stream are gone.
 async fn drive<T>(
     conn: h2::client::Connection<T, Bytes>,
     live: Live,
@@ -222,7 +307,7 @@ async fn drive<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let Live { send, ended } = live;
+    let Live { send, ended, sent } = live;
     // The connection ends once its last handle is gone (and its last stream): this one goes
     // when the connection is let go.
     let mut kept = Some(send);
@@ -230,6 +315,7 @@ async fn drive<T>(
     let period = IDLE_TIMEOUT / 3;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut idle_ticks = 0u32;
+    let mut seen = 0;
     loop {
         tokio::select! {
             res = &mut conn => {
@@ -239,16 +325,22 @@ async fn drive<T>(
                 break;
             }
             _ = tick.tick(), if kept.is_some() => {
-                // The lane's requests are this connection's streams.
-                let idle = state.in_flight() == 0;
+                let now = sent.load(Ordering::Relaxed);
+                // The lane's requests in flight are this connection's streams (or wait for
+                // the lane's next connection).
+                let idle = now == seen && state.in_flight() == 0;
+                seen = now;
                 idle_ticks = if idle { idle_ticks + 1 } else { 0 };
+                let Some(lane) = lane.upgrade() else {
+                    // The lane is gone (the proxy is stopping): nothing will use this one.
+                    kept = None;
+                    continue;
+                };
                 if idle_ticks >= 3 {
                     ended.store(true, Ordering::Release);
-                    if let Some(lane) = lane.upgrade() {
-                        let mut slot = lane.lock().unwrap_or_else(|e| e.into_inner());
-                        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(&l.ended, &ended)) {
-                            *slot = None;
-                        }
+                    let mut slot = lane.lock().unwrap_or_else(|e| e.into_inner());
+                    if slot.as_ref().is_some_and(|l| Arc::ptr_eq(&l.ended, &ended)) {
+                        *slot = None;
                     }
                     kept = None;
                 }
@@ -258,17 +350,68 @@ async fn drive<T>(
     ended.store(true, Ordering::Release);
 }
 
-/// Feeds a streamed upload to its stream, as the server's flow control allows; a body that
-/// fails resets the stream (the answer then says it was cancelled).
-async fn pipe(mut body: StreamBody, mut stream: SendStream<Bytes>) {
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
+/// What the upload's task waits on next.
+enum Next<T> {
+    Ready(T),
+    /// The request went before its answer's head came: the stream is reset.
+    Cancelled,
+    /// The server reset the stream (or it ended): nothing more goes.
+    Reset,
+}
+
+/// Polls `f`, unless the request went before its head came (`disarm` dropped; a message on it
+/// means the head came, and the upload goes on by itself) or the server reset the stream.
+async fn watched<T>(
+    stream: &mut SendStream<Bytes>,
+    disarm: &mut Option<tokio::sync::oneshot::Receiver<()>>,
+    mut f: impl FnMut(&mut SendStream<Bytes>, &mut Context<'_>) -> Poll<T>,
+) -> Next<T> {
+    poll_fn(|cx| {
+        if let Some(rx) = disarm.as_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(())) => *disarm = None,
+                Poll::Ready(Err(_)) => return Poll::Ready(Next::Cancelled),
+                Poll::Pending => {}
+            }
+        }
+        if let Poll::Ready(r) = f(stream, cx) {
+            return Poll::Ready(Next::Ready(r));
+        }
+        if stream.poll_reset(cx).is_ready() {
+            return Poll::Ready(Next::Reset);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Feeds a streamed upload to its stream, as the server's flow control allows. A body that
+/// fails, or a request that goes before its answer's head, resets the stream; a server that
+/// resets it ends the upload.
+async fn pipe(
+    mut body: StreamBody,
+    mut stream: SendStream<Bytes>,
+    disarm: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut disarm = Some(disarm);
+    loop {
+        let frame = match watched(&mut stream, &mut disarm, |_, cx| {
+            Pin::new(&mut body).poll_frame(cx)
+        })
+        .await
+        {
+            Next::Ready(Some(Ok(frame))) => frame,
+            Next::Ready(None) => break,
+            Next::Ready(Some(Err(e))) => {
                 tracing::debug!(error = %e, "the streamed upload failed; upstream stream reset");
                 stream.send_reset(Reason::CANCEL);
                 return;
             }
+            Next::Cancelled => {
+                stream.send_reset(Reason::CANCEL);
+                return;
+            }
+            Next::Reset => return,
         };
         let mut data = match frame.into_data() {
             Ok(data) => data,
@@ -281,14 +424,15 @@ async fn pipe(mut body: StreamBody, mut stream: SendStream<Bytes>) {
         };
         while !data.is_empty() {
             stream.reserve_capacity(data.len());
-            let room = match poll_fn(|cx| stream.poll_capacity(cx)).await {
-                Some(Ok(n)) => n,
+            let room = match watched(&mut stream, &mut disarm, |s, cx| s.poll_capacity(cx)).await {
+                Next::Ready(Some(Ok(n))) => n,
+                Next::Cancelled => {
+                    stream.send_reset(Reason::CANCEL);
+                    return;
+                }
                 // The stream was reset or ended: nothing more goes.
-                Some(Err(_)) | None => return,
+                Next::Ready(Some(Err(_)) | None) | Next::Reset => return,
             };
-            if room == 0 {
-                continue;
-            }
             let piece = data.split_to(room.min(data.len()));
             if stream.send_data(piece, false).is_err() {
                 return;

@@ -638,7 +638,7 @@ pub fn map_send_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> Pro
 }
 
 /// Whether a timeout is somewhere in the error's chain.
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -648,6 +648,12 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>()
             && h.is_timeout()
+        {
+            return true;
+        }
+        if let Some(h) = err.downcast_ref::<h2::Error>()
+            && h.get_io()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
         {
             return true;
         }

@@ -185,3 +185,65 @@ async fn an_upstream_that_is_not_there_is_a_502_in_the_clients_dialect() {
         assert_eq!(v["error"]["code"], "upstream_unreachable");
     }
 }
+
+/// A streamed upload whose answer's head does not come within the header timeout: the client
+/// gets its 504, and the upstream sees the stream reset (CANCEL) instead of an upload that goes
+/// on, waiting on flow control, with no one left to read its answer. The upstream here never
+/// answers and never gives back window, so the upload stops at its first window.
+#[tokio::test]
+async fn an_upload_whose_answer_times_out_is_reset_upstream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let seen = seen_tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let _held = respond;
+                        let mut body = req.into_body();
+                        let mut got = 0;
+                        let end = loop {
+                            match body.data().await {
+                                Some(Ok(chunk)) => got += chunk.len(),
+                                Some(Err(e)) => break e.reason(),
+                                None => break None,
+                            }
+                        };
+                        let _ = seen.send((got, end));
+                    });
+                }
+            });
+        }
+    });
+    let env = TestEnv::start(Opts {
+        api_key: Some(API_KEY),
+        upstream_url: Some(url),
+        upstream_timeout: Some(Duration::from_secs(1)),
+        tweak: Some(h2c),
+        ..Opts::default()
+    })
+    .await;
+    let data = vec![7u8; 2 << 20];
+    let resp = upload(
+        &env,
+        "/pt",
+        multipart("big.bin", "application/octet-stream", &data),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 504);
+    let (got, end) = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
+        .await
+        .expect("the upstream stream was neither reset nor ended")
+        .unwrap();
+    assert_eq!(end, Some(h2::Reason::CANCEL), "after {got} bytes");
+    assert!(got < data.len(), "{got}");
+    server.abort();
+}
