@@ -4,16 +4,15 @@
 //! and the socket and back: the handler hands it to the client's dispatch task, which opens the
 //! stream in h2 and wakes the connection's task to write it; the answer's head, read by the
 //! connection's task, wakes a task hyper spawns for each request (to pipe its body), which hands
-//! the head to the handler through a channel. At 10 000 streams every change waits its turn in
-//! a run queue thousands of tasks long: most of the added time to the first token was there
-//! (`scripts/bench/changes.md`, sixteenth round). Here the handler opens the stream itself and
+//! the head to the handler through a channel. Here the handler opens the stream itself and
 //! awaits h2's answer: the connection's task writes the head, reads the answer and wakes the
 //! handler. A body of whole bytes is handed to h2 with the head; only a streamed upload has a
-//! task of its own, which feeds it as the server's flow control allows.
+//! task of its own, which feeds it as the server's flow control allows. That is about a tenth
+//! fewer instructions per request (`scripts/bench/changes.md`, seventeenth round).
 //!
 //! One lane keeps one connection (opened by the first request that finds none, through the
 //! lane's connector, so that the lane learns its server's stream limit as before), and opens the
-//! next when it has ended. A connection that carried nothing for [`IDLE_TIMEOUT`] is let go.
+//! next when it has ended. A connection no request used for about [`IDLE_TIMEOUT`] is let go.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
