@@ -8,7 +8,8 @@
 //! awaits h2's answer: the connection's task writes the head, reads the answer and wakes the
 //! handler. A body of whole bytes is handed to h2 with the head; only a streamed upload has a
 //! task of its own, which feeds it as the server's flow control allows. That is about a tenth
-//! fewer instructions per request (`scripts/bench/changes.md`, seventeenth round).
+//! fewer instructions per request (`scripts/bench/changes.md`, seventeenth round). The headers
+//! come from `super::request_headers`, without the connection-specific ones h2 would refuse.
 //!
 //! One lane keeps one connection (opened by the first request that finds none, through the
 //! lane's connector, so that the lane learns its server's stream limit as before), and opens the
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use axum::http::{HeaderValue, Method, Request, Response, Uri, header};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
@@ -194,7 +195,6 @@ impl H2cLane {
     /// connection ended before it went out on it goes on a new one.
     pub(super) async fn send(&self, req: Request<ReqBody>) -> Result<Response<H2Body>, SendError> {
         let (mut parts, body) = req.into_parts();
-        strip_connection_headers(&mut parts.headers);
         if let Some(len) = body.size_hint().exact()
             // As hyper: a length for every method whose body means something, even 0.
             && (len != 0
@@ -439,23 +439,6 @@ async fn pipe(
         }
     }
     let _ = stream.send_data(Bytes::new(), true);
-}
-
-/// Connection-specific headers are not HTTP/2's (RFC 9113 §8.2.2): h2 refuses a request with
-/// one. The header policy sends none; a caller's own go here, as hyper's client drops them.
-fn strip_connection_headers(h: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::HeaderName::from_static("keep-alive"),
-        header::HeaderName::from_static("proxy-connection"),
-    ] {
-        h.remove(name);
-    }
-    if h.get(header::TE).is_some_and(|te| te != "trailers") {
-        h.remove(header::TE);
-    }
 }
 
 /// An answer's body read from its h2 stream; what is read is given back to the server's window
