@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt, TryFutureExt};
+use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
@@ -403,46 +403,50 @@ impl Upstream {
             req.headers_mut()
                 .insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         }
+        let timed_out = || {
+            ProxyError::new(
+                ErrorKind::GatewayTimeout,
+                Origin::Upstream,
+                format!(
+                    "upstream did not answer within {} s",
+                    self.header_timeout.as_secs_f64()
+                ),
+            )
+        };
         if let Some(pools) = &self.h1 {
             let pool = &pools[crate::util::worker::index() % pools.len()];
-            let sending = pool.send(req).map_err(|e| match e {
-                h1::SendError::Connect(e) => map_send_error(e),
-                h1::SendError::Http(e) => map_send_error(e),
-            });
-            let resp = self.within_header_timeout(sending).await?;
-            return Ok(UpResponse(resp.map(RespBody::Inline)));
+            return match tokio::time::timeout(self.header_timeout, pool.send(req)).await {
+                Ok(Ok(resp)) => Ok(UpResponse(resp.map(RespBody::Inline))),
+                Ok(Err(h1::SendError::Connect(e))) => Err(map_send_error(e)),
+                Ok(Err(h1::SendError::Http(e))) => Err(map_send_error(e)),
+                Err(_) => Err(timed_out()),
+            };
         }
         let lanes = &self.lanes[crate::util::worker::index() % self.lanes.len()];
         let (client, slot) = lanes.take().await;
-        Ok(UpResponse(match client {
-            lanes::LaneConn::Pooled(client) => self
-                .within_header_timeout(client.request(req).map_err(map_send_error))
-                .await?
-                .map(|body| RespBody::Pooled { body, _slot: slot }),
-            lanes::LaneConn::H2c(lane) => self
-                .within_header_timeout(lane.send(req).map_err(map_send_error))
-                .await?
-                .map(|body| RespBody::H2c { body, _slot: slot }),
-        }))
-    }
-
-    /// The answer's head `sending` gives, within the header timeout (a 504 past it).
-    async fn within_header_timeout<T>(
-        &self,
-        sending: impl Future<Output = Result<T, ProxyError>>,
-    ) -> Result<T, ProxyError> {
-        tokio::time::timeout(self.header_timeout, sending)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ProxyError::new(
-                    ErrorKind::GatewayTimeout,
-                    Origin::Upstream,
-                    format!(
-                        "upstream did not answer within {} s",
-                        self.header_timeout.as_secs_f64()
-                    ),
-                ))
-            })
+        // Three near-copies of the timeout on purpose: one helper taking the sending future
+        // measured 11.7k more instructions per h2c request (104k → 116k, callgrind), the
+        // futures moved into it.
+        match client {
+            lanes::LaneConn::Pooled(client) => {
+                match tokio::time::timeout(self.header_timeout, client.request(req)).await {
+                    Ok(Ok(resp)) => Ok(UpResponse(
+                        resp.map(|body| RespBody::Pooled { body, _slot: slot }),
+                    )),
+                    Ok(Err(e)) => Err(map_send_error(e)),
+                    Err(_) => Err(timed_out()),
+                }
+            }
+            lanes::LaneConn::H2c(lane) => {
+                match tokio::time::timeout(self.header_timeout, lane.send(req)).await {
+                    Ok(Ok(resp)) => Ok(UpResponse(
+                        resp.map(|body| RespBody::H2c { body, _slot: slot }),
+                    )),
+                    Ok(Err(e)) => Err(map_send_error(e)),
+                    Err(_) => Err(timed_out()),
+                }
+            }
+        }
     }
 }
 
