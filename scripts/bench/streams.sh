@@ -18,7 +18,9 @@
 # UPSTREAM_H2C=1 sets `upstream_h2c = true` (the proxy's upstream leg multiplexed over h2c);
 # CLIENT_H2=1 makes the client leg h2c at any STREAMS; ROUTES="..." picks the proxy's arms, in
 # order (default "pt-anthropic"; run.sh's 4c has "pt-anthropic full-openai"): pt-anthropic,
-# min-anthropic, full-anthropic, min-openai and full-openai (Chat Completions), full-responses.
+# min-anthropic, full-anthropic, min-openai and full-openai (Chat Completions), full-responses;
+# GAP_MS=20 sets the pace (ms between deltas); RELAY_SPIN_US=N makes the relay busy-spin N µs
+# after every read (a relay that spends a proxy's CPU per stream: findings.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -33,7 +35,9 @@ UPSTREAM_H2C=${UPSTREAM_H2C:-0}
 CLIENT_H2=${CLIENT_H2:-0}
 PROXY_TOML=${PROXY_TOML:-}
 ROUTES=${ROUTES:-pt-anthropic}
-export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV PROXY_TOML UPSTREAM_H2C CLIENT_H2 ROUTES
+GAP_MS=${GAP_MS:-20}
+RELAY_SPIN_US=${RELAY_SPIN_US:-0}
+export ROOT N HOLD AFTER OUT CCPROXY PROXY_ENV PROXY_TOML UPSTREAM_H2C CLIENT_H2 ROUTES GAP_MS RELAY_SPIN_US
 unshare -n bash <<'INNER'
 set -euo pipefail
 ip link set lo up
@@ -53,7 +57,7 @@ env -i PATH=/usr/bin:/bin HOME="$OUT/home" XDG_CONFIG_HOME="$OUT/home/.config" A
   "$CCPROXY" serve --config "$OUT/home/ccproxy.toml" --host 127.0.0.1 --port 18202 \
   --upstream-url $U:18201 >ccproxy.log 2>&1 &
 PROXY=$!
-"$BIN/ccproxy-bench" relay --listen 127.0.0.1:18209 --upstream 127.0.0.1:18201 &
+"$BIN/ccproxy-bench" relay --listen 127.0.0.1:18209 --upstream 127.0.0.1:18201 --spin-us "${RELAY_SPIN_US:-0}" &
 RELAY=$!
 trap 'kill "$PROXY" "$SIM" "$RELAY" 2>/dev/null || true' EXIT
 for p in 18201 18202 18209; do
@@ -83,7 +87,7 @@ done
   --arm "name=direct-anthropic,url=$U:18201/v1/messages$h2" \
   "${arms[@]}" \
   --arm "name=ref-tcp-relay,url=$U:18209/v1/messages,base=direct-anthropic,pid=$RELAY$h2" \
-  -c "$N" --stream --deltas 64 --gap-ms 20 --ramp-secs "$ramp" --seconds "$HOLD" \
+  -c "$N" --stream --deltas 64 --gap-ms "$GAP_MS" --ramp-secs "$ramp" --seconds "$HOLD" \
   --stall-ms 500 --timeout-secs 30 --close-between | tee summary.txt
 echo "peak $(hwm) kB" | tee -a rss.txt
 for t in $(seq 0 5 "$AFTER"); do

@@ -49,6 +49,11 @@ enum Cmd {
         listen: std::net::SocketAddr,
         #[arg(long)]
         upstream: std::net::SocketAddr,
+        /// Busy-spin this many microseconds after every read that brings bytes (either way): a
+        /// relay made to spend a proxy's CPU per stream, to tell what a middle box's CPU alone
+        /// costs the others sharing the machine's cores (`scripts/bench/findings.md`).
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
     },
     /// Usage rows into PostgreSQL as a replica's writer thread writes them
     /// (`observability::usage::pg::insert_prepared`, batches of `--batch`): rows per second, and the CPU
@@ -801,18 +806,78 @@ fn proc_info(pid: u32, label: &str, out: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-async fn relay(listen: std::net::SocketAddr, upstream: std::net::SocketAddr) -> Result<()> {
+async fn relay(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    spin_us: u64,
+) -> Result<()> {
     let l = tokio::net::TcpListener::bind(listen).await?;
+    let spin = std::time::Duration::from_micros(spin_us);
     loop {
-        let (mut down, _) = l.accept().await?;
+        let (down, _) = l.accept().await?;
         tokio::spawn(async move {
-            let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+            let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
                 return;
             };
             let _ = down.set_nodelay(true);
             let _ = up.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            if spin.is_zero() {
+                let (mut down, mut up) = (down, up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            } else {
+                let mut down = Spinning { io: down, spin };
+                let mut up = Spinning { io: up, spin };
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
         });
+    }
+}
+
+/// A socket that busy-spins `spin` after every read that brings bytes (`relay --spin-us`).
+struct Spinning {
+    io: tokio::net::TcpStream,
+    spin: std::time::Duration,
+}
+
+impl tokio::io::AsyncRead for Spinning {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let t = std::time::Instant::now();
+            while t.elapsed() < self.spin {
+                std::hint::spin_loop();
+            }
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Spinning {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -821,11 +886,15 @@ fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Proc { pid, label, out } => proc_info(pid, &label, out.as_deref()),
         Cmd::PgRows { url, rows, batch } => pg_rows(&url, rows, batch),
-        Cmd::Relay { listen, upstream } => tokio::runtime::Builder::new_multi_thread()
+        Cmd::Relay {
+            listen,
+            upstream,
+            spin_us,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(relay(listen, upstream))),
+            .and_then(|rt| rt.block_on(relay(listen, upstream, spin_us))),
         Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
