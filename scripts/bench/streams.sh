@@ -92,7 +92,7 @@ done
 echo "peak $(hwm) kB" | tee -a rss.txt
 for t in $(seq 0 5 "$AFTER"); do
   echo "after ${t}s $(rss) kB, $(fds) open files" | tee -a rss.txt
-  [ "$t" -lt "$AFTER" ] && sleep 5
+  if [ "$t" -lt "$AFTER" ]; then sleep 5; fi
 done
 INNER
 echo "streams.sh: results in $OUT"

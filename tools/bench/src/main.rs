@@ -479,7 +479,9 @@ fn report(args: &RunArgs, plan: &Plan, runs: &mut [ArmRun]) -> Result<()> {
         "arm",
         "ok",
         "err",
-        "lost",
+        // Streams that lost an event, came reordered or stalled (each is on the arm's second
+        // line): not only lost ones.
+        "bad",
         "p50 µs",
         "p99 µs",
         "added p50 µs",
