@@ -152,7 +152,7 @@ impl H2cLane {
                 } else {
                     std::io::ErrorKind::Other
                 },
-                what: chain(e).into(),
+                what: crate::error::chain(e).into(),
             });
         self.opened.fetch_add(1, Ordering::Release);
         opened
@@ -281,18 +281,6 @@ impl H2cLane {
             data_done: false,
         }))
     }
-}
-
-/// The chain of an error's messages, `: `-separated.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        cur = err.source();
-    }
-    out
 }
 
 /// Drives a connection until it ends, or until no request has used it for about
